@@ -1,0 +1,172 @@
+//! NATS: connecting with the configured credentials, and provisioning the
+//! streams and the durable consumer (idempotent: create or update).
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use secrecy::ExposeSecret;
+
+use crate::config::{NatsSettings, Settings, redacted_url};
+use crate::contract::{
+    COMMAND_SUBJECTS, COMMANDS_STREAM, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EventKind,
+};
+
+/// How the first connection attempt behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstConnect {
+    /// Keep trying in the background (a service may start before NATS).
+    Retry,
+    /// Fail at once with the reason (one-shot commands).
+    FailFast,
+}
+
+/// Connects to NATS. Once connected, reconnects go on forever with backoff.
+pub async fn connect(
+    settings: &NatsSettings,
+    first: FirstConnect,
+) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(&settings.name)
+        .connection_timeout(settings.connect_timeout)
+        .request_timeout(Some(settings.request_timeout))
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("Connected to NATS."),
+                async_nats::Event::Disconnected => tracing::warn!("Disconnected from NATS; reconnecting."),
+                other => tracing::info!(event = %other, "NATS connection event."),
+            }
+        });
+    if let Some(token) = &settings.token {
+        options = options.token(token.expose_secret().to_owned());
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+    }
+    if let Some(creds) = &settings.creds_file {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read NATS credentials file {}", creds.display()))?;
+    }
+    if first == FirstConnect::Retry {
+        options = options.retry_on_initial_connect();
+    }
+    let tls = &settings.tls;
+    if tls.required {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = settings
+        .url
+        .split(',')
+        .map(|url| url.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("nats.url")?;
+    // With FirstConnect::Retry this returns at once and the client connects in
+    // the background; JetStream calls fail (and are retried) until it has.
+    options
+        .connect(servers)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", redacted_url(&settings.url)))
+}
+
+/// A JetStream context whose API calls and publish acks time out as configured.
+pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(settings.request_timeout)
+        .build(client)
+}
+
+/// Creates or updates the three streams and the shared durable consumer.
+pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
+    for config in stream_configs(settings) {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .with_context(|| format!("cannot create or update stream {name}"))?;
+        tracing::info!(stream = %name, "Stream provisioned.");
+    }
+    let events = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .with_context(|| format!("cannot look up stream {EVENTS_STREAM}"))?;
+    events
+        .create_consumer(consumer_config(settings))
+        .await
+        .with_context(|| format!("cannot create or update consumer {}", settings.worker.consumer))?;
+    tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
+    Ok(())
+}
+
+/// The durable pull consumer every replica binds to.
+pub async fn bind_consumer(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> anyhow::Result<consumer::PullConsumer> {
+    js.get_consumer_from_stream(&settings.worker.consumer, EVENTS_STREAM)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind to consumer {} on {EVENTS_STREAM} (run `softphone-bridge provision`?)",
+                settings.worker.consumer
+            )
+        })
+}
+
+fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
+    let s = &settings.streams;
+    let base = stream::Config {
+        num_replicas: s.replicas,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    [
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            description: Some("Softphone contract events, consumed by softphone-bridge.".into()),
+            subjects: EventKind::subjects(),
+            max_age: s.events_max_age,
+            duplicate_window: s.duplicate_window.min(s.events_max_age),
+            ..base.clone()
+        },
+        stream::Config {
+            name: COMMANDS_STREAM.into(),
+            description: Some("Callbacks on their way to softphones; short-lived on purpose.".into()),
+            subjects: vec![COMMAND_SUBJECTS.into()],
+            max_age: s.commands_max_age,
+            duplicate_window: s.duplicate_window.min(s.commands_max_age),
+            ..base.clone()
+        },
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            description: Some("Events softphone-bridge could not handle, with the reason.".into()),
+            subjects: vec![DLQ_SUBJECTS.into()],
+            max_age: s.dlq_max_age,
+            duplicate_window: s.duplicate_window.min(s.dlq_max_age),
+            ..base
+        },
+    ]
+}
+
+fn consumer_config(settings: &Settings) -> consumer::pull::Config {
+    let w = &settings.worker;
+    consumer::pull::Config {
+        durable_name: Some(w.consumer.clone()),
+        description: Some("softphone-bridge workers (shared by every replica)".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: w.ack_wait,
+        // The worker counts deliveries itself and dead-letters at max_deliveries;
+        // a server-side limit would strand messages with no outcome.
+        max_deliver: -1,
+        max_ack_pending: w.max_ack_pending,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,141 @@
+//! The `softphone-bridge` command line: run, provision, check-config, emit.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::Application;
+use crate::broker::{self, FirstConnect};
+use crate::config::{CONFIG_ENV, Settings};
+use crate::contract::{Event, EventKind};
+
+#[derive(Debug, Parser)]
+#[command(name = "softphone-bridge", version, about = "Bridges softphone events on NATS JetStream to CRMs, and CRM commands back to softphones.")]
+pub struct Cli {
+    /// TOML configuration file (settings from SOFTPHONE_BRIDGE_* variables win over it).
+    #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume events and answer load requests until SIGTERM or Ctrl-C.
+    Run,
+    /// Create or update the streams and the consumer, then exit.
+    Provision,
+    /// Print the effective configuration, secrets redacted, and exit.
+    CheckConfig,
+    /// Validate a contract event and publish it, as a softphone would.
+    Emit {
+        /// The event: `call.accepted`, `softphone.call.accepted` or `callAccepted`.
+        event: String,
+        /// The JSON payload, `@file`, or `-` for standard input.
+        payload: String,
+        /// Nats-Msg-Id for de-duplication (default: a hash of event and payload,
+        /// so re-running the same command publishes once).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen command. `settings` have been loaded from `self.config`.
+    pub async fn execute(self, settings: Settings) -> anyhow::Result<()> {
+        match self.command {
+            Command::CheckConfig => {
+                print!("{}", settings.to_redacted_toml());
+                Ok(())
+            }
+            Command::Provision => {
+                let client = broker::connect(&settings.nats, FirstConnect::FailFast).await?;
+                let js = broker::jetstream(client.clone(), &settings.nats);
+                broker::provision(&js, &settings).await?;
+                client.drain().await.ok();
+                Ok(())
+            }
+            Command::Run => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(shutdown_on_signal(shutdown.clone()));
+                Application::build(settings).await?.run_until(shutdown).await
+            }
+            Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
+        }
+    }
+}
+
+async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String>) -> anyhow::Result<()> {
+    let Some(kind) = EventKind::parse(event) else {
+        let known: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        bail!("unknown event {event:?}; one of: {}", known.join(", "));
+    };
+    let body = read_payload(payload).await?;
+    Event::decode(kind, &body).with_context(|| format!("invalid {kind} event"))?;
+    let id = id.unwrap_or_else(|| {
+        let mut hash = Sha256::new();
+        hash.update(kind.subject().as_bytes());
+        hash.update(b"\n");
+        hash.update(&body);
+        hex::encode(&hash.finalize()[..16])
+    });
+    let client = broker::connect(&settings.nats, FirstConnect::FailFast).await?;
+    let js = broker::jetstream(client.clone(), &settings.nats);
+    let publish = async_nats::jetstream::message::PublishMessage::build()
+        .payload(body.into())
+        .message_id(&id);
+    let ack = js
+        .send_publish(kind.subject(), publish)
+        .await
+        .context("cannot publish")?
+        .await
+        .with_context(|| format!("no stream acknowledged {} (run `softphone-bridge provision`?)", kind.subject()))?;
+    println!(
+        "{}",
+        serde_json::json!({"subject": kind.subject(), "id": id, "stream": ack.stream, "seq": ack.sequence, "duplicate": ack.duplicate})
+    );
+    client.drain().await.ok();
+    Ok(())
+}
+
+async fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
+    if arg == "-" {
+        let mut body = Vec::new();
+        tokio::io::stdin().read_to_end(&mut body).await.context("cannot read standard input")?;
+        return Ok(body);
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        return tokio::fs::read(path).await.with_context(|| format!("cannot read {path}"));
+    }
+    Ok(arg.as_bytes().to_vec())
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
+pub async fn shutdown_on_signal(shutdown: CancellationToken) {
+    signal().await;
+    tracing::info!("Shutdown requested; finishing in-flight events.");
+    shutdown.cancel();
+    signal().await;
+    tracing::warn!("Second signal; exiting now.");
+    std::process::exit(130);
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("can install a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}

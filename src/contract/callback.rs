@@ -1,0 +1,99 @@
+//! Bridge/CRM -> softphone callbacks, the contract's `callback(eventType, payload)`
+//! as `{"type": ..., "payload": ...}` on `softphone.cmd.<softphoneId>`.
+
+use serde::{Deserialize, Serialize};
+
+use super::value::{Guid, PhoneNumber};
+
+/// One callback, serialized as `{"type": "<event type>", "payload": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Callback {
+    /// Disposition codes shown as a drop-down in the softphone.
+    Disposition(Vec<String>),
+    /// What the softphone needs to let the agent dial out from the dialpad.
+    PartnerConfig(PartnerConfig),
+    /// Change the agent's presence.
+    UpdatePresence(UpdatePresence),
+    /// Start an outbound call (click-to-dial).
+    StartCall(StartCall),
+}
+
+impl Callback {
+    /// The contract's event type, e.g. `start_call`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Callback::Disposition(_) => "disposition",
+            Callback::PartnerConfig(_) => "partner_config",
+            Callback::UpdatePresence(_) => "update_presence",
+            Callback::StartCall(_) => "start_call",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartnerConfig {
+    pub partner_id: Guid,
+    pub business_segment_id: Guid,
+    pub channel_origin_id: Guid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePresence {
+    /// The GUID of the presence status to switch to (the contract calls it
+    /// `softphoneId`; the softphone instance is the command subject's last token).
+    pub softphone_id: Guid,
+}
+
+/// Who is being called, in `start_call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParticipantType {
+    Traveler,
+    Supplier,
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartCall {
+    pub partner_id: Guid,
+    pub business_segment_id: Guid,
+    pub channel_origin_id: Guid,
+    pub dial_to: PhoneNumber,
+    pub dial_from: PhoneNumber,
+    pub participant_type: ParticipantType,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_contract() {
+        let cb = Callback::Disposition(vec!["code1".into(), "code2".into()]);
+        assert_eq!(
+            serde_json::to_string(&cb).unwrap(),
+            r#"{"type":"disposition","payload":["code1","code2"]}"#
+        );
+        let start: Callback = serde_json::from_str(
+            r#"{"type":"start_call","payload":{
+                "partnerId":"215fd887-39be-4935-981f-2670d6afeaa7",
+                "businessSegmentId":"d6afeaa7-39be-4935-981f-2670215fd887",
+                "channelOriginId":"57053e21-0440-4689-a27a-513d7dceebde",
+                "dialTo":"+18883973342","dialFrom":"+18449401117",
+                "participantType":"Traveler"}}"#,
+        )
+        .unwrap();
+        assert_eq!(start.type_name(), "start_call");
+    }
+
+    #[test]
+    fn participant_type_is_one_of_three() {
+        let err = serde_json::from_str::<ParticipantType>(r#""Traveler/Supplier/Agent""#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Traveler"), "{err}");
+    }
+}

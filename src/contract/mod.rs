@@ -1,0 +1,79 @@
+//! The softphone contract: subject names, event payloads, callbacks and their
+//! validation. This module mirrors subjects.md; nothing else spells a subject.
+
+mod callback;
+mod event;
+mod value;
+
+pub use callback::{Callback, ParticipantType, PartnerConfig, StartCall, UpdatePresence};
+pub use event::{
+    AgentStatusChanged, CallAccepted, CallEnded, CallIncoming, CallNotesSubmitted, CallRejected,
+    CallType, ContractError, Event, EventKind, Loaded, OutboundCallInitiated, RecordingStatus,
+    RejectReason,
+};
+pub use value::{Guid, PhoneNumber, SoftphoneId, InvalidValue};
+
+/// The stream that captures every softphone event.
+pub const EVENTS_STREAM: &str = "SOFTPHONE_EVENTS";
+/// The stream that holds callbacks on their way to softphones.
+pub const COMMANDS_STREAM: &str = "SOFTPHONE_COMMANDS";
+/// The stream that keeps events no worker could handle, with the reason.
+pub const DLQ_STREAM: &str = "SOFTPHONE_DLQ";
+
+/// Every subject starts with this token.
+pub const SUBJECT_ROOT: &str = "softphone";
+/// Subjects of `SOFTPHONE_COMMANDS`.
+pub const COMMAND_SUBJECTS: &str = "softphone.cmd.>";
+/// Subjects of `SOFTPHONE_DLQ`.
+pub const DLQ_SUBJECTS: &str = "softphone.dlq.>";
+/// Core NATS request subject for a synchronous `load` (served by a queue group,
+/// captured by no stream).
+pub const LOAD_REQUEST_SUBJECT: &str = "softphone.load";
+/// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`].
+pub const LOAD_QUEUE_GROUP: &str = "softphone-bridge";
+
+/// Headers the dead-letter queue adds to the original body.
+pub mod dlq_header {
+    /// Why the event was dead-lettered, one line.
+    pub const REASON: &str = "Softphone-Dlq-Reason";
+    /// The CRM's or decoder's own error text, when there is one (truncated).
+    pub const DETAIL: &str = "Softphone-Dlq-Detail";
+    /// The subject the event was published on.
+    pub const SUBJECT: &str = "Softphone-Original-Subject";
+    /// The event's sequence in `SOFTPHONE_EVENTS`.
+    pub const SEQUENCE: &str = "Softphone-Stream-Sequence";
+    /// How many times the event had been delivered.
+    pub const DELIVERIES: &str = "Softphone-Delivery-Count";
+    /// The event id (see subjects.md).
+    pub const EVENT_ID: &str = "Softphone-Event-Id";
+}
+
+/// The subject callbacks for one softphone instance are published on.
+pub fn command_subject(softphone: &SoftphoneId) -> String {
+    format!("{SUBJECT_ROOT}.cmd.{softphone}")
+}
+
+/// The dead-letter subject for an event subject: `softphone.dlq.<subject without "softphone.">`.
+pub fn dlq_subject(event_subject: &str) -> String {
+    let rest = event_subject
+        .strip_prefix("softphone.")
+        .unwrap_or(event_subject);
+    format!("{SUBJECT_ROOT}.dlq.{rest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dlq_subject_strips_the_root() {
+        assert_eq!(dlq_subject("softphone.call.ended"), "softphone.dlq.call.ended");
+        assert_eq!(dlq_subject("other.thing"), "softphone.dlq.other.thing");
+    }
+
+    #[test]
+    fn command_subject_is_one_token_per_softphone() {
+        let id = SoftphoneId::try_from("agent-7".to_owned()).unwrap();
+        assert_eq!(command_subject(&id), "softphone.cmd.agent-7");
+    }
+}

@@ -1,0 +1,117 @@
+//! What HTTP-based adapters share: mapping answers and transport errors to
+//! transient or permanent CRM errors.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Response, StatusCode};
+
+use super::CrmError;
+
+/// Longest CRM error text kept for logs and DLQ headers.
+const MAX_DETAIL: usize = 1024;
+
+/// 2xx is success; 408, 429 and 5xx are transient (honouring `Retry-After`);
+/// any other status is permanent, with the CRM's body as detail.
+pub async fn classify_response(response: Response) -> Result<Response, CrmError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = retry_after(response.headers());
+    let body = response.text().await.unwrap_or_default();
+    Err(classify_status(status, retry_after, &body))
+}
+
+fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str) -> CrmError {
+    let transient = matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+    ) || status.is_server_error();
+    if transient {
+        CrmError::Transient {
+            reason: format!("CRM answered {status}"),
+            retry_after,
+        }
+    } else {
+        CrmError::Permanent {
+            reason: format!("CRM answered {status}"),
+            detail: (!body.is_empty()).then(|| truncate(body)),
+        }
+    }
+}
+
+/// Transport failures (connect, timeout, reset) are always transient.
+pub fn transport_error(error: reqwest::Error) -> CrmError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // reqwest's text can hold the URL; the URL is config, not a secret, but
+    // the query string might be: strip it.
+    CrmError::Transient {
+        reason: format!("CRM {what}: {}", error.without_url()),
+        retry_after: None,
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+fn truncate(text: &str) -> String {
+    if text.len() <= MAX_DETAIL {
+        return text.to_owned();
+    }
+    let mut end = MAX_DETAIL;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn statuses_split_into_transient_and_permanent() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            let s = StatusCode::from_u16(status).unwrap();
+            assert!(matches!(classify_status(s, None, ""), CrmError::Transient { .. }), "{status}");
+        }
+        for status in [400, 401, 403, 404, 409, 422] {
+            let s = StatusCode::from_u16(status).unwrap();
+            assert!(matches!(classify_status(s, None, "x"), CrmError::Permanent { .. }), "{status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        let got = retry_after(&headers).unwrap();
+        assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn long_bodies_are_truncated_on_a_char_boundary() {
+        let body = "é".repeat(2000);
+        let cut = truncate(&body);
+        assert!(cut.len() <= MAX_DETAIL + "…".len());
+    }
+}

@@ -1,0 +1,109 @@
+//! The CRM side: a trait every adapter implements, the record it receives, and
+//! the split of failures into transient (retry) and permanent (dead-letter).
+
+mod http;
+mod log;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::CrmSettings;
+use crate::contract::{Event, EventKind};
+
+pub use self::http::classify_response;
+pub use self::log::LogCrm;
+pub use self::webhook::{WebhookCrm, sign};
+
+/// An event as the CRM sees it: stable id, decoded payload, verbatim body.
+#[derive(Debug, Clone)]
+pub struct CrmEvent {
+    /// Stays the same across redeliveries and replicas (see subjects.md).
+    pub id: String,
+    pub event: Event,
+    /// The body exactly as the softphone published it.
+    pub raw: Box<RawValue>,
+    /// When JetStream stored the event: orders events of one call.
+    pub published: time::OffsetDateTime,
+    /// The event's sequence in `SOFTPHONE_EVENTS`.
+    pub sequence: u64,
+}
+
+impl CrmEvent {
+    pub fn kind(&self) -> EventKind {
+        self.event.kind()
+    }
+
+    /// The JSON document adapters send or write: `{"event", "id", "partnerId",
+    /// "conversationId", "publishedAt", "sequence", "data"}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Document<'a> {
+            event: &'a str,
+            id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            partner_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            conversation_id: Option<&'a str>,
+            published_at: String,
+            sequence: u64,
+            data: &'a RawValue,
+        }
+        let published_at = self
+            .published
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        serde_json::to_vec(&Document {
+            event: self.kind().name(),
+            id: &self.id,
+            partner_id: self.event.partner_id().map(|g| g.as_str()),
+            conversation_id: self.event.conversation_id().map(|g| g.as_str()),
+            published_at,
+            sequence: self.sequence,
+            data: &self.raw,
+        })
+        .expect("a document of strings and raw JSON always serializes")
+    }
+}
+
+/// Why a CRM action failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CrmError {
+    /// Worth retrying later: connect errors, timeouts, 408, 429, 5xx.
+    #[error("transient CRM failure: {reason}")]
+    Transient {
+        reason: String,
+        /// What the CRM asked for (`Retry-After`), if anything.
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help: the CRM refused the event.
+    #[error("CRM refused the event: {reason}")]
+    Permanent {
+        reason: String,
+        /// The CRM's own error text, truncated.
+        detail: Option<String>,
+    },
+}
+
+/// A CRM connection. Implementations must be idempotent per event id: the
+/// same event may arrive more than once, from several replicas, out of order.
+pub trait Crm: Send + Sync + 'static {
+    /// A short name for logs and metrics (`log`, `webhook`, ...).
+    fn name(&self) -> &str;
+
+    /// Performs whatever the CRM does for this event.
+    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
+}
+
+/// Builds the CRM adapter the settings describe.
+pub fn build(settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
+    Ok(match settings {
+        CrmSettings::Log => Arc::new(LogCrm::stdout()),
+        CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook)?),
+    })
+}

@@ -1,0 +1,27 @@
+//! softphone-bridge: the "wrapper library" of the softphone contract, as a
+//! NATS JetStream worker.
+//!
+//! Softphones publish contract events on `softphone.*` subjects; a pool of
+//! replicas shares one durable consumer ([`worker`]), decodes and validates
+//! each event ([`contract`]), performs the CRM's actions ([`crm`]) and answers
+//! `load` with callbacks on `softphone.cmd.<id>` ([`load`], [`command`]).
+//! Failures are retried through JetStream redelivery or dead-lettered with
+//! their reason; nothing is acked unhandled.
+//!
+//! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
+//! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
+//! - [`cli`]: the `softphone-bridge` subcommands.
+
+pub mod broker;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod contract;
+pub mod crm;
+pub mod load;
+pub mod startup;
+pub mod telemetry;
+pub mod worker;
+
+pub use startup::Application;

@@ -1,0 +1,69 @@
+//! Copies an event to `softphone.dlq.<event>` with the reason in headers,
+//! waiting for the DLQ stream's ack before the original may be terminated.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+
+use crate::contract::{dlq_header, dlq_subject};
+
+/// Where a dead-lettered event came from.
+pub struct Origin<'a> {
+    pub subject: &'a str,
+    pub sequence: u64,
+    pub delivered: u32,
+    pub event_id: &'a str,
+}
+
+/// Header values are one line; NATS headers are not the place for a novel.
+fn header_value(text: &str, limit: usize) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() <= limit {
+        return line;
+    }
+    let mut end = limit;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
+}
+
+pub async fn publish(
+    js: &jetstream::Context,
+    origin: &Origin<'_>,
+    body: bytes::Bytes,
+    reason: &str,
+    detail: Option<&str>,
+) -> Result<(), async_nats::Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert(dlq_header::REASON, header_value(reason, 1024).as_str());
+    if let Some(detail) = detail {
+        headers.insert(dlq_header::DETAIL, header_value(detail, 2048).as_str());
+    }
+    headers.insert(dlq_header::SUBJECT, origin.subject);
+    headers.insert(dlq_header::SEQUENCE, origin.sequence.to_string().as_str());
+    headers.insert(dlq_header::DELIVERIES, origin.delivered.to_string().as_str());
+    headers.insert(dlq_header::EVENT_ID, origin.event_id);
+    // A retried dead-lettering of the same event is dropped as a duplicate.
+    let publish = PublishMessage::build()
+        .payload(body)
+        .headers(headers)
+        .message_id(format!("dlq:{}:{}", origin.sequence, origin.event_id));
+    js.send_publish(dlq_subject(origin.subject), publish)
+        .await?
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_value;
+
+    #[test]
+    fn header_values_are_single_short_lines() {
+        assert_eq!(header_value("a\r\nb", 100), "a  b");
+        assert_eq!(header_value(&"x".repeat(10), 4), "xxxx…");
+    }
+}
