@@ -329,6 +329,15 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Reads settings from TOML text alone (no file, no environment): for tests
+    /// and tools that build a configuration in code.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let figment = Figment::from(Toml::string(text));
+        let settings: Settings = figment.extract().map_err(describe)?;
+        settings.check(&figment)?;
+        Ok(settings)
+    }
+
     fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = file {

@@ -1,0 +1,118 @@
+//! Each of the eight contract events flows end to end to a webhook CRM.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use softphone_bridge::contract::EventKind;
+
+use crate::helpers::*;
+
+fn eight_events(conv: &str) -> Vec<(EventKind, String)> {
+    vec![
+        (EventKind::Loaded, format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#)),
+        (EventKind::CallIncoming, call_body(conv, r#""callerANI":"+18883973342""#)),
+        (
+            EventKind::CallAccepted,
+            call_body(conv, r#""callerANI":"+18883973342","language":"fr_FR","ivrExitPath":"billing","recordingStatus":"ON","customField":{"k":[1,2]}"#),
+        ),
+        (EventKind::CallRejected, call_body(conv, r#""reason":"passive""#)),
+        (
+            EventKind::CallEnded,
+            call_body(conv, r#""duration":125.5,"disposition":"Booked","notes":"ok","callType":"inbound""#),
+        ),
+        (EventKind::CallNotesSubmitted, call_body(conv, r#""disposition":"Callback","notes":"late notes""#)),
+        (EventKind::CallOutboundInitiated, call_body(conv, r#""dialledTo":"+18449401117""#)),
+        (EventKind::AgentStatusChanged, format!(r#"{{"softphoneId":"{STATUS}","instanceId":"agent-1"}}"#)),
+    ]
+}
+
+fn verify_signature(request: &wiremock::Request) {
+    let header = request
+        .headers
+        .get("X-Softphone-Signature")
+        .expect("signature header")
+        .to_str()
+        .unwrap();
+    let (t, v1) = header.split_once(',').expect("t=..,v1=..");
+    let t = t.strip_prefix("t=").expect("t=");
+    let v1 = v1.strip_prefix("v1=").expect("v1=");
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&request.body);
+    mac.verify_slice(&hex::decode(v1).expect("hex signature"))
+        .expect("signature verifies with the shared secret");
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .abs_diff(t.parse::<u64>().unwrap());
+    assert!(age < 60, "signature timestamp is current");
+}
+
+#[tokio::test]
+async fn every_event_reaches_the_webhook_signed_and_verbatim() {
+    let crm = FakeCrm::start().await;
+    let app = spawn_webhook_app(&crm).await;
+    let conv = conversation();
+
+    for (kind, body) in eight_events(&conv) {
+        let ack = app.publish(kind, &body, None).await;
+        let request = crm.next_request().await;
+
+        assert_eq!(request.method.as_str(), "POST");
+        assert_eq!(request.url.path(), "/events");
+        let h = |name: &str| request.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h("content-type"), "application/json");
+        assert_eq!(h("X-Softphone-Event"), kind.name());
+        let id = format!("seq:{}", ack.sequence);
+        assert_eq!(h("Idempotency-Key"), id);
+        verify_signature(&request);
+
+        let doc: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(doc["event"], kind.name());
+        assert_eq!(doc["id"], id);
+        assert_eq!(doc["sequence"], ack.sequence);
+        assert!(doc["publishedAt"].as_str().unwrap().ends_with('Z'));
+        // The contract payload is forwarded verbatim, unknown fields included.
+        let sent: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["data"], sent, "{kind}");
+        match kind {
+            EventKind::Loaded => {
+                assert_eq!(doc["partnerId"], PARTNER);
+                assert!(doc.get("conversationId").is_none());
+            }
+            EventKind::AgentStatusChanged => {
+                assert!(doc.get("partnerId").is_none());
+                assert!(doc.get("conversationId").is_none());
+            }
+            _ => {
+                assert_eq!(doc["partnerId"], PARTNER);
+                assert_eq!(doc["conversationId"], conv.as_str());
+            }
+        }
+    }
+    let info = app.settled().await;
+    assert_eq!(info.delivered.stream_sequence, 8);
+    assert!(crm.drain().await.is_empty(), "each event was posted once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn publisher_message_id_is_the_event_id_and_duplicates_are_dropped() {
+    let crm = FakeCrm::start().await;
+    let app = spawn_webhook_app(&crm).await;
+    let body = call_body(&conversation(), r#""reason":"active""#);
+
+    let first = app.publish(EventKind::CallRejected, &body, Some("evt-42")).await;
+    let again = app.publish(EventKind::CallRejected, &body, Some("evt-42")).await;
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "the stream drops a re-published event id");
+
+    let request = crm.next_request().await;
+    assert_eq!(request.headers.get("Idempotency-Key").unwrap(), "evt-42");
+    let doc: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(doc["id"], "evt-42");
+    app.settled().await;
+    assert!(crm.drain().await.is_empty());
+    app.stop().await;
+}

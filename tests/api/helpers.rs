@@ -1,0 +1,311 @@
+//! Shared test plumbing: a NATS container, a recording fake CRM, and the app.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use softphone_bridge::config::Settings;
+use softphone_bridge::contract::{DLQ_STREAM, EVENTS_STREAM, EventKind};
+use softphone_bridge::{Application, broker};
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+pub const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+pub const SEGMENT: &str = "d6afeaa7-39be-4935-981f-2670215fd887";
+pub const ORIGIN: &str = "57053e21-0440-4689-a27a-513d7dceebde";
+pub const STATUS: &str = "9b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d";
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static LOGS: Once = Once::new();
+
+/// `TEST_LOG=1` shows the app's logs.
+pub fn init_logs() {
+    LOGS.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("softphone_bridge=debug,info")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// The NATS image; deploy/nats-image.sh makes it available offline.
+fn nats_image() -> (String, String) {
+    let image = std::env::var("SOFTPHONE_BRIDGE_NATS_IMAGE")
+        .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".to_owned());
+    let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+    (name.to_owned(), tag.to_owned())
+}
+
+/// A NATS server with JetStream in a container of its own.
+pub struct Nats {
+    pub container: ContainerAsync<GenericImage>,
+    pub url: String,
+}
+
+pub async fn start_nats() -> Nats {
+    init_logs();
+    let (name, tag) = nats_image();
+    let container = GenericImage::new(name.clone(), tag.clone())
+        .with_exposed_port(ContainerPort::Tcp(4222))
+        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+        .with_cmd(["--jetstream", "--store_dir", "/data"])
+        .start()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
+        });
+    let port = container.get_host_port_ipv4(4222).await.expect("NATS port is mapped");
+    Nats { container, url: format!("nats://127.0.0.1:{port}") }
+}
+
+/// Settings for tests: fast retries, a short ack wait, the given CRM section.
+pub fn settings(nats_url: &str, crm_toml: &str) -> Settings {
+    Settings::from_toml(&format!(
+        r#"
+dispositions = ["Sale", "No sale"]
+
+[nats]
+url = "{nats_url}"
+
+[worker]
+concurrency = 8
+ack_wait = "5s"
+max_deliveries = 3
+backoff = ["200ms", "400ms"]
+max_retry_after = "2s"
+shutdown_deadline = "5s"
+
+[crm]
+{crm_toml}
+
+[partners.{PARTNER}]
+business_segment_id = "{SEGMENT}"
+channel_origin_id = "{ORIGIN}"
+dispositions = ["Booked", "Cancelled", "Callback"]
+"#
+    ))
+    .expect("test settings are valid")
+}
+
+/// The `[crm]` section for a webhook at `url`.
+pub fn webhook_crm(url: &str) -> String {
+    format!("kind = \"webhook\"\nurl = \"{url}\"\nsecret = \"{WEBHOOK_SECRET}\"\ntimeout = \"2s\"")
+}
+
+/// A fake CRM over real HTTP: answers from a script, then with a default, and
+/// reports every request on a channel.
+pub struct FakeCrm {
+    pub server: MockServer,
+    requests: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
+    script: Arc<Mutex<Vec<ResponseTemplate>>>,
+}
+
+struct Recorder {
+    sent: mpsc::UnboundedSender<Request>,
+    script: Arc<Mutex<Vec<ResponseTemplate>>>,
+    default: ResponseTemplate,
+}
+
+impl Respond for Recorder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let _ = self.sent.send(request.clone());
+        let mut script = self.script.lock().unwrap();
+        if script.is_empty() { self.default.clone() } else { script.remove(0) }
+    }
+}
+
+impl FakeCrm {
+    /// Answers 200 unless scripted otherwise.
+    pub async fn start() -> FakeCrm {
+        Self::answering(ResponseTemplate::new(200)).await
+    }
+
+    pub async fn answering(default: ResponseTemplate) -> FakeCrm {
+        let server = MockServer::start().await;
+        let (sent, requests) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(Vec::new()));
+        Mock::given(wiremock::matchers::any())
+            .respond_with(Recorder { sent, script: Arc::clone(&script), default })
+            .mount(&server)
+            .await;
+        FakeCrm { server, requests: tokio::sync::Mutex::new(requests), script }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/events", self.server.uri())
+    }
+
+    /// The next responses, in order, before the default one.
+    pub fn script(&self, responses: impl IntoIterator<Item = ResponseTemplate>) {
+        self.script.lock().unwrap().extend(responses);
+    }
+
+    /// The next request the CRM receives.
+    pub async fn next_request(&self) -> Request {
+        tokio::time::timeout(PATIENCE, self.requests.lock().await.recv())
+            .await
+            .expect("the CRM received a request in time")
+            .expect("the recorder is alive")
+    }
+
+    /// Whatever has arrived and not been taken yet.
+    pub async fn drain(&self) -> Vec<Request> {
+        let mut rx = self.requests.lock().await;
+        let mut out = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// The app, running in this process against a container NATS.
+pub struct TestApp {
+    pub nats: Nats,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Provisions the streams (so tests can publish at once), then starts the app.
+pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
+    let client = async_nats::connect(&nats.url).await.expect("test client connects");
+    let js = jetstream::new(client.clone());
+    broker::provision(&js, &settings).await.expect("provisioning works");
+    let shutdown = CancellationToken::new();
+    let app = Application::build(settings.clone()).await.expect("app builds");
+    let handle = tokio::spawn(app.run_until(shutdown.clone()));
+    TestApp { nats, client, js, settings, shutdown, handle }
+}
+
+/// NATS, then the app with a webhook CRM pointing at `crm`.
+pub async fn spawn_webhook_app(crm: &FakeCrm) -> TestApp {
+    let nats = start_nats().await;
+    let settings = settings(&nats.url, &webhook_crm(&crm.url()));
+    spawn_app(nats, settings).await
+}
+
+impl TestApp {
+    /// Publishes an event body through JetStream, optionally with a Nats-Msg-Id.
+    pub async fn publish(&self, kind: EventKind, body: &str, msg_id: Option<&str>) -> PublishAck {
+        publish(&self.js, kind, body, msg_id).await
+    }
+
+    /// Stops the app as SIGTERM would and waits for it.
+    pub async fn stop(self) -> Nats {
+        self.shutdown.cancel();
+        self.handle.await.expect("app task joins").expect("app stops cleanly");
+        self.nats
+    }
+
+    pub async fn consumer_info(&self) -> consumer::Info {
+        consumer_info(&self.js, &self.settings.worker.consumer).await
+    }
+
+    /// Waits until the consumer has nothing pending or unacknowledged.
+    pub async fn settled(&self) -> consumer::Info {
+        settled(&self.js, &self.settings.worker.consumer).await
+    }
+
+    /// The next dead-lettered message (reads SOFTPHONE_DLQ in order).
+    pub async fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::open(&self.js).await
+    }
+}
+
+pub async fn publish(js: &jetstream::Context, kind: EventKind, body: &str, msg_id: Option<&str>) -> PublishAck {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = msg_id {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    }
+    js.publish_with_headers(kind.subject(), headers, body.to_owned().into())
+        .await
+        .expect("publish is sent")
+        .await
+        .expect("the events stream acknowledges")
+}
+
+pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Info {
+    let stream = js.get_stream(EVENTS_STREAM).await.expect("events stream exists");
+    stream.consumer_info(name).await.expect("consumer exists")
+}
+
+/// Polls the consumer until nothing is pending or in flight (with a deadline).
+pub async fn settled(js: &jetstream::Context, name: &str) -> consumer::Info {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = consumer_info(js, name).await;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumer did not settle: {} pending, {} unacknowledged",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the dead-letter stream from its start.
+pub struct DeadLetters {
+    messages: jetstream::consumer::pull::Stream,
+}
+
+impl DeadLetters {
+    async fn open(js: &jetstream::Context) -> Self {
+        let stream = js.get_stream(DLQ_STREAM).await.expect("DLQ stream exists");
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("ephemeral DLQ reader");
+        Self { messages: consumer.messages().await.expect("DLQ reader pulls") }
+    }
+
+    pub async fn next(&mut self) -> jetstream::Message {
+        tokio::time::timeout(PATIENCE, self.messages.next())
+            .await
+            .expect("a dead letter arrived in time")
+            .expect("DLQ stream open")
+            .expect("DLQ message")
+    }
+}
+
+pub fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+        .unwrap_or_else(|| panic!("header {name} present"))
+}
+
+/// A call event body with the given extra fields.
+pub fn call_body(conversation: &str, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(r#"{{"partnerId":"{PARTNER}","conversationId":"{conversation}"{sep}{extra}}}"#)
+}
+
+/// A fresh conversation GUID.
+pub fn conversation() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
