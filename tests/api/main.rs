@@ -4,4 +4,6 @@
 
 mod events;
 mod helpers;
+mod load;
 mod outcomes;
+mod replicas;
