@@ -32,7 +32,9 @@ pub async fn connect(
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("Connected to NATS."),
-                async_nats::Event::Disconnected => tracing::warn!("Disconnected from NATS; reconnecting."),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("Disconnected from NATS; reconnecting.")
+                }
                 other => tracing::info!(event = %other, "NATS connection event."),
             }
         });
@@ -98,7 +100,12 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
     events
         .create_consumer(consumer_config(settings))
         .await
-        .with_context(|| format!("cannot create or update consumer {}", settings.worker.consumer))?;
+        .with_context(|| {
+            format!(
+                "cannot create or update consumer {}",
+                settings.worker.consumer
+            )
+        })?;
     tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
     Ok(())
 }
@@ -138,7 +145,9 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
         },
         stream::Config {
             name: COMMANDS_STREAM.into(),
-            description: Some("Callbacks on their way to softphones; short-lived on purpose.".into()),
+            description: Some(
+                "Callbacks on their way to softphones; short-lived on purpose.".into(),
+            ),
             subjects: vec![COMMAND_SUBJECTS.into()],
             max_age: s.commands_max_age,
             duplicate_window: s.duplicate_window.min(s.commands_max_age),

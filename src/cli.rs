@@ -14,7 +14,11 @@ use crate::config::{CONFIG_ENV, Settings};
 use crate::contract::{Event, EventKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "softphone-bridge", version, about = "Bridges softphone events on NATS JetStream to CRMs, and CRM commands back to softphones.")]
+#[command(
+    name = "softphone-bridge",
+    version,
+    about = "Bridges softphone events on NATS JetStream to CRMs, and CRM commands back to softphones."
+)]
 pub struct Cli {
     /// TOML configuration file (settings from SOFTPHONE_BRIDGE_* variables win over it).
     #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
@@ -63,14 +67,22 @@ impl Cli {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
-                Application::build(settings).await?.run_until(shutdown).await
+                Application::build(settings)
+                    .await?
+                    .run_until(shutdown)
+                    .await
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
         }
     }
 }
 
-async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String>) -> anyhow::Result<()> {
+async fn emit(
+    settings: &Settings,
+    event: &str,
+    payload: &str,
+    id: Option<String>,
+) -> anyhow::Result<()> {
     let Some(kind) = EventKind::parse(event) else {
         let known: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
         bail!("unknown event {event:?}; one of: {}", known.join(", "));
@@ -94,7 +106,12 @@ async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String
         .await
         .context("cannot publish")?
         .await
-        .with_context(|| format!("no stream acknowledged {} (run `softphone-bridge provision`?)", kind.subject()))?;
+        .with_context(|| {
+            format!(
+                "no stream acknowledged {} (run `softphone-bridge provision`?)",
+                kind.subject()
+            )
+        })?;
     println!(
         "{}",
         serde_json::json!({"subject": kind.subject(), "id": id, "stream": ack.stream, "seq": ack.sequence, "duplicate": ack.duplicate})
@@ -106,11 +123,16 @@ async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String
 async fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
         let mut body = Vec::new();
-        tokio::io::stdin().read_to_end(&mut body).await.context("cannot read standard input")?;
+        tokio::io::stdin()
+            .read_to_end(&mut body)
+            .await
+            .context("cannot read standard input")?;
         return Ok(body);
     }
     if let Some(path) = arg.strip_prefix('@') {
-        return tokio::fs::read(path).await.with_context(|| format!("cannot read {path}"));
+        return tokio::fs::read(path)
+            .await
+            .with_context(|| format!("cannot read {path}"));
     }
     Ok(arg.as_bytes().to_vec())
 }

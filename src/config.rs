@@ -210,13 +210,42 @@ pub enum CrmSettings {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Where events are POSTed (http or https).
-    pub url: Url,
+    pub url: HttpUrl,
     /// HMAC-SHA256 key of `X-Softphone-Signature`.
     #[serde(serialize_with = "redact")]
     pub secret: SecretString,
     /// Whole-request timeout.
     #[serde(default = "default_crm_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// An absolute http(s) URL; any `user:password@` part is never echoed back.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpUrl(Url);
+
+impl HttpUrl {
+    pub fn as_url(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HttpUrl {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let shown = redacted_url(&text);
+        let url = Url::parse(&text).map_err(|e| format!("url {shown:?} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url {shown:?} is not an http(s) URL"));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+impl From<HttpUrl> for String {
+    fn from(url: HttpUrl) -> String {
+        url.0.into()
+    }
 }
 
 fn default_crm_timeout() -> Duration {
@@ -349,20 +378,21 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Ok(figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .ignore(&["config"])
-                .split("__"),
-        ))
+        Ok(figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")))
     }
 
     /// Checks what serde cannot: relations between keys.
     fn check(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let fail = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}{}", origin(figment, key))));
+        let fail = |key: &str, why: String| {
+            Err(ConfigError(format!("{key}: {why}{}", origin(figment, key))))
+        };
         for url in self.nats.url.split(',') {
             if let Err(e) = url.trim().parse::<async_nats::ServerAddr>() {
                 let url = redacted_url(url);
-                return fail("nats.url", format!("{url:?} is not a NATS server address ({e})"));
+                return fail(
+                    "nats.url",
+                    format!("{url:?} is not a NATS server address ({e})"),
+                );
             }
         }
         let auth_methods = [
@@ -371,13 +401,19 @@ impl Settings {
             self.nats.creds_file.is_some(),
         ];
         if auth_methods.iter().filter(|set| **set).count() > 1 {
-            return fail("nats", "set only one of token, user/password and creds_file".into());
+            return fail(
+                "nats",
+                "set only one of token, user/password and creds_file".into(),
+            );
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return fail("nats.user", "user and password go together".into());
         }
         if self.nats.tls.cert_file.is_some() != self.nats.tls.key_file.is_some() {
-            return fail("nats.tls.cert_file", "cert_file and key_file go together".into());
+            return fail(
+                "nats.tls.cert_file",
+                "cert_file and key_file go together".into(),
+            );
         }
         if self.worker.concurrency == 0 {
             return fail("worker.concurrency", "must be at least 1".into());
@@ -394,13 +430,10 @@ impl Settings {
         if self.streams.replicas == 0 || self.streams.replicas > 5 {
             return fail("streams.replicas", "must be between 1 and 5".into());
         }
-        if let CrmSettings::Webhook(webhook) = &self.crm {
-            if !matches!(webhook.url.scheme(), "http" | "https") {
-                return fail("crm.url", format!("{} is not an http(s) URL", webhook.url));
-            }
-            if secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty() {
-                return fail("crm.secret", "must not be empty".into());
-            }
+        if let CrmSettings::Webhook(webhook) = &self.crm
+            && secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty()
+        {
+            return fail("crm.secret", "must not be empty".into());
         }
         Ok(())
     }
@@ -428,7 +461,15 @@ fn source_name(md: &figment::Metadata, key: &str) -> String {
     match &md.source {
         Some(source) => format!("{} {source}", md.name),
         None if md.name.contains("environment") => {
-            format!("environment variable {ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"))
+            let var = format!(
+                "{ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            );
+            if std::env::var_os(&var).is_some() {
+                format!("environment variable {var}")
+            } else {
+                format!("environment variables {var}__*")
+            }
         }
         None => md.name.to_string(),
     }
@@ -438,13 +479,23 @@ fn describe(error: figment::Error) -> ConfigError {
     let lines: Vec<String> = error
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
+            let mut path = e.path.clone();
+            // Name the missing key itself, not only the section it belongs in.
+            if let figment::error::Kind::MissingField(field) = &e.kind {
+                path.push(field.to_string());
+            }
+            let key = path.join(".");
+            let section = e.path.join(".");
             let place = e
                 .metadata
                 .as_ref()
-                .map(|md| format!(" (set in {})", source_name(md, &key)))
+                .map(|md| format!(" (set in {})", source_name(md, &section)))
                 .unwrap_or_default();
-            let key = if key.is_empty() { "<top level>".into() } else { format!("`{key}`") };
+            let key = if key.is_empty() {
+                "<top level>".into()
+            } else {
+                format!("`{key}`")
+            };
             format!("{key}: {}{place}", e.kind)
         })
         .collect();
@@ -478,7 +529,7 @@ mod tests {
     fn secrets_are_redacted_in_the_rendered_config() {
         let settings = Settings {
             crm: CrmSettings::Webhook(WebhookSettings {
-                url: "https://crm.example/hook".parse().unwrap(),
+                url: HttpUrl::try_from("https://crm.example/hook".to_owned()).unwrap(),
                 secret: SecretString::from("s3cr3t-value"),
                 timeout: Duration::from_secs(3),
             }),

@@ -32,7 +32,12 @@ impl Application {
     pub async fn build_with_crm(settings: Settings, crm: Arc<dyn Crm>) -> anyhow::Result<Self> {
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
-        Ok(Self { settings: Arc::new(settings), client, js, crm })
+        Ok(Self {
+            settings: Arc::new(settings),
+            client,
+            js,
+            crm,
+        })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -90,7 +95,11 @@ impl Application {
             };
             match result {
                 Ok(consumer) => return Some(consumer),
-                Err(e) => tracing::warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "Not ready; retrying."),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "Not ready; retrying."
+                ),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct InvalidValue(pub String);
 
 macro_rules! string_value {
-    ($(#[$doc:meta])* $name:ident, $check:path) => {
+    ($(#[$doc:meta])* $name:ident, $check:path, $normalize:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -25,8 +25,7 @@ macro_rules! string_value {
         impl TryFrom<String> for $name {
             type Error = InvalidValue;
             fn try_from(value: String) -> Result<Self, InvalidValue> {
-                $check(&value)?;
-                Ok(Self(value))
+                $check(&value).map(|()| Self($normalize(value)))
             }
         }
 
@@ -54,19 +53,23 @@ macro_rules! string_value {
 string_value!(
     /// A GUID in its canonical 8-4-4-4-12 hexadecimal form.
     Guid,
-    check_guid
+    check_guid,
+    // GUIDs compare case-insensitively: keep one spelling for lookups.
+    |v: String| v.to_ascii_lowercase()
 );
 string_value!(
     /// A phone number in E.164 form: `+`, then 2 to 15 digits, the first not 0.
     PhoneNumber,
-    check_e164
+    check_e164,
+    std::convert::identity
 );
 string_value!(
     /// The id of one softphone instance: exactly one NATS subject token
     /// (1 to 128 printable ASCII characters, none of `.`, `*`, `>`), so it can
     /// never reach another softphone's subject.
     SoftphoneId,
-    check_token
+    check_token,
+    std::convert::identity
 );
 
 fn check_guid(value: &str) -> Result<(), InvalidValue> {
@@ -130,7 +133,12 @@ mod tests {
     #[test]
     fn guids_must_be_canonical() {
         assert!(Guid::try_from("215fd887-39be-4935-981f-2670d6afeaa7".to_owned()).is_ok());
-        assert!(Guid::try_from("215FD887-39BE-4935-981F-2670D6AFEAA7".to_owned()).is_ok());
+        assert_eq!(
+            Guid::try_from("215FD887-39BE-4935-981F-2670D6AFEAA7".to_owned())
+                .unwrap()
+                .as_str(),
+            "215fd887-39be-4935-981f-2670d6afeaa7"
+        );
         for bad in [
             "",
             "215fd88739be4935981f2670d6afeaa7",
@@ -146,8 +154,18 @@ mod tests {
     fn phone_numbers_must_be_e164() {
         assert!(PhoneNumber::try_from("+18883973342".to_owned()).is_ok());
         assert!(PhoneNumber::try_from("+44".to_owned()).is_ok());
-        for bad in ["18883973342", "+0888", "+1 888 397", "+1234567890123456", "+", ""] {
-            assert!(PhoneNumber::try_from(bad.to_owned()).is_err(), "{bad} accepted");
+        for bad in [
+            "18883973342",
+            "+0888",
+            "+1 888 397",
+            "+1234567890123456",
+            "+",
+            "",
+        ] {
+            assert!(
+                PhoneNumber::try_from(bad.to_owned()).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 

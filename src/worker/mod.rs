@@ -36,7 +36,12 @@ pub struct Worker {
 impl Worker {
     pub fn new(settings: Arc<Settings>, js: jetstream::Context, crm: Arc<dyn Crm>) -> Self {
         let commands = CommandPublisher::new(js.clone());
-        Self { settings, js, crm, commands }
+        Self {
+            settings,
+            js,
+            crm,
+            commands,
+        }
     }
 
     fn config(&self) -> &WorkerSettings {
@@ -67,7 +72,10 @@ impl Worker {
                     continue;
                 }
             };
-            match self.pull(messages, &permits, &tracker, &abandon, &shutdown).await {
+            match self
+                .pull(messages, &permits, &tracker, &abandon, &shutdown)
+                .await
+            {
                 Pulled::Shutdown(messages) => {
                     self.nak_buffered(messages).await;
                     break;
@@ -80,7 +88,10 @@ impl Worker {
         }
         tracker.close();
         let deadline = self.config().shutdown_deadline;
-        if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = tracker.len(),
                 "Shutdown deadline passed; nak'ing events still in flight."
@@ -111,12 +122,12 @@ impl Worker {
         loop {
             let permit = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Pulled::Shutdown(messages),
+                _ = shutdown.cancelled() => return Pulled::Shutdown(Box::new(messages)),
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Pulled::Shutdown(messages),
+                _ = shutdown.cancelled() => return Pulled::Shutdown(Box::new(messages)),
                 next = messages.next() => next,
             };
             match next {
@@ -131,7 +142,12 @@ impl Worker {
                 Some(Err(e)) => {
                     use jetstream::consumer::pull::MessagesErrorKind as Kind;
                     tracing::warn!(error = %e, "Pull stream error.");
-                    if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded) {
+                    if matches!(
+                        e.kind(),
+                        Kind::ConsumerDeleted
+                            | Kind::PushBasedConsumer
+                            | Kind::RequestLimitExceeded
+                    ) {
                         return Pulled::Ended;
                     }
                 }
@@ -142,7 +158,7 @@ impl Worker {
 
     /// Naks what the pull stream already holds, so another replica gets it now
     /// instead of after the ack wait.
-    async fn nak_buffered(&self, mut messages: jetstream::consumer::pull::Stream) {
+    async fn nak_buffered(&self, mut messages: Box<jetstream::consumer::pull::Stream>) {
         while let Some(Some(Ok(message))) = messages.next().now_or_never() {
             if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
                 tracing::warn!(error = %e, "Cannot nak a buffered event; it returns after the ack wait.");
@@ -154,7 +170,11 @@ impl Worker {
     /// a message without an ack, a nak or a dead-letter.
     async fn process(&self, message: jetstream::Message, abandon: CancellationToken) {
         let (sequence, delivered, published) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32, info.published),
+            Ok(info) => (
+                info.stream_sequence,
+                info.delivered.max(1) as u32,
+                info.published,
+            ),
             Err(e) => {
                 tracing::error!(subject = %message.subject, error = %e, "Delivery without JetStream metadata; nak'ing.");
                 let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -180,7 +200,8 @@ impl Worker {
                     let handled = match result {
                         Ok(event) => {
                             if let Some(conversation) = event.event.conversation_id() {
-                                tracing::Span::current().record("conversation_id", conversation.as_str());
+                                tracing::Span::current()
+                                    .record("conversation_id", conversation.as_str());
                             }
                             let work = self.with_progress(&message, self.handle(&event));
                             tokio::select! {
@@ -199,7 +220,8 @@ impl Worker {
                     }
                 }
             };
-            self.apply(&message, &id, sequence, delivered, outcome, started).await;
+            self.apply(&message, &id, sequence, delivered, outcome, started)
+                .await;
         }
         .instrument(span)
         .await
@@ -216,7 +238,13 @@ impl Worker {
         // decode succeeded, so the body is one JSON value.
         let raw = serde_json::from_slice::<Box<RawValue>>(&message.payload)
             .map_err(|e| ContractError::Json(e.to_string()))?;
-        Ok(CrmEvent { id: id.to_owned(), event, raw, published, sequence })
+        Ok(CrmEvent {
+            id: id.to_owned(),
+            event,
+            raw,
+            published,
+            sequence,
+        })
     }
 
     /// Performs the event's actions: callbacks for `load`, then the CRM.
@@ -224,8 +252,16 @@ impl Worker {
         if let Event::Loaded(loaded) = &event.event {
             for callback in load::callbacks(&self.settings, loaded) {
                 let message_id = format!("{}:{}", event.id, callback.type_name());
-                let ack = self.commands.publish(&loaded.softphone_id, &callback, &message_id).await?;
-                tracing::debug!(callback = callback.type_name(), seq = ack.sequence, duplicate = ack.duplicate, "Callback published.");
+                let ack = self
+                    .commands
+                    .publish(&loaded.softphone_id, &callback, &message_id)
+                    .await?;
+                tracing::debug!(
+                    callback = callback.type_name(),
+                    seq = ack.sequence,
+                    duplicate = ack.duplicate,
+                    "Callback published."
+                );
             }
         }
         self.crm.handle(event).await?;
@@ -234,7 +270,11 @@ impl Worker {
 
     /// Runs `work`, telling the server every third of the ack wait that the
     /// event is still being worked on, so a slow CRM is not mistaken for a crash.
-    async fn with_progress<T>(&self, message: &jetstream::Message, work: impl Future<Output = T>) -> T {
+    async fn with_progress<T>(
+        &self,
+        message: &jetstream::Message,
+        work: impl Future<Output = T>,
+    ) -> T {
         let every = self.config().ack_wait / 3;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tokio::pin!(work);
@@ -270,8 +310,21 @@ impl Worker {
                 message.ack_with(AckKind::Nak(Some(*delay))).await
             }
             Outcome::DeadLetter { reason, detail } => {
-                let origin = dead_letter::Origin { subject: &message.subject, sequence, delivered, event_id: id };
-                match dead_letter::publish(&self.js, &origin, message.payload.clone(), reason, detail.as_deref()).await {
+                let origin = dead_letter::Origin {
+                    subject: &message.subject,
+                    sequence,
+                    delivered,
+                    event_id: id,
+                };
+                match dead_letter::publish(
+                    &self.js,
+                    &origin,
+                    message.payload.clone(),
+                    reason,
+                    detail.as_deref(),
+                )
+                .await
+                {
                     Ok(()) => {
                         tracing::error!(%reason, "Event dead-lettered.");
                         message.ack_with(AckKind::Term).await
@@ -293,7 +346,7 @@ impl Worker {
 
 enum Pulled {
     /// Shutdown was asked for; the stream may hold buffered messages.
-    Shutdown(jetstream::consumer::pull::Stream),
+    Shutdown(Box<jetstream::consumer::pull::Stream>),
     /// The stream ended or failed for good; make a new one.
     Ended,
 }

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use futures::StreamExt;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{DLQ_STREAM, EVENTS_STREAM, EventKind};
@@ -65,10 +65,18 @@ pub async fn start_nats() -> Nats {
         .start()
         .await
         .unwrap_or_else(|e| {
-            panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
+            panic!(
+                "cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}"
+            )
         });
-    let port = container.get_host_port_ipv4(4222).await.expect("NATS port is mapped");
-    Nats { container, url: format!("nats://127.0.0.1:{port}") }
+    let port = container
+        .get_host_port_ipv4(4222)
+        .await
+        .expect("NATS port is mapped");
+    Nats {
+        container,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
 }
 
 /// Settings for tests: fast retries, a short ack wait, the given CRM section.
@@ -123,7 +131,11 @@ impl Respond for Recorder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let _ = self.sent.send(request.clone());
         let mut script = self.script.lock().unwrap();
-        if script.is_empty() { self.default.clone() } else { script.remove(0) }
+        if script.is_empty() {
+            self.default.clone()
+        } else {
+            script.remove(0)
+        }
     }
 }
 
@@ -138,10 +150,18 @@ impl FakeCrm {
         let (sent, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Vec::new()));
         Mock::given(wiremock::matchers::any())
-            .respond_with(Recorder { sent, script: Arc::clone(&script), default })
+            .respond_with(Recorder {
+                sent,
+                script: Arc::clone(&script),
+                default,
+            })
             .mount(&server)
             .await;
-        FakeCrm { server, requests: tokio::sync::Mutex::new(requests), script }
+        FakeCrm {
+            server,
+            requests: tokio::sync::Mutex::new(requests),
+            script,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -184,13 +204,26 @@ pub struct TestApp {
 
 /// Provisions the streams (so tests can publish at once), then starts the app.
 pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
-    let client = async_nats::connect(&nats.url).await.expect("test client connects");
+    let client = async_nats::connect(&nats.url)
+        .await
+        .expect("test client connects");
     let js = jetstream::new(client.clone());
-    broker::provision(&js, &settings).await.expect("provisioning works");
+    broker::provision(&js, &settings)
+        .await
+        .expect("provisioning works");
     let shutdown = CancellationToken::new();
-    let app = Application::build(settings.clone()).await.expect("app builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
     let handle = tokio::spawn(app.run_until(shutdown.clone()));
-    TestApp { nats, client, js, settings, shutdown, handle }
+    TestApp {
+        nats,
+        client,
+        js,
+        settings,
+        shutdown,
+        handle,
+    }
 }
 
 /// NATS, then the app with a webhook CRM pointing at `crm`.
@@ -209,7 +242,10 @@ impl TestApp {
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(self) -> Nats {
         self.shutdown.cancel();
-        self.handle.await.expect("app task joins").expect("app stops cleanly");
+        self.handle
+            .await
+            .expect("app task joins")
+            .expect("app stops cleanly");
         self.nats
     }
 
@@ -228,7 +264,12 @@ impl TestApp {
     }
 }
 
-pub async fn publish(js: &jetstream::Context, kind: EventKind, body: &str, msg_id: Option<&str>) -> PublishAck {
+pub async fn publish(
+    js: &jetstream::Context,
+    kind: EventKind,
+    body: &str,
+    msg_id: Option<&str>,
+) -> PublishAck {
     let mut headers = HeaderMap::new();
     if let Some(id) = msg_id {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -241,7 +282,10 @@ pub async fn publish(js: &jetstream::Context, kind: EventKind, body: &str, msg_i
 }
 
 pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Info {
-    let stream = js.get_stream(EVENTS_STREAM).await.expect("events stream exists");
+    let stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .expect("events stream exists");
     stream.consumer_info(name).await.expect("consumer exists")
 }
 
@@ -278,7 +322,9 @@ impl DeadLetters {
             })
             .await
             .expect("ephemeral DLQ reader");
-        Self { messages: consumer.messages().await.expect("DLQ reader pulls") }
+        Self {
+            messages: consumer.messages().await.expect("DLQ reader pulls"),
+        }
     }
 
     pub async fn next(&mut self) -> jetstream::Message {
@@ -383,14 +429,16 @@ timeout = "10s"
 pub async fn replicas_pulling(js: &jetstream::Context, name: &str, count: usize) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(stream) = js.get_stream(EVENTS_STREAM).await {
-            if let Ok(info) = stream.consumer_info(name).await {
-                if info.num_waiting >= count {
-                    return;
-                }
-            }
+        if let Ok(stream) = js.get_stream(EVENTS_STREAM).await
+            && let Ok(info) = stream.consumer_info(name).await
+            && info.num_waiting >= count
+        {
+            return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{count} replicas did not start pulling");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} replicas did not start pulling"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -16,7 +16,13 @@ async fn next_command(sub: &mut async_nats::Subscriber) -> async_nats::Message {
 }
 
 fn msg_id(message: &async_nats::Message) -> String {
-    message.headers.as_ref().unwrap().get(async_nats::header::NATS_MESSAGE_ID).unwrap().to_string()
+    message
+        .headers
+        .as_ref()
+        .unwrap()
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -26,8 +32,12 @@ async fn loaded_event_sends_the_partners_dispositions_and_config() {
     let mut commands = app.client.subscribe("softphone.cmd.agent-7").await.unwrap();
     app.client.flush().await.unwrap();
 
-    app.publish(EventKind::Loaded, &format!(r#"{{"softphoneId":"agent-7","partnerId":"{PARTNER}"}}"#), Some("load-1"))
-        .await;
+    app.publish(
+        EventKind::Loaded,
+        &format!(r#"{{"softphoneId":"agent-7","partnerId":"{PARTNER}"}}"#),
+        Some("load-1"),
+    )
+    .await;
 
     let disposition = next_command(&mut commands).await;
     assert_eq!(
@@ -43,7 +53,14 @@ async fn loaded_event_sends_the_partners_dispositions_and_config() {
     );
     assert_eq!(msg_id(&config), "load-1:partner_config");
     // The CRM hears of the load too.
-    assert_eq!(crm.next_request().await.headers.get("X-Softphone-Event").unwrap(), "loaded");
+    assert_eq!(
+        crm.next_request()
+            .await
+            .headers
+            .get("X-Softphone-Event")
+            .unwrap(),
+        "loaded"
+    );
     app.settled().await;
     app.stop().await;
 }
@@ -55,8 +72,12 @@ async fn unknown_partners_get_the_default_list_and_no_partner_config() {
     let mut commands = app.client.subscribe("softphone.cmd.>").await.unwrap();
     app.client.flush().await.unwrap();
 
-    app.publish(EventKind::Loaded, r#"{"softphoneId":"agent-8","partnerId":"00000000-0000-4000-8000-000000000000"}"#, None)
-        .await;
+    app.publish(
+        EventKind::Loaded,
+        r#"{"softphoneId":"agent-8","partnerId":"00000000-0000-4000-8000-000000000000"}"#,
+        None,
+    )
+    .await;
     let disposition = next_command(&mut commands).await;
     assert_eq!(disposition.subject.as_str(), "softphone.cmd.agent-8");
     assert_eq!(
@@ -65,8 +86,18 @@ async fn unknown_partners_get_the_default_list_and_no_partner_config() {
     );
     crm.next_request().await;
     app.settled().await;
-    let stream = app.js.get_stream(COMMANDS_STREAM).await.unwrap().get_info().await.unwrap();
-    assert_eq!(stream.state.messages, 1, "only the disposition callback was sent");
+    let stream = app
+        .js
+        .get_stream(COMMANDS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.state.messages, 1,
+        "only the disposition callback was sent"
+    );
     app.stop().await;
 }
 
@@ -75,16 +106,30 @@ async fn a_redelivered_load_does_not_send_its_callbacks_twice() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(500)]);
     let app = spawn_webhook_app(&crm).await;
-    app.publish(EventKind::Loaded, &format!(r#"{{"softphoneId":"agent-9","partnerId":"{PARTNER}"}}"#), None)
-        .await;
+    app.publish(
+        EventKind::Loaded,
+        &format!(r#"{{"softphoneId":"agent-9","partnerId":"{PARTNER}"}}"#),
+        None,
+    )
+    .await;
 
     // Callbacks go out, the CRM fails, the event is redelivered and the
     // callbacks are published again: the commands stream keeps one copy.
     crm.next_request().await;
     crm.next_request().await;
     app.settled().await;
-    let stream = app.js.get_stream(COMMANDS_STREAM).await.unwrap().get_info().await.unwrap();
-    assert_eq!(stream.state.messages, 2, "disposition and partner_config, once each");
+    let stream = app
+        .js
+        .get_stream(COMMANDS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.state.messages, 2,
+        "disposition and partner_config, once each"
+    );
     app.stop().await;
 }
 
@@ -106,7 +151,10 @@ async fn a_load_request_gets_both_callbacks_in_one_reply() {
 
     let refused = request_until_answered(&app.client, r#"{"softphoneId":"a b"}"#.into()).await;
     let error = refused["error"].as_str().unwrap();
-    assert!(error.contains("softphoneId") && error.contains("one NATS subject token"), "{error}");
+    assert!(
+        error.contains("softphoneId") && error.contains("one NATS subject token"),
+        "{error}"
+    );
 
     // No stream captures the request subject (else the request would be
     // answered by a publish ack), and the CRM is not involved.
@@ -119,11 +167,18 @@ async fn a_load_request_gets_both_callbacks_in_one_reply() {
 async fn request_until_answered(client: &async_nats::Client, body: String) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        match client.request(LOAD_REQUEST_SUBJECT, body.clone().into()).await {
+        match client
+            .request(LOAD_REQUEST_SUBJECT, body.clone().into())
+            .await
+        {
             Ok(reply) => return serde_json::from_slice(&reply.payload).unwrap(),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 // No responders yet: the app is still starting.
-                assert_eq!(e.kind(), async_nats::client::RequestErrorKind::NoResponders, "{e}");
+                assert_eq!(
+                    e.kind(),
+                    async_nats::client::RequestErrorKind::NoResponders,
+                    "{e}"
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(e) => panic!("no load responder: {e}"),

@@ -9,7 +9,13 @@ use wiremock::ResponseTemplate;
 use crate::helpers::*;
 
 fn key(request: &wiremock::Request) -> String {
-    request.headers.get("Idempotency-Key").unwrap().to_str().unwrap().to_owned()
+    request
+        .headers
+        .get("Idempotency-Key")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -17,14 +23,25 @@ async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(503)]);
     let app = spawn_webhook_app(&crm).await;
-    app.publish(EventKind::CallEnded, &call_body(&conversation(), r#""duration":3"#), None)
-        .await;
+    app.publish(
+        EventKind::CallEnded,
+        &call_body(&conversation(), r#""duration":3"#),
+        None,
+    )
+    .await;
 
     let first = crm.next_request().await;
     let failed_at = Instant::now();
     let second = crm.next_request().await;
-    assert!(failed_at.elapsed() >= Duration::from_millis(200), "nak'd with the 1st backoff step");
-    assert_eq!(key(&first), key(&second), "the event id survives redelivery");
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(200),
+        "nak'd with the 1st backoff step"
+    );
+    assert_eq!(
+        key(&first),
+        key(&second),
+        "the event id survives redelivery"
+    );
     assert_eq!(first.body, second.body, "the same document is sent again");
     let info = app.settled().await;
     assert_eq!(info.ack_floor.stream_sequence, 1);
@@ -37,13 +54,20 @@ async fn retry_after_from_the_crm_is_honoured() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(429).insert_header("Retry-After", "1")]);
     let app = spawn_webhook_app(&crm).await;
-    app.publish(EventKind::CallRejected, &call_body(&conversation(), r#""reason":"active""#), None)
-        .await;
+    app.publish(
+        EventKind::CallRejected,
+        &call_body(&conversation(), r#""reason":"active""#),
+        None,
+    )
+    .await;
 
     crm.next_request().await;
     let limited_at = Instant::now();
     crm.next_request().await;
-    assert!(limited_at.elapsed() >= Duration::from_secs(1), "waited as the CRM asked");
+    assert!(
+        limited_at.elapsed() >= Duration::from_secs(1),
+        "waited as the CRM asked"
+    );
     app.settled().await;
     app.stop().await;
 }
@@ -54,7 +78,12 @@ async fn timeouts_are_transient() {
     // The webhook timeout in tests is 2s.
     crm.script([ResponseTemplate::new(200).set_delay(Duration::from_secs(4))]);
     let app = spawn_webhook_app(&crm).await;
-    app.publish(EventKind::CallIncoming, &call_body(&conversation(), ""), None).await;
+    app.publish(
+        EventKind::CallIncoming,
+        &call_body(&conversation(), ""),
+        None,
+    )
+    .await;
 
     let first = crm.next_request().await;
     let second = crm.next_request().await;
@@ -69,7 +98,11 @@ async fn invalid_payloads_are_dead_lettered_verbatim_with_the_reason() {
     let app = spawn_webhook_app(&crm).await;
     let mut dlq = app.dead_letters().await;
     let cases = [
-        (EventKind::CallAccepted, "{not json".to_owned(), "malformed JSON"),
+        (
+            EventKind::CallAccepted,
+            "{not json".to_owned(),
+            "malformed JSON",
+        ),
         (
             EventKind::CallEnded,
             call_body(&conversation(), r#""callType":"sideways""#),
@@ -80,23 +113,43 @@ async fn invalid_payloads_are_dead_lettered_verbatim_with_the_reason() {
             format!(r#"{{"partnerId":"{PARTNER}"}}"#),
             "missing field `conversationId`",
         ),
-        (EventKind::Loaded, r#"{"softphoneId":"agent.*"}"#.to_owned(), "softphoneId"),
+        (
+            EventKind::Loaded,
+            r#"{"softphoneId":"agent.*"}"#.to_owned(),
+            "softphoneId",
+        ),
     ];
     for (kind, body, why) in cases {
         let ack = app.publish(kind, &body, None).await;
         let dead = dlq.next().await;
-        assert_eq!(dead.subject.as_str(), format!("softphone.dlq.{}", kind.name()));
-        assert_eq!(dead.payload.as_ref(), body.as_bytes(), "original body, verbatim");
+        assert_eq!(
+            dead.subject.as_str(),
+            format!("softphone.dlq.{}", kind.name())
+        );
+        assert_eq!(
+            dead.payload.as_ref(),
+            body.as_bytes(),
+            "original body, verbatim"
+        );
         let reason = header(&dead, dlq_header::REASON);
         assert!(reason.starts_with("invalid payload"), "{reason}");
         assert!(reason.contains(why), "{reason} should say {why}");
         assert_eq!(header(&dead, dlq_header::SUBJECT), kind.subject());
-        assert_eq!(header(&dead, dlq_header::SEQUENCE), ack.sequence.to_string());
+        assert_eq!(
+            header(&dead, dlq_header::SEQUENCE),
+            ack.sequence.to_string()
+        );
         assert_eq!(header(&dead, dlq_header::DELIVERIES), "1");
-        assert_eq!(header(&dead, dlq_header::EVENT_ID), format!("seq:{}", ack.sequence));
+        assert_eq!(
+            header(&dead, dlq_header::EVENT_ID),
+            format!("seq:{}", ack.sequence)
+        );
     }
     app.settled().await;
-    assert!(crm.drain().await.is_empty(), "the CRM never saw an invalid event");
+    assert!(
+        crm.drain().await.is_empty(),
+        "the CRM never saw an invalid event"
+    );
     app.stop().await;
 }
 
@@ -109,16 +162,26 @@ async fn permanent_crm_refusals_are_dead_lettered_with_the_crm_error() {
     let app = spawn_webhook_app(&crm).await;
     let mut dlq = app.dead_letters().await;
     let body = call_body(&conversation(), r#""disposition":"x""#);
-    app.publish(EventKind::CallNotesSubmitted, &body, Some("notes-1")).await;
+    app.publish(EventKind::CallNotesSubmitted, &body, Some("notes-1"))
+        .await;
 
     let dead = dlq.next().await;
-    assert_eq!(header(&dead, dlq_header::REASON), "CRM answered 422 Unprocessable Entity");
-    assert_eq!(header(&dead, dlq_header::DETAIL), r#"{"error":"unknown partner"}"#);
+    assert_eq!(
+        header(&dead, dlq_header::REASON),
+        "CRM answered 422 Unprocessable Entity"
+    );
+    assert_eq!(
+        header(&dead, dlq_header::DETAIL),
+        r#"{"error":"unknown partner"}"#
+    );
     assert_eq!(header(&dead, dlq_header::EVENT_ID), "notes-1");
     assert_eq!(dead.payload.as_ref(), body.as_bytes());
     crm.next_request().await;
     app.settled().await;
-    assert!(crm.drain().await.is_empty(), "a permanent refusal is not retried");
+    assert!(
+        crm.drain().await.is_empty(),
+        "a permanent refusal is not retried"
+    );
     app.stop().await;
 }
 
@@ -127,7 +190,12 @@ async fn exhausted_retries_are_dead_lettered_after_max_deliveries() {
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
     let app = spawn_webhook_app(&crm).await;
     let mut dlq = app.dead_letters().await;
-    app.publish(EventKind::CallAccepted, &call_body(&conversation(), ""), None).await;
+    app.publish(
+        EventKind::CallAccepted,
+        &call_body(&conversation(), ""),
+        None,
+    )
+    .await;
 
     let dead = dlq.next().await;
     let reason = header(&dead, dlq_header::REASON);
@@ -143,12 +211,16 @@ async fn exhausted_retries_are_dead_lettered_after_max_deliveries() {
 #[tokio::test]
 async fn an_unreachable_crm_is_retried_then_dead_lettered() {
     // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let nats = start_nats().await;
     let settings = settings(&nats.url, &webhook_crm(&format!("http://{closed}/events")));
     let app = spawn_app(nats, settings).await;
     let mut dlq = app.dead_letters().await;
-    app.publish(EventKind::CallEnded, &call_body(&conversation(), ""), None).await;
+    app.publish(EventKind::CallEnded, &call_body(&conversation(), ""), None)
+        .await;
 
     let dead = dlq.next().await;
     let reason = header(&dead, dlq_header::REASON);
@@ -164,8 +236,12 @@ async fn webhook_documents_carry_the_ids_people_search_by() {
     let crm = FakeCrm::start().await;
     let app = spawn_webhook_app(&crm).await;
     let conv = conversation();
-    app.publish(EventKind::CallOutboundInitiated, &call_body(&conv, r#""dialledTo":"+18449401117""#), Some("out-1"))
-        .await;
+    app.publish(
+        EventKind::CallOutboundInitiated,
+        &call_body(&conv, r#""dialledTo":"+18449401117""#),
+        Some("out-1"),
+    )
+    .await;
     let doc: Value = serde_json::from_slice(&crm.next_request().await.body).unwrap();
     assert_eq!(doc["conversationId"], conv.as_str());
     assert_eq!(doc["partnerId"], PARTNER);

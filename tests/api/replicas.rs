@@ -16,19 +16,28 @@ const CONSUMER: &str = "softphone-bridge";
 async fn provisioned(nats: &Nats) -> jetstream::Context {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = jetstream::new(client);
-    broker::provision(&js, &Settings::from_toml("").unwrap()).await.unwrap();
+    broker::provision(&js, &Settings::from_toml("").unwrap())
+        .await
+        .unwrap();
     js
 }
 
 fn key(request: &wiremock::Request) -> String {
-    request.headers.get("Idempotency-Key").unwrap().to_str().unwrap().to_owned()
+    request
+        .headers
+        .get("Idempotency-Key")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
 async fn two_replicas_share_the_work_and_handle_each_event_once() {
     let nats = start_nats().await;
     let js = provisioned(&nats).await;
-    let crm = FakeCrm::answering(ResponseTemplate::new(204).set_delay(Duration::from_millis(30))).await;
+    let crm =
+        FakeCrm::answering(ResponseTemplate::new(204).set_delay(Duration::from_millis(30))).await;
     let base = crm.server.uri();
     let a = Bridge::start(&nats.url, &bridge_config(&format!("{base}/a"), ""));
     let b = Bridge::start(&nats.url, &bridge_config(&format!("{base}/b"), ""));
@@ -50,7 +59,11 @@ async fn two_replicas_share_the_work_and_handle_each_event_once() {
     assert_eq!(seen.len(), EVENTS, "every event was handled");
     assert!(seen.values().all(|n| *n == 1), "no event was handled twice");
     assert!(crm.drain().await.is_empty());
-    assert_eq!(by_replica.len(), 2, "both replicas took work: {by_replica:?}");
+    assert_eq!(
+        by_replica.len(),
+        2,
+        "both replicas took work: {by_replica:?}"
+    );
 
     a.terminate();
     b.terminate();
@@ -58,7 +71,10 @@ async fn two_replicas_share_the_work_and_handle_each_event_once() {
         let (status, stderr) = bridge.wait().await;
         assert!(status.success(), "clean exit: {stderr}");
         assert!(stderr.contains("NATS connection drained"), "{stderr}");
-        assert!(!stderr.contains(WEBHOOK_SECRET), "the secret never reaches the logs");
+        assert!(
+            !stderr.contains(WEBHOOK_SECRET),
+            "the secret never reaches the logs"
+        );
     }
 }
 
@@ -70,14 +86,23 @@ async fn sigterm_lets_in_flight_work_finish_then_exits_cleanly() {
     crm.script([ResponseTemplate::new(200).set_delay(Duration::from_millis(1500))]);
     let bridge = Bridge::start(&nats.url, &bridge_config(&crm.url(), ""));
 
-    publish(&js, EventKind::CallEnded, &call_body(&conversation(), ""), Some("slow-1")).await;
+    publish(
+        &js,
+        EventKind::CallEnded,
+        &call_body(&conversation(), ""),
+        Some("slow-1"),
+    )
+    .await;
     crm.next_request().await;
     bridge.terminate();
 
     let (status, stderr) = bridge.wait().await;
     assert!(status.success(), "exit 0 after finishing: {stderr}");
     let info = consumer_info(&js, CONSUMER).await;
-    assert_eq!(info.ack_floor.stream_sequence, 1, "the in-flight event was acked");
+    assert_eq!(
+        info.ack_floor.stream_sequence, 1,
+        "the in-flight event was acked"
+    );
     assert_eq!(info.num_ack_pending, 0);
     assert!(crm.drain().await.is_empty());
 }
@@ -88,10 +113,19 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
     let js = provisioned(&nats).await;
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(200).set_delay(Duration::from_secs(8))]);
-    let config = bridge_config(&crm.url(), "").replace("shutdown_deadline = \"10s\"", "shutdown_deadline = \"300ms\"");
+    let config = bridge_config(&crm.url(), "").replace(
+        "shutdown_deadline = \"10s\"",
+        "shutdown_deadline = \"300ms\"",
+    );
     let bridge = Bridge::start(&nats.url, &config);
 
-    publish(&js, EventKind::CallEnded, &call_body(&conversation(), ""), Some("stuck-1")).await;
+    publish(
+        &js,
+        EventKind::CallEnded,
+        &call_body(&conversation(), ""),
+        Some("stuck-1"),
+    )
+    .await;
     assert_eq!(key(&crm.next_request().await), "stuck-1");
     bridge.terminate();
     let (status, stderr) = bridge.wait().await;
@@ -100,7 +134,11 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
 
     // The nak makes it available at once: a new replica handles it.
     let successor = Bridge::start(&nats.url, &bridge_config(&crm.url(), ""));
-    assert_eq!(key(&crm.next_request().await), "stuck-1", "redelivered with the same id");
+    assert_eq!(
+        key(&crm.next_request().await),
+        "stuck-1",
+        "redelivered with the same id"
+    );
     settled(&js, CONSUMER).await;
     successor.terminate();
     let (status, _) = successor.wait().await;

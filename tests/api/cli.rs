@@ -1,0 +1,244 @@
+//! The command line: configuration errors, check-config, provision and emit.
+
+use std::process::Output;
+
+use async_nats::jetstream;
+use serde_json::Value;
+use softphone_bridge::contract::EVENTS_STREAM;
+
+use crate::helpers::*;
+
+fn bridge(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"));
+    cmd.args(args)
+        .env_remove("SOFTPHONE_BRIDGE_CONFIG")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+#[test]
+fn check_config_prints_the_layers_merged_with_secrets_redacted() {
+    let file = config_file(
+        "[crm]\nkind = \"webhook\"\nurl = \"https://crm.example/hook\"\nsecret = \"from-the-file\"\n",
+    );
+    let out = bridge(
+        &["check-config", "--config", file.path().to_str().unwrap()],
+        &[
+            ("SOFTPHONE_BRIDGE_CRM__SECRET", "hunter2-from-env"),
+            ("SOFTPHONE_BRIDGE_WORKER__CONCURRENCY", "5"),
+            (
+                "SOFTPHONE_BRIDGE_NATS__URL",
+                "nats://bob:pa55@nats.internal:4222",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rendered: toml::Table = toml::from_str(&text).expect("check-config prints TOML");
+    assert_eq!(
+        rendered["worker"]["concurrency"].as_integer(),
+        Some(5),
+        "env wins over defaults"
+    );
+    assert_eq!(
+        rendered["crm"]["url"].as_str(),
+        Some("https://crm.example/hook")
+    );
+    assert_eq!(rendered["crm"]["secret"].as_str(), Some("[redacted]"));
+    assert_eq!(
+        rendered["nats"]["url"].as_str(),
+        Some("nats://[redacted]@nats.internal:4222")
+    );
+    for secret in ["hunter2-from-env", "from-the-file", "pa55"] {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+}
+
+#[test]
+fn configuration_errors_are_one_line_naming_the_key_and_its_source() {
+    let unknown = config_file("[worker]\nconcurency = 4\n");
+    let path = unknown.path().to_str().unwrap().to_owned();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["check-config", "--config", &path],
+            vec![],
+            vec!["`worker.concurency`: unknown field".into(), path.clone()],
+        ),
+        (
+            vec!["check-config"],
+            vec![
+                ("SOFTPHONE_BRIDGE_CRM__KIND", "webhook"),
+                ("SOFTPHONE_BRIDGE_CRM__URL", "http://x/"),
+            ],
+            vec![
+                "`crm.secret`: missing field `secret`".into(),
+                "SOFTPHONE_BRIDGE_CRM__*".into(),
+            ],
+        ),
+        (
+            vec!["check-config"],
+            vec![
+                ("SOFTPHONE_BRIDGE_CRM__KIND", "webhook"),
+                ("SOFTPHONE_BRIDGE_CRM__URL", "not a url"),
+                ("SOFTPHONE_BRIDGE_CRM__SECRET", "s3"),
+            ],
+            vec![
+                "url \"not a url\" is not a URL".into(),
+                "SOFTPHONE_BRIDGE_CRM__*".into(),
+            ],
+        ),
+        (
+            vec!["check-config"],
+            vec![
+                ("SOFTPHONE_BRIDGE_CRM__KIND", "webhook"),
+                ("SOFTPHONE_BRIDGE_CRM__URL", "ftp://u:secretpw@x/"),
+                ("SOFTPHONE_BRIDGE_CRM__SECRET", "s3"),
+            ],
+            vec!["url \"ftp://[redacted]@x/\" is not an http(s) URL".into()],
+        ),
+        (
+            vec!["check-config"],
+            vec![("SOFTPHONE_BRIDGE_CRM__KIND", "salesforce-ish")],
+            vec!["`crm.kind`".into(), "salesforce-ish".into()],
+        ),
+        (
+            vec!["check-config"],
+            vec![("SOFTPHONE_BRIDGE_WORKER__ACK_WAIT", "soon")],
+            vec![
+                "`worker.ack_wait`".into(),
+                "SOFTPHONE_BRIDGE_WORKER__ACK_WAIT".into(),
+            ],
+        ),
+        (
+            vec!["check-config"],
+            vec![(
+                "SOFTPHONE_BRIDGE_NATS__URL",
+                "nats://u:secretpw@host:notaport",
+            )],
+            vec!["nats.url".into()],
+        ),
+        (
+            vec!["check-config"],
+            vec![(
+                "SOFTPHONE_BRIDGE_PARTNERS__NOT-A-GUID__BUSINESS_SEGMENT_ID",
+                "x",
+            )],
+            vec!["`partners.not-a-guid`".into(), "is not a GUID".into()],
+        ),
+        (
+            vec!["check-config", "--config", "/nonexistent/bridge.toml"],
+            vec![],
+            vec!["/nonexistent/bridge.toml".into()],
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let out = bridge(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        for needle in expected {
+            assert!(err.contains(&needle), "{err:?} should mention {needle:?}");
+        }
+        assert!(!err.contains("secretpw"), "no secret in errors: {err}");
+    }
+}
+
+#[tokio::test]
+async fn provision_then_emit_validates_and_publishes_once() {
+    let nats = start_nats().await;
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", nats.url.as_str())];
+    let provision = bridge(&["provision"], &env);
+    assert!(provision.status.success(), "{}", stderr(&provision));
+
+    let body = call_body(&conversation(), r#""reason":"active""#);
+    let first = bridge(&["emit", "call.rejected", &body], &env);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let ack: Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(ack["stream"], EVENTS_STREAM);
+    assert_eq!(ack["subject"], "softphone.call.rejected");
+    assert_eq!(ack["duplicate"], false);
+
+    // The same command again is a duplicate, not a second event.
+    let again = bridge(&["emit", "callRejected", &body], &env);
+    let ack2: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(ack2["duplicate"], true);
+    assert_eq!(ack2["id"], ack["id"]);
+
+    // From a file, with an explicit id.
+    let file = config_file(&call_body(&conversation(), r#""dialledTo":"+18449401117""#));
+    let at = format!("@{}", file.path().display());
+    let from_file = bridge(
+        &[
+            "emit",
+            "softphone.call.outbound_initiated",
+            &at,
+            "--id",
+            "out-7",
+        ],
+        &env,
+    );
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&from_file.stdout).unwrap()["id"],
+        "out-7"
+    );
+
+    // Invalid events are refused before anything is published.
+    for (event, payload, says) in [
+        (
+            "call.rejected",
+            call_body(&conversation(), r#""reason":"bored""#),
+            "unknown variant `bored`",
+        ),
+        ("call.ended", "{".to_owned(), "malformed JSON"),
+        (
+            "call.exploded",
+            "{}".to_owned(),
+            "unknown event \"call.exploded\"",
+        ),
+    ] {
+        let out = bridge(&["emit", event, &payload], &env);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let info = jetstream::new(client)
+        .get_stream(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(
+        info.state.messages, 2,
+        "one rejected call and one outbound call"
+    );
+}
+
+#[test]
+fn commands_against_an_unreachable_nats_fail_with_the_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("nats://user:topsecret@{closed}");
+    let out = bridge(&["provision"], &[("SOFTPHONE_BRIDGE_NATS__URL", &url)]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(!err.contains("topsecret"), "{err}");
+}
