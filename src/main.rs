@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use softphone_bridge::cli::Cli;
+use softphone_bridge::cli::{Cli, Command};
 use softphone_bridge::config::Settings;
 use softphone_bridge::telemetry;
 
@@ -18,11 +18,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log);
+    // One-shot commands print their result; their logs would be noise.
+    let service = matches!(cli.command, Command::Run);
+    telemetry::init(&settings.log, if service { None } else { Some("warn") });
     match cli.execute(settings).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if service => {
             tracing::error!(error = format!("{e:#}"), "Stopped with an error.");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -4,10 +4,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber. `RUST_LOG` wins over `log.level`.
-pub fn init(settings: &LogSettings) {
+/// Installs the global subscriber. `RUST_LOG` wins over `level`, which wins
+/// over `log.level`.
+pub fn init(settings: &LogSettings, level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or(&settings.level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

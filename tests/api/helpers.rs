@@ -43,7 +43,7 @@ pub fn init_logs() {
 
 /// The NATS image; deploy/nats-image.sh makes it available offline.
 fn nats_image() -> (String, String) {
-    let image = std::env::var("SOFTPHONE_BRIDGE_NATS_IMAGE")
+    let image = std::env::var("SOFTPHONE_NATS_IMAGE")
         .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".to_owned());
     let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
     (name.to_owned(), tag.to_owned())
