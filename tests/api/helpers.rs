@@ -56,19 +56,37 @@ pub struct Nats {
 }
 
 pub async fn start_nats() -> Nats {
+    start_nats_with(None, &[]).await
+}
+
+/// NATS on a fixed host port, so that the URL survives a stop and start.
+pub async fn start_nats_pinned() -> Nats {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    start_nats_with(Some(port), &[]).await
+}
+
+/// NATS with extra server arguments (e.g. `--auth <token>`), on `port` if given.
+pub async fn start_nats_with(port: Option<u16>, args: &[&str]) -> Nats {
     init_logs();
     let (name, tag) = nats_image();
-    let container = GenericImage::new(name.clone(), tag.clone())
+    let mut cmd = vec!["--jetstream", "--store_dir", "/data"];
+    cmd.extend_from_slice(args);
+    let image = GenericImage::new(name.clone(), tag.clone())
         .with_exposed_port(ContainerPort::Tcp(4222))
-        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-        .with_cmd(["--jetstream", "--store_dir", "/data"])
-        .start()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}"
-            )
-        });
+        .with_wait_for(WaitFor::message_on_stderr("Server is ready"));
+    let request = match port {
+        Some(port) => image
+            .with_cmd(cmd)
+            .with_mapped_port(port, ContainerPort::Tcp(4222)),
+        None => image.with_cmd(cmd),
+    };
+    let container = request.start().await.unwrap_or_else(|e| {
+        panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
+    });
     let port = container
         .get_host_port_ipv4(4222)
         .await

@@ -9,3 +9,4 @@ mod helpers;
 mod load;
 mod outcomes;
 mod replicas;
+mod resilience;
