@@ -299,6 +299,12 @@ pub async fn publish(
         .expect("the events stream acknowledges")
 }
 
+/// How many messages a stream holds now.
+pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = js.get_stream(stream).await.expect("stream exists");
+    stream.info().await.expect("stream info").state.messages
+}
+
 pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Info {
     let stream = js
         .get_stream(EVENTS_STREAM)
@@ -361,6 +367,17 @@ pub fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
         .and_then(|h| h.get(name))
         .map(|v| v.as_str())
         .unwrap_or_else(|| panic!("header {name} present"))
+}
+
+/// The `Idempotency-Key` a CRM request carries: the event id.
+pub fn idempotency_key(request: &Request) -> String {
+    request
+        .headers
+        .get("Idempotency-Key")
+        .expect("Idempotency-Key header")
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A call event body with the given extra fields.

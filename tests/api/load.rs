@@ -86,16 +86,9 @@ async fn unknown_partners_get_the_default_list_and_no_partner_config() {
     );
     crm.next_request().await;
     app.settled().await;
-    let stream = app
-        .js
-        .get_stream(COMMANDS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
     assert_eq!(
-        stream.state.messages, 1,
+        stream_messages(&app.js, COMMANDS_STREAM).await,
+        1,
         "only the disposition callback was sent"
     );
     app.stop().await;
@@ -118,16 +111,9 @@ async fn a_redelivered_load_does_not_send_its_callbacks_twice() {
     crm.next_request().await;
     crm.next_request().await;
     app.settled().await;
-    let stream = app
-        .js
-        .get_stream(COMMANDS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap();
     assert_eq!(
-        stream.state.messages, 2,
+        stream_messages(&app.js, COMMANDS_STREAM).await,
+        2,
         "disposition and partner_config, once each"
     );
     app.stop().await;

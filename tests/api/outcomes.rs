@@ -8,16 +8,6 @@ use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
-fn key(request: &wiremock::Request) -> String {
-    request
-        .headers
-        .get("Idempotency-Key")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
     let crm = FakeCrm::start().await;
@@ -38,8 +28,8 @@ async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
         "nak'd with the 1st backoff step"
     );
     assert_eq!(
-        key(&first),
-        key(&second),
+        idempotency_key(&first),
+        idempotency_key(&second),
         "the event id survives redelivery"
     );
     assert_eq!(first.body, second.body, "the same document is sent again");
@@ -87,7 +77,7 @@ async fn timeouts_are_transient() {
 
     let first = crm.next_request().await;
     let second = crm.next_request().await;
-    assert_eq!(key(&first), key(&second));
+    assert_eq!(idempotency_key(&first), idempotency_key(&second));
     app.settled().await;
     app.stop().await;
 }

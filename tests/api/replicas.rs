@@ -22,16 +22,6 @@ async fn provisioned(nats: &Nats) -> jetstream::Context {
     js
 }
 
-fn key(request: &wiremock::Request) -> String {
-    request
-        .headers
-        .get("Idempotency-Key")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 #[tokio::test]
 async fn two_replicas_share_the_work_and_handle_each_event_once() {
     let nats = start_nats().await;
@@ -52,7 +42,7 @@ async fn two_replicas_share_the_work_and_handle_each_event_once() {
     let mut by_replica: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..EVENTS {
         let request = crm.next_request().await;
-        *seen.entry(key(&request)).or_default() += 1;
+        *seen.entry(idempotency_key(&request)).or_default() += 1;
         *by_replica.entry(request.url.path().to_owned()).or_default() += 1;
     }
     settled(&js, CONSUMER).await;
@@ -126,7 +116,7 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
         Some("stuck-1"),
     )
     .await;
-    assert_eq!(key(&crm.next_request().await), "stuck-1");
+    assert_eq!(idempotency_key(&crm.next_request().await), "stuck-1");
     bridge.terminate();
     let (status, stderr) = bridge.wait().await;
     assert!(status.success(), "{stderr}");
@@ -135,7 +125,7 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
     // The nak makes it available at once: a new replica handles it.
     let successor = Bridge::start(&nats.url, &bridge_config(&crm.url(), ""));
     assert_eq!(
-        key(&crm.next_request().await),
+        idempotency_key(&crm.next_request().await),
         "stuck-1",
         "redelivered with the same id"
     );

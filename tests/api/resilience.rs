@@ -8,16 +8,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
-fn key(request: &wiremock::Request) -> String {
-    request
-        .headers
-        .get("Idempotency-Key")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Publishes, retrying while the client reconnects after a server restart.
 async fn publish_when_back(js: &jetstream::Context, kind: EventKind, body: &str, id: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -55,7 +45,7 @@ async fn the_worker_carries_on_after_nats_restarts() {
         Some("before"),
     )
     .await;
-    assert_eq!(key(&crm.next_request().await), "before");
+    assert_eq!(idempotency_key(&crm.next_request().await), "before");
     app.settled().await;
 
     app.nats.container.stop().await.expect("NATS stops");
@@ -69,7 +59,7 @@ async fn the_worker_carries_on_after_nats_restarts() {
     )
     .await;
     assert_eq!(
-        key(&crm.next_request().await),
+        idempotency_key(&crm.next_request().await),
         "after",
         "consuming resumed after the restart"
     );
@@ -112,7 +102,7 @@ async fn token_authentication_is_used_and_never_shown() {
         Some("auth-1"),
     )
     .await;
-    assert_eq!(key(&crm.next_request().await), "auth-1");
+    assert_eq!(idempotency_key(&crm.next_request().await), "auth-1");
     settled(&js, &settings.worker.consumer).await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
