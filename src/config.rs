@@ -459,6 +459,8 @@ fn origin(figment: &Figment, key: &str) -> String {
 
 fn source_name(md: &figment::Metadata, key: &str) -> String {
     match &md.source {
+        // figment shows files relative to the working directory; show them as given.
+        Some(figment::Source::File(path)) => format!("{} {}", md.name, path.display()),
         Some(source) => format!("{} {source}", md.name),
         None if md.name.contains("environment") => {
             let var = format!(
