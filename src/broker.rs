@@ -1,5 +1,6 @@
 //! NATS: connecting with the configured credentials, and provisioning the
-//! streams and the durable consumer (idempotent: create or update).
+//! streams, the durable consumer and the registry bucket (idempotent: create
+//! or update).
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
@@ -100,6 +101,11 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
         .await
         .with_context(|| format!("cannot create or update consumer {}", settings.worker.consumer))?;
     tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
+    let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
+    js.create_or_update_key_value(bucket)
+        .await
+        .with_context(|| format!("cannot create or update key-value bucket {}", settings.registry.bucket))?;
+    tracing::info!(bucket = %settings.registry.bucket, "Registry bucket provisioned.");
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
+//! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`cli`]: the `softphone-bridge` subcommands.
 
@@ -20,6 +22,8 @@ pub mod config;
 pub mod contract;
 pub mod crm;
 pub mod load;
+pub mod metric;
+pub mod registry;
 pub mod startup;
 pub mod telemetry;
 pub mod worker;

@@ -20,6 +20,21 @@ pub enum Callback {
 }
 
 impl Callback {
+    /// Decodes and validates a `{"type": ..., "payload": ...}` body, naming the
+    /// offending field on a contract violation.
+    pub fn decode(body: &[u8]) -> Result<Callback, super::ContractError> {
+        super::event::decode(body)
+    }
+
+    /// The partner a callback names, if it names one.
+    pub fn partner_id(&self) -> Option<&Guid> {
+        match self {
+            Callback::PartnerConfig(c) => Some(&c.partner_id),
+            Callback::StartCall(c) => Some(&c.partner_id),
+            Callback::Disposition(_) | Callback::UpdatePresence(_) => None,
+        }
+    }
+
     /// The contract's event type, e.g. `start_call`.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -87,6 +102,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(start.type_name(), "start_call");
+    }
+
+    #[test]
+    fn decode_names_the_offending_field() {
+        let err = Callback::decode(br#"{"type":"update_presence","payload":{"softphoneId":"nope"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
+            "{err:?}"
+        );
+        let err = Callback::decode(br#"{"type":"dial","payload":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("start_call"), "{err}");
+        assert!(matches!(Callback::decode(b"{"), Err(super::super::ContractError::Json(_))));
     }
 
     #[test]
