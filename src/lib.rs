@@ -10,6 +10,9 @@
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`http`]: the command API for CRMs, health, readiness, metrics.
+//! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
+//! - [`service`]: the same command path as a NATS micro service.
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
@@ -21,9 +24,12 @@ pub mod command;
 pub mod config;
 pub mod contract;
 pub mod crm;
+pub mod dispatch;
+pub mod http;
 pub mod load;
 pub mod metric;
 pub mod registry;
+pub mod service;
 pub mod startup;
 pub mod telemetry;
 pub mod worker;

@@ -72,7 +72,7 @@ impl Worker {
             };
             match self.pull(messages, &permits, &tracker, &abandon, &shutdown).await {
                 Pulled::Shutdown(messages) => {
-                    self.nak_buffered(messages).await;
+                    self.nak_buffered(*messages).await;
                     break;
                 }
                 Pulled::Ended => {
@@ -114,12 +114,12 @@ impl Worker {
         loop {
             let permit = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Pulled::Shutdown(messages),
+                _ = shutdown.cancelled() => return Pulled::Shutdown(Box::new(messages)),
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Pulled::Shutdown(messages),
+                _ = shutdown.cancelled() => return Pulled::Shutdown(Box::new(messages)),
                 next = messages.next() => next,
             };
             match next {
@@ -324,7 +324,7 @@ impl Worker {
 
 enum Pulled {
     /// Shutdown was asked for; the stream may hold buffered messages.
-    Shutdown(jetstream::consumer::pull::Stream),
+    Shutdown(Box<jetstream::consumer::pull::Stream>),
     /// The stream ended or failed for good; make a new one.
     Ended,
 }
