@@ -23,7 +23,19 @@ impl Callback {
     /// Decodes and validates a `{"type": ..., "payload": ...}` body, naming the
     /// offending field on a contract violation.
     pub fn decode(body: &[u8]) -> Result<Callback, super::ContractError> {
-        super::event::decode(body)
+        // serde buffers `payload` when it comes before `type`, and the buffered
+        // value loses the path of a violation: put `type` first.
+        let reordered = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => match (map.get("type"), map.get("payload")) {
+                (Some(kind), Some(payload)) => Some(format!(r#"{{"type":{kind},"payload":{payload}}}"#)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match reordered {
+            Some(body) => super::event::decode(body.as_bytes()),
+            None => super::event::decode(body),
+        }
     }
 
     /// The partner a callback names, if it names one.
@@ -107,6 +119,11 @@ mod tests {
     #[test]
     fn decode_names_the_offending_field() {
         let err = Callback::decode(br#"{"type":"update_presence","payload":{"softphoneId":"nope"}}"#).unwrap_err();
+        assert!(
+            matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
+            "{err:?}"
+        );
+        let err = Callback::decode(br#"{"payload":{"softphoneId":"nope"},"type":"update_presence"}"#).unwrap_err();
         assert!(
             matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
             "{err:?}"

@@ -72,27 +72,34 @@ impl AppState {
 
 /// The command routes (absent without tokens: off, not open) and the OpenAPI document.
 pub fn api_router(state: AppState) -> Router {
-    let mut router = Router::new().route(OPENAPI_PATH, get(ops::openapi));
-    if !state.tokens.is_empty() {
-        router = router
-            .route(COMMANDS_PATH, post(routes::post_command))
-            .route(SOFTPHONE_PATH, get(routes::get_softphone));
-    }
-    finish(router, state)
+    finish(api_routes(&state), state)
 }
 
 /// Health, readiness and metrics.
 pub fn ops_router(state: AppState) -> Router {
-    let router = Router::new()
-        .route(HEALTHZ_PATH, get(ops::healthz))
-        .route(READYZ_PATH, get(ops::readyz))
-        .route(METRICS_PATH, get(ops::metrics));
-    finish(router, state)
+    finish(ops_routes(), state)
 }
 
 /// Everything on one listener.
 pub fn router(state: AppState) -> Router {
-    api_router(state.clone()).merge(ops_router(state))
+    finish(api_routes(&state).merge(ops_routes()), state)
+}
+
+fn api_routes(state: &AppState) -> Router<AppState> {
+    let router = Router::new().route(OPENAPI_PATH, get(ops::openapi));
+    if state.tokens.is_empty() {
+        return router;
+    }
+    router
+        .route(COMMANDS_PATH, post(routes::post_command))
+        .route(SOFTPHONE_PATH, get(routes::get_softphone))
+}
+
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route(HEALTHZ_PATH, get(ops::healthz))
+        .route(READYZ_PATH, get(ops::readyz))
+        .route(METRICS_PATH, get(ops::metrics))
 }
 
 fn finish(router: Router<AppState>, state: AppState) -> Router {
