@@ -5,3 +5,5 @@
 mod events;
 mod helpers;
 mod http;
+mod ops;
+mod registry;
