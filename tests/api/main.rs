@@ -7,3 +7,4 @@ mod helpers;
 mod http;
 mod ops;
 mod registry;
+mod service;
