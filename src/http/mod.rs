@@ -16,6 +16,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -143,10 +144,14 @@ async fn no_route(request: Request) -> Response {
     ApiError::NoRoute(format!("{method} {}", request.uri().path())).into_response()
 }
 
+/// How long open connections may finish their requests after shutdown (TLS listeners).
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// The bound listeners, before serving (tests read the ports in between).
 pub struct HttpServer {
     api: TcpListener,
     ops: Option<TcpListener>,
+    tls: Option<RustlsConfig>,
 }
 
 impl HttpServer {
@@ -166,7 +171,24 @@ impl HttpServer {
             ),
             None => None,
         };
-        Ok(Some(Self { api, ops }))
+        let tls = match &settings.tls {
+            Some(tls) => {
+                // Two crypto providers are compiled in (reqwest brings ring): pick one.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "http.tls: cannot load certificate {} and key {}",
+                            tls.cert_file.display(),
+                            tls.key_file.display()
+                        )
+                    })?;
+                Some(config)
+            }
+            None => None,
+        };
+        Ok(Some(Self { api, ops, tls }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -192,18 +214,40 @@ impl HttpServer {
             Some(ops) => (api_router(state.clone()), Some((ops, ops_router(state)))),
             None => (router(state), None),
         };
-        tracing::info!(%addr, ops = ?ops_addr, "Serving HTTP.");
-        let api =
-            axum::serve(self.api, api).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tracing::info!(%addr, ops = ?ops_addr, tls = self.tls.is_some(), "Serving HTTP.");
+        let api = serve_one(self.api, api, self.tls.clone(), shutdown.clone());
         match ops {
             Some((listener, router)) => {
-                let ops = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned());
-                tokio::try_join!(api.into_future(), ops.into_future())?;
+                tokio::try_join!(api, serve_one(listener, router, self.tls, shutdown))?;
             }
             None => api.await?,
         }
         tracing::info!("HTTP server stopped.");
         Ok(())
     }
+}
+
+async fn serve_one(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<RustlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(tls) = tls else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        return Ok(());
+    };
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.graceful_shutdown(Some(DRAIN));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await?;
+    Ok(())
 }

@@ -7,4 +7,5 @@ mod helpers;
 mod http;
 mod ops;
 mod registry;
+mod security;
 mod service;

@@ -29,31 +29,56 @@ async fn two_replicas_fill_the_registry_without_losing_updates() {
         let publishes = softphones.iter().map(|phone| {
             let body = match round {
                 0 => format!(r#"{{"softphoneId":"{phone}","partnerId":"{PARTNER}"}}"#),
-                n => format!(r#"{{"softphoneId":"{}","instanceId":"{phone}"}}"#, STATUSES[n - 1]),
+                n => format!(
+                    r#"{{"softphoneId":"{}","instanceId":"{phone}"}}"#,
+                    STATUSES[n - 1]
+                ),
             };
-            let kind = if round == 0 { EventKind::Loaded } else { EventKind::AgentStatusChanged };
+            let kind = if round == 0 {
+                EventKind::Loaded
+            } else {
+                EventKind::AgentStatusChanged
+            };
             let js = app.js.clone();
             async move { publish(&js, kind, &body, None).await }
         });
         futures::future::join_all(publishes).await;
     }
     let info = app.settled().await;
-    assert_eq!(info.delivered.stream_sequence, (softphones.len() * (STATUSES.len() + 1)) as u64);
+    assert_eq!(
+        info.delivered.stream_sequence,
+        (softphones.len() * (STATUSES.len() + 1)) as u64
+    );
 
     let last = STATUSES[STATUSES.len() - 1];
     for phone in &softphones {
-        let response = app.http.get(app.url(&format!("/v1/softphones/{phone}"))).bearer_auth(TOKEN).send().await.unwrap();
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/softphones/{phone}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let entry: Value = response.json().await.unwrap();
         assert_eq!(entry["softphoneId"], phone.as_str());
         assert_eq!(entry["partnerId"], PARTNER, "{entry}");
-        assert_eq!(entry["presenceStatus"], last, "the latest status wins: {entry}");
+        assert_eq!(
+            entry["presenceStatus"], last,
+            "the latest status wins: {entry}"
+        );
         let loaded = entry["loadedAt"].as_str().unwrap();
         let seen = entry["lastSeen"].as_str().unwrap();
         assert!(seen >= loaded, "{entry}");
     }
     // The partner-scoped token sees its partner's softphones too.
-    let scoped = app.http.get(app.url("/v1/softphones/agent-0")).bearer_auth(PARTNER_TOKEN).send().await.unwrap();
+    let scoped = app
+        .http
+        .get(app.url("/v1/softphones/agent-0"))
+        .bearer_auth(PARTNER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(scoped.status(), StatusCode::OK);
 
     replica.cancel();
@@ -66,9 +91,20 @@ async fn a_status_change_without_an_instance_touches_no_entry() {
     let nats = start_nats().await;
     let settings = http_settings(&nats.url);
     let app = spawn_http_app(nats, settings).await;
-    app.publish(EventKind::AgentStatusChanged, &format!(r#"{{"softphoneId":"{STATUS}"}}"#), None).await;
+    app.publish(
+        EventKind::AgentStatusChanged,
+        &format!(r#"{{"softphoneId":"{STATUS}"}}"#),
+        None,
+    )
+    .await;
     app.settled().await;
-    let response = app.http.get(app.url(&format!("/v1/softphones/{STATUS}"))).bearer_auth(TOKEN).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/softphones/{STATUS}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }

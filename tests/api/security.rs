@@ -1,0 +1,131 @@
+//! Transport and resource limits of the HTTP API: TLS from PEM files, the
+//! request timeout as a problem, settings that refuse bad tokens.
+
+use std::io::Write as _;
+
+use reqwest::StatusCode;
+use softphone_bridge::config::{HttpTls, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_api_can_be_served_over_tls() {
+    let nats = start_nats().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut cert_file = tempfile::NamedTempFile::new().unwrap();
+    cert_file.write_all(cert.cert.pem().as_bytes()).unwrap();
+    let mut key_file = tempfile::NamedTempFile::new().unwrap();
+    key_file
+        .write_all(cert.signing_key.serialize_pem().as_bytes())
+        .unwrap();
+    let mut settings = http_settings(&nats.url);
+    settings.http.tls = Some(HttpTls {
+        cert_file: cert_file.path().into(),
+        key_file: key_file.path().into(),
+    });
+
+    let (shutdown, task, addr, _) = start_replica(settings).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .expect("a TLS request succeeds");
+    assert_eq!(response.status(), StatusCode::OK);
+    let unauthorised = client
+        .post(format!(
+            "https://localhost:{}/v1/softphones/agent-1/commands",
+            addr.port()
+        ))
+        .json(&start_call())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status(), StatusCode::UNAUTHORIZED);
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = reqwest::get(format!("http://{addr}/healthz")).await;
+    assert!(!plain.is_ok_and(|r| r.status().is_success()));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    drop(nats);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_a_408_problem() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.http.request_timeout = std::time::Duration::from_millis(300);
+    let app = spawn_http_app(nats, settings).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"type\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(!answer.contains(TOKEN), "{answer}");
+    app.stop().await;
+}
+
+#[test]
+fn token_settings_are_checked_and_never_rendered() {
+    let base =
+        |tokens: &str| Settings::from_toml(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{tokens}"));
+    let hash = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let ok = base(&format!(
+        "[[http.tokens]]\nname = \"crm\"\nsha256 = \"{hash}\"\npartners = [\"{PARTNER}\"]\n"
+    ))
+    .unwrap();
+    assert!(!ok.to_redacted_toml().contains(hash));
+    assert!(!format!("{ok:?}").contains(hash));
+    for (tokens, key) in [
+        (
+            "[[http.tokens]]\nname = \"crm\"\nsha256 = \"abc\"\n",
+            "http.tokens[0].sha256",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"\"\nsha256 = \"{hash}\"\n"),
+            "http.tokens[0].name",
+        ),
+        (
+            &format!(
+                "[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
+            ),
+            "http.tokens[1].name",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\npartners = []\n"),
+            "http.tokens[0].partners",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\npartners = [\"nope\"]\n"),
+            "partners",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\ntoken = \"x\"\n"),
+            "token",
+        ),
+    ] {
+        let err = base(tokens).unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let err = Settings::from_toml("[http]\nops_listen = \"127.0.0.1:0\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http.ops_listen"), "{err}");
+    let err = Settings::from_toml("[registry]\nbucket = \"a.b\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("registry.bucket"), "{err}");
+}
