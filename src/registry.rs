@@ -11,7 +11,7 @@ use crate::config::RegistrySettings;
 use crate::contract::{AgentStatusChanged, Guid, Loaded, SoftphoneId};
 
 /// How often a write retries after another replica updated the same entry first.
-const MAX_CONFLICTS: usize = 16;
+const MAX_CONFLICTS: u32 = 32;
 
 /// What the registry knows of one softphone instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +186,7 @@ impl Registry {
     ) -> Result<Entry, RegistryError> {
         let store = self.store().await?;
         let key = key(softphone);
-        for _ in 0..MAX_CONFLICTS {
+        for attempt in 0..MAX_CONFLICTS {
             let current = store
                 .entry(key.clone())
                 .await
@@ -200,7 +200,11 @@ impl Registry {
                 Some(found) => (None, Some(found.revision)),
                 None => (None, None),
             };
-            let entry = sighting.merge(softphone, previous);
+            let entry = sighting.merge(softphone, previous.clone());
+            if previous.as_ref() == Some(&entry) {
+                // An older fact than the entry's: nothing to write.
+                return Ok(entry);
+            }
             let value = serde_json::to_vec(&entry)
                 .expect("entries serialize")
                 .into();
@@ -221,7 +225,9 @@ impl Registry {
             match written {
                 Ok(_) => return Ok(entry),
                 Err((true, _)) => {
-                    tracing::debug!(softphone = %softphone, "Registry entry changed meanwhile; merging again.")
+                    tracing::debug!(softphone = %softphone, attempt, "Registry entry changed meanwhile; merging again.");
+                    // Random pause so writers that collided do not collide again in lockstep.
+                    tokio::time::sleep(jitter(attempt)).await;
                 }
                 Err((false, e)) => {
                     return Err(RegistryError(format!("cannot write {softphone}: {e}")));
@@ -232,6 +238,15 @@ impl Registry {
             "{softphone} kept changing; gave up after {MAX_CONFLICTS} attempts"
         )))
     }
+}
+
+/// Up to 1 ms per attempt so far, at random.
+fn jitter(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::time::Duration::from_micros(random % (1000 * u64::from(attempt + 1)))
 }
 
 /// The bucket's configuration, for provisioning.

@@ -108,3 +108,68 @@ async fn a_status_change_without_an_instance_touches_no_entry() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_writers_on_one_entry_lose_nothing() {
+    use softphone_bridge::contract::{AgentStatusChanged, Loaded};
+    use softphone_bridge::registry::Registry;
+
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    softphone_bridge::broker::provision(&js, &settings)
+        .await
+        .unwrap();
+    // Two handles, as two replicas would have.
+    let replicas = [
+        Registry::new(js.clone(), &settings.registry),
+        Registry::new(js.clone(), &settings.registry),
+    ];
+    let base = time::OffsetDateTime::now_utc();
+    let at = |i: i64| base + time::Duration::milliseconds(i);
+    let loaded = Loaded {
+        softphone_id: "agent-x".parse().unwrap(),
+        partner_id: Some(PARTNER.parse().unwrap()),
+    };
+
+    // The load and 20 status changes, all racing on the same key; the load is
+    // the oldest fact and the status at t=20 the newest.
+    let statuses: Vec<String> = (0..20)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let writes = statuses.iter().enumerate().map(|(i, status)| {
+        let registry = replicas[i % 2].clone();
+        let event = AgentStatusChanged {
+            softphone_id: status.parse().unwrap(),
+            instance_id: Some("agent-x".parse().unwrap()),
+            partner_id: None,
+        };
+        let when = at(i as i64 + 1);
+        async move { registry.status_changed(&event, when).await.map(|_| ()) }
+    });
+    let load = async { replicas[1].loaded(&loaded, at(0)).await.map(|_| ()) };
+    let (statuses_written, load_written) = tokio::join!(futures::future::join_all(writes), load);
+    load_written.expect("the load is recorded");
+    for written in statuses_written {
+        written.expect("every write lands, conflicts retried");
+    }
+
+    let entry = replicas[0]
+        .get(&"agent-x".parse().unwrap())
+        .await
+        .unwrap()
+        .expect("an entry");
+    assert_eq!(
+        entry.partner_id.unwrap().as_str(),
+        PARTNER,
+        "the load was not overwritten"
+    );
+    assert_eq!(
+        entry.presence_status.unwrap().as_str(),
+        statuses[19],
+        "the newest status won"
+    );
+    assert_eq!(entry.loaded_at, Some(at(0)));
+    assert_eq!(entry.last_seen, at(20));
+}
