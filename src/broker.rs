@@ -33,7 +33,9 @@ pub async fn connect(
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Connected => tracing::info!("Connected to NATS."),
-                async_nats::Event::Disconnected => tracing::warn!("Disconnected from NATS; reconnecting."),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("Disconnected from NATS; reconnecting.")
+                }
                 other => tracing::info!(event = %other, "NATS connection event."),
             }
         });
@@ -99,12 +101,22 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
     events
         .create_consumer(consumer_config(settings))
         .await
-        .with_context(|| format!("cannot create or update consumer {}", settings.worker.consumer))?;
+        .with_context(|| {
+            format!(
+                "cannot create or update consumer {}",
+                settings.worker.consumer
+            )
+        })?;
     tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
     let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
     js.create_or_update_key_value(bucket)
         .await
-        .with_context(|| format!("cannot create or update key-value bucket {}", settings.registry.bucket))?;
+        .with_context(|| {
+            format!(
+                "cannot create or update key-value bucket {}",
+                settings.registry.bucket
+            )
+        })?;
     tracing::info!(bucket = %settings.registry.bucket, "Registry bucket provisioned.");
     Ok(())
 }
@@ -144,7 +156,9 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
         },
         stream::Config {
             name: COMMANDS_STREAM.into(),
-            description: Some("Callbacks on their way to softphones; short-lived on purpose.".into()),
+            description: Some(
+                "Callbacks on their way to softphones; short-lived on purpose.".into(),
+            ),
             subjects: vec![COMMAND_SUBJECTS.into()],
             max_age: s.commands_max_age,
             duplicate_window: s.duplicate_window.min(s.commands_max_age),

@@ -14,7 +14,11 @@ use crate::config::{CONFIG_ENV, Settings};
 use crate::contract::{Event, EventKind};
 
 #[derive(Debug, Parser)]
-#[command(name = "softphone-bridge", version, about = "Bridges softphone events on NATS JetStream to CRMs, and CRM commands back to softphones.")]
+#[command(
+    name = "softphone-bridge",
+    version,
+    about = "Bridges softphone events on NATS JetStream to CRMs, and CRM commands back to softphones."
+)]
 pub struct Cli {
     /// TOML configuration file (settings from SOFTPHONE_BRIDGE_* variables win over it).
     #[arg(long, global = true, env = CONFIG_ENV, value_name = "FILE")]
@@ -70,7 +74,10 @@ impl Cli {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
-                Application::build(settings).await?.run_until(shutdown).await
+                Application::build(settings)
+                    .await?
+                    .run_until(shutdown)
+                    .await
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
@@ -78,7 +85,12 @@ impl Cli {
     }
 }
 
-async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String>) -> anyhow::Result<()> {
+async fn emit(
+    settings: &Settings,
+    event: &str,
+    payload: &str,
+    id: Option<String>,
+) -> anyhow::Result<()> {
     let Some(kind) = EventKind::parse(event) else {
         let known: Vec<_> = EventKind::ALL.iter().map(|k| k.name()).collect();
         bail!("unknown event {event:?}; one of: {}", known.join(", "));
@@ -102,7 +114,12 @@ async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String
         .await
         .context("cannot publish")?
         .await
-        .with_context(|| format!("no stream acknowledged {} (run `softphone-bridge provision`?)", kind.subject()))?;
+        .with_context(|| {
+            format!(
+                "no stream acknowledged {} (run `softphone-bridge provision`?)",
+                kind.subject()
+            )
+        })?;
     println!(
         "{}",
         serde_json::json!({"subject": kind.subject(), "id": id, "stream": ack.stream, "seq": ack.sequence, "duplicate": ack.duplicate})
@@ -114,7 +131,11 @@ async fn emit(settings: &Settings, event: &str, payload: &str, id: Option<String
 async fn hash_token(generate: bool) -> anyhow::Result<()> {
     let token = if generate {
         // Two v4 UUIDs: 244 random bits.
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
         println!("token:  {token}");
         token
     } else {
@@ -137,11 +158,16 @@ async fn hash_token(generate: bool) -> anyhow::Result<()> {
 async fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {
         let mut body = Vec::new();
-        tokio::io::stdin().read_to_end(&mut body).await.context("cannot read standard input")?;
+        tokio::io::stdin()
+            .read_to_end(&mut body)
+            .await
+            .context("cannot read standard input")?;
         return Ok(body);
     }
     if let Some(path) = arg.strip_prefix('@') {
-        return tokio::fs::read(path).await.with_context(|| format!("cannot read {path}"));
+        return tokio::fs::read(path)
+            .await
+            .with_context(|| format!("cannot read {path}"));
     }
     Ok(arg.as_bytes().to_vec())
 }

@@ -359,20 +359,21 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Ok(figment.merge(
-            Env::prefixed(ENV_PREFIX)
-                .ignore(&["config"])
-                .split("__"),
-        ))
+        Ok(figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__")))
     }
 
     /// Checks what serde cannot: relations between keys.
     fn check(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let fail = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}{}", origin(figment, key))));
+        let fail = |key: &str, why: String| {
+            Err(ConfigError(format!("{key}: {why}{}", origin(figment, key))))
+        };
         for url in self.nats.url.split(',') {
             if let Err(e) = url.trim().parse::<async_nats::ServerAddr>() {
                 let url = redacted_url(url);
-                return fail("nats.url", format!("{url:?} is not a NATS server address ({e})"));
+                return fail(
+                    "nats.url",
+                    format!("{url:?} is not a NATS server address ({e})"),
+                );
             }
         }
         let auth_methods = [
@@ -381,13 +382,19 @@ impl Settings {
             self.nats.creds_file.is_some(),
         ];
         if auth_methods.iter().filter(|set| **set).count() > 1 {
-            return fail("nats", "set only one of token, user/password and creds_file".into());
+            return fail(
+                "nats",
+                "set only one of token, user/password and creds_file".into(),
+            );
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return fail("nats.user", "user and password go together".into());
         }
         if self.nats.tls.cert_file.is_some() != self.nats.tls.key_file.is_some() {
-            return fail("nats.tls.cert_file", "cert_file and key_file go together".into());
+            return fail(
+                "nats.tls.cert_file",
+                "cert_file and key_file go together".into(),
+            );
         }
         if self.worker.concurrency == 0 {
             return fail("worker.concurrency", "must be at least 1".into());
@@ -408,8 +415,15 @@ impl Settings {
             ConfigError(format!("{key}: {why}{}", origin(figment, key)))
         })?;
         let bucket = &self.registry.bucket;
-        if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return fail("registry.bucket", format!("{bucket:?} is not a bucket name (letters, digits, '-', '_')"));
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return fail(
+                "registry.bucket",
+                format!("{bucket:?} is not a bucket name (letters, digits, '-', '_')"),
+            );
         }
         if self.registry.idle_ttl < Duration::from_secs(1) {
             return fail("registry.idle_ttl", "must be at least 1s".into());
@@ -448,7 +462,10 @@ fn source_name(md: &figment::Metadata, key: &str) -> String {
     match &md.source {
         Some(source) => format!("{} {source}", md.name),
         None if md.name.contains("environment") => {
-            format!("environment variable {ENV_PREFIX}{}", key.to_ascii_uppercase().replace('.', "__"))
+            format!(
+                "environment variable {ENV_PREFIX}{}",
+                key.to_ascii_uppercase().replace('.', "__")
+            )
         }
         None => md.name.to_string(),
     }
@@ -464,7 +481,11 @@ fn describe(error: figment::Error) -> ConfigError {
                 .as_ref()
                 .map(|md| format!(" (set in {})", source_name(md, &key)))
                 .unwrap_or_default();
-            let key = if key.is_empty() { "<top level>".into() } else { format!("`{key}`") };
+            let key = if key.is_empty() {
+                "<top level>".into()
+            } else {
+                format!("`{key}`")
+            };
             format!("{key}: {}{place}", e.kind)
         })
         .collect();

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::contract::{
-    Callback, Event, EventKind, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT, Loaded,
-    PartnerConfig, SoftphoneId,
+    Callback, Event, EventKind, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT, Loaded, PartnerConfig,
+    SoftphoneId,
 };
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
@@ -56,7 +56,9 @@ impl LoadReply {
                 softphone_id: loaded.softphone_id,
             },
             Ok(_) => unreachable!("decode(Loaded) yields Event::Loaded"),
-            Err(e) => LoadReply::Error { error: e.to_string() },
+            Err(e) => LoadReply::Error {
+                error: e.to_string(),
+            },
         }
     }
 }
@@ -81,7 +83,9 @@ pub async fn serve(
             },
         };
         let Some(reply_to) = request.reply else {
-            tracing::warn!("Load request without a reply subject; publish on softphone.loaded instead.");
+            tracing::warn!(
+                "Load request without a reply subject; publish on softphone.loaded instead."
+            );
             continue;
         };
         let reply = LoadReply::for_request(&settings, &request.payload);

@@ -53,7 +53,15 @@ impl Application {
             Registry::new(js.clone(), &settings.registry),
             settings.http.unknown_softphones,
         );
-        Ok(Self { settings: Arc::new(settings), client, js, crm, http, readiness, dispatcher })
+        Ok(Self {
+            settings: Arc::new(settings),
+            client,
+            js,
+            crm,
+            http,
+            readiness,
+            dispatcher,
+        })
     }
 
     /// The command API's address, when `http.listen` is set (port 0 binds a free one).
@@ -63,7 +71,9 @@ impl Application {
 
     /// The health and metrics address: `http.ops_listen`'s, else the API's.
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(|h| h.ops_addr().unwrap_or_else(|| h.local_addr()))
+        self.http
+            .as_ref()
+            .map(|h| h.ops_addr().unwrap_or_else(|| h.local_addr()))
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -101,7 +111,11 @@ impl Application {
         self.close().await
     }
 
-    async fn consume(&self, consumer: jetstream::consumer::PullConsumer, shutdown: CancellationToken) {
+    async fn consume(
+        &self,
+        consumer: jetstream::consumer::PullConsumer,
+        shutdown: CancellationToken,
+    ) {
         let load = tokio::spawn(load::serve(
             self.client.clone(),
             Arc::clone(&self.settings),
@@ -142,7 +156,11 @@ impl Application {
             };
             match result {
                 Ok(consumer) => return Some(consumer),
-                Err(e) => tracing::warn!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "Not ready; retrying."),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "Not ready; retrying."
+                ),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return None,

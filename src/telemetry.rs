@@ -14,7 +14,11 @@ pub fn init(settings: &LogSettings) {
         .with_writer(std::io::stderr);
     let installed = match settings.format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     drop(installed);

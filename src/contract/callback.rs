@@ -27,7 +27,9 @@ impl Callback {
         // value loses the path of a violation: put `type` first.
         let reordered = match serde_json::from_slice::<serde_json::Value>(body) {
             Ok(serde_json::Value::Object(map)) => match (map.get("type"), map.get("payload")) {
-                (Some(kind), Some(payload)) => Some(format!(r#"{{"type":{kind},"payload":{payload}}}"#)),
+                (Some(kind), Some(payload)) => {
+                    Some(format!(r#"{{"type":{kind},"payload":{payload}}}"#))
+                }
                 _ => None,
             },
             _ => None,
@@ -118,19 +120,26 @@ mod tests {
 
     #[test]
     fn decode_names_the_offending_field() {
-        let err = Callback::decode(br#"{"type":"update_presence","payload":{"softphoneId":"nope"}}"#).unwrap_err();
+        let err =
+            Callback::decode(br#"{"type":"update_presence","payload":{"softphoneId":"nope"}}"#)
+                .unwrap_err();
         assert!(
             matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
             "{err:?}"
         );
-        let err = Callback::decode(br#"{"payload":{"softphoneId":"nope"},"type":"update_presence"}"#).unwrap_err();
+        let err =
+            Callback::decode(br#"{"payload":{"softphoneId":"nope"},"type":"update_presence"}"#)
+                .unwrap_err();
         assert!(
             matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
             "{err:?}"
         );
         let err = Callback::decode(br#"{"type":"dial","payload":{}}"#).unwrap_err();
         assert!(err.to_string().contains("start_call"), "{err}");
-        assert!(matches!(Callback::decode(b"{"), Err(super::super::ContractError::Json(_))));
+        assert!(matches!(
+            Callback::decode(b"{"),
+            Err(super::super::ContractError::Json(_))
+        ));
     }
 
     #[test]

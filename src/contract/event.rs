@@ -115,7 +115,8 @@ pub(super) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ContractErro
             }
         }
     })?;
-    de.end().map_err(|err| ContractError::Json(err.to_string()))?;
+    de.end()
+        .map_err(|err| ContractError::Json(err.to_string()))?;
     Ok(value)
 }
 
@@ -163,7 +164,11 @@ pub struct Loaded {
 pub struct CallIncoming {
     pub partner_id: Guid,
     pub conversation_id: Guid,
-    #[serde(default, rename = "callerANI", deserialize_with = "optional_number::deserialize")]
+    #[serde(
+        default,
+        rename = "callerANI",
+        deserialize_with = "optional_number::deserialize"
+    )]
     pub caller_ani: Option<PhoneNumber>,
     #[serde(default = "default_language")]
     pub language: String,
@@ -183,7 +188,11 @@ pub enum RecordingStatus {
 pub struct CallAccepted {
     pub partner_id: Guid,
     pub conversation_id: Guid,
-    #[serde(default, rename = "callerANI", deserialize_with = "optional_number::deserialize")]
+    #[serde(
+        default,
+        rename = "callerANI",
+        deserialize_with = "optional_number::deserialize"
+    )]
     pub caller_ani: Option<PhoneNumber>,
     #[serde(default = "default_language")]
     pub language: String,
@@ -418,13 +427,37 @@ mod tests {
     #[test]
     fn violations_name_the_field() {
         let cases: Vec<(EventKind, Vec<u8>, &str)> = vec![
-            (EventKind::CallRejected, call(r#","reason":"maybe""#), "reason"),
-            (EventKind::CallEnded, call(r#","callType":"sideways""#), "callType"),
+            (
+                EventKind::CallRejected,
+                call(r#","reason":"maybe""#),
+                "reason",
+            ),
+            (
+                EventKind::CallEnded,
+                call(r#","callType":"sideways""#),
+                "callType",
+            ),
             (EventKind::CallEnded, call(r#","duration":-1"#), "duration"),
-            (EventKind::CallEnded, call(r#","duration":"12""#), "duration"),
-            (EventKind::CallAccepted, call(r#","recordingStatus":"on""#), "recordingStatus"),
-            (EventKind::CallAccepted, call(r#","callerANI":"555-1234""#), "callerANI"),
-            (EventKind::CallOutboundInitiated, call(r#","dialledTo":"12""#), "dialledTo"),
+            (
+                EventKind::CallEnded,
+                call(r#","duration":"12""#),
+                "duration",
+            ),
+            (
+                EventKind::CallAccepted,
+                call(r#","recordingStatus":"on""#),
+                "recordingStatus",
+            ),
+            (
+                EventKind::CallAccepted,
+                call(r#","callerANI":"555-1234""#),
+                "callerANI",
+            ),
+            (
+                EventKind::CallOutboundInitiated,
+                call(r#","dialledTo":"12""#),
+                "dialledTo",
+            ),
             (
                 EventKind::CallIncoming,
                 format!(r#"{{"partnerId":"{PARTNER}","conversationId":"nope"}}"#).into_bytes(),
@@ -445,8 +478,11 @@ mod tests {
 
     #[test]
     fn missing_ids_are_reported() {
-        let err = Event::decode(EventKind::CallEnded, br#"{"partnerId":"215fd887-39be-4935-981f-2670d6afeaa7"}"#)
-            .unwrap_err();
+        let err = Event::decode(
+            EventKind::CallEnded,
+            br#"{"partnerId":"215fd887-39be-4935-981f-2670d6afeaa7"}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("conversationId"), "{err}");
     }
 
@@ -468,6 +504,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.conversation_id(), None);
-        assert!(Event::decode(EventKind::AgentStatusChanged, br#"{"softphoneId":"agent-7"}"#).is_err());
+        assert!(
+            Event::decode(
+                EventKind::AgentStatusChanged,
+                br#"{"softphoneId":"agent-7"}"#
+            )
+            .is_err()
+        );
     }
 }

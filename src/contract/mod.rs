@@ -11,7 +11,7 @@ pub use event::{
     CallType, ContractError, Event, EventKind, Loaded, OutboundCallInitiated, RecordingStatus,
     RejectReason,
 };
-pub use value::{Guid, PhoneNumber, SoftphoneId, InvalidValue};
+pub use value::{Guid, InvalidValue, PhoneNumber, SoftphoneId};
 
 /// The stream that captures every softphone event.
 pub const EVENTS_STREAM: &str = "SOFTPHONE_EVENTS";
@@ -70,7 +70,10 @@ mod tests {
 
     #[test]
     fn dlq_subject_strips_the_root() {
-        assert_eq!(dlq_subject("softphone.call.ended"), "softphone.dlq.call.ended");
+        assert_eq!(
+            dlq_subject("softphone.call.ended"),
+            "softphone.dlq.call.ended"
+        );
         assert_eq!(dlq_subject("other.thing"), "softphone.dlq.other.thing");
     }
 

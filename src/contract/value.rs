@@ -146,8 +146,18 @@ mod tests {
     fn phone_numbers_must_be_e164() {
         assert!(PhoneNumber::try_from("+18883973342".to_owned()).is_ok());
         assert!(PhoneNumber::try_from("+44".to_owned()).is_ok());
-        for bad in ["18883973342", "+0888", "+1 888 397", "+1234567890123456", "+", ""] {
-            assert!(PhoneNumber::try_from(bad.to_owned()).is_err(), "{bad} accepted");
+        for bad in [
+            "18883973342",
+            "+0888",
+            "+1 888 397",
+            "+1234567890123456",
+            "+",
+            "",
+        ] {
+            assert!(
+                PhoneNumber::try_from(bad.to_owned()).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 

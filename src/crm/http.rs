@@ -87,11 +87,17 @@ mod tests {
     fn statuses_split_into_transient_and_permanent() {
         for status in [408, 429, 500, 502, 503, 504] {
             let s = StatusCode::from_u16(status).unwrap();
-            assert!(matches!(classify_status(s, None, ""), CrmError::Transient { .. }), "{status}");
+            assert!(
+                matches!(classify_status(s, None, ""), CrmError::Transient { .. }),
+                "{status}"
+            );
         }
         for status in [400, 401, 403, 404, 409, 422] {
             let s = StatusCode::from_u16(status).unwrap();
-            assert!(matches!(classify_status(s, None, "x"), CrmError::Permanent { .. }), "{status}");
+            assert!(
+                matches!(classify_status(s, None, "x"), CrmError::Permanent { .. }),
+                "{status}"
+            );
         }
     }
 
@@ -103,7 +109,10 @@ mod tests {
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
         headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
         let got = retry_after(&headers).unwrap();
-        assert!(got > Duration::from_secs(100) && got <= Duration::from_secs(120), "{got:?}");
+        assert!(
+            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
+            "{got:?}"
+        );
         headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&headers), None);
     }

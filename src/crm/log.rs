@@ -19,13 +19,18 @@ impl LogCrm {
     }
 
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out: Mutex::new(out) }
+        Self {
+            out: Mutex::new(out),
+        }
     }
 
     fn write(&self, event: &CrmEvent) -> std::io::Result<()> {
         let mut line = event.to_json();
         line.push(b'\n');
-        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         out.write_all(&line)?;
         out.flush()
     }

@@ -44,7 +44,10 @@ pub async fn publish(
     }
     headers.insert(dlq_header::SUBJECT, origin.subject);
     headers.insert(dlq_header::SEQUENCE, origin.sequence.to_string().as_str());
-    headers.insert(dlq_header::DELIVERIES, origin.delivered.to_string().as_str());
+    headers.insert(
+        dlq_header::DELIVERIES,
+        origin.delivered.to_string().as_str(),
+    );
     headers.insert(dlq_header::EVENT_ID, origin.event_id);
     // A retried dead-lettering of the same event is dropped as a duplicate.
     let publish = PublishMessage::build()

@@ -39,7 +39,13 @@ impl Worker {
     pub fn new(settings: Arc<Settings>, js: jetstream::Context, crm: Arc<dyn Crm>) -> Self {
         let commands = CommandPublisher::new(js.clone());
         let registry = Registry::new(js.clone(), &settings.registry);
-        Self { settings, js, crm, commands, registry }
+        Self {
+            settings,
+            js,
+            crm,
+            commands,
+            registry,
+        }
     }
 
     fn config(&self) -> &WorkerSettings {
@@ -70,7 +76,10 @@ impl Worker {
                     continue;
                 }
             };
-            match self.pull(messages, &permits, &tracker, &abandon, &shutdown).await {
+            match self
+                .pull(messages, &permits, &tracker, &abandon, &shutdown)
+                .await
+            {
                 Pulled::Shutdown(messages) => {
                     self.nak_buffered(*messages).await;
                     break;
@@ -83,7 +92,10 @@ impl Worker {
         }
         tracker.close();
         let deadline = self.config().shutdown_deadline;
-        if tokio::time::timeout(deadline, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 in_flight = tracker.len(),
                 "Shutdown deadline passed; nak'ing events still in flight."
@@ -134,7 +146,12 @@ impl Worker {
                 Some(Err(e)) => {
                     use jetstream::consumer::pull::MessagesErrorKind as Kind;
                     tracing::warn!(error = %e, "Pull stream error.");
-                    if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded) {
+                    if matches!(
+                        e.kind(),
+                        Kind::ConsumerDeleted
+                            | Kind::PushBasedConsumer
+                            | Kind::RequestLimitExceeded
+                    ) {
                         return Pulled::Ended;
                     }
                 }
@@ -157,7 +174,11 @@ impl Worker {
     /// a message without an ack, a nak or a dead-letter.
     async fn process(&self, message: jetstream::Message, abandon: CancellationToken) {
         let (sequence, delivered, published) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32, info.published),
+            Ok(info) => (
+                info.stream_sequence,
+                info.delivered.max(1) as u32,
+                info.published,
+            ),
             Err(e) => {
                 tracing::error!(subject = %message.subject, error = %e, "Delivery without JetStream metadata; nak'ing.");
                 let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -185,7 +206,8 @@ impl Worker {
                     let handled = match result {
                         Ok(event) => {
                             if let Some(conversation) = event.event.conversation_id() {
-                                tracing::Span::current().record("conversation_id", conversation.as_str());
+                                tracing::Span::current()
+                                    .record("conversation_id", conversation.as_str());
                             }
                             let work = self.with_progress(&message, self.handle(&event));
                             tokio::select! {
@@ -204,7 +226,8 @@ impl Worker {
                     }
                 }
             };
-            self.apply(&message, &id, sequence, delivered, outcome, started).await;
+            self.apply(&message, &id, sequence, delivered, outcome, started)
+                .await;
         }
         .instrument(span)
         .await;
@@ -222,7 +245,13 @@ impl Worker {
         // decode succeeded, so the body is one JSON value.
         let raw = serde_json::from_slice::<Box<RawValue>>(&message.payload)
             .map_err(|e| ContractError::Json(e.to_string()))?;
-        Ok(CrmEvent { id: id.to_owned(), event, raw, published, sequence })
+        Ok(CrmEvent {
+            id: id.to_owned(),
+            event,
+            raw,
+            published,
+            sequence,
+        })
     }
 
     /// Performs the event's actions: callbacks for `load`, then the CRM.
@@ -233,15 +262,25 @@ impl Worker {
                 self.registry.loaded(loaded, event.published).await?;
             }
             Event::AgentStatusChanged(changed) => {
-                self.registry.status_changed(changed, event.published).await?;
+                self.registry
+                    .status_changed(changed, event.published)
+                    .await?;
             }
             _ => {}
         }
         if let Event::Loaded(loaded) = &event.event {
             for callback in load::callbacks(&self.settings, loaded) {
                 let message_id = format!("{}:{}", event.id, callback.type_name());
-                let ack = self.commands.publish(&loaded.softphone_id, &callback, &message_id).await?;
-                tracing::debug!(callback = callback.type_name(), seq = ack.sequence, duplicate = ack.duplicate, "Callback published.");
+                let ack = self
+                    .commands
+                    .publish(&loaded.softphone_id, &callback, &message_id)
+                    .await?;
+                tracing::debug!(
+                    callback = callback.type_name(),
+                    seq = ack.sequence,
+                    duplicate = ack.duplicate,
+                    "Callback published."
+                );
             }
         }
         let started = Instant::now();
@@ -259,7 +298,11 @@ impl Worker {
 
     /// Runs `work`, telling the server every third of the ack wait that the
     /// event is still being worked on, so a slow CRM is not mistaken for a crash.
-    async fn with_progress<T>(&self, message: &jetstream::Message, work: impl Future<Output = T>) -> T {
+    async fn with_progress<T>(
+        &self,
+        message: &jetstream::Message,
+        work: impl Future<Output = T>,
+    ) -> T {
         let every = self.config().ack_wait / 3;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tokio::pin!(work);
@@ -286,7 +329,8 @@ impl Worker {
     ) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let kind = EventKind::from_subject(&message.subject).map_or("unknown", EventKind::name);
-        metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => outcome.label()).increment(1);
+        metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => outcome.label())
+            .increment(1);
         if delivered > 1 {
             metrics::counter!(metric::REDELIVERIES, "type" => kind).increment(1);
         }
@@ -300,8 +344,21 @@ impl Worker {
                 message.ack_with(AckKind::Nak(Some(*delay))).await
             }
             Outcome::DeadLetter { reason, detail } => {
-                let origin = dead_letter::Origin { subject: &message.subject, sequence, delivered, event_id: id };
-                match dead_letter::publish(&self.js, &origin, message.payload.clone(), reason, detail.as_deref()).await {
+                let origin = dead_letter::Origin {
+                    subject: &message.subject,
+                    sequence,
+                    delivered,
+                    event_id: id,
+                };
+                match dead_letter::publish(
+                    &self.js,
+                    &origin,
+                    message.payload.clone(),
+                    reason,
+                    detail.as_deref(),
+                )
+                .await
+                {
                     Ok(()) => {
                         tracing::error!(%reason, "Event dead-lettered.");
                         metrics::counter!(metric::DEAD_LETTERED, "type" => kind).increment(1);

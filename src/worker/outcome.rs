@@ -48,7 +48,11 @@ pub enum HandleError {
 }
 
 /// Decides the fate of delivery number `delivered` (1-based) given how handling went.
-pub fn decide(result: Result<(), HandleError>, delivered: u32, settings: &WorkerSettings) -> Outcome {
+pub fn decide(
+    result: Result<(), HandleError>,
+    delivered: u32,
+    settings: &WorkerSettings,
+) -> Outcome {
     let (reason, retry_after) = match result {
         Ok(()) => return Outcome::Ack,
         Err(HandleError::Contract(e)) => {
@@ -60,7 +64,10 @@ pub fn decide(result: Result<(), HandleError>, delivered: u32, settings: &Worker
         Err(HandleError::Crm(CrmError::Permanent { reason, detail })) => {
             return Outcome::DeadLetter { reason, detail };
         }
-        Err(HandleError::Crm(CrmError::Transient { reason, retry_after })) => (reason, retry_after),
+        Err(HandleError::Crm(CrmError::Transient {
+            reason,
+            retry_after,
+        })) => (reason, retry_after),
         Err(e @ (HandleError::Command(_) | HandleError::Registry(_))) => (e.to_string(), None),
     };
     if delivered >= settings.max_deliveries {
@@ -105,7 +112,11 @@ mod tests {
     }
 
     fn transient(retry_after: Option<Duration>) -> Result<(), HandleError> {
-        Err(CrmError::Transient { reason: "CRM answered 503".into(), retry_after }.into())
+        Err(CrmError::Transient {
+            reason: "CRM answered 503".into(),
+            retry_after,
+        }
+        .into())
     }
 
     #[test]
@@ -118,9 +129,14 @@ mod tests {
         let s = settings();
         assert_eq!(
             decide(transient(None), 1, &s),
-            Outcome::Retry { delay: Duration::from_secs(1), reason: "CRM answered 503".into() }
+            Outcome::Retry {
+                delay: Duration::from_secs(1),
+                reason: "CRM answered 503".into()
+            }
         );
-        assert!(matches!(decide(transient(None), 2, &s), Outcome::Retry { delay, .. } if delay == Duration::from_secs(4)));
+        assert!(
+            matches!(decide(transient(None), 2, &s), Outcome::Retry { delay, .. } if delay == Duration::from_secs(4))
+        );
         match decide(transient(None), 3, &s) {
             Outcome::DeadLetter { reason, .. } => {
                 assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
@@ -133,22 +149,35 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_and_capped() {
         let s = settings();
-        assert!(matches!(decide(transient(Some(Duration::from_secs(9))), 1, &s),
-            Outcome::Retry { delay, .. } if delay == Duration::from_secs(9)));
-        assert!(matches!(decide(transient(Some(Duration::from_secs(3600))), 1, &s),
-            Outcome::Retry { delay, .. } if delay == Duration::from_secs(60)));
+        assert!(
+            matches!(decide(transient(Some(Duration::from_secs(9))), 1, &s),
+            Outcome::Retry { delay, .. } if delay == Duration::from_secs(9))
+        );
+        assert!(
+            matches!(decide(transient(Some(Duration::from_secs(3600))), 1, &s),
+            Outcome::Retry { delay, .. } if delay == Duration::from_secs(60))
+        );
     }
 
     #[test]
     fn permanent_failures_and_bad_payloads_dead_letter_at_once() {
         let s = settings();
-        let permanent = Err(CrmError::Permanent { reason: "CRM answered 422".into(), detail: Some("bad".into()) }.into());
+        let permanent = Err(CrmError::Permanent {
+            reason: "CRM answered 422".into(),
+            detail: Some("bad".into()),
+        }
+        .into());
         assert_eq!(
             decide(permanent, 1, &s),
-            Outcome::DeadLetter { reason: "CRM answered 422".into(), detail: Some("bad".into()) }
+            Outcome::DeadLetter {
+                reason: "CRM answered 422".into(),
+                detail: Some("bad".into())
+            }
         );
         let invalid = Err(ContractError::Json("EOF".into()).into());
-        assert!(matches!(decide(invalid, 1, &s), Outcome::DeadLetter { reason, .. } if reason.starts_with("invalid payload")));
+        assert!(
+            matches!(decide(invalid, 1, &s), Outcome::DeadLetter { reason, .. } if reason.starts_with("invalid payload"))
+        );
     }
 
     #[test]
@@ -157,7 +186,10 @@ mod tests {
         let failed = || Err(RegistryError::new("cannot write agent-1: timed out").into());
         assert!(matches!(decide(failed(), 1, &s),
             Outcome::Retry { delay, reason } if delay == Duration::from_secs(1) && reason.contains("timed out")));
-        assert!(matches!(decide(failed(), 3, &s), Outcome::DeadLetter { .. }));
+        assert!(matches!(
+            decide(failed(), 3, &s),
+            Outcome::DeadLetter { .. }
+        ));
     }
 
     #[test]

@@ -9,20 +9,44 @@ use crate::helpers::*;
 
 fn eight_events(conv: &str) -> Vec<(EventKind, String)> {
     vec![
-        (EventKind::Loaded, format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#)),
-        (EventKind::CallIncoming, call_body(conv, r#""callerANI":"+18883973342""#)),
+        (
+            EventKind::Loaded,
+            format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#),
+        ),
+        (
+            EventKind::CallIncoming,
+            call_body(conv, r#""callerANI":"+18883973342""#),
+        ),
         (
             EventKind::CallAccepted,
-            call_body(conv, r#""callerANI":"+18883973342","language":"fr_FR","ivrExitPath":"billing","recordingStatus":"ON","customField":{"k":[1,2]}"#),
+            call_body(
+                conv,
+                r#""callerANI":"+18883973342","language":"fr_FR","ivrExitPath":"billing","recordingStatus":"ON","customField":{"k":[1,2]}"#,
+            ),
         ),
-        (EventKind::CallRejected, call_body(conv, r#""reason":"passive""#)),
+        (
+            EventKind::CallRejected,
+            call_body(conv, r#""reason":"passive""#),
+        ),
         (
             EventKind::CallEnded,
-            call_body(conv, r#""duration":125.5,"disposition":"Booked","notes":"ok","callType":"inbound""#),
+            call_body(
+                conv,
+                r#""duration":125.5,"disposition":"Booked","notes":"ok","callType":"inbound""#,
+            ),
         ),
-        (EventKind::CallNotesSubmitted, call_body(conv, r#""disposition":"Callback","notes":"late notes""#)),
-        (EventKind::CallOutboundInitiated, call_body(conv, r#""dialledTo":"+18449401117""#)),
-        (EventKind::AgentStatusChanged, format!(r#"{{"softphoneId":"{STATUS}","instanceId":"agent-1"}}"#)),
+        (
+            EventKind::CallNotesSubmitted,
+            call_body(conv, r#""disposition":"Callback","notes":"late notes""#),
+        ),
+        (
+            EventKind::CallOutboundInitiated,
+            call_body(conv, r#""dialledTo":"+18449401117""#),
+        ),
+        (
+            EventKind::AgentStatusChanged,
+            format!(r#"{{"softphoneId":"{STATUS}","instanceId":"agent-1"}}"#),
+        ),
     ]
 }
 
@@ -61,7 +85,15 @@ async fn every_event_reaches_the_webhook_signed_and_verbatim() {
 
         assert_eq!(request.method.as_str(), "POST");
         assert_eq!(request.url.path(), "/events");
-        let h = |name: &str| request.headers.get(name).unwrap().to_str().unwrap().to_owned();
+        let h = |name: &str| {
+            request
+                .headers
+                .get(name)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
         assert_eq!(h("content-type"), "application/json");
         assert_eq!(h("X-Softphone-Event"), kind.name());
         let id = format!("seq:{}", ack.sequence);
@@ -103,8 +135,12 @@ async fn publisher_message_id_is_the_event_id_and_duplicates_are_dropped() {
     let app = spawn_webhook_app(&crm).await;
     let body = call_body(&conversation(), r#""reason":"active""#);
 
-    let first = app.publish(EventKind::CallRejected, &body, Some("evt-42")).await;
-    let again = app.publish(EventKind::CallRejected, &body, Some("evt-42")).await;
+    let first = app
+        .publish(EventKind::CallRejected, &body, Some("evt-42"))
+        .await;
+    let again = app
+        .publish(EventKind::CallRejected, &body, Some("evt-42"))
+        .await;
     assert!(!first.duplicate);
     assert!(again.duplicate, "the stream drops a re-published event id");
 

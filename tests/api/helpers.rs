@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use futures::StreamExt;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{DLQ_STREAM, EVENTS_STREAM, EventKind};
@@ -65,10 +65,18 @@ pub async fn start_nats() -> Nats {
         .start()
         .await
         .unwrap_or_else(|e| {
-            panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
+            panic!(
+                "cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}"
+            )
         });
-    let port = container.get_host_port_ipv4(4222).await.expect("NATS port is mapped");
-    Nats { container, url: format!("nats://127.0.0.1:{port}") }
+    let port = container
+        .get_host_port_ipv4(4222)
+        .await
+        .expect("NATS port is mapped");
+    Nats {
+        container,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
 }
 
 /// Settings for tests: fast retries, a short ack wait, the given CRM section.
@@ -123,7 +131,11 @@ impl Respond for Recorder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let _ = self.sent.send(request.clone());
         let mut script = self.script.lock().unwrap();
-        if script.is_empty() { self.default.clone() } else { script.remove(0) }
+        if script.is_empty() {
+            self.default.clone()
+        } else {
+            script.remove(0)
+        }
     }
 }
 
@@ -138,10 +150,18 @@ impl FakeCrm {
         let (sent, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Vec::new()));
         Mock::given(wiremock::matchers::any())
-            .respond_with(Recorder { sent, script: Arc::clone(&script), default })
+            .respond_with(Recorder {
+                sent,
+                script: Arc::clone(&script),
+                default,
+            })
             .mount(&server)
             .await;
-        FakeCrm { server, requests: tokio::sync::Mutex::new(requests), script }
+        FakeCrm {
+            server,
+            requests: tokio::sync::Mutex::new(requests),
+            script,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -184,13 +204,26 @@ pub struct TestApp {
 
 /// Provisions the streams (so tests can publish at once), then starts the app.
 pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
-    let client = async_nats::connect(&nats.url).await.expect("test client connects");
+    let client = async_nats::connect(&nats.url)
+        .await
+        .expect("test client connects");
     let js = jetstream::new(client.clone());
-    broker::provision(&js, &settings).await.expect("provisioning works");
+    broker::provision(&js, &settings)
+        .await
+        .expect("provisioning works");
     let shutdown = CancellationToken::new();
-    let app = Application::build(settings.clone()).await.expect("app builds");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
     let handle = tokio::spawn(app.run_until(shutdown.clone()));
-    TestApp { nats, client, js, settings, shutdown, handle }
+    TestApp {
+        nats,
+        client,
+        js,
+        settings,
+        shutdown,
+        handle,
+    }
 }
 
 /// NATS, then the app with a webhook CRM pointing at `crm`.
@@ -209,7 +242,10 @@ impl TestApp {
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(self) -> Nats {
         self.shutdown.cancel();
-        self.handle.await.expect("app task joins").expect("app stops cleanly");
+        self.handle
+            .await
+            .expect("app task joins")
+            .expect("app stops cleanly");
         self.nats
     }
 
@@ -228,7 +264,12 @@ impl TestApp {
     }
 }
 
-pub async fn publish(js: &jetstream::Context, kind: EventKind, body: &str, msg_id: Option<&str>) -> PublishAck {
+pub async fn publish(
+    js: &jetstream::Context,
+    kind: EventKind,
+    body: &str,
+    msg_id: Option<&str>,
+) -> PublishAck {
     let mut headers = HeaderMap::new();
     if let Some(id) = msg_id {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
@@ -241,7 +282,10 @@ pub async fn publish(js: &jetstream::Context, kind: EventKind, body: &str, msg_i
 }
 
 pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Info {
-    let stream = js.get_stream(EVENTS_STREAM).await.expect("events stream exists");
+    let stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .expect("events stream exists");
     stream.consumer_info(name).await.expect("consumer exists")
 }
 
@@ -278,7 +322,9 @@ impl DeadLetters {
             })
             .await
             .expect("ephemeral DLQ reader");
-        Self { messages: consumer.messages().await.expect("DLQ reader pulls") }
+        Self {
+            messages: consumer.messages().await.expect("DLQ reader pulls"),
+        }
     }
 
     pub async fn next(&mut self) -> jetstream::Message {
@@ -330,7 +376,11 @@ pub fn http_settings(nats_url: &str) -> Settings {
     settings
 }
 
-pub fn token_settings(name: &str, token: &str, partners: Option<Vec<&str>>) -> softphone_bridge::config::TokenSettings {
+pub fn token_settings(
+    name: &str,
+    token: &str,
+    partners: Option<Vec<&str>>,
+) -> softphone_bridge::config::TokenSettings {
     softphone_bridge::config::TokenSettings {
         name: name.into(),
         sha256: hex::encode(softphone_bridge::http::auth::hash_token(token)),
@@ -355,12 +405,28 @@ impl std::ops::Deref for HttpApp {
 
 /// Like [`spawn_app`], keeping the bound HTTP addresses.
 pub async fn spawn_http_app(nats: Nats, settings: Settings) -> HttpApp {
-    let client = async_nats::connect(&nats.url).await.expect("test client connects");
+    let client = async_nats::connect(&nats.url)
+        .await
+        .expect("test client connects");
     let js = jetstream::new(client.clone());
-    broker::provision(&js, &settings).await.expect("provisioning works");
+    broker::provision(&js, &settings)
+        .await
+        .expect("provisioning works");
     let (shutdown, handle, addr, ops) = start_replica(settings.clone()).await;
-    let app = TestApp { nats, client, js, settings, shutdown, handle };
-    let app = HttpApp { app, addr, ops, http: reqwest::Client::new() };
+    let app = TestApp {
+        nats,
+        client,
+        js,
+        settings,
+        shutdown,
+        handle,
+    };
+    let app = HttpApp {
+        app,
+        addr,
+        ops,
+        http: reqwest::Client::new(),
+    };
     app.ready().await;
     app
 }
@@ -368,7 +434,12 @@ pub async fn spawn_http_app(nats: Nats, settings: Settings) -> HttpApp {
 /// Starts one more app in this process (a replica); stops when the token is cancelled.
 pub async fn start_replica(
     settings: Settings,
-) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>, std::net::SocketAddr, std::net::SocketAddr) {
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     let app = Application::build(settings).await.expect("app builds");
     let addr = app.http_addr().expect("http.listen is set");
     let ops = app.ops_addr().expect("http.listen is set");
@@ -396,11 +467,20 @@ impl HttpApp {
 
     /// Waits until `/readyz` says 200.
     pub async fn ready(&self) {
-        eventually("readyz to answer 200", || async { (self.readyz().await == 200).then_some(()) }).await;
+        eventually("readyz to answer 200", || async {
+            (self.readyz().await == 200).then_some(())
+        })
+        .await;
     }
 
     /// POSTs a command as a CRM would.
-    pub async fn command(&self, softphone: &str, body: &serde_json::Value, token: &str, key: Option<&str>) -> reqwest::Response {
+    pub async fn command(
+        &self,
+        softphone: &str,
+        body: &serde_json::Value,
+        token: &str,
+        key: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = self
             .http
             .post(self.url(&format!("/v1/softphones/{softphone}/commands")))
@@ -434,7 +514,10 @@ pub async fn commands_for(js: &jetstream::Context, softphone: &str) -> u64 {
         .get_stream(softphone_bridge::contract::COMMANDS_STREAM)
         .await
         .expect("commands stream exists");
-    let info = stream.info_with_subjects(subject.clone()).await.expect("stream info");
+    let info = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .expect("stream info");
     let mut total = 0;
     let mut subjects = info;
     while let Some(Ok((name, count))) = subjects.next().await {
@@ -447,7 +530,11 @@ pub async fn commands_for(js: &jetstream::Context, softphone: &str) -> u64 {
 
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// NATS on a fixed host port, so clients find it again after a stop and start.
@@ -462,7 +549,10 @@ pub async fn start_nats_on(port: u16) -> Nats {
         .start()
         .await
         .expect("NATS starts");
-    Nats { container, url: format!("nats://127.0.0.1:{port}") }
+    Nats {
+        container,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
 }
 
 /// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
@@ -476,7 +566,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
