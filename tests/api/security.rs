@@ -129,3 +129,65 @@ fn token_settings_are_checked_and_never_rendered() {
         .to_string();
     assert!(err.contains("registry.bucket"), "{err}");
 }
+
+/// Collects everything the app logs on this thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime has one thread: the app's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-1", Some(PARTNER)).await;
+    assert_eq!(
+        app.command("agent-1", &start_call(), TOKEN, None)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.command("agent-1", &start_call(), "guessed-token", None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("Command published."),
+        "the capture works:\n{text}"
+    );
+    assert!(
+        text.contains("crm-all"),
+        "logs name the token's holder:\n{text}"
+    );
+    for secret in [
+        TOKEN,
+        "guessed-token",
+        "Bearer",
+        &token_settings("x", TOKEN, None).sha256,
+    ] {
+        assert!(!text.contains(secret), "{secret} appears in the logs");
+    }
+}
