@@ -144,21 +144,32 @@ async fn metrics_show_every_documented_series_after_traffic() {
             "{series} missing from:\n{text}"
         );
     }
+    // At least: other tests in the same process (plain `cargo test`) share the recorder.
     for sample in [
-        r#"softphone_bridge_events_total{type="loaded",outcome="retry"} 1"#,
-        r#"softphone_bridge_events_total{type="loaded",outcome="ack"} 1"#,
-        r#"softphone_bridge_events_total{type="call.ended",outcome="dead_letter"} 1"#,
-        r#"softphone_bridge_dead_lettered_total{type="call.ended"} 1"#,
-        r#"softphone_bridge_redeliveries_total{type="loaded"} 1"#,
-        r#"softphone_bridge_crm_request_duration_seconds_bucket{crm="webhook",result="transient",le="+Inf"} 1"#,
-        r#"softphone_bridge_commands_published_total{type="start_call",via="http",duplicate="false"} 1"#,
-        r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="202"} 1"#,
-        r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="401"} 1"#,
-        "softphone_bridge_consumer_pending 0",
-        "softphone_bridge_consumer_ack_pending 0",
-        "softphone_bridge_events_in_flight 0",
+        r#"softphone_bridge_events_total{type="loaded",outcome="retry"}"#,
+        r#"softphone_bridge_events_total{type="loaded",outcome="ack"}"#,
+        r#"softphone_bridge_events_total{type="call.ended",outcome="dead_letter"}"#,
+        r#"softphone_bridge_dead_lettered_total{type="call.ended"}"#,
+        r#"softphone_bridge_redeliveries_total{type="loaded"}"#,
+        r#"softphone_bridge_crm_request_duration_seconds_bucket{crm="webhook",result="transient",le="+Inf"}"#,
+        r#"softphone_bridge_crm_request_duration_seconds_count{crm="webhook",result="ok"}"#,
+        r#"softphone_bridge_commands_published_total{type="start_call",via="http",duplicate="false"}"#,
+        r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="202"}"#,
+        r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="401"}"#,
     ] {
-        assert!(text.contains(sample), "{sample} missing from:\n{text}");
+        let value =
+            sample_value(&text, sample).unwrap_or_else(|| panic!("{sample} missing from:\n{text}"));
+        assert!(value >= 1.0, "{sample} = {value}");
+    }
+    for gauge in [
+        metric::CONSUMER_PENDING,
+        metric::CONSUMER_ACK_PENDING,
+        metric::IN_FLIGHT,
+    ] {
+        assert!(
+            sample_value(&text, gauge).is_some(),
+            "{gauge} missing from:\n{text}"
+        );
     }
     // Health and metrics are not on the API address.
     assert_eq!(
@@ -171,6 +182,13 @@ async fn metrics_show_every_documented_series_after_traffic() {
         StatusCode::NOT_FOUND
     );
     app.stop().await;
+}
+
+/// The value of the sample `series` (name and labels, as rendered).
+fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// (METHOD, path) pairs of the OpenAPI document.
