@@ -4,13 +4,21 @@
 
 use async_nats::HeaderMap;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE, ServiceExt};
+use std::sync::Arc;
+
 use futures::StreamExt;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::contract::{API_COMMAND_SUBJECT, LOAD_QUEUE_GROUP};
 use crate::dispatch::{DispatchError, Dispatcher, Scope, Via};
+use crate::http::ops::Readiness;
 use crate::http::problem::Problem;
+
+/// Requests handled at once by one replica.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// The service's name in `nats micro ls`.
 pub const SERVICE_NAME: &str = "softphone-bridge";
@@ -20,6 +28,7 @@ pub const SERVICE_NAME: &str = "softphone-bridge";
 pub async fn serve(
     client: async_nats::Client,
     dispatcher: Dispatcher,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = client
@@ -35,11 +44,27 @@ pub async fn serve(
         .add(API_COMMAND_SUBJECT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot add the {API_COMMAND_SUBJECT} endpoint: {e}"))?;
+    // Ready once the server has the subscription, not merely the client.
+    while let Err(e) = client.flush().await {
+        tracing::debug!(error = %e, "Command service not subscribed yet; retrying.");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+    }
+    readiness.set_serving(true);
     tracing::info!(
         subject = API_COMMAND_SUBJECT,
         "Serving NATS command requests."
     );
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let tracker = TaskTracker::new();
     loop {
+        // At most MAX_IN_FLIGHT requests at once; the rest wait in the subscription.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
         let request = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = requests.next() => match next {
@@ -49,7 +74,7 @@ pub async fn serve(
         };
         // One task per request: a slow publish ack must not hold up the others.
         let dispatcher = dispatcher.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             let (headers, body) = match handle(&dispatcher, &request.message.payload).await {
                 Ok(accepted) => (HeaderMap::new(), serde_json::to_vec(&accepted)),
                 Err(e) => {
@@ -63,8 +88,12 @@ pub async fn serve(
             if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
                 tracing::warn!(error = %e, "Cannot answer a command request.");
             }
+            drop(permit);
         });
     }
+    // Answer what was accepted before the connection drains.
+    tracker.close();
+    tracker.wait().await;
     if let Err(e) = service.stop().await {
         tracing::warn!(error = %e, "Cannot stop the NATS service cleanly.");
     }

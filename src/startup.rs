@@ -97,6 +97,7 @@ impl Application {
         let service = tokio::spawn(service::serve(
             self.client.clone(),
             self.dispatcher.clone(),
+            self.readiness.clone(),
             shutdown.clone(),
         ));
         let consumer = self.bind(&shutdown).await;

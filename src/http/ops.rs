@@ -24,8 +24,8 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 /// How long one readiness probe may wait for JetStream.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `/readyz` checks: the connection, the streams, the registry bucket and
-/// the worker's consumer.
+/// What `/readyz` checks: the connection, the streams, the registry bucket,
+/// the worker's consumer and the NATS command service.
 #[derive(Clone)]
 pub struct Readiness {
     client: async_nats::Client,
@@ -33,6 +33,7 @@ pub struct Readiness {
     consumer: String,
     bucket: String,
     bound: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
 }
 
 /// The readiness report.
@@ -51,12 +52,18 @@ impl Readiness {
             consumer: settings.worker.consumer.clone(),
             bucket: settings.registry.bucket.clone(),
             bound: Arc::default(),
+            serving: Arc::default(),
         }
     }
 
     /// Marks the worker's consumer as bound (or not).
     pub fn set_bound(&self, bound: bool) {
         self.bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// Marks the NATS command service as subscribed (or not).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
     }
 
     pub async fn check(&self) -> Report {
@@ -92,6 +99,12 @@ impl Readiness {
             Err("the worker has not bound its consumer yet".into())
         };
         checks.insert("consumer", consumer.err().unwrap_or_else(|| "ok".into()));
+        let service = if self.serving.load(Ordering::Relaxed) {
+            "ok".into()
+        } else {
+            "the NATS command service is not subscribed yet".into()
+        };
+        checks.insert("service", service);
         Report {
             ready: checks.values().all(|v| v == "ok"),
             checks,
