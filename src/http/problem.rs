@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use crate::dispatch::DispatchError;
 
-/// Prefix of every problem `type`.
-pub const TYPE_BASE: &str = "https://softphone-bridge.dev/problems/";
+/// Prefix of every problem `type`: a URN, since the types name kinds of
+/// problem and are not pages to fetch.
+pub const TYPE_BASE: &str = "urn:softphone-bridge:problem:";
 
 /// The problem document, also the NATS service's error reply.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

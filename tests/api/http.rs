@@ -23,7 +23,10 @@ async fn problem(response: reqwest::Response, status: u16) -> Value {
     let doc: Value = response.json().await.expect("problem+json body");
     assert_eq!(doc["status"], status);
     assert!(
-        doc["type"].as_str().unwrap().starts_with("https://"),
+        doc["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:softphone-bridge:problem:"),
         "{doc}"
     );
     assert!(!doc["title"].as_str().unwrap().is_empty());

@@ -249,7 +249,7 @@ async fn the_openapi_document_matches_the_routes() {
         let status = response.status();
         let body = response.text().await.unwrap();
         assert!(
-            !body.contains("/problems/no-route"),
+            !body.contains("urn:softphone-bridge:problem:no-route"),
             "{method} {path} is documented but not served"
         );
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
