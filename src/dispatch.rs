@@ -235,17 +235,24 @@ fn authorise(
             "softphone {softphone} has no registered partner; this token may only command its partners' softphones"
         )));
     };
-    if !allowed.contains(partner) {
+    if !in_scope(allowed, partner) {
         return Err(DispatchError::Forbidden(format!(
             "this token may not command softphones of partner {partner}"
         )));
     }
-    if let Some(named) = named.filter(|p| !allowed.contains(p)) {
+    if let Some(named) = named.filter(|p| !in_scope(allowed, p)) {
         return Err(DispatchError::Forbidden(format!(
             "this token may not send commands for partner {named}"
         )));
     }
     Ok(())
+}
+
+/// GUIDs compare without regard to case (config and softphones may differ).
+fn in_scope(allowed: &[Guid], partner: &Guid) -> bool {
+    allowed
+        .iter()
+        .any(|p| p.as_str().eq_ignore_ascii_case(partner.as_str()))
 }
 
 /// `Nats-Msg-Id` of a command: the caller's key, scoped to the softphone so two
@@ -294,6 +301,16 @@ mod tests {
         assert!(authorise(scope, &phone, None, None).is_err());
         assert!(authorise(scope, &phone, Some(&entry(Some(A))), Some(&b)).is_err());
         assert!(authorise(Scope::All, &phone, None, Some(&b)).is_ok());
+        let upper = [A.to_uppercase().parse().unwrap()];
+        assert!(
+            authorise(
+                Scope::Partners(&upper),
+                &phone,
+                Some(&entry(Some(A))),
+                Some(&a)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
