@@ -191,3 +191,42 @@ async fn tokens_never_reach_the_logs() {
         assert!(!text.contains(secret), "{secret} appears in the logs");
     }
 }
+
+#[test]
+fn hash_token_prints_the_sha256_configured_in_http_tokens() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{TOKEN}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.trim(), token_settings("x", TOKEN, None).sha256);
+
+    let generated = Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        .args(["hash-token", "--generate"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(generated.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .unwrap()
+        .trim();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256:"))
+        .unwrap()
+        .trim();
+    assert!(token.len() >= 64, "{token}");
+    assert_eq!(hash, token_settings("x", token, None).sha256);
+}
