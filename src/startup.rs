@@ -91,6 +91,7 @@ impl Application {
                 readiness: self.readiness.clone(),
                 body_limit: self.settings.http.body_limit,
                 request_timeout: self.settings.http.request_timeout,
+                in_flight: tokio::sync::Semaphore::new(self.settings.http.max_in_flight),
             });
             tokio::spawn(server.serve(state, shutdown.clone()))
         });

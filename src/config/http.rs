@@ -24,6 +24,9 @@ pub struct HttpSettings {
     /// How long one request may take before it is answered 408.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Command API requests handled at once; more are refused with 503 at once
+    /// (health and metrics are not counted).
+    pub max_in_flight: usize,
     /// Commands for softphones the registry does not know: `reject` (404) or `allow`.
     pub unknown_softphones: UnknownSoftphones,
     /// TLS for both listeners (PEM files); unset serves plain HTTP.
@@ -38,6 +41,7 @@ impl Default for HttpSettings {
             tokens: Vec::new(),
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(10),
+            max_in_flight: 512,
             unknown_softphones: UnknownSoftphones::Reject,
             tls: None,
         }
@@ -124,6 +128,9 @@ pub(super) fn check(
     }
     if http.body_limit == 0 {
         return fail("http.body_limit", "must be at least 1 byte".into());
+    }
+    if http.max_in_flight == 0 {
+        return fail("http.max_in_flight", "must be at least 1".into());
     }
     if http.request_timeout.is_zero() {
         return fail("http.request_timeout", "must be more than 0s".into());

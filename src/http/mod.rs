@@ -56,6 +56,8 @@ pub struct Inner {
     pub readiness: Readiness,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// Bounds the command API's concurrent requests (`http.max_in_flight`).
+    pub in_flight: tokio::sync::Semaphore,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,9 +93,11 @@ fn api_routes(state: &AppState) -> Router<AppState> {
     if state.tokens.is_empty() {
         return router;
     }
-    router
+    let commands = Router::new()
         .route(COMMANDS_PATH, post(routes::post_command))
         .route(SOFTPHONE_PATH, get(routes::get_softphone))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed));
+    router.merge(commands)
 }
 
 fn ops_routes() -> Router<AppState> {
@@ -135,6 +139,15 @@ async fn deadline(State(state): State<AppState>, request: Request, next: Next) -
         Ok(response) => response,
         Err(_) => ApiError::Timeout(state.request_timeout).into_response(),
     }
+}
+
+/// Refuses at once, with 503, what would exceed `http.max_in_flight`: memory
+/// stays bounded and the caller can retry elsewhere.
+async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return ApiError::Busy.into_response();
+    };
+    next.run(request).await
 }
 
 async fn no_route(request: Request) -> Response {

@@ -64,6 +64,8 @@ pub enum ApiError {
     Timeout(std::time::Duration),
     #[error("no route for {0}")]
     NoRoute(String),
+    #[error("too many requests in flight; retry shortly")]
+    Busy,
 }
 
 impl ApiError {
@@ -82,13 +84,21 @@ impl ApiError {
             ApiError::BadBody => Problem::new(400, "bad-body", "Unreadable body", detail),
             ApiError::Timeout(_) => Problem::new(408, "timeout", "Request timeout", detail),
             ApiError::NoRoute(_) => Problem::new(404, "no-route", "Not found", detail),
+            ApiError::Busy => Problem::new(503, "busy", "Busy", detail),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.problem().into_response()
+        let busy = matches!(self, ApiError::Busy);
+        let mut response = self.problem().into_response();
+        if busy {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -230,3 +230,51 @@ fn hash_token_prints_the_sha256_configured_in_http_tokens() {
     assert!(token.len() >= 64, "{token}");
     assert_eq!(hash, token_settings("x", token, None).sha256);
 }
+
+#[tokio::test]
+async fn requests_beyond_max_in_flight_are_shed_with_503() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.http.max_in_flight = 1;
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-1", Some(PARTNER)).await;
+
+    // One request holds the only slot: its body never finishes arriving.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let refused = eventually("the slot to be taken", || async {
+        let response = app.command("agent-1", &start_call(), TOKEN, None).await;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Health is not counted.
+    assert_eq!(
+        app.http
+            .get(app.ops_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    drop(slow);
+    eventually("the slot to be free again", || async {
+        let status = app
+            .command("agent-1", &start_call(), TOKEN, None)
+            .await
+            .status();
+        (status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
