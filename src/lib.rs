@@ -6,7 +6,10 @@
 //! each event ([`contract`]), performs the CRM's actions ([`crm`]) and answers
 //! `load` with callbacks on `softphone.cmd.<id>` ([`load`], [`command`]).
 //! Failures are retried through JetStream redelivery or dead-lettered with
-//! their reason; nothing is acked unhandled.
+//! their reason; nothing is acked unhandled. CRMs send callbacks the other
+//! way (click-to-dial, presence) through an HTTP API or a NATS service
+//! ([`http`], [`service`], both via [`dispatch`]), authorised against the
+//! softphone [`registry`] the worker keeps.
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
