@@ -1,5 +1,6 @@
 //! NATS: connecting with the configured credentials, and provisioning the
-//! streams and the durable consumer (idempotent: create or update).
+//! streams, the durable consumer and the registry bucket (idempotent: create
+//! or update).
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
@@ -107,6 +108,16 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
             )
         })?;
     tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
+    let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
+    js.create_or_update_key_value(bucket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create or update key-value bucket {}",
+                settings.registry.bucket
+            )
+        })?;
+    tracing::info!(bucket = %settings.registry.bucket, "Registry bucket provisioned.");
     Ok(())
 }
 

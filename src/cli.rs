@@ -1,4 +1,4 @@
-//! The `softphone-bridge` command line: run, provision, check-config, emit.
+//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token.
 
 use std::path::PathBuf;
 
@@ -47,6 +47,13 @@ pub enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Print the SHA-256 of an HTTP bearer token, for `[[http.tokens]] sha256`.
+    /// Reads the token from standard input (keeps it out of shell history).
+    HashToken {
+        /// Make up a random token and print it above its hash.
+        #[arg(long)]
+        generate: bool,
+    },
 }
 
 impl Cli {
@@ -73,6 +80,7 @@ impl Cli {
                     .await
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
+            Command::HashToken { generate } => hash_token(generate).await,
         }
     }
 }
@@ -117,6 +125,33 @@ async fn emit(
         serde_json::json!({"subject": kind.subject(), "id": id, "stream": ack.stream, "seq": ack.sequence, "duplicate": ack.duplicate})
     );
     client.drain().await.ok();
+    Ok(())
+}
+
+async fn hash_token(generate: bool) -> anyhow::Result<()> {
+    let token = if generate {
+        // Two v4 UUIDs: 244 random bits.
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        println!("token:  {token}");
+        token
+    } else {
+        let text = String::from_utf8(read_payload("-").await?).context("the token is not UTF-8")?;
+        let token = text.trim().to_owned();
+        if token.is_empty() {
+            bail!("no token on standard input");
+        }
+        token
+    };
+    let hash = hex::encode(crate::http::auth::hash_token(&token));
+    if generate {
+        println!("sha256: {hash}");
+    } else {
+        println!("{hash}");
+    }
     Ok(())
 }
 

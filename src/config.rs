@@ -13,6 +13,10 @@ use url::Url;
 
 use crate::contract::Guid;
 
+mod http;
+
+pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
+
 /// Prefix of the environment variables read as settings.
 pub const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";
 /// Environment variable naming the TOML file (`--config` wins over it).
@@ -43,6 +47,12 @@ pub struct Settings {
     /// Logs.
     #[serde(default)]
     pub log: LogSettings,
+    /// The HTTP command API, health and metrics.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// The softphone registry (a JetStream key-value bucket).
+    #[serde(default)]
+    pub registry: RegistrySettings,
 }
 
 /// Connection to NATS. At most one of token, user/password and creds_file.
@@ -429,6 +439,23 @@ impl Settings {
         }
         if self.streams.replicas == 0 || self.streams.replicas > 5 {
             return fail("streams.replicas", "must be between 1 and 5".into());
+        }
+        http::check(self, &|key, why| {
+            ConfigError(format!("{key}: {why}{}", origin(figment, key)))
+        })?;
+        let bucket = &self.registry.bucket;
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return fail(
+                "registry.bucket",
+                format!("{bucket:?} is not a bucket name (letters, digits, '-', '_')"),
+            );
+        }
+        if self.registry.idle_ttl < Duration::from_secs(1) {
+            return fail("registry.idle_ttl", "must be at least 1s".into());
         }
         if let CrmSettings::Webhook(webhook) = &self.crm
             && secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty()

@@ -6,10 +6,18 @@
 //! each event ([`contract`]), performs the CRM's actions ([`crm`]) and answers
 //! `load` with callbacks on `softphone.cmd.<id>` ([`load`], [`command`]).
 //! Failures are retried through JetStream redelivery or dead-lettered with
-//! their reason; nothing is acked unhandled.
+//! their reason; nothing is acked unhandled. CRMs send callbacks the other
+//! way (click-to-dial, presence) through an HTTP API or a NATS service
+//! ([`http`], [`service`], both via [`dispatch`]), authorised against the
+//! softphone [`registry`] the worker keeps.
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`http`]: the command API for CRMs, health, readiness, metrics.
+//! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
+//! - [`service`]: the same command path as a NATS micro service.
+//! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
+//! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`cli`]: the `softphone-bridge` subcommands.
 
@@ -19,7 +27,12 @@ pub mod command;
 pub mod config;
 pub mod contract;
 pub mod crm;
+pub mod dispatch;
+pub mod http;
 pub mod load;
+pub mod metric;
+pub mod registry;
+pub mod service;
 pub mod startup;
 pub mod telemetry;
 pub mod worker;

@@ -1,6 +1,8 @@
-//! Application: connects NATS, provisions, builds the CRM, and runs the worker
-//! and the load responder until shutdown.
+//! Application: connects NATS, provisions, builds the CRM, binds HTTP, and runs
+//! the worker, the load responder, the HTTP server and the NATS command service
+//! until shutdown.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +10,16 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, FirstConnect};
+use crate::command::CommandPublisher;
 use crate::config::Settings;
 use crate::crm::{self, Crm};
-use crate::load;
+use crate::dispatch::Dispatcher;
+use crate::http::auth::Tokens;
+use crate::http::ops::Readiness;
+use crate::http::{self, AppState, HttpServer};
+use crate::registry::Registry;
 use crate::worker::Worker;
+use crate::{load, metric, service};
 
 /// A configured bridge, connected (or connecting) to NATS.
 pub struct Application {
@@ -19,6 +27,9 @@ pub struct Application {
     client: async_nats::Client,
     js: jetstream::Context,
     crm: Arc<dyn Crm>,
+    http: Option<HttpServer>,
+    readiness: Readiness,
+    dispatcher: Dispatcher,
 }
 
 impl Application {
@@ -32,12 +43,37 @@ impl Application {
     pub async fn build_with_crm(settings: Settings, crm: Arc<dyn Crm>) -> anyhow::Result<Self> {
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
+        // Installed before anything records; several apps in one process share it.
+        metric::handle();
+        let http = HttpServer::bind(&settings.http).await?;
+        let readiness = Readiness::new(client.clone(), js.clone(), &settings);
+        let dispatcher = Dispatcher::new(
+            client.clone(),
+            CommandPublisher::new(js.clone()),
+            Registry::new(js.clone(), &settings.registry),
+            settings.http.unknown_softphones,
+        );
         Ok(Self {
             settings: Arc::new(settings),
             client,
             js,
             crm,
+            http,
+            readiness,
+            dispatcher,
         })
+    }
+
+    /// The command API's address, when `http.listen` is set (port 0 binds a free one).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
+    }
+
+    /// The health and metrics address: `http.ops_listen`'s, else the API's.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|h| h.ops_addr().unwrap_or_else(|| h.local_addr()))
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -46,10 +82,42 @@ impl Application {
 
     /// Runs until `shutdown` is cancelled, then stops cleanly: stop pulling,
     /// finish or nak in-flight events, drain the connection.
-    pub async fn run_until(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Some(consumer) = self.bind(&shutdown).await else {
-            return self.close().await;
-        };
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // HTTP and the command service start at once: readyz tells when the rest is there.
+        let http = self.http.take().map(|server| {
+            let state = AppState::new(http::Inner {
+                dispatcher: self.dispatcher.clone(),
+                tokens: Tokens::new(&self.settings.http.tokens),
+                readiness: self.readiness.clone(),
+                body_limit: self.settings.http.body_limit,
+                request_timeout: self.settings.http.request_timeout,
+                in_flight: tokio::sync::Semaphore::new(self.settings.http.max_in_flight),
+            });
+            tokio::spawn(server.serve(state, shutdown.clone()))
+        });
+        let service = tokio::spawn(service::serve(
+            self.client.clone(),
+            self.dispatcher.clone(),
+            self.readiness.clone(),
+            shutdown.clone(),
+        ));
+        let consumer = self.bind(&shutdown).await;
+        if let Some(consumer) = consumer {
+            self.readiness.set_bound(true);
+            self.consume(consumer, shutdown).await;
+        }
+        if let Some(http) = http {
+            report("HTTP server", http.await);
+        }
+        report("NATS command service", service.await);
+        self.close().await
+    }
+
+    async fn consume(
+        &self,
+        consumer: jetstream::consumer::PullConsumer,
+        shutdown: CancellationToken,
+    ) {
         let load = tokio::spawn(load::serve(
             self.client.clone(),
             Arc::clone(&self.settings),
@@ -67,12 +135,7 @@ impl Application {
             "Consuming softphone events."
         );
         worker.run(consumer, shutdown).await;
-        match load.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "Load responder failed."),
-            Err(e) => tracing::error!(error = %e, "Load responder panicked."),
-        }
-        self.close().await
+        report("Load responder", load.await);
     }
 
     /// Provisions (unless configured off) and binds the consumer, retrying with
@@ -117,5 +180,14 @@ impl Application {
         self.client.drain().await?;
         tracing::info!("NATS connection drained.");
         Ok(())
+    }
+}
+
+/// Logs how a background task ended.
+fn report(task: &str, ended: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "{task} failed."),
+        Err(e) => tracing::error!(error = %e, "{task} panicked."),
     }
 }

@@ -20,6 +20,35 @@ pub enum Callback {
 }
 
 impl Callback {
+    /// Decodes and validates a `{"type": ..., "payload": ...}` body, naming the
+    /// offending field on a contract violation.
+    pub fn decode(body: &[u8]) -> Result<Callback, super::ContractError> {
+        // serde buffers `payload` when it comes before `type`, and the buffered
+        // value loses the path of a violation: put `type` first.
+        let reordered = match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(map)) => match (map.get("type"), map.get("payload")) {
+                (Some(kind), Some(payload)) => {
+                    Some(format!(r#"{{"type":{kind},"payload":{payload}}}"#))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match reordered {
+            Some(body) => super::event::decode(body.as_bytes()),
+            None => super::event::decode(body),
+        }
+    }
+
+    /// The partner a callback names, if it names one.
+    pub fn partner_id(&self) -> Option<&Guid> {
+        match self {
+            Callback::PartnerConfig(c) => Some(&c.partner_id),
+            Callback::StartCall(c) => Some(&c.partner_id),
+            Callback::Disposition(_) | Callback::UpdatePresence(_) => None,
+        }
+    }
+
     /// The contract's event type, e.g. `start_call`.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -87,6 +116,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(start.type_name(), "start_call");
+    }
+
+    #[test]
+    fn decode_names_the_offending_field() {
+        let err =
+            Callback::decode(br#"{"type":"update_presence","payload":{"softphoneId":"nope"}}"#)
+                .unwrap_err();
+        assert!(
+            matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
+            "{err:?}"
+        );
+        let err =
+            Callback::decode(br#"{"payload":{"softphoneId":"nope"},"type":"update_presence"}"#)
+                .unwrap_err();
+        assert!(
+            matches!(&err, super::super::ContractError::Invalid { field, .. } if field == "payload.softphoneId"),
+            "{err:?}"
+        );
+        let err = Callback::decode(br#"{"type":"dial","payload":{}}"#).unwrap_err();
+        assert!(err.to_string().contains("start_call"), "{err}");
+        assert!(matches!(
+            Callback::decode(b"{"),
+            Err(super::super::ContractError::Json(_))
+        ));
     }
 
     #[test]

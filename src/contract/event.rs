@@ -98,7 +98,7 @@ pub enum ContractError {
     UnknownSubject(String),
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ContractError> {
+pub(super) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ContractError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

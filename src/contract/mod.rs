@@ -29,7 +29,10 @@ pub const DLQ_SUBJECTS: &str = "softphone.dlq.>";
 /// Core NATS request subject for a synchronous `load` (served by a queue group,
 /// captured by no stream).
 pub const LOAD_REQUEST_SUBJECT: &str = "softphone.load";
-/// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`].
+/// Core NATS request subject of the command service (a NATS micro service
+/// endpoint; the HTTP command route's twin).
+pub const API_COMMAND_SUBJECT: &str = "softphone.api.command";
+/// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`] and [`API_COMMAND_SUBJECT`].
 pub const LOAD_QUEUE_GROUP: &str = "softphone-bridge";
 
 /// Headers the dead-letter queue adds to the original body.

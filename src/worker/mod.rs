@@ -19,9 +19,10 @@ use tracing::Instrument;
 
 use crate::command::CommandPublisher;
 use crate::config::{Settings, WorkerSettings};
-use crate::contract::{ContractError, Event};
-use crate::crm::{Crm, CrmEvent};
-use crate::load;
+use crate::contract::{ContractError, Event, EventKind};
+use crate::crm::{Crm, CrmError, CrmEvent};
+use crate::registry::Registry;
+use crate::{load, metric};
 
 pub use outcome::{HandleError, Outcome, decide};
 
@@ -31,16 +32,19 @@ pub struct Worker {
     js: jetstream::Context,
     crm: Arc<dyn Crm>,
     commands: CommandPublisher,
+    registry: Registry,
 }
 
 impl Worker {
     pub fn new(settings: Arc<Settings>, js: jetstream::Context, crm: Arc<dyn Crm>) -> Self {
         let commands = CommandPublisher::new(js.clone());
+        let registry = Registry::new(js.clone(), &settings.registry);
         Self {
             settings,
             js,
             crm,
             commands,
+            registry,
         }
     }
 
@@ -189,6 +193,8 @@ impl Worker {
             conversation_id = tracing::field::Empty,
             delivery = delivered,
         );
+        let in_flight = metrics::gauge!(metric::IN_FLIGHT);
+        in_flight.increment(1.0);
         async {
             let started = Instant::now();
             let outcome = match outcome::exhausted(delivered, self.config()) {
@@ -224,7 +230,8 @@ impl Worker {
                 .await;
         }
         .instrument(span)
-        .await
+        .await;
+        in_flight.decrement(1.0);
     }
 
     fn decode(
@@ -249,6 +256,18 @@ impl Worker {
 
     /// Performs the event's actions: callbacks for `load`, then the CRM.
     async fn handle(&self, event: &CrmEvent) -> Result<(), HandleError> {
+        // The registry first: the command API may authorise this softphone at once.
+        match &event.event {
+            Event::Loaded(loaded) => {
+                self.registry.loaded(loaded, event.published).await?;
+            }
+            Event::AgentStatusChanged(changed) => {
+                self.registry
+                    .status_changed(changed, event.published)
+                    .await?;
+            }
+            _ => {}
+        }
         if let Event::Loaded(loaded) = &event.event {
             for callback in load::callbacks(&self.settings, loaded) {
                 let message_id = format!("{}:{}", event.id, callback.type_name());
@@ -264,7 +283,16 @@ impl Worker {
                 );
             }
         }
-        self.crm.handle(event).await?;
+        let started = Instant::now();
+        let result = self.crm.handle(event).await;
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(CrmError::Transient { .. }) => "transient",
+            Err(CrmError::Permanent { .. }) => "permanent",
+        };
+        metrics::histogram!(metric::CRM_DURATION, "crm" => self.crm.name().to_owned(), "result" => label)
+            .record(started.elapsed().as_secs_f64());
+        result?;
         Ok(())
     }
 
@@ -300,6 +328,12 @@ impl Worker {
         started: Instant,
     ) {
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let kind = EventKind::from_subject(&message.subject).map_or("unknown", EventKind::name);
+        metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => outcome.label())
+            .increment(1);
+        if delivered > 1 {
+            metrics::counter!(metric::REDELIVERIES, "type" => kind).increment(1);
+        }
         let acked = match &outcome {
             Outcome::Ack => {
                 tracing::info!(elapsed_ms, "Event handled.");
@@ -327,6 +361,7 @@ impl Worker {
                 {
                     Ok(()) => {
                         tracing::error!(%reason, "Event dead-lettered.");
+                        metrics::counter!(metric::DEAD_LETTERED, "type" => kind).increment(1);
                         message.ack_with(AckKind::Term).await
                     }
                     Err(e) => {

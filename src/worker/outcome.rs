@@ -6,6 +6,7 @@ use crate::command::CommandError;
 use crate::config::WorkerSettings;
 use crate::contract::ContractError;
 use crate::crm::CrmError;
+use crate::registry::RegistryError;
 
 /// What becomes of a delivered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,9 @@ pub enum HandleError {
     Crm(#[from] CrmError),
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The registry could not be written: NATS trouble, worth a retry.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// Decides the fate of delivery number `delivered` (1-based) given how handling went.
@@ -64,7 +68,7 @@ pub fn decide(
             reason,
             retry_after,
         })) => (reason, retry_after),
-        Err(e @ HandleError::Command(_)) => (e.to_string(), None),
+        Err(e @ (HandleError::Command(_) | HandleError::Registry(_))) => (e.to_string(), None),
     };
     if delivered >= settings.max_deliveries {
         return Outcome::DeadLetter {
@@ -174,6 +178,18 @@ mod tests {
         assert!(
             matches!(decide(invalid, 1, &s), Outcome::DeadLetter { reason, .. } if reason.starts_with("invalid payload"))
         );
+    }
+
+    #[test]
+    fn registry_failures_are_retried() {
+        let s = settings();
+        let failed = || Err(RegistryError::new("cannot write agent-1: timed out").into());
+        assert!(matches!(decide(failed(), 1, &s),
+            Outcome::Retry { delay, reason } if delay == Duration::from_secs(1) && reason.contains("timed out")));
+        assert!(matches!(
+            decide(failed(), 3, &s),
+            Outcome::DeadLetter { .. }
+        ));
     }
 
     #[test]

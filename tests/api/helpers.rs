@@ -315,20 +315,14 @@ pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Inf
 
 /// Polls the consumer until nothing is pending or in flight (with a deadline).
 pub async fn settled(js: &jetstream::Context, name: &str) -> consumer::Info {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let info = consumer_info(js, name).await;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "consumer did not settle: {} pending, {} unacknowledged",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the consumer to have nothing pending or unacknowledged",
+        || async {
+            let info = consumer_info(js, name).await;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
+        },
+    )
+    .await
 }
 
 /// Reads the dead-letter stream from its start.
@@ -462,18 +456,216 @@ timeout = "10s"
 
 /// Waits until `count` pull requests wait on the consumer: that many replicas are consuming.
 pub async fn replicas_pulling(js: &jetstream::Context, name: &str, count: usize) {
+    eventually(&format!("{count} replicas to pull"), || async {
+        let stream = js.get_stream(EVENTS_STREAM).await.ok()?;
+        let info = stream.consumer_info(name).await.ok()?;
+        (info.num_waiting >= count).then_some(())
+    })
+    .await
+}
+
+// ---- HTTP API, registry and readiness (issue 4) ----
+
+/// A bearer token allowed to command every softphone.
+pub const TOKEN: &str = "test-token-all-partners";
+/// A bearer token scoped to [`PARTNER`].
+pub const PARTNER_TOKEN: &str = "test-token-partner-a";
+/// A partner no token above is scoped to.
+pub const OTHER_PARTNER: &str = "0c7d1a52-4f0b-4e8e-9a51-8f3e2b6d7c10";
+
+/// [`settings`] with the HTTP API on a free port and [`TOKEN`], [`PARTNER_TOKEN`].
+pub fn http_settings(nats_url: &str) -> Settings {
+    let mut settings = settings(nats_url, "kind = \"log\"");
+    settings.http.listen = Some("127.0.0.1:0".into());
+    settings.http.tokens = vec![
+        token_settings("crm-all", TOKEN, None),
+        token_settings("crm-partner-a", PARTNER_TOKEN, Some(vec![PARTNER])),
+    ];
+    settings
+}
+
+pub fn token_settings(
+    name: &str,
+    token: &str,
+    partners: Option<Vec<&str>>,
+) -> softphone_bridge::config::TokenSettings {
+    softphone_bridge::config::TokenSettings {
+        name: name.into(),
+        sha256: hex::encode(softphone_bridge::http::auth::hash_token(token)),
+        partners: partners.map(|list| list.into_iter().map(|p| p.parse().unwrap()).collect()),
+    }
+}
+
+/// The app with its HTTP addresses, and an HTTP client for it.
+pub struct HttpApp {
+    pub app: TestApp,
+    pub addr: std::net::SocketAddr,
+    pub ops: std::net::SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl std::ops::Deref for HttpApp {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
+}
+
+/// Like [`spawn_app`], keeping the bound HTTP addresses.
+pub async fn spawn_http_app(nats: Nats, settings: Settings) -> HttpApp {
+    let client = async_nats::connect(&nats.url)
+        .await
+        .expect("test client connects");
+    let js = jetstream::new(client.clone());
+    broker::provision(&js, &settings)
+        .await
+        .expect("provisioning works");
+    let (shutdown, handle, addr, ops) = start_replica(settings.clone()).await;
+    let app = TestApp {
+        nats,
+        client,
+        js,
+        settings,
+        shutdown,
+        handle,
+    };
+    let app = HttpApp {
+        app,
+        addr,
+        ops,
+        http: reqwest::Client::new(),
+    };
+    app.ready().await;
+    app
+}
+
+/// Starts one more app in this process (a replica); stops when the token is cancelled.
+pub async fn start_replica(
+    settings: Settings,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let app = Application::build(settings).await.expect("app builds");
+    let addr = app.http_addr().expect("http.listen is set");
+    let ops = app.ops_addr().expect("http.listen is set");
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until(shutdown.clone()));
+    (shutdown, handle, addr, ops)
+}
+
+impl HttpApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops)
+    }
+
+    /// The readiness status code.
+    pub async fn readyz(&self) -> u16 {
+        match self.http.get(self.ops_url("/readyz")).send().await {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => panic!("readyz answers: {e}"),
+        }
+    }
+
+    /// Waits until `/readyz` says 200.
+    pub async fn ready(&self) {
+        eventually("readyz to answer 200", || async {
+            (self.readyz().await == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// POSTs a command as a CRM would.
+    pub async fn command(
+        &self,
+        softphone: &str,
+        body: &serde_json::Value,
+        token: &str,
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1/softphones/{softphone}/commands")))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("the API answers")
+    }
+
+    /// Publishes `softphone.loaded` and waits until the registry has the softphone.
+    pub async fn load(&self, softphone: &str, partner: Option<&str>) {
+        let body = match partner {
+            Some(p) => format!(r#"{{"softphoneId":"{softphone}","partnerId":"{p}"}}"#),
+            None => format!(r#"{{"softphoneId":"{softphone}"}}"#),
+        };
+        self.publish(EventKind::Loaded, &body, None).await;
+        self.settled().await;
+    }
+
+    pub async fn stop(self) -> Nats {
+        self.app.stop().await
+    }
+}
+
+/// How many messages `SOFTPHONE_COMMANDS` holds for one softphone.
+pub async fn commands_for(js: &jetstream::Context, softphone: &str) -> u64 {
+    let subject = format!("softphone.cmd.{softphone}");
+    let stream = js
+        .get_stream(softphone_bridge::contract::COMMANDS_STREAM)
+        .await
+        .expect("commands stream exists");
+    let info = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .expect("stream info");
+    let mut total = 0;
+    let mut subjects = info;
+    while let Some(Ok((name, count))) = subjects.next().await {
+        if name == subject {
+            total += count as u64;
+        }
+    }
+    total
+}
+
+/// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        if let Ok(stream) = js.get_stream(EVENTS_STREAM).await
-            && let Ok(info) = stream.consumer_info(name).await
-            && info.num_waiting >= count
-        {
-            return;
+        if let Some(value) = probe().await {
+            return value;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{count} replicas did not start pulling"
+            "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A valid `start_call` command for [`PARTNER`].
+pub fn start_call() -> serde_json::Value {
+    serde_json::json!({
+        "type": "start_call",
+        "payload": {
+            "partnerId": PARTNER,
+            "businessSegmentId": SEGMENT,
+            "channelOriginId": ORIGIN,
+            "dialTo": "+18883973342",
+            "dialFrom": "+18449401117",
+            "participantType": "Traveler"
+        }
+    })
 }

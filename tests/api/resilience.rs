@@ -10,26 +10,16 @@ use crate::helpers::*;
 
 /// Publishes, retrying while the client reconnects after a server restart.
 async fn publish_when_back(js: &jetstream::Context, kind: EventKind, body: &str, id: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually("NATS to take a publish again", || async {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
-        let sent = match js
+        let ack = js
             .publish_with_headers(kind.subject(), headers, body.to_owned().into())
             .await
-        {
-            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match sent {
-            Ok(()) => return,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "NATS did not come back: {e}"
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            .ok()?;
+        ack.await.ok().map(drop)
+    })
+    .await
 }
 
 #[tokio::test]

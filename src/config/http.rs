@@ -1,0 +1,164 @@
+//! Settings of the HTTP command API and of the softphone registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::{ConfigError, Settings};
+use crate::contract::Guid;
+
+/// The HTTP server: command API for CRMs, health, metrics.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address (host:port) the API listens on; unset means no HTTP server.
+    pub listen: Option<String>,
+    /// Separate address for `/healthz`, `/readyz` and `/metrics`; unset serves
+    /// them on `listen`.
+    pub ops_listen: Option<String>,
+    /// Bearer tokens allowed to send commands; none means the command routes are off.
+    pub tokens: Vec<TokenSettings>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long one request may take before it is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Command API requests handled at once; more are refused with 503 at once
+    /// (health and metrics are not counted).
+    pub max_in_flight: usize,
+    /// Commands for softphones the registry does not know: `reject` (404) or `allow`.
+    pub unknown_softphones: UnknownSoftphones,
+    /// TLS for both listeners (PEM files); unset serves plain HTTP.
+    pub tls: Option<HttpTls>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            ops_listen: None,
+            tokens: Vec::new(),
+            body_limit: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 512,
+            unknown_softphones: UnknownSoftphones::Reject,
+            tls: None,
+        }
+    }
+}
+
+/// One bearer token, stored as the SHA-256 of its text (`softphone-bridge hash-token`).
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Who holds the token; shown in logs instead of the token.
+    pub name: String,
+    /// Lowercase or uppercase hex SHA-256 of the token.
+    #[serde(serialize_with = "redact_str")]
+    pub sha256: String,
+    /// Partners whose softphones the token may command; unset means all.
+    #[serde(default)]
+    pub partners: Option<Vec<Guid>>,
+}
+
+impl std::fmt::Debug for TokenSettings {
+    // The hash is not a secret, but it has no business in logs either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("name", &self.name)
+            .field("partners", &self.partners)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a command for a softphone missing from the registry gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSoftphones {
+    /// 404: only softphones that loaded recently can be commanded.
+    Reject,
+    /// Published anyway (partner-scoped tokens are still refused: no partner to check).
+    Allow,
+}
+
+/// TLS of the HTTP listeners.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+}
+
+/// The softphone registry: softphone id -> partner, load time, presence, last seen.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Key-value bucket name (letters, digits, `-`, `_`).
+    pub bucket: String,
+    /// An entry not written for this long expires (the bucket's max age).
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            bucket: "SOFTPHONE_REGISTRY".into(),
+            idle_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+fn redact_str<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+
+/// Checks the `[http]` keys; `error` words a message naming the key.
+pub(super) fn check(
+    settings: &Settings,
+    error: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let fail = |key: &str, why: String| Err(error(key, why));
+    let http = &settings.http;
+    if http.listen.is_none() && http.ops_listen.is_some() {
+        return fail("http.ops_listen", "needs http.listen too".into());
+    }
+    if http.body_limit == 0 {
+        return fail("http.body_limit", "must be at least 1 byte".into());
+    }
+    if http.max_in_flight == 0 {
+        return fail("http.max_in_flight", "must be at least 1".into());
+    }
+    if http.request_timeout.is_zero() {
+        return fail("http.request_timeout", "must be more than 0s".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, token) in http.tokens.iter().enumerate() {
+        let key = format!("http.tokens[{i}]");
+        if token.name.trim().is_empty() {
+            return fail(&format!("{key}.name"), "must not be empty".into());
+        }
+        if !names.insert(token.name.as_str()) {
+            return fail(
+                &format!("{key}.name"),
+                format!("{:?} is used by another token", token.name),
+            );
+        }
+        if token.sha256.len() != 64 || !token.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return fail(
+                &format!("{key}.sha256"),
+                "must be 64 hex digits (print one with `softphone-bridge hash-token`)".into(),
+            );
+        }
+        if token.partners.as_ref().is_some_and(Vec::is_empty) {
+            return fail(
+                &format!("{key}.partners"),
+                "an empty list allows nothing; remove it to allow all".into(),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The HTTP server: the command API for CRMs (bearer tokens, problem+json
+//! errors), health, readiness, metrics and the OpenAPI document.
+
+pub mod auth;
+pub mod ops;
+pub mod problem;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HttpSettings;
+use crate::dispatch::Dispatcher;
+use crate::metric;
+use auth::Tokens;
+use ops::Readiness;
+use problem::ApiError;
+
+/// Where a CRM posts a command.
+pub const COMMANDS_PATH: &str = "/v1/softphones/{softphoneId}/commands";
+/// What the registry knows of a softphone.
+pub const SOFTPHONE_PATH: &str = "/v1/softphones/{softphoneId}";
+pub const OPENAPI_PATH: &str = "/openapi.yaml";
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Every route as (method, path); the OpenAPI test compares it with the document.
+pub const ROUTES: [(&str, &str); 6] = [
+    ("POST", COMMANDS_PATH),
+    ("GET", SOFTPHONE_PATH),
+    ("GET", OPENAPI_PATH),
+    ("GET", HEALTHZ_PATH),
+    ("GET", READYZ_PATH),
+    ("GET", METRICS_PATH),
+];
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub dispatcher: Dispatcher,
+    pub tokens: Tokens,
+    pub readiness: Readiness,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    /// Bounds the command API's concurrent requests (`http.max_in_flight`).
+    pub in_flight: tokio::sync::Semaphore,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+/// The command routes (absent without tokens: off, not open) and the OpenAPI document.
+pub fn api_router(state: AppState) -> Router {
+    finish(api_routes(&state), state)
+}
+
+/// Health, readiness and metrics.
+pub fn ops_router(state: AppState) -> Router {
+    finish(ops_routes(), state)
+}
+
+/// Everything on one listener.
+pub fn router(state: AppState) -> Router {
+    finish(api_routes(&state).merge(ops_routes()), state)
+}
+
+fn api_routes(state: &AppState) -> Router<AppState> {
+    let router = Router::new().route(OPENAPI_PATH, get(ops::openapi));
+    if state.tokens.is_empty() {
+        return router;
+    }
+    let commands = Router::new()
+        .route(COMMANDS_PATH, post(routes::post_command))
+        .route(SOFTPHONE_PATH, get(routes::get_softphone))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed));
+    router.merge(commands)
+}
+
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route(HEALTHZ_PATH, get(ops::healthz))
+        .route(READYZ_PATH, get(ops::readyz))
+        .route(METRICS_PATH, get(ops::metrics))
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .route_layer(middleware::from_fn(count))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        .with_state(state)
+}
+
+/// Counts each answered request by route template (never the raw path, whose
+/// ids would make the series unbounded), method and status.
+async fn count(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    metrics::counter!(metric::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+        .increment(1);
+    tracing::debug!(%route, %method, status, elapsed_ms = started.elapsed().as_millis() as u64, "HTTP request answered.");
+    response
+}
+
+/// Answers 408 (problem+json) when a request, body included, takes too long.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(state.request_timeout).into_response(),
+    }
+}
+
+/// Refuses at once, with 503, what would exceed `http.max_in_flight`: memory
+/// stays bounded and the caller can retry elsewhere.
+async fn shed(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return ApiError::Busy.into_response();
+    };
+    next.run(request).await
+}
+
+async fn no_route(request: Request) -> Response {
+    let method = request.method().to_string();
+    metrics::counter!(metric::HTTP_REQUESTS, "route" => "unmatched", "method" => method.clone(), "status" => "404")
+        .increment(1);
+    ApiError::NoRoute(format!("{method} {}", request.uri().path())).into_response()
+}
+
+/// How long open connections may finish their requests after shutdown (TLS listeners).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The bound listeners, before serving (tests read the ports in between).
+pub struct HttpServer {
+    api: TcpListener,
+    ops: Option<TcpListener>,
+    tls: Option<RustlsConfig>,
+}
+
+impl HttpServer {
+    /// Binds `http.listen` (and `http.ops_listen`); `None` when HTTP is not configured.
+    pub async fn bind(settings: &HttpSettings) -> anyhow::Result<Option<Self>> {
+        let Some(listen) = &settings.listen else {
+            return Ok(None);
+        };
+        let api = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
+        let ops = match &settings.ops_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("http.ops_listen: cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
+        let tls = match &settings.tls {
+            Some(tls) => {
+                // Two crypto providers are compiled in (reqwest brings ring): pick one.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "http.tls: cannot load certificate {} and key {}",
+                            tls.cert_file.display(),
+                            tls.key_file.display()
+                        )
+                    })?;
+                Some(config)
+            }
+            None => None,
+        };
+        Ok(Some(Self { api, ops, tls }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// Serves until `shutdown`, then lets in-flight requests finish.
+    pub async fn serve(self, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if state.tokens.is_empty() {
+            tracing::warn!("No http.tokens configured: the command routes are off.");
+        }
+        let addr = self.local_addr();
+        let ops_addr = self.ops_addr();
+        let (api, ops) = match self.ops {
+            Some(ops) => (api_router(state.clone()), Some((ops, ops_router(state)))),
+            None => (router(state), None),
+        };
+        tracing::info!(%addr, ops = ?ops_addr, tls = self.tls.is_some(), "Serving HTTP.");
+        let api = serve_one(self.api, api, self.tls.clone(), shutdown.clone());
+        match ops {
+            Some((listener, router)) => {
+                tokio::try_join!(api, serve_one(listener, router, self.tls, shutdown))?;
+            }
+            None => api.await?,
+        }
+        tracing::info!("HTTP server stopped.");
+        Ok(())
+    }
+}
+
+async fn serve_one(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<RustlsConfig>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(tls) = tls else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        return Ok(());
+    };
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let stop = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.graceful_shutdown(Some(DRAIN));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router.into_make_service())
+        .await?;
+    Ok(())
+}

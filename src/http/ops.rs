@@ -1,0 +1,180 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State as Connection;
+use async_nats::jetstream;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use super::AppState;
+use crate::config::Settings;
+use crate::contract::{COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM};
+use crate::metric;
+
+/// The OpenAPI document of the HTTP API.
+pub const OPENAPI: &str = include_str!("openapi.yaml");
+
+/// How long one readiness probe may wait for JetStream.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` checks: the connection, the streams, the registry bucket,
+/// the worker's consumer and the NATS command service.
+#[derive(Clone)]
+pub struct Readiness {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    consumer: String,
+    bucket: String,
+    bound: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
+}
+
+/// The readiness report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ready: bool,
+    /// Check name -> "ok" or why not.
+    pub checks: BTreeMap<&'static str, String>,
+}
+
+impl Readiness {
+    pub fn new(client: async_nats::Client, js: jetstream::Context, settings: &Settings) -> Self {
+        Self {
+            client,
+            js,
+            consumer: settings.worker.consumer.clone(),
+            bucket: settings.registry.bucket.clone(),
+            bound: Arc::default(),
+            serving: Arc::default(),
+        }
+    }
+
+    /// Marks the worker's consumer as bound (or not).
+    pub fn set_bound(&self, bound: bool) {
+        self.bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// Marks the NATS command service as subscribed (or not).
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
+    pub async fn check(&self) -> Report {
+        let mut checks = BTreeMap::new();
+        let state = self.client.connection_state();
+        if state != Connection::Connected {
+            checks.insert("nats", format!("not connected ({state})"));
+            return Report {
+                ready: false,
+                checks,
+            };
+        }
+        checks.insert("nats", "ok".into());
+        let mut streams = Vec::new();
+        for name in [EVENTS_STREAM, COMMANDS_STREAM, DLQ_STREAM] {
+            if let Err(e) = probe(self.js.get_stream(name)).await {
+                streams.push(format!("{name}: {e}"));
+            }
+        }
+        checks.insert(
+            "streams",
+            if streams.is_empty() {
+                "ok".into()
+            } else {
+                streams.join("; ")
+            },
+        );
+        let registry = probe(self.js.get_key_value(&self.bucket)).await;
+        checks.insert("registry", registry.err().unwrap_or_else(|| "ok".into()));
+        let consumer = if self.bound.load(Ordering::Relaxed) {
+            self.consumer_gauges().await
+        } else {
+            Err("the worker has not bound its consumer yet".into())
+        };
+        checks.insert("consumer", consumer.err().unwrap_or_else(|| "ok".into()));
+        let service = if self.serving.load(Ordering::Relaxed) {
+            "ok".into()
+        } else {
+            "the NATS command service is not subscribed yet".into()
+        };
+        checks.insert("service", service);
+        Report {
+            ready: checks.values().all(|v| v == "ok"),
+            checks,
+        }
+    }
+
+    /// Reads the consumer's counters into the pending gauges.
+    async fn consumer_gauges(&self) -> Result<(), String> {
+        let info = probe(async {
+            let mut consumer = self
+                .js
+                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                    &self.consumer,
+                    EVENTS_STREAM,
+                )
+                .await?;
+            Ok::<_, async_nats::Error>(consumer.info().await?.clone())
+        })
+        .await
+        .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
+        metrics::gauge!(metric::CONSUMER_PENDING).set(info.num_pending as f64);
+        metrics::gauge!(metric::CONSUMER_ACK_PENDING).set(info.num_ack_pending as f64);
+        Ok(())
+    }
+}
+
+async fn probe<T, E: std::fmt::Display>(
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when NATS, the streams, the registry and the consumer are there, else 503.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
+    let report = state.readiness.check().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if state.readiness.client.connection_state() == Connection::Connected {
+        // Best effort: a scrape must not fail because JetStream is slow.
+        let _ = state.readiness.consumer_gauges().await;
+    }
+    let handle = metric::handle();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+}
+
+/// `GET /openapi.yaml`
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}

@@ -1,0 +1,92 @@
+//! Prometheus metrics: the series' names and the process-wide recorder whose
+//! text `/metrics` serves.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Events handled, by `type` (e.g. `call.ended`) and `outcome` (ack, retry, dead_letter).
+pub const EVENTS: &str = "softphone_bridge_events_total";
+/// Events being handled right now by this replica.
+pub const IN_FLIGHT: &str = "softphone_bridge_events_in_flight";
+/// Deliveries after the first, by `type`.
+pub const REDELIVERIES: &str = "softphone_bridge_redeliveries_total";
+/// Events copied to the dead-letter queue, by `type`.
+pub const DEAD_LETTERED: &str = "softphone_bridge_dead_lettered_total";
+/// CRM call latency, by `crm` and `result` (ok, transient, permanent).
+pub const CRM_DURATION: &str = "softphone_bridge_crm_request_duration_seconds";
+/// Events of the shared consumer not yet delivered.
+pub const CONSUMER_PENDING: &str = "softphone_bridge_consumer_pending";
+/// Events of the shared consumer delivered and not yet acknowledged.
+pub const CONSUMER_ACK_PENDING: &str = "softphone_bridge_consumer_ack_pending";
+/// Commands published to softphones, by `type`, `via` (http, nats) and `duplicate`.
+pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
+/// HTTP requests answered, by `route`, `method` and `status`.
+pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
+
+/// Every documented series (the metrics test checks that each one shows up).
+pub const ALL: [&str; 9] = [
+    EVENTS,
+    IN_FLIGHT,
+    REDELIVERIES,
+    DEAD_LETTERED,
+    CRM_DURATION,
+    CONSUMER_PENDING,
+    CONSUMER_ACK_PENDING,
+    COMMANDS,
+    HTTP_REQUESTS,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide recorder, installed on first call. Several applications in
+/// one process (tests) share it.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(CRM_DURATION.into()),
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            )
+            .expect("bucket list is not empty")
+            .install_recorder()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "Another metrics recorder is installed; /metrics shows only what this one records.");
+                PrometheusBuilder::new().build_recorder().handle()
+            });
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(EVENTS, "Events handled, by type and outcome.");
+    describe_gauge!(IN_FLIGHT, "Events being handled right now by this replica.");
+    describe_counter!(REDELIVERIES, "Deliveries after the first, by event type.");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Events copied to the dead-letter queue, by event type."
+    );
+    describe_histogram!(
+        CRM_DURATION,
+        Unit::Seconds,
+        "CRM call latency, by CRM and result."
+    );
+    describe_gauge!(
+        CONSUMER_PENDING,
+        "Events of the shared consumer not yet delivered."
+    );
+    describe_gauge!(
+        CONSUMER_ACK_PENDING,
+        "Events delivered and not yet acknowledged."
+    );
+    describe_counter!(
+        COMMANDS,
+        "Commands published to softphones, by type, entry point and duplicate."
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route, method and status."
+    );
+}

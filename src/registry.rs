@@ -1,0 +1,347 @@
+//! The softphone registry: a JetStream key-value bucket of softphone id ->
+//! partner, load time, presence status and last sighting, written by the
+//! worker and read by the command API.
+
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::OnceCell;
+
+use crate::config::RegistrySettings;
+use crate::contract::{AgentStatusChanged, Guid, Loaded, SoftphoneId};
+
+/// How often a write retries after another replica updated the same entry first.
+const MAX_CONFLICTS: u32 = 32;
+
+/// What the registry knows of one softphone instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    pub softphone_id: SoftphoneId,
+    /// The partner named by the latest `load`, if it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_id: Option<Guid>,
+    /// When the latest `load` was published.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub loaded_at: Option<OffsetDateTime>,
+    /// The GUID of the latest presence status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_status: Option<Guid>,
+    /// When that status change was published.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub presence_changed_at: Option<OffsetDateTime>,
+    /// The latest event about this softphone.
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+}
+
+/// One fact learnt from an event, with the event's publication time so that
+/// replicas handling events out of order still converge on the latest facts.
+#[derive(Debug, Clone)]
+pub enum Sighting {
+    Loaded {
+        partner: Option<Guid>,
+        at: OffsetDateTime,
+    },
+    Status {
+        status: Guid,
+        at: OffsetDateTime,
+    },
+}
+
+impl Sighting {
+    fn at(&self) -> OffsetDateTime {
+        match self {
+            Sighting::Loaded { at, .. } | Sighting::Status { at, .. } => *at,
+        }
+    }
+
+    /// `entry` with this sighting merged in; newer facts win, whatever the order.
+    pub fn merge(&self, softphone: &SoftphoneId, entry: Option<Entry>) -> Entry {
+        let mut entry = entry.unwrap_or_else(|| Entry {
+            softphone_id: softphone.clone(),
+            partner_id: None,
+            loaded_at: None,
+            presence_status: None,
+            presence_changed_at: None,
+            last_seen: self.at(),
+        });
+        entry.last_seen = entry.last_seen.max(self.at());
+        match self {
+            Sighting::Loaded { partner, at } if entry.loaded_at.is_none_or(|t| t <= *at) => {
+                entry.loaded_at = Some(*at);
+                entry.partner_id = partner.clone();
+            }
+            Sighting::Status { status, at }
+                if entry.presence_changed_at.is_none_or(|t| t <= *at) =>
+            {
+                entry.presence_changed_at = Some(*at);
+                entry.presence_status = Some(status.clone());
+            }
+            _ => {}
+        }
+        entry
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("softphone registry: {0}")]
+pub struct RegistryError(String);
+
+impl RegistryError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+/// A handle on the registry bucket, bound on first use.
+#[derive(Clone)]
+pub struct Registry {
+    js: jetstream::Context,
+    bucket: String,
+    store: std::sync::Arc<OnceCell<kv::Store>>,
+}
+
+impl Registry {
+    pub fn new(js: jetstream::Context, settings: &RegistrySettings) -> Self {
+        Self {
+            js,
+            bucket: settings.bucket.clone(),
+            store: Default::default(),
+        }
+    }
+
+    async fn store(&self) -> Result<&kv::Store, RegistryError> {
+        self.store
+            .get_or_try_init(|| async {
+                self.js.get_key_value(&self.bucket).await.map_err(|e| {
+                    RegistryError(format!(
+                        "cannot open bucket {} (run `softphone-bridge provision`?): {e}",
+                        self.bucket
+                    ))
+                })
+            })
+            .await
+    }
+
+    /// The registry's entry for `softphone`, if it has a live one.
+    pub async fn get(&self, softphone: &SoftphoneId) -> Result<Option<Entry>, RegistryError> {
+        Ok(self.entry(softphone).await?.map(|(entry, _)| entry))
+    }
+
+    async fn entry(&self, softphone: &SoftphoneId) -> Result<Option<(Entry, u64)>, RegistryError> {
+        let store = self.store().await?;
+        let found = store
+            .entry(key(softphone))
+            .await
+            .map_err(|e| RegistryError(format!("cannot read {softphone}: {e}")))?;
+        let Some(found) = found else { return Ok(None) };
+        if found.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let entry = serde_json::from_slice(&found.value)
+            .map_err(|e| RegistryError(format!("entry of {softphone} is not readable: {e}")))?;
+        Ok(Some((entry, found.revision)))
+    }
+
+    /// Records a `load`.
+    pub async fn loaded(&self, event: &Loaded, at: OffsetDateTime) -> Result<Entry, RegistryError> {
+        let sighting = Sighting::Loaded {
+            partner: event.partner_id.clone(),
+            at,
+        };
+        self.record(&event.softphone_id, &sighting).await
+    }
+
+    /// Records a presence change; `None` when the event names no softphone instance.
+    pub async fn status_changed(
+        &self,
+        event: &AgentStatusChanged,
+        at: OffsetDateTime,
+    ) -> Result<Option<Entry>, RegistryError> {
+        let Some(softphone) = &event.instance_id else {
+            return Ok(None);
+        };
+        let sighting = Sighting::Status {
+            status: event.softphone_id.clone(),
+            at,
+        };
+        self.record(softphone, &sighting).await.map(Some)
+    }
+
+    /// Read, merge, write with the revision read: a replica that wrote in
+    /// between makes the write fail, and the merge is redone on its value.
+    async fn record(
+        &self,
+        softphone: &SoftphoneId,
+        sighting: &Sighting,
+    ) -> Result<Entry, RegistryError> {
+        let store = self.store().await?;
+        let key = key(softphone);
+        for attempt in 0..MAX_CONFLICTS {
+            let current = store
+                .entry(key.clone())
+                .await
+                .map_err(|e| RegistryError(format!("cannot read {softphone}: {e}")))?;
+            let (previous, revision) = match current {
+                Some(found) if found.operation == kv::Operation::Put => (
+                    serde_json::from_slice::<Entry>(&found.value).ok(),
+                    Some(found.revision),
+                ),
+                // A deleted or purged key is written over its marker's revision.
+                Some(found) => (None, Some(found.revision)),
+                None => (None, None),
+            };
+            let entry = sighting.merge(softphone, previous.clone());
+            if previous.as_ref() == Some(&entry) {
+                // An older fact than the entry's: nothing to write.
+                return Ok(entry);
+            }
+            let value = serde_json::to_vec(&entry)
+                .expect("entries serialize")
+                .into();
+            let written = match revision {
+                Some(revision) => store.update(&key, value, revision).await.map_err(|e| {
+                    (
+                        e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        e.to_string(),
+                    )
+                }),
+                None => store.create(&key, value).await.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
+            };
+            match written {
+                Ok(_) => return Ok(entry),
+                Err((true, _)) => {
+                    tracing::debug!(softphone = %softphone, attempt, "Registry entry changed meanwhile; merging again.");
+                    // Random pause so writers that collided do not collide again in lockstep.
+                    tokio::time::sleep(jitter(attempt)).await;
+                }
+                Err((false, e)) => {
+                    return Err(RegistryError(format!("cannot write {softphone}: {e}")));
+                }
+            }
+        }
+        Err(RegistryError(format!(
+            "{softphone} kept changing; gave up after {MAX_CONFLICTS} attempts"
+        )))
+    }
+}
+
+/// Up to 1 ms per attempt so far, at random.
+fn jitter(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    std::time::Duration::from_micros(random % (1000 * u64::from(attempt + 1)))
+}
+
+/// The bucket's configuration, for provisioning.
+pub fn bucket_config(settings: &RegistrySettings, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: settings.bucket.clone(),
+        description: "softphone-bridge: softphone id -> partner, load time, presence, last seen"
+            .into(),
+        history: 1,
+        max_age: settings.idle_ttl,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The KV key of a softphone. Keys allow fewer characters than subject tokens,
+/// so any other byte (and the escape `=` itself) is written `=XX`: injective,
+/// so two softphones never share an entry.
+pub fn key(softphone: &SoftphoneId) -> String {
+    let mut key = String::with_capacity(softphone.as_str().len());
+    for b in softphone.as_str().bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            key.push(b as char);
+        } else {
+            key.push_str(&format!("={b:02X}"));
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+    const S1: &str = "9b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d";
+    const S2: &str = "d6afeaa7-39be-4935-981f-2670215fd887";
+
+    fn id(s: &str) -> SoftphoneId {
+        s.parse().unwrap()
+    }
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn keys_are_valid_and_distinct() {
+        assert_eq!(key(&id("agent-7_x")), "agent-7_x");
+        assert_eq!(key(&id("a:b")), "a=3Ab");
+        assert_ne!(key(&id("a=3Ab")), key(&id("a:b")));
+    }
+
+    #[test]
+    fn merges_converge_whatever_the_order() {
+        let phone = id("agent-1");
+        let facts = [
+            Sighting::Loaded {
+                partner: Some(A.parse().unwrap()),
+                at: at(0),
+            },
+            Sighting::Status {
+                status: S1.parse().unwrap(),
+                at: at(1),
+            },
+            Sighting::Status {
+                status: S2.parse().unwrap(),
+                at: at(2),
+            },
+        ];
+        let forward = facts
+            .iter()
+            .fold(None, |e, f| Some(f.merge(&phone, e)))
+            .unwrap();
+        let backward = facts
+            .iter()
+            .rev()
+            .fold(None, |e, f| Some(f.merge(&phone, e)))
+            .unwrap();
+        assert_eq!(forward, backward);
+        assert_eq!(forward.presence_status.unwrap().as_str(), S2);
+        assert_eq!(forward.partner_id.unwrap().as_str(), A);
+        assert_eq!(forward.last_seen, at(2));
+    }
+
+    #[test]
+    fn entries_render_in_camel_case() {
+        let entry = Sighting::Loaded {
+            partner: Some(A.parse().unwrap()),
+            at: at(0),
+        }
+        .merge(&id("x"), None);
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["partnerId"], A);
+        assert!(json["loadedAt"].as_str().unwrap().ends_with('Z'));
+        assert!(json.get("presenceStatus").is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! The softphone registry, filled by `loaded` and `status_changed` events
+//! handled by two replicas at once, read through the API.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use softphone_bridge::contract::EventKind;
+
+use crate::helpers::*;
+
+/// Presence statuses, in the order the agents pick them.
+const STATUSES: [&str; 4] = [
+    "9b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d",
+    "1a2b3c4d-5e6f-4a1b-8c2d-3e4f5a6b7c8d",
+    "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",
+    "12345678-90ab-4cde-8f01-234567890abc",
+];
+
+#[tokio::test]
+async fn two_replicas_fill_the_registry_without_losing_updates() {
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings.clone()).await;
+    let (replica, replica_task, _, _) = start_replica(settings).await;
+
+    // Per softphone: a load, then every status change; all published at once
+    // so both replicas work on the same entries concurrently.
+    let softphones: Vec<String> = (0..6).map(|i| format!("agent-{i}")).collect();
+    for round in 0..=STATUSES.len() {
+        let publishes = softphones.iter().map(|phone| {
+            let body = match round {
+                0 => format!(r#"{{"softphoneId":"{phone}","partnerId":"{PARTNER}"}}"#),
+                n => format!(
+                    r#"{{"softphoneId":"{}","instanceId":"{phone}"}}"#,
+                    STATUSES[n - 1]
+                ),
+            };
+            let kind = if round == 0 {
+                EventKind::Loaded
+            } else {
+                EventKind::AgentStatusChanged
+            };
+            let js = app.js.clone();
+            async move { publish(&js, kind, &body, None).await }
+        });
+        futures::future::join_all(publishes).await;
+    }
+    let info = app.settled().await;
+    assert_eq!(
+        info.delivered.stream_sequence,
+        (softphones.len() * (STATUSES.len() + 1)) as u64
+    );
+
+    let last = STATUSES[STATUSES.len() - 1];
+    for phone in &softphones {
+        let response = app
+            .http
+            .get(app.url(&format!("/v1/softphones/{phone}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let entry: Value = response.json().await.unwrap();
+        assert_eq!(entry["softphoneId"], phone.as_str());
+        assert_eq!(entry["partnerId"], PARTNER, "{entry}");
+        assert_eq!(
+            entry["presenceStatus"], last,
+            "the latest status wins: {entry}"
+        );
+        let loaded = entry["loadedAt"].as_str().unwrap();
+        let seen = entry["lastSeen"].as_str().unwrap();
+        assert!(seen >= loaded, "{entry}");
+    }
+    // The partner-scoped token sees its partner's softphones too.
+    let scoped = app
+        .http
+        .get(app.url("/v1/softphones/agent-0"))
+        .bearer_auth(PARTNER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scoped.status(), StatusCode::OK);
+
+    replica.cancel();
+    replica_task.await.unwrap().unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_status_change_without_an_instance_touches_no_entry() {
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings).await;
+    app.publish(
+        EventKind::AgentStatusChanged,
+        &format!(r#"{{"softphoneId":"{STATUS}"}}"#),
+        None,
+    )
+    .await;
+    app.settled().await;
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/softphones/{STATUS}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_on_one_entry_lose_nothing() {
+    use softphone_bridge::contract::{AgentStatusChanged, Loaded};
+    use softphone_bridge::registry::Registry;
+
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    softphone_bridge::broker::provision(&js, &settings)
+        .await
+        .unwrap();
+    // Two handles, as two replicas would have.
+    let replicas = [
+        Registry::new(js.clone(), &settings.registry),
+        Registry::new(js.clone(), &settings.registry),
+    ];
+    let base = time::OffsetDateTime::now_utc();
+    let at = |i: i64| base + time::Duration::milliseconds(i);
+    let loaded = Loaded {
+        softphone_id: "agent-x".parse().unwrap(),
+        partner_id: Some(PARTNER.parse().unwrap()),
+    };
+
+    // The load and 20 status changes, all racing on the same key; the load is
+    // the oldest fact and the status at t=20 the newest.
+    let statuses: Vec<String> = (0..20)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let writes = statuses.iter().enumerate().map(|(i, status)| {
+        let registry = replicas[i % 2].clone();
+        let event = AgentStatusChanged {
+            softphone_id: status.parse().unwrap(),
+            instance_id: Some("agent-x".parse().unwrap()),
+            partner_id: None,
+        };
+        let when = at(i as i64 + 1);
+        async move { registry.status_changed(&event, when).await.map(|_| ()) }
+    });
+    let load = async { replicas[1].loaded(&loaded, at(0)).await.map(|_| ()) };
+    let (statuses_written, load_written) = tokio::join!(futures::future::join_all(writes), load);
+    load_written.expect("the load is recorded");
+    for written in statuses_written {
+        written.expect("every write lands, conflicts retried");
+    }
+
+    let entry = replicas[0]
+        .get(&"agent-x".parse().unwrap())
+        .await
+        .unwrap()
+        .expect("an entry");
+    assert_eq!(
+        entry.partner_id.unwrap().as_str(),
+        PARTNER,
+        "the load was not overwritten"
+    );
+    assert_eq!(
+        entry.presence_status.unwrap().as_str(),
+        statuses[19],
+        "the newest status won"
+    );
+    assert_eq!(entry.loaded_at, Some(at(0)));
+    assert_eq!(entry.last_seen, at(20));
+}

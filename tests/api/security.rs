@@ -1,0 +1,280 @@
+//! Transport and resource limits of the HTTP API: TLS from PEM files, the
+//! request timeout as a problem, settings that refuse bad tokens.
+
+use std::io::Write as _;
+
+use reqwest::StatusCode;
+use softphone_bridge::config::{HttpTls, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_api_can_be_served_over_tls() {
+    let nats = start_nats().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut cert_file = tempfile::NamedTempFile::new().unwrap();
+    cert_file.write_all(cert.cert.pem().as_bytes()).unwrap();
+    let mut key_file = tempfile::NamedTempFile::new().unwrap();
+    key_file
+        .write_all(cert.signing_key.serialize_pem().as_bytes())
+        .unwrap();
+    let mut settings = http_settings(&nats.url);
+    settings.http.tls = Some(HttpTls {
+        cert_file: cert_file.path().into(),
+        key_file: key_file.path().into(),
+    });
+
+    let (shutdown, task, addr, _) = start_replica(settings).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .expect("a TLS request succeeds");
+    assert_eq!(response.status(), StatusCode::OK);
+    let unauthorised = client
+        .post(format!(
+            "https://localhost:{}/v1/softphones/agent-1/commands",
+            addr.port()
+        ))
+        .json(&start_call())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status(), StatusCode::UNAUTHORIZED);
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = reqwest::get(format!("http://{addr}/healthz")).await;
+    assert!(!plain.is_ok_and(|r| r.status().is_success()));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    drop(nats);
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_gets_a_408_problem() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.http.request_timeout = std::time::Duration::from_millis(300);
+    let app = spawn_http_app(nats, settings).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"type\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(!answer.contains(TOKEN), "{answer}");
+    app.stop().await;
+}
+
+#[test]
+fn token_settings_are_checked_and_never_rendered() {
+    let base =
+        |tokens: &str| Settings::from_toml(&format!("[http]\nlisten = \"127.0.0.1:0\"\n{tokens}"));
+    let hash = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let ok = base(&format!(
+        "[[http.tokens]]\nname = \"crm\"\nsha256 = \"{hash}\"\npartners = [\"{PARTNER}\"]\n"
+    ))
+    .unwrap();
+    assert!(!ok.to_redacted_toml().contains(hash));
+    assert!(!format!("{ok:?}").contains(hash));
+    for (tokens, key) in [
+        (
+            "[[http.tokens]]\nname = \"crm\"\nsha256 = \"abc\"\n",
+            "http.tokens[0].sha256",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"\"\nsha256 = \"{hash}\"\n"),
+            "http.tokens[0].name",
+        ),
+        (
+            &format!(
+                "[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
+            ),
+            "http.tokens[1].name",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\npartners = []\n"),
+            "http.tokens[0].partners",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\npartners = [\"nope\"]\n"),
+            "partners",
+        ),
+        (
+            &format!("[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\ntoken = \"x\"\n"),
+            "token",
+        ),
+    ] {
+        let err = base(tokens).unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let err = Settings::from_toml("[http]\nops_listen = \"127.0.0.1:0\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http.ops_listen"), "{err}");
+    let err = Settings::from_toml("[registry]\nbucket = \"a.b\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("registry.bucket"), "{err}");
+}
+
+/// Collects everything the app logs on this thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runtime has one thread: the app's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-1", Some(PARTNER)).await;
+    assert_eq!(
+        app.command("agent-1", &start_call(), TOKEN, None)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.command("agent-1", &start_call(), "guessed-token", None)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("Command published."),
+        "the capture works:\n{text}"
+    );
+    assert!(
+        text.contains("crm-all"),
+        "logs name the token's holder:\n{text}"
+    );
+    for secret in [
+        TOKEN,
+        "guessed-token",
+        "Bearer",
+        &token_settings("x", TOKEN, None).sha256,
+    ] {
+        assert!(!text.contains(secret), "{secret} appears in the logs");
+    }
+}
+
+#[test]
+fn hash_token_prints_the_sha256_configured_in_http_tokens() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{TOKEN}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.trim(), token_settings("x", TOKEN, None).sha256);
+
+    let generated = Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        .args(["hash-token", "--generate"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(generated.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .unwrap()
+        .trim();
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256:"))
+        .unwrap()
+        .trim();
+    assert!(token.len() >= 64, "{token}");
+    assert_eq!(hash, token_settings("x", token, None).sha256);
+}
+
+#[tokio::test]
+async fn requests_beyond_max_in_flight_are_shed_with_503() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.http.max_in_flight = 1;
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-1", Some(PARTNER)).await;
+
+    // One request holds the only slot: its body never finishes arriving.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let refused = eventually("the slot to be taken", || async {
+        let response = app.command("agent-1", &start_call(), TOKEN, None).await;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Health is not counted.
+    assert_eq!(
+        app.http
+            .get(app.ops_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    drop(slow);
+    eventually("the slot to be free again", || async {
+        let status = app
+            .command("agent-1", &start_call(), TOKEN, None)
+            .await
+            .status();
+        (status == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
