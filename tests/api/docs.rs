@@ -36,6 +36,7 @@ fn subjects_md_matches_the_code() {
         contract::DLQ_SUBJECTS,
         contract::LOAD_REQUEST_SUBJECT,
         contract::LOAD_QUEUE_GROUP,
+        contract::API_COMMAND_SUBJECT,
         dlq_header::REASON,
         dlq_header::DETAIL,
         dlq_header::SUBJECT,
