@@ -218,6 +218,8 @@ pub struct TestApp {
     pub settings: Settings,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The API's and the health/metrics addresses, when `http.listen` is set.
+    http_addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// Provisions the streams (so tests can publish at once), then starts the app.
@@ -233,6 +235,7 @@ pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
     let app = Application::build(settings.clone())
         .await
         .expect("app builds");
+    let http_addrs = app.http_addr().zip(app.ops_addr());
     let handle = tokio::spawn(app.run_until(shutdown.clone()));
     TestApp {
         nats,
@@ -241,6 +244,7 @@ pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
         settings,
         shutdown,
         handle,
+        http_addrs,
     }
 }
 
@@ -511,24 +515,10 @@ impl std::ops::Deref for HttpApp {
     }
 }
 
-/// Like [`spawn_app`], keeping the bound HTTP addresses.
+/// Like [`spawn_app`], keeping the bound HTTP addresses; waits until ready.
 pub async fn spawn_http_app(nats: Nats, settings: Settings) -> HttpApp {
-    let client = async_nats::connect(&nats.url)
-        .await
-        .expect("test client connects");
-    let js = jetstream::new(client.clone());
-    broker::provision(&js, &settings)
-        .await
-        .expect("provisioning works");
-    let (shutdown, handle, addr, ops) = start_replica(settings.clone()).await;
-    let app = TestApp {
-        nats,
-        client,
-        js,
-        settings,
-        shutdown,
-        handle,
-    };
+    let app = spawn_app(nats, settings).await;
+    let (addr, ops) = app.http_addrs.expect("http.listen is set");
     let app = HttpApp {
         app,
         addr,
