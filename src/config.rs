@@ -16,6 +16,12 @@ use crate::contract::Guid;
 mod http;
 
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
+pub use salesforce::{
+    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
+    SalesforceAuth, SalesforceSettings,
+};
+
+mod salesforce;
 
 /// Prefix of the environment variables read as settings.
 pub const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";
@@ -38,6 +44,12 @@ pub struct Settings {
     /// The CRM that receives events (partners without a CRM of their own).
     #[serde(default)]
     pub crm: CrmSettings,
+    /// Named CRM connections that partners are routed to (`partners.<id>.crm`).
+    #[serde(default)]
+    pub crms: BTreeMap<String, CrmSettings>,
+    /// How events are spread over CRM connections.
+    #[serde(default)]
+    pub routing: RoutingSettings,
     /// Disposition codes sent on `load` to softphones whose partner has no list.
     #[serde(default = "default_dispositions")]
     pub dispositions: Vec<String>,
@@ -213,6 +225,37 @@ pub enum CrmSettings {
     Log,
     /// POST each event, signed, to an HTTP endpoint.
     Webhook(WebhookSettings),
+    /// Write call activity to a Salesforce org through its REST API.
+    Salesforce(Box<SalesforceSettings>),
+}
+
+/// Isolation between CRM connections, so one partner's failing CRM cannot
+/// hold back another's events.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// Events one replica sends to one CRM connection at once; more are nak'd
+    /// with `busy_retry_after` instead of waiting for a worker slot.
+    pub max_in_flight: usize,
+    /// Redelivery delay of an event refused because its CRM is saturated.
+    #[serde(with = "humantime_serde")]
+    pub busy_retry_after: Duration,
+    /// Consecutive transient failures that open a connection's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before trying again.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 8,
+            busy_retry_after: Duration::from_secs(1),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A signed HTTP webhook.
@@ -273,6 +316,10 @@ pub struct PartnerSettings {
     /// Disposition codes for this partner's softphones (else the global list).
     #[serde(default)]
     pub dispositions: Option<Vec<String>>,
+    /// Name of the `[crms.<name>]` connection for this partner's events
+    /// (else `[crm]`).
+    #[serde(default)]
+    pub crm: Option<String>,
 }
 
 /// Log output.
@@ -351,6 +398,22 @@ fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
     match v {
         Some(secret) => redact(secret, s),
         None => s.serialize_none(),
+    }
+}
+
+impl CrmSettings {
+    /// Checks one connection: `Err((field, why))`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            CrmSettings::Log => Ok(()),
+            CrmSettings::Webhook(webhook) => {
+                if secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty() {
+                    return Err(("secret", "must not be empty".into()));
+                }
+                Ok(())
+            }
+            CrmSettings::Salesforce(salesforce) => salesforce.check(),
+        }
     }
 }
 
@@ -457,10 +520,32 @@ impl Settings {
         if self.registry.idle_ttl < Duration::from_secs(1) {
             return fail("registry.idle_ttl", "must be at least 1s".into());
         }
-        if let CrmSettings::Webhook(webhook) = &self.crm
-            && secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty()
-        {
-            return fail("crm.secret", "must not be empty".into());
+        let crms = std::iter::once(("crm".to_owned(), &self.crm)).chain(
+            self.crms
+                .iter()
+                .map(|(name, crm)| (format!("crms.{name}"), crm)),
+        );
+        for (key, crm) in crms {
+            if let Err((field, why)) = crm.check() {
+                return fail(&format!("{key}.{field}"), why);
+            }
+        }
+        for (id, partner) in &self.partners {
+            if let Some(name) = &partner.crm
+                && !self.crms.contains_key(name)
+            {
+                let known: Vec<&str> = self.crms.keys().map(String::as_str).collect();
+                return fail(
+                    &format!("partners.{id}.crm"),
+                    format!("no [crms.{name}] connection is defined (defined: {known:?})"),
+                );
+            }
+        }
+        if self.routing.max_in_flight == 0 {
+            return fail("routing.max_in_flight", "must be at least 1".into());
+        }
+        if self.routing.breaker_failures == 0 {
+            return fail("routing.breaker_failures", "must be at least 1".into());
         }
         Ok(())
     }
@@ -568,5 +653,55 @@ mod tests {
         assert!(!rendered.contains("s3cr3t-value"));
         assert!(rendered.contains("[redacted]"));
         assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+    }
+
+    const SALESFORCE: &str = r#"
+kind = "salesforce"
+auth = "client_credentials"
+login_url = "https://acme.my.salesforce.com"
+client_id = "3MVG9-consumer-key"
+client_secret = "sf-client-s3cr3t"
+"#;
+
+    #[test]
+    fn partners_route_to_named_connections_that_exist() {
+        let base = format!(
+            "[crms.acme]\n{SALESFORCE}\n[partners.215fd887-39be-4935-981f-2670d6afeaa7]\nbusiness_segment_id = \"d6afeaa7-39be-4935-981f-2670215fd887\"\nchannel_origin_id = \"57053e21-0440-4689-a27a-513d7dceebde\"\n"
+        );
+        let ok = Settings::from_toml(&format!("{base}crm = \"acme\"\n")).unwrap();
+        assert!(matches!(ok.crms["acme"], CrmSettings::Salesforce(_)));
+        let err = Settings::from_toml(&format!("{base}crm = \"other\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("partners.215fd887-39be-4935-981f-2670d6afeaa7.crm")
+                && err.contains("[crms.other]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn salesforce_settings_are_checked_and_redacted() {
+        let jwt_without_key = "[crm]\nkind = \"salesforce\"\nauth = \"jwt_bearer\"\nlogin_url = \"https://login.salesforce.com\"\nclient_id = \"k\"\nusername = \"u@x\"\n";
+        let err = Settings::from_toml(jwt_without_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crm.private_key_file"), "{err}");
+        let err = Settings::from_toml(&format!(
+            "[crms.x]\n{SALESFORCE}task_fields = {{ colour = \"Colour__c\" }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("crms.x.task_fields"), "{err}");
+        let settings = Settings::from_toml(&format!(
+            "[crm]\n{SALESFORCE}private_key = \"-----BEGIN PRIVATE KEY-----\"\n"
+        ))
+        .unwrap();
+        let rendered = settings.to_redacted_toml();
+        assert!(
+            !rendered.contains("sf-client-s3cr3t") && !rendered.contains("BEGIN PRIVATE"),
+            "{rendered}"
+        );
+        assert!(!format!("{settings:?}").contains("sf-client-s3cr3t"));
     }
 }

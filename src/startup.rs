@@ -33,9 +33,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Starts the NATS client (connecting in the background) and builds the CRM.
+    /// Starts the NATS client (connecting in the background) and builds the
+    /// CRM connections, routed per partner.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let crm = crm::build(&settings.crm)?;
+        let crm: Arc<dyn Crm> = Arc::new(crm::CrmRouter::build(&settings)?);
         Self::build_with_crm(settings, crm).await
     }
 

@@ -23,7 +23,11 @@ pub async fn classify_response(response: Response) -> Result<Response, CrmError>
     Err(classify_status(status, retry_after, &body))
 }
 
-fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str) -> CrmError {
+pub(crate) fn classify_status(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> CrmError {
     let transient = matches!(
         status,
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
@@ -58,7 +62,7 @@ pub fn transport_error(error: reqwest::Error) -> CrmError {
     }
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
@@ -67,7 +71,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
-fn truncate(text: &str) -> String {
+pub(crate) fn truncate(text: &str) -> String {
     if text.len() <= MAX_DETAIL {
         return text.to_owned();
     }

@@ -3,6 +3,8 @@
 
 mod http;
 mod log;
+mod router;
+pub mod salesforce;
 mod webhook;
 
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use crate::contract::{Event, EventKind};
 
 pub use self::http::classify_response;
 pub use self::log::LogCrm;
+pub use self::router::CrmRouter;
+pub use self::salesforce::SalesforceCrm;
 pub use self::webhook::{WebhookCrm, sign};
 
 /// An event as the CRM sees it: stable id, decoded payload, verbatim body.
@@ -100,10 +104,12 @@ pub trait Crm: Send + Sync + 'static {
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
 }
 
-/// Builds the CRM adapter the settings describe.
-pub fn build(settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
+/// Builds the CRM adapter the settings describe; `name` is its name in the
+/// configuration (`crm`, or the key of `[crms.<name>]`).
+pub fn build(name: &str, settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
     Ok(match settings {
         CrmSettings::Log => Arc::new(LogCrm::stdout()),
         CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook)?),
+        CrmSettings::Salesforce(salesforce) => Arc::new(SalesforceCrm::new(name, salesforce)?),
     })
 }

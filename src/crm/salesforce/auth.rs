@@ -1,0 +1,240 @@
+//! OAuth 2.0 tokens for Salesforce (JWT bearer or client credentials): cached,
+//! and refreshed by exactly one request however many callers find them stale.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use url::Url;
+
+use crate::config::{SalesforceAuth, SalesforceSettings};
+use crate::crm::CrmError;
+use crate::crm::http::{classify_status, retry_after, transport_error, truncate};
+
+/// The JWT bearer grant type (RFC 7523).
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// Salesforce accepts assertions that expire within 3 minutes.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// An access token and the instance it is valid on.
+pub(crate) struct Token {
+    pub access: SecretString,
+    /// Every API call goes here, never to `login_url`.
+    pub instance_url: Url,
+    /// Tells tokens apart, so a 401 only invalidates the token it was seen with.
+    pub generation: u64,
+}
+
+enum Grant {
+    JwtBearer {
+        key: EncodingKey,
+        client_id: String,
+        username: String,
+        audience: String,
+    },
+    ClientCredentials {
+        client_id: String,
+        secret: SecretString,
+    },
+}
+
+/// Claims of the JWT bearer assertion.
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: SecretString,
+    instance_url: Url,
+}
+
+pub(crate) struct TokenSource {
+    client: reqwest::Client,
+    token_url: Url,
+    grant: Grant,
+    ttl: Duration,
+    /// Held across the token request: whoever finds the token missing fetches
+    /// it, and everyone else waits for that one answer.
+    current: tokio::sync::Mutex<Option<(Arc<Token>, Instant)>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+impl TokenSource {
+    pub fn new(settings: &SalesforceSettings, client: reqwest::Client) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let grant = match settings.auth {
+            SalesforceAuth::JwtBearer => {
+                let pem = match (&settings.private_key, &settings.private_key_file) {
+                    (Some(key), _) => key.expose_secret().as_bytes().to_vec(),
+                    (None, Some(path)) => std::fs::read(path).with_context(|| {
+                        format!("cannot read the Salesforce private key {}", path.display())
+                    })?,
+                    (None, None) => {
+                        anyhow::bail!("jwt_bearer needs private_key_file or private_key")
+                    }
+                };
+                // The key error never includes the key itself.
+                let key = EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+                    anyhow::anyhow!("the Salesforce private key is not an RSA PEM key: {e}")
+                })?;
+                let audience = settings
+                    .audience
+                    .clone()
+                    .unwrap_or_else(|| origin(&settings.login_url));
+                Grant::JwtBearer {
+                    key,
+                    client_id: settings.client_id.clone(),
+                    username: settings.username.clone().unwrap_or_default(),
+                    audience,
+                }
+            }
+            SalesforceAuth::ClientCredentials => Grant::ClientCredentials {
+                client_id: settings.client_id.clone(),
+                secret: settings
+                    .client_secret
+                    .clone()
+                    .unwrap_or_else(|| SecretString::from("")),
+            },
+        };
+        Ok(Self {
+            client,
+            token_url: settings.login_url.join("/services/oauth2/token")?,
+            grant,
+            ttl: settings.token_ttl,
+            current: tokio::sync::Mutex::new(None),
+            generations: Default::default(),
+        })
+    }
+
+    /// The cached token, or a new one if there is none or it is older than the TTL.
+    pub async fn get(&self) -> Result<Arc<Token>, CrmError> {
+        let mut current = self.current.lock().await;
+        if let Some((token, at)) = current.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Arc::clone(token));
+        }
+        let token = Arc::new(self.request().await?);
+        *current = Some((Arc::clone(&token), Instant::now()));
+        Ok(token)
+    }
+
+    /// Forgets `stale` (refused with 401), unless another caller already replaced it.
+    pub async fn invalidate(&self, stale: &Token) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|(t, _)| t.generation == stale.generation)
+        {
+            *current = None;
+        }
+    }
+
+    async fn request(&self) -> Result<Token, CrmError> {
+        let assertion;
+        let form: Vec<(&str, &str)> = match &self.grant {
+            Grant::JwtBearer {
+                key,
+                client_id,
+                username,
+                audience,
+            } => {
+                assertion = sign_assertion(key, client_id, username, audience)?;
+                vec![
+                    ("grant_type", JWT_BEARER_GRANT),
+                    ("assertion", assertion.expose_secret()),
+                ]
+            }
+            Grant::ClientCredentials { client_id, secret } => vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret.expose_secret()),
+            ],
+        };
+        let response = self
+            .client
+            .post(self.token_url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry = retry_after(response.headers());
+            // OAuth error bodies (`{"error":"invalid_grant",...}`) hold no secrets.
+            let body = response.text().await.unwrap_or_default();
+            return Err(match classify_status(status, retry, &body) {
+                CrmError::Transient { retry_after, .. } => CrmError::Transient {
+                    reason: format!("Salesforce token request answered {status}"),
+                    retry_after,
+                },
+                CrmError::Permanent { .. } => CrmError::Permanent {
+                    reason: format!(
+                        "Salesforce refused the token request ({status}): check the connected app and user"
+                    ),
+                    detail: Some(truncate(&body)),
+                },
+            });
+        }
+        let body: TokenResponse = response.json().await.map_err(|e| CrmError::Transient {
+            reason: format!("unreadable Salesforce token response: {}", e.without_url()),
+            retry_after: None,
+        })?;
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        tracing::info!(instance_url = %body.instance_url, generation, "Salesforce token obtained.");
+        Ok(Token {
+            access: body.access_token,
+            instance_url: body.instance_url,
+            generation,
+        })
+    }
+}
+
+fn sign_assertion(
+    key: &EncodingKey,
+    iss: &str,
+    sub: &str,
+    aud: &str,
+) -> Result<SecretString, CrmError> {
+    let exp = (SystemTime::now() + ASSERTION_LIFETIME)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &Claims { iss, sub, aud, exp },
+        key,
+    )
+    .map(SecretString::from)
+    .map_err(|e| CrmError::Permanent {
+        reason: format!("cannot sign the Salesforce JWT assertion: {e}"),
+        detail: None,
+    })
+}
+
+/// `https://login.salesforce.com/` -> `https://login.salesforce.com`.
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audience_is_the_login_origin() {
+        let url: Url = "https://test.salesforce.com/".parse().unwrap();
+        assert_eq!(origin(&url), "https://test.salesforce.com");
+    }
+}

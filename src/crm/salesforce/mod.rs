@@ -1,0 +1,450 @@
+//! The `salesforce` CRM: call activity as Tasks upserted on an external id,
+//! caller lookup for screen pop, presence, over the org's REST API.
+
+mod auth;
+mod limits;
+mod lookup;
+mod task;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use self::auth::TokenSource;
+use self::limits::Governor;
+use self::lookup::Match;
+use self::task::TaskWrite;
+use super::http::{classify_status, retry_after, transport_error, truncate};
+use super::{Crm, CrmError, CrmEvent};
+use crate::config::{PresenceAction, SalesforceSettings};
+use crate::contract::{AgentStatusChanged, Event, PhoneNumber};
+
+pub use self::auth::JWT_BEARER_GRANT;
+pub use self::limits::HEADER as LIMIT_INFO_HEADER;
+
+/// A connection to one Salesforce org.
+pub struct SalesforceCrm {
+    name: String,
+    settings: SalesforceSettings,
+    client: reqwest::Client,
+    tokens: TokenSource,
+    governor: Governor,
+    lookups: lookup::Cache,
+    dispositions: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+}
+
+/// An answer the caller wants to see, successful or listed in `accept`.
+struct Answer {
+    status: StatusCode,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl SalesforceCrm {
+    /// `name` is the connection's name in the configuration, for logs.
+    pub fn new(name: &str, settings: &SalesforceSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("softphone-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            name: name.to_owned(),
+            tokens: TokenSource::new(settings, client.clone())?,
+            governor: Governor::new(name, settings.max_api_usage, settings.limit_retry_after),
+            lookups: lookup::Cache::new(settings.lookup.cache_for),
+            settings: settings.clone(),
+            client,
+            dispositions: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The org's API usage `(used, daily limit)` as last reported.
+    pub fn api_usage(&self) -> (u64, u64) {
+        self.governor.usage()
+    }
+
+    fn data_path(&self, rest: &str) -> String {
+        format!("/services/data/v{}/{rest}", self.settings.api_version)
+    }
+
+    /// One API call: the usage governor, the token (refreshed once on 401),
+    /// and the answer classified.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+        accept: &[StatusCode],
+    ) -> Result<Answer, CrmError> {
+        self.governor.admit()?;
+        let mut refreshed = false;
+        loop {
+            let token = self.tokens.get().await?;
+            let url = token
+                .instance_url
+                .join(path)
+                .map_err(|e| CrmError::Permanent {
+                    reason: format!("bad Salesforce path {path:?}: {e}"),
+                    detail: None,
+                })?;
+            let mut request = self
+                .client
+                .request(method.clone(), url)
+                .bearer_auth(token.access.expose_secret())
+                .header(reqwest::header::ACCEPT, "application/json");
+            if !query.is_empty() {
+                request = request.query(query);
+            }
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(transport_error)?;
+            self.governor.observe(response.headers());
+            let status = response.status();
+            let retry = retry_after(response.headers());
+            let body = response.bytes().await.map_err(transport_error)?;
+            if status.is_success() || accept.contains(&status) {
+                return Ok(Answer { status, body });
+            }
+            let text = String::from_utf8_lossy(&body);
+            // 401 INVALID_SESSION_ID: the session expired or was revoked. One
+            // refresh; another 401 means something else is wrong.
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                tracing::info!(crm = %self.name, code = error_code(&text).unwrap_or_default(), "Salesforce refused the session; refreshing the token.");
+                self.tokens.invalidate(&token).await;
+                refreshed = true;
+                continue;
+            }
+            return Err(classify(
+                status,
+                retry,
+                &text,
+                self.settings.limit_retry_after,
+            ));
+        }
+    }
+
+    async fn handle_event(&self, event: &CrmEvent) -> Result<(), CrmError> {
+        if let Event::AgentStatusChanged(status) = &event.event {
+            return self.presence(status).await;
+        }
+        let Some(write) = task::task_write(&event.event, event.published, &self.settings) else {
+            return Ok(());
+        };
+        self.write_task(&event.event, write).await
+    }
+
+    async fn write_task(&self, event: &Event, mut w: TaskWrite) -> Result<(), CrmError> {
+        let conversation = event
+            .conversation_id()
+            .expect("task writes are for call events")
+            .as_str();
+        if let Some(number) = w.lookup.take().filter(|_| self.settings.lookup.enabled) {
+            let matches = self.lookup(&number).await?;
+            match matches.as_slice() {
+                [one] => {
+                    w.fields
+                        .insert("WhoId".into(), Value::String(one.id.clone()));
+                }
+                [] => {
+                    tracing::debug!(crm = %self.name, conversation, "No record matches the caller.")
+                }
+                many => tracing::info!(
+                    crm = %self.name,
+                    conversation,
+                    matches = %serde_json::to_string(many).unwrap_or_default(),
+                    "Several records match the caller; WhoId left for the agent."
+                ),
+            }
+            if let (Event::CallIncoming(_), Some(api_name)) =
+                (event, &self.settings.lookup.screen_pop_event)
+            {
+                self.screen_pop(api_name, conversation, &number, &matches)
+                    .await?;
+            }
+        }
+        let external_id = &self.settings.external_id_field;
+        let task_path = self.data_path(&format!("sobjects/Task/{external_id}/{conversation}"));
+        if !w.fill.is_empty() {
+            let fields: Vec<&str> = w.fill.keys().map(String::as_str).collect();
+            let read = self
+                .call(
+                    Method::GET,
+                    &task_path,
+                    &[("fields", &fields.join(","))],
+                    None,
+                    &[StatusCode::NOT_FOUND],
+                )
+                .await?;
+            let current = match read.json() {
+                Value::Object(record) if read.status.is_success() => record,
+                _ => Map::new(),
+            };
+            w.resolve_fill(&current);
+        }
+        if !w.create_only.is_empty() {
+            let mut body = w.fields.clone();
+            body.extend(std::mem::take(&mut w.create_only));
+            body.insert(external_id.clone(), Value::String(conversation.to_owned()));
+            let create_path = self.data_path("sobjects/Task");
+            let created = self
+                .call(
+                    Method::POST,
+                    &create_path,
+                    &[],
+                    Some(&Value::Object(body)),
+                    &[StatusCode::BAD_REQUEST],
+                )
+                .await?;
+            if created.status.is_success() {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&created.body);
+            if error_code(&text).as_deref() != Some("DUPLICATE_VALUE") {
+                return Err(classify(
+                    created.status,
+                    None,
+                    &text,
+                    self.settings.limit_retry_after,
+                ));
+            }
+            // The Task exists already (a later event came first): enrich it.
+        }
+        self.call(
+            Method::PATCH,
+            &task_path,
+            &[],
+            Some(&Value::Object(w.fields)),
+            &[],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Records matching the number (cached).
+    async fn lookup(&self, number: &PhoneNumber) -> Result<Vec<Match>, CrmError> {
+        if let Some(matches) = self.lookups.get(number) {
+            return Ok(matches);
+        }
+        let sosl = lookup::sosl(number, &self.settings.lookup);
+        let answer = self
+            .call(
+                Method::GET,
+                &self.data_path("search/"),
+                &[("q", &sosl)],
+                None,
+                &[],
+            )
+            .await?;
+        let matches = serde_json::from_slice::<lookup::SearchResponse>(&answer.body)
+            .map(lookup::SearchResponse::matches)
+            .map_err(|e| CrmError::Permanent {
+                reason: format!("unreadable Salesforce search answer: {e}"),
+                detail: Some(truncate(&String::from_utf8_lossy(&answer.body))),
+            })?;
+        self.lookups.put(number, matches.clone());
+        Ok(matches)
+    }
+
+    /// Publishes the matches as a Platform Event, for a Lightning component to pop.
+    async fn screen_pop(
+        &self,
+        api_name: &str,
+        conversation: &str,
+        number: &PhoneNumber,
+        matches: &[Match],
+    ) -> Result<(), CrmError> {
+        let body = json!({
+            "Conversation_Id__c": conversation,
+            "Caller_Number__c": number.as_str(),
+            "Match_Count__c": matches.len(),
+            "Matches__c": serde_json::to_string(matches).unwrap_or_default(),
+        });
+        let path = self.data_path(&format!("sobjects/{api_name}/"));
+        self.call(Method::POST, &path, &[], Some(&body), &[])
+            .await
+            .map(drop)
+    }
+
+    async fn presence(&self, event: &AgentStatusChanged) -> Result<(), CrmError> {
+        let p = &self.settings.presence;
+        let (Some(object), PresenceAction::PlatformEvent | PresenceAction::Upsert) =
+            (&p.object, p.action)
+        else {
+            return Ok(());
+        };
+        let status_id = event.softphone_id.as_str();
+        let status = p
+            .statuses
+            .get(&event.softphone_id)
+            .map_or(status_id, String::as_str);
+        let status_field = p.status_field.as_deref().unwrap_or("Status__c");
+        let agent_field = p.agent_field.as_deref().unwrap_or("Agent_Id__c");
+        let agent = event.instance_id.as_ref().map(|a| a.as_str());
+        match p.action {
+            PresenceAction::PlatformEvent => {
+                let mut body = json!({ status_field: status, "Status_Id__c": status_id });
+                if let Some(agent) = agent {
+                    body[agent_field] = Value::String(agent.to_owned());
+                }
+                let path = self.data_path(&format!("sobjects/{object}/"));
+                self.call(Method::POST, &path, &[], Some(&body), &[])
+                    .await
+                    .map(drop)
+            }
+            PresenceAction::Upsert => {
+                let Some(agent) = agent else {
+                    tracing::warn!(crm = %self.name, status_id, "statusChanged names no agent (instanceId); presence not written.");
+                    return Ok(());
+                };
+                let path = self.data_path(&format!("sobjects/{object}/{agent_field}/{agent}"));
+                let body = json!({ status_field: status });
+                self.call(Method::PATCH, &path, &[], Some(&body), &[])
+                    .await
+                    .map(drop)
+            }
+            PresenceAction::None => Ok(()),
+        }
+    }
+
+    /// The active values of the configured disposition picklist (describe,
+    /// cached); `None` when no picklist is configured.
+    pub async fn dispositions(&self) -> Result<Option<Vec<String>>, CrmError> {
+        let Some(source) = &self.settings.dispositions else {
+            return Ok(None);
+        };
+        let mut cached = self.dispositions.lock().await;
+        if let Some((at, values)) = cached.as_ref()
+            && at.elapsed() < source.cache_for
+        {
+            return Ok(Some(values.clone()));
+        }
+        let path = self.data_path(&format!("sobjects/{}/describe", source.object));
+        let describe = self.call(Method::GET, &path, &[], None, &[]).await?.json();
+        let values: Vec<String> = describe["fields"]
+            .as_array()
+            .and_then(|fields| fields.iter().find(|f| f["name"] == source.field.as_str()))
+            .and_then(|field| field["picklistValues"].as_array())
+            .ok_or_else(|| CrmError::Permanent {
+                reason: format!(
+                    "{}.{} is not a picklist of the org",
+                    source.object, source.field
+                ),
+                detail: None,
+            })?
+            .iter()
+            .filter(|v| v["active"].as_bool().unwrap_or(true))
+            .filter_map(|v| v["value"].as_str().map(str::to_owned))
+            .collect();
+        *cached = Some((Instant::now(), values.clone()));
+        Ok(Some(values))
+    }
+}
+
+/// `errorCode` of Salesforce's `[{"message": .., "errorCode": ..}]` error body.
+fn error_code(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    let first = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
+    first["errorCode"].as_str().map(str::to_owned)
+}
+
+/// Salesforce's special cases on top of the shared HTTP classification.
+fn classify(
+    status: StatusCode,
+    retry: Option<Duration>,
+    body: &str,
+    limit_retry: Duration,
+) -> CrmError {
+    let code = error_code(body);
+    let reason = match &code {
+        Some(code) => format!("Salesforce answered {status} {code}"),
+        None => format!("Salesforce answered {status}"),
+    };
+    let detail = (!body.is_empty()).then(|| truncate(body));
+    if status == StatusCode::FORBIDDEN && code.as_deref() == Some("REQUEST_LIMIT_EXCEEDED") {
+        return CrmError::Transient {
+            reason,
+            retry_after: retry.or(Some(limit_retry)),
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        // Refused even with a fresh token: transient, so a fixed connected app
+        // or a re-enabled user gets the events, and the breaker opens meanwhile.
+        return CrmError::Transient {
+            reason,
+            retry_after: retry,
+        };
+    }
+    if status == StatusCode::MULTIPLE_CHOICES {
+        return CrmError::Permanent {
+            reason: format!("{reason}: the external id matches several records"),
+            detail,
+        };
+    }
+    match classify_status(status, retry, body) {
+        CrmError::Transient { retry_after, .. } => CrmError::Transient {
+            reason,
+            retry_after,
+        },
+        CrmError::Permanent { .. } => CrmError::Permanent { reason, detail },
+    }
+}
+
+impl Crm for SalesforceCrm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
+        Box::pin(self.handle_event(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salesforce_answers_are_classified() {
+        let limit = Duration::from_secs(60);
+        let transient = |s: u16, body: &str| {
+            matches!(
+                classify(StatusCode::from_u16(s).unwrap(), None, body, limit),
+                CrmError::Transient { .. }
+            )
+        };
+        assert!(transient(
+            403,
+            r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#
+        ));
+        assert!(!transient(
+            403,
+            r#"[{"message":"no","errorCode":"INSUFFICIENT_ACCESS"}]"#
+        ));
+        assert!(transient(429, ""));
+        assert!(transient(503, ""));
+        assert!(!transient(
+            300,
+            r#"["/services/data/v62.0/sobjects/Task/00T1","/services/data/v62.0/sobjects/Task/00T2"]"#
+        ));
+        let bad = r#"[{"message":"No such column 'X__c'","errorCode":"INVALID_FIELD"}]"#;
+        match classify(StatusCode::BAD_REQUEST, None, bad, limit) {
+            CrmError::Permanent { reason, detail } => {
+                assert_eq!(reason, "Salesforce answered 400 Bad Request INVALID_FIELD");
+                assert_eq!(detail.as_deref(), Some(bad));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
