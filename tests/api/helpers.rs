@@ -659,3 +659,53 @@ pub fn start_call() -> serde_json::Value {
         }
     })
 }
+
+/// The second partner of routing tests.
+pub const PARTNER_B: &str = "8c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+
+/// Test settings as [`settings`] makes them, plus `extra` TOML appended
+/// (more tables: `[crms.x]`, `[routing]`, another partner ...), and
+/// `partner_crm` as the first partner's `crm` key when given.
+pub fn settings_with(
+    nats_url: &str,
+    crm_toml: &str,
+    partner_crm: Option<&str>,
+    extra: &str,
+) -> Settings {
+    let partner_crm = partner_crm
+        .map(|name| format!("crm = \"{name}\""))
+        .unwrap_or_default();
+    Settings::from_toml(&format!(
+        r#"
+dispositions = ["Sale", "No sale"]
+
+[nats]
+url = "{nats_url}"
+
+[worker]
+concurrency = 8
+ack_wait = "5s"
+max_deliveries = 3
+backoff = ["200ms", "400ms"]
+max_retry_after = "2s"
+shutdown_deadline = "5s"
+
+[crm]
+{crm_toml}
+
+[partners.{PARTNER}]
+business_segment_id = "{SEGMENT}"
+channel_origin_id = "{ORIGIN}"
+{partner_crm}
+
+{extra}
+"#
+    ))
+    .expect("test settings are valid")
+}
+
+/// A call event body of another partner.
+pub fn partner_call_body(partner: &str, conversation: &str, extra: &str) -> String {
+    let sep = if extra.is_empty() { "" } else { "," };
+    format!(r#"{{"partnerId":"{partner}","conversationId":"{conversation}"{sep}{extra}}}"#)
+}

@@ -5,6 +5,7 @@
 mod cli;
 mod docs;
 mod events;
+mod fake_salesforce;
 mod helpers;
 mod http;
 mod load;
@@ -13,5 +14,7 @@ mod outcomes;
 mod registry;
 mod replicas;
 mod resilience;
+mod routing;
+mod salesforce;
 mod security;
 mod service;

@@ -1,0 +1,564 @@
+//! The Salesforce CRM end to end: real NATS, the bridge, a fake org over HTTP.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use softphone_bridge::config::{CrmSettings, Settings};
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
+use softphone_bridge::crm::SalesforceCrm;
+use wiremock::{Request, ResponseTemplate};
+
+use crate::fake_salesforce::*;
+use crate::helpers::*;
+
+const ANI: &str = "+18883973342";
+
+async fn spawn(sf: &FakeSalesforce, auth: &str, extra: &str) -> TestApp {
+    let nats = start_nats().await;
+    let settings = settings(&nats.url, &sf.crm_toml(auth, extra));
+    spawn_app(nats, settings).await
+}
+
+/// Publishes one event and waits until the bridge is done with it.
+async fn deliver(app: &TestApp, kind: EventKind, body: &str) {
+    app.publish(kind, body, None).await;
+    app.settled().await;
+}
+
+async fn dead_letter_count(app: &TestApp) -> u64 {
+    let mut stream = app.js.get_stream(DLQ_STREAM).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+fn body_of(request: &Request) -> serde_json::Map<String, Value> {
+    serde_json::from_slice(&request.body).expect("a JSON object body")
+}
+
+fn is_api(request: &Request) -> bool {
+    request.url.path().starts_with("/services/data/")
+}
+
+#[tokio::test]
+async fn every_call_event_writes_its_task_and_presence_is_upserted() {
+    let sf = FakeSalesforce::start().await;
+    sf.org()
+        .people
+        .push(("Contact", "003ADA", "Ada Lovelace", ANI));
+    let extra = format!(
+        r#"
+[crm.task_fields]
+language = "Language__c"
+ivrExitPath = "Ivr_Exit_Path__c"
+recordingStatus = "Recording_Status__c"
+dialledTo = "Dialled_To__c"
+partnerId = "Partner_Id__c"
+
+[crm.presence]
+action = "upsert"
+object = "Agent_Presence__c"
+agent_field = "Agent_Id__c"
+status_field = "Status__c"
+statuses = {{ "{STATUS}" = "Available" }}
+"#
+    );
+    let app = spawn(&sf, "jwt_bearer", &extra).await;
+    let conv = conversation();
+
+    // incoming: a token (JWT bearer), a caller lookup, then the Task is created.
+    deliver(
+        &app,
+        EventKind::CallIncoming,
+        &call_body(&conv, &format!(r#""callerANI":"{ANI}","language":"fr_FR""#)),
+    )
+    .await;
+    let requests = sf.drain().await;
+    let paths: Vec<String> = requests
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.url.path()))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "POST /services/oauth2/token",
+            "GET /services/data/v62.0/search/",
+            "POST /services/data/v62.0/sobjects/Task"
+        ]
+    );
+    {
+        let org = sf.org();
+        let form = &org.token_requests[0];
+        assert_eq!(
+            form["grant_type"],
+            "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        );
+        assert_eq!(
+            form.len(),
+            2,
+            "grant_type and assertion only: {:?}",
+            form.keys()
+        );
+        let claims = &org.assertions[0];
+        assert_eq!(claims["iss"], CLIENT_ID);
+        assert_eq!(claims["sub"], USERNAME);
+        assert_eq!(claims["aud"], "https://login.salesforce.com");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let exp = claims["exp"].as_u64().unwrap();
+        assert!(exp > now && exp <= now + 300, "short-lived assertion");
+    }
+    let login_host = sf.server.address().to_string();
+    assert_eq!(
+        requests[0].headers.get("host").unwrap().to_str().unwrap(),
+        login_host
+    );
+    for request in &requests[1..] {
+        assert_eq!(
+            request.headers.get("authorization").unwrap(),
+            "Bearer 00Dtest!token-1"
+        );
+        let host = request.headers.get("host").unwrap().to_str().unwrap();
+        assert!(
+            host.starts_with("localhost:"),
+            "API calls go to the token's instance_url, not {host}"
+        );
+    }
+    let created = body_of(&requests[2]);
+    assert_eq!(created["TaskSubtype"], "Call");
+    assert_eq!(created[EXTERNAL_ID], conv.as_str());
+    assert_eq!(created["WhoId"], "003ADA");
+    assert_eq!(created["Partner_Id__c"], PARTNER);
+    let task = sf.task(&conv);
+    for (field, value) in [
+        ("Subject", "Inbound call"),
+        ("Type", "Call"),
+        ("CallType", "Inbound"),
+        ("CallObject", conv.as_str()),
+        ("Language__c", "fr_FR"),
+        ("Status", "Not Started"),
+    ] {
+        assert_eq!(task[field], value, "{field}");
+    }
+    assert!(task["ActivityDate"].as_str().unwrap().len() == 10, "a date");
+
+    // accepted: enriches by upsert on the external id, the lookup is cached.
+    let accepted = format!(
+        r#""callerANI":"{ANI}","ivrExitPath":"billing","recordingStatus":"ON","channelName":"""#
+    );
+    deliver(&app, EventKind::CallAccepted, &call_body(&conv, &accepted)).await;
+    let requests = sf.drain().await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "one upsert, no search: {:?}",
+        requests.iter().map(|r| r.url.path()).collect::<Vec<_>>()
+    );
+    assert_eq!(requests[0].method.as_str(), "PATCH");
+    assert_eq!(
+        requests[0].url.path(),
+        format!("/services/data/v62.0/sobjects/Task/{EXTERNAL_ID}/{conv}")
+    );
+    let body = body_of(&requests[0]);
+    assert!(
+        !body.contains_key("Status"),
+        "an opening event never writes Status"
+    );
+    assert!(
+        !body.contains_key("Channel_Name__c") && !body.values().any(|v| v == ""),
+        "no empty values"
+    );
+    let task = sf.task(&conv);
+    assert_eq!(task["Ivr_Exit_Path__c"], "billing");
+    assert_eq!(task["Recording_Status__c"], "ON");
+
+    // ended: completes it.
+    let ended = r#""duration":125.4,"disposition":"Booked","notes":"ok","callType":"inbound""#;
+    deliver(&app, EventKind::CallEnded, &call_body(&conv, ended)).await;
+    let task = sf.task(&conv);
+    assert_eq!(task["Status"], "Completed");
+    assert_eq!(task["CallDurationInSeconds"], 125);
+    assert_eq!(task["CallDisposition"], "Booked");
+    assert_eq!(task["Description"], "ok");
+
+    // notes_submitted: the agent's last word.
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(
+            &conv,
+            r#""disposition":"Callback","notes":"call back at 5""#,
+        ),
+    )
+    .await;
+    let task = sf.task(&conv);
+    assert_eq!(
+        (&task["CallDisposition"], &task["Description"]),
+        (&"Callback".into(), &"call back at 5".into())
+    );
+    assert_eq!(task["Status"], "Completed");
+
+    // outbound_initiated: another Task, outbound, the dialled number looked up.
+    let out = conversation();
+    deliver(
+        &app,
+        EventKind::CallOutboundInitiated,
+        &call_body(&out, r#""dialledTo":"+18449401117""#),
+    )
+    .await;
+    let task = sf.task(&out);
+    assert_eq!(task["CallType"], "Outbound");
+    assert_eq!(task["Dialled_To__c"], "+18449401117");
+    assert!(!task.contains_key("WhoId"), "nobody has that number");
+
+    // rejected (passive): a missed call, completed.
+    let missed = conversation();
+    deliver(
+        &app,
+        EventKind::CallRejected,
+        &call_body(&missed, r#""reason":"passive""#),
+    )
+    .await;
+    let task = sf.task(&missed);
+    assert_eq!(
+        (&task["Status"], &task["CallDisposition"]),
+        (&"Completed".into(), &"Missed".into())
+    );
+    let declined = conversation();
+    deliver(
+        &app,
+        EventKind::CallRejected,
+        &call_body(&declined, r#""reason":"active""#),
+    )
+    .await;
+    assert_eq!(sf.task(&declined)["CallDisposition"], "Rejected");
+
+    // statusChanged: the agent's presence record, status GUID mapped to a name.
+    deliver(
+        &app,
+        EventKind::AgentStatusChanged,
+        &format!(r#"{{"softphoneId":"{STATUS}","instanceId":"agent-1"}}"#),
+    )
+    .await;
+    assert_eq!(sf.org().presence["agent-1"]["Status__c"], "Available");
+
+    assert_eq!(sf.org().token_requests.len(), 1, "the token is cached");
+    assert_eq!(dead_letter_count(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reordered_and_redelivered_events_keep_one_completed_task() {
+    let sf = FakeSalesforce::start().await;
+    let app = spawn(&sf, "client_credentials", "").await;
+    let conv = conversation();
+    let ended = call_body(
+        &conv,
+        r#""duration":61,"disposition":"Booked","notes":"first","callType":"inbound""#,
+    );
+
+    // ended first: the Task is created by the upsert, already completed.
+    deliver(&app, EventKind::CallEnded, &ended).await;
+    assert_eq!(sf.task(&conv)["Status"], "Completed");
+    // notes: the first attempt meets a 503, the redelivery writes them.
+    sf.org().script.push_back(ResponseTemplate::new(503));
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conv, r#""disposition":"Callback","notes":"final""#),
+    )
+    .await;
+    // late opening events: they never reopen the Task, and incoming's create
+    // meets the existing Task and falls back to the upsert.
+    deliver(
+        &app,
+        EventKind::CallAccepted,
+        &call_body(&conv, &format!(r#""callerANI":"{ANI}""#)),
+    )
+    .await;
+    deliver(
+        &app,
+        EventKind::CallIncoming,
+        &call_body(&conv, &format!(r#""callerANI":"{ANI}""#)),
+    )
+    .await;
+    // ended again (a redelivery after a lost ack): fills nothing the agent wrote.
+    deliver(&app, EventKind::CallEnded, &ended).await;
+
+    {
+        let org = sf.org();
+        assert_eq!(org.tasks.len(), 1, "one Task per conversation");
+        let task = &org.tasks[&conv];
+        assert_eq!(task["Status"], "Completed");
+        assert_eq!(task["CallDisposition"], "Callback");
+        assert_eq!(task["Description"], "final");
+        assert_eq!(task["CallDurationInSeconds"], 61);
+        assert_eq!(task["CallType"], "Inbound");
+    }
+    assert_eq!(dead_letter_count(&app).await, 0);
+    let info = app.consumer_info().await;
+    assert_eq!(
+        info.delivered.consumer_sequence,
+        info.delivered.stream_sequence + 1,
+        "exactly one redelivery (the 503)"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refreshed_by_one_token_request() {
+    let sf = FakeSalesforce::start().await;
+    let app = spawn(&sf, "client_credentials", "").await;
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conversation(), r#""notes":"n""#),
+    )
+    .await;
+    {
+        let org = sf.org();
+        assert_eq!(org.token_requests.len(), 1);
+        let form = &org.token_requests[0];
+        assert_eq!(form["grant_type"], "client_credentials");
+        assert_eq!(form["client_id"], CLIENT_ID);
+        assert_eq!(form["client_secret"], CLIENT_SECRET);
+    }
+    // Every session dies; a slow token endpoint makes the callers pile up.
+    sf.expire_tokens();
+    sf.org().token_delay = Some(Duration::from_millis(500));
+    let conversations: Vec<String> = (0..8).map(|_| conversation()).collect();
+    for conv in &conversations {
+        app.publish(
+            EventKind::CallNotesSubmitted,
+            &call_body(conv, r#""notes":"n""#),
+            None,
+        )
+        .await;
+    }
+    app.settled().await;
+    for conv in &conversations {
+        assert_eq!(sf.task(conv)["Description"], "n");
+    }
+    let requests = sf.drain().await;
+    let refused = requests
+        .iter()
+        .filter(|r| {
+            is_api(r) && r.headers.get("authorization").unwrap() == "Bearer 00Dtest!token-1"
+        })
+        .count();
+    assert!(
+        refused >= 2,
+        "several calls met the expired session at once ({refused})"
+    );
+    assert_eq!(sf.org().token_requests.len(), 2, "exactly one refresh");
+    assert_eq!(dead_letter_count(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn salesforce_errors_are_retried_or_dead_lettered_with_the_body() {
+    let sf = FakeSalesforce::start().await;
+    let app = spawn(&sf, "client_credentials", "limit_retry_after = \"1s\"").await;
+    let notes = |conv: &str| call_body(conv, r#""notes":"n""#);
+    deliver(&app, EventKind::CallNotesSubmitted, &notes(&conversation())).await;
+
+    // Transient: answered once, then the redelivery succeeds.
+    let limit = ResponseTemplate::new(403)
+        .set_body_json(serde_json::json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]));
+    let slow = ResponseTemplate::new(200).set_delay(Duration::from_secs(4));
+    for (what, answer) in [
+        ("403 REQUEST_LIMIT_EXCEEDED", limit),
+        (
+            "429",
+            ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        ),
+        ("503", ResponseTemplate::new(503)),
+        ("timeout", slow),
+    ] {
+        let conv = conversation();
+        sf.org().script.push_back(answer);
+        deliver(&app, EventKind::CallNotesSubmitted, &notes(&conv)).await;
+        assert_eq!(sf.task(&conv)["Description"], "n", "{what} was retried");
+    }
+    assert_eq!(dead_letter_count(&app).await, 0);
+
+    // Permanent: dead-lettered at once, with Salesforce's error body.
+    let invalid = r#"[{"message":"No such column 'X__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#;
+    let several =
+        r#"["/services/data/v62.0/sobjects/Task/00T1","/services/data/v62.0/sobjects/Task/00T2"]"#;
+    let missing =
+        r#"[{"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}]"#;
+    let mut letters = app.dead_letters().await;
+    for (status, body, reason) in [
+        (400, invalid, "400 Bad Request INVALID_FIELD"),
+        (300, several, "several records"),
+        (404, missing, "404 Not Found NOT_FOUND"),
+    ] {
+        sf.org()
+            .script
+            .push_back(ResponseTemplate::new(status).set_body_raw(body, "application/json"));
+        let conv = conversation();
+        app.publish(EventKind::CallNotesSubmitted, &notes(&conv), None)
+            .await;
+        let letter = letters.next().await;
+        assert!(
+            header(&letter, dlq_header::REASON).contains(reason),
+            "{}",
+            header(&letter, dlq_header::REASON)
+        );
+        assert_eq!(header(&letter, dlq_header::DETAIL), body);
+        assert_eq!(header(&letter, dlq_header::DELIVERIES), "1", "not retried");
+    }
+    app.settled().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn api_usage_past_the_share_postpones_calls() {
+    let sf = FakeSalesforce::start().await;
+    sf.org().limit_info = Some("api-usage=95/100".into());
+    let app = spawn(
+        &sf,
+        "client_credentials",
+        "max_api_usage = 0.9\nlimit_retry_after = \"2s\"",
+    )
+    .await;
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conversation(), r#""notes":"n""#),
+    )
+    .await;
+    sf.drain().await;
+
+    // The org reported 95 of 100 calls used: the next event waits instead of calling.
+    sf.org().limit_info = Some("api-usage=10/100".into());
+    let started = tokio::time::Instant::now();
+    let conv = conversation();
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conv, r#""notes":"later""#),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "postponed by limit_retry_after"
+    );
+    assert_eq!(sf.task(&conv)["Description"], "later");
+    let calls = sf.drain().await;
+    assert_eq!(
+        calls.len(),
+        1,
+        "the postponed delivery made no call: {:?}",
+        calls.iter().map(|r| r.url.path()).collect::<Vec<_>>()
+    );
+    let info = app.consumer_info().await;
+    assert_eq!(
+        info.delivered.consumer_sequence,
+        info.delivered.stream_sequence + 1,
+        "one postponement"
+    );
+    assert_eq!(dead_letter_count(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
+    let sf = FakeSalesforce::start().await;
+    sf.org().people.extend([
+        ("Contact", "003ONE", "Grace Hopper", "+18885550001"),
+        ("Contact", "003TWO", "Alan Turing", "+18885550002"),
+        ("Lead", "00QTWO", "Alan Turing (lead)", "+18885550002"),
+    ]);
+    let app = spawn(
+        &sf,
+        "client_credentials",
+        "[crm.lookup]\nscreen_pop_event = \"Softphone_Screen_Pop__e\"",
+    )
+    .await;
+    let calls = [
+        ("+18885550000", 0),
+        ("+18885550001", 1),
+        ("+18885550002", 2),
+        ("+18885550001", 1),
+    ];
+    let mut conversations = Vec::new();
+    for (number, _) in calls {
+        let conv = conversation();
+        deliver(
+            &app,
+            EventKind::CallIncoming,
+            &call_body(&conv, &format!(r#""callerANI":"{number}""#)),
+        )
+        .await;
+        conversations.push(conv);
+    }
+    let requests = sf.drain().await;
+    let searches: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.url.path().ends_with("/search/"))
+        .collect();
+    assert_eq!(searches.len(), 3, "the repeated number came from the cache");
+    assert_eq!(
+        searches[1].url.query().unwrap(),
+        "q=FIND+%7B%5C%2B18885550001+OR+8885550001%7D+IN+PHONE+FIELDS+RETURNING+Contact%28Id%2CName%29%2C+Lead%28Id%2CName%29"
+    );
+    assert!(!sf.task(&conversations[0]).contains_key("WhoId"));
+    assert_eq!(sf.task(&conversations[1])["WhoId"], "003ONE");
+    assert!(
+        !sf.task(&conversations[2]).contains_key("WhoId"),
+        "several matches: no guess"
+    );
+    assert_eq!(sf.task(&conversations[3])["WhoId"], "003ONE");
+
+    {
+        let org = sf.org();
+        assert_eq!(org.events.len(), 4, "one screen pop per ringing call");
+        for ((name, body), ((number, count), conv)) in
+            org.events.iter().zip(calls.iter().zip(&conversations))
+        {
+            assert_eq!(name, "Softphone_Screen_Pop__e");
+            assert_eq!(body["Conversation_Id__c"], conv.as_str());
+            assert_eq!(body["Caller_Number__c"], *number);
+            assert_eq!(body["Match_Count__c"], *count);
+        }
+        let several: Vec<Value> =
+            serde_json::from_str(org.events[2].1["Matches__c"].as_str().unwrap()).unwrap();
+        let ids: Vec<&str> = several.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["003TWO", "00QTWO"]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dispositions_are_read_from_the_picklist_and_cached() {
+    let sf = FakeSalesforce::start().await;
+    let toml = format!(
+        "[crm]\n{}",
+        sf.crm_toml(
+            "client_credentials",
+            "[crm.dispositions]\nfield = \"Call_Result__c\""
+        )
+    );
+    let settings = Settings::from_toml(&toml).unwrap();
+    let CrmSettings::Salesforce(salesforce) = &settings.crm else {
+        panic!("a salesforce connection")
+    };
+    let crm = SalesforceCrm::new("crm", salesforce).unwrap();
+    for _ in 0..2 {
+        let values = crm.dispositions().await.unwrap();
+        assert_eq!(
+            values,
+            Some(vec!["Booked".to_owned(), "Call back".to_owned()]),
+            "active values only"
+        );
+    }
+    let describes = sf
+        .drain()
+        .await
+        .iter()
+        .filter(|r| r.url.path().ends_with("/sobjects/Task/describe"))
+        .count();
+    assert_eq!(describes, 1, "cached");
+}
