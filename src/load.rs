@@ -10,16 +10,27 @@ use crate::contract::{
     Callback, Event, EventKind, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT, Loaded, PartnerConfig,
     SoftphoneId,
 };
+use crate::crm::Crm;
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
 /// list, else the default one), then `partner_config` when the partner is known.
 pub fn callbacks(settings: &Settings, loaded: &Loaded) -> Vec<Callback> {
+    callbacks_from(settings, loaded, None)
+}
+
+/// Like [`callbacks`], with the list the partner's CRM allows (a picklist
+/// read from the org) taking precedence over the configured ones.
+pub fn callbacks_from(
+    settings: &Settings,
+    loaded: &Loaded,
+    from_crm: Option<Vec<String>>,
+) -> Vec<Callback> {
     let partner = loaded
         .partner_id
         .as_ref()
         .and_then(|id| settings.partner(id).map(|p| (id, p)));
-    let dispositions = partner
-        .and_then(|(_, p)| p.dispositions.clone())
+    let dispositions = from_crm
+        .or_else(|| partner.and_then(|(_, p)| p.dispositions.clone()))
         .unwrap_or_else(|| settings.dispositions.clone());
     let mut callbacks = vec![Callback::Disposition(dispositions)];
     if let Some((id, p)) = partner {
@@ -49,6 +60,21 @@ pub enum LoadReply {
 }
 
 impl LoadReply {
+    /// The reply, with the dispositions the partner's CRM allows.
+    pub async fn for_request_with_crm(settings: &Settings, crm: &dyn Crm, body: &[u8]) -> Self {
+        match Event::decode(EventKind::Loaded, body) {
+            Ok(Event::Loaded(loaded)) => LoadReply::Callbacks {
+                callbacks: callbacks_from(
+                    settings,
+                    &loaded,
+                    crm.dispositions(loaded.partner_id.as_ref()).await,
+                ),
+                softphone_id: loaded.softphone_id,
+            },
+            _ => Self::for_request(settings, body),
+        }
+    }
+
     pub fn for_request(settings: &Settings, body: &[u8]) -> Self {
         match Event::decode(EventKind::Loaded, body) {
             Ok(Event::Loaded(loaded)) => LoadReply::Callbacks {
@@ -68,6 +94,7 @@ impl LoadReply {
 pub async fn serve(
     client: async_nats::Client,
     settings: std::sync::Arc<Settings>,
+    crm: std::sync::Arc<dyn Crm>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut requests = client
@@ -88,7 +115,8 @@ pub async fn serve(
             );
             continue;
         };
-        let reply = LoadReply::for_request(&settings, &request.payload);
+        let reply =
+            LoadReply::for_request_with_crm(&settings, crm.as_ref(), &request.payload).await;
         if let LoadReply::Error { error } = &reply {
             tracing::warn!(reason = %error, "Refused a load request.");
         }

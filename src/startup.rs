@@ -122,6 +122,7 @@ impl Application {
         let load = tokio::spawn(load::serve(
             self.client.clone(),
             Arc::clone(&self.settings),
+            Arc::clone(&self.crm),
             shutdown.clone(),
         ));
         let worker = Arc::new(Worker::new(

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::CrmSettings;
-use crate::contract::{Event, EventKind};
+use crate::contract::{Event, EventKind, Guid};
 
 pub use self::http::classify_response;
 pub use self::log::LogCrm;
@@ -102,6 +102,13 @@ pub trait Crm: Send + Sync + 'static {
 
     /// Performs whatever the CRM does for this event.
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
+
+    /// The disposition codes the CRM itself allows for the partner's calls,
+    /// when it knows them; `None` leaves the configured lists in charge.
+    fn dispositions<'a>(&'a self, partner: Option<&'a Guid>) -> BoxFuture<'a, Option<Vec<String>>> {
+        let _ = partner;
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// Builds the CRM adapter the settings describe; `name` is its name in the

@@ -82,9 +82,11 @@ impl CrmRouter {
     }
 
     fn connection(&self, event: &CrmEvent) -> &Connection {
-        event
-            .event
-            .partner_id()
+        self.partner_connection(event.event.partner_id())
+    }
+
+    fn partner_connection(&self, partner: Option<&Guid>) -> &Connection {
+        partner
             .and_then(|partner| self.partners.get(partner))
             .and_then(|name| self.named.get(name))
             .unwrap_or(&self.default)
@@ -151,6 +153,10 @@ impl Crm for CrmRouter {
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.connection(event).handle(event))
+    }
+
+    fn dispositions<'a>(&'a self, partner: Option<&'a Guid>) -> BoxFuture<'a, Option<Vec<String>>> {
+        self.partner_connection(partner).crm.dispositions(partner)
     }
 }
 

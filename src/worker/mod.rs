@@ -269,7 +269,8 @@ impl Worker {
             _ => {}
         }
         if let Event::Loaded(loaded) = &event.event {
-            for callback in load::callbacks(&self.settings, loaded) {
+            let from_crm = self.crm.dispositions(loaded.partner_id.as_ref()).await;
+            for callback in load::callbacks_from(&self.settings, loaded, from_crm) {
                 let message_id = format!("{}:{}", event.id, callback.type_name());
                 let ack = self
                     .commands

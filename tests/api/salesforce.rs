@@ -547,7 +547,7 @@ async fn dispositions_are_read_from_the_picklist_and_cached() {
     };
     let crm = SalesforceCrm::new("crm", salesforce).unwrap();
     for _ in 0..2 {
-        let values = crm.dispositions().await.unwrap();
+        let values = crm.picklist_dispositions().await.unwrap();
         assert_eq!(
             values,
             Some(vec!["Booked".to_owned(), "Call back".to_owned()]),
@@ -561,4 +561,59 @@ async fn dispositions_are_read_from_the_picklist_and_cached() {
         .filter(|r| r.url.path().ends_with("/sobjects/Task/describe"))
         .count();
     assert_eq!(describes, 1, "cached");
+}
+
+/// Asks `softphone.load` (retrying while the responder is not subscribed yet).
+async fn load(app: &TestApp, body: String) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match app
+            .client
+            .request(
+                softphone_bridge::contract::LOAD_REQUEST_SUBJECT,
+                body.clone().into(),
+            )
+            .await
+        {
+            Ok(reply) => return serde_json::from_slice(&reply.payload).unwrap(),
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "no load reply: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn softphones_load_the_orgs_picklist_as_their_dispositions() {
+    let sf = FakeSalesforce::start().await;
+    let nats = start_nats().await;
+    let acme = sf.crm_toml(
+        "client_credentials",
+        "[crms.acme.dispositions]\nfield = \"Call_Result__c\"",
+    );
+    let settings = settings_with(
+        &nats.url,
+        "kind = \"log\"",
+        Some("acme"),
+        &format!("[crms.acme]\n{acme}"),
+    );
+    let app = spawn_app(nats, settings).await;
+
+    let routed = load(
+        &app,
+        format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        routed["callbacks"][0],
+        serde_json::json!({"type": "disposition", "payload": ["Booked", "Call back"]})
+    );
+    let unrouted = load(&app, r#"{"softphoneId":"agent-2"}"#.to_owned()).await;
+    assert_eq!(
+        unrouted["callbacks"][0]["payload"],
+        serde_json::json!(["Sale", "No sale"]),
+        "the configured list"
+    );
+    app.stop().await;
 }

@@ -21,7 +21,7 @@ use self::task::TaskWrite;
 use super::http::{classify_status, retry_after, transport_error, truncate};
 use super::{Crm, CrmError, CrmEvent};
 use crate::config::{PresenceAction, SalesforceSettings};
-use crate::contract::{AgentStatusChanged, Event, PhoneNumber};
+use crate::contract::{AgentStatusChanged, Event, Guid, PhoneNumber};
 
 pub use self::auth::JWT_BEARER_GRANT;
 pub use self::limits::HEADER as LIMIT_INFO_HEADER;
@@ -320,7 +320,7 @@ impl SalesforceCrm {
 
     /// The active values of the configured disposition picklist (describe,
     /// cached); `None` when no picklist is configured.
-    pub async fn dispositions(&self) -> Result<Option<Vec<String>>, CrmError> {
+    pub async fn picklist_dispositions(&self) -> Result<Option<Vec<String>>, CrmError> {
         let Some(source) = &self.settings.dispositions else {
             return Ok(None);
         };
@@ -408,6 +408,20 @@ impl Crm for SalesforceCrm {
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.handle_event(event))
+    }
+
+    fn dispositions<'a>(
+        &'a self,
+        _partner: Option<&'a Guid>,
+    ) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move {
+            // A softphone must load even when the org cannot be asked: the
+            // configured list stands in.
+            self.picklist_dispositions().await.unwrap_or_else(|e| {
+                tracing::warn!(crm = %self.name, error = %e, "Cannot read the disposition picklist; using the configured list.");
+                None
+            })
+        })
     }
 }
 
