@@ -33,7 +33,8 @@ pub struct SalesforceSettings {
     /// The PEM private key itself, e.g. from an environment variable (instead of the file).
     #[serde(default, serialize_with = "redact_opt")]
     pub private_key: Option<SecretString>,
-    /// `aud` of the JWT bearer assertion; defaults to `login_url`'s origin.
+    /// `aud` of the JWT bearer assertion; defaults to `https://test.salesforce.com`
+    /// for sandbox login URLs, else `https://login.salesforce.com`.
     #[serde(default)]
     pub audience: Option<String>,
     /// REST API version, `62.0`.
@@ -241,6 +242,14 @@ impl SalesforceSettings {
                 }
             }
             SalesforceAuth::ClientCredentials => {
+                let host = self.login_url.host_str().unwrap_or_default();
+                if matches!(host, "login.salesforce.com" | "test.salesforce.com") {
+                    return Err((
+                        "login_url",
+                        "client_credentials requests tokens from the org's My Domain host, not the public login host"
+                            .into(),
+                    ));
+                }
                 if self
                     .client_secret
                     .as_ref()

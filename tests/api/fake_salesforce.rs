@@ -302,11 +302,11 @@ impl FakeSalesforce {
     pub fn crm_toml(&self, auth: &str, extra: &str) -> String {
         let uri = self.server.uri();
         let credentials = match auth {
-            // The assertion's audience is the public login host, as in production;
-            // the token request itself goes to the fake.
-            "jwt_bearer" => format!(
-                "username = \"{USERNAME}\"\nprivate_key_file = \"{PRIVATE_KEY}\"\naudience = \"https://login.salesforce.com\""
-            ),
+            // The assertion's audience defaults to the public login host, as in
+            // production, though the token request goes to the fake.
+            "jwt_bearer" => {
+                format!("username = \"{USERNAME}\"\nprivate_key_file = \"{PRIVATE_KEY}\"")
+            }
             _ => format!("client_secret = \"{CLIENT_SECRET}\""),
         };
         format!(

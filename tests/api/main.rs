@@ -16,5 +16,6 @@ mod replicas;
 mod resilience;
 mod routing;
 mod salesforce;
+mod salesforce_org;
 mod security;
 mod service;

@@ -91,3 +91,80 @@ busy_retry_after = "1s"
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_crm_opens_its_circuit_while_the_other_partner_flows() {
+    // Partner A's org answers 503 to everything; partner B is on [crm].
+    let sf = FakeSalesforce::start().await;
+    sf.org()
+        .script
+        .extend((0..100).map(|_| ResponseTemplate::new(503)));
+    let webhook = FakeCrm::answering(ResponseTemplate::new(200)).await;
+    let nats = start_nats().await;
+    let extra = format!(
+        r#"
+[partners.{PARTNER_B}]
+business_segment_id = "{SEGMENT}"
+channel_origin_id = "{ORIGIN}"
+
+[crms.a]
+{a}
+
+[routing]
+breaker_failures = 3
+breaker_open_for = "30s"
+"#,
+        a = sf.crm_toml("client_credentials", ""),
+    );
+    let settings = settings_with(&nats.url, &webhook_crm(&webhook.url()), Some("a"), &extra);
+    let app = spawn_app(nats, settings).await;
+
+    for _ in 0..10 {
+        app.publish(
+            EventKind::CallNotesSubmitted,
+            &call_body(&conversation(), r#""notes":"a""#),
+            None,
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        let conv = conversation();
+        app.publish(
+            EventKind::CallNotesSubmitted,
+            &partner_call_body(PARTNER_B, &conv, r#""notes":"b""#),
+            None,
+        )
+        .await;
+        let request = webhook.next_request().await;
+        let doc: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            doc["conversationId"],
+            conv.as_str(),
+            "B's event reached B's CRM"
+        );
+    }
+
+    // A's events are dead-lettered once their deliveries run out; the open
+    // circuit spared the org their redeliveries: at most one call per event
+    // (those already under way when it opened), not one per delivery.
+    let mut letters = app.dead_letters().await;
+    for _ in 0..10 {
+        let letter = letters.next().await;
+        assert_eq!(
+            header(&letter, softphone_bridge::contract::dlq_header::DELIVERIES),
+            "3"
+        );
+    }
+    app.settled().await;
+    let api_calls = sf
+        .drain()
+        .await
+        .into_iter()
+        .filter(|r| r.url.path().starts_with("/services/data/"))
+        .count();
+    assert!(
+        (3..=10).contains(&api_calls),
+        "{api_calls} calls to the failing org (30 without a breaker)"
+    );
+    app.stop().await;
+}

@@ -88,7 +88,7 @@ impl TokenSource {
                 let audience = settings
                     .audience
                     .clone()
-                    .unwrap_or_else(|| origin(&settings.login_url));
+                    .unwrap_or_else(|| default_audience(&settings.login_url));
                 Grant::JwtBearer {
                     key,
                     client_id: settings.client_id.clone(),
@@ -223,9 +223,15 @@ fn sign_assertion(
     })
 }
 
-/// `https://login.salesforce.com/` -> `https://login.salesforce.com`.
-fn origin(url: &Url) -> String {
-    url.origin().ascii_serialization()
+/// Salesforce only accepts the public login hosts as `aud`, even when the
+/// token is requested from a My Domain host: test.salesforce.com for sandboxes.
+fn default_audience(login_url: &Url) -> String {
+    let host = login_url.host_str().unwrap_or_default();
+    if host == "test.salesforce.com" || host.ends_with(".sandbox.my.salesforce.com") {
+        "https://test.salesforce.com".into()
+    } else {
+        "https://login.salesforce.com".into()
+    }
 }
 
 #[cfg(test)]
@@ -233,8 +239,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn audience_is_the_login_origin() {
-        let url: Url = "https://test.salesforce.com/".parse().unwrap();
-        assert_eq!(origin(&url), "https://test.salesforce.com");
+    fn audience_is_a_public_login_host() {
+        let aud = |url: &str| default_audience(&url.parse().unwrap());
+        assert_eq!(
+            aud("https://login.salesforce.com/"),
+            "https://login.salesforce.com"
+        );
+        assert_eq!(
+            aud("https://acme.my.salesforce.com"),
+            "https://login.salesforce.com"
+        );
+        assert_eq!(
+            aud("https://test.salesforce.com"),
+            "https://test.salesforce.com"
+        );
+        assert_eq!(
+            aud("https://acme--uat.sandbox.my.salesforce.com"),
+            "https://test.salesforce.com"
+        );
     }
 }

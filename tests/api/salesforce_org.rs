@@ -1,0 +1,277 @@
+//! The Salesforce CRM end to end: error classes, the API-usage governor,
+//! caller lookups and screen pops, picklist dispositions.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use softphone_bridge::config::{CrmSettings, Settings};
+use softphone_bridge::contract::{EventKind, dlq_header};
+use softphone_bridge::crm::SalesforceCrm;
+use wiremock::{Request, ResponseTemplate};
+
+use crate::fake_salesforce::*;
+use crate::helpers::*;
+use crate::salesforce::{dead_letter_count, deliver, spawn};
+
+#[tokio::test]
+async fn salesforce_errors_are_retried_or_dead_lettered_with_the_body() {
+    let sf = FakeSalesforce::start().await;
+    let app = spawn(&sf, "client_credentials", "limit_retry_after = \"1s\"").await;
+    let notes = |conv: &str| call_body(conv, r#""notes":"n""#);
+    deliver(&app, EventKind::CallNotesSubmitted, &notes(&conversation())).await;
+
+    // Transient: answered once, then the redelivery succeeds.
+    let limit = ResponseTemplate::new(403)
+        .set_body_json(serde_json::json!([{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}]));
+    let slow = ResponseTemplate::new(200).set_delay(Duration::from_secs(4));
+    for (what, answer) in [
+        ("403 REQUEST_LIMIT_EXCEEDED", limit),
+        (
+            "429",
+            ResponseTemplate::new(429).insert_header("Retry-After", "1"),
+        ),
+        ("503", ResponseTemplate::new(503)),
+        ("timeout", slow),
+    ] {
+        let conv = conversation();
+        sf.org().script.push_back(answer);
+        deliver(&app, EventKind::CallNotesSubmitted, &notes(&conv)).await;
+        assert_eq!(sf.task(&conv)["Description"], "n", "{what} was retried");
+    }
+    assert_eq!(dead_letter_count(&app).await, 0);
+
+    // Permanent: dead-lettered at once, with Salesforce's error body.
+    let invalid = r#"[{"message":"No such column 'X__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#;
+    let several =
+        r#"["/services/data/v62.0/sobjects/Task/00T1","/services/data/v62.0/sobjects/Task/00T2"]"#;
+    let missing =
+        r#"[{"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}]"#;
+    let mut letters = app.dead_letters().await;
+    for (status, body, reason) in [
+        (400, invalid, "400 Bad Request INVALID_FIELD"),
+        (300, several, "several records"),
+        (404, missing, "404 Not Found NOT_FOUND"),
+    ] {
+        sf.org()
+            .script
+            .push_back(ResponseTemplate::new(status).set_body_raw(body, "application/json"));
+        let conv = conversation();
+        app.publish(EventKind::CallNotesSubmitted, &notes(&conv), None)
+            .await;
+        let letter = letters.next().await;
+        assert!(
+            header(&letter, dlq_header::REASON).contains(reason),
+            "{}",
+            header(&letter, dlq_header::REASON)
+        );
+        assert_eq!(header(&letter, dlq_header::DETAIL), body);
+        assert_eq!(header(&letter, dlq_header::DELIVERIES), "1", "not retried");
+    }
+    app.settled().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn api_usage_past_the_share_postpones_calls() {
+    let sf = FakeSalesforce::start().await;
+    sf.org().limit_info = Some("api-usage=95/100".into());
+    let app = spawn(
+        &sf,
+        "client_credentials",
+        "max_api_usage = 0.9\nlimit_retry_after = \"2s\"",
+    )
+    .await;
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conversation(), r#""notes":"n""#),
+    )
+    .await;
+    sf.drain().await;
+
+    // The org reported 95 of 100 calls used: the next event waits instead of calling.
+    sf.org().limit_info = Some("api-usage=10/100".into());
+    let started = tokio::time::Instant::now();
+    let conv = conversation();
+    deliver(
+        &app,
+        EventKind::CallNotesSubmitted,
+        &call_body(&conv, r#""notes":"later""#),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "postponed by limit_retry_after"
+    );
+    assert_eq!(sf.task(&conv)["Description"], "later");
+    let calls = sf.drain().await;
+    assert_eq!(
+        calls.len(),
+        1,
+        "the postponed delivery made no call: {:?}",
+        calls.iter().map(|r| r.url.path()).collect::<Vec<_>>()
+    );
+    let info = app.consumer_info().await;
+    assert_eq!(
+        info.delivered.consumer_sequence,
+        info.delivered.stream_sequence + 1,
+        "one postponement"
+    );
+    assert_eq!(dead_letter_count(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
+    let sf = FakeSalesforce::start().await;
+    sf.org().people.extend([
+        ("Contact", "003ONE", "Grace Hopper", "+18885550001"),
+        ("Contact", "003TWO", "Alan Turing", "+18885550002"),
+        ("Lead", "00QTWO", "Alan Turing (lead)", "+18885550002"),
+    ]);
+    let app = spawn(
+        &sf,
+        "client_credentials",
+        "[crm.lookup]\nscreen_pop_event = \"Softphone_Screen_Pop__e\"",
+    )
+    .await;
+    let calls = [
+        ("+18885550000", 0),
+        ("+18885550001", 1),
+        ("+18885550002", 2),
+        ("+18885550001", 1),
+    ];
+    let mut conversations = Vec::new();
+    for (number, _) in calls {
+        let conv = conversation();
+        deliver(
+            &app,
+            EventKind::CallIncoming,
+            &call_body(&conv, &format!(r#""callerANI":"{number}""#)),
+        )
+        .await;
+        conversations.push(conv);
+    }
+    let requests = sf.drain().await;
+    let searches: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.url.path().ends_with("/search/"))
+        .collect();
+    assert_eq!(searches.len(), 3, "the repeated number came from the cache");
+    assert_eq!(
+        searches[1].url.query().unwrap(),
+        "q=FIND+%7B%5C%2B18885550001+OR+8885550001%7D+IN+PHONE+FIELDS+RETURNING+Contact%28Id%2CName%29%2C+Lead%28Id%2CName%29"
+    );
+    assert!(!sf.task(&conversations[0]).contains_key("WhoId"));
+    assert_eq!(sf.task(&conversations[1])["WhoId"], "003ONE");
+    assert!(
+        !sf.task(&conversations[2]).contains_key("WhoId"),
+        "several matches: no guess"
+    );
+    assert_eq!(sf.task(&conversations[3])["WhoId"], "003ONE");
+
+    {
+        let org = sf.org();
+        assert_eq!(org.events.len(), 4, "one screen pop per ringing call");
+        for ((name, body), ((number, count), conv)) in
+            org.events.iter().zip(calls.iter().zip(&conversations))
+        {
+            assert_eq!(name, "Softphone_Screen_Pop__e");
+            assert_eq!(body["Conversation_Id__c"], conv.as_str());
+            assert_eq!(body["Caller_Number__c"], *number);
+            assert_eq!(body["Match_Count__c"], *count);
+        }
+        let several: Vec<Value> =
+            serde_json::from_str(org.events[2].1["Matches__c"].as_str().unwrap()).unwrap();
+        let ids: Vec<&str> = several.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["003TWO", "00QTWO"]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dispositions_are_read_from_the_picklist_and_cached() {
+    let sf = FakeSalesforce::start().await;
+    let toml = format!(
+        "[crm]\n{}",
+        sf.crm_toml(
+            "client_credentials",
+            "[crm.dispositions]\nfield = \"Call_Result__c\""
+        )
+    );
+    let settings = Settings::from_toml(&toml).unwrap();
+    let CrmSettings::Salesforce(salesforce) = &settings.crm else {
+        panic!("a salesforce connection")
+    };
+    let crm = SalesforceCrm::new("crm", salesforce).unwrap();
+    for _ in 0..2 {
+        let values = crm.picklist_dispositions().await.unwrap();
+        assert_eq!(
+            values,
+            Some(vec!["Booked".to_owned(), "Call back".to_owned()]),
+            "active values only"
+        );
+    }
+    let describes = sf
+        .drain()
+        .await
+        .iter()
+        .filter(|r| r.url.path().ends_with("/sobjects/Task/describe"))
+        .count();
+    assert_eq!(describes, 1, "cached");
+}
+
+/// Asks `softphone.load` (retrying while the responder is not subscribed yet).
+async fn load(app: &TestApp, body: String) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match app
+            .client
+            .request(
+                softphone_bridge::contract::LOAD_REQUEST_SUBJECT,
+                body.clone().into(),
+            )
+            .await
+        {
+            Ok(reply) => return serde_json::from_slice(&reply.payload).unwrap(),
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "no load reply: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn softphones_load_the_orgs_picklist_as_their_dispositions() {
+    let sf = FakeSalesforce::start().await;
+    let nats = start_nats().await;
+    let acme = sf.crm_toml(
+        "client_credentials",
+        "[crms.acme.dispositions]\nfield = \"Call_Result__c\"",
+    );
+    let settings = settings_with(
+        &nats.url,
+        "kind = \"log\"",
+        Some("acme"),
+        &format!("[crms.acme]\n{acme}"),
+    );
+    let app = spawn_app(nats, settings).await;
+
+    let routed = load(
+        &app,
+        format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        routed["callbacks"][0],
+        serde_json::json!({"type": "disposition", "payload": ["Booked", "Call back"]})
+    );
+    let unrouted = load(&app, r#"{"softphoneId":"agent-2"}"#.to_owned()).await;
+    assert_eq!(
+        unrouted["callbacks"][0]["payload"],
+        serde_json::json!(["Sale", "No sale"]),
+        "the configured list"
+    );
+    app.stop().await;
+}
