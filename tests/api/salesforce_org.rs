@@ -275,3 +275,56 @@ async fn softphones_load_the_orgs_picklist_as_their_dispositions() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn presence_is_published_as_a_platform_event_with_the_mapped_status() {
+    let sf = FakeSalesforce::start().await;
+    let presence = format!(
+        "[crm.presence]\naction = \"platform_event\"\nobject = \"Agent_Presence__e\"\nstatuses = {{ \"{STATUS}\" = \"Available\" }}"
+    );
+    let app = spawn(&sf, "client_credentials", &presence).await;
+    let unmapped = "0b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5e";
+    for status in [STATUS, unmapped] {
+        let body = format!(r#"{{"softphoneId":"{status}","instanceId":"agent/7?x"}}"#);
+        deliver(&app, EventKind::AgentStatusChanged, &body).await;
+    }
+    {
+        let org = sf.org();
+        let bodies: Vec<&Value> = org
+            .events
+            .iter()
+            .map(|(name, body)| {
+                assert_eq!(name, "Agent_Presence__e");
+                body
+            })
+            .collect();
+        assert_eq!(bodies[0]["Status__c"], "Available");
+        assert_eq!(bodies[0]["Status_Id__c"], STATUS);
+        assert_eq!(bodies[0]["Agent_Id__c"], "agent/7?x");
+        assert_eq!(
+            bodies[1]["Status__c"], unmapped,
+            "an unmapped status is written as its GUID"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn presence_upserts_encode_the_agent_id_as_one_path_segment() {
+    let sf = FakeSalesforce::start().await;
+    let presence = "[crm.presence]\naction = \"upsert\"\nobject = \"Agent_Presence__c\"\nagent_field = \"Agent_Id__c\"";
+    let app = spawn(&sf, "client_credentials", presence).await;
+    let body = format!(r#"{{"softphoneId":"{STATUS}","instanceId":"agent/7?x#y"}}"#);
+    deliver(&app, EventKind::AgentStatusChanged, &body).await;
+    let requests = sf.drain().await;
+    let upsert = requests
+        .iter()
+        .find(|r| r.method.as_str() == "PATCH")
+        .expect("an upsert");
+    assert_eq!(
+        upsert.url.path(),
+        "/services/data/v62.0/sobjects/Agent_Presence__c/Agent_Id__c/agent%2F7%3Fx%23y"
+    );
+    assert_eq!(upsert.url.query(), None);
+    app.stop().await;
+}

@@ -42,6 +42,9 @@ impl SalesforceCrm {
                     tracing::warn!(crm = %self.name, status_id, "statusChanged names no agent (instanceId); presence not written.");
                     return Ok(());
                 };
+                // A softphone id may hold `/`, `?` or `#`: one path segment, encoded.
+                let agent: String =
+                    url::form_urlencoded::byte_serialize(agent.as_bytes()).collect();
                 let path = self.data_path(&format!("sobjects/{object}/{agent_field}/{agent}"));
                 let body = json!({ status_field: status });
                 self.call(Method::PATCH, &path, &[], Some(&body), &[])
