@@ -37,7 +37,7 @@ pub struct SalesforceSettings {
     /// for sandbox login URLs, else `https://login.salesforce.com`.
     #[serde(default)]
     pub audience: Option<String>,
-    /// REST API version, `62.0`.
+    /// REST API version, `67.0` (Summer '26).
     #[serde(default = "default_api_version")]
     pub api_version: String,
     /// External-ID field on Task that holds the conversation id.
@@ -179,7 +179,7 @@ pub const MAPPABLE_FIELDS: [&str; 10] = [
 ];
 
 fn default_api_version() -> String {
-    "62.0".into()
+    "67.0".into()
 }
 fn default_external_id_field() -> String {
     "Softphone_Conversation_Id__c".into()
@@ -269,7 +269,7 @@ impl SalesforceSettings {
         if !version_ok {
             return Err((
                 "api_version",
-                format!("{:?} is not like \"62.0\"", self.api_version),
+                format!("{:?} is not like \"67.0\"", self.api_version),
             ));
         }
         if !is_api_name(&self.external_id_field) {

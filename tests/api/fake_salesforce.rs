@@ -156,7 +156,7 @@ impl Org {
             return scripted;
         }
         let path = request.url.path().to_owned();
-        let Some(rest) = path.strip_prefix("/services/data/v62.0/") else {
+        let Some(rest) = path.strip_prefix("/services/data/v67.0/") else {
             return error(404, "NOT_FOUND", "The requested resource does not exist");
         };
         let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();

@@ -79,8 +79,8 @@ statuses = {{ "{STATUS}" = "Available" }}
         paths,
         [
             "POST /services/oauth2/token",
-            "GET /services/data/v62.0/search/",
-            "POST /services/data/v62.0/sobjects/Task"
+            "GET /services/data/v67.0/search/",
+            "POST /services/data/v67.0/sobjects/Task"
         ]
     );
     {
@@ -156,7 +156,7 @@ statuses = {{ "{STATUS}" = "Available" }}
     assert_eq!(requests[0].method.as_str(), "PATCH");
     assert_eq!(
         requests[0].url.path(),
-        format!("/services/data/v62.0/sobjects/Task/{EXTERNAL_ID}/{conv}")
+        format!("/services/data/v67.0/sobjects/Task/{EXTERNAL_ID}/{conv}")
     );
     let body = body_of(&requests[0]);
     assert!(

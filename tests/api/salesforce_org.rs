@@ -43,7 +43,7 @@ async fn salesforce_errors_are_retried_or_dead_lettered_with_the_body() {
     // Permanent: dead-lettered at once, with Salesforce's error body.
     let invalid = r#"[{"message":"No such column 'X__c' on sobject of type Task","errorCode":"INVALID_FIELD"}]"#;
     let several =
-        r#"["/services/data/v62.0/sobjects/Task/00T1","/services/data/v62.0/sobjects/Task/00T2"]"#;
+        r#"["/services/data/v67.0/sobjects/Task/00T1","/services/data/v67.0/sobjects/Task/00T2"]"#;
     let missing =
         r#"[{"message":"The requested resource does not exist","errorCode":"NOT_FOUND"}]"#;
     let mut letters = app.dead_letters().await;
@@ -323,7 +323,7 @@ async fn presence_upserts_encode_the_agent_id_as_one_path_segment() {
         .expect("an upsert");
     assert_eq!(
         upsert.url.path(),
-        "/services/data/v62.0/sobjects/Agent_Presence__c/Agent_Id__c/agent%2F7%3Fx%23y"
+        "/services/data/v67.0/sobjects/Agent_Presence__c/Agent_Id__c/agent%2F7%3Fx%23y"
     );
     assert_eq!(upsert.url.query(), None);
     app.stop().await;

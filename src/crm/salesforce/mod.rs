@@ -377,7 +377,7 @@ mod tests {
         assert!(transient(503, ""));
         assert!(!transient(
             300,
-            r#"["/services/data/v62.0/sobjects/Task/00T1","/services/data/v62.0/sobjects/Task/00T2"]"#
+            r#"["/services/data/v67.0/sobjects/Task/00T1","/services/data/v67.0/sobjects/Task/00T2"]"#
         ));
         let bad = r#"[{"message":"No such column 'X__c'","errorCode":"INVALID_FIELD"}]"#;
         match classify(StatusCode::BAD_REQUEST, None, bad, limit) {
