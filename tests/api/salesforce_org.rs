@@ -328,3 +328,34 @@ async fn presence_upserts_encode_the_agent_id_as_one_path_segment() {
     assert_eq!(upsert.url.query(), None);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_refused_screen_pop_does_not_cost_the_task() {
+    let sf = FakeSalesforce::start().await;
+    sf.org()
+        .people
+        .push(("Contact", "003ONE", "Grace Hopper", "+18885550001"));
+    // The fake org has no such Platform Event: 404 NOT_FOUND.
+    let app = spawn(
+        &sf,
+        "client_credentials",
+        "[crm.lookup]\nscreen_pop_event = \"Not_Deployed_Event\"",
+    )
+    .await;
+    let conv = conversation();
+    deliver(
+        &app,
+        EventKind::CallIncoming,
+        &call_body(&conv, r#""callerANI":"+18885550001""#),
+    )
+    .await;
+    assert_eq!(sf.task(&conv)["WhoId"], "003ONE");
+    assert!(sf.org().events.is_empty());
+    assert_eq!(dead_letter_count(&app).await, 0);
+    let info = app.consumer_info().await;
+    assert_eq!(
+        info.delivered.consumer_sequence, info.delivered.stream_sequence,
+        "no retry"
+    );
+    app.stop().await;
+}

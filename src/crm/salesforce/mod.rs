@@ -152,7 +152,16 @@ impl SalesforceCrm {
             .expect("task writes are for call events")
             .as_str();
         if let Some(number) = w.lookup.take().filter(|_| self.settings.lookup.enabled) {
-            let matches = self.lookup(&number).await?;
+            // WhoId is an enrichment: a search the org refuses must not cost
+            // the Task; a transient failure is worth the event's retry.
+            let matches = match self.lookup(&number).await {
+                Ok(matches) => matches,
+                Err(CrmError::Permanent { reason, .. }) => {
+                    tracing::warn!(crm = %self.name, conversation, %reason, "Caller lookup refused; Task written without WhoId.");
+                    Vec::new()
+                }
+                Err(transient) => return Err(transient),
+            };
             match matches.as_slice() {
                 [one] => {
                     w.fields
@@ -171,8 +180,14 @@ impl SalesforceCrm {
             if let (Event::CallIncoming(_), Some(api_name)) =
                 (event, &self.settings.lookup.screen_pop_event)
             {
-                self.screen_pop(api_name, conversation, &number, &matches)
-                    .await?;
+                // A screen pop is only useful while the call rings: a failed
+                // one is logged, never retried with the event.
+                if let Err(e) = self
+                    .screen_pop(api_name, conversation, &number, &matches)
+                    .await
+                {
+                    tracing::warn!(crm = %self.name, conversation, error = %e, "Screen pop not published.");
+                }
             }
         }
         let external_id = &self.settings.external_id_field;
