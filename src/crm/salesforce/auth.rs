@@ -258,4 +258,48 @@ mod tests {
             "https://test.salesforce.com"
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_are_cached_for_their_ttl_and_invalidated_once() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/services/oauth2/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": "00D!t",
+                "instance_url": "https://acme.my.salesforce.com",
+            })))
+            .expect(3)
+            .mount(&server)
+            .await;
+        let toml = format!(
+            "auth = \"client_credentials\"\nlogin_url = \"{}\"\nclient_id = \"id\"\nclient_secret = \"s\"\ntoken_ttl = \"1h\"",
+            server.uri()
+        );
+        let settings: SalesforceSettings = toml::from_str(&toml).unwrap();
+        // No client timeouts: the paused clock would fire them while the
+        // (real) socket is awaited.
+        let tokens = TokenSource::new(&settings, reqwest::Client::new()).unwrap();
+
+        let first = tokens.get().await.unwrap();
+        assert_eq!(
+            first.instance_url.as_str(),
+            "https://acme.my.salesforce.com/"
+        );
+        assert_eq!(
+            tokens.get().await.unwrap().generation,
+            first.generation,
+            "cached"
+        );
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        let second = tokens.get().await.unwrap();
+        assert_ne!(second.generation, first.generation, "renewed after the TTL");
+        // A 401 seen with the old token does not throw the new one away.
+        tokens.invalidate(&first).await;
+        assert_eq!(tokens.get().await.unwrap().generation, second.generation);
+        tokens.invalidate(&second).await;
+        assert_ne!(tokens.get().await.unwrap().generation, second.generation);
+    }
 }
