@@ -1,5 +1,7 @@
-//! The CRM side: a trait every adapter implements, the record it receives, and
-//! the split of failures into transient (retry) and permanent (dead-letter).
+//! The CRM side: a trait every adapter implements (`log`, `webhook`,
+//! `salesforce`), the record it receives, the split of failures into transient
+//! (retry) and permanent (dead-letter), and the router that sends each
+//! partner's events to its own connection.
 
 mod http;
 mod log;

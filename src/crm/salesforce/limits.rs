@@ -59,8 +59,9 @@ impl Governor {
         let before = self.used.swap(used, Ordering::Relaxed);
         self.limit.store(limit, Ordering::Relaxed);
         *self.seen_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        // One log line per hundred calls keeps the usage visible without noise.
-        if used / 100 != before / 100 {
+        // The first reading, then one line per hundred calls: the usage stays
+        // visible without noise.
+        if before == 0 || used / 100 != before / 100 {
             tracing::info!(crm = %self.connection, api_used = used, api_limit = limit, "Salesforce API usage.");
         }
     }
