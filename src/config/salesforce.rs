@@ -144,9 +144,12 @@ pub struct PresenceSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceAction {
+    /// Presence changes are not written.
     #[default]
     None,
+    /// Publish the Platform Event `object`.
     PlatformEvent,
+    /// Upsert the record of `object` whose `agent_field` is the agent's id.
     Upsert,
 }
 
