@@ -359,3 +359,15 @@ async fn a_refused_screen_pop_does_not_cost_the_task() {
     );
     app.stop().await;
 }
+
+#[test]
+fn the_configuration_in_deploy_salesforce_md_is_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/salesforce.md"))
+        .unwrap();
+    let start = doc.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let settings = Settings::from_toml(&doc[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(settings.crms["acme"], CrmSettings::Salesforce(_)));
+    let rendered = settings.to_redacted_toml();
+    assert!(rendered.contains("kind = \"salesforce\""));
+}
