@@ -235,8 +235,10 @@ pub enum CrmSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSettings {
     /// Events one replica sends to one CRM connection at once; more are nak'd
-    /// with `busy_retry_after` instead of waiting for a worker slot.
-    pub max_in_flight: usize,
+    /// with `busy_retry_after` instead of waiting for a worker slot. Unset:
+    /// `worker.concurrency` with `[crm]` alone (no cap), half of it once
+    /// `[crms.*]` connections share the workers.
+    pub max_in_flight: Option<usize>,
     /// Redelivery delay of an event refused because its CRM is saturated.
     #[serde(with = "humantime_serde")]
     pub busy_retry_after: Duration,
@@ -247,10 +249,24 @@ pub struct RoutingSettings {
     pub breaker_open_for: Duration,
 }
 
+impl Settings {
+    /// Calls one replica makes to one CRM connection at once (see
+    /// [`RoutingSettings::max_in_flight`]).
+    pub fn max_in_flight(&self) -> usize {
+        self.routing
+            .max_in_flight
+            .unwrap_or(if self.crms.is_empty() {
+                self.worker.concurrency
+            } else {
+                (self.worker.concurrency / 2).max(1)
+            })
+    }
+}
+
 impl Default for RoutingSettings {
     fn default() -> Self {
         Self {
-            max_in_flight: 8,
+            max_in_flight: None,
             busy_retry_after: Duration::from_secs(1),
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(30),
@@ -541,7 +557,7 @@ impl Settings {
                 );
             }
         }
-        if self.routing.max_in_flight == 0 {
+        if self.routing.max_in_flight == Some(0) {
             return fail("routing.max_in_flight", "must be at least 1".into());
         }
         if self.routing.breaker_failures == 0 {
@@ -703,5 +719,22 @@ client_secret = "sf-client-s3cr3t"
             "{rendered}"
         );
         assert!(!format!("{settings:?}").contains("sf-client-s3cr3t"));
+    }
+
+    #[test]
+    fn connections_share_the_workers_only_once_there_are_several() {
+        let alone = Settings::from_toml("[worker]\nconcurrency = 32").unwrap();
+        assert_eq!(
+            alone.max_in_flight(),
+            32,
+            "one connection: no cap of its own"
+        );
+        let shared =
+            Settings::from_toml("[worker]\nconcurrency = 32\n[crms.b]\nkind = \"log\"").unwrap();
+        assert_eq!(shared.max_in_flight(), 16);
+        let set =
+            Settings::from_toml("[crms.b]\nkind = \"log\"\n[routing]\nmax_in_flight = 3").unwrap();
+        assert_eq!(set.max_in_flight(), 3);
+        assert!(Settings::from_toml("[routing]\nmax_in_flight = 0").is_err());
     }
 }

@@ -29,6 +29,7 @@ pub struct CrmRouter {
 struct Connection {
     name: String,
     crm: Arc<dyn Crm>,
+    max_in_flight: usize,
     in_flight: Semaphore,
     breaker: Mutex<Breaker>,
     settings: RoutingSettings,
@@ -59,10 +60,12 @@ impl CrmRouter {
         default: Arc<dyn Crm>,
         named: HashMap<String, Arc<dyn Crm>>,
     ) -> Self {
+        let max_in_flight = settings.max_in_flight();
         let connection = |name: &str, crm| Connection {
             name: name.to_owned(),
             crm,
-            in_flight: Semaphore::new(settings.routing.max_in_flight),
+            max_in_flight,
+            in_flight: Semaphore::new(max_in_flight),
             breaker: Mutex::new(Breaker::default()),
             settings: settings.routing.clone(),
         };
@@ -105,7 +108,7 @@ impl Connection {
             return Err(CrmError::Transient {
                 reason: format!(
                     "CRM connection {} has {} calls in flight (routing.max_in_flight)",
-                    self.name, self.settings.max_in_flight
+                    self.name, self.max_in_flight
                 ),
                 retry_after: Some(self.settings.busy_retry_after),
             });
