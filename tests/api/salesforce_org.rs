@@ -371,3 +371,53 @@ fn the_configuration_in_deploy_salesforce_md_is_valid() {
     let rendered = settings.to_redacted_toml();
     assert!(rendered.contains("kind = \"salesforce\""));
 }
+
+#[tokio::test]
+async fn a_hanging_org_delays_loading_softphones_once_then_not_at_all() {
+    let sf = FakeSalesforce::start().await;
+    sf.org().api_delay = Some(Duration::from_secs(10));
+    let nats = start_nats().await;
+    let acme = sf.crm_toml(
+        "client_credentials",
+        "[crms.acme.dispositions]\nfield = \"Call_Result__c\"",
+    );
+    let settings = settings_with(
+        &nats.url,
+        "kind = \"log\"",
+        Some("acme"),
+        &format!("[crms.acme]\n{acme}"),
+    );
+    let app = spawn_app(nats, settings).await;
+    let body = format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#);
+
+    let started = tokio::time::Instant::now();
+    let first = load(&app, body.clone()).await;
+    assert_eq!(
+        first["callbacks"][0]["payload"],
+        serde_json::json!(["Sale", "No sale"])
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded wait: {:?}",
+        started.elapsed()
+    );
+    let started = tokio::time::Instant::now();
+    let second = load(&app, body).await;
+    assert_eq!(
+        second["callbacks"][0]["payload"],
+        serde_json::json!(["Sale", "No sale"])
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the failing org is left alone: {:?}",
+        started.elapsed()
+    );
+    let describes = sf
+        .drain()
+        .await
+        .iter()
+        .filter(|r| r.url.path().ends_with("/describe"))
+        .count();
+    assert_eq!(describes, 1);
+    app.stop().await;
+}

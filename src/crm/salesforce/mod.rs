@@ -36,7 +36,14 @@ pub struct SalesforceCrm {
     governor: Governor,
     lookups: lookup::Cache,
     dispositions: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+    /// When reading the picklist last failed.
+    describe_failed: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How long a loading softphone waits for the picklist.
+const DESCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long a failing picklist read is not retried.
+const DESCRIBE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// An answer the caller wants to see, successful or listed in `accept`.
 struct Answer {
@@ -66,6 +73,7 @@ impl SalesforceCrm {
             settings: settings.clone(),
             client,
             dispositions: tokio::sync::Mutex::new(None),
+            describe_failed: std::sync::Mutex::new(None),
         })
     }
 
@@ -356,13 +364,33 @@ impl Crm for SalesforceCrm {
         &'a self,
         _partner: Option<&'a Guid>,
     ) -> BoxFuture<'a, Option<Vec<String>>> {
+        // Loading softphones (and the load responder, one request at a time)
+        // wait for this: a slow or failing org gets a short wait, then is left
+        // alone for a while, and the last list read (else the configured
+        // one) stands in.
         Box::pin(async move {
-            // A softphone must load even when the org cannot be asked: the
-            // configured list stands in.
-            self.picklist_dispositions().await.unwrap_or_else(|e| {
-                tracing::warn!(crm = %self.name, error = %e, "Cannot read the disposition picklist; using the configured list.");
-                None
-            })
+            let failed_at = *self
+                .describe_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if failed_at.is_none_or(|at| at.elapsed() >= DESCRIBE_BACKOFF) {
+                let error =
+                    match tokio::time::timeout(DESCRIBE_WAIT, self.picklist_dispositions()).await {
+                        Ok(Ok(values)) => return values,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {DESCRIBE_WAIT:?}"),
+                    };
+                tracing::warn!(crm = %self.name, %error, "Cannot read the disposition picklist; using the last or the configured list.");
+                *self
+                    .describe_failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            }
+            self.dispositions
+                .lock()
+                .await
+                .as_ref()
+                .map(|(_, values)| values.clone())
         })
     }
 }
