@@ -2,7 +2,7 @@
 //! and the governor that postpones calls once a share of the limit is used.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ pub(crate) struct Governor {
     /// When usage was last seen; once that is `retry_after` old, one call
     /// goes through to learn whether the day's count has reset.
     seen_at: Mutex<Option<Instant>>,
+    postponing: AtomicBool,
 }
 
 impl Governor {
@@ -44,6 +45,7 @@ impl Governor {
             retry_after,
             connection: connection.to_owned(),
             seen_at: Mutex::new(None),
+            postponing: AtomicBool::new(false),
         }
     }
 
@@ -83,7 +85,10 @@ impl Governor {
                 *seen_at = Some(Instant::now());
                 return Ok(());
             }
-            tracing::warn!(crm = %self.connection, api_used = used, api_limit = limit, "Salesforce API usage past the configured share; postponing calls.");
+            // Once per episode: the worker logs each postponed event anyway.
+            if !self.postponing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(crm = %self.connection, api_used = used, api_limit = limit, "Salesforce API usage past the configured share; postponing calls.");
+            }
             return Err(CrmError::Transient {
                 reason: format!(
                     "Salesforce API usage {used}/{limit} is past max_api_usage = {}",
@@ -91,6 +96,9 @@ impl Governor {
                 ),
                 retry_after: Some(self.retry_after),
             });
+        }
+        if self.postponing.swap(false, Ordering::Relaxed) {
+            tracing::info!(crm = %self.connection, api_used = used, api_limit = limit, "Salesforce API usage back under the configured share.");
         }
         Ok(())
     }
