@@ -323,8 +323,10 @@ async fn an_expired_session_is_refreshed_by_one_token_request() {
         assert_eq!(form["client_secret"], CLIENT_SECRET);
     }
     // Every session dies; a slow token endpoint makes the callers pile up.
+    // Slow answers (the 401s included) keep every call in flight together.
     sf.expire_tokens();
     sf.org().token_delay = Some(Duration::from_millis(500));
+    sf.org().api_delay = Some(Duration::from_secs(1));
     let conversations: Vec<String> = (0..8).map(|_| conversation()).collect();
     for conv in &conversations {
         app.publish(
