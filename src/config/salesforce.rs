@@ -110,6 +110,9 @@ pub struct LookupSettings {
     /// Platform Event API name published with the matches when a call rings
     /// (`Softphone_Screen_Pop__e`), if any.
     pub screen_pop_event: Option<String>,
+    /// Task field (long text) that records the matches when several records
+    /// match (`Contact:003…, Lead:00Q…`), if any; they are logged either way.
+    pub matches_field: Option<String>,
 }
 
 impl Default for LookupSettings {
@@ -120,6 +123,7 @@ impl Default for LookupSettings {
             trunk_prefix: String::new(),
             cache_for: Duration::from_secs(300),
             screen_pop_event: None,
+            matches_field: None,
         }
     }
 }
@@ -311,6 +315,14 @@ impl SalesforceSettings {
                     "upsert needs the agent's external-ID field".into(),
                 ));
             }
+        }
+        if let Some(field) = &self.lookup.matches_field
+            && !is_api_name(field)
+        {
+            return Err((
+                "lookup.matches_field",
+                format!("{field:?} is not an API name"),
+            ));
         }
         if let Some(event) = &self.lookup.screen_pop_event
             && !is_api_name(event)

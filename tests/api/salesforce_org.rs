@@ -132,7 +132,7 @@ async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
     let app = spawn(
         &sf,
         "client_credentials",
-        "[crm.lookup]\nscreen_pop_event = \"Softphone_Screen_Pop__e\"",
+        "[crm.lookup]\nscreen_pop_event = \"Softphone_Screen_Pop__e\"\nmatches_field = \"Softphone_Caller_Matches__c\"",
     )
     .await;
     let calls = [
@@ -167,6 +167,15 @@ async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
     assert!(
         !sf.task(&conversations[2]).contains_key("WhoId"),
         "several matches: no guess"
+    );
+    assert_eq!(
+        sf.task(&conversations[2])["Softphone_Caller_Matches__c"],
+        "Contact:003TWO, Lead:00QTWO",
+        "several matches: recorded on the Task"
+    );
+    assert!(
+        !sf.task(&conversations[1])
+            .contains_key("Softphone_Caller_Matches__c")
     );
     assert_eq!(sf.task(&conversations[3])["WhoId"], "003ONE");
 

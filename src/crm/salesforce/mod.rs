@@ -178,12 +178,22 @@ impl SalesforceCrm {
                 [] => {
                     tracing::debug!(crm = %self.name, conversation, "No record matches the caller.")
                 }
-                many => tracing::info!(
-                    crm = %self.name,
-                    conversation,
-                    matches = %serde_json::to_string(many).unwrap_or_default(),
-                    "Several records match the caller; WhoId left for the agent."
-                ),
+                many => {
+                    let listed: Vec<String> = many
+                        .iter()
+                        .map(|m| format!("{}:{}", m.object, m.id))
+                        .collect();
+                    tracing::info!(
+                        crm = %self.name,
+                        conversation,
+                        matches = %listed.join(", "),
+                        "Several records match the caller; WhoId left for the agent."
+                    );
+                    if let Some(field) = &self.settings.lookup.matches_field {
+                        w.fields
+                            .insert(field.clone(), Value::String(listed.join(", ")));
+                    }
+                }
             }
             if let (Event::CallIncoming(_), Some(api_name)) =
                 (event, &self.settings.lookup.screen_pop_event)
