@@ -5,6 +5,8 @@ mod auth;
 mod limits;
 mod lookup;
 mod org;
+#[cfg(test)]
+mod secrets_tests;
 mod task;
 
 use std::time::Duration;
