@@ -102,6 +102,13 @@ pub trait Crm: Send + Sync + 'static {
     /// A short name for logs and metrics (`log`, `webhook`, ...).
     fn name(&self) -> &str;
 
+    /// The name of the adapter that handles `event`, for metrics: the
+    /// router answers for the partner's connection.
+    fn name_for(&self, event: &CrmEvent) -> &str {
+        let _ = event;
+        self.name()
+    }
+
     /// Performs whatever the CRM does for this event.
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
 

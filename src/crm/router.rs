@@ -154,6 +154,10 @@ impl Crm for CrmRouter {
         "router"
     }
 
+    fn name_for(&self, event: &CrmEvent) -> &str {
+        self.connection(event).crm.name()
+    }
+
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.connection(event).handle(event))
     }
@@ -216,6 +220,11 @@ mod tests {
         });
         let router = CrmRouter::new(&settings, flaky.clone(), HashMap::new());
         let e = event();
+        assert_eq!(
+            router.name_for(&e),
+            "flaky",
+            "metrics name the adapter, not the router"
+        );
         for _ in 0..2 {
             assert!(router.handle(&e).await.is_err());
         }

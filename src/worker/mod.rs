@@ -291,7 +291,7 @@ impl Worker {
             Err(CrmError::Transient { .. }) => "transient",
             Err(CrmError::Permanent { .. }) => "permanent",
         };
-        metrics::histogram!(metric::CRM_DURATION, "crm" => self.crm.name().to_owned(), "result" => label)
+        metrics::histogram!(metric::CRM_DURATION, "crm" => self.crm.name_for(event).to_owned(), "result" => label)
             .record(started.elapsed().as_secs_f64());
         result?;
         Ok(())

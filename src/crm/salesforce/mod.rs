@@ -318,7 +318,8 @@ impl SalesforceCrm {
 
 impl Crm for SalesforceCrm {
     fn name(&self) -> &str {
-        &self.name
+        // The adapter, like `log` and `webhook`; logs name the connection.
+        "salesforce"
     }
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
