@@ -25,6 +25,12 @@ pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
 /// HTTP requests answered, by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
 
+/// Salesforce API calls used today, per org connection (`crm`), from `Sforce-Limit-Info`.
+/// Only Salesforce connections report it, so it is not in [`ALL`].
+pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
+/// The org's daily API call limit, per connection (`crm`).
+pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
+
 /// Every documented series (the metrics test checks that each one shows up).
 pub const ALL: [&str; 9] = [
     EVENTS,
@@ -88,5 +94,13 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route, method and status."
+    );
+    describe_gauge!(
+        SALESFORCE_API_USED,
+        "Salesforce API calls used today (Sforce-Limit-Info), by connection."
+    );
+    describe_gauge!(
+        SALESFORCE_API_LIMIT,
+        "Salesforce daily API call limit (Sforce-Limit-Info), by connection."
     );
 }

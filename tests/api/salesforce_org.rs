@@ -73,6 +73,7 @@ async fn salesforce_errors_are_retried_or_dead_lettered_with_the_body() {
 
 #[tokio::test]
 async fn api_usage_past_the_share_postpones_calls() {
+    let metrics = softphone_bridge::metric::handle();
     let sf = FakeSalesforce::start().await;
     sf.org().limit_info = Some("api-usage=95/100".into());
     let app = spawn(
@@ -99,6 +100,16 @@ async fn api_usage_past_the_share_postpones_calls() {
         &call_body(&conv, r#""notes":"later""#),
     )
     .await;
+    let exposed = metrics.render();
+    for sample in [
+        r#"softphone_bridge_salesforce_api_used{crm="crm"} 10"#,
+        r#"softphone_bridge_salesforce_api_limit{crm="crm"} 100"#,
+    ] {
+        assert!(
+            exposed.contains(sample),
+            "{sample} missing from:\n{exposed}"
+        );
+    }
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
         "postponed by limit_retry_after"

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use reqwest::header::HeaderMap;
 
 use crate::crm::CrmError;
+use crate::metric;
 
 /// `Sforce-Limit-Info: api-usage=18/5000`.
 pub const HEADER: &str = "Sforce-Limit-Info";
@@ -59,6 +60,10 @@ impl Governor {
             return;
         };
         let before = self.used.swap(used, Ordering::Relaxed);
+        metrics::gauge!(metric::SALESFORCE_API_USED, "crm" => self.connection.clone())
+            .set(used as f64);
+        metrics::gauge!(metric::SALESFORCE_API_LIMIT, "crm" => self.connection.clone())
+            .set(limit as f64);
         self.limit.store(limit, Ordering::Relaxed);
         *self.seen_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         // The first reading, then one line per hundred calls: the usage stays
