@@ -13,6 +13,8 @@
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`crm`]: the CRM trait, the `log`, `webhook` and `salesforce` adapters, and
+//!   the router that gives each partner its own connection (see deploy/salesforce.md).
 //! - [`http`]: the command API for CRMs, health, readiness, metrics.
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
 //! - [`service`]: the same command path as a NATS micro service.
