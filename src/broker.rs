@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use secrecy::ExposeSecret;
 
-use crate::config::{NatsSettings, Settings, redacted_url};
+use crate::config::{Lane, NatsSettings, Settings, redacted_url};
 use crate::contract::{
     COMMAND_SUBJECTS, COMMANDS_STREAM, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EventKind,
 };
@@ -98,16 +98,14 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
         .get_stream(EVENTS_STREAM)
         .await
         .with_context(|| format!("cannot look up stream {EVENTS_STREAM}"))?;
-    events
-        .create_consumer(consumer_config(settings))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot create or update consumer {}",
-                settings.worker.consumer
-            )
-        })?;
-    tracing::info!(consumer = %settings.worker.consumer, "Consumer provisioned.");
+    for lane in settings.lanes() {
+        let start = lane_start(&events, settings, &lane).await?;
+        events
+            .create_consumer(consumer_config(settings, &lane, start))
+            .await
+            .with_context(|| format!("cannot create or update consumer {}", lane.consumer))?;
+        tracing::info!(consumer = %lane.consumer, crm = %lane.connection, "Consumer provisioned.");
+    }
     let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
     js.create_or_update_key_value(bucket)
         .await
@@ -121,19 +119,50 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
     Ok(())
 }
 
-/// The durable pull consumer every replica binds to.
-pub async fn bind_consumer(
+/// The durable pull consumers every replica binds to, one per lane.
+pub async fn bind_consumers(
     js: &jetstream::Context,
     settings: &Settings,
-) -> anyhow::Result<consumer::PullConsumer> {
-    js.get_consumer_from_stream(&settings.worker.consumer, EVENTS_STREAM)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind to consumer {} on {EVENTS_STREAM} (run `softphone-bridge provision`?)",
-                settings.worker.consumer
-            )
-        })
+) -> anyhow::Result<Vec<(Lane, consumer::PullConsumer)>> {
+    let mut bound = Vec::new();
+    for lane in settings.lanes() {
+        let consumer = js
+            .get_consumer_from_stream(&lane.consumer, EVENTS_STREAM)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot bind to consumer {} on {EVENTS_STREAM} (run `softphone-bridge provision`?)",
+                    lane.consumer
+                )
+            })?;
+        bound.push((lane, consumer));
+    }
+    Ok(bound)
+}
+
+/// Where a lane's consumer starts. An existing consumer keeps its start (it
+/// cannot change). A new lane beside an existing default lane starts at the
+/// default lane's ack floor, so the events it now owns that the default lane
+/// has not handled yet are not skipped, and a week of history is not replayed.
+async fn lane_start(
+    events: &jetstream::stream::Stream,
+    settings: &Settings,
+    lane: &Lane,
+) -> anyhow::Result<consumer::DeliverPolicy> {
+    if let Ok(existing) = events.consumer_info(&lane.consumer).await {
+        return Ok(existing.config.deliver_policy);
+    }
+    if lane.is_default() {
+        return Ok(consumer::DeliverPolicy::All);
+    }
+    Ok(
+        match events.consumer_info(&settings.worker.consumer).await {
+            Ok(default) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: default.ack_floor.stream_sequence + 1,
+            },
+            Err(_) => consumer::DeliverPolicy::All,
+        },
+    )
 }
 
 fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
@@ -175,18 +204,25 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
     ]
 }
 
-fn consumer_config(settings: &Settings) -> consumer::pull::Config {
+fn consumer_config(
+    settings: &Settings,
+    lane: &Lane,
+    deliver_policy: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
     let w = &settings.worker;
     consumer::pull::Config {
-        durable_name: Some(w.consumer.clone()),
-        description: Some("softphone-bridge workers (shared by every replica)".into()),
+        durable_name: Some(lane.consumer.clone()),
+        description: Some(format!(
+            "softphone-bridge workers for CRM connection {} (shared by every replica)",
+            lane.connection
+        )),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: w.ack_wait,
         // The worker counts deliveries itself and dead-letters at max_deliveries;
         // a server-side limit would strand messages with no outcome.
         max_deliver: -1,
         max_ack_pending: w.max_ack_pending,
-        deliver_policy: consumer::DeliverPolicy::All,
+        deliver_policy,
         ..Default::default()
     }
 }

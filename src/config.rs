@@ -249,7 +249,51 @@ pub struct RoutingSettings {
     pub breaker_open_for: Duration,
 }
 
+/// Name of the default CRM connection (`[crm]`).
+pub const DEFAULT_CONNECTION: &str = "crm";
+
+/// A lane: one CRM connection and the durable consumer that feeds it. Each
+/// lane has its own consumer (and so its own `max_ack_pending` budget), so a
+/// connection whose events pile up in redelivery cannot stall the others
+/// anywhere in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// `crm` (the default connection) or the name of a `[crms.<name>]`.
+    pub connection: String,
+    /// `worker.consumer` for the default lane, `<worker.consumer>-<name>` else.
+    pub consumer: String,
+}
+
+impl Lane {
+    pub fn is_default(&self) -> bool {
+        self.connection == DEFAULT_CONNECTION
+    }
+}
+
 impl Settings {
+    /// The connection a partner's events go to: `partners.<id>.crm`, else `[crm]`.
+    pub fn connection_for(&self, partner: Option<&Guid>) -> &str {
+        partner
+            .and_then(|id| self.partners.get(id))
+            .and_then(|p| p.crm.as_deref())
+            .filter(|name| self.crms.contains_key(*name))
+            .unwrap_or(DEFAULT_CONNECTION)
+    }
+
+    /// Every lane: the default one first, then one per `[crms.<name>]`.
+    pub fn lanes(&self) -> Vec<Lane> {
+        let consumer = &self.worker.consumer;
+        std::iter::once(Lane {
+            connection: DEFAULT_CONNECTION.to_owned(),
+            consumer: consumer.clone(),
+        })
+        .chain(self.crms.keys().map(|name| Lane {
+            connection: name.clone(),
+            consumer: format!("{consumer}-{name}"),
+        }))
+        .collect()
+    }
+
     /// Calls one replica makes to one CRM connection at once (see
     /// [`RoutingSettings::max_in_flight`]).
     pub fn max_in_flight(&self) -> usize {
@@ -544,6 +588,22 @@ impl Settings {
         for (key, crm) in crms {
             if let Err((field, why)) = crm.check() {
                 return fail(&format!("{key}.{field}"), why);
+            }
+        }
+        for name in self.crms.keys() {
+            // The name becomes part of a consumer name.
+            let token = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !token || name == DEFAULT_CONNECTION {
+                return fail(
+                    &format!("crms.{name}"),
+                    format!(
+                        "a connection name is 1 to 64 letters, digits, '-' or '_', and not {DEFAULT_CONNECTION:?}"
+                    ),
+                );
             }
         }
         for (id, partner) in &self.partners {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, FirstConnect};
 use crate::command::CommandPublisher;
-use crate::config::Settings;
+use crate::config::{Lane, Settings};
 use crate::crm::{self, Crm};
 use crate::dispatch::Dispatcher;
 use crate::http::auth::Tokens;
@@ -102,10 +102,9 @@ impl Application {
             self.readiness.clone(),
             shutdown.clone(),
         ));
-        let consumer = self.bind(&shutdown).await;
-        if let Some(consumer) = consumer {
+        if let Some(lanes) = self.bind(&shutdown).await {
             self.readiness.set_bound(true);
-            self.consume(consumer, shutdown).await;
+            self.consume(lanes, shutdown).await;
         }
         if let Some(http) = http {
             report("HTTP server", http.await);
@@ -116,7 +115,7 @@ impl Application {
 
     async fn consume(
         &self,
-        consumer: jetstream::consumer::PullConsumer,
+        lanes: Vec<(Lane, jetstream::consumer::PullConsumer)>,
         shutdown: CancellationToken,
     ) {
         let load = tokio::spawn(load::serve(
@@ -125,41 +124,46 @@ impl Application {
             Arc::clone(&self.crm),
             shutdown.clone(),
         ));
-        let worker = Arc::new(Worker::new(
-            Arc::clone(&self.settings),
-            self.js.clone(),
-            Arc::clone(&self.crm),
-        ));
-        tracing::info!(
-            consumer = %self.settings.worker.consumer,
-            crm = self.crm.name(),
-            concurrency = self.settings.worker.concurrency,
-            "Consuming softphone events."
-        );
-        worker.run(consumer, shutdown).await;
+        let workers = lanes.into_iter().map(|(lane, consumer)| {
+            tracing::info!(
+                consumer = %lane.consumer,
+                crm = %lane.connection,
+                concurrency = self.settings.worker.concurrency,
+                "Consuming softphone events."
+            );
+            let worker = Arc::new(Worker::new(
+                Arc::clone(&self.settings),
+                lane,
+                self.js.clone(),
+                Arc::clone(&self.crm),
+            ));
+            worker.run(consumer, shutdown.clone())
+        });
+        futures::future::join_all(workers).await;
         report("Load responder", load.await);
     }
 
-    /// Provisions (unless configured off) and binds the consumer, retrying with
-    /// backoff while NATS is unreachable. `None` when shutdown came first.
+    /// Provisions (unless configured off) and binds every lane's consumer,
+    /// retrying with backoff while NATS is unreachable. `None` when shutdown
+    /// came first.
     async fn bind(
         &self,
         shutdown: &CancellationToken,
-    ) -> Option<jetstream::consumer::PullConsumer> {
+    ) -> Option<Vec<(Lane, jetstream::consumer::PullConsumer)>> {
         let mut delay = Duration::from_millis(250);
         loop {
             let attempt = async {
                 if self.settings.streams.provision_on_start {
                     broker::provision(&self.js, &self.settings).await?;
                 }
-                broker::bind_consumer(&self.js, &self.settings).await
+                broker::bind_consumers(&self.js, &self.settings).await
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 result = attempt => result,
             };
             match result {
-                Ok(consumer) => return Some(consumer),
+                Ok(lanes) => return Some(lanes),
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
                     retry_in_ms = delay.as_millis() as u64,

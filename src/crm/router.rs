@@ -16,8 +16,7 @@ use super::{Crm, CrmError, CrmEvent};
 use crate::config::{RoutingSettings, Settings};
 use crate::contract::Guid;
 
-/// Name of the default connection (`[crm]`).
-pub const DEFAULT_CONNECTION: &str = "crm";
+pub use crate::config::DEFAULT_CONNECTION;
 
 /// The CRM the worker talks to: picks the partner's connection.
 pub struct CrmRouter {
@@ -71,8 +70,9 @@ impl CrmRouter {
         };
         let partners = settings
             .partners
-            .iter()
-            .filter_map(|(id, p)| p.crm.clone().map(|name| (id.clone(), name)))
+            .keys()
+            .map(|id| (id.clone(), settings.connection_for(Some(id)).to_owned()))
+            .filter(|(_, name)| name != DEFAULT_CONNECTION)
             .collect();
         Self {
             default: connection(DEFAULT_CONNECTION, default),

@@ -30,7 +30,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Readiness {
     client: async_nats::Client,
     js: jetstream::Context,
-    consumer: String,
+    consumers: Vec<String>,
     bucket: String,
     bound: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
@@ -49,7 +49,11 @@ impl Readiness {
         Self {
             client,
             js,
-            consumer: settings.worker.consumer.clone(),
+            consumers: settings
+                .lanes()
+                .into_iter()
+                .map(|lane| lane.consumer)
+                .collect(),
             bucket: settings.registry.bucket.clone(),
             bound: Arc::default(),
             serving: Arc::default(),
@@ -111,22 +115,25 @@ impl Readiness {
         }
     }
 
-    /// Reads the consumer's counters into the pending gauges.
+    /// Reads every lane consumer's counters into the pending gauges.
     async fn consumer_gauges(&self) -> Result<(), String> {
-        let info = probe(async {
-            let mut consumer = self
-                .js
-                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                    &self.consumer,
-                    EVENTS_STREAM,
-                )
-                .await?;
-            Ok::<_, async_nats::Error>(consumer.info().await?.clone())
-        })
-        .await
-        .map_err(|e| format!("consumer {}: {e}", self.consumer))?;
-        metrics::gauge!(metric::CONSUMER_PENDING).set(info.num_pending as f64);
-        metrics::gauge!(metric::CONSUMER_ACK_PENDING).set(info.num_ack_pending as f64);
+        for name in &self.consumers {
+            let info = probe(async {
+                let mut consumer = self
+                    .js
+                    .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                        name,
+                        EVENTS_STREAM,
+                    )
+                    .await?;
+                Ok::<_, async_nats::Error>(consumer.info().await?.clone())
+            })
+            .await
+            .map_err(|e| format!("consumer {name}: {e}"))?;
+            let label = [("consumer", name.clone())];
+            metrics::gauge!(metric::CONSUMER_PENDING, &label).set(info.num_pending as f64);
+            metrics::gauge!(metric::CONSUMER_ACK_PENDING, &label).set(info.num_ack_pending as f64);
+        }
         Ok(())
     }
 }

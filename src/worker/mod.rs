@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::command::CommandPublisher;
-use crate::config::{Settings, WorkerSettings};
+use crate::config::{Lane, Settings, WorkerSettings};
 use crate::contract::{ContractError, Event, EventKind};
 use crate::crm::{Crm, CrmError, CrmEvent};
 use crate::registry::Registry;
@@ -26,9 +26,11 @@ use crate::{load, metric};
 
 pub use outcome::{HandleError, Outcome, decide};
 
-/// Everything a message handler needs; shared by all in-flight handlers.
+/// Everything a message handler needs; shared by all in-flight handlers of
+/// one lane (a CRM connection and its consumer).
 pub struct Worker {
     settings: Arc<Settings>,
+    lane: Lane,
     js: jetstream::Context,
     crm: Arc<dyn Crm>,
     commands: CommandPublisher,
@@ -36,11 +38,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(settings: Arc<Settings>, js: jetstream::Context, crm: Arc<dyn Crm>) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        lane: Lane,
+        js: jetstream::Context,
+        crm: Arc<dyn Crm>,
+    ) -> Self {
         let commands = CommandPublisher::new(js.clone());
         let registry = Registry::new(js.clone(), &settings.registry);
         Self {
             settings,
+            lane,
             js,
             crm,
             commands,
@@ -197,29 +205,26 @@ impl Worker {
         in_flight.increment(1.0);
         async {
             let started = Instant::now();
-            let outcome = match outcome::exhausted(delivered, self.config()) {
-                Some(outcome) => outcome,
-                None => {
-                    let result = self
-                        .decode(&message, &id, sequence, published)
-                        .map_err(HandleError::from);
-                    let handled = match result {
-                        Ok(event) => {
-                            if let Some(conversation) = event.event.conversation_id() {
-                                tracing::Span::current()
-                                    .record("conversation_id", conversation.as_str());
-                            }
-                            let work = self.with_progress(&message, self.handle(&event));
-                            tokio::select! {
-                                result = work => Some(result),
-                                _ = abandon.cancelled() => None,
-                            }
-                        }
-                        Err(e) => Some(Err(e)),
-                    };
-                    match handled {
-                        Some(result) => decide(result, delivered, self.config()),
-                        None => Outcome::Retry {
+            let decoded = self.decode(&message, &id, sequence, published);
+            if !self.owns(&decoded) {
+                // Every lane's consumer sees every event; the owning lane handles it.
+                tracing::trace!(lane = %self.lane.connection, "Event belongs to another lane.");
+                if let Err(e) = message.ack().await {
+                    tracing::warn!(error = %e, "Cannot acknowledge another lane's event.");
+                }
+                return;
+            }
+            let outcome = match (outcome::exhausted(delivered, self.config()), decoded) {
+                (Some(outcome), _) => outcome,
+                (None, Err(e)) => decide(Err(e.into()), delivered, self.config()),
+                (None, Ok(event)) => {
+                    if let Some(conversation) = event.event.conversation_id() {
+                        tracing::Span::current().record("conversation_id", conversation.as_str());
+                    }
+                    let work = self.with_progress(&message, self.handle(&event));
+                    tokio::select! {
+                        result = work => decide(result, delivered, self.config()),
+                        _ = abandon.cancelled() => Outcome::Retry {
                             delay: Duration::ZERO,
                             reason: "shutting down".into(),
                         },
@@ -232,6 +237,17 @@ impl Worker {
         .instrument(span)
         .await;
         in_flight.decrement(1.0);
+    }
+
+    /// Whether this lane handles the event: its partner's connection, or, for
+    /// a body that does not decode, the default lane (which dead-letters it once).
+    fn owns(&self, decoded: &Result<CrmEvent, ContractError>) -> bool {
+        match decoded {
+            Ok(event) => {
+                self.settings.connection_for(event.event.partner_id()) == self.lane.connection
+            }
+            Err(_) => self.lane.is_default(),
+        }
     }
 
     fn decode(

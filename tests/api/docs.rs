@@ -87,3 +87,17 @@ fn the_example_configuration_is_valid_and_holds_the_defaults() {
     let defaults = Settings::from_toml("").unwrap();
     assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
 }
+
+#[test]
+fn the_readme_configuration_examples_are_valid() {
+    let readme = read("README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(!blocks.is_empty());
+    for block in blocks {
+        Settings::from_toml(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    }
+}

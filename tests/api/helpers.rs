@@ -275,9 +275,14 @@ impl TestApp {
         consumer_info(&self.js, &self.settings.worker.consumer).await
     }
 
-    /// Waits until the consumer has nothing pending or unacknowledged.
+    /// Waits until every lane's consumer has nothing pending or unacknowledged;
+    /// returns the default lane's.
     pub async fn settled(&self) -> consumer::Info {
-        settled(&self.js, &self.settings.worker.consumer).await
+        let lanes = self.settings.lanes();
+        for lane in &lanes[1..] {
+            settled(&self.js, &lane.consumer).await;
+        }
+        settled(&self.js, &lanes[0].consumer).await
     }
 
     /// The next dead-lettered message (reads SOFTPHONE_DLQ in order).

@@ -161,12 +161,18 @@ async fn metrics_show_every_documented_series_after_traffic() {
         assert!(value >= 1.0, "{sample} = {value}");
     }
     for gauge in [
-        metric::CONSUMER_PENDING,
-        metric::CONSUMER_ACK_PENDING,
-        metric::IN_FLIGHT,
+        format!(
+            r#"{}{{consumer="softphone-bridge"}}"#,
+            metric::CONSUMER_PENDING
+        ),
+        format!(
+            r#"{}{{consumer="softphone-bridge"}}"#,
+            metric::CONSUMER_ACK_PENDING
+        ),
+        metric::IN_FLIGHT.to_owned(),
     ] {
         assert!(
-            sample_value(&text, gauge).is_some(),
+            sample_value(&text, &gauge).is_some(),
             "{gauge} missing from:\n{text}"
         );
     }

@@ -170,3 +170,64 @@ breaker_open_for = "30s"
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_partners_backlog_cannot_stall_the_pool() {
+    // The pool may hold only 4 events unacknowledged per consumer. Partner A's
+    // CRM fails every call and its events wait 30 s between deliveries, so A's
+    // backlog alone would fill a shared budget and stall every partner for
+    // 30 s. Each connection has its own lane (consumer), so B's events flow.
+    let failing = FakeCrm::answering(ResponseTemplate::new(503)).await;
+    let healthy = FakeCrm::answering(ResponseTemplate::new(200)).await;
+    let nats = start_nats().await;
+    let extra = format!(
+        r#"
+[partners.{PARTNER_B}]
+business_segment_id = "{SEGMENT}"
+channel_origin_id = "{ORIGIN}"
+
+[crms.a]
+{a}
+"#,
+        a = webhook_crm(&failing.url()),
+    );
+    let mut settings = settings_with(&nats.url, &webhook_crm(&healthy.url()), Some("a"), &extra);
+    settings.worker.max_ack_pending = 4;
+    settings.worker.backoff = vec![Duration::from_secs(30)];
+    let lanes = settings.lanes();
+    assert_eq!(lanes.len(), 2);
+    let app = spawn_app(nats, settings).await;
+
+    for _ in 0..12 {
+        app.publish(EventKind::CallEnded, &call_body(&conversation(), ""), None)
+            .await;
+    }
+    // A's lane is saturated: four of A's events wait for redelivery.
+    eventually("A's lane to fill its ack budget", || async {
+        let info = consumer_info(&app.js, &lanes[1].consumer).await;
+        (info.num_ack_pending == 4).then_some(())
+    })
+    .await;
+    for _ in 0..4 {
+        let conv = conversation();
+        app.publish(
+            EventKind::CallEnded,
+            &partner_call_body(PARTNER_B, &conv, ""),
+            None,
+        )
+        .await;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&healthy.next_request().await.body).unwrap();
+        assert_eq!(doc["conversationId"], conv.as_str());
+    }
+    // The default lane skipped A's events (acked them as not its own) and
+    // handled B's; it has nothing left.
+    settled(&app.js, &lanes[0].consumer).await;
+    assert!(healthy.drain().await.is_empty());
+    let a_calls = failing.drain().await;
+    assert!(
+        a_calls.len() >= 4 && a_calls.len() <= 12,
+        "{} calls to A",
+        a_calls.len()
+    );
+}
