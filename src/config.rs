@@ -2,24 +2,29 @@
 //! `SOFTPHONE_BRIDGE_*` environment variables (`__` separates nested keys).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize, Serializer};
-use url::Url;
 
 use crate::contract::Guid;
 
+mod crm;
 mod http;
+mod nats;
+mod worker;
 
+pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, Lane, RoutingSettings, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
+pub use nats::{NatsSettings, NatsTls, StreamSettings};
 pub use salesforce::{
     DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
     SalesforceAuth, SalesforceSettings,
 };
+pub use worker::WorkerSettings;
 
 mod salesforce;
 
@@ -65,304 +70,6 @@ pub struct Settings {
     /// The softphone registry (a JetStream key-value bucket).
     #[serde(default)]
     pub registry: RegistrySettings,
-}
-
-/// Connection to NATS. At most one of token, user/password and creds_file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsSettings {
-    /// Server URL(s), comma separated: `nats://host:4222,tls://other:4222`.
-    #[serde(serialize_with = "redact_url")]
-    pub url: String,
-    /// Connection name shown by the server (`nats server report connections`).
-    pub name: String,
-    /// Token authentication.
-    #[serde(serialize_with = "redact_opt")]
-    pub token: Option<SecretString>,
-    /// User for user/password authentication.
-    pub user: Option<String>,
-    /// Password for user/password authentication.
-    #[serde(serialize_with = "redact_opt")]
-    pub password: Option<SecretString>,
-    /// A `.creds` file (JWT and NKey seed), as issued by `nsc`.
-    pub creds_file: Option<PathBuf>,
-    /// TLS towards the server.
-    pub tls: NatsTls,
-    /// How long one connection attempt may take.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How long a JetStream API call or publish acknowledgement may take.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-}
-
-impl Default for NatsSettings {
-    fn default() -> Self {
-        Self {
-            url: "nats://127.0.0.1:4222".into(),
-            name: "softphone-bridge".into(),
-            token: None,
-            user: None,
-            password: None,
-            creds_file: None,
-            tls: NatsTls::default(),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// TLS towards NATS.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NatsTls {
-    /// Refuse to connect without TLS.
-    pub required: bool,
-    /// PEM file of the CA(s) that signed the server certificate.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for mutual TLS (with `key_file`).
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-}
-
-/// The streams `provision` creates or updates.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamSettings {
-    /// Create or update the streams and the consumer when `run` starts.
-    pub provision_on_start: bool,
-    /// Replicas of each stream (1, or 3 on a cluster).
-    pub replicas: usize,
-    /// How long unconsumed events are kept.
-    #[serde(with = "humantime_serde")]
-    pub events_max_age: Duration,
-    /// How long a callback waits for its softphone. Short, so an offline softphone
-    /// catches up on reconnect but a stale click-to-dial never fires late.
-    #[serde(with = "humantime_serde")]
-    pub commands_max_age: Duration,
-    /// How long dead-lettered events are kept.
-    #[serde(with = "humantime_serde")]
-    pub dlq_max_age: Duration,
-    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
-    #[serde(with = "humantime_serde")]
-    pub duplicate_window: Duration,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            provision_on_start: true,
-            replicas: 1,
-            events_max_age: Duration::from_secs(7 * 24 * 3600),
-            commands_max_age: Duration::from_secs(60),
-            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
-            duplicate_window: Duration::from_secs(120),
-        }
-    }
-}
-
-/// The durable consumer all replicas share, and how each replica works it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WorkerSettings {
-    /// Durable consumer name; replicas with the same name share the work.
-    pub consumer: String,
-    /// Events one replica handles at once.
-    pub concurrency: usize,
-    /// Events the whole pool may hold unacknowledged at once.
-    pub max_ack_pending: i64,
-    /// How long the server waits for an ack before redelivering. The worker
-    /// signals progress while a CRM call runs, so this only bounds crashes.
-    #[serde(with = "humantime_serde")]
-    pub ack_wait: Duration,
-    /// Deliveries after which a still-failing event is dead-lettered.
-    pub max_deliveries: u32,
-    /// Redelivery delays after the 1st, 2nd, ... failure; the last repeats.
-    #[serde(with = "duration_list")]
-    pub backoff: Vec<Duration>,
-    /// Upper bound on a CRM's `Retry-After`.
-    #[serde(with = "humantime_serde")]
-    pub max_retry_after: Duration,
-    /// On SIGTERM, how long in-flight events may take before they are nak'd.
-    #[serde(with = "humantime_serde")]
-    pub shutdown_deadline: Duration,
-}
-
-impl Default for WorkerSettings {
-    fn default() -> Self {
-        Self {
-            consumer: "softphone-bridge".into(),
-            concurrency: 32,
-            max_ack_pending: 1000,
-            ack_wait: Duration::from_secs(30),
-            max_deliveries: 8,
-            backoff: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
-            max_retry_after: Duration::from_secs(900),
-            shutdown_deadline: Duration::from_secs(20),
-        }
-    }
-}
-
-impl WorkerSettings {
-    /// The delay before the next delivery, after `deliveries` failed ones.
-    pub fn backoff_after(&self, deliveries: u32) -> Duration {
-        let index = (deliveries.max(1) - 1) as usize;
-        self.backoff
-            .get(index)
-            .or(self.backoff.last())
-            .copied()
-            .unwrap_or(Duration::from_secs(1))
-    }
-}
-
-/// Which CRM receives events.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum CrmSettings {
-    /// Write each CRM action as one JSON line on standard output.
-    #[default]
-    Log,
-    /// POST each event, signed, to an HTTP endpoint.
-    Webhook(WebhookSettings),
-    /// Write call activity to a Salesforce org through its REST API.
-    Salesforce(Box<SalesforceSettings>),
-}
-
-/// Isolation between CRM connections, so one partner's failing CRM cannot
-/// hold back another's events.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingSettings {
-    /// Events one replica sends to one CRM connection at once; more are nak'd
-    /// with `busy_retry_after` instead of waiting for a worker slot. Unset:
-    /// `worker.concurrency` with `[crm]` alone (no cap), half of it once
-    /// `[crms.*]` connections share the workers.
-    pub max_in_flight: Option<usize>,
-    /// Redelivery delay of an event refused because its CRM is saturated.
-    #[serde(with = "humantime_serde")]
-    pub busy_retry_after: Duration,
-    /// Consecutive transient failures that open a connection's circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit refuses calls before trying again.
-    #[serde(with = "humantime_serde")]
-    pub breaker_open_for: Duration,
-}
-
-/// Name of the default CRM connection (`[crm]`).
-pub const DEFAULT_CONNECTION: &str = "crm";
-
-/// A lane: one CRM connection and the durable consumer that feeds it. Each
-/// lane has its own consumer (and so its own `max_ack_pending` budget), so a
-/// connection whose events pile up in redelivery cannot stall the others
-/// anywhere in the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lane {
-    /// `crm` (the default connection) or the name of a `[crms.<name>]`.
-    pub connection: String,
-    /// `worker.consumer` for the default lane, `<worker.consumer>-<name>` else.
-    pub consumer: String,
-}
-
-impl Lane {
-    pub fn is_default(&self) -> bool {
-        self.connection == DEFAULT_CONNECTION
-    }
-}
-
-impl Settings {
-    /// The connection a partner's events go to: `partners.<id>.crm`, else `[crm]`.
-    pub fn connection_for(&self, partner: Option<&Guid>) -> &str {
-        partner
-            .and_then(|id| self.partners.get(id))
-            .and_then(|p| p.crm.as_deref())
-            .filter(|name| self.crms.contains_key(*name))
-            .unwrap_or(DEFAULT_CONNECTION)
-    }
-
-    /// Every lane: the default one first, then one per `[crms.<name>]`.
-    pub fn lanes(&self) -> Vec<Lane> {
-        let consumer = &self.worker.consumer;
-        std::iter::once(Lane {
-            connection: DEFAULT_CONNECTION.to_owned(),
-            consumer: consumer.clone(),
-        })
-        .chain(self.crms.keys().map(|name| Lane {
-            connection: name.clone(),
-            consumer: format!("{consumer}-{name}"),
-        }))
-        .collect()
-    }
-
-    /// Calls one replica makes to one CRM connection at once (see
-    /// [`RoutingSettings::max_in_flight`]).
-    pub fn max_in_flight(&self) -> usize {
-        self.routing
-            .max_in_flight
-            .unwrap_or(if self.crms.is_empty() {
-                self.worker.concurrency
-            } else {
-                (self.worker.concurrency / 2).max(1)
-            })
-    }
-}
-
-impl Default for RoutingSettings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: None,
-            busy_retry_after: Duration::from_secs(1),
-            breaker_failures: 5,
-            breaker_open_for: Duration::from_secs(30),
-        }
-    }
-}
-
-/// A signed HTTP webhook.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
-    /// Where events are POSTed (http or https).
-    pub url: HttpUrl,
-    /// HMAC-SHA256 key of `X-Softphone-Signature`.
-    #[serde(serialize_with = "redact")]
-    pub secret: SecretString,
-    /// Whole-request timeout.
-    #[serde(default = "default_crm_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-/// An absolute http(s) URL; any `user:password@` part is never echoed back.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct HttpUrl(Url);
-
-impl HttpUrl {
-    pub fn as_url(&self) -> &Url {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for HttpUrl {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        let shown = redacted_url(&text);
-        let url = Url::parse(&text).map_err(|e| format!("url {shown:?} is not a URL ({e})"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("url {shown:?} is not an http(s) URL"));
-        }
-        Ok(HttpUrl(url))
-    }
-}
-
-impl From<HttpUrl> for String {
-    fn from(url: HttpUrl) -> String {
-        url.0.into()
-    }
-}
-
-fn default_crm_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 /// What the bridge knows of one partner.
@@ -433,23 +140,6 @@ fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(url))
 }
 
-/// `["1s", "5s", "2m"]` as a list of durations.
-mod duration_list {
-    use std::time::Duration;
-
-    use humantime_serde::Serde;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(list.iter().map(Serde::from))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        let list = Vec::<Serde<Duration>>::deserialize(d)?;
-        Ok(list.into_iter().map(Serde::into_inner).collect())
-    }
-}
-
 fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[redacted]")
 }
@@ -458,22 +148,6 @@ fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
     match v {
         Some(secret) => redact(secret, s),
         None => s.serialize_none(),
-    }
-}
-
-impl CrmSettings {
-    /// Checks one connection: `Err((field, why))`.
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        match self {
-            CrmSettings::Log => Ok(()),
-            CrmSettings::Webhook(webhook) => {
-                if secrecy::ExposeSecret::expose_secret(&webhook.secret).is_empty() {
-                    return Err(("secret", "must not be empty".into()));
-                }
-                Ok(())
-            }
-            CrmSettings::Salesforce(salesforce) => salesforce.check(),
-        }
     }
 }
 

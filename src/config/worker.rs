@@ -1,0 +1,76 @@
+//! Settings for the worker: the lane consumers and how each replica works them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The durable consumer all replicas share, and how each replica works it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Durable consumer name; replicas with the same name share the work.
+    pub consumer: String,
+    /// Events one replica handles at once.
+    pub concurrency: usize,
+    /// Events the whole pool may hold unacknowledged at once.
+    pub max_ack_pending: i64,
+    /// How long the server waits for an ack before redelivering. The worker
+    /// signals progress while a CRM call runs, so this only bounds crashes.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Deliveries after which a still-failing event is dead-lettered.
+    pub max_deliveries: u32,
+    /// Redelivery delays after the 1st, 2nd, ... failure; the last repeats.
+    #[serde(with = "duration_list")]
+    pub backoff: Vec<Duration>,
+    /// Upper bound on a CRM's `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// On SIGTERM, how long in-flight events may take before they are nak'd.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            consumer: "softphone-bridge".into(),
+            concurrency: 32,
+            max_ack_pending: 1000,
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 8,
+            backoff: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
+            max_retry_after: Duration::from_secs(900),
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// The delay before the next delivery, after `deliveries` failed ones.
+    pub fn backoff_after(&self, deliveries: u32) -> Duration {
+        let index = (deliveries.max(1) - 1) as usize;
+        self.backoff
+            .get(index)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// `["1s", "5s", "2m"]` as a list of durations.
+mod duration_list {
+    use std::time::Duration;
+
+    use humantime_serde::Serde;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(Serde::from))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let list = Vec::<Serde<Duration>>::deserialize(d)?;
+        Ok(list.into_iter().map(Serde::into_inner).collect())
+    }
+}
