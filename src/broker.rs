@@ -55,6 +55,8 @@ pub async fn connect(
         options = options.retry_on_initial_connect();
     }
     let tls = &settings.tls;
+    // Also when nothing asks for TLS here: a server may require it.
+    crate::tls::install_provider();
     if tls.required {
         options = options.require_tls(true);
     }

@@ -21,6 +21,7 @@
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
+//! - [`tls`]: the rustls crypto provider every TLS user installs first.
 //! - [`cli`]: the `softphone-bridge` subcommands.
 
 pub mod broker;
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 
 pub use startup::Application;

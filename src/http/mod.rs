@@ -186,8 +186,7 @@ impl HttpServer {
         };
         let tls = match &settings.tls {
             Some(tls) => {
-                // Two crypto providers are compiled in (reqwest brings ring): pick one.
-                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                crate::tls::install_provider();
                 let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
                     .await
                     .with_context(|| {

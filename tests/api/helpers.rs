@@ -56,7 +56,7 @@ pub struct Nats {
 }
 
 pub async fn start_nats() -> Nats {
-    start_nats_with(None, &[]).await
+    start_nats_with(None, &[], &[]).await
 }
 
 /// NATS on a fixed host port, so that the URL survives a stop and start.
@@ -66,11 +66,12 @@ pub async fn start_nats_pinned() -> Nats {
         .local_addr()
         .unwrap()
         .port();
-    start_nats_with(Some(port), &[]).await
+    start_nats_with(Some(port), &[], &[]).await
 }
 
-/// NATS with extra server arguments (e.g. `--auth <token>`), on `port` if given.
-pub async fn start_nats_with(port: Option<u16>, args: &[&str]) -> Nats {
+/// NATS with extra server arguments (e.g. `--auth <token>`) and files copied
+/// into the container (`(path, contents)`), on `port` if given.
+pub async fn start_nats_with(port: Option<u16>, args: &[&str], files: &[(&str, &[u8])]) -> Nats {
     init_logs();
     let (name, tag) = nats_image();
     let mut cmd = vec!["--jetstream", "--store_dir", "/data"];
@@ -78,12 +79,15 @@ pub async fn start_nats_with(port: Option<u16>, args: &[&str]) -> Nats {
     let image = GenericImage::new(name.clone(), tag.clone())
         .with_exposed_port(ContainerPort::Tcp(4222))
         .with_wait_for(WaitFor::message_on_stderr("Server is ready"));
-    let request = match port {
+    let mut request = match port {
         Some(port) => image
             .with_cmd(cmd)
             .with_mapped_port(port, ContainerPort::Tcp(4222)),
         None => image.with_cmd(cmd),
     };
+    for (path, contents) in files {
+        request = request.with_copy_to(path.to_string(), contents.to_vec());
+    }
     let container = request.start().await.unwrap_or_else(|e| {
         panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
     });

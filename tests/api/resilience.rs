@@ -60,7 +60,7 @@ async fn the_worker_carries_on_after_nats_restarts() {
 #[tokio::test]
 async fn token_authentication_is_used_and_never_shown() {
     const TOKEN: &str = "s3cr3t-nats-token";
-    let nats = start_nats_with(None, &["--auth", TOKEN]).await;
+    let nats = start_nats_with(None, &["--auth", TOKEN], &[]).await;
     let crm = FakeCrm::start().await;
     let mut settings = settings(&nats.url, &webhook_crm(&crm.url()));
 
@@ -96,4 +96,79 @@ async fn token_authentication_is_used_and_never_shown() {
     settled(&js, &settings.worker.consumer).await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn user_and_password_authentication_is_used_and_never_shown() {
+    const PASSWORD: &str = "pa55-w0rd-for-nats";
+    let nats = start_nats_with(None, &["--user", "bridge", "--pass", PASSWORD], &[]).await;
+    let mut settings = settings(&nats.url, "kind = \"log\"");
+    settings.nats.user = Some("bridge".into());
+    settings.nats.password = Some("not-the-password".to_owned().into());
+    let refused = broker::connect(&settings.nats, broker::FirstConnect::FailFast)
+        .await
+        .unwrap_err();
+    assert!(
+        !format!("{refused:#}").contains("not-the-password"),
+        "{refused:#}"
+    );
+
+    settings.nats.password = Some(PASSWORD.to_owned().into());
+    assert!(!settings.to_redacted_toml().contains(PASSWORD));
+    let client = broker::connect(&settings.nats, broker::FirstConnect::FailFast)
+        .await
+        .expect("user and password accepted");
+    broker::provision(&broker::jetstream(client, &settings.nats), &settings)
+        .await
+        .expect("provisioning works over the authenticated connection");
+}
+
+#[tokio::test]
+async fn tls_to_nats_verifies_the_server_with_the_configured_ca() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert_pem = cert.cert.pem();
+    let key_pem = cert.signing_key.serialize_pem();
+    let nats = start_nats_with(
+        None,
+        &[
+            "--tls",
+            "--tlscert",
+            "/server-cert.pem",
+            "--tlskey",
+            "/server-key.pem",
+        ],
+        &[
+            ("/server-cert.pem", cert_pem.as_bytes()),
+            ("/server-key.pem", key_pem.as_bytes()),
+        ],
+    )
+    .await;
+    let mut settings = settings(&nats.url, "kind = \"log\"");
+    settings.nats.tls.required = true;
+
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = broker::connect(&settings.nats, broker::FirstConnect::FailFast).await;
+    assert!(
+        untrusted.is_err(),
+        "a self-signed server is refused without its CA"
+    );
+
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &cert_pem).unwrap();
+    settings.nats.tls.ca_file = Some(ca.path().into());
+    let client = broker::connect(&settings.nats, broker::FirstConnect::FailFast)
+        .await
+        .expect("TLS with the configured CA");
+    let js = broker::jetstream(client, &settings.nats);
+    broker::provision(&js, &settings).await.unwrap();
+    let ack = publish(
+        &js,
+        EventKind::CallIncoming,
+        &call_body(&conversation(), ""),
+        None,
+    )
+    .await;
+    assert_eq!(ack.sequence, 1);
 }
