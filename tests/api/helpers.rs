@@ -103,31 +103,7 @@ pub async fn start_nats_with(port: Option<u16>, args: &[&str], files: &[(&str, &
 
 /// Settings for tests: fast retries, a short ack wait, the given CRM section.
 pub fn settings(nats_url: &str, crm_toml: &str) -> Settings {
-    Settings::from_toml(&format!(
-        r#"
-dispositions = ["Sale", "No sale"]
-
-[nats]
-url = "{nats_url}"
-
-[worker]
-concurrency = 8
-ack_wait = "5s"
-max_deliveries = 3
-backoff = ["200ms", "400ms"]
-max_retry_after = "2s"
-shutdown_deadline = "5s"
-
-[crm]
-{crm_toml}
-
-[partners.{PARTNER}]
-business_segment_id = "{SEGMENT}"
-channel_origin_id = "{ORIGIN}"
-dispositions = ["Booked", "Cancelled", "Callback"]
-"#
-    ))
-    .expect("test settings are valid")
+    settings_with(nats_url, crm_toml, None, "")
 }
 
 /// The `[crm]` section for a webhook at `url`.
@@ -705,6 +681,7 @@ shutdown_deadline = "5s"
 [partners.{PARTNER}]
 business_segment_id = "{SEGMENT}"
 channel_origin_id = "{ORIGIN}"
+dispositions = ["Booked", "Cancelled", "Callback"]
 {partner_crm}
 
 {extra}

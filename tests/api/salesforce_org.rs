@@ -414,7 +414,7 @@ async fn a_hanging_org_delays_loading_softphones_once_then_not_at_all() {
     let first = load(&app, body.clone()).await;
     assert_eq!(
         first["callbacks"][0]["payload"],
-        serde_json::json!(["Sale", "No sale"])
+        serde_json::json!(["Booked", "Cancelled", "Callback"])
     );
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -425,7 +425,7 @@ async fn a_hanging_org_delays_loading_softphones_once_then_not_at_all() {
     let second = load(&app, body).await;
     assert_eq!(
         second["callbacks"][0]["payload"],
-        serde_json::json!(["Sale", "No sale"])
+        serde_json::json!(["Booked", "Cancelled", "Callback"])
     );
     assert!(
         started.elapsed() < Duration::from_secs(1),
