@@ -146,10 +146,15 @@ async fn end_to_end(events: usize) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = started.elapsed();
+        let redelivered = stream
+            .consumer_info(&consumer)
+            .await
+            .unwrap()
+            .num_redelivered;
         shutdown.cancel();
         running.await.unwrap().unwrap();
         println!(
-            "consume c={concurrency:<4} {events} events in {:>7.1?} = {:>7.0} events/s; peak RSS {} MiB",
+            "consume c={concurrency:<4} {events} events in {:>7.1?} = {:>7.0} events/s; peak RSS {} MiB; {redelivered} redelivered",
             took,
             events as f64 / took.as_secs_f64(),
             peak_rss_kib() / 1024
