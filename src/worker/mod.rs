@@ -68,11 +68,14 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.config().concurrency));
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            // A batch of at least 2 and a short expiry work around a client
+            // race (a pull answered before it is counted) that could leave a
+            // batch-of-1 stream idle until its pull request expired.
             let pulled = consumer
                 .stream()
-                .max_messages_per_batch(self.config().concurrency)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
+                .max_messages_per_batch(self.config().concurrency.max(2))
+                .heartbeat(Duration::from_secs(3))
+                .expires(Duration::from_secs(10))
                 .messages()
                 .await;
             let messages = match pulled {
