@@ -315,6 +315,15 @@ impl FakeSalesforce {
     }
 
     /// Every request received so far and not yet taken.
+    /// How many REST API calls (token requests aside) arrived and were not taken yet.
+    pub async fn api_calls(&self) -> usize {
+        self.drain()
+            .await
+            .iter()
+            .filter(|r| crate::salesforce::is_api(r))
+            .count()
+    }
+
     pub async fn drain(&self) -> Vec<Request> {
         let mut rx = self.requests.lock().await;
         let mut out = Vec::new();

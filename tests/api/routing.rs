@@ -81,12 +81,7 @@ busy_retry_after = "1s"
 
     // A's org never saw more than max_in_flight calls at once: its calls
     // (token request aside) arrived at most two at a time.
-    let api_calls = sf
-        .drain()
-        .await
-        .into_iter()
-        .filter(|r| r.url.path().starts_with("/services/data/"))
-        .count();
+    let api_calls = sf.api_calls().await;
     assert!(
         (1..=2).contains(&api_calls),
         "{api_calls} calls to A's hanging org so far"
@@ -158,12 +153,7 @@ breaker_open_for = "30s"
         );
     }
     app.settled().await;
-    let api_calls = sf
-        .drain()
-        .await
-        .into_iter()
-        .filter(|r| r.url.path().starts_with("/services/data/"))
-        .count();
+    let api_calls = sf.api_calls().await;
     assert!(
         (3..=10).contains(&api_calls),
         "{api_calls} calls to the failing org (30 without a breaker)"
