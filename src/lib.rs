@@ -2,7 +2,8 @@
 //! NATS JetStream worker.
 //!
 //! Softphones publish contract events on `softphone.*` subjects; a pool of
-//! replicas shares one durable consumer ([`worker`]), decodes and validates
+//! replicas shares the durable consumers, one "lane" per CRM connection
+//! ([`worker`]), decodes and validates
 //! each event ([`contract`]), performs the CRM's actions ([`crm`]) and answers
 //! `load` with callbacks on `softphone.cmd.<id>` ([`load`], [`command`]).
 //! Failures are retried through JetStream redelivery or dead-lettered with
