@@ -39,6 +39,7 @@ pub mod registry;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod worker;
 

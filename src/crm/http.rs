@@ -71,15 +71,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
+/// The CRM's error text, cut to a size fit for logs and DLQ headers.
 pub(crate) fn truncate(text: &str) -> String {
-    if text.len() <= MAX_DETAIL {
-        return text.to_owned();
-    }
-    let mut end = MAX_DETAIL;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    crate::text::truncate(text, MAX_DETAIL)
 }
 
 #[cfg(test)]

@@ -20,14 +20,7 @@ fn header_value(text: &str, limit: usize) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if line.len() <= limit {
-        return line;
-    }
-    let mut end = limit;
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &line[..end])
+    crate::text::truncate(&line, limit)
 }
 
 pub async fn publish(
