@@ -241,6 +241,14 @@ impl TestApp {
         publish(&self.js, kind, body, msg_id).await
     }
 
+    /// Publishes `count` events of `kind`, each for a new conversation of `partner`.
+    pub async fn publish_calls(&self, kind: EventKind, partner: &str, extra: &str, count: usize) {
+        for _ in 0..count {
+            let body = partner_call_body(partner, &conversation(), extra);
+            self.publish(kind, &body, None).await;
+        }
+    }
+
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(self) -> Nats {
         self.shutdown.cancel();

@@ -43,14 +43,8 @@ busy_retry_after = "1s"
     let app = spawn_app(nats, settings).await;
 
     // A burst for A, more than the worker's 8 slots, then B's events.
-    for _ in 0..16 {
-        app.publish(
-            EventKind::CallNotesSubmitted,
-            &call_body(&conversation(), r#""notes":"a""#),
-            None,
-        )
+    app.publish_calls(EventKind::CallNotesSubmitted, PARTNER, r#""notes":"a""#, 16)
         .await;
-    }
     let started = tokio::time::Instant::now();
     let b_conversations: Vec<String> = (0..4).map(|_| conversation()).collect();
     for conv in &b_conversations {
@@ -116,14 +110,8 @@ breaker_open_for = "30s"
     let settings = settings_with(&nats.url, &webhook_crm(&webhook.url()), Some("a"), &extra);
     let app = spawn_app(nats, settings).await;
 
-    for _ in 0..10 {
-        app.publish(
-            EventKind::CallNotesSubmitted,
-            &call_body(&conversation(), r#""notes":"a""#),
-            None,
-        )
+    app.publish_calls(EventKind::CallNotesSubmitted, PARTNER, r#""notes":"a""#, 10)
         .await;
-    }
     for _ in 0..3 {
         let conv = conversation();
         app.publish(
@@ -188,10 +176,8 @@ channel_origin_id = "{ORIGIN}"
     assert_eq!(lanes.len(), 2);
     let app = spawn_app(nats, settings).await;
 
-    for _ in 0..12 {
-        app.publish(EventKind::CallEnded, &call_body(&conversation(), ""), None)
-            .await;
-    }
+    app.publish_calls(EventKind::CallEnded, PARTNER, "", 12)
+        .await;
     // A's lane is saturated: four of A's events wait for redelivery.
     eventually("A's lane to fill its ack budget", || async {
         let info = consumer_info(&app.js, &lanes[1].consumer).await;
