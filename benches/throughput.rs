@@ -132,8 +132,9 @@ async fn end_to_end(events: usize) {
         ))
         .unwrap();
         broker::provision(&js, &settings).await.unwrap();
-        let crm = Arc::new(LogCrm::new(Box::new(std::io::sink())));
-        let app = Application::build_with_crm(settings, crm).await.unwrap();
+        let crm: Arc<dyn softphone_bridge::crm::Crm> = Arc::new(LogCrm::new(Box::new(std::io::sink())));
+        let connections = softphone_bridge::crm::Connections::new([("crm".to_owned(), crm)]);
+        let app = Application::build_with_connections(settings, connections).await.unwrap();
         let shutdown = CancellationToken::new();
         let started = Instant::now();
         let running = tokio::spawn(app.run_until(shutdown.clone()));

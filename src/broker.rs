@@ -1,15 +1,17 @@
 //! NATS: connecting with the configured credentials, and provisioning the
-//! streams, the durable consumer and the registry bucket (idempotent: create
-//! or update).
+//! streams, the pipeline's durable consumers and the registry bucket
+//! (idempotent: create or update).
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use secrecy::ExposeSecret;
 
-use crate::config::{Lane, NatsSettings, Settings, redacted_url};
+use crate::config::{NatsSettings, Settings, redacted_url};
 use crate::contract::{
     COMMAND_SUBJECTS, COMMANDS_STREAM, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EventKind,
+    LANE_SUBJECTS, LANES_STREAM,
 };
+use crate::pipeline::{self, Consumer, Role};
 
 /// How the first connection attempt behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +89,9 @@ pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstre
         .build(client)
 }
 
-/// Creates or updates the three streams and the shared durable consumer.
+/// Creates or updates the streams, the pipeline's consumers and the registry
+/// bucket. Lane consumers no configured connection uses any more are
+/// reported, not deleted: events an older replica routed there wait in them.
 pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
     for config in stream_configs(settings) {
         let name = config.name.clone();
@@ -96,18 +100,19 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
             .with_context(|| format!("cannot create or update stream {name}"))?;
         tracing::info!(stream = %name, "Stream provisioned.");
     }
-    let events = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .with_context(|| format!("cannot look up stream {EVENTS_STREAM}"))?;
-    for lane in settings.lanes() {
-        let start = lane_start(&events, settings, &lane).await?;
-        events
-            .create_consumer(consumer_config(settings, &lane, start))
+    let consumers = pipeline::consumers(settings);
+    for consumer in &consumers {
+        let stream = js
+            .get_stream_no_info(consumer.stream)
             .await
-            .with_context(|| format!("cannot create or update consumer {}", lane.consumer))?;
-        tracing::info!(consumer = %lane.consumer, crm = %lane.connection, "Consumer provisioned.");
+            .with_context(|| format!("cannot look up stream {}", consumer.stream))?;
+        stream
+            .create_consumer(consumer_config(settings, consumer))
+            .await
+            .with_context(|| format!("cannot create or update consumer {}", consumer.name))?;
+        tracing::info!(consumer = %consumer.name, stream = consumer.stream, "Consumer provisioned.");
     }
+    report_leftover_lanes(js, settings, &consumers).await?;
     let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
     js.create_or_update_key_value(bucket)
         .await
@@ -121,53 +126,59 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
     Ok(())
 }
 
-/// The durable pull consumers every replica binds to, one per lane.
+/// Warns about lane consumers of this pool that no configured connection
+/// uses: a connection removed from the configuration, or renamed.
+async fn report_leftover_lanes(
+    js: &jetstream::Context,
+    settings: &Settings,
+    expected: &[Consumer],
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    let prefix = format!("{}-crm-", settings.worker.consumer);
+    let lanes = js
+        .get_stream_no_info(LANES_STREAM)
+        .await
+        .with_context(|| format!("cannot look up stream {LANES_STREAM}"))?;
+    let infos: Vec<consumer::Info> = lanes
+        .consumers()
+        .try_collect()
+        .await
+        .with_context(|| format!("cannot list the consumers of {LANES_STREAM}"))?;
+    for info in infos {
+        if info.name.starts_with(&prefix) && !expected.iter().any(|c| c.name == info.name) {
+            tracing::warn!(
+                consumer = %info.name,
+                pending = info.num_pending,
+                unacknowledged = info.num_ack_pending,
+                "Lane consumer of a connection that is not configured: its events wait there until the connection is configured again (or the consumer is deleted with `nats consumer rm`)."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline's durable pull consumers every replica binds to.
 pub async fn bind_consumers(
     js: &jetstream::Context,
     settings: &Settings,
-) -> anyhow::Result<Vec<(Lane, consumer::PullConsumer)>> {
+) -> anyhow::Result<Vec<(Consumer, consumer::PullConsumer)>> {
     let mut bound = Vec::new();
-    for lane in settings.lanes() {
-        let consumer = js
-            .get_consumer_from_stream(&lane.consumer, EVENTS_STREAM)
+    for consumer in pipeline::consumers(settings) {
+        let pull = js
+            .get_consumer_from_stream(&consumer.name, consumer.stream)
             .await
             .with_context(|| {
                 format!(
-                    "cannot bind to consumer {} on {EVENTS_STREAM} (run `softphone-bridge provision`?)",
-                    lane.consumer
+                    "cannot bind to consumer {} on {} (run `softphone-bridge provision`?)",
+                    consumer.name, consumer.stream
                 )
             })?;
-        bound.push((lane, consumer));
+        bound.push((consumer, pull));
     }
     Ok(bound)
 }
 
-/// Where a lane's consumer starts. An existing consumer keeps its start (it
-/// cannot change). A new lane beside an existing default lane starts at the
-/// default lane's ack floor, so the events it now owns that the default lane
-/// has not handled yet are not skipped, and a week of history is not replayed.
-async fn lane_start(
-    events: &jetstream::stream::Stream,
-    settings: &Settings,
-    lane: &Lane,
-) -> anyhow::Result<consumer::DeliverPolicy> {
-    if let Ok(existing) = events.consumer_info(&lane.consumer).await {
-        return Ok(existing.config.deliver_policy);
-    }
-    if lane.is_default() {
-        return Ok(consumer::DeliverPolicy::All);
-    }
-    Ok(
-        match events.consumer_info(&settings.worker.consumer).await {
-            Ok(default) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: default.ack_floor.stream_sequence + 1,
-            },
-            Err(_) => consumer::DeliverPolicy::All,
-        },
-    )
-}
-
-fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
+fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
     let s = &settings.streams;
     let base = stream::Config {
         num_replicas: s.replicas,
@@ -181,6 +192,17 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
             name: EVENTS_STREAM.into(),
             description: Some("Softphone contract events, consumed by softphone-bridge.".into()),
             subjects: EventKind::subjects(),
+            max_age: s.events_max_age,
+            duplicate_window: s.duplicate_window.min(s.events_max_age),
+            ..base.clone()
+        },
+        stream::Config {
+            name: LANES_STREAM.into(),
+            description: Some(
+                "Softphone events routed to their lane: one consumer per CRM connection, and the softphone lane."
+                    .into(),
+            ),
+            subjects: vec![LANE_SUBJECTS.into()],
             max_age: s.events_max_age,
             duplicate_window: s.duplicate_window.min(s.events_max_age),
             ..base.clone()
@@ -206,25 +228,34 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 3] {
     ]
 }
 
-fn consumer_config(
-    settings: &Settings,
-    lane: &Lane,
-    deliver_policy: consumer::DeliverPolicy,
-) -> consumer::pull::Config {
+fn consumer_config(settings: &Settings, consumer: &Consumer) -> consumer::pull::Config {
     let w = &settings.worker;
+    let (description, max_ack_pending) = match &consumer.role {
+        Role::Intake => (
+            "softphone-bridge intake: validates and routes each event once (shared by every replica)".to_owned(),
+            // Routing is quick: room for every replica's window.
+            w.max_ack_pending.max(w.intake_window as i64),
+        ),
+        Role::Softphones => (
+            "softphone-bridge softphone lane: registry and load callbacks (shared by every replica)".to_owned(),
+            w.max_ack_pending,
+        ),
+        Role::Crm(connection) => (
+            format!("softphone-bridge lane of CRM connection {connection} (shared by every replica)"),
+            w.max_ack_pending,
+        ),
+    };
     consumer::pull::Config {
-        durable_name: Some(lane.consumer.clone()),
-        description: Some(format!(
-            "softphone-bridge workers for CRM connection {} (shared by every replica)",
-            lane.connection
-        )),
+        durable_name: Some(consumer.name.clone()),
+        description: Some(description),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: w.ack_wait,
-        // The worker counts deliveries itself and dead-letters at max_deliveries;
-        // a server-side limit would strand messages with no outcome.
+        // The pipeline counts deliveries itself and dead-letters at
+        // max_deliveries; a server-side limit would strand messages with no outcome.
         max_deliver: -1,
-        max_ack_pending: w.max_ack_pending,
-        deliver_policy,
+        max_ack_pending,
+        filter_subject: consumer.filter.clone().unwrap_or_default(),
+        deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     }
 }

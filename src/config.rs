@@ -15,16 +15,15 @@ use crate::contract::Guid;
 mod crm;
 mod http;
 mod nats;
-mod worker;
 
-pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, Lane, RoutingSettings, WebhookSettings};
+pub use crate::pipeline::{LaneSettings, WorkerSettings};
+pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
 pub use salesforce::{
     DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
     SalesforceAuth, SalesforceSettings,
 };
-pub use worker::WorkerSettings;
 
 mod salesforce;
 
@@ -43,18 +42,18 @@ pub struct Settings {
     /// The JetStream streams the bridge provisions.
     #[serde(default)]
     pub streams: StreamSettings,
-    /// The event consumer.
+    /// The event pipeline's consumers: intake, lanes, retries, shutdown.
     #[serde(default)]
     pub worker: WorkerSettings,
+    /// How a lane holds back while its CRM connection is in trouble.
+    #[serde(default)]
+    pub lanes: LaneSettings,
     /// The CRM that receives events (partners without a CRM of their own).
     #[serde(default)]
     pub crm: CrmSettings,
     /// Named CRM connections that partners are routed to (`partners.<id>.crm`).
     #[serde(default)]
     pub crms: BTreeMap<String, CrmSettings>,
-    /// How events are spread over CRM connections.
-    #[serde(default)]
-    pub routing: RoutingSettings,
     /// Disposition codes sent on `load` to softphones whose partner has no list.
     #[serde(default = "default_dispositions")]
     pub dispositions: Vec<String>,
@@ -225,6 +224,15 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return fail("worker.concurrency", "must be at least 1".into());
         }
+        if self.worker.intake_window == 0 {
+            return fail("worker.intake_window", "must be at least 1".into());
+        }
+        if self.lanes.pause_after == 0 {
+            return fail("lanes.pause_after", "must be at least 1".into());
+        }
+        if self.lanes.probe_every < Duration::from_millis(100) {
+            return fail("lanes.probe_every", "must be at least 100ms".into());
+        }
         if self.worker.max_deliveries == 0 {
             return fail("worker.max_deliveries", "must be at least 1".into());
         }
@@ -290,12 +298,6 @@ impl Settings {
                     format!("no [crms.{name}] connection is defined (defined: {known:?})"),
                 );
             }
-        }
-        if self.routing.max_in_flight == Some(0) {
-            return fail("routing.max_in_flight", "must be at least 1".into());
-        }
-        if self.routing.breaker_failures == 0 {
-            return fail("routing.breaker_failures", "must be at least 1".into());
         }
         Ok(())
     }
@@ -453,22 +455,5 @@ client_secret = "sf-client-s3cr3t"
             "{rendered}"
         );
         assert!(!format!("{settings:?}").contains("sf-client-s3cr3t"));
-    }
-
-    #[test]
-    fn connections_share_the_workers_only_once_there_are_several() {
-        let alone = Settings::from_toml("[worker]\nconcurrency = 32").unwrap();
-        assert_eq!(
-            alone.max_in_flight(),
-            32,
-            "one connection: no cap of its own"
-        );
-        let shared =
-            Settings::from_toml("[worker]\nconcurrency = 32\n[crms.b]\nkind = \"log\"").unwrap();
-        assert_eq!(shared.max_in_flight(), 16);
-        let set =
-            Settings::from_toml("[crms.b]\nkind = \"log\"\n[routing]\nmax_in_flight = 3").unwrap();
-        assert_eq!(set.max_in_flight(), 3);
-        assert!(Settings::from_toml("[routing]\nmax_in_flight = 0").is_err());
     }
 }

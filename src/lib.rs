@@ -35,12 +35,12 @@ pub mod dispatch;
 pub mod http;
 pub mod load;
 pub mod metric;
+pub mod pipeline;
 pub mod registry;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
 pub mod text;
 pub mod tls;
-pub mod worker;
 
 pub use startup::Application;

@@ -10,7 +10,7 @@ use crate::contract::{
     Callback, Event, EventKind, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT, Loaded, PartnerConfig,
     SoftphoneId,
 };
-use crate::crm::Crm;
+use crate::crm::Connections;
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
 /// list, else the default one), then `partner_config` when the partner is known.
@@ -61,16 +61,23 @@ pub enum LoadReply {
 
 impl LoadReply {
     /// The reply, with the dispositions the partner's CRM allows.
-    pub async fn for_request_with_crm(settings: &Settings, crm: &dyn Crm, body: &[u8]) -> Self {
+    pub async fn for_request_with_crm(
+        settings: &Settings,
+        connections: &Connections,
+        body: &[u8],
+    ) -> Self {
         match Event::decode(EventKind::Loaded, body) {
-            Ok(Event::Loaded(loaded)) => LoadReply::Callbacks {
-                callbacks: callbacks_from(
-                    settings,
-                    &loaded,
-                    crm.dispositions(loaded.partner_id.as_ref()).await,
-                ),
-                softphone_id: loaded.softphone_id,
-            },
+            Ok(Event::Loaded(loaded)) => {
+                let partner = loaded.partner_id.as_ref();
+                let from_crm = match connections.for_partner(settings, partner) {
+                    Some(crm) => crm.dispositions(partner).await,
+                    None => None,
+                };
+                LoadReply::Callbacks {
+                    callbacks: callbacks_from(settings, &loaded, from_crm),
+                    softphone_id: loaded.softphone_id,
+                }
+            }
             _ => Self::for_request(settings, body),
         }
     }
@@ -94,7 +101,7 @@ impl LoadReply {
 pub async fn serve(
     client: async_nats::Client,
     settings: std::sync::Arc<Settings>,
-    crm: std::sync::Arc<dyn Crm>,
+    connections: Connections,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut requests = client
@@ -116,7 +123,7 @@ pub async fn serve(
             continue;
         };
         let reply =
-            LoadReply::for_request_with_crm(&settings, crm.as_ref(), &request.payload).await;
+            LoadReply::for_request_with_crm(&settings, &connections, &request.payload).await;
         if let LoadReply::Error { error } = &reply {
             tracing::warn!(reason = %error, "Refused a load request.");
         }

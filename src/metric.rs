@@ -14,12 +14,18 @@ pub const IN_FLIGHT: &str = "softphone_bridge_events_in_flight";
 pub const REDELIVERIES: &str = "softphone_bridge_redeliveries_total";
 /// Events copied to the dead-letter queue, by `type`.
 pub const DEAD_LETTERED: &str = "softphone_bridge_dead_lettered_total";
-/// CRM call latency, by `crm` and `result` (ok, transient, permanent).
+/// CRM call latency, by `crm` (the connection) and `result` (ok, unavailable, transient, permanent).
 pub const CRM_DURATION: &str = "softphone_bridge_crm_request_duration_seconds";
-/// Events of the shared consumer not yet delivered.
+/// Events not yet delivered, by `consumer` (the intake and every lane).
 pub const CONSUMER_PENDING: &str = "softphone_bridge_consumer_pending";
-/// Events of the shared consumer delivered and not yet acknowledged.
+/// Events delivered and not yet acknowledged, by `consumer`.
 pub const CONSUMER_ACK_PENDING: &str = "softphone_bridge_consumer_ack_pending";
+/// Events a lane holds in this replica while its CRM connection is in trouble, by `lane`.
+pub const LANE_HELD: &str = "softphone_bridge_lane_held";
+/// 1 while a lane is paused in this replica, by `lane` (the connection).
+pub const LANE_PAUSED: &str = "softphone_bridge_lane_paused";
+/// Times a lane paused, by `lane`.
+pub const LANE_PAUSES: &str = "softphone_bridge_lane_pauses_total";
 /// Commands published to softphones, by `type`, `via` (http, nats) and `duplicate`.
 pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
 /// HTTP requests answered, by `route`, `method` and `status`.
@@ -32,7 +38,7 @@ pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
 pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 
 /// Every documented series (the metrics test checks that each one shows up).
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 12] = [
     EVENTS,
     IN_FLIGHT,
     REDELIVERIES,
@@ -40,6 +46,9 @@ pub const ALL: [&str; 9] = [
     CRM_DURATION,
     CONSUMER_PENDING,
     CONSUMER_ACK_PENDING,
+    LANE_HELD,
+    LANE_PAUSED,
+    LANE_PAUSES,
     COMMANDS,
     HTTP_REQUESTS,
 ];
@@ -77,12 +86,21 @@ fn describe() {
     describe_histogram!(
         CRM_DURATION,
         Unit::Seconds,
-        "CRM call latency, by CRM and result."
+        "CRM call latency, by connection and result."
     );
     describe_gauge!(
         CONSUMER_PENDING,
-        "Events of the shared consumer not yet delivered."
+        "Events not yet delivered, by consumer (intake and lanes)."
     );
+    describe_gauge!(
+        LANE_HELD,
+        "Events a lane holds in this replica while its CRM connection is in trouble."
+    );
+    describe_gauge!(
+        LANE_PAUSED,
+        "1 while a lane is paused in this replica (its CRM connection in trouble)."
+    );
+    describe_counter!(LANE_PAUSES, "Times a lane paused, by lane.");
     describe_gauge!(
         CONSUMER_ACK_PENDING,
         "Events delivered and not yet acknowledged."

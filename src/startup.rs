@@ -1,6 +1,6 @@
-//! Application: connects NATS, provisions, builds the CRM, binds HTTP, and runs
-//! the worker, the load responder, the HTTP server and the NATS command service
-//! until shutdown.
+//! Application: connects NATS, provisions, builds the CRM connections, binds
+//! HTTP, and runs the event pipeline, the load responder, the HTTP server and
+//! the NATS command service until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,22 +11,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, FirstConnect};
 use crate::command::CommandPublisher;
-use crate::config::{Lane, Settings};
-use crate::crm::{self, Crm};
+use crate::config::Settings;
+use crate::crm::Connections;
 use crate::dispatch::Dispatcher;
 use crate::http::auth::Tokens;
 use crate::http::ops::Readiness;
 use crate::http::{self, AppState, HttpServer};
+use crate::pipeline::Consumer;
 use crate::registry::Registry;
-use crate::worker::Worker;
-use crate::{load, metric, service};
+use crate::{load, metric, pipeline, service};
 
 /// A configured bridge, connected (or connecting) to NATS.
 pub struct Application {
     settings: Arc<Settings>,
     client: async_nats::Client,
     js: jetstream::Context,
-    crm: Arc<dyn Crm>,
+    connections: Connections,
     http: Option<HttpServer>,
     readiness: Readiness,
     dispatcher: Dispatcher,
@@ -34,14 +34,17 @@ pub struct Application {
 
 impl Application {
     /// Starts the NATS client (connecting in the background) and builds the
-    /// CRM connections, routed per partner.
+    /// CRM connections.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let crm: Arc<dyn Crm> = Arc::new(crm::CrmRouter::build(&settings)?);
-        Self::build_with_crm(settings, crm).await
+        let connections = Connections::build(&settings)?;
+        Self::build_with_connections(settings, connections).await
     }
 
-    /// Like [`Application::build`], with a CRM adapter of the caller's.
-    pub async fn build_with_crm(settings: Settings, crm: Arc<dyn Crm>) -> anyhow::Result<Self> {
+    /// Like [`Application::build`], with CRM adapters of the caller's.
+    pub async fn build_with_connections(
+        settings: Settings,
+        connections: Connections,
+    ) -> anyhow::Result<Self> {
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
         // Installed before anything records; several apps in one process share it.
@@ -58,7 +61,7 @@ impl Application {
             settings: Arc::new(settings),
             client,
             js,
-            crm,
+            connections,
             http,
             readiness,
             dispatcher,
@@ -102,9 +105,9 @@ impl Application {
             self.readiness.clone(),
             shutdown.clone(),
         ));
-        if let Some(lanes) = self.bind(&shutdown).await {
+        if let Some(consumers) = self.bind(&shutdown).await {
             self.readiness.set_bound(true);
-            self.consume(lanes, shutdown).await;
+            self.consume(consumers, shutdown).await;
         }
         if let Some(http) = http {
             report("HTTP server", http.await);
@@ -115,41 +118,33 @@ impl Application {
 
     async fn consume(
         &self,
-        lanes: Vec<(Lane, jetstream::consumer::PullConsumer)>,
+        consumers: Vec<(Consumer, jetstream::consumer::PullConsumer)>,
         shutdown: CancellationToken,
     ) {
         let load = tokio::spawn(load::serve(
             self.client.clone(),
             Arc::clone(&self.settings),
-            Arc::clone(&self.crm),
+            self.connections.clone(),
             shutdown.clone(),
         ));
-        let workers = lanes.into_iter().map(|(lane, consumer)| {
-            tracing::info!(
-                consumer = %lane.consumer,
-                crm = %lane.connection,
-                concurrency = self.settings.worker.concurrency,
-                "Consuming softphone events."
-            );
-            let worker = Arc::new(Worker::new(
-                Arc::clone(&self.settings),
-                lane,
-                self.js.clone(),
-                Arc::clone(&self.crm),
-            ));
-            worker.run(consumer, shutdown.clone())
-        });
-        futures::future::join_all(workers).await;
+        pipeline::run(
+            Arc::clone(&self.settings),
+            self.js.clone(),
+            self.connections.clone(),
+            consumers,
+            shutdown,
+        )
+        .await;
         report("Load responder", load.await);
     }
 
-    /// Provisions (unless configured off) and binds every lane's consumer,
+    /// Provisions (unless configured off) and binds the pipeline's consumers,
     /// retrying with backoff while NATS is unreachable. `None` when shutdown
     /// came first.
     async fn bind(
         &self,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<(Lane, jetstream::consumer::PullConsumer)>> {
+    ) -> Option<Vec<(Consumer, jetstream::consumer::PullConsumer)>> {
         let mut delay = Duration::from_millis(250);
         loop {
             let attempt = async {
@@ -163,7 +158,7 @@ impl Application {
                 result = attempt => result,
             };
             match result {
-                Ok(lanes) => return Some(lanes),
+                Ok(consumers) => return Some(consumers),
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
                     retry_in_ms = delay.as_millis() as u64,

@@ -1,5 +1,4 @@
-//! Settings for the CRM connections, how partners are routed to them, and
-//! the lanes (one consumer per connection) that keep them apart.
+//! Settings for the CRM connections and how partners are routed to them.
 
 use std::time::Duration;
 
@@ -23,46 +22,8 @@ pub enum CrmSettings {
     Salesforce(Box<SalesforceSettings>),
 }
 
-/// Isolation between CRM connections, so one partner's failing CRM cannot
-/// hold back another's events.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingSettings {
-    /// Events one replica sends to one CRM connection at once; more are nak'd
-    /// with `busy_retry_after` instead of waiting for a worker slot. Unset:
-    /// `worker.concurrency` with `[crm]` alone (no cap), half of it once
-    /// `[crms.*]` connections share the workers.
-    pub max_in_flight: Option<usize>,
-    /// Redelivery delay of an event refused because its CRM is saturated.
-    #[serde(with = "humantime_serde")]
-    pub busy_retry_after: Duration,
-    /// Consecutive transient failures that open a connection's circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit refuses calls before trying again.
-    #[serde(with = "humantime_serde")]
-    pub breaker_open_for: Duration,
-}
-
 /// Name of the default CRM connection (`[crm]`).
 pub const DEFAULT_CONNECTION: &str = "crm";
-
-/// A lane: one CRM connection and the durable consumer that feeds it. Each
-/// lane has its own consumer (and so its own `max_ack_pending` budget), so a
-/// connection whose events pile up in redelivery cannot stall the others
-/// anywhere in the pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lane {
-    /// `crm` (the default connection) or the name of a `[crms.<name>]`.
-    pub connection: String,
-    /// `worker.consumer` for the default lane, `<worker.consumer>-<name>` else.
-    pub consumer: String,
-}
-
-impl Lane {
-    pub fn is_default(&self) -> bool {
-        self.connection == DEFAULT_CONNECTION
-    }
-}
 
 impl Settings {
     /// The connection a partner's events go to: `partners.<id>.crm`, else `[crm]`.
@@ -74,41 +35,10 @@ impl Settings {
             .unwrap_or(DEFAULT_CONNECTION)
     }
 
-    /// Every lane: the default one first, then one per `[crms.<name>]`.
-    pub fn lanes(&self) -> Vec<Lane> {
-        let consumer = &self.worker.consumer;
-        std::iter::once(Lane {
-            connection: DEFAULT_CONNECTION.to_owned(),
-            consumer: consumer.clone(),
-        })
-        .chain(self.crms.keys().map(|name| Lane {
-            connection: name.clone(),
-            consumer: format!("{consumer}-{name}"),
-        }))
-        .collect()
-    }
-
-    /// Calls one replica makes to one CRM connection at once (see
-    /// [`RoutingSettings::max_in_flight`]).
-    pub fn max_in_flight(&self) -> usize {
-        self.routing
-            .max_in_flight
-            .unwrap_or(if self.crms.is_empty() {
-                self.worker.concurrency
-            } else {
-                (self.worker.concurrency / 2).max(1)
-            })
-    }
-}
-
-impl Default for RoutingSettings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: None,
-            busy_retry_after: Duration::from_secs(1),
-            breaker_failures: 5,
-            breaker_open_for: Duration::from_secs(30),
-        }
+    /// Every connection: `crm` (the `[crm]` section) first, then each `[crms.<name>]`.
+    pub fn connections(&self) -> impl Iterator<Item = (&str, &CrmSettings)> {
+        std::iter::once((DEFAULT_CONNECTION, &self.crm))
+            .chain(self.crms.iter().map(|(name, crm)| (name.as_str(), crm)))
     }
 }
 

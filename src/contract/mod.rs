@@ -15,6 +15,12 @@ pub use value::{Guid, InvalidValue, PhoneNumber, SoftphoneId};
 
 /// The stream that captures every softphone event.
 pub const EVENTS_STREAM: &str = "SOFTPHONE_EVENTS";
+/// The stream of routed events: the intake copies each valid event to the
+/// lane of the CRM connection it belongs to (and `loaded`/`status_changed`
+/// to the softphone lane), once.
+pub const LANES_STREAM: &str = "SOFTPHONE_LANES";
+/// Subjects of `SOFTPHONE_LANES`.
+pub const LANE_SUBJECTS: &str = "softphone.lane.>";
 /// The stream that holds callbacks on their way to softphones.
 pub const COMMANDS_STREAM: &str = "SOFTPHONE_COMMANDS";
 /// The stream that keeps events no worker could handle, with the reason.
@@ -51,6 +57,49 @@ pub mod dlq_header {
     pub const EVENT_ID: &str = "Softphone-Event-Id";
 }
 
+/// Headers the intake puts on a routed event, so that every lane sees the
+/// event as it was first stored in `SOFTPHONE_EVENTS`.
+pub mod lane_header {
+    pub use super::dlq_header::{EVENT_ID, SEQUENCE, SUBJECT};
+    /// When `SOFTPHONE_EVENTS` stored the event (RFC 3339).
+    pub const PUBLISHED: &str = "Softphone-Published-At";
+}
+
+/// The lane an event is routed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneTarget<'a> {
+    /// The CRM connection named in the configuration (`crm` or a `[crms.<name>]`).
+    Crm(&'a str),
+    /// The softphone lane: registry and `load` callbacks.
+    Softphone,
+}
+
+impl LaneTarget<'_> {
+    /// `softphone.lane.crm.<connection>.>` or `softphone.lane.softphone.>`:
+    /// what the lane's consumer reads.
+    pub fn filter(&self) -> String {
+        format!("{}.>", self.prefix())
+    }
+
+    /// The subject an event of `kind` is routed on.
+    pub fn subject(&self, kind: EventKind) -> String {
+        format!("{}.{}", self.prefix(), kind.name())
+    }
+
+    fn prefix(&self) -> String {
+        match self {
+            LaneTarget::Crm(connection) => format!("{SUBJECT_ROOT}.lane.crm.{connection}"),
+            LaneTarget::Softphone => format!("{SUBJECT_ROOT}.lane.softphone"),
+        }
+    }
+
+    /// The event kind a routed subject of this lane carries.
+    pub fn kind_of(&self, subject: &str) -> Option<EventKind> {
+        let name = subject.strip_prefix(&self.prefix())?.strip_prefix('.')?;
+        EventKind::parse(name).filter(|kind| kind.name() == name)
+    }
+}
+
 /// The subject callbacks for one softphone instance are published on.
 pub fn command_subject(softphone: &SoftphoneId) -> String {
     format!("{SUBJECT_ROOT}.cmd.{softphone}")
@@ -75,6 +124,26 @@ mod tests {
             "softphone.dlq.call.ended"
         );
         assert_eq!(dlq_subject("other.thing"), "softphone.dlq.other.thing");
+    }
+
+    #[test]
+    fn lane_subjects_name_the_connection_and_the_event() {
+        let lane = LaneTarget::Crm("acme");
+        assert_eq!(
+            lane.subject(EventKind::CallEnded),
+            "softphone.lane.crm.acme.call.ended"
+        );
+        assert_eq!(lane.filter(), "softphone.lane.crm.acme.>");
+        assert_eq!(
+            lane.kind_of("softphone.lane.crm.acme.call.ended"),
+            Some(EventKind::CallEnded)
+        );
+        assert_eq!(lane.kind_of("softphone.lane.crm.acme2.call.ended"), None);
+        assert_eq!(lane.kind_of("softphone.lane.crm.acme.callEnded"), None);
+        assert_eq!(
+            LaneTarget::Softphone.kind_of(&LaneTarget::Softphone.subject(EventKind::Loaded)),
+            Some(EventKind::Loaded)
+        );
     }
 
     #[test]

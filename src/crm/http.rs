@@ -1,5 +1,5 @@
 //! What HTTP-based adapters share: mapping answers and transport errors to
-//! transient or permanent CRM errors.
+//! the connection's trouble or the event's own failure.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,29 +11,42 @@ use super::CrmError;
 /// Longest CRM error text kept for logs and DLQ headers.
 const MAX_DETAIL: usize = 1024;
 
-/// 2xx is success; 408, 429 and 5xx are transient (honouring `Retry-After`);
-/// any other status is permanent, with the CRM's body as detail.
+/// 2xx is success. Statuses that say the endpoint itself is not taking
+/// events (redirects, which are never followed for an event POST; 401, 403,
+/// 404, 405, 407 about the endpoint or the credentials; 408, 425, 429 and 5xx)
+/// are the connection's trouble, honouring `Retry-After`. Any other status
+/// refuses this event, with the CRM's body as detail.
 pub async fn classify_response(response: Response) -> Result<Response, CrmError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let retry_after = retry_after(response.headers());
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split('?').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        return Err(CrmError::Unavailable {
+            reason: format!(
+                "CRM answered {status} to {location:?}: redirects are not followed for events; point the connection's url there"
+            ),
+            retry_after,
+        });
+    }
     let body = response.text().await.unwrap_or_default();
     Err(classify_status(status, retry_after, &body))
 }
 
-pub(crate) fn classify_status(
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: &str,
-) -> CrmError {
-    let transient = matches!(
-        status,
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str) -> CrmError {
+    let connection = matches!(
+        status.as_u16(),
+        401 | 403 | 404 | 405 | 407 | 408 | 425 | 429
     ) || status.is_server_error();
-    if transient {
-        CrmError::Transient {
+    if connection {
+        CrmError::Unavailable {
             reason: format!("CRM answered {status}"),
             retry_after,
         }
@@ -45,7 +58,7 @@ pub(crate) fn classify_status(
     }
 }
 
-/// Transport failures (connect, timeout, reset) are always transient.
+/// Transport failures (connect, timeout, reset) are the connection's trouble.
 pub fn transport_error(error: reqwest::Error) -> CrmError {
     let what = if error.is_timeout() {
         "timed out"
@@ -56,7 +69,7 @@ pub fn transport_error(error: reqwest::Error) -> CrmError {
     };
     // reqwest's text can hold the URL; the URL is config, not a secret, but
     // the query string might be: strip it.
-    CrmError::Transient {
+    CrmError::Unavailable {
         reason: format!("CRM {what}: {}", error.without_url()),
         retry_after: None,
     }
@@ -82,15 +95,15 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
-    fn statuses_split_into_transient_and_permanent() {
-        for status in [408, 429, 500, 502, 503, 504] {
+    fn statuses_split_into_the_connections_trouble_and_the_events() {
+        for status in [401, 403, 404, 405, 407, 408, 425, 429, 500, 502, 503, 504] {
             let s = StatusCode::from_u16(status).unwrap();
             assert!(
-                matches!(classify_status(s, None, ""), CrmError::Transient { .. }),
+                matches!(classify_status(s, None, ""), CrmError::Unavailable { .. }),
                 "{status}"
             );
         }
-        for status in [400, 401, 403, 404, 409, 422] {
+        for status in [400, 409, 410, 413, 422] {
             let s = StatusCode::from_u16(status).unwrap();
             assert!(
                 matches!(classify_status(s, None, "x"), CrmError::Permanent { .. }),

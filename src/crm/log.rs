@@ -61,8 +61,8 @@ impl Crm for LogCrm {
     }
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
-        // A failed write (a closed pipe, a full disk) is retried like a CRM outage.
-        let result = self.write(event).map_err(|e| CrmError::Transient {
+        // A failed write (a closed pipe, a full disk) is an outage, not the event's fault.
+        let result = self.write(event).map_err(|e| CrmError::Unavailable {
             reason: format!("cannot write the CRM log line: {e}"),
             retry_after: None,
         });

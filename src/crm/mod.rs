@@ -1,14 +1,14 @@
 //! The CRM side: a trait every adapter implements (`log`, `webhook`,
-//! `salesforce`), the record it receives, the split of failures into transient
-//! (retry) and permanent (dead-letter), and the router that sends each
-//! partner's events to its own connection.
+//! `salesforce`), the record it receives, the split of failures into the
+//! connection's trouble (the lane holds its events) and the event's own
+//! (retry or dead-letter), and the configured connections by name.
 
 mod http;
 mod log;
-mod router;
 pub mod salesforce;
 mod webhook;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +16,11 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::CrmSettings;
+use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
 use crate::contract::{Event, EventKind, Guid};
 
 pub use self::http::classify_response;
 pub use self::log::LogCrm;
-pub use self::router::CrmRouter;
 pub use self::salesforce::SalesforceCrm;
 pub use self::webhook::{WebhookCrm, sign};
 
@@ -77,17 +76,28 @@ impl CrmEvent {
     }
 }
 
-/// Why a CRM action failed.
+/// Why a CRM action failed: the connection's trouble, or the event's own.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CrmError {
-    /// Worth retrying later: connect errors, timeouts, 408, 429, 5xx.
+    /// The connection is in trouble, whatever the event: unreachable, timing
+    /// out, 5xx, rate-limited, refusing the integration's credentials, out of
+    /// API allowance. The event is not at fault: its lane holds it (and
+    /// pauses once the trouble persists), spending none of its deliveries.
+    #[error("CRM connection unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        /// What the CRM asked for (`Retry-After`), if anything.
+        retry_after: Option<Duration>,
+    },
+    /// This event failed for now (its record is locked, a write raced
+    /// another): retried through redelivery, spending one delivery.
     #[error("transient CRM failure: {reason}")]
     Transient {
         reason: String,
         /// What the CRM asked for (`Retry-After`), if anything.
         retry_after: Option<Duration>,
     },
-    /// Retrying cannot help: the CRM refused the event.
+    /// Retrying cannot help: the CRM refused this event.
     #[error("CRM refused the event: {reason}")]
     Permanent {
         reason: String,
@@ -99,15 +109,8 @@ pub enum CrmError {
 /// A CRM connection. Implementations must be idempotent per event id: the
 /// same event may arrive more than once, from several replicas, out of order.
 pub trait Crm: Send + Sync + 'static {
-    /// A short name for logs and metrics (`log`, `webhook`, ...).
+    /// The adapter's kind (`log`, `webhook`, `salesforce`).
     fn name(&self) -> &str;
-
-    /// The name of the adapter that handles `event`, for metrics: the
-    /// router answers for the partner's connection.
-    fn name_for(&self, event: &CrmEvent) -> &str {
-        let _ = event;
-        self.name()
-    }
 
     /// Performs whatever the CRM does for this event.
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
@@ -120,9 +123,57 @@ pub trait Crm: Send + Sync + 'static {
     }
 }
 
+/// Every configured CRM connection, by its name in the configuration (`crm`
+/// for `[crm]`, else the key of `[crms.<name>]`).
+#[derive(Clone)]
+pub struct Connections(BTreeMap<String, Arc<dyn Crm>>);
+
+impl Connections {
+    /// Builds the adapter of every connection the settings define.
+    pub fn build(settings: &Settings) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        settings
+            .connections()
+            .map(|(name, crm)| {
+                let key = if name == DEFAULT_CONNECTION {
+                    "[crm]".to_owned()
+                } else {
+                    format!("[crms.{name}]")
+                };
+                Ok((name.to_owned(), build(name, crm).context(key)?))
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Self)
+    }
+
+    /// Connections built elsewhere (tests, benchmarks, embedders).
+    pub fn new(connections: impl IntoIterator<Item = (String, Arc<dyn Crm>)>) -> Self {
+        Self(connections.into_iter().collect())
+    }
+
+    /// The connection of that name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Crm>> {
+        self.0.get(name)
+    }
+
+    /// The connection a partner's events go to (see [`Settings::connection_for`]).
+    pub fn for_partner(
+        &self,
+        settings: &Settings,
+        partner: Option<&Guid>,
+    ) -> Option<&Arc<dyn Crm>> {
+        self.get(settings.connection_for(partner))
+    }
+
+    /// Every connection, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Crm>)> {
+        self.0.iter().map(|(name, crm)| (name.as_str(), crm))
+    }
+}
+
 /// Builds the CRM adapter the settings describe; `name` is its name in the
 /// configuration (`crm`, or the key of `[crms.<name>]`).
-pub fn build(name: &str, settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
+fn build(name: &str, settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
     Ok(match settings {
         CrmSettings::Log => Arc::new(LogCrm::stdout()),
         CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook)?),

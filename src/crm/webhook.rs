@@ -23,6 +23,9 @@ impl WebhookCrm {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(std::time::Duration::from_secs(5)))
             .user_agent(concat!("softphone-bridge/", env!("CARGO_PKG_VERSION")))
+            // A followed redirect turns the POST into a GET: the event would
+            // be acked undelivered. A 3xx is the connection's trouble instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,

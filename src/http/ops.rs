@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::config::Settings;
-use crate::contract::{COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM};
+use crate::contract::{COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM, LANES_STREAM};
 use crate::metric;
 
 /// The OpenAPI document of the HTTP API.
@@ -30,7 +30,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Readiness {
     client: async_nats::Client,
     js: jetstream::Context,
-    consumers: Vec<String>,
+    /// `(stream, consumer)` of every pipeline consumer.
+    consumers: Vec<(&'static str, String)>,
     bucket: String,
     bound: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
@@ -49,10 +50,9 @@ impl Readiness {
         Self {
             client,
             js,
-            consumers: settings
-                .lanes()
+            consumers: crate::pipeline::consumers(settings)
                 .into_iter()
-                .map(|lane| lane.consumer)
+                .map(|consumer| (consumer.stream, consumer.name))
                 .collect(),
             bucket: settings.registry.bucket.clone(),
             bound: Arc::default(),
@@ -82,7 +82,7 @@ impl Readiness {
         }
         checks.insert("nats", "ok".into());
         let mut streams = Vec::new();
-        for name in [EVENTS_STREAM, COMMANDS_STREAM, DLQ_STREAM] {
+        for name in [EVENTS_STREAM, LANES_STREAM, COMMANDS_STREAM, DLQ_STREAM] {
             if let Err(e) = probe(self.js.get_stream(name)).await {
                 streams.push(format!("{name}: {e}"));
             }
@@ -117,13 +117,12 @@ impl Readiness {
 
     /// Reads every lane consumer's counters into the pending gauges.
     async fn consumer_gauges(&self) -> Result<(), String> {
-        for name in &self.consumers {
+        for (stream, name) in &self.consumers {
             let info = probe(async {
                 let mut consumer = self
                     .js
                     .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                        name,
-                        EVENTS_STREAM,
+                        name, *stream,
                     )
                     .await?;
                 Ok::<_, async_nats::Error>(consumer.info().await?.clone())

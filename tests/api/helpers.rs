@@ -9,7 +9,8 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use futures::StreamExt;
 use softphone_bridge::config::Settings;
-use softphone_bridge::contract::{DLQ_STREAM, EVENTS_STREAM, EventKind};
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, LANES_STREAM};
+use softphone_bridge::pipeline;
 use softphone_bridge::{Application, broker};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -259,18 +260,15 @@ impl TestApp {
         self.nats
     }
 
+    /// The default CRM connection's lane consumer.
     pub async fn consumer_info(&self) -> consumer::Info {
-        consumer_info(&self.js, &self.settings.worker.consumer).await
+        lane_info(&self.js, &self.settings, "crm").await
     }
 
-    /// Waits until every lane's consumer has nothing pending or unacknowledged;
-    /// returns the default lane's.
+    /// Waits until the intake and every lane have nothing pending or
+    /// unacknowledged; returns the default CRM lane's consumer.
     pub async fn settled(&self) -> consumer::Info {
-        let lanes = self.settings.lanes();
-        for lane in &lanes[1..] {
-            settled(&self.js, &lane.consumer).await;
-        }
-        settled(&self.js, &lanes[0].consumer).await
+        settled(&self.js, &self.settings).await
     }
 
     /// The next dead-lettered message (reads SOFTPHONE_DLQ in order).
@@ -302,24 +300,49 @@ pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
     stream.info().await.expect("stream info").state.messages
 }
 
-pub async fn consumer_info(js: &jetstream::Context, name: &str) -> consumer::Info {
-    let stream = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .expect("events stream exists");
+pub async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
+    let stream = js.get_stream(stream).await.expect("stream exists");
     stream.consumer_info(name).await.expect("consumer exists")
 }
 
-/// Polls the consumer until nothing is pending or in flight (with a deadline).
-pub async fn settled(js: &jetstream::Context, name: &str) -> consumer::Info {
+/// The pipeline consumer of the settings that `pick` chooses.
+pub fn pipeline_consumer(
+    settings: &Settings,
+    pick: impl Fn(&pipeline::Role) -> bool,
+) -> pipeline::Consumer {
+    pipeline::consumers(settings)
+        .into_iter()
+        .find(|c| pick(&c.role))
+        .expect("the pipeline has that consumer")
+}
+
+/// The lane consumer of CRM connection `connection`.
+pub async fn lane_info(js: &jetstream::Context, settings: &Settings, connection: &str) -> consumer::Info {
+    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm(connection.into()));
+    consumer_info(js, LANES_STREAM, &lane.name).await
+}
+
+/// Polls one consumer until nothing is pending or in flight (with a deadline).
+pub async fn consumer_settled(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
     eventually(
         "the consumer to have nothing pending or unacknowledged",
         || async {
-            let info = consumer_info(js, name).await;
+            let info = consumer_info(js, stream, name).await;
             (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
         },
     )
     .await
+}
+
+/// Waits until the intake, then every lane, has nothing pending or
+/// unacknowledged; returns the default CRM lane's consumer.
+pub async fn settled(js: &jetstream::Context, settings: &Settings) -> consumer::Info {
+    // The intake acks an event once its copies are stored: settled first, it
+    // leaves nothing more for the lanes.
+    for consumer in pipeline::consumers(settings) {
+        consumer_settled(js, consumer.stream, &consumer.name).await;
+    }
+    lane_info(js, settings, "crm").await
 }
 
 /// Reads the dead-letter stream from its start.
@@ -451,11 +474,13 @@ timeout = "10s"
     )
 }
 
-/// Waits until `count` pull requests wait on the consumer: that many replicas are consuming.
-pub async fn replicas_pulling(js: &jetstream::Context, name: &str, count: usize) {
+/// Waits until `count` pull requests wait on the default CRM lane: that many
+/// replicas are consuming.
+pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, count: usize) {
+    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm("crm".into()));
     eventually(&format!("{count} replicas to pull"), || async {
-        let stream = js.get_stream(EVENTS_STREAM).await.ok()?;
-        let info = stream.consumer_info(name).await.ok()?;
+        let stream = js.get_stream(LANES_STREAM).await.ok()?;
+        let info = stream.consumer_info(&lane.name).await.ok()?;
         (info.num_waiting >= count).then_some(())
     })
     .await

@@ -11,14 +11,15 @@ use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
 
-const CONSUMER: &str = "softphone-bridge";
+/// The defaults the replicas' pipeline consumers are named by.
+fn defaults() -> Settings {
+    Settings::from_toml("").unwrap()
+}
 
 async fn provisioned(nats: &Nats) -> jetstream::Context {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = jetstream::new(client);
-    broker::provision(&js, &Settings::from_toml("").unwrap())
-        .await
-        .unwrap();
+    broker::provision(&js, &defaults()).await.unwrap();
     js
 }
 
@@ -31,7 +32,7 @@ async fn two_replicas_share_the_work_and_handle_each_event_once() {
     let base = crm.server.uri();
     let a = Bridge::start(&nats.url, &bridge_config(&format!("{base}/a"), ""));
     let b = Bridge::start(&nats.url, &bridge_config(&format!("{base}/b"), ""));
-    replicas_pulling(&js, CONSUMER, 2).await;
+    replicas_pulling(&js, &defaults(), 2).await;
 
     const EVENTS: usize = 120;
     for i in 0..EVENTS {
@@ -45,7 +46,7 @@ async fn two_replicas_share_the_work_and_handle_each_event_once() {
         *seen.entry(idempotency_key(&request)).or_default() += 1;
         *by_replica.entry(request.url.path().to_owned()).or_default() += 1;
     }
-    settled(&js, CONSUMER).await;
+    settled(&js, &defaults()).await;
     assert_eq!(seen.len(), EVENTS, "every event was handled");
     assert!(seen.values().all(|n| *n == 1), "no event was handled twice");
     assert!(crm.drain().await.is_empty());
@@ -88,7 +89,7 @@ async fn sigterm_lets_in_flight_work_finish_then_exits_cleanly() {
 
     let (status, stderr) = bridge.wait().await;
     assert!(status.success(), "exit 0 after finishing: {stderr}");
-    let info = consumer_info(&js, CONSUMER).await;
+    let info = lane_info(&js, &defaults(), "crm").await;
     assert_eq!(
         info.ack_floor.stream_sequence, 1,
         "the in-flight event was acked"
@@ -129,7 +130,7 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
         "stuck-1",
         "redelivered with the same id"
     );
-    settled(&js, CONSUMER).await;
+    settled(&js, &defaults()).await;
     successor.terminate();
     let (status, _) = successor.wait().await;
     assert!(status.success());

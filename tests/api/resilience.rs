@@ -93,7 +93,7 @@ async fn token_authentication_is_used_and_never_shown() {
     )
     .await;
     assert_eq!(idempotency_key(&crm.next_request().await), "auth-1");
-    settled(&js, &settings.worker.consumer).await;
+    settled(&js, &settings).await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }

@@ -12,7 +12,7 @@ use url::Url;
 
 use crate::config::{SalesforceAuth, SalesforceSettings};
 use crate::crm::CrmError;
-use crate::crm::http::{classify_status, retry_after, transport_error, truncate};
+use crate::crm::http::{retry_after, transport_error};
 
 /// The JWT bearer grant type (RFC 7523).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -171,20 +171,27 @@ impl TokenSource {
             let retry = retry_after(response.headers());
             // OAuth error bodies (`{"error":"invalid_grant",...}`) hold no secrets.
             let body = response.text().await.unwrap_or_default();
-            return Err(match classify_status(status, retry, &body) {
-                CrmError::Transient { retry_after, .. } => CrmError::Transient {
-                    reason: format!("Salesforce token request answered {status}"),
-                    retry_after,
+            // Whatever the token endpoint says, it is the org's trouble, not an
+            // event's: the lane holds its events until a token is had again.
+            let error = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned));
+            let hint = if status.is_client_error() {
+                " (check the connected app and user)"
+            } else {
+                ""
+            };
+            return Err(CrmError::Unavailable {
+                reason: match error {
+                    Some(error) => {
+                        format!("Salesforce token request answered {status} {error}{hint}")
+                    }
+                    None => format!("Salesforce token request answered {status}{hint}"),
                 },
-                CrmError::Permanent { .. } => CrmError::Permanent {
-                    reason: format!(
-                        "Salesforce refused the token request ({status}): check the connected app and user"
-                    ),
-                    detail: Some(truncate(&body)),
-                },
+                retry_after: retry,
             });
         }
-        let body: TokenResponse = response.json().await.map_err(|e| CrmError::Transient {
+        let body: TokenResponse = response.json().await.map_err(|e| CrmError::Unavailable {
             reason: format!("unreadable Salesforce token response: {}", e.without_url()),
             retry_after: None,
         })?;
@@ -217,9 +224,9 @@ fn sign_assertion(
         key,
     )
     .map(SecretString::from)
-    .map_err(|e| CrmError::Permanent {
+    .map_err(|e| CrmError::Unavailable {
         reason: format!("cannot sign the Salesforce JWT assertion: {e}"),
-        detail: None,
+        retry_after: None,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Salesforce's answers as CRM errors: its special cases (401, 403
-//! REQUEST_LIMIT_EXCEEDED, 300) on top of the shared HTTP classification.
+//! Salesforce's answers as CRM errors: what is the org's trouble (401 after a
+//! refresh, REQUEST_LIMIT_EXCEEDED, 408, 429, 5xx) and what is the record's
+//! (a locked row is retried, anything else about the record is refused).
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::crm::CrmError;
-use crate::crm::http::{classify_status, truncate};
+use crate::crm::http::truncate;
 
 /// `errorCode` of Salesforce's `[{"message": .., "errorCode": ..}]` error body.
 pub(super) fn error_code(body: &str) -> Option<String> {
@@ -30,14 +31,21 @@ pub(super) fn classify(
     };
     let detail = (!body.is_empty()).then(|| truncate(body));
     if status == StatusCode::FORBIDDEN && code.as_deref() == Some("REQUEST_LIMIT_EXCEEDED") {
-        return CrmError::Transient {
+        return CrmError::Unavailable {
             reason,
             retry_after: retry.or(Some(limit_retry)),
         };
     }
-    if status == StatusCode::UNAUTHORIZED {
-        // Refused even with a fresh token: transient, so a fixed connected app
-        // or a re-enabled user gets the events, and the breaker opens meanwhile.
+    // 401 even with a fresh token: the connected app or the user is refused,
+    // so the lane holds its events until someone fixes the org.
+    let org = matches!(status.as_u16(), 401 | 408 | 429) || status.is_server_error();
+    if org {
+        return CrmError::Unavailable {
+            reason,
+            retry_after: retry,
+        };
+    }
+    if code.as_deref() == Some("UNABLE_TO_LOCK_ROW") {
         return CrmError::Transient {
             reason,
             retry_after: retry,
@@ -49,13 +57,7 @@ pub(super) fn classify(
             detail,
         };
     }
-    match classify_status(status, retry, body) {
-        CrmError::Transient { retry_after, .. } => CrmError::Transient {
-            reason,
-            retry_after,
-        },
-        CrmError::Permanent { .. } => CrmError::Permanent { reason, detail },
-    }
+    CrmError::Permanent { reason, detail }
 }
 
 #[cfg(test)]
@@ -65,26 +67,53 @@ mod tests {
     #[test]
     fn salesforce_answers_are_classified() {
         let limit = Duration::from_secs(60);
-        let transient = |s: u16, body: &str| {
-            matches!(
-                classify(StatusCode::from_u16(s).unwrap(), None, body, limit),
-                CrmError::Transient { .. }
-            )
+        let class = |s: u16, body: &str| match classify(
+            StatusCode::from_u16(s).unwrap(),
+            None,
+            body,
+            limit,
+        ) {
+            CrmError::Unavailable { .. } => "org",
+            CrmError::Transient { .. } => "retry",
+            CrmError::Permanent { .. } => "refused",
         };
-        assert!(transient(
-            403,
-            r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#
-        ));
-        assert!(!transient(
-            403,
-            r#"[{"message":"no","errorCode":"INSUFFICIENT_ACCESS"}]"#
-        ));
-        assert!(transient(429, ""));
-        assert!(transient(503, ""));
-        assert!(!transient(
-            300,
-            r#"["/services/data/v67.0/sobjects/Task/00T1","/services/data/v67.0/sobjects/Task/00T2"]"#
-        ));
+        assert_eq!(
+            class(
+                403,
+                r#"[{"message":"TotalRequests Limit exceeded.","errorCode":"REQUEST_LIMIT_EXCEEDED"}]"#
+            ),
+            "org"
+        );
+        assert_eq!(
+            class(
+                403,
+                r#"[{"message":"no","errorCode":"INSUFFICIENT_ACCESS"}]"#
+            ),
+            "refused"
+        );
+        assert_eq!(
+            class(
+                401,
+                r#"[{"message":"Session expired","errorCode":"INVALID_SESSION_ID"}]"#
+            ),
+            "org"
+        );
+        assert_eq!(class(429, ""), "org");
+        assert_eq!(class(503, ""), "org");
+        assert_eq!(
+            class(
+                400,
+                r#"[{"message":"unable to obtain exclusive access","errorCode":"UNABLE_TO_LOCK_ROW"}]"#
+            ),
+            "retry"
+        );
+        assert_eq!(
+            class(
+                300,
+                r#"["/services/data/v67.0/sobjects/Task/00T1","/services/data/v67.0/sobjects/Task/00T2"]"#
+            ),
+            "refused"
+        );
         let bad = r#"[{"message":"No such column 'X__c'","errorCode":"INVALID_FIELD"}]"#;
         match classify(StatusCode::BAD_REQUEST, None, bad, limit) {
             CrmError::Permanent { reason, detail } => {

@@ -90,11 +90,11 @@ impl Governor {
                 *seen_at = Some(Instant::now());
                 return Ok(());
             }
-            // Once per episode: the worker logs each postponed event anyway.
+            // Once per episode; the lane pauses and says so too.
             if !self.postponing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(crm = %self.connection, api_used = used, api_limit = limit, "Salesforce API usage past the configured share; postponing calls.");
             }
-            return Err(CrmError::Transient {
+            return Err(CrmError::Unavailable {
                 reason: format!(
                     "Salesforce API usage {used}/{limit} is past max_api_usage = {}",
                     self.max_share
@@ -136,7 +136,7 @@ mod tests {
         headers.insert(HEADER, HeaderValue::from_static("api-usage=80/100"));
         g.observe(&headers);
         match g.admit() {
-            Err(CrmError::Transient { retry_after, .. }) => {
+            Err(CrmError::Unavailable { retry_after, .. }) => {
                 assert_eq!(retry_after, Some(Duration::from_secs(60)))
             }
             other => panic!("expected a postponement, got {other:?}"),

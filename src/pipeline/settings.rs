@@ -1,24 +1,31 @@
-//! Settings for the worker: the lane consumers and how each replica works them.
+//! Settings of the event pipeline: the durable consumers every replica
+//! shares (intake and lanes), and how each replica works them.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The durable consumer all replicas share, and how each replica works it.
+/// The durable consumers all replicas share, and how each replica works them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
-    /// Durable consumer name; replicas with the same name share the work.
+    /// Prefix of the durable consumers' names: `<consumer>-intake` on
+    /// `SOFTPHONE_EVENTS`, `<consumer>-softphones` and
+    /// `<consumer>-crm-<connection>` on `SOFTPHONE_LANES`. Replicas with the
+    /// same prefix share the work.
     pub consumer: String,
-    /// Events one replica handles at once.
+    /// Events one replica handles at once in each lane.
     pub concurrency: usize,
-    /// Events the whole pool may hold unacknowledged at once.
+    /// Events each lane may hold unacknowledged across the pool.
     pub max_ack_pending: i64,
+    /// Events one replica's intake routes ahead of their publish acks.
+    pub intake_window: usize,
     /// How long the server waits for an ack before redelivering. The worker
     /// signals progress while a CRM call runs, so this only bounds crashes.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// Deliveries after which a still-failing event is dead-lettered.
+    /// Deliveries after which an event still failing for its own reasons is
+    /// dead-lettered. Its connection's trouble spends none of them.
     pub max_deliveries: u32,
     /// Redelivery delays after the 1st, 2nd, ... failure; the last repeats.
     #[serde(with = "duration_list")]
@@ -37,6 +44,7 @@ impl Default for WorkerSettings {
             consumer: "softphone-bridge".into(),
             concurrency: 32,
             max_ack_pending: 1000,
+            intake_window: 256,
             ack_wait: Duration::from_secs(30),
             max_deliveries: 8,
             backoff: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),

@@ -1,0 +1,178 @@
+//! One delivered message: what it says about its event, and applying the
+//! fate [`outcome`](super::outcome) decided for it (ack, nak, or
+//! dead-letter then terminate).
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use time::OffsetDateTime;
+
+use super::dead_letter;
+use super::outcome::{self, Outcome};
+use crate::contract::{EventKind, lane_header};
+use crate::metric;
+
+/// An event as one delivery presents it.
+pub(super) struct Delivery {
+    /// Stays the same across redeliveries, replicas and lanes (see subjects.md).
+    pub id: String,
+    /// The subject the softphone published it on.
+    pub subject: String,
+    /// Its sequence in `SOFTPHONE_EVENTS`.
+    pub sequence: u64,
+    /// When `SOFTPHONE_EVENTS` stored it.
+    pub published: OffsetDateTime,
+    /// This delivery's number, 1-based.
+    pub delivered: u32,
+    pub kind: Option<EventKind>,
+}
+
+impl Delivery {
+    /// An event delivered from `SOFTPHONE_EVENTS`.
+    pub fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
+        let info = message.info().map_err(outcome::unreadable_metadata)?;
+        let sequence = info.stream_sequence;
+        Ok(Self {
+            id: header(message, async_nats::header::NATS_MESSAGE_ID.as_ref())
+                .map_or_else(|| format!("seq:{sequence}"), str::to_owned),
+            subject: message.subject.to_string(),
+            sequence,
+            published: info.published,
+            delivered: info.delivered.max(1) as u32,
+            kind: EventKind::from_subject(&message.subject),
+        })
+    }
+
+    /// A routed event delivered from `SOFTPHONE_LANES`: the intake's headers
+    /// say what it was in `SOFTPHONE_EVENTS`.
+    pub fn from_lane(
+        message: &jetstream::Message,
+        kind: Option<EventKind>,
+    ) -> Result<Self, Outcome> {
+        let info = message.info().map_err(outcome::unreadable_metadata)?;
+        let published = header(message, lane_header::PUBLISHED)
+            .and_then(|at| {
+                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or(info.published);
+        let sequence = header(message, lane_header::SEQUENCE)
+            .and_then(|seq| seq.parse().ok())
+            .unwrap_or(info.stream_sequence);
+        Ok(Self {
+            id: header(message, lane_header::EVENT_ID).map_or_else(
+                || format!("lane-seq:{}", info.stream_sequence),
+                str::to_owned,
+            ),
+            subject: header(message, lane_header::SUBJECT)
+                .map_or_else(|| message.subject.to_string(), str::to_owned),
+            sequence,
+            published,
+            delivered: info.delivered.max(1) as u32,
+            kind,
+        })
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        self.kind.map_or("unknown", EventKind::name)
+    }
+
+    /// Applies a decided fate. `Err` holds the message when the fate could
+    /// not be carried out (the dead-letter stream did not take the copy).
+    pub async fn apply(
+        &self,
+        js: &jetstream::Context,
+        message: &jetstream::Message,
+        outcome: &Outcome,
+    ) -> Result<(), Outcome> {
+        let kind = self.kind_name();
+        let acked = match outcome {
+            Outcome::Ack => {
+                tracing::debug!("Event handled.");
+                message.ack().await
+            }
+            Outcome::Retry { delay, reason } => {
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Event failed; will retry.");
+                message.ack_with(AckKind::Nak(Some(*delay))).await
+            }
+            Outcome::Hold { .. } => unreachable!("held messages are handled again, not applied"),
+            Outcome::DeadLetter { reason, detail } => {
+                let origin = dead_letter::Origin {
+                    subject: &self.subject,
+                    sequence: self.sequence,
+                    delivered: self.delivered,
+                    event_id: &self.id,
+                };
+                let copied = dead_letter::publish(
+                    js,
+                    &origin,
+                    message.payload.clone(),
+                    reason,
+                    detail.as_deref(),
+                )
+                .await;
+                if let Err(e) = copied {
+                    tracing::warn!(%reason, error = %e, "Cannot dead-letter the event; holding it.");
+                    return Err(outcome::dead_letter_failed(e));
+                }
+                tracing::error!(%reason, "Event dead-lettered.");
+                metrics::counter!(metric::DEAD_LETTERED, "type" => kind).increment(1);
+                message.ack_with(AckKind::Term).await
+            }
+        };
+        metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => outcome.label())
+            .increment(1);
+        if self.delivered > 1 {
+            metrics::counter!(metric::REDELIVERIES, "type" => kind).increment(1);
+        }
+        if let Err(e) = acked {
+            // The server redelivers after the ack wait; CRM writes are idempotent.
+            tracing::warn!(outcome = outcome.label(), error = %e, "Cannot acknowledge the event.");
+        }
+        Ok(())
+    }
+}
+
+/// Gives back a delivery whose metadata cannot be read, as `fate` says.
+pub(super) async fn unreadable(message: &jetstream::Message, fate: Outcome) {
+    tracing::error!(subject = %message.subject, ?fate, "Delivery without JetStream metadata.");
+    let delay = match fate {
+        Outcome::Retry { delay, .. } => Some(delay),
+        _ => None,
+    };
+    if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {
+        tracing::warn!(error = %e, "Cannot give the delivery back; it returns after the ack wait.");
+    }
+}
+
+fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// Runs `work`, telling the server every third of the ack wait that the
+/// message is still being worked on, so a slow CRM or a held event is not
+/// mistaken for a crash.
+pub(super) async fn with_progress<T>(
+    message: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let every = ack_wait / 3;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticks.tick() => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "Cannot extend the ack wait.");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The intake: one durable consumer on `SOFTPHONE_EVENTS`, shared by every
+//! replica. Each event is validated once and routed once: an invalid body is
+//! dead-lettered here; a valid one is copied, verbatim, to the lane of the
+//! CRM connection its partner uses (and `loaded`/`status_changed` to the
+//! softphone lane too), with `Nats-Msg-Id` set from the event id so that a
+//! crash between the copy and the ack cannot make two copies. The routing
+//! decision is made once, by whichever replica takes the event: a routing
+//! change rolled out replica by replica never loses or doubles an event.
+//!
+//! Routing is cheap and ordered: a replica reads its deliveries in order,
+//! publishes each copy without waiting, and acks the originals in the same
+//! order as their copies are stored, with up to `worker.intake_window` copies
+//! awaiting their publish acks.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{Delivery, unreadable, with_progress};
+use super::outcome::{self, HandleError, Outcome, decide};
+use super::pull::{Next, Puller, give_back};
+use crate::config::Settings;
+use crate::contract::{Event, EventKind, LaneTarget, lane_header};
+
+pub(super) struct Intake {
+    settings: Arc<Settings>,
+    js: jetstream::Context,
+}
+
+/// A delivery on its way to its fate, in arrival order.
+struct Routing {
+    message: jetstream::Message,
+    delivery: Delivery,
+    /// Where its copies go: `(subject, message id)`.
+    routes: Vec<(String, String)>,
+    fate: Fate,
+}
+
+enum Fate {
+    /// Copies published; their acks are awaited in order.
+    Copied(Vec<PublishAckFuture>),
+    Decided(Outcome),
+}
+
+impl Intake {
+    pub fn new(settings: Arc<Settings>, js: jetstream::Context) -> Arc<Self> {
+        Arc::new(Self { settings, js })
+    }
+
+    /// Routes until `shutdown`, then gives back what it pulled and settles
+    /// what it routed within the shutdown deadline.
+    pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        let window = self.settings.worker.intake_window;
+        let (routed, in_order) = mpsc::channel(window);
+        let abandon = CancellationToken::new();
+        let settler = tokio::spawn(Arc::clone(&self).settle_in_order(in_order, abandon.clone()));
+        let mut puller = Puller::new(consumer, window);
+        'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
+            loop {
+                let room = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        give_back(messages).await;
+                        break 'pull;
+                    }
+                    room = routed.reserve() => room.expect("the settler outlives the router"),
+                };
+                match puller.next(&mut messages, &shutdown).await {
+                    Next::Message(message) => {
+                        if let Some(routing) = self.route(message).await {
+                            room.send(routing);
+                        }
+                    }
+                    Next::Ended => continue 'pull,
+                    Next::Shutdown => {
+                        give_back(messages).await;
+                        break 'pull;
+                    }
+                }
+            }
+        }
+        drop(routed);
+        let mut settler = settler;
+        if tokio::time::timeout(self.settings.worker.shutdown_deadline, &mut settler)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Shutdown deadline passed; giving back events not routed yet.");
+            abandon.cancel();
+            let _ = settler.await;
+        }
+        tracing::info!("Intake stopped.");
+    }
+
+    /// Validates the event and publishes its copies; `None` for a delivery
+    /// given back at once.
+    async fn route(&self, message: jetstream::Message) -> Option<Routing> {
+        let delivery = match Delivery::from_events(&message) {
+            Ok(delivery) => delivery,
+            Err(fate) => {
+                unreadable(&message, fate).await;
+                return None;
+            }
+        };
+        let decoded = match outcome::exhausted(delivery.delivered, &self.settings.worker) {
+            Some(fate) => Err(fate),
+            None => Event::decode_subject(&message.subject, &message.payload).map_err(|e| {
+                decide(
+                    Err(e.into()),
+                    delivery.delivered,
+                    false,
+                    &self.settings.worker,
+                )
+            }),
+        };
+        let (routes, fate) = match decoded {
+            Ok(event) => {
+                let routes = self.routes(&event, &delivery.id);
+                let fate = self.copy(&message, &delivery, &routes).await;
+                (routes, fate)
+            }
+            Err(fate) => (Vec::new(), Fate::Decided(fate)),
+        };
+        Some(Routing {
+            message,
+            delivery,
+            routes,
+            fate,
+        })
+    }
+
+    /// The lanes an event goes to, with the message id of each copy.
+    fn routes(&self, event: &Event, id: &str) -> Vec<(String, String)> {
+        let kind = event.kind();
+        let connection = self.settings.connection_for(event.partner_id());
+        let mut routes = vec![(LaneTarget::Crm(connection).subject(kind), id.to_owned())];
+        if matches!(kind, EventKind::Loaded | EventKind::AgentStatusChanged) {
+            routes.push((
+                LaneTarget::Softphone.subject(kind),
+                format!("{id}:softphones"),
+            ));
+        }
+        routes
+    }
+
+    /// Publishes the copies without waiting for their acks.
+    async fn copy(
+        &self,
+        message: &jetstream::Message,
+        delivery: &Delivery,
+        routes: &[(String, String)],
+    ) -> Fate {
+        let published = delivery
+            .published
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let sequence = delivery.sequence.to_string();
+        let mut acks = Vec::with_capacity(routes.len());
+        for (subject, id) in routes {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(lane_header::EVENT_ID, delivery.id.as_str());
+            headers.insert(lane_header::SUBJECT, delivery.subject.as_str());
+            headers.insert(lane_header::SEQUENCE, sequence.as_str());
+            headers.insert(lane_header::PUBLISHED, published.as_str());
+            let copy = jetstream::message::PublishMessage::build()
+                .payload(message.payload.clone())
+                .headers(headers)
+                .message_id(id.as_str());
+            match self.js.send_publish(subject.clone(), copy).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    let error = HandleError::Route(e.to_string());
+                    return Fate::Decided(decide(
+                        Err(error),
+                        delivery.delivered,
+                        false,
+                        &self.settings.worker,
+                    ));
+                }
+            }
+        }
+        Fate::Copied(acks)
+    }
+
+    /// Applies each delivery's fate in arrival order: acks an original once
+    /// its copies are stored, holds it (and those behind it) while NATS does
+    /// not store them.
+    async fn settle_in_order(
+        self: Arc<Self>,
+        mut in_order: mpsc::Receiver<Routing>,
+        abandon: CancellationToken,
+    ) {
+        while let Some(Routing {
+            message,
+            delivery,
+            routes,
+            fate,
+        }) = in_order.recv().await
+        {
+            let settle = with_progress(
+                &message,
+                self.settings.worker.ack_wait,
+                self.settle(&message, &delivery, &routes, fate),
+            );
+            tokio::select! {
+                () = settle => {}
+                _ = abandon.cancelled() => {
+                    let _ = delivery.apply(&self.js, &message, &outcome::abandoned()).await;
+                }
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        delivery: &Delivery,
+        routes: &[(String, String)],
+        fate: Fate,
+    ) {
+        let mut fate = match fate {
+            Fate::Copied(acks) => stored(acks, delivery, &self.settings).await,
+            Fate::Decided(fate) => fate,
+        };
+        loop {
+            if let Outcome::Hold { reason, .. } = &fate {
+                tracing::warn!(%reason, "Cannot route the event; holding it.");
+                tokio::time::sleep(self.settings.worker.backoff_after(1)).await;
+                fate = match self.copy(message, delivery, routes).await {
+                    Fate::Copied(acks) => stored(acks, delivery, &self.settings).await,
+                    Fate::Decided(fate) => fate,
+                };
+                continue;
+            }
+            match delivery.apply(&self.js, message, &fate).await {
+                Ok(()) => return,
+                Err(held) => fate = held,
+            }
+        }
+    }
+}
+
+/// `Ack` once every copy is stored, else the held fate.
+async fn stored(acks: Vec<PublishAckFuture>, delivery: &Delivery, settings: &Settings) -> Outcome {
+    for ack in acks {
+        if let Err(e) = ack.await {
+            return decide(
+                Err(HandleError::Route(e.to_string())),
+                delivery.delivered,
+                false,
+                &settings.worker,
+            );
+        }
+    }
+    Outcome::Ack
+}

@@ -1,0 +1,309 @@
+//! A lane: one durable consumer on `SOFTPHONE_LANES` and what handles its
+//! events, in every replica. Each CRM connection has its own lane, and the
+//! softphone lane keeps the registry and `load` callbacks apart from every
+//! CRM. A replica handles at most `worker.concurrency` events of a lane at
+//! once and pulls no more than it has room for (back-pressure, not an error);
+//! while the lane's gate is paused it pulls nothing and the events it holds wait.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::WorkerSettings;
+use super::delivery::{Delivery, unreadable, with_progress};
+use super::gate::Gate;
+use super::outcome::{self, HandleError, Outcome, decide};
+use super::pull::{Messages, Next, Puller, give_back};
+use crate::contract::{Event, LaneTarget};
+use crate::crm::{CrmError, CrmEvent};
+use crate::metric;
+
+/// What a lane does with each event.
+pub(super) trait Work: Send + Sync + 'static {
+    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), HandleError>>;
+}
+
+pub(super) struct Lane<W> {
+    /// `crm-<connection>` or `softphones`, for logs.
+    name: String,
+    /// The CRM connection, for a CRM lane.
+    connection: Option<String>,
+    settings: WorkerSettings,
+    js: jetstream::Context,
+    work: W,
+    /// The connection's health, for CRM lanes.
+    gate: Option<Arc<Gate>>,
+}
+
+impl<W: Work> Lane<W> {
+    pub fn new(
+        connection: Option<String>,
+        settings: WorkerSettings,
+        js: jetstream::Context,
+        work: W,
+        gate: Option<Arc<Gate>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            name: connection
+                .as_ref()
+                .map_or_else(|| "softphones".to_owned(), |c| format!("crm-{c}")),
+            connection,
+            settings,
+            js,
+            work,
+            gate,
+        })
+    }
+
+    fn target(&self) -> LaneTarget<'_> {
+        match &self.connection {
+            Some(connection) => LaneTarget::Crm(connection),
+            None => LaneTarget::Softphone,
+        }
+    }
+
+    /// Consumes until `shutdown`, then stops pulling, gives back what it
+    /// had pulled but not started, lets in-flight events finish within the
+    /// shutdown deadline and gives back what is left.
+    pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let abandon = CancellationToken::new();
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut puller = Puller::new(consumer, self.settings.concurrency);
+        let mut paused = self.gate.as_ref().map(|gate| gate.watch());
+        'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
+            loop {
+                let permit = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        give_back(messages).await;
+                        break 'pull;
+                    }
+                    _ = pause_of(&mut paused) => {
+                        self.hold_buffered(&mut messages, &tracker, &abandon);
+                        drop(messages);
+                        resume_of(&mut paused, &shutdown).await;
+                        continue 'pull;
+                    }
+                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+                };
+                match puller.next(&mut messages, &shutdown).await {
+                    Next::Message(message) => {
+                        let lane = Arc::clone(&self);
+                        let abandon = abandon.clone();
+                        tracker.spawn(async move {
+                            lane.process(message, abandon).await;
+                            drop(permit);
+                        });
+                    }
+                    Next::Ended => continue 'pull,
+                    Next::Shutdown => {
+                        give_back(messages).await;
+                        break 'pull;
+                    }
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(self.settings.shutdown_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(lane = %self.name, in_flight = tracker.len(), "Shutdown deadline passed; giving back events still in flight.");
+            abandon.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!(lane = %self.name, "Lane stopped.");
+    }
+
+    /// What the pull stream had already taken when the lane paused: held
+    /// here (kept in progress) rather than left to time out and count a delivery.
+    fn hold_buffered(
+        self: &Arc<Self>,
+        messages: &mut Messages,
+        tracker: &TaskTracker,
+        abandon: &CancellationToken,
+    ) {
+        use futures::StreamExt;
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            let lane = Arc::clone(self);
+            let abandon = abandon.clone();
+            tracker.spawn(async move { lane.process(message, abandon).await });
+        }
+    }
+
+    /// Handles one delivery and applies its fate. Never panics, never drops
+    /// a message without an ack, a nak or a dead-letter.
+    async fn process(&self, message: jetstream::Message, abandon: CancellationToken) {
+        let delivery = match Delivery::from_lane(&message, self.target().kind_of(&message.subject))
+        {
+            Ok(delivery) => delivery,
+            Err(fate) => return unreadable(&message, fate).await,
+        };
+        let span = tracing::info_span!(
+            "event",
+            lane = %self.name,
+            subject = %delivery.subject,
+            event_id = %delivery.id,
+            conversation_id = tracing::field::Empty,
+            delivery = delivery.delivered,
+        );
+        let in_flight = metrics::gauge!(metric::IN_FLIGHT);
+        in_flight.increment(1.0);
+        async {
+            let settle = with_progress(
+                &message,
+                self.settings.ack_wait,
+                self.settle(&message, &delivery),
+            );
+            tokio::select! {
+                () = settle => {}
+                _ = abandon.cancelled() => {
+                    // Nak only: a dead-letter is never half-applied.
+                    let _ = delivery.apply(&self.js, &message, &outcome::abandoned()).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        in_flight.decrement(1.0);
+    }
+
+    /// Decides the delivery's fate, holding it while its connection is in
+    /// trouble, and applies it.
+    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery) {
+        let fate = match outcome::exhausted(delivery.delivered, &self.settings) {
+            Some(fate) => fate,
+            None => match self.decode(message, delivery) {
+                Ok(event) => {
+                    if let Some(conversation) = event.event.conversation_id() {
+                        tracing::Span::current().record("conversation_id", conversation.as_str());
+                    }
+                    self.attempt(&event, delivery.delivered).await
+                }
+                Err(e) => decide(Err(e.into()), delivery.delivered, false, &self.settings),
+            },
+        };
+        while let Err(held) = delivery.apply(&self.js, message, &fate).await {
+            self.wait(&held).await;
+        }
+    }
+
+    fn decode(
+        &self,
+        message: &jetstream::Message,
+        delivery: &Delivery,
+    ) -> Result<CrmEvent, crate::contract::ContractError> {
+        let kind = delivery.kind.ok_or_else(|| {
+            crate::contract::ContractError::UnknownSubject(message.subject.to_string())
+        })?;
+        let event = Event::decode(kind, &message.payload)?;
+        // decode succeeded, so the body is one JSON value.
+        let raw = serde_json::from_slice(&message.payload)
+            .map_err(|e| crate::contract::ContractError::Json(e.to_string()))?;
+        Ok(CrmEvent {
+            id: delivery.id.clone(),
+            event,
+            raw,
+            published: delivery.published,
+            sequence: delivery.sequence,
+        })
+    }
+
+    /// Handles the event until it has a fate other than being held.
+    async fn attempt(&self, event: &CrmEvent, delivered: u32) -> Outcome {
+        let mut held = None;
+        let mut probe = None;
+        // A lane that paused after this event was pulled: wait before calling.
+        if let Some(gate) = &self.gate
+            && gate.watch().borrow().is_some()
+        {
+            held = Some((gate.hold(), gate.answered()));
+            probe = gate.turn(None).await.probe();
+        }
+        loop {
+            if probe.is_some() {
+                tracing::info!(lane = %self.name, "Probing the CRM connection.");
+            }
+            let result = self.work.handle(event).await;
+            let answered_since = self.record(&result, held.as_ref().map(|(_, at)| *at));
+            drop(probe.take());
+            let fate = decide(result, delivered, answered_since, &self.settings);
+            let Outcome::Hold {
+                reason,
+                retry_after,
+            } = &fate
+            else {
+                return fate;
+            };
+            tracing::debug!(%reason, "Connection in trouble; event held.");
+            let Some(gate) = &self.gate else {
+                self.wait(&fate).await;
+                continue;
+            };
+            let answered = gate.answered();
+            match &mut held {
+                Some((_, at)) => *at = answered,
+                None => held = Some((gate.hold(), answered)),
+            }
+            probe = gate.turn(*retry_after).await.probe();
+        }
+    }
+
+    /// Tells the gate how the CRM call went; whether the connection had
+    /// answered others since `held_at`.
+    fn record(&self, result: &Result<(), HandleError>, held_at: Option<u64>) -> bool {
+        let Some(gate) = &self.gate else {
+            return false;
+        };
+        let answered_before = gate.answered();
+        match result {
+            Ok(()) => gate.record(None),
+            Err(HandleError::Crm(e)) => gate.record(Some(e)),
+            Err(_) => {}
+        }
+        matches!(result, Err(HandleError::Crm(CrmError::Unavailable { .. })))
+            && held_at.is_some_and(|at| answered_before > at)
+    }
+
+    /// Waits before trying a held fate again, where no gate says when.
+    async fn wait(&self, held: &Outcome) {
+        let delay = match held {
+            Outcome::Hold {
+                retry_after: Some(asked),
+                ..
+            } => (*asked).min(self.settings.max_retry_after),
+            _ => self.settings.backoff_after(1),
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Resolves when the lane's gate pauses (never for a lane without one).
+async fn pause_of(paused: &mut Option<tokio::sync::watch::Receiver<Option<time::OffsetDateTime>>>) {
+    match paused {
+        Some(watch) => {
+            let _ = watch.wait_for(Option::is_some).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the lane's gate resumes, or at shutdown.
+async fn resume_of(
+    paused: &mut Option<tokio::sync::watch::Receiver<Option<time::OffsetDateTime>>>,
+    shutdown: &CancellationToken,
+) {
+    if let Some(watch) = paused {
+        tokio::select! {
+            _ = watch.wait_for(Option::is_none) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}

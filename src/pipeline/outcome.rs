@@ -1,0 +1,316 @@
+//! The one place that decides every fate of a delivered message, at the
+//! intake and in the lanes; the consume loops only apply it.
+//!
+//! The rule: a delivery counts against an event only when the failure is the
+//! event's own. Trouble that belongs to the CRM connection or to NATS holds
+//! the event (kept in progress, handled again when the lane may go on) and
+//! spends none of its deliveries.
+
+use std::time::Duration;
+
+use super::WorkerSettings;
+use crate::command::CommandError;
+use crate::contract::ContractError;
+use crate::crm::CrmError;
+use crate::registry::RegistryError;
+
+/// What becomes of a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled (or routed): acknowledge.
+    Ack,
+    /// Failed for its own reasons, for now: nak with a delay so JetStream
+    /// redelivers it later. Spends one delivery.
+    Retry { delay: Duration, reason: String },
+    /// Its connection (or NATS) is in trouble: keep it in progress and handle
+    /// it again once the lane may go on. Spends nothing.
+    Hold {
+        reason: String,
+        /// What the CRM asked for, if anything.
+        retry_after: Option<Duration>,
+    },
+    /// Cannot be handled: copy to the dead-letter stream with the reason, then terminate.
+    DeadLetter {
+        reason: String,
+        detail: Option<String>,
+    },
+}
+
+impl Outcome {
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Hold { .. } => "hold",
+            Outcome::DeadLetter { .. } => "dead_letter",
+        }
+    }
+}
+
+/// Why handling (or routing) an event failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    #[error(transparent)]
+    Crm(#[from] CrmError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The intake could not store the routed copy: NATS trouble.
+    #[error("cannot route the event: {0}")]
+    Route(String),
+}
+
+/// Decides the fate of delivery number `delivered` (1-based) given how
+/// handling went. `connection_answered` says whether the event's connection
+/// answered other events since this one was last held: a connection that
+/// works for others cannot be blamed for this event's failures any more.
+pub fn decide(
+    result: Result<(), HandleError>,
+    delivered: u32,
+    connection_answered: bool,
+    settings: &WorkerSettings,
+) -> Outcome {
+    let (reason, retry_after) = match result {
+        Ok(()) => return Outcome::Ack,
+        Err(HandleError::Contract(e)) => {
+            return Outcome::DeadLetter {
+                reason: format!("invalid payload: {e}"),
+                detail: None,
+            };
+        }
+        Err(HandleError::Crm(CrmError::Permanent { reason, detail })) => {
+            return Outcome::DeadLetter { reason, detail };
+        }
+        Err(HandleError::Crm(CrmError::Unavailable {
+            reason,
+            retry_after,
+        })) if !connection_answered => {
+            return Outcome::Hold {
+                reason,
+                retry_after,
+            };
+        }
+        Err(HandleError::Crm(
+            CrmError::Transient {
+                reason,
+                retry_after,
+            }
+            | CrmError::Unavailable {
+                reason,
+                retry_after,
+            },
+        )) => (reason, retry_after),
+        Err(e @ (HandleError::Command(_) | HandleError::Registry(_) | HandleError::Route(_))) => {
+            return Outcome::Hold {
+                reason: e.to_string(),
+                retry_after: None,
+            };
+        }
+    };
+    if delivered >= settings.max_deliveries {
+        return Outcome::DeadLetter {
+            reason: format!(
+                "gave up after {delivered} deliveries (worker.max_deliveries = {}): {reason}",
+                settings.max_deliveries
+            ),
+            detail: None,
+        };
+    }
+    let delay = match retry_after {
+        Some(asked) => asked.min(settings.max_retry_after),
+        None => settings.backoff_after(delivered),
+    };
+    Outcome::Retry { delay, reason }
+}
+
+/// The fate of a delivery that arrives after `max_deliveries` already happened
+/// without an outcome (a replica crashed or lost NATS each time).
+pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
+    (delivered > settings.max_deliveries).then(|| Outcome::DeadLetter {
+        reason: format!(
+            "delivered {delivered} times without an outcome (worker.max_deliveries = {})",
+            settings.max_deliveries
+        ),
+        detail: None,
+    })
+}
+
+/// A delivery without JetStream metadata (which a JetStream consumer never
+/// sends): given back at once.
+pub fn unreadable_metadata(error: impl std::fmt::Display) -> Outcome {
+    Outcome::Retry {
+        delay: Duration::ZERO,
+        reason: format!("delivery without JetStream metadata: {error}"),
+    }
+}
+
+/// An event still in flight when the shutdown deadline passed: given back at
+/// once, so another replica takes it.
+pub fn abandoned() -> Outcome {
+    Outcome::Retry {
+        delay: Duration::ZERO,
+        reason: "shutting down".into(),
+    }
+}
+
+/// The dead-letter stream did not take the copy: NATS trouble, so the event
+/// is held and dead-lettered again later; the original is never terminated
+/// before its copy is stored.
+pub fn dead_letter_failed(error: impl std::fmt::Display) -> Outcome {
+    Outcome::Hold {
+        reason: format!("cannot dead-letter the event: {error}"),
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
+            max_deliveries: 3,
+            backoff: vec![Duration::from_secs(1), Duration::from_secs(4)],
+            max_retry_after: Duration::from_secs(60),
+            ..Default::default()
+        }
+    }
+
+    fn transient(retry_after: Option<Duration>) -> Result<(), HandleError> {
+        Err(CrmError::Transient {
+            reason: "UNABLE_TO_LOCK_ROW".into(),
+            retry_after,
+        }
+        .into())
+    }
+
+    fn unavailable() -> Result<(), HandleError> {
+        Err(CrmError::Unavailable {
+            reason: "CRM answered 503".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        }
+        .into())
+    }
+
+    #[test]
+    fn success_is_acked() {
+        assert_eq!(decide(Ok(()), 1, false, &settings()), Outcome::Ack);
+    }
+
+    #[test]
+    fn an_events_own_failures_back_off_then_dead_letter() {
+        let s = settings();
+        assert_eq!(
+            decide(transient(None), 1, false, &s),
+            Outcome::Retry {
+                delay: Duration::from_secs(1),
+                reason: "UNABLE_TO_LOCK_ROW".into()
+            }
+        );
+        assert!(
+            matches!(decide(transient(None), 2, false, &s), Outcome::Retry { delay, .. } if delay == Duration::from_secs(4))
+        );
+        match decide(transient(None), 3, false, &s) {
+            Outcome::DeadLetter { reason, .. } => {
+                assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
+                assert!(reason.contains("UNABLE_TO_LOCK_ROW"), "{reason}");
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_connections_trouble_holds_whatever_the_delivery_count() {
+        let s = settings();
+        for delivered in [1, 3, 100] {
+            assert_eq!(
+                decide(unavailable(), delivered, false, &s),
+                Outcome::Hold {
+                    reason: "CRM answered 503".into(),
+                    retry_after: Some(Duration::from_secs(7))
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_connection_that_answers_others_cannot_be_blamed_any_more() {
+        let s = settings();
+        assert!(matches!(
+            decide(unavailable(), 1, true, &s),
+            Outcome::Retry { delay, .. } if delay == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            decide(unavailable(), 3, true, &s),
+            Outcome::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let s = settings();
+        assert!(
+            matches!(decide(transient(Some(Duration::from_secs(9))), 1, false, &s),
+            Outcome::Retry { delay, .. } if delay == Duration::from_secs(9))
+        );
+        assert!(
+            matches!(decide(transient(Some(Duration::from_secs(3600))), 1, false, &s),
+            Outcome::Retry { delay, .. } if delay == Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn permanent_failures_and_bad_payloads_dead_letter_at_once() {
+        let s = settings();
+        let permanent = Err(CrmError::Permanent {
+            reason: "CRM answered 422".into(),
+            detail: Some("bad".into()),
+        }
+        .into());
+        assert_eq!(
+            decide(permanent, 1, false, &s),
+            Outcome::DeadLetter {
+                reason: "CRM answered 422".into(),
+                detail: Some("bad".into())
+            }
+        );
+        let invalid = Err(ContractError::Json("EOF".into()).into());
+        assert!(
+            matches!(decide(invalid, 1, false, &s), Outcome::DeadLetter { reason, .. } if reason.starts_with("invalid payload"))
+        );
+    }
+
+    #[test]
+    fn nats_trouble_holds() {
+        let s = settings();
+        let failed = || Err(RegistryError::new("cannot write agent-1: timed out").into());
+        for delivered in [1, 3] {
+            assert!(matches!(decide(failed(), delivered, false, &s),
+                Outcome::Hold { reason, .. } if reason.contains("timed out")));
+        }
+        assert!(matches!(
+            decide(
+                Err(HandleError::Route("no responders".into())),
+                5,
+                false,
+                &s
+            ),
+            Outcome::Hold { .. }
+        ));
+        assert!(matches!(
+            dead_letter_failed("timed out"),
+            Outcome::Hold { .. }
+        ));
+    }
+
+    #[test]
+    fn deliveries_beyond_the_limit_are_exhausted() {
+        let s = settings();
+        assert_eq!(exhausted(3, &s), None);
+        assert!(exhausted(4, &s).is_some());
+    }
+}
