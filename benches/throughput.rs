@@ -1,58 +1,107 @@
-//! Measures what the worker costs: the per-event hot path (decode, validate,
-//! build the CRM document) in-process, and end-to-end throughput through a real
-//! NATS (testcontainers) with the `log` CRM writing to a sink, at several
-//! concurrency settings, with the process's peak memory.
+//! What one event costs the worker, and how close the pipeline comes to the
+//! floors beneath it, all measured in one run:
 //!
-//! `cargo bench --bench throughput` (needs the NATS image: deploy/nats-image.sh).
-//! BENCH_EVENTS sets the number of events (default 20000).
+//! 1. **Hot path**, in-process: decode and validate an event, build the CRM
+//!    document.
+//! 2. **Raw consume**: a plain durable pull consumer on `SOFTPHONE_EVENTS`
+//!    (no bridge) receiving and acking every event: the floor for one
+//!    JetStream delivery and ack.
+//! 3. **Raw POST**: a pooled `reqwest` client POSTing a CRM document, 32 at a
+//!    time, to an in-process axum server on 127.0.0.1 that answers 200 at
+//!    once: the floor for one CRM call.
+//! 4. **Bridge, 1 connection**: the whole pipeline (intake, then the CRM
+//!    lane) with `[crm] kind = "webhook"` pointing at that same server, every
+//!    event for one partner.
+//! 5. **Bridge, 50 connections**: `[crms.c0]` to `[crms.c49]` (all webhooks
+//!    to the same server), 50 partners each routed to its own connection,
+//!    every event for one of them.
+//!
+//! Each NATS measurement gets a fresh NATS container (testcontainers); every
+//! event is published before the clock starts, so the publisher is idle
+//! while the consumers work. A bridge run is timed from `Application::build`
+//! until every consumer of `pipeline::consumers` has nothing pending and
+//! nothing unacknowledged and the server has answered one request per event,
+//! with `worker.concurrency = 32` and `worker.max_ack_pending = 10000`.
+//!
+//! CPU is the process's user+system time (`getrusage(RUSAGE_SELF)`) over the
+//! timed phase, per event. NATS runs in its container and is not counted; the
+//! in-process HTTP server is, so its own thread's share is shown apart and
+//! subtracted in the "excl. server" column. Peak RSS is the process's
+//! high-water mark so far; "redelivered" sums `num_redelivered` over the
+//! consumers.
+//!
+//! `cargo bench --bench throughput` (needs the NATS image: deploy/nats-image.sh;
+//! SOFTPHONE_NATS_IMAGE names another). BENCH_EVENTS sets the number of events
+//! (default 20000).
 
 use std::hint::black_box;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::value::RawValue;
 use softphone_bridge::config::Settings;
-use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind};
-use softphone_bridge::crm::{CrmEvent, LogCrm};
-use softphone_bridge::{Application, broker};
+use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
+use softphone_bridge::crm::CrmEvent;
+use softphone_bridge::{Application, broker, pipeline};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio_util::sync::CancellationToken;
 
-const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+/// The bridge's `worker.concurrency`, and the raw POST's.
+const CONCURRENCY: usize = 32;
+/// How long one measurement may take before it is reported as stalled.
+const STALL_AFTER: Duration = Duration::from_secs(90);
+/// How often a measurement looks at its progress.
+const POLL_EVERY: Duration = Duration::from_millis(5);
 
-fn body(kind: EventKind, i: usize) -> String {
+/// The partner of `index`: the one with traffic is 0.
+fn partner(index: usize) -> String {
+    format!("215fd887-39be-4935-981f-{index:012x}")
+}
+
+fn body(kind: EventKind, partner: &str, i: usize) -> String {
     let conv = format!("57053e21-0440-4689-a27a-{i:012x}");
     match kind {
         EventKind::CallAccepted => format!(
-            r#"{{"partnerId":"{PARTNER}","conversationId":"{conv}","callerANI":"+18883973342","language":"en_US","ivrExitPath":"billing","channelName":"voice","reservationStartDate":"2026-12-01","specialEvent":"none","escalationType":"none","recordingStatus":"ON"}}"#
+            r#"{{"partnerId":"{partner}","conversationId":"{conv}","callerANI":"+18883973342","language":"en_US","ivrExitPath":"billing","channelName":"voice","reservationStartDate":"2026-12-01","specialEvent":"none","escalationType":"none","recordingStatus":"ON"}}"#
         ),
         _ => format!(
-            r#"{{"partnerId":"{PARTNER}","conversationId":"{conv}","duration":183.5,"disposition":"Booked","notes":"Customer rebooked for Friday; sent confirmation.","callType":"inbound"}}"#
+            r#"{{"partnerId":"{partner}","conversationId":"{conv}","duration":183.5,"disposition":"Booked","notes":"Customer rebooked for Friday; sent confirmation.","callType":"inbound"}}"#
         ),
     }
 }
 
-fn hot_path() {
+/// The CRM document the bridge would send for this event.
+fn document(kind: EventKind, payload: &str, sequence: u64) -> Vec<u8> {
+    let event = Event::decode(kind, payload.as_bytes()).expect("valid");
+    let raw: Box<RawValue> = serde_json::from_str(payload).expect("json");
+    CrmEvent {
+        id: "seq:1".into(),
+        event,
+        raw,
+        published: time::OffsetDateTime::UNIX_EPOCH,
+        sequence,
+    }
+    .to_json()
+}
+
+fn hot_path() -> Vec<(EventKind, Duration)> {
     const N: usize = 200_000;
+    let mut results = Vec::new();
     for kind in [EventKind::CallAccepted, EventKind::CallEnded] {
-        let payload = body(kind, 7);
+        let payload = body(kind, &partner(0), 7);
         let started = Instant::now();
         let mut bytes = 0usize;
         for i in 0..N {
-            let event = Event::decode(kind, payload.as_bytes()).expect("valid");
-            let raw: Box<RawValue> = serde_json::from_str(&payload).expect("json");
-            let doc = CrmEvent {
-                id: "seq:1".into(),
-                event,
-                raw,
-                published: time::OffsetDateTime::UNIX_EPOCH,
-                sequence: i as u64,
-            }
-            .to_json();
-            bytes += black_box(doc).len();
+            bytes += black_box(document(kind, &payload, i as u64)).len();
         }
         let per = started.elapsed() / N as u32;
         println!(
@@ -62,7 +111,9 @@ fn hot_path() {
             payload.len(),
             bytes / N
         );
+        results.push((kind, per));
     }
+    results
 }
 
 fn peak_rss_kib() -> u64 {
@@ -76,100 +127,580 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-async fn end_to_end(events: usize) {
-    let image = std::env::var("SOFTPHONE_NATS_IMAGE")
-        .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".into());
-    let (name, tag) = image.rsplit_once(':').expect("image:tag");
-    let container = GenericImage::new(name, tag)
-        .with_exposed_port(ContainerPort::Tcp(4222))
-        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-        .with_cmd(["--jetstream", "--store_dir", "/data"])
-        .start()
-        .await
-        .expect("NATS starts (run deploy/nats-image.sh)");
-    let url = format!(
-        "nats://127.0.0.1:{}",
-        container.get_host_port_ipv4(4222).await.unwrap()
-    );
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = jetstream::new(client);
-    let base = Settings::from_toml(&format!("[nats]\nurl = \"{url}\"\n")).unwrap();
-    broker::provision(&js, &base).await.unwrap();
+/// User+system CPU time of the whole process.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
 
-    let started = Instant::now();
-    let mut acks = Vec::with_capacity(1000);
-    for i in 0..events {
-        let kind = if i % 2 == 0 {
-            EventKind::CallAccepted
-        } else {
-            EventKind::CallEnded
-        };
-        acks.push(
-            js.publish(kind.subject(), body(kind, i).into())
-                .await
-                .unwrap(),
+/// CPU time of one thread of this process: the scheduler's exact figure,
+/// else user+system clock ticks.
+fn thread_cpu(tid: i64) -> Duration {
+    if let Some(ns) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    {
+        return Duration::from_nanos(ns);
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(fields.iter().sum::<u64>() * 1_000_000 / hz)
+}
+
+/// The in-process CRM: answers every POST with 200 at once, on a thread of
+/// its own so that its CPU time can be told apart.
+struct Webhook {
+    url: String,
+    requests: Arc<AtomicU64>,
+    tid: i64,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&requests);
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("webhook".into())
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    ready.send((listener.local_addr().unwrap(), tid)).unwrap();
+                    let app = axum::Router::new()
+                        .route("/hook", axum::routing::post(answer))
+                        .with_state(counter);
+                    axum::serve(listener, app).await.unwrap();
+                });
+            })
+            .unwrap();
+        let (addr, tid): (SocketAddr, i64) = started.recv().unwrap();
+        Self {
+            url: format!("http://{addr}/hook"),
+            requests,
+            tid,
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+async fn answer(State(requests): State<Arc<AtomicU64>>, _body: Bytes) -> StatusCode {
+    requests.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+/// CPU spent so far: the process's, and the webhook server thread's.
+#[derive(Clone, Copy)]
+struct Cpu {
+    process: Duration,
+    server: Duration,
+}
+
+impl Cpu {
+    fn now(webhook: &Webhook) -> Self {
+        Self {
+            process: process_cpu(),
+            server: thread_cpu(webhook.tid),
+        }
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(earlier.process),
+            server: self.server.saturating_sub(earlier.server),
+        }
+    }
+}
+
+/// One timed measurement.
+struct Measured {
+    name: String,
+    events: usize,
+    took: Duration,
+    cpu: Cpu,
+    /// From the start until the first CRM request (bridge runs).
+    first_request: Option<Duration>,
+    /// CRM requests the server answered (bridge runs).
+    requests: Option<u64>,
+    redelivered: Option<usize>,
+    /// Whether it finished before `STALL_AFTER`.
+    complete: bool,
+    peak_rss_kib: u64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.took.as_secs_f64()
+    }
+
+    fn us_per_event(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.events as f64
+    }
+
+    fn print(&self) {
+        let mut line = format!(
+            "{:<22} {} events in {:>7.1?} = {:>7.0} events/s; CPU {:>6.1} µs/event ({:.1} µs in the HTTP server)",
+            self.name,
+            self.events,
+            self.took,
+            self.rate(),
+            self.us_per_event(self.cpu.process),
+            self.us_per_event(self.cpu.server),
         );
-        if acks.len() == 1000 {
-            for ack in acks.drain(..) {
-                ack.await.unwrap();
-            }
+        if let Some(first) = self.first_request {
+            line += &format!("; first CRM request after {first:.1?}");
         }
+        if let Some(requests) = self.requests {
+            line += &format!("; {requests} CRM requests");
+        }
+        if let Some(redelivered) = self.redelivered {
+            line += &format!("; {redelivered} redelivered");
+        }
+        line += &format!("; peak RSS {} MiB", self.peak_rss_kib / 1024);
+        if !self.complete {
+            line += "  ** STALLED: did not finish **";
+        }
+        println!("{line}");
     }
-    for ack in acks.drain(..) {
-        ack.await.unwrap();
-    }
-    let published = started.elapsed();
-    println!(
-        "publish          {events} events in {:>7.1?} = {:>7.0} events/s (JetStream acked)",
-        published,
-        events as f64 / published.as_secs_f64()
-    );
+}
 
-    for concurrency in [1, 8, 32, 128] {
-        let consumer = format!("bench-c{concurrency}");
-        let settings = Settings::from_toml(&format!(
-            "[nats]\nurl = \"{url}\"\n[worker]\nconsumer = \"{consumer}\"\nconcurrency = {concurrency}\nmax_ack_pending = 10000\n"
-        ))
-        .unwrap();
-        broker::provision(&js, &settings).await.unwrap();
-        let crm: Arc<dyn softphone_bridge::crm::Crm> = Arc::new(LogCrm::new(Box::new(std::io::sink())));
-        let connections = softphone_bridge::crm::Connections::new([("crm".to_owned(), crm)]);
-        let app = Application::build_with_connections(settings, connections).await.unwrap();
-        let shutdown = CancellationToken::new();
-        let started = Instant::now();
-        let running = tokio::spawn(app.run_until(shutdown.clone()));
-        let stream = js.get_stream(EVENTS_STREAM).await.unwrap();
-        loop {
-            let info = stream.consumer_info(&consumer).await.unwrap();
-            if info.ack_floor.consumer_sequence as usize >= events && info.num_ack_pending == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let took = started.elapsed();
-        let redelivered = stream
-            .consumer_info(&consumer)
+/// A fresh NATS server in a container, with a client of the bench's own.
+struct Nats {
+    container: ContainerAsync<GenericImage>,
+    url: String,
+    js: jetstream::Context,
+}
+
+impl Nats {
+    async fn start() -> Self {
+        let image = std::env::var("SOFTPHONE_NATS_IMAGE")
+            .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".into());
+        let (name, tag) = image.rsplit_once(':').expect("image:tag");
+        let container = GenericImage::new(name, tag)
+            .with_exposed_port(ContainerPort::Tcp(4222))
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+            .with_cmd(["--jetstream", "--store_dir", "/data"])
+            .start()
             .await
-            .unwrap()
-            .num_redelivered;
-        shutdown.cancel();
-        running.await.unwrap().unwrap();
-        println!(
-            "consume c={concurrency:<4} {events} events in {:>7.1?} = {:>7.0} events/s; peak RSS {} MiB; {redelivered} redelivered",
-            took,
-            events as f64 / took.as_secs_f64(),
-            peak_rss_kib() / 1024
+            .expect("NATS starts (run deploy/nats-image.sh)");
+        let url = format!(
+            "nats://127.0.0.1:{}",
+            container.get_host_port_ipv4(4222).await.unwrap()
         );
+        let client = async_nats::connect(&url).await.unwrap();
+        Self {
+            container,
+            url,
+            js: jetstream::new(client),
+        }
+    }
+
+    async fn stop(self) {
+        drop(self.js);
+        let _ = self.container.rm().await;
+    }
+
+    /// Publishes `events` events of `partner`, alternately `call_accepted`
+    /// and `call_ended`, each acked by JetStream.
+    async fn publish(&self, events: usize, partner: &str) {
+        let started = Instant::now();
+        let mut acks = Vec::with_capacity(1000);
+        for i in 0..events {
+            let kind = if i % 2 == 0 {
+                EventKind::CallAccepted
+            } else {
+                EventKind::CallEnded
+            };
+            acks.push(
+                self.js
+                    .publish(kind.subject(), body(kind, partner, i).into())
+                    .await
+                    .unwrap(),
+            );
+            if acks.len() == 1000 {
+                for ack in acks.drain(..) {
+                    ack.await.unwrap();
+                }
+            }
+        }
+        for ack in acks.drain(..) {
+            ack.await.unwrap();
+        }
+        let published = started.elapsed();
+        println!(
+            "  published {events} events in {:>7.1?} = {:>7.0} events/s (JetStream acked)",
+            published,
+            events as f64 / published.as_secs_f64()
+        );
+    }
+
+    /// Whether every consumer has nothing pending and nothing unacknowledged,
+    /// and their redeliveries; all asked at once.
+    async fn drained(&self, consumers: &[(&'static str, String)]) -> (bool, usize) {
+        let infos = futures::future::join_all(consumers.iter().map(|(stream, name)| async move {
+            let stream = self.js.get_stream_no_info(*stream).await.unwrap();
+            stream.consumer_info(name).await.unwrap()
+        }))
+        .await;
+        let clean = infos
+            .iter()
+            .all(|info| info.num_pending == 0 && info.num_ack_pending == 0);
+        (clean, infos.iter().map(|info| info.num_redelivered).sum())
+    }
+
+    /// Polls until `consumers` are drained (once `ready` says the work is
+    /// done) or the measurement stalls. The time it took, when the first
+    /// request arrived, whether it completed, the redeliveries.
+    async fn wait_drained(
+        &self,
+        consumers: &[(&'static str, String)],
+        started: Instant,
+        mut progress: impl FnMut() -> (bool, bool),
+    ) -> (Duration, Option<Duration>, bool, usize) {
+        let mut first = None;
+        loop {
+            let (begun, done) = progress();
+            if begun && first.is_none() {
+                first = Some(started.elapsed());
+            }
+            if done {
+                let (clean, redelivered) = self.drained(consumers).await;
+                if clean {
+                    return (started.elapsed(), first, true, redelivered);
+                }
+            }
+            if started.elapsed() > STALL_AFTER {
+                let (_, redelivered) = self.drained(consumers).await;
+                for (stream, name) in consumers {
+                    let info = self
+                        .js
+                        .get_stream_no_info(*stream)
+                        .await
+                        .unwrap()
+                        .consumer_info(name)
+                        .await
+                        .unwrap();
+                    println!(
+                        "  stalled: {name}: {} pending, {} unacknowledged, {} redelivered, ack floor {}",
+                        info.num_pending,
+                        info.num_ack_pending,
+                        info.num_redelivered,
+                        info.ack_floor.stream_sequence
+                    );
+                }
+                return (started.elapsed(), first, false, redelivered);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+/// A plain durable pull consumer on the events, acking each one.
+async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
+    let nats = Nats::start().await;
+    let settings = Settings::from_toml(&format!("[nats]\nurl = \"{}\"\n", nats.url)).unwrap();
+    broker::provision(&nats.js, &settings).await.unwrap();
+    nats.publish(events, &partner(0)).await;
+    let name = "bench-raw".to_owned();
+    let consumer = nats
+        .js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let cpu = Cpu::now(webhook);
+    let started = Instant::now();
+    let counting = Arc::clone(&consumed);
+    let consuming = tokio::spawn(async move {
+        let mut messages = consumer.messages().await.unwrap();
+        for _ in 0..events {
+            let message = messages.next().await.unwrap().unwrap();
+            message.ack().await.unwrap();
+            counting.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let (took, _, complete, redelivered) = nats
+        .wait_drained(&[(EVENTS_STREAM, name)], started, || {
+            let n = consumed.load(Ordering::Relaxed);
+            (n > 0, n >= events)
+        })
+        .await;
+    let cpu = Cpu::now(webhook).since(cpu);
+    consuming.abort();
+    let measured = Measured {
+        name: "raw consume+ack".into(),
+        events,
+        took,
+        cpu,
+        first_request: None,
+        requests: None,
+        redelivered: Some(redelivered),
+        complete,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    nats.stop().await;
+    measured
+}
+
+/// A pooled client POSTing CRM documents, `CONCURRENCY` at a time.
+async fn raw_post(webhook: &Webhook, requests: usize) -> Measured {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let payload = body(EventKind::CallEnded, &partner(0), 7);
+    let document = Bytes::from(document(EventKind::CallEnded, &payload, 7));
+    println!("  POST body: {} B CRM document", document.len());
+    let next = Arc::new(AtomicUsize::new(0));
+    let before = webhook.requests();
+    let cpu = Cpu::now(webhook);
+    let started = Instant::now();
+    let mut posting = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (client, url, document, next) = (
+            client.clone(),
+            webhook.url.clone(),
+            document.clone(),
+            Arc::clone(&next),
+        );
+        posting.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let response = client
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(document.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = posting.join_next().await {
+        done.unwrap();
+    }
+    let took = started.elapsed();
+    let cpu = Cpu::now(webhook).since(cpu);
+    Measured {
+        name: format!("raw POST (c={CONCURRENCY})"),
+        events: requests,
+        took,
+        cpu,
+        first_request: None,
+        requests: Some(webhook.requests() - before),
+        redelivered: None,
+        complete: true,
+        peak_rss_kib: peak_rss_kib(),
+    }
+}
+
+/// The bridge's settings: `[crm]` and `extra` more connections, all webhooks
+/// to `hook`, and a partner per connection (partner 0 on the last one).
+fn bridge_settings(nats: &str, hook: &str, prefix: &str, extra: usize) -> Settings {
+    let webhook = format!("kind = \"webhook\"\nurl = \"{hook}\"\nsecret = \"bench-secret\"\n");
+    let mut toml = format!(
+        "[nats]\nurl = \"{nats}\"\n\
+         [worker]\nconsumer = \"{prefix}\"\nconcurrency = {CONCURRENCY}\nmax_ack_pending = 10000\n\
+         [crm]\n{webhook}"
+    );
+    for c in 0..extra {
+        toml += &format!("[crms.c{c}]\n{webhook}");
+    }
+    let partners = extra.max(1);
+    for p in 0..partners {
+        toml += &format!(
+            "[partners.\"{}\"]\nbusiness_segment_id = \"4f3c1a52-8d1e-4a57-9f0e-{p:012x}\"\nchannel_origin_id = \"9b2e7d44-6c3f-4e21-8a5b-{p:012x}\"\n",
+            partner(p)
+        );
+        if extra > 0 {
+            toml += &format!("crm = \"c{p}\"\n");
+        }
+    }
+    Settings::from_toml(&toml).unwrap()
+}
+
+/// The whole bridge, from a fresh NATS holding every event already.
+async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
+    let nats = Nats::start().await;
+    let connections = extra.max(1);
+    let prefix = format!("bench-{connections}");
+    let settings = bridge_settings(&nats.url, &webhook.url, &prefix, extra);
+    let lane = settings.connection_for(Some(&Guid::try_from(partner(0)).unwrap()));
+    println!(
+        "  {} CRM connection(s) configured, every event for one partner, on lane {lane}",
+        settings.connections().count()
+    );
+    broker::provision(&nats.js, &settings).await.unwrap();
+    nats.publish(events, &partner(0)).await;
+    let consumers: Vec<(&'static str, String)> = pipeline::consumers(&settings)
+        .into_iter()
+        .map(|c| (c.stream, c.name))
+        .collect();
+    let before = webhook.requests();
+    let cpu = Cpu::now(webhook);
+    let started = Instant::now();
+    let app = Application::build(settings).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until(shutdown.clone()));
+    let (took, first_request, complete, redelivered) = nats
+        .wait_drained(&consumers, started, || {
+            let handled = webhook.requests() - before;
+            (handled > 0, handled >= events as u64)
+        })
+        .await;
+    let cpu = Cpu::now(webhook).since(cpu);
+    let requests = webhook.requests() - before;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let measured = Measured {
+        name: format!(
+            "bridge, {connections} connection{}",
+            if connections == 1 { "" } else { "s" }
+        ),
+        events,
+        took,
+        cpu,
+        first_request,
+        requests: Some(requests),
+        redelivered: Some(redelivered),
+        complete,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    nats.stop().await;
+    measured
+}
+
+fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64)]) {
+    println!();
+    println!(
+        "{:<22} {:>7} {:>9} {:>10} {:>10} {:>10} {:>12} {:>9} {:>11} {:>8}",
+        "measurement",
+        "events",
+        "time s",
+        "events/s",
+        "CPU µs/ev",
+        "server µs",
+        "excl. server",
+        "1st req",
+        "redelivered",
+        "RSS MiB"
+    );
+    for (kind, per) in hot {
+        println!(
+            "{:<22} {:>7} {:>9} {:>10.0} {:>10.2} {:>10} {:>12} {:>9} {:>11} {:>8}",
+            format!("hot path {}", kind.name()),
+            "-",
+            "-",
+            1.0 / per.as_secs_f64(),
+            per.as_secs_f64() * 1e6,
+            "-",
+            "-",
+            "-",
+            "-",
+            "-"
+        );
+    }
+    for row in rows {
+        println!(
+            "{:<22} {:>7} {:>9.3} {:>10.0} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>11} {:>8}{}",
+            row.name,
+            row.events,
+            row.took.as_secs_f64(),
+            row.rate(),
+            row.us_per_event(row.cpu.process),
+            row.us_per_event(row.cpu.server),
+            row.us_per_event(row.cpu.process.saturating_sub(row.cpu.server)),
+            row.first_request
+                .map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+            row.redelivered.map_or("-".into(), |r| r.to_string()),
+            row.peak_rss_kib / 1024,
+            if row.complete { "" } else { "  STALLED" }
+        );
+    }
+    for (name, ratio) in ratios {
+        println!("{name:<60} {ratio:>6.3}");
     }
 }
 
 fn main() {
-    let events = std::env::var("BENCH_EVENTS")
+    let events: usize = std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    hot_path();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(end_to_end(events));
+    softphone_bridge::tls::install_provider();
+    let hot = hot_path();
+    let webhook = Webhook::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (raw_post, raw_consume, one, fifty) = runtime.block_on(async {
+        println!("raw POST:");
+        let raw_post = raw_post(&webhook, events).await;
+        raw_post.print();
+        println!("raw consume+ack:");
+        let raw_consume = raw_consume(&webhook, events).await;
+        raw_consume.print();
+        println!("bridge, 1 connection:");
+        let one = bridge(&webhook, events, 0).await;
+        one.print();
+        println!("bridge, 50 connections:");
+        let fifty = bridge(&webhook, events, 50).await;
+        fifty.print();
+        (raw_post, raw_consume, one, fifty)
+    });
+    for run in [&one, &fifty] {
+        if run.requests != Some(events as u64) {
+            println!(
+                "note: {} answered {:?} CRM requests for {events} events",
+                run.name, run.requests
+            );
+        }
+    }
+    table(
+        &hot,
+        &[&raw_consume, &raw_post, &one, &fifty],
+        &[
+            (
+                "bridge 1-connection rate / raw consume+ack rate",
+                one.rate() / raw_consume.rate(),
+            ),
+            (
+                "bridge 50-connection rate / 1-connection rate (goal >= 0.9)",
+                fifty.rate() / one.rate(),
+            ),
+        ],
+    );
+    runtime.shutdown_timeout(Duration::from_secs(5));
 }

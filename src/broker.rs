@@ -2,9 +2,12 @@
 //! streams, the pipeline's durable consumers and the registry bucket
 //! (idempotent: create or update).
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use secrecy::ExposeSecret;
+use tokio::sync::watch;
 
 use crate::config::{NatsSettings, Settings, redacted_url};
 use crate::contract::{
@@ -27,18 +30,61 @@ pub async fn connect(
     settings: &NatsSettings,
     first: FirstConnect,
 ) -> anyhow::Result<async_nats::Client> {
+    connect_as(settings, first, "shared", settings.name.clone(), None).await
+}
+
+/// The intake's connection of its own. A message the client cannot parse
+/// makes async-nats drop the connection it arrives on: only the intake reads
+/// `SOFTPHONE_EVENTS`, where softphones publish, so such a message disturbs
+/// the intake's deliveries and nothing else (lanes, the HTTP API and the
+/// command service keep the shared connection).
+pub struct IntakeConnection {
+    pub client: async_nats::Client,
+    /// How many times the connection has been made; changes on every
+    /// (re)connect, the first one included.
+    pub connects: watch::Receiver<u64>,
+}
+
+/// Opens the intake's connection, named `<nats.name>-intake`.
+pub async fn connect_intake(
+    settings: &NatsSettings,
+    first: FirstConnect,
+) -> anyhow::Result<IntakeConnection> {
+    let (connected, connects) = watch::channel(0);
+    let name = format!("{}-intake", settings.name);
+    let client = connect_as(settings, first, "intake", name, Some(Arc::new(connected))).await?;
+    Ok(IntakeConnection { client, connects })
+}
+
+async fn connect_as(
+    settings: &NatsSettings,
+    first: FirstConnect,
+    label: &'static str,
+    name: String,
+    connects: Option<Arc<watch::Sender<u64>>>,
+) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
-        .name(&settings.name)
+        .name(name)
         .connection_timeout(settings.connect_timeout)
         .request_timeout(Some(settings.request_timeout))
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("Connected to NATS."),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("Disconnected from NATS; reconnecting.")
+        .event_callback(move |event| {
+            let connects = connects.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!(connection = label, "Connected to NATS.");
+                        if let Some(connects) = connects {
+                            connects.send_modify(|n| *n += 1);
+                        }
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(connection = label, "Disconnected from NATS; reconnecting.")
+                    }
+                    other => {
+                        tracing::info!(connection = label, event = %other, "NATS connection event.")
+                    }
                 }
-                other => tracing::info!(event = %other, "NATS connection event."),
             }
         });
     if let Some(token) = &settings.token {
@@ -157,14 +203,21 @@ async fn report_leftover_lanes(
     Ok(())
 }
 
-/// The pipeline's durable pull consumers every replica binds to.
+/// The pipeline's durable pull consumers every replica binds to: the intake
+/// through `intake` (its connection of its own), the lanes through `js`.
 pub async fn bind_consumers(
     js: &jetstream::Context,
+    intake: &jetstream::Context,
     settings: &Settings,
 ) -> anyhow::Result<Vec<(Consumer, consumer::PullConsumer)>> {
     let mut bound = Vec::new();
     for consumer in pipeline::consumers(settings) {
-        let pull = js
+        let via = if consumer.role == Role::Intake {
+            intake
+        } else {
+            js
+        };
+        let pull = via
             .get_consumer_from_stream(&consumer.name, consumer.stream)
             .await
             .with_context(|| {
@@ -230,26 +283,31 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
 
 fn consumer_config(settings: &Settings, consumer: &Consumer) -> consumer::pull::Config {
     let w = &settings.worker;
-    let (description, max_ack_pending) = match &consumer.role {
+    let (description, max_ack_pending, ack_wait) = match &consumer.role {
         Role::Intake => (
             "softphone-bridge intake: validates and routes each event once (shared by every replica)".to_owned(),
             // Routing is quick: room for every replica's window.
             w.max_ack_pending.max(w.intake_window as i64),
+            // The intake keeps what it holds alive with progress acks: a
+            // short wait only brings back soon what a lost connection took.
+            w.intake_ack_wait,
         ),
         Role::Softphones => (
             "softphone-bridge softphone lane: registry and load callbacks (shared by every replica)".to_owned(),
             w.max_ack_pending,
+            w.ack_wait,
         ),
         Role::Crm(connection) => (
             format!("softphone-bridge lane of CRM connection {connection} (shared by every replica)"),
             w.max_ack_pending,
+            w.ack_wait,
         ),
     };
     consumer::pull::Config {
         durable_name: Some(consumer.name.clone()),
         description: Some(description),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: w.ack_wait,
+        ack_wait,
         // The pipeline counts deliveries itself and dead-letters at
         // max_deliveries; a server-side limit would strand messages with no outcome.
         max_deliver: -1,

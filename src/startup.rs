@@ -26,6 +26,9 @@ pub struct Application {
     settings: Arc<Settings>,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The intake's connection of its own (see [`broker::connect_intake`]).
+    intake: broker::IntakeConnection,
+    intake_js: jetstream::Context,
     connections: Connections,
     http: Option<HttpServer>,
     readiness: Readiness,
@@ -47,6 +50,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
+        let intake = broker::connect_intake(&settings.nats, FirstConnect::Retry).await?;
+        let intake_js = broker::jetstream(intake.client.clone(), &settings.nats);
         // Installed before anything records; several apps in one process share it.
         metric::handle();
         let http = HttpServer::bind(&settings.http).await?;
@@ -61,6 +66,8 @@ impl Application {
             settings: Arc::new(settings),
             client,
             js,
+            intake,
+            intake_js,
             connections,
             http,
             readiness,
@@ -132,6 +139,7 @@ impl Application {
             self.js.clone(),
             self.connections.clone(),
             consumers,
+            self.intake.connects.clone(),
             shutdown,
         )
         .await;
@@ -151,7 +159,7 @@ impl Application {
                 if self.settings.streams.provision_on_start {
                     broker::provision(&self.js, &self.settings).await?;
                 }
-                broker::bind_consumers(&self.js, &self.settings).await
+                broker::bind_consumers(&self.js, &self.intake_js, &self.settings).await
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -175,12 +183,20 @@ impl Application {
 
     async fn close(self) -> anyhow::Result<()> {
         // Acks are fire-and-forget publishes: flush them before draining.
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "Cannot flush the NATS connection.");
+        let mut drained = Ok(());
+        for (connection, client) in [("intake", &self.intake.client), ("shared", &self.client)] {
+            if let Err(e) = client.flush().await {
+                tracing::warn!(connection, error = %e, "Cannot flush the NATS connection.");
+            }
+            match client.drain().await {
+                Ok(()) => tracing::info!(connection, "NATS connection drained."),
+                Err(e) if drained.is_ok() => drained = Err(e),
+                Err(e) => {
+                    tracing::warn!(connection, error = %e, "Cannot drain the NATS connection.")
+                }
+            }
         }
-        self.client.drain().await?;
-        tracing::info!("NATS connection drained.");
-        Ok(())
+        Ok(drained?)
     }
 }
 

@@ -25,7 +25,7 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What `/readyz` checks: the connection, the streams, the registry bucket,
-/// the worker's consumer and the NATS command service.
+/// the pipeline's consumers and the NATS command service.
 #[derive(Clone)]
 pub struct Readiness {
     client: async_nats::Client,
@@ -60,7 +60,7 @@ impl Readiness {
         }
     }
 
-    /// Marks the worker's consumer as bound (or not).
+    /// Marks the pipeline's consumers as bound (or not).
     pub fn set_bound(&self, bound: bool) {
         self.bound.store(bound, Ordering::Relaxed);
     }
@@ -100,7 +100,7 @@ impl Readiness {
         let consumer = if self.bound.load(Ordering::Relaxed) {
             self.consumer_gauges().await
         } else {
-            Err("the worker has not bound its consumer yet".into())
+            Err("the pipeline has not bound its consumers yet".into())
         };
         checks.insert("consumer", consumer.err().unwrap_or_else(|| "ok".into()));
         let service = if self.serving.load(Ordering::Relaxed) {

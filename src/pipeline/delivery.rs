@@ -95,7 +95,8 @@ impl Delivery {
                 tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Event failed; will retry.");
                 message.ack_with(AckKind::Nak(Some(*delay))).await
             }
-            Outcome::Hold { .. } => unreachable!("held messages are handled again, not applied"),
+            // Held messages are handled again, not applied.
+            Outcome::Hold { .. } => return Err(outcome.clone()),
             Outcome::DeadLetter { reason, detail } => {
                 let origin = dead_letter::Origin {
                     subject: &self.subject,

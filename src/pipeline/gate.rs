@@ -1,23 +1,22 @@
 //! A lane's view, in one replica, of its CRM connection's health.
 //!
 //! Every connection failure ([`CrmError::Unavailable`]) holds the event that
-//! met it. After `lanes.pause_after` of them in a row the lane pauses: this
-//! replica stops pulling the lane, the lane's consumer is paused on the
-//! server (so the whole pool stops feeding it, and `nats consumer info` shows
-//! it), and the held events wait. One of them probes the connection every
-//! `lanes.probe_every`; the first answer resumes the lane, and the held
-//! events go at once. Busy is not trouble: a lane simply pulls no more than
-//! it has room for.
+//! met it, in progress, spending none of its deliveries. After
+//! `lanes.pause_after` of them in a row the lane pauses in this replica: it
+//! pulls no new events and calls the CRM only to probe it, once every
+//! `lanes.probe_every`. Probes alternate between the events it holds and a
+//! fresh event pulled for the purpose, so one event that the CRM keeps
+//! failing cannot pass for an outage and hold the lane for ever. The first
+//! answer resumes the lane and the held events go at once. Busy is not
+//! trouble: a lane simply pulls no more than it has room for.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::contract::LANES_STREAM;
 use crate::crm::CrmError;
 use crate::metric;
 
@@ -26,10 +25,10 @@ use crate::metric;
 #[serde(deny_unknown_fields, default)]
 pub struct LaneSettings {
     /// Connection failures in a row (unreachable, timeouts, 5xx, 429,
-    /// refused credentials, API allowance) that pause the lane.
+    /// refused credentials, API allowance) that pause the lane in a replica.
     pub pause_after: u32,
-    /// While a lane is paused, how often one held event probes the
-    /// connection (a CRM's longer `Retry-After` wins, up to `worker.max_retry_after`).
+    /// While a lane is paused, how often one event probes the connection (a
+    /// CRM's longer `Retry-After` wins, up to `worker.max_retry_after`).
     #[serde(with = "humantime_serde")]
     pub probe_every: Duration,
 }
@@ -49,11 +48,19 @@ pub(super) struct Gate {
     settings: LaneSettings,
     max_wait: Duration,
     state: Mutex<State>,
-    /// `Some(until)` while paused: what the server-side pause is set to.
-    paused: watch::Sender<Option<time::OffsetDateTime>>,
+    /// Tells the lane and its held events when the phase changes.
+    phase: watch::Sender<Phase>,
     held_gauge: metrics::Gauge,
     paused_gauge: metrics::Gauge,
     pauses: metrics::Counter,
+}
+
+/// What the lane's pull loop and held events watch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Phase {
+    pub paused: bool,
+    /// The next probe should be a fresh event from the lane.
+    pub fresh_wanted: bool,
 }
 
 #[derive(Default)]
@@ -65,7 +72,9 @@ struct State {
     answered: u64,
     paused_at: Option<Instant>,
     next_probe: Option<Instant>,
-    probing: bool,
+    /// `Some(fresh)` while a probe is under way.
+    probing: Option<bool>,
+    fresh_wanted: bool,
     held: usize,
 }
 
@@ -88,29 +97,15 @@ impl Turn {
 }
 
 impl Gate {
-    /// A gate for `connection`'s lane, whose consumer `consumer` on
-    /// `SOFTPHONE_LANES` it pauses and resumes on the server.
-    pub fn new(
-        connection: &str,
-        consumer: &str,
-        js: jetstream::Context,
-        settings: &LaneSettings,
-        max_wait: Duration,
-    ) -> std::sync::Arc<Self> {
-        let (paused, server_view) = watch::channel(None);
-        tokio::spawn(sync_server(
-            js,
-            connection.to_owned(),
-            consumer.to_owned(),
-            server_view,
-        ));
+    /// A gate for `connection`'s lane.
+    pub fn new(connection: &str, settings: &LaneSettings, max_wait: Duration) -> Arc<Self> {
         let label = [("lane", connection.to_owned())];
-        std::sync::Arc::new(Self {
+        Arc::new(Self {
             connection: connection.to_owned(),
             settings: settings.clone(),
             max_wait,
             state: Mutex::default(),
-            paused,
+            phase: watch::Sender::new(Phase::default()),
             held_gauge: metrics::gauge!(metric::LANE_HELD, &label),
             paused_gauge: metrics::gauge!(metric::LANE_PAUSED, &label),
             pauses: metrics::counter!(metric::LANE_PAUSES, &label),
@@ -121,14 +116,25 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn publish(&self, state: &State) {
+        self.phase.send_replace(Phase {
+            paused: state.paused_at.is_some(),
+            fresh_wanted: state.fresh_wanted,
+        });
+    }
+
+    pub fn probe_every(&self) -> Duration {
+        self.settings.probe_every
+    }
+
     /// How many times the connection has answered so far.
     pub fn answered(&self) -> u64 {
         self.state().answered
     }
 
-    /// Whether the lane is paused in this replica, and a way to wait for a change.
-    pub fn watch(&self) -> watch::Receiver<Option<time::OffsetDateTime>> {
-        self.paused.subscribe()
+    /// The lane's phase, and a way to wait for it to change.
+    pub fn watch(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
     }
 
     /// Takes note of how a CRM call went: `None` for success, else its error.
@@ -144,6 +150,7 @@ impl Gate {
             state.answered += 1;
             if let Some(since) = state.paused_at.take() {
                 state.next_probe = None;
+                state.fresh_wanted = false;
                 tracing::info!(
                     lane = %self.connection,
                     paused_ms = since.elapsed().as_millis() as u64,
@@ -151,7 +158,7 @@ impl Gate {
                     "CRM connection answers again; lane resumed."
                 );
                 self.paused_gauge.set(0.0);
-                self.paused.send_replace(None);
+                self.publish(&state);
             }
             return;
         };
@@ -162,9 +169,13 @@ impl Gate {
             .max(self.settings.probe_every);
         let now = Instant::now();
         if state.paused_at.is_some() {
-            // A failed probe: the next one after another interval.
+            // A failed probe: the next one after another interval, by a
+            // fresh event if this one was held.
             state.next_probe = Some(now + wait);
-            self.paused.send_replace(Some(server_until(wait)));
+            if state.probing == Some(false) {
+                state.fresh_wanted = true;
+            }
+            self.publish(&state);
         } else if state.failures >= self.settings.pause_after {
             state.paused_at = Some(now);
             state.next_probe = Some(now + wait);
@@ -178,28 +189,35 @@ impl Gate {
             );
             self.paused_gauge.set(1.0);
             self.pauses.increment(1);
-            self.paused.send_replace(Some(server_until(wait)));
+            self.publish(&state);
+        }
+    }
+
+    /// The lane found no fresh event to probe with: the held ones probe.
+    pub fn no_fresh_event(&self) {
+        let mut state = self.state();
+        if state.fresh_wanted {
+            state.fresh_wanted = false;
+            self.publish(&state);
         }
     }
 
     /// Counts an event as held until the returned guard is dropped.
-    pub fn hold(self: &std::sync::Arc<Self>) -> HeldGuard {
+    pub fn hold(self: &Arc<Self>) -> HeldGuard {
         self.state().held += 1;
         self.held_gauge.increment(1.0);
-        HeldGuard(std::sync::Arc::clone(self))
+        HeldGuard(Arc::clone(self))
     }
 
-    /// Waits until a held event may try again: after a short delay while the
-    /// lane is not paused, else when it resumes or it is this event's turn to probe.
-    pub async fn turn(self: &std::sync::Arc<Self>, retry_after: Option<Duration>) -> Turn {
-        let mut paused = self.watch();
-        if paused.borrow_and_update().is_none() {
-            let delay = retry_after
-                .unwrap_or(self.settings.probe_every)
-                .min(self.settings.probe_every);
+    /// Waits until a held event may try again: after `delay` while the lane
+    /// is not paused, else when it resumes or it is this event's turn to
+    /// probe. A `fresh` event was pulled to probe a paused lane.
+    pub async fn turn(self: &Arc<Self>, delay: Duration, fresh: bool) -> Turn {
+        let mut phase = self.watch();
+        if !phase.borrow_and_update().paused {
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = paused.changed() => {}
+                _ = tokio::time::sleep(delay.min(self.settings.probe_every)) => {}
+                _ = phase.changed() => {}
             }
         }
         loop {
@@ -208,13 +226,16 @@ impl Gate {
                 if state.paused_at.is_none() {
                     return Turn::Go;
                 }
+                let mine = state.probing.is_none() && fresh == state.fresh_wanted;
                 match state.next_probe {
-                    Some(at) if at <= Instant::now() && !state.probing => {
-                        state.probing = true;
-                        return Turn::Probe(ProbeGuard(std::sync::Arc::clone(self)));
+                    Some(at) if at <= Instant::now() && mine => {
+                        state.probing = Some(fresh);
+                        state.fresh_wanted = false;
+                        self.publish(&state);
+                        return Turn::Probe(ProbeGuard(Arc::clone(self)));
                     }
-                    Some(at) if at > Instant::now() => Some(at),
-                    // Someone else probes now: wait for their answer.
+                    Some(at) if at > Instant::now() && mine => Some(at),
+                    // Not this event's probe: wait for a change.
                     _ => None,
                 }
             };
@@ -226,21 +247,14 @@ impl Gate {
             };
             tokio::select! {
                 _ = probe_due => {}
-                _ = paused.changed() => {}
+                _ = phase.changed() => {}
             }
         }
     }
 }
 
-/// The server-side pause lasts two probe intervals: long enough that the
-/// probing replica extends it, short enough that the pool goes on by itself
-/// if that replica dies.
-fn server_until(wait: Duration) -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + wait * 2
-}
-
 /// Held events of a lane, for its gauge.
-pub(super) struct HeldGuard(std::sync::Arc<Gate>);
+pub(super) struct HeldGuard(Arc<Gate>);
 
 impl Drop for HeldGuard {
     fn drop(&mut self) {
@@ -251,42 +265,13 @@ impl Drop for HeldGuard {
 
 /// The probing event's right to probe; given up when dropped, whatever the
 /// probe's fate, so an abandoned probe never leaves the lane without one.
-pub(super) struct ProbeGuard(std::sync::Arc<Gate>);
+pub(super) struct ProbeGuard(Arc<Gate>);
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        self.0.state().probing = false;
-    }
-}
-
-/// Mirrors this replica's pause onto the lane's consumer on the server,
-/// latest state first, until the gate is gone.
-async fn sync_server(
-    js: jetstream::Context,
-    connection: String,
-    consumer: String,
-    mut paused: watch::Receiver<Option<time::OffsetDateTime>>,
-) {
-    let mut server_paused = false;
-    while paused.changed().await.is_ok() {
-        let until = *paused.borrow_and_update();
-        let result = async {
-            let stream = js.get_stream_no_info(LANES_STREAM).await?;
-            match until {
-                Some(until) => stream.pause_consumer(&consumer, until).await?,
-                None if server_paused => stream.resume_consumer(&consumer).await?,
-                None => return Ok(()),
-            };
-            Ok::<_, async_nats::Error>(())
-        }
-        .await;
-        match result {
-            Ok(()) => server_paused = until.is_some(),
-            // The local pause holds this replica back all the same.
-            Err(e) => {
-                tracing::warn!(lane = %connection, error = %e, "Cannot pause or resume the lane's consumer on the server.")
-            }
-        }
+        let mut state = self.0.state();
+        state.probing = None;
+        self.0.publish(&state);
     }
 }
 
@@ -301,18 +286,9 @@ mod tests {
         }
     }
 
-    async fn gate() -> std::sync::Arc<Gate> {
-        // The server-side mirror fails quietly without a server: the local
-        // gate is what is under test here.
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect("127.0.0.1:1")
-            .await
-            .unwrap();
+    fn gate() -> Arc<Gate> {
         Gate::new(
             "acme",
-            "c",
-            jetstream::new(client),
             &LaneSettings {
                 pause_after: 2,
                 probe_every: Duration::from_secs(5),
@@ -321,57 +297,95 @@ mod tests {
         )
     }
 
+    const STEP: Duration = Duration::from_millis(200);
+
     #[tokio::test(start_paused = true)]
     async fn pauses_after_failures_in_a_row_then_one_probe_resumes() {
-        let gate = gate().await;
+        let gate = gate();
         gate.record(Some(&unavailable()));
-        assert!(
-            gate.watch().borrow().is_none(),
-            "one failure does not pause"
-        );
-        assert!(matches!(gate.turn(None).await, Turn::Go));
+        assert!(!gate.watch().borrow().paused, "one failure does not pause");
+        let started = Instant::now();
+        assert!(matches!(gate.turn(STEP, false).await, Turn::Go));
+        assert_eq!(started.elapsed(), STEP, "tried again after the step");
         gate.record(Some(&unavailable()));
-        assert!(gate.watch().borrow().is_some(), "two in a row pause");
+        assert!(gate.watch().borrow().paused, "two in a row pause");
 
         let started = Instant::now();
-        let Turn::Probe(probe) = gate.turn(None).await else {
+        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
             panic!("the first waiter probes");
         };
-        assert!(
-            started.elapsed() >= Duration::from_secs(5),
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
             "after the interval"
         );
         // A second waiter does not probe while the first does.
         let second = {
-            let gate = std::sync::Arc::clone(&gate);
-            tokio::spawn(async move { matches!(gate.turn(None).await, Turn::Go) })
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { matches!(gate.turn(STEP, false).await, Turn::Go) })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!second.is_finished(), "waits for the probe's answer");
-        gate.record(Some(&unavailable()));
-        drop(probe);
-        let Turn::Probe(probe) = gate.turn(None).await else {
-            panic!("a failed probe is followed by another");
-        };
         let answered = gate.answered();
         gate.record(None);
         drop(probe);
         assert!(second.await.unwrap(), "the lane resumed for everyone");
-        assert!(gate.watch().borrow().is_none());
+        assert!(!gate.watch().borrow().paused);
         assert_eq!(gate.answered(), answered + 1);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_failed_held_probe_asks_for_a_fresh_event_next() {
+        let gate = gate();
+        gate.record(Some(&unavailable()));
+        gate.record(Some(&unavailable()));
+        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
+            panic!("probe");
+        };
+        gate.record(Some(&unavailable()));
+        drop(probe);
+        assert!(gate.watch().borrow().fresh_wanted);
+        // The held event waits; a fresh one takes the next probe.
+        let held = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.turn(STEP, false).await.probe().is_some() })
+        };
+        let Turn::Probe(fresh) = gate.turn(STEP, true).await else {
+            panic!("the fresh event probes");
+        };
+        assert!(!held.is_finished());
+        gate.record(Some(&unavailable()));
+        drop(fresh);
+        assert!(
+            !gate.watch().borrow().fresh_wanted,
+            "a fresh probe that failed: held ones next"
+        );
+        assert!(held.await.unwrap(), "then the held event probes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_fresh_event_the_held_ones_probe() {
+        let gate = gate();
+        gate.record(Some(&unavailable()));
+        gate.record(Some(&unavailable()));
+        let probe = gate.turn(STEP, false).await.probe().unwrap();
+        gate.record(Some(&unavailable()));
+        drop(probe);
+        gate.no_fresh_event();
+        assert!(gate.turn(STEP, false).await.probe().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_abandoned_probe_hands_over_at_once() {
-        let gate = gate().await;
+        let gate = gate();
         gate.record(Some(&unavailable()));
         gate.record(Some(&unavailable()));
-        let Turn::Probe(probe) = gate.turn(None).await else {
+        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
             panic!("probe");
         };
         drop(probe);
         let started = Instant::now();
-        assert!(matches!(gate.turn(None).await, Turn::Probe(_)));
+        assert!(matches!(gate.turn(STEP, false).await, Turn::Probe(_)));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -10,27 +10,87 @@
 //! Routing is cheap and ordered: a replica reads its deliveries in order,
 //! publishes each copy without waiting, and acks the originals in the same
 //! order as their copies are stored, with up to `worker.intake_window` copies
-//! awaiting their publish acks.
+//! awaiting their publish acks. Every delivery it holds, from its pull to its
+//! fate, is kept alive with progress acks: `worker.intake_ack_wait` is short.
+//!
+//! The intake pulls on a NATS connection of its own: a message whose headers
+//! the client cannot read drops that connection (see [`unreadable`], which
+//! sets such messages aside), and only that one.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::PullConsumer, context::PublishAckFuture};
-use tokio::sync::mpsc;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, context::PublishAckFuture};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{Delivery, unreadable, with_progress};
+use super::delivery::{Delivery, unreadable};
 use super::outcome::{self, HandleError, Outcome, decide};
 use super::pull::{Next, Puller, give_back};
+use super::unreadable as unreadable_headers;
 use crate::config::Settings;
 use crate::contract::{Event, EventKind, LaneTarget, lane_header};
 
 pub(super) struct Intake {
     settings: Arc<Settings>,
     js: jetstream::Context,
+    holding: Holding,
+}
+
+/// The deliveries the intake holds, from their pull to their fate, by the
+/// order it took them in.
+#[derive(Default)]
+struct Holding(Mutex<(u64, BTreeMap<u64, jetstream::Message>)>);
+
+impl Holding {
+    fn hold(&self, message: &jetstream::Message) -> u64 {
+        let mut held = self.0.lock().expect("holding lock");
+        let (next, messages) = &mut *held;
+        *next += 1;
+        messages.insert(*next, message.clone());
+        *next
+    }
+
+    fn release(&self, key: u64) {
+        self.0.lock().expect("holding lock").1.remove(&key);
+    }
+
+    fn held(&self) -> Vec<jetstream::Message> {
+        self.0
+            .lock()
+            .expect("holding lock")
+            .1
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Tells the server every third of the ack wait that each held delivery
+    /// is still being worked on: one held at the head (NATS slow to store its
+    /// copies) must not send those behind it back to the pool.
+    async fn keep_alive(&self, ack_wait: Duration, stop: CancellationToken) {
+        let every = ack_wait / 3;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            for message in self.held() {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "Cannot extend the ack wait.");
+                }
+            }
+        }
+    }
 }
 
 /// A delivery on its way to its fate, in arrival order.
 struct Routing {
+    /// Its key in [`Holding`].
+    held: u64,
     message: jetstream::Message,
     delivery: Delivery,
     /// Where its copies go: `(subject, message id)`.
@@ -46,15 +106,43 @@ enum Fate {
 
 impl Intake {
     pub fn new(settings: Arc<Settings>, js: jetstream::Context) -> Arc<Self> {
-        Arc::new(Self { settings, js })
+        Arc::new(Self {
+            settings,
+            js,
+            holding: Holding::default(),
+        })
     }
 
     /// Routes until `shutdown`, then gives back what it pulled and settles
-    /// what it routed within the shutdown deadline.
-    pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+    /// what it routed within the shutdown deadline. Meanwhile sets aside the
+    /// events the client cannot read, after each change of `connects` (a
+    /// (re)connect of the connection `consumer` pulls on).
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        connects: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
         let window = self.settings.worker.intake_window;
         let (routed, in_order) = mpsc::channel(window);
         let abandon = CancellationToken::new();
+        let settled = CancellationToken::new();
+        let keep_alive = tokio::spawn({
+            let intake = Arc::clone(&self);
+            let settled = settled.clone();
+            async move {
+                let ack_wait = intake.settings.worker.intake_ack_wait;
+                intake.holding.keep_alive(ack_wait, settled).await;
+            }
+        });
+        let info = consumer.cached_info();
+        let sweeper = tokio::spawn(unreadable_headers::sweep_until(
+            self.js.clone(),
+            info.stream_name.clone(),
+            info.name.clone(),
+            connects,
+            shutdown.clone(),
+        ));
         let settler = tokio::spawn(Arc::clone(&self).settle_in_order(in_order, abandon.clone()));
         let mut puller = Puller::new(consumer, window);
         'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
@@ -69,8 +157,10 @@ impl Intake {
                 };
                 match puller.next(&mut messages, &shutdown).await {
                     Next::Message(message) => {
-                        if let Some(routing) = self.route(message).await {
-                            room.send(routing);
+                        let held = self.holding.hold(&message);
+                        match self.route(held, message).await {
+                            Some(routing) => room.send(routing),
+                            None => self.holding.release(held),
                         }
                     }
                     Next::Ended => continue 'pull,
@@ -91,12 +181,15 @@ impl Intake {
             abandon.cancel();
             let _ = settler.await;
         }
+        settled.cancel();
+        let _ = keep_alive.await;
+        let _ = sweeper.await;
         tracing::info!("Intake stopped.");
     }
 
     /// Validates the event and publishes its copies; `None` for a delivery
     /// given back at once.
-    async fn route(&self, message: jetstream::Message) -> Option<Routing> {
+    async fn route(&self, held: u64, message: jetstream::Message) -> Option<Routing> {
         let delivery = match Delivery::from_events(&message) {
             Ok(delivery) => delivery,
             Err(fate) => {
@@ -124,6 +217,7 @@ impl Intake {
             Err(fate) => (Vec::new(), Fate::Decided(fate)),
         };
         Some(Routing {
+            held,
             message,
             delivery,
             routes,
@@ -193,23 +287,21 @@ impl Intake {
         abandon: CancellationToken,
     ) {
         while let Some(Routing {
+            held,
             message,
             delivery,
             routes,
             fate,
         }) = in_order.recv().await
         {
-            let settle = with_progress(
-                &message,
-                self.settings.worker.ack_wait,
-                self.settle(&message, &delivery, &routes, fate),
-            );
+            // Kept alive by `Holding::keep_alive` until here.
             tokio::select! {
-                () = settle => {}
+                () = self.settle(&message, &delivery, &routes, fate) => {}
                 _ = abandon.cancelled() => {
                     let _ = delivery.apply(&self.js, &message, &outcome::abandoned()).await;
                 }
             }
+            self.holding.release(held);
         }
     }
 

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::WorkerSettings;
 use super::delivery::{Delivery, unreadable, with_progress};
-use super::gate::Gate;
+use super::gate::{Gate, Phase};
 use super::outcome::{self, HandleError, Outcome, decide};
 use super::pull::{Messages, Next, Puller, give_back};
 use crate::contract::{Event, LaneTarget};
@@ -76,7 +76,8 @@ impl<W: Work> Lane<W> {
         let abandon = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut puller = Puller::new(consumer, self.settings.concurrency);
-        let mut paused = self.gate.as_ref().map(|gate| gate.watch());
+        let mut phase = self.gate.as_ref().map(|gate| gate.watch());
+        let sequencer = Arc::new(Sequencer::default());
         'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
             loop {
                 let permit = tokio::select! {
@@ -85,22 +86,17 @@ impl<W: Work> Lane<W> {
                         give_back(messages).await;
                         break 'pull;
                     }
-                    _ = pause_of(&mut paused) => {
-                        self.hold_buffered(&mut messages, &tracker, &abandon);
+                    _ = paused_of(&mut phase) => {
+                        self.hold_buffered(&mut messages, &sequencer, &tracker, &abandon);
                         drop(messages);
-                        resume_of(&mut paused, &shutdown).await;
+                        self.while_paused(&puller, &mut phase, &permits, &sequencer, &tracker, &abandon, &shutdown).await;
                         continue 'pull;
                     }
                     permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
                 };
                 match puller.next(&mut messages, &shutdown).await {
                     Next::Message(message) => {
-                        let lane = Arc::clone(&self);
-                        let abandon = abandon.clone();
-                        tracker.spawn(async move {
-                            lane.process(message, abandon).await;
-                            drop(permit);
-                        });
+                        self.spawn(message, false, Some(permit), &sequencer, &tracker, &abandon);
                     }
                     Next::Ended => continue 'pull,
                     Next::Shutdown => {
@@ -122,25 +118,92 @@ impl<W: Work> Lane<W> {
         tracing::info!(lane = %self.name, "Lane stopped.");
     }
 
+    fn spawn(
+        self: &Arc<Self>,
+        message: jetstream::Message,
+        fresh: bool,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        sequencer: &Arc<Sequencer>,
+        tracker: &TaskTracker,
+        abandon: &CancellationToken,
+    ) {
+        let turn = sequencer.enter(&message.payload);
+        let lane = Arc::clone(self);
+        let abandon = abandon.clone();
+        tracker.spawn(async move {
+            lane.process(message, turn, fresh, abandon).await;
+            drop(permit);
+        });
+    }
+
     /// What the pull stream had already taken when the lane paused: held
     /// here (kept in progress) rather than left to time out and count a delivery.
     fn hold_buffered(
         self: &Arc<Self>,
         messages: &mut Messages,
+        sequencer: &Arc<Sequencer>,
         tracker: &TaskTracker,
         abandon: &CancellationToken,
     ) {
         use futures::StreamExt;
         while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            let lane = Arc::clone(self);
-            let abandon = abandon.clone();
-            tracker.spawn(async move { lane.process(message, abandon).await });
+            self.spawn(message, false, None, sequencer, tracker, abandon);
+        }
+    }
+
+    /// While the lane is paused: pulls nothing but, when the gate asks for
+    /// one, a fresh event to probe with.
+    #[allow(clippy::too_many_arguments)]
+    async fn while_paused(
+        self: &Arc<Self>,
+        puller: &Puller,
+        phase: &mut Option<watch::Receiver<Phase>>,
+        permits: &Arc<Semaphore>,
+        sequencer: &Arc<Sequencer>,
+        tracker: &TaskTracker,
+        abandon: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) {
+        let (Some(phase), Some(gate)) = (phase, &self.gate) else {
+            return;
+        };
+        let wait = gate.probe_every();
+        loop {
+            let now = *phase.borrow_and_update();
+            if !now.paused {
+                return;
+            }
+            if now.fresh_wanted {
+                let fresh = match Arc::clone(permits).try_acquire_owned() {
+                    Ok(permit) => puller.one(wait).await.map(|message| (message, permit)),
+                    Err(_) => None,
+                };
+                match fresh {
+                    Some((message, permit)) => {
+                        self.spawn(message, true, Some(permit), sequencer, tracker, abandon)
+                    }
+                    None => gate.no_fresh_event(),
+                }
+            }
+            tokio::select! {
+                _ = phase.changed() => {}
+                // A fresh event that never asked for its probe (dead-lettered,
+                // waiting behind its call's previous event): ask again.
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 
     /// Handles one delivery and applies its fate. Never panics, never drops
     /// a message without an ack, a nak or a dead-letter.
-    async fn process(&self, message: jetstream::Message, abandon: CancellationToken) {
+    async fn process(
+        &self,
+        message: jetstream::Message,
+        mut turn: InOrder,
+        fresh: bool,
+        abandon: CancellationToken,
+    ) {
         let delivery = match Delivery::from_lane(&message, self.target().kind_of(&message.subject))
         {
             Ok(delivery) => delivery,
@@ -157,11 +220,10 @@ impl<W: Work> Lane<W> {
         let in_flight = metrics::gauge!(metric::IN_FLIGHT);
         in_flight.increment(1.0);
         async {
-            let settle = with_progress(
-                &message,
-                self.settings.ack_wait,
-                self.settle(&message, &delivery),
-            );
+            let settle = with_progress(&message, self.settings.ack_wait, async {
+                turn.wait().await;
+                self.settle(&message, &delivery, fresh).await;
+            });
             tokio::select! {
                 () = settle => {}
                 _ = abandon.cancelled() => {
@@ -173,11 +235,12 @@ impl<W: Work> Lane<W> {
         .instrument(span)
         .await;
         in_flight.decrement(1.0);
+        drop(turn);
     }
 
     /// Decides the delivery's fate, holding it while its connection is in
     /// trouble, and applies it.
-    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery) {
+    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery, fresh: bool) {
         let fate = match outcome::exhausted(delivery.delivered, &self.settings) {
             Some(fate) => fate,
             None => match self.decode(message, delivery) {
@@ -185,7 +248,7 @@ impl<W: Work> Lane<W> {
                     if let Some(conversation) = event.event.conversation_id() {
                         tracing::Span::current().record("conversation_id", conversation.as_str());
                     }
-                    self.attempt(&event, delivery.delivered).await
+                    self.attempt(&event, delivery.delivered, fresh).await
                 }
                 Err(e) => decide(Err(e.into()), delivery.delivered, false, &self.settings),
             },
@@ -217,15 +280,16 @@ impl<W: Work> Lane<W> {
     }
 
     /// Handles the event until it has a fate other than being held.
-    async fn attempt(&self, event: &CrmEvent, delivered: u32) -> Outcome {
+    async fn attempt(&self, event: &CrmEvent, delivered: u32, fresh: bool) -> Outcome {
         let mut held = None;
         let mut probe = None;
+        let first_step = self.settings.backoff_after(1);
         // A lane that paused after this event was pulled: wait before calling.
         if let Some(gate) = &self.gate
-            && gate.watch().borrow().is_some()
+            && gate.watch().borrow().paused
         {
             held = Some((gate.hold(), gate.answered()));
-            probe = gate.turn(None).await.probe();
+            probe = gate.turn(first_step, fresh).await.probe();
         }
         loop {
             if probe.is_some() {
@@ -252,7 +316,10 @@ impl<W: Work> Lane<W> {
                 Some((_, at)) => *at = answered,
                 None => held = Some((gate.hold(), answered)),
             }
-            probe = gate.turn(*retry_after).await.probe();
+            probe = gate
+                .turn(retry_after.unwrap_or(first_step), false)
+                .await
+                .probe();
         }
     }
 
@@ -286,24 +353,80 @@ impl<W: Work> Lane<W> {
 }
 
 /// Resolves when the lane's gate pauses (never for a lane without one).
-async fn pause_of(paused: &mut Option<tokio::sync::watch::Receiver<Option<time::OffsetDateTime>>>) {
-    match paused {
-        Some(watch) => {
-            let _ = watch.wait_for(Option::is_some).await;
+async fn paused_of(phase: &mut Option<watch::Receiver<Phase>>) {
+    match phase {
+        Some(phase) => {
+            let _ = phase.wait_for(|now| now.paused).await;
         }
         None => std::future::pending().await,
     }
 }
 
-/// Resolves when the lane's gate resumes, or at shutdown.
-async fn resume_of(
-    paused: &mut Option<tokio::sync::watch::Receiver<Option<time::OffsetDateTime>>>,
-    shutdown: &CancellationToken,
-) {
-    if let Some(watch) = paused {
-        tokio::select! {
-            _ = watch.wait_for(Option::is_none) => {}
-            _ = shutdown.cancelled() => {}
+/// Keeps a replica's events of one conversation in the order the lane
+/// delivered them: each waits for the one before it to settle.
+#[derive(Default)]
+struct Sequencer {
+    last: std::sync::Mutex<std::collections::HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    entered: std::sync::atomic::AtomicU64,
+}
+
+/// An event's place in its conversation's order.
+struct InOrder {
+    before: Option<oneshot::Receiver<()>>,
+    done: Option<(Arc<Sequencer>, String, u64, oneshot::Sender<()>)>,
+}
+
+impl Sequencer {
+    fn enter(self: &Arc<Self>, body: &[u8]) -> InOrder {
+        #[derive(serde::Deserialize)]
+        struct Key<'a> {
+            #[serde(rename = "conversationId", borrow)]
+            conversation_id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let Some(key) = serde_json::from_slice::<Key>(body)
+            .ok()
+            .and_then(|k| k.conversation_id)
+        else {
+            return InOrder {
+                before: None,
+                done: None,
+            };
+        };
+        let key = key.into_owned();
+        let entered = self
+            .entered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, after) = oneshot::channel();
+        let before = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), (entered, after))
+            .map(|(_, before)| before);
+        InOrder {
+            before,
+            done: Some((Arc::clone(self), key, entered, done)),
+        }
+    }
+}
+
+impl InOrder {
+    /// Until the conversation's previous event has settled (or was dropped).
+    async fn wait(&mut self) {
+        if let Some(before) = self.before.take() {
+            let _ = before.await;
+        }
+    }
+}
+
+impl Drop for InOrder {
+    fn drop(&mut self) {
+        if let Some((sequencer, key, entered, done)) = self.done.take() {
+            let _ = done.send(());
+            let mut last = sequencer.last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.get(&key).is_some_and(|(latest, _)| *latest == entered) {
+                last.remove(&key);
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ mod lane;
 mod outcome;
 mod pull;
 mod settings;
+mod unreadable;
 mod work;
 
 use std::sync::Arc;
@@ -84,12 +85,14 @@ pub fn consumers(settings: &Settings) -> Vec<Consumer> {
 }
 
 /// Runs every consumer of the pipeline until `shutdown`, then lets each
-/// finish what it holds within the shutdown deadline.
+/// finish what it holds within the shutdown deadline. `intake_connects`
+/// changes on every (re)connect of the intake's own connection.
 pub async fn run(
     settings: Arc<Settings>,
     js: jetstream::Context,
     connections: Connections,
     bound: Vec<(Consumer, PullConsumer)>,
+    intake_connects: tokio::sync::watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) {
     let mut running = tokio::task::JoinSet::new();
@@ -104,7 +107,7 @@ pub async fn run(
         match consumer.role {
             Role::Intake => {
                 let intake = intake::Intake::new(Arc::clone(&settings), js.clone());
-                running.spawn(intake.run(pull, shutdown));
+                running.spawn(intake.run(pull, intake_connects.clone(), shutdown));
             }
             Role::Softphones => {
                 let work = work::SoftphoneWork::new(
@@ -122,8 +125,6 @@ pub async fn run(
                 };
                 let gate = gate::Gate::new(
                     &connection,
-                    &consumer.name,
-                    js.clone(),
                     &settings.lanes,
                     settings.worker.max_retry_after,
                 );

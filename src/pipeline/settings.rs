@@ -24,6 +24,14 @@ pub struct WorkerSettings {
     /// signals progress while a CRM call runs, so this only bounds crashes.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
+    /// How long the server waits for the intake's ack before redelivering an
+    /// event from `SOFTPHONE_EVENTS`. The intake keeps every event it holds
+    /// alive with progress acks, so this only bounds how soon events come
+    /// back that a replica lost with its connection: a crash, or a message
+    /// the client cannot read, which drops the intake's connection and the
+    /// events delivered in the same batch with it.
+    #[serde(with = "humantime_serde")]
+    pub intake_ack_wait: Duration,
     /// Deliveries after which an event still failing for its own reasons is
     /// dead-lettered. Its connection's trouble spends none of them.
     pub max_deliveries: u32,
@@ -46,6 +54,7 @@ impl Default for WorkerSettings {
             max_ack_pending: 1000,
             intake_window: 256,
             ack_wait: Duration::from_secs(30),
+            intake_ack_wait: Duration::from_secs(5),
             max_deliveries: 8,
             backoff: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
             max_retry_after: Duration::from_secs(900),

@@ -123,7 +123,8 @@ async fn every_event_reaches_the_webhook_signed_and_verbatim() {
             }
         }
     }
-    let info = app.settled().await;
+    app.settled().await;
+    let info = app.intake_info().await;
     assert_eq!(info.delivered.stream_sequence, 8);
     assert!(crm.drain().await.is_empty(), "each event was posted once");
     app.stop().await;

@@ -45,6 +45,9 @@ pub struct Org {
     pub script: VecDeque<ResponseTemplate>,
     /// Delay of every API answer.
     pub api_delay: Option<Duration>,
+    /// While set, the token endpoint answers `invalid_grant` to every request
+    /// (a connected app being fixed, a user re-enabled).
+    pub refuse_grants: bool,
     /// Delay of token answers.
     pub token_delay: Option<Duration>,
     /// `instance_url` handed out with tokens (the fake's own address).
@@ -125,7 +128,7 @@ impl Org {
             }
             _ => false,
         };
-        if !ok {
+        if !ok || self.refuse_grants {
             return ResponseTemplate::new(400).set_body_json(
                 json!({"error": "invalid_grant", "error_description": "authentication failure"}),
             );

@@ -118,20 +118,32 @@ pub struct FakeCrm {
     pub server: MockServer,
     requests: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
     script: Arc<Mutex<Vec<ResponseTemplate>>>,
+    default: Arc<Mutex<ResponseTemplate>>,
+    /// Answers for requests whose body names a conversation, before anything else.
+    refusals: Arc<Mutex<Vec<(String, ResponseTemplate)>>>,
 }
 
 struct Recorder {
     sent: mpsc::UnboundedSender<Request>,
     script: Arc<Mutex<Vec<ResponseTemplate>>>,
-    default: ResponseTemplate,
+    default: Arc<Mutex<ResponseTemplate>>,
+    refusals: Arc<Mutex<Vec<(String, ResponseTemplate)>>>,
 }
 
 impl Respond for Recorder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let _ = self.sent.send(request.clone());
+        let body = String::from_utf8_lossy(&request.body);
+        let refusals = self.refusals.lock().unwrap();
+        if let Some((_, answer)) = refusals
+            .iter()
+            .find(|(conv, _)| body.contains(conv.as_str()))
+        {
+            return answer.clone();
+        }
         let mut script = self.script.lock().unwrap();
         if script.is_empty() {
-            self.default.clone()
+            self.default.lock().unwrap().clone()
         } else {
             script.remove(0)
         }
@@ -145,14 +157,26 @@ impl FakeCrm {
     }
 
     pub async fn answering(default: ResponseTemplate) -> FakeCrm {
-        let server = MockServer::start().await;
+        Self::serve(MockServer::start().await, default).await
+    }
+
+    /// Answers 200 on `listener` (a CRM that starts listening late).
+    pub async fn on(listener: std::net::TcpListener) -> FakeCrm {
+        let server = MockServer::builder().listener(listener).start().await;
+        Self::serve(server, ResponseTemplate::new(200)).await
+    }
+
+    async fn serve(server: MockServer, default: ResponseTemplate) -> FakeCrm {
         let (sent, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Vec::new()));
+        let default = Arc::new(Mutex::new(default));
+        let refusals = Arc::new(Mutex::new(Vec::new()));
         Mock::given(wiremock::matchers::any())
             .respond_with(Recorder {
                 sent,
                 script: Arc::clone(&script),
-                default,
+                default: Arc::clone(&default),
+                refusals: Arc::clone(&refusals),
             })
             .mount(&server)
             .await;
@@ -160,7 +184,23 @@ impl FakeCrm {
             server,
             requests: tokio::sync::Mutex::new(requests),
             script,
+            default,
+            refusals,
         }
+    }
+
+    /// From now on, answers `answer` unless scripted otherwise (a CRM going
+    /// down, or coming back).
+    pub fn answer(&self, answer: ResponseTemplate) {
+        *self.default.lock().unwrap() = answer;
+    }
+
+    /// From now on, answers `answer` to every request about `conversation`.
+    pub fn refuse(&self, conversation: &str, answer: ResponseTemplate) {
+        self.refusals
+            .lock()
+            .unwrap()
+            .push((conversation.to_owned(), answer));
     }
 
     pub fn url(&self) -> String {
@@ -265,6 +305,12 @@ impl TestApp {
         lane_info(&self.js, &self.settings, "crm").await
     }
 
+    /// The intake's consumer on `SOFTPHONE_EVENTS`.
+    pub async fn intake_info(&self) -> consumer::Info {
+        let intake = pipeline_consumer(&self.settings, |r| *r == pipeline::Role::Intake);
+        consumer_info(&self.js, intake.stream, &intake.name).await
+    }
+
     /// Waits until the intake and every lane have nothing pending or
     /// unacknowledged; returns the default CRM lane's consumer.
     pub async fn settled(&self) -> consumer::Info {
@@ -317,7 +363,11 @@ pub fn pipeline_consumer(
 }
 
 /// The lane consumer of CRM connection `connection`.
-pub async fn lane_info(js: &jetstream::Context, settings: &Settings, connection: &str) -> consumer::Info {
+pub async fn lane_info(
+    js: &jetstream::Context,
+    settings: &Settings,
+    connection: &str,
+) -> consumer::Info {
     let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm(connection.into()));
     consumer_info(js, LANES_STREAM, &lane.name).await
 }

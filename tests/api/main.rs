@@ -19,3 +19,4 @@ mod salesforce;
 mod salesforce_org;
 mod security;
 mod service;
+mod unreadable;

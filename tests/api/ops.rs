@@ -96,8 +96,10 @@ async fn readyz_follows_nats_down_and_back_up() {
 #[tokio::test]
 async fn metrics_show_every_documented_series_after_traffic() {
     let crm = FakeCrm::start().await;
-    // One transient failure, so there is a redelivery.
-    crm.script([ResponseTemplate::new(503)]);
+    // One call the CRM keeps failing while others pass: its failure is its
+    // own, so there is a redelivery.
+    let failing = conversation();
+    crm.refuse(&failing, ResponseTemplate::new(503));
     let nats = start_nats().await;
     let mut settings = http_settings(&nats.url);
     settings.crm = softphone_bridge::config::Settings::from_toml(&format!(
@@ -111,6 +113,14 @@ async fn metrics_show_every_documented_series_after_traffic() {
     assert_ne!(app.addr, app.ops, "health and metrics on their own address");
 
     app.load("agent-1", Some(PARTNER)).await;
+    app.publish(EventKind::CallAccepted, &call_body(&failing, ""), None)
+        .await;
+    app.publish(
+        EventKind::CallAccepted,
+        &call_body(&conversation(), ""),
+        None,
+    )
+    .await;
     // A contract violation: dead-lettered at once.
     app.publish(EventKind::CallEnded, r#"{"partnerId":"nope"}"#, None)
         .await;

@@ -1,4 +1,5 @@
-//! Each fate a message can meet: ack, retry with a delay, dead-letter.
+//! Each fate a message can meet: ack, held while its connection is in
+//! trouble, retried for its own failure, dead-lettered with the reason.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use wiremock::ResponseTemplate;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
+async fn a_connection_blip_holds_the_event_and_spends_no_delivery() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(503)]);
     let app = spawn_webhook_app(&crm).await;
@@ -25,7 +26,7 @@ async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
     let second = crm.next_request().await;
     assert!(
         failed_at.elapsed() >= Duration::from_millis(200),
-        "nak'd with the 1st backoff step"
+        "tried again after the 1st backoff step"
     );
     assert_eq!(
         idempotency_key(&first),
@@ -35,6 +36,7 @@ async fn transient_failure_is_retried_after_the_backoff_with_the_same_id() {
     assert_eq!(first.body, second.body, "the same document is sent again");
     let info = app.settled().await;
     assert_eq!(info.ack_floor.stream_sequence, 1);
+    assert_eq!(info.num_redelivered, 0, "held, not redelivered");
     assert!(crm.drain().await.is_empty());
     app.stop().await;
 }
@@ -63,7 +65,7 @@ async fn retry_after_from_the_crm_is_honoured() {
 }
 
 #[tokio::test]
-async fn timeouts_are_transient() {
+async fn timeouts_hold_the_event_and_it_is_tried_again() {
     let crm = FakeCrm::start().await;
     // The webhook timeout in tests is 2s.
     crm.script([ResponseTemplate::new(200).set_delay(Duration::from_secs(4))]);
@@ -78,7 +80,8 @@ async fn timeouts_are_transient() {
     let first = crm.next_request().await;
     let second = crm.next_request().await;
     assert_eq!(idempotency_key(&first), idempotency_key(&second));
-    app.settled().await;
+    let info = app.settled().await;
+    assert_eq!(info.num_redelivered, 0);
     app.stop().await;
 }
 
@@ -176,48 +179,84 @@ async fn permanent_crm_refusals_are_dead_lettered_with_the_crm_error() {
 }
 
 #[tokio::test]
-async fn exhausted_retries_are_dead_lettered_after_max_deliveries() {
-    let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
+async fn an_event_failing_where_others_pass_is_dead_lettered_after_max_deliveries() {
+    // The CRM answers 503 for one call only, while other calls go through:
+    // the connection is healthy, so the failure is the event's own and
+    // spends its deliveries.
+    let crm = FakeCrm::start().await;
+    let bad = conversation();
+    crm.refuse(&bad, ResponseTemplate::new(503));
     let app = spawn_webhook_app(&crm).await;
     let mut dlq = app.dead_letters().await;
-    app.publish(
-        EventKind::CallAccepted,
-        &call_body(&conversation(), ""),
-        None,
-    )
-    .await;
+    app.publish(EventKind::CallAccepted, &call_body(&bad, ""), None)
+        .await;
+    let others = {
+        let js = app.js.clone();
+        tokio::spawn(async move {
+            loop {
+                publish(
+                    &js,
+                    EventKind::CallAccepted,
+                    &call_body(&conversation(), ""),
+                    None,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
 
     let dead = dlq.next().await;
+    others.abort();
     let reason = header(&dead, dlq_header::REASON);
     assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
     assert!(reason.contains("503"), "{reason}");
     assert_eq!(header(&dead, dlq_header::DELIVERIES), "3");
+    assert!(String::from_utf8_lossy(&dead.payload).contains(&bad));
     app.settled().await;
-    let attempts = crm.drain().await;
-    assert_eq!(attempts.len(), 3, "one attempt per delivery");
+    assert_eq!(
+        stream_messages(&app.js, softphone_bridge::contract::DLQ_STREAM).await,
+        1
+    );
     app.stop().await;
 }
 
 #[tokio::test]
-async fn an_unreachable_crm_is_retried_then_dead_lettered() {
-    // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+async fn an_unreachable_crm_holds_its_events_until_it_listens() {
+    // A port that was just free: nothing listens there, yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap();
+    drop(listener);
     let nats = start_nats().await;
-    let settings = settings(&nats.url, &webhook_crm(&format!("http://{closed}/events")));
+    let settings = settings_with(
+        &nats.url,
+        &webhook_crm(&format!("http://{closed}/events")),
+        None,
+        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
+    );
     let app = spawn_app(nats, settings).await;
-    let mut dlq = app.dead_letters().await;
-    app.publish(EventKind::CallEnded, &call_body(&conversation(), ""), None)
-        .await;
+    app.publish(
+        EventKind::CallEnded,
+        &call_body(&conversation(), ""),
+        Some("patient"),
+    )
+    .await;
+    eventually("the lane to pause", || async {
+        softphone_bridge::metric::handle()
+            .render()
+            .contains(r#"softphone_bridge_lane_paused{lane="crm"} 1"#)
+            .then_some(())
+    })
+    .await;
 
-    let dead = dlq.next().await;
-    let reason = header(&dead, dlq_header::REASON);
-    assert!(reason.contains("connection failed"), "{reason}");
-    let dead_doc = header(&dead, dlq_header::SUBJECT);
-    assert_eq!(dead_doc, "softphone.call.ended");
-    app.settled().await;
+    let crm = FakeCrm::on(std::net::TcpListener::bind(closed).unwrap()).await;
+    assert_eq!(idempotency_key(&crm.next_request().await), "patient");
+    let info = app.settled().await;
+    assert_eq!(info.num_redelivered, 0);
+    assert_eq!(
+        stream_messages(&app.js, softphone_bridge::contract::DLQ_STREAM).await,
+        0
+    );
     app.stop().await;
 }
 

@@ -44,7 +44,8 @@ async fn two_replicas_fill_the_registry_without_losing_updates() {
         });
         futures::future::join_all(publishes).await;
     }
-    let info = app.settled().await;
+    app.settled().await;
+    let info = app.intake_info().await;
     assert_eq!(
         info.delivered.stream_sequence,
         (softphones.len() * (STATUSES.len() + 1)) as u64

@@ -93,7 +93,7 @@ async fn secrets_stay_out_of_logs_errors_and_debug_output() {
         debug.push(format!("{settings:?}"));
         let crm = SalesforceCrm::new("crm", &settings).unwrap();
         let error = crm.handle(&event()).await.unwrap_err();
-        assert!(matches!(error, CrmError::Unavailable { .. }), "{error:?}");
+        assert!(matches!(error, CrmError::Permanent { .. }), "{error:?}");
         errors.push(format!("{error} {error:?}"));
     }
 
