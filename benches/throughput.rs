@@ -16,19 +16,31 @@
 //!    to the same server), 50 partners each routed to its own connection,
 //!    every event for one of them.
 //!
-//! Each NATS measurement gets a fresh NATS container (testcontainers); every
-//! event is published before the clock starts, so the publisher is idle
-//! while the consumers work. A bridge run is timed from `Application::build`
-//! until every consumer of `pipeline::consumers` has nothing pending and
-//! nothing unacknowledged and the server has answered one request per event,
-//! with `worker.concurrency = 32` and `worker.max_ack_pending = 10000`.
+//! Each NATS measurement gets a fresh NATS container (testcontainers, its
+//! store on a tmpfs); every event is published before the clock starts, so
+//! the publisher is idle while the consumers work. A bridge run is timed from
+//! `Application::build` until every consumer of `pipeline::consumers` has
+//! nothing pending and nothing unacknowledged and the server has answered one
+//! request per event, with `worker.concurrency = 32` and
+//! `worker.max_ack_pending = 10000`.
 //!
-//! CPU is the process's user+system time (`getrusage(RUSAGE_SELF)`) over the
-//! timed phase, per event. NATS runs in its container and is not counted; the
-//! in-process HTTP server is, so its own thread's share is shown apart and
-//! subtracted in the "excl. server" column. Peak RSS is the process's
-//! high-water mark so far; "redelivered" sums `num_redelivered` over the
-//! consumers.
+//! Columns of the closing table:
+//! - "CPU µs/ev": the process's user+system time (`getrusage(RUSAGE_SELF)`)
+//!   over the timed phase, per event. The in-process HTTP server is part of
+//!   it: "server µs" is its thread's share, "excl. server" the rest.
+//! - "NATS µs": the NATS server process's CPU (it runs in its container, so
+//!   the process figure leaves it out), read from /proc when this machine
+//!   can see it; "proxy µs": the `docker-proxy` forwarding its port to
+//!   127.0.0.1, when Docker uses one.
+//! - "csw/ev": the process's context switches (voluntary and not) per event.
+//! - "1st req": how long the bridge took to start and make its first CRM
+//!   call; "ev/s after": the rate from then on.
+//! - "redelivered": `num_redelivered` summed over the consumers.
+//! - "RSS MiB": the process's peak resident memory so far.
+//!
+//! The NATS measurements run in rounds (BENCH_ROUNDS, default 3), each round
+//! every measurement once; the table shows, for each, the run of median rate,
+//! and the rates of every round follow it.
 //!
 //! `cargo bench --bench throughput` (needs the NATS image: deploy/nats-image.sh;
 //! SOFTPHONE_NATS_IMAGE names another). BENCH_EVENTS sets the number of events
@@ -50,7 +62,7 @@ use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
 use softphone_bridge::crm::CrmEvent;
 use softphone_bridge::{Application, broker, pipeline};
-use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::core::{ContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio_util::sync::CancellationToken;
@@ -127,8 +139,9 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// User+system CPU time of the whole process.
-fn process_cpu() -> Duration {
+/// User+system CPU time of the whole process, and its context switches
+/// (voluntary and not).
+fn process_cpu() -> (Duration, u64) {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -136,11 +149,14 @@ fn process_cpu() -> Duration {
         usage
     };
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    time(usage.ru_utime) + time(usage.ru_stime)
+    (
+        time(usage.ru_utime) + time(usage.ru_stime),
+        (usage.ru_nvcsw + usage.ru_nivcsw) as u64,
+    )
 }
 
 /// CPU time of one thread of this process: the scheduler's exact figure,
-/// else user+system clock ticks.
+/// else user+system clock ticks (a thread id is a pid to /proc).
 fn thread_cpu(tid: i64) -> Duration {
     if let Some(ns) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
         .ok()
@@ -148,18 +164,48 @@ fn thread_cpu(tid: i64) -> Duration {
     {
         return Duration::from_nanos(ns);
     }
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    other_process_cpu(tid).unwrap_or_default()
+}
+
+/// User+system CPU time of another process (all its threads), when it can be read.
+fn other_process_cpu(pid: i64) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
     let fields: Vec<u64> = after
         .split_whitespace()
         .skip(11)
         .take(2)
         .filter_map(|f| f.parse().ok())
         .collect();
+    if fields.len() != 2 {
+        return None;
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(fields.iter().sum::<u64>() * 1_000_000 / hz)
+    Some(Duration::from_micros(
+        fields.iter().sum::<u64>() * 1_000_000 / hz,
+    ))
+}
+
+/// The `docker-proxy` processes forwarding `host_port` on this machine.
+fn docker_proxies(host_port: u16) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let port = host_port.to_string();
+            args.first().is_some_and(|a| a.ends_with(b"docker-proxy"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-host-port" && w[1] == port.as_bytes())
+        })
+        .collect()
 }
 
 /// The in-process CRM: answers every POST with 200 at once, on a thread of
@@ -212,25 +258,50 @@ async fn answer(State(requests): State<Arc<AtomicU64>>, _body: Bytes) -> StatusC
     StatusCode::OK
 }
 
-/// CPU spent so far: the process's, and the webhook server thread's.
+/// CPU spent so far: the process's, the webhook server thread's, and the
+/// NATS server's (in its container, when its process can be seen).
 #[derive(Clone, Copy)]
 struct Cpu {
     process: Duration,
+    /// The process's context switches.
+    switches: u64,
     server: Duration,
+    nats: Option<Duration>,
+    /// The docker-proxy in front of the NATS port, when there is one.
+    proxy: Option<Duration>,
 }
 
 impl Cpu {
-    fn now(webhook: &Webhook) -> Self {
+    fn now(webhook: &Webhook, nats: Option<&Nats>) -> Self {
+        let (process, switches) = process_cpu();
         Self {
-            process: process_cpu(),
+            process,
+            switches,
             server: thread_cpu(webhook.tid),
+            nats: nats.and_then(|n| n.pid).and_then(other_process_cpu),
+            proxy: nats.and_then(|n| {
+                n.proxies
+                    .iter()
+                    .map(|pid| other_process_cpu(*pid))
+                    .sum::<Option<Duration>>()
+                    .filter(|_| !n.proxies.is_empty())
+            }),
         }
     }
 
     fn since(self, earlier: Cpu) -> Cpu {
         Cpu {
             process: self.process.saturating_sub(earlier.process),
+            switches: self.switches.saturating_sub(earlier.switches),
             server: self.server.saturating_sub(earlier.server),
+            nats: self
+                .nats
+                .zip(earlier.nats)
+                .map(|(now, then)| now.saturating_sub(then)),
+            proxy: self
+                .proxy
+                .zip(earlier.proxy)
+                .map(|(now, then)| now.saturating_sub(then)),
         }
     }
 }
@@ -243,6 +314,8 @@ struct Measured {
     cpu: Cpu,
     /// From the start until the first CRM request (bridge runs).
     first_request: Option<Duration>,
+    /// How long `Application::build` took (bridge runs).
+    built: Option<Duration>,
     /// CRM requests the server answered (bridge runs).
     requests: Option<u64>,
     redelivered: Option<usize>,
@@ -256,20 +329,40 @@ impl Measured {
         self.events as f64 / self.took.as_secs_f64()
     }
 
+    /// The rate from the first CRM request on (startup left out).
+    fn running_rate(&self) -> Option<f64> {
+        self.first_request
+            .map(|first| self.events as f64 / (self.took - first).as_secs_f64())
+    }
+
+    fn switches_per_event(&self) -> f64 {
+        self.cpu.switches as f64 / self.events as f64
+    }
+
     fn us_per_event(&self, cpu: Duration) -> f64 {
         cpu.as_secs_f64() * 1e6 / self.events as f64
     }
 
     fn print(&self) {
         let mut line = format!(
-            "{:<22} {} events in {:>7.1?} = {:>7.0} events/s; CPU {:>6.1} µs/event ({:.1} µs in the HTTP server)",
+            "{:<22} {} events in {:>7.1?} = {:>7.0} events/s; CPU {:>6.1} µs/event ({:.1} µs in the HTTP server); {:.1} context switches/event",
             self.name,
             self.events,
             self.took,
             self.rate(),
             self.us_per_event(self.cpu.process),
             self.us_per_event(self.cpu.server),
+            self.switches_per_event(),
         );
+        if let Some(nats) = self.cpu.nats {
+            line += &format!("; NATS server {:.1} µs/event", self.us_per_event(nats));
+        }
+        if let Some(proxy) = self.cpu.proxy {
+            line += &format!("; docker-proxy {:.1} µs/event", self.us_per_event(proxy));
+        }
+        if let Some(built) = self.built {
+            line += &format!("; built in {built:.1?}");
+        }
         if let Some(first) = self.first_request {
             line += &format!("; first CRM request after {first:.1?}");
         }
@@ -292,6 +385,10 @@ struct Nats {
     container: ContainerAsync<GenericImage>,
     url: String,
     js: jetstream::Context,
+    /// The server's process id as this machine sees it.
+    pid: Option<i64>,
+    /// The docker-proxy processes that forward its client port.
+    proxies: Vec<i64>,
 }
 
 impl Nats {
@@ -303,18 +400,27 @@ impl Nats {
             .with_exposed_port(ContainerPort::Tcp(4222))
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
             .with_cmd(["--jetstream", "--store_dir", "/data"])
+            // The store in memory-backed files: what is measured is the
+            // bridge and NATS, not the container's storage driver.
+            .with_mount(Mount::tmpfs_mount("/data"))
             .start()
             .await
             .expect("NATS starts (run deploy/nats-image.sh)");
-        let url = format!(
-            "nats://127.0.0.1:{}",
-            container.get_host_port_ipv4(4222).await.unwrap()
-        );
+        let port = container.get_host_port_ipv4(4222).await.unwrap();
+        let url = format!("nats://127.0.0.1:{port}");
         let client = async_nats::connect(&url).await.unwrap();
+        let pid = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Pid}}", container.id()])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+            .filter(|pid: &i64| *pid > 0 && other_process_cpu(*pid).is_some());
         Self {
             container,
             url,
             js: jetstream::new(client),
+            pid,
+            proxies: docker_proxies(port),
         }
     }
 
@@ -440,7 +546,7 @@ async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
         .await
         .unwrap();
     let consumed = Arc::new(AtomicUsize::new(0));
-    let cpu = Cpu::now(webhook);
+    let cpu = Cpu::now(webhook, Some(&nats));
     let started = Instant::now();
     let counting = Arc::clone(&consumed);
     let consuming = tokio::spawn(async move {
@@ -457,7 +563,7 @@ async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
             (n > 0, n >= events)
         })
         .await;
-    let cpu = Cpu::now(webhook).since(cpu);
+    let cpu = Cpu::now(webhook, Some(&nats)).since(cpu);
     consuming.abort();
     let measured = Measured {
         name: "raw consume+ack".into(),
@@ -465,6 +571,7 @@ async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
         took,
         cpu,
         first_request: None,
+        built: None,
         requests: None,
         redelivered: Some(redelivered),
         complete,
@@ -486,7 +593,7 @@ async fn raw_post(webhook: &Webhook, requests: usize) -> Measured {
     println!("  POST body: {} B CRM document", document.len());
     let next = Arc::new(AtomicUsize::new(0));
     let before = webhook.requests();
-    let cpu = Cpu::now(webhook);
+    let cpu = Cpu::now(webhook, None);
     let started = Instant::now();
     let mut posting = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
@@ -514,13 +621,14 @@ async fn raw_post(webhook: &Webhook, requests: usize) -> Measured {
         done.unwrap();
     }
     let took = started.elapsed();
-    let cpu = Cpu::now(webhook).since(cpu);
+    let cpu = Cpu::now(webhook, None).since(cpu);
     Measured {
         name: format!("raw POST (c={CONCURRENCY})"),
         events: requests,
         took,
         cpu,
         first_request: None,
+        built: None,
         requests: Some(webhook.requests() - before),
         redelivered: None,
         complete: true,
@@ -571,9 +679,10 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
         .map(|c| (c.stream, c.name))
         .collect();
     let before = webhook.requests();
-    let cpu = Cpu::now(webhook);
+    let cpu = Cpu::now(webhook, Some(&nats));
     let started = Instant::now();
     let app = Application::build(settings).await.unwrap();
+    let built = started.elapsed();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run_until(shutdown.clone()));
     let (took, first_request, complete, redelivered) = nats
@@ -582,7 +691,7 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
             (handled > 0, handled >= events as u64)
         })
         .await;
-    let cpu = Cpu::now(webhook).since(cpu);
+    let cpu = Cpu::now(webhook, Some(&nats)).since(cpu);
     let requests = webhook.requests() - before;
     shutdown.cancel();
     running.await.unwrap().unwrap();
@@ -595,6 +704,7 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
         took,
         cpu,
         first_request,
+        built: Some(built),
         requests: Some(requests),
         redelivered: Some(redelivered),
         complete,
@@ -605,9 +715,8 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
 }
 
 fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64)]) {
-    println!();
     println!(
-        "{:<22} {:>7} {:>9} {:>10} {:>10} {:>10} {:>12} {:>9} {:>11} {:>8}",
+        "{:<22} {:>7} {:>9} {:>10} {:>10} {:>10} {:>12} {:>9} {:>9} {:>7} {:>9} {:>10} {:>11} {:>8}",
         "measurement",
         "events",
         "time s",
@@ -615,13 +724,17 @@ fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64
         "CPU µs/ev",
         "server µs",
         "excl. server",
+        "NATS µs",
+        "proxy µs",
+        "csw/ev",
         "1st req",
+        "ev/s after",
         "redelivered",
         "RSS MiB"
     );
     for (kind, per) in hot {
         println!(
-            "{:<22} {:>7} {:>9} {:>10.0} {:>10.2} {:>10} {:>12} {:>9} {:>11} {:>8}",
+            "{:<22} {:>7} {:>9} {:>10.0} {:>10.2} {:>10} {:>12} {:>9} {:>9} {:>7} {:>9} {:>10} {:>11} {:>8}",
             format!("hot path {}", kind.name()),
             "-",
             "-",
@@ -631,12 +744,16 @@ fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64
             "-",
             "-",
             "-",
+            "-",
+            "-",
+            "-",
+            "-",
             "-"
         );
     }
     for row in rows {
         println!(
-            "{:<22} {:>7} {:>9.3} {:>10.0} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>11} {:>8}{}",
+            "{:<22} {:>7} {:>9.3} {:>10.0} {:>10.1} {:>10.1} {:>12.1} {:>9} {:>9} {:>7.2} {:>9} {:>10} {:>11} {:>8}{}",
             row.name,
             row.events,
             row.took.as_secs_f64(),
@@ -644,8 +761,16 @@ fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64
             row.us_per_event(row.cpu.process),
             row.us_per_event(row.cpu.server),
             row.us_per_event(row.cpu.process.saturating_sub(row.cpu.server)),
+            row.cpu
+                .nats
+                .map_or("-".into(), |n| format!("{:.1}", row.us_per_event(n))),
+            row.cpu
+                .proxy
+                .map_or("-".into(), |n| format!("{:.1}", row.us_per_event(n))),
+            row.switches_per_event(),
             row.first_request
                 .map_or("-".into(), |d| format!("{} ms", d.as_millis())),
+            row.running_rate().map_or("-".into(), |r| format!("{r:.0}")),
             row.redelivered.map_or("-".into(), |r| r.to_string()),
             row.peak_rss_kib / 1024,
             if row.complete { "" } else { "  STALLED" }
@@ -656,41 +781,62 @@ fn table(hot: &[(EventKind, Duration)], rows: &[&Measured], ratios: &[(&str, f64
     }
 }
 
-fn main() {
-    let events: usize = std::env::var("BENCH_EVENTS")
+/// The run of median rate.
+fn median<'a>(runs: &[&'a Measured]) -> &'a Measured {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    sorted[(sorted.len() - 1) / 2]
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(default)
+}
+
+fn main() {
+    let events: usize = env_or("BENCH_EVENTS", 20_000);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3).max(1);
     softphone_bridge::tls::install_provider();
     let hot = hot_path();
     let webhook = Webhook::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (raw_post, raw_consume, one, fifty) = runtime.block_on(async {
-        println!("raw POST:");
-        let raw_post = raw_post(&webhook, events).await;
-        raw_post.print();
-        println!("raw consume+ack:");
-        let raw_consume = raw_consume(&webhook, events).await;
-        raw_consume.print();
-        println!("bridge, 1 connection:");
-        let one = bridge(&webhook, events, 0).await;
-        one.print();
-        println!("bridge, 50 connections:");
-        let fifty = bridge(&webhook, events, 50).await;
-        fifty.print();
-        (raw_post, raw_consume, one, fifty)
-    });
-    for run in [&one, &fifty] {
-        if run.requests != Some(events as u64) {
-            println!(
-                "note: {} answered {:?} CRM requests for {events} events",
-                run.name, run.requests
-            );
+    let mut runs: Vec<[Measured; 4]> = Vec::new();
+    for round in 1..=rounds {
+        let measured = runtime.block_on(async {
+            println!("round {round}/{rounds}, raw POST:");
+            let raw_post = raw_post(&webhook, events).await;
+            raw_post.print();
+            println!("round {round}/{rounds}, raw consume+ack:");
+            let raw_consume = raw_consume(&webhook, events).await;
+            raw_consume.print();
+            println!("round {round}/{rounds}, bridge, 1 connection:");
+            let one = bridge(&webhook, events, 0).await;
+            one.print();
+            println!("round {round}/{rounds}, bridge, 50 connections:");
+            let fifty = bridge(&webhook, events, 50).await;
+            fifty.print();
+            [raw_consume, raw_post, one, fifty]
+        });
+        for run in &measured[2..] {
+            if run.requests != Some(events as u64) {
+                println!(
+                    "note: {} answered {:?} CRM requests for {events} events",
+                    run.name, run.requests
+                );
+            }
         }
+        runs.push(measured);
     }
+    let of = |i: usize| runs.iter().map(|r| &r[i]).collect::<Vec<_>>();
+    let medians: Vec<&Measured> = (0..4).map(|i| median(&of(i))).collect();
+    let (raw_consume, one, fifty) = (medians[0], medians[2], medians[3]);
+    println!();
+    println!("median of {rounds} round(s) by events/s, each row one whole run:");
     table(
         &hot,
-        &[&raw_consume, &raw_post, &one, &fifty],
+        &medians,
         &[
             (
                 "bridge 1-connection rate / raw consume+ack rate",
@@ -700,7 +846,29 @@ fn main() {
                 "bridge 50-connection rate / 1-connection rate (goal >= 0.9)",
                 fifty.rate() / one.rate(),
             ),
+            (
+                "  the same, from the first CRM request on (startup left out)",
+                fifty.running_rate().unwrap_or(f64::NAN) / one.running_rate().unwrap_or(f64::NAN),
+            ),
         ],
     );
+    println!();
+    println!("per round, events/s:");
+    println!(
+        "{:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>16}",
+        "round", "raw consume", "raw POST", "bridge 1", "bridge 50", "50 / 1", "50 / 1 after 1st"
+    );
+    for (round, [raw_consume, raw_post, one, fifty]) in runs.iter().enumerate() {
+        println!(
+            "{:<7} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.3} {:>16.3}",
+            round + 1,
+            raw_consume.rate(),
+            raw_post.rate(),
+            one.rate(),
+            fifty.rate(),
+            fifty.rate() / one.rate(),
+            fifty.running_rate().unwrap_or(f64::NAN) / one.running_rate().unwrap_or(f64::NAN),
+        );
+    }
     runtime.shutdown_timeout(Duration::from_secs(5));
 }

@@ -1,21 +1,22 @@
 //! softphone-bridge: the "wrapper library" of the softphone contract, as a
 //! NATS JetStream worker.
 //!
-//! Softphones publish contract events on `softphone.*` subjects; a pool of
-//! replicas shares the durable consumers, one "lane" per CRM connection
-//! ([`worker`]), decodes and validates
-//! each event ([`contract`]), performs the CRM's actions ([`crm`]) and answers
-//! `load` with callbacks on `softphone.cmd.<id>` ([`load`], [`command`]).
-//! Failures are retried through JetStream redelivery or dead-lettered with
-//! their reason; nothing is acked unhandled. CRMs send callbacks the other
-//! way (click-to-dial, presence) through an HTTP API or a NATS service
-//! ([`http`], [`service`], both via [`dispatch`]), authorised against the
-//! softphone [`registry`] the worker keeps.
+//! Softphones publish contract events on `softphone.*` subjects. A pool of
+//! replicas shares the [`pipeline`]'s durable consumers: an intake that
+//! validates each event once ([`contract`]) and routes it once, to the lane of
+//! its partner's CRM connection, where the CRM's actions are performed
+//! ([`crm`]); a connection in trouble pauses its own lane and holds its
+//! events, one module decides every fate (ack, hold, retry, dead-letter), and
+//! a softphone lane answers `load` with callbacks on `softphone.cmd.<id>`
+//! ([`load`], [`command`]). CRMs send callbacks the other way (click-to-dial,
+//! presence) through an HTTP API or a NATS service ([`http`], [`service`],
+//! both via [`dispatch`]), authorised against the softphone [`registry`].
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection, stream and consumer provisioning.
-//! - [`crm`]: the CRM trait, the `log`, `webhook` and `salesforce` adapters, and
-//!   the router that gives each partner its own connection (see deploy/salesforce.md).
+//! - [`pipeline`]: intake → lane → CRM → outcome, in that order.
+//! - [`crm`]: the CRM trait, the `log`, `webhook` and `salesforce` adapters,
+//!   and the configured connections by name (see deploy/salesforce.md).
 //! - [`http`]: the command API for CRMs, health, readiness, metrics.
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
 //! - [`service`]: the same command path as a NATS micro service.

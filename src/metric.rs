@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Events handled, by `type` (e.g. `call.ended`) and `outcome` (ack, retry, dead_letter).
+/// Deliveries settled, by `type` (e.g. `call.ended`), `stage` (`intake`: routed;
+/// `lane`: handled) and `outcome` (ack, retry, dead_letter).
 pub const EVENTS: &str = "softphone_bridge_events_total";
 /// Events being handled right now by this replica.
 pub const IN_FLIGHT: &str = "softphone_bridge_events_in_flight";
@@ -76,7 +77,10 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(EVENTS, "Events handled, by type and outcome.");
+    describe_counter!(
+        EVENTS,
+        "Deliveries settled, by event type, stage (intake, lane) and outcome."
+    );
     describe_gauge!(IN_FLIGHT, "Events being handled right now by this replica.");
     describe_counter!(REDELIVERIES, "Deliveries after the first, by event type.");
     describe_counter!(

@@ -26,6 +26,8 @@ pub(super) struct Delivery {
     /// This delivery's number, 1-based.
     pub delivered: u32,
     pub kind: Option<EventKind>,
+    /// `intake` or `lane`, for metrics.
+    stage: &'static str,
 }
 
 impl Delivery {
@@ -41,6 +43,7 @@ impl Delivery {
             published: info.published,
             delivered: info.delivered.max(1) as u32,
             kind: EventKind::from_subject(&message.subject),
+            stage: "intake",
         })
     }
 
@@ -70,6 +73,7 @@ impl Delivery {
             published,
             delivered: info.delivered.max(1) as u32,
             kind,
+            stage: "lane",
         })
     }
 
@@ -121,7 +125,7 @@ impl Delivery {
                 message.ack_with(AckKind::Term).await
             }
         };
-        metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => outcome.label())
+        metrics::counter!(metric::EVENTS, "type" => kind, "stage" => self.stage, "outcome" => outcome.label())
             .increment(1);
         if self.delivered > 1 {
             metrics::counter!(metric::REDELIVERIES, "type" => kind).increment(1);

@@ -30,6 +30,9 @@ fn subjects_md_matches_the_code() {
     );
     for name in [
         contract::EVENTS_STREAM,
+        contract::LANES_STREAM,
+        contract::LANE_SUBJECTS,
+        contract::lane_header::PUBLISHED,
         contract::COMMANDS_STREAM,
         contract::DLQ_STREAM,
         contract::COMMAND_SUBJECTS,

@@ -290,6 +290,24 @@ impl TestApp {
         }
     }
 
+    /// Publishes a good call event every 50 ms until the returned task is
+    /// aborted: traffic that shows the CRM connection answering.
+    pub fn steady_traffic(&self) -> tokio::task::JoinHandle<()> {
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            loop {
+                publish(
+                    &js,
+                    EventKind::CallAccepted,
+                    &call_body(&conversation(), ""),
+                    None,
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    }
+
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(self) -> Nats {
         self.shutdown.cancel();

@@ -396,18 +396,21 @@ async fn one_partners_backlog_does_not_delay_another_connection() {
     let mut settings = settings_with(&nats.url, "kind = \"log\"", Some("a"), &extra);
     settings.worker.max_ack_pending = 20_000;
     let app = spawn_app(nats, settings).await;
-    let mut acks = Vec::new();
-    for _ in 0..10_000 {
-        let body = partner_call_body(PARTNER, &conversation(), r#""reason":"passive""#);
-        acks.push(
-            app.js
-                .publish(EventKind::CallRejected.subject(), body.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
+    // In chunks: the client bounds the publish acks it awaits at once.
+    for _ in 0..20 {
+        let mut acks = Vec::new();
+        for _ in 0..500 {
+            let body = partner_call_body(PARTNER, &conversation(), r#""reason":"passive""#);
+            acks.push(
+                app.js
+                    .publish(EventKind::CallRejected.subject(), body.into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
     }
     let intake = pipeline_consumer(&app.settings, |r| *r == Role::Intake);
     consumer_settled(&app.js, intake.stream, &intake.name).await;

@@ -113,14 +113,12 @@ async fn metrics_show_every_documented_series_after_traffic() {
     assert_ne!(app.addr, app.ops, "health and metrics on their own address");
 
     app.load("agent-1", Some(PARTNER)).await;
+    let mut letters = app.dead_letters().await;
     app.publish(EventKind::CallAccepted, &call_body(&failing, ""), None)
         .await;
-    app.publish(
-        EventKind::CallAccepted,
-        &call_body(&conversation(), ""),
-        None,
-    )
-    .await;
+    let others = app.steady_traffic();
+    letters.next().await;
+    others.abort();
     // A contract violation: dead-lettered at once.
     app.publish(EventKind::CallEnded, r#"{"partnerId":"nope"}"#, None)
         .await;
@@ -155,13 +153,15 @@ async fn metrics_show_every_documented_series_after_traffic() {
     }
     // At least: other tests in the same process (plain `cargo test`) share the recorder.
     for sample in [
-        r#"softphone_bridge_events_total{type="loaded",outcome="retry"}"#,
-        r#"softphone_bridge_events_total{type="loaded",outcome="ack"}"#,
-        r#"softphone_bridge_events_total{type="call.ended",outcome="dead_letter"}"#,
+        r#"softphone_bridge_events_total{type="call.accepted",stage="lane",outcome="retry"}"#,
+        r#"softphone_bridge_events_total{type="call.accepted",stage="lane",outcome="dead_letter"}"#,
+        r#"softphone_bridge_events_total{type="loaded",stage="intake",outcome="ack"}"#,
+        r#"softphone_bridge_events_total{type="loaded",stage="lane",outcome="ack"}"#,
+        r#"softphone_bridge_events_total{type="call.ended",stage="intake",outcome="dead_letter"}"#,
         r#"softphone_bridge_dead_lettered_total{type="call.ended"}"#,
-        r#"softphone_bridge_redeliveries_total{type="loaded"}"#,
-        r#"softphone_bridge_crm_request_duration_seconds_bucket{crm="webhook",result="transient",le="+Inf"}"#,
-        r#"softphone_bridge_crm_request_duration_seconds_count{crm="webhook",result="ok"}"#,
+        r#"softphone_bridge_redeliveries_total{type="call.accepted"}"#,
+        r#"softphone_bridge_crm_request_duration_seconds_bucket{crm="crm",result="unavailable",le="+Inf"}"#,
+        r#"softphone_bridge_crm_request_duration_seconds_count{crm="crm",result="ok"}"#,
         r#"softphone_bridge_commands_published_total{type="start_call",via="http",duplicate="false"}"#,
         r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="202"}"#,
         r#"softphone_bridge_http_requests_total{route="/v1/softphones/{softphoneId}/commands",method="POST",status="401"}"#,
@@ -172,13 +172,15 @@ async fn metrics_show_every_documented_series_after_traffic() {
     }
     for gauge in [
         format!(
-            r#"{}{{consumer="softphone-bridge"}}"#,
+            r#"{}{{consumer="softphone-bridge-intake"}}"#,
             metric::CONSUMER_PENDING
         ),
         format!(
-            r#"{}{{consumer="softphone-bridge"}}"#,
+            r#"{}{{consumer="softphone-bridge-crm-crm"}}"#,
             metric::CONSUMER_ACK_PENDING
         ),
+        format!(r#"{}{{lane="crm"}}"#, metric::LANE_PAUSED),
+        format!(r#"{}{{lane="crm"}}"#, metric::LANE_HELD),
         metric::IN_FLIGHT.to_owned(),
     ] {
         assert!(
