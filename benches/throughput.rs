@@ -13,8 +13,8 @@
 //!    lane) with `[crm] kind = "webhook"` pointing at that same server, every
 //!    event for one partner.
 //! 5. **Bridge, 50 connections**: `[crms.c0]` to `[crms.c49]` (all webhooks
-//!    to the same server), 50 partners each routed to its own connection,
-//!    every event for one of them.
+//!    to the same server, as is `[crm]`: 51 lanes), 50 partners each routed
+//!    to its own connection, every event for one of them.
 //!
 //! Each NATS measurement gets a fresh NATS container (testcontainers, its
 //! store on a tmpfs); every event is published before the clock starts, so
@@ -38,8 +38,8 @@
 //! - "redelivered": `num_redelivered` summed over the consumers.
 //! - "RSS MiB": the process's peak resident memory so far.
 //!
-//! The NATS measurements run in rounds (BENCH_ROUNDS, default 3), each round
-//! every measurement once; the table shows, for each, the run of median rate,
+//! Measurements 2 to 5 run in rounds (BENCH_ROUNDS, default 3), each round
+//! every one of them once; the table shows, for each, the run of median rate,
 //! and the rates of every round follow it.
 //!
 //! `cargo bench --bench throughput` (needs the NATS image: deploy/nats-image.sh;

@@ -1,0 +1,89 @@
+//! The real `softphone-bridge` binary, as replicas are run.
+
+use async_nats::jetstream;
+use softphone_bridge::config::Settings;
+use softphone_bridge::contract::LANES_STREAM;
+use softphone_bridge::pipeline;
+
+use super::*;
+
+/// A `softphone-bridge run` process of the real binary, configured by a TOML
+/// file (worker and CRM) and environment variables (the NATS URL).
+pub struct Bridge {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    pub fn start(nats_url: &str, config_toml: &str) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bridge.toml");
+        std::fs::write(&file, config_toml).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .env("SOFTPHONE_BRIDGE_NATS__URL", nats_url)
+            .env("RUST_LOG", "softphone_bridge=debug,info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the softphone-bridge binary starts");
+        Bridge { child, _dir: dir }
+    }
+
+    /// Sends SIGTERM, as an orchestrator would.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("still running") as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    }
+
+    /// Waits for the process to exit; returns its status and standard error.
+    pub async fn wait(self) -> (std::process::ExitStatus, String) {
+        let output = tokio::time::timeout(PATIENCE, self.child.wait_with_output())
+            .await
+            .expect("the bridge exits in time")
+            .expect("the bridge can be waited for");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if std::env::var_os("TEST_LOG").is_some() {
+            eprintln!("{stderr}");
+        }
+        (output.status, stderr)
+    }
+}
+
+/// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended.
+pub fn bridge_config(crm_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[worker]
+concurrency = 4
+ack_wait = "5s"
+max_deliveries = 3
+backoff = ["200ms"]
+shutdown_deadline = "10s"
+
+[crm]
+kind = "webhook"
+url = "{crm_url}"
+secret = "{WEBHOOK_SECRET}"
+timeout = "10s"
+{extra}
+"#
+    )
+}
+
+/// Waits until `count` pull requests wait on the default CRM lane: that many
+/// replicas are consuming.
+pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, count: usize) {
+    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm("crm".into()));
+    eventually(&format!("{count} replicas to pull"), || async {
+        let stream = js.get_stream(LANES_STREAM).await.ok()?;
+        let info = stream.consumer_info(&lane.name).await.ok()?;
+        (info.num_waiting >= count).then_some(())
+    })
+    .await
+}

@@ -1,0 +1,58 @@
+//! Shared test plumbing, by concern: a NATS server ([`nats`]), fake CRMs over
+//! real HTTP ([`crm`]), the app in this process ([`app`], [`http`]), the real
+//! binary ([`bridge`]) and the test data ([`data`]).
+
+#![allow(dead_code)]
+
+mod app;
+mod bridge;
+mod crm;
+mod data;
+mod http;
+mod nats;
+
+use std::sync::Once;
+use std::time::Duration;
+
+pub use app::*;
+pub use bridge::*;
+pub use crm::*;
+pub use data::*;
+pub use http::*;
+pub use nats::*;
+
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static LOGS: Once = Once::new();
+
+/// `TEST_LOG=1` shows the app's logs.
+pub fn init_logs() {
+    LOGS.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("softphone_bridge=debug,info")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

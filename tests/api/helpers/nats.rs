@@ -1,0 +1,234 @@
+//! A NATS server with JetStream in a container, and reading what the
+//! bridge's streams and consumers hold.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use futures::StreamExt;
+use softphone_bridge::config::Settings;
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, LANES_STREAM};
+use softphone_bridge::pipeline;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+use super::{PATIENCE, eventually, init_logs};
+
+/// The NATS image; deploy/nats-image.sh makes it available offline.
+fn nats_image() -> (String, String) {
+    let image = std::env::var("SOFTPHONE_NATS_IMAGE")
+        .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".to_owned());
+    let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+    (name.to_owned(), tag.to_owned())
+}
+
+/// A NATS server with JetStream in a container of its own.
+pub struct Nats {
+    pub container: ContainerAsync<GenericImage>,
+    pub url: String,
+}
+
+pub async fn start_nats() -> Nats {
+    start_nats_with(None, &[], &[]).await
+}
+
+/// NATS on a fixed host port, so that the URL survives a stop and start.
+pub async fn start_nats_pinned() -> Nats {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    start_nats_with(Some(port), &[], &[]).await
+}
+
+/// NATS with extra server arguments (e.g. `--auth <token>`) and files copied
+/// into the container (`(path, contents)`), on `port` if given.
+pub async fn start_nats_with(port: Option<u16>, args: &[&str], files: &[(&str, &[u8])]) -> Nats {
+    init_logs();
+    let (name, tag) = nats_image();
+    let mut cmd = vec!["--jetstream", "--store_dir", "/data"];
+    cmd.extend_from_slice(args);
+    let image = GenericImage::new(name.clone(), tag.clone())
+        .with_exposed_port(ContainerPort::Tcp(4222))
+        .with_wait_for(WaitFor::message_on_stderr("Server is ready"));
+    let mut request = match port {
+        Some(port) => image
+            .with_cmd(cmd)
+            .with_mapped_port(port, ContainerPort::Tcp(4222)),
+        None => image.with_cmd(cmd),
+    };
+    for (path, contents) in files {
+        request = request.with_copy_to(path.to_string(), contents.to_vec());
+    }
+    let container = request.start().await.unwrap_or_else(|e| {
+        panic!("cannot start NATS from image {name}:{tag} (run deploy/nats-image.sh first): {e}")
+    });
+    let port = container
+        .get_host_port_ipv4(4222)
+        .await
+        .expect("NATS port is mapped");
+    Nats {
+        container,
+        url: format!("nats://127.0.0.1:{port}"),
+    }
+}
+
+pub async fn publish(
+    js: &jetstream::Context,
+    kind: EventKind,
+    body: &str,
+    msg_id: Option<&str>,
+) -> PublishAck {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = msg_id {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    }
+    js.publish_with_headers(kind.subject(), headers, body.to_owned().into())
+        .await
+        .expect("publish is sent")
+        .await
+        .expect("the events stream acknowledges")
+}
+
+/// How many messages a stream holds now.
+pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = js.get_stream(stream).await.expect("stream exists");
+    stream.info().await.expect("stream info").state.messages
+}
+
+pub async fn consumer_info(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    stream.consumer_info(name).await.expect("consumer exists")
+}
+
+/// The pipeline consumer of the settings that `pick` chooses.
+pub fn pipeline_consumer(
+    settings: &Settings,
+    pick: impl Fn(&pipeline::Role) -> bool,
+) -> pipeline::Consumer {
+    pipeline::consumers(settings)
+        .into_iter()
+        .find(|c| pick(&c.role))
+        .expect("the pipeline has that consumer")
+}
+
+/// The lane consumer of CRM connection `connection`.
+pub async fn lane_info(
+    js: &jetstream::Context,
+    settings: &Settings,
+    connection: &str,
+) -> consumer::Info {
+    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm(connection.into()));
+    consumer_info(js, LANES_STREAM, &lane.name).await
+}
+
+/// Polls one consumer until nothing is pending or in flight (with a deadline).
+pub async fn consumer_settled(js: &jetstream::Context, stream: &str, name: &str) -> consumer::Info {
+    eventually(
+        "the consumer to have nothing pending or unacknowledged",
+        || async {
+            let info = consumer_info(js, stream, name).await;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(info)
+        },
+    )
+    .await
+}
+
+/// Waits until the intake, then every lane, has acknowledged every message
+/// its stream holds for it; returns the default CRM lane's consumer.
+pub async fn settled(js: &jetstream::Context, settings: &Settings) -> consumer::Info {
+    // The intake acks an event once its copies are stored: caught up first, it
+    // leaves nothing more for the lanes.
+    for consumer in pipeline::consumers(settings) {
+        eventually(
+            &format!("{} to acknowledge all its messages", consumer.name),
+            || caught_up(js, &consumer),
+        )
+        .await;
+    }
+    lane_info(js, settings, "crm").await
+}
+
+/// Whether the consumer's ack floor has reached the last message of its
+/// stream that it reads: exact, where pending counts may lag a fresh message.
+async fn caught_up(js: &jetstream::Context, consumer: &pipeline::Consumer) -> Option<()> {
+    let info = consumer_info(js, consumer.stream, &consumer.name).await;
+    if info.num_pending > 0 || info.num_ack_pending > 0 {
+        return None;
+    }
+    let mut stream = js.get_stream(consumer.stream).await.expect("stream exists");
+    let last = match &consumer.filter {
+        Some(filter) => stream
+            .get_last_raw_message_by_subject(filter)
+            .await
+            .map_or(0, |message| message.sequence),
+        None => {
+            stream
+                .info()
+                .await
+                .expect("stream info")
+                .state
+                .last_sequence
+        }
+    };
+    (info.ack_floor.stream_sequence >= last).then_some(())
+}
+
+/// Reads the dead-letter stream from its start.
+pub struct DeadLetters {
+    messages: jetstream::consumer::pull::Stream,
+}
+
+impl DeadLetters {
+    pub(super) async fn open(js: &jetstream::Context) -> Self {
+        let stream = js.get_stream(DLQ_STREAM).await.expect("DLQ stream exists");
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("ephemeral DLQ reader");
+        Self {
+            messages: consumer.messages().await.expect("DLQ reader pulls"),
+        }
+    }
+
+    pub async fn next(&mut self) -> jetstream::Message {
+        tokio::time::timeout(PATIENCE, self.messages.next())
+            .await
+            .expect("a dead letter arrived in time")
+            .expect("DLQ stream open")
+            .expect("DLQ message")
+    }
+}
+
+pub fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+        .unwrap_or_else(|| panic!("header {name} present"))
+}
+
+/// How many messages `SOFTPHONE_COMMANDS` holds for one softphone.
+pub async fn commands_for(js: &jetstream::Context, softphone: &str) -> u64 {
+    let subject = format!("softphone.cmd.{softphone}");
+    let stream = js
+        .get_stream(softphone_bridge::contract::COMMANDS_STREAM)
+        .await
+        .expect("commands stream exists");
+    let info = stream
+        .info_with_subjects(subject.clone())
+        .await
+        .expect("stream info");
+    let mut total = 0;
+    let mut subjects = info;
+    while let Some(Ok((name, count))) = subjects.next().await {
+        if name == subject {
+            total += count as u64;
+        }
+    }
+    total
+}
