@@ -8,6 +8,19 @@ use reqwest::{Response, StatusCode};
 
 use super::CrmError;
 
+/// The HTTP client every CRM connection shares: one connection pool and one
+/// root store for the process, however many connections are configured
+/// (each connection sets its own timeout on each request). Redirects are
+/// never followed: a followed POST turns into a GET, and a bearer token must
+/// not travel to wherever a 3xx points.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("softphone-bridge/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?)
+}
+
 /// Longest CRM error text kept for logs and DLQ headers.
 const MAX_DETAIL: usize = 1024;
 

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
 use crate::contract::{Event, EventKind, Guid};
 
-pub use self::http::classify_response;
+pub use self::http::{classify_response, client as http_client};
 pub use self::log::LogCrm;
 pub use self::salesforce::SalesforceCrm;
 pub use self::webhook::{WebhookCrm, sign};
@@ -132,6 +132,7 @@ impl Connections {
     /// Builds the adapter of every connection the settings define.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let client = http_client()?;
         settings
             .connections()
             .map(|(name, crm)| {
@@ -140,7 +141,7 @@ impl Connections {
                 } else {
                     format!("[crms.{name}]")
                 };
-                Ok((name.to_owned(), build(name, crm).context(key)?))
+                Ok((name.to_owned(), build(name, crm, &client).context(key)?))
             })
             .collect::<anyhow::Result<_>>()
             .map(Self)
@@ -173,10 +174,16 @@ impl Connections {
 
 /// Builds the CRM adapter the settings describe; `name` is its name in the
 /// configuration (`crm`, or the key of `[crms.<name>]`).
-fn build(name: &str, settings: &CrmSettings) -> anyhow::Result<Arc<dyn Crm>> {
+fn build(
+    name: &str,
+    settings: &CrmSettings,
+    client: &reqwest::Client,
+) -> anyhow::Result<Arc<dyn Crm>> {
     Ok(match settings {
         CrmSettings::Log => Arc::new(LogCrm::stdout()),
-        CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook)?),
-        CrmSettings::Salesforce(salesforce) => Arc::new(SalesforceCrm::new(name, salesforce)?),
+        CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook, client.clone())),
+        CrmSettings::Salesforce(salesforce) => {
+            Arc::new(SalesforceCrm::new(name, salesforce, client.clone())?)
+        }
     })
 }

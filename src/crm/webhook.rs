@@ -13,25 +13,20 @@ use crate::config::WebhookSettings;
 
 pub struct WebhookCrm {
     client: reqwest::Client,
+    timeout: std::time::Duration,
     url: url::Url,
     secret: SecretString,
 }
 
 impl WebhookCrm {
-    pub fn new(settings: &WebhookSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(std::time::Duration::from_secs(5)))
-            .user_agent(concat!("softphone-bridge/", env!("CARGO_PKG_VERSION")))
-            // A followed redirect turns the POST into a GET: the event would
-            // be acked undelivered. A 3xx is the connection's trouble instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Self {
+    /// A webhook connection on the shared `client` ([`super::http::client`]).
+    pub fn new(settings: &WebhookSettings, client: reqwest::Client) -> Self {
+        Self {
             client,
+            timeout: settings.timeout,
             url: settings.url.as_url().clone(),
             secret: settings.secret.clone(),
-        })
+        }
     }
 
     async fn post(&self, event: &CrmEvent) -> Result<(), CrmError> {
@@ -44,6 +39,7 @@ impl WebhookCrm {
         let response = self
             .client
             .post(self.url.clone())
+            .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Softphone-Event", event.kind().name())
             .header("Idempotency-Key", &event.id)

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 pub(super) type Messages = jetstream::consumer::pull::Stream;
 
 /// What the next pull gave.
+// Moved once per message; boxing the message would allocate once per message.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Next {
     Message(jetstream::Message),
     /// The stream ended or failed for good; make a new one.

@@ -58,6 +58,7 @@ struct TokenResponse {
 
 pub(crate) struct TokenSource {
     client: reqwest::Client,
+    timeout: Duration,
     token_url: Url,
     grant: Grant,
     ttl: Duration,
@@ -106,6 +107,7 @@ impl TokenSource {
         };
         Ok(Self {
             client,
+            timeout: settings.timeout,
             token_url: settings.login_url.join("/services/oauth2/token")?,
             grant,
             ttl: settings.token_ttl,
@@ -162,6 +164,7 @@ impl TokenSource {
         let response = self
             .client
             .post(self.token_url.clone())
+            .timeout(self.timeout)
             .form(&form)
             .send()
             .await

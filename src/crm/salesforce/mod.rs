@@ -63,12 +63,12 @@ impl Answer {
 
 impl SalesforceCrm {
     /// `name` is the connection's name in the configuration, for logs.
-    pub fn new(name: &str, settings: &SalesforceSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("softphone-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    /// On the shared `client` ([`crate::crm::http_client`]).
+    pub fn new(
+        name: &str,
+        settings: &SalesforceSettings,
+        client: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             name: name.to_owned(),
             tokens: TokenSource::new(settings, client.clone())?,
@@ -114,6 +114,7 @@ impl SalesforceCrm {
             let mut request = self
                 .client
                 .request(method.clone(), url)
+                .timeout(self.settings.timeout)
                 .bearer_auth(token.access.expose_secret())
                 .header(reqwest::header::ACCEPT, "application/json");
             if !query.is_empty() {

@@ -91,7 +91,7 @@ async fn secrets_stay_out_of_logs_errors_and_debug_output() {
         );
         let settings: SalesforceSettings = toml::from_str(&toml).unwrap();
         debug.push(format!("{settings:?}"));
-        let crm = SalesforceCrm::new("crm", &settings).unwrap();
+        let crm = SalesforceCrm::new("crm", &settings, crate::crm::http_client().unwrap()).unwrap();
         let error = crm.handle(&event()).await.unwrap_err();
         assert!(matches!(error, CrmError::Permanent { .. }), "{error:?}");
         errors.push(format!("{error} {error:?}"));
