@@ -12,6 +12,8 @@ pub fn init(settings: &LogSettings, level: Option<&str>) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person at a terminal, never in collected logs.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let installed = match settings.format {
         LogFormat::Human => builder.try_init(),

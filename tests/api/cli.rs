@@ -236,3 +236,43 @@ fn commands_against_an_unreachable_nats_fail_with_the_reason() {
     assert!(err.contains("cannot connect to NATS"), "{err}");
     assert!(!err.contains("topsecret"), "{err}");
 }
+
+#[tokio::test]
+async fn provision_reports_the_lane_of_a_connection_no_longer_configured() {
+    let nats = start_nats().await;
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", nats.url.as_str())];
+    let before = config_file("[crms.gone]\nkind = \"log\"\n");
+    let first = bridge(
+        &["--config", before.path().to_str().unwrap(), "provision"],
+        &env,
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        !stderr(&first).contains("not configured"),
+        "{}",
+        stderr(&first)
+    );
+
+    // An older replica routed an event there before the connection went.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("softphone.lane.crm.gone.call.ended", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let after = config_file("");
+    let second = bridge(
+        &["--config", after.path().to_str().unwrap(), "provision"],
+        &env,
+    );
+    assert!(second.status.success(), "{}", stderr(&second));
+    let log = stderr(&second);
+    let warning = log
+        .lines()
+        .find(|line| line.contains("softphone-bridge-crm-gone"))
+        .unwrap_or_else(|| panic!("the leftover lane is reported: {log}"));
+    assert!(warning.contains("not configured"), "{warning}");
+    assert!(warning.contains("pending=1"), "{warning}");
+}

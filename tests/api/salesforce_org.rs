@@ -222,7 +222,12 @@ async fn dispositions_are_read_from_the_picklist_and_cached() {
     let CrmSettings::Salesforce(salesforce) = &settings.crm else {
         panic!("a salesforce connection")
     };
-    let crm = SalesforceCrm::new("crm", salesforce, softphone_bridge::crm::http_client().unwrap()).unwrap();
+    let crm = SalesforceCrm::new(
+        "crm",
+        salesforce,
+        softphone_bridge::crm::http_client().unwrap(),
+    )
+    .unwrap();
     for _ in 0..2 {
         let values = crm.picklist_dispositions().await.unwrap();
         assert_eq!(

@@ -58,7 +58,8 @@ struct TokenResponse {
 
 pub(crate) struct TokenSource {
     client: reqwest::Client,
-    timeout: Duration,
+    /// Of each token request (none only in tests on a paused clock).
+    timeout: Option<Duration>,
     token_url: Url,
     grant: Grant,
     ttl: Duration,
@@ -107,7 +108,7 @@ impl TokenSource {
         };
         Ok(Self {
             client,
-            timeout: settings.timeout,
+            timeout: Some(settings.timeout),
             token_url: settings.login_url.join("/services/oauth2/token")?,
             grant,
             ttl: settings.token_ttl,
@@ -161,14 +162,11 @@ impl TokenSource {
                 ("client_secret", secret.expose_secret()),
             ],
         };
-        let response = self
-            .client
-            .post(self.token_url.clone())
-            .timeout(self.timeout)
-            .form(&form)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let mut request = self.client.post(self.token_url.clone()).form(&form);
+        if let Some(timeout) = self.timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
             let retry = retry_after(response.headers());
@@ -289,9 +287,10 @@ mod tests {
             server.uri()
         );
         let settings: SalesforceSettings = toml::from_str(&toml).unwrap();
-        // No client timeouts: the paused clock would fire them while the
+        // No request timeout: the paused clock would fire it while the
         // (real) socket is awaited.
-        let tokens = TokenSource::new(&settings, reqwest::Client::new()).unwrap();
+        let mut tokens = TokenSource::new(&settings, reqwest::Client::new()).unwrap();
+        tokens.timeout = None;
 
         let first = tokens.get().await.unwrap();
         assert_eq!(
