@@ -30,22 +30,6 @@ async fn dead_letter_count(app: &TestApp) -> u64 {
     stream_messages(&app.js, DLQ_STREAM).await
 }
 
-/// Waits until the default connection's lane is paused (or not) in the app,
-/// as its gauge on `/metrics` says (each test runs in a process of its own).
-async fn lane_paused(paused: bool) {
-    let sample = format!(
-        "softphone_bridge_lane_paused{{lane=\"crm\"}} {}",
-        u8::from(paused)
-    );
-    eventually(&sample, || async {
-        softphone_bridge::metric::handle()
-            .render()
-            .contains(&sample)
-            .then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_hanging_crm_does_not_hold_back_another_partners_events() {
     // Partner A's Salesforce org hangs on every API call (answers after the
@@ -229,14 +213,7 @@ async fn a_crm_down_longer_than_the_retry_schedule_loses_nothing_and_keeps_each_
 #[tokio::test]
 async fn a_refused_event_held_on_a_paused_connection_is_dead_lettered_once_when_it_resumes() {
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
-    let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        &webhook_crm(&crm.url()),
-        None,
-        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
     let bad = conversation();
     let good: Vec<String> = (0..4).map(|_| conversation()).collect();
     app.publish(EventKind::CallEnded, &call_body(&good[0], ""), None)
@@ -287,14 +264,9 @@ async fn a_refused_event_held_on_a_paused_connection_is_dead_lettered_once_when_
 async fn a_token_endpoint_refusing_grants_for_a_while_dead_letters_nothing() {
     let sf = FakeSalesforce::start().await;
     sf.org().refuse_grants = true;
-    let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        &sf.crm_toml("client_credentials", "[crm.lookup]\nenabled = false"),
-        None,
-        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
-    );
-    let app = spawn_app(nats, settings).await;
+    let app =
+        spawn_pausing_app(&sf.crm_toml("client_credentials", "[crm.lookup]\nenabled = false"))
+            .await;
     let calls: Vec<String> = (0..20).map(|_| conversation()).collect();
     for conv in &calls {
         app.publish(
@@ -448,14 +420,7 @@ async fn a_webhook_redirect_is_never_followed_and_holds_the_event() {
             .insert_header("Location", "https://elsewhere.example/hook?token=x"),
     )
     .await;
-    let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        &webhook_crm(&crm.url()),
-        None,
-        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
     app.publish(
         EventKind::CallEnded,
         &call_body(&conversation(), ""),

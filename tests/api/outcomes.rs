@@ -190,21 +190,7 @@ async fn an_event_failing_where_others_pass_is_dead_lettered_after_max_deliverie
     let mut dlq = app.dead_letters().await;
     app.publish(EventKind::CallAccepted, &call_body(&bad, ""), None)
         .await;
-    let others = {
-        let js = app.js.clone();
-        tokio::spawn(async move {
-            loop {
-                publish(
-                    &js,
-                    EventKind::CallAccepted,
-                    &call_body(&conversation(), ""),
-                    None,
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let others = app.steady_traffic();
 
     let dead = dlq.next().await;
     others.abort();
@@ -227,27 +213,14 @@ async fn an_unreachable_crm_holds_its_events_until_it_listens() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = listener.local_addr().unwrap();
     drop(listener);
-    let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        &webhook_crm(&format!("http://{closed}/events")),
-        None,
-        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = spawn_pausing_app(&webhook_crm(&format!("http://{closed}/events"))).await;
     app.publish(
         EventKind::CallEnded,
         &call_body(&conversation(), ""),
         Some("patient"),
     )
     .await;
-    eventually("the lane to pause", || async {
-        softphone_bridge::metric::handle()
-            .render()
-            .contains(r#"softphone_bridge_lane_paused{lane="crm"} 1"#)
-            .then_some(())
-    })
-    .await;
+    lane_paused(true).await;
 
     let crm = FakeCrm::on(std::net::TcpListener::bind(closed).unwrap()).await;
     assert_eq!(idempotency_key(&crm.next_request().await), "patient");

@@ -95,6 +95,35 @@ pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
     }
 }
 
+/// NATS, then the app with `crm_toml` as `[crm]`, whose lane pauses after two
+/// connection failures and then probes every 300 ms.
+pub async fn spawn_pausing_app(crm_toml: &str) -> TestApp {
+    let nats = start_nats().await;
+    let settings = settings_with(
+        &nats.url,
+        crm_toml,
+        None,
+        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
+    );
+    spawn_app(nats, settings).await
+}
+
+/// Waits until the default connection's lane is paused (or not) in the app,
+/// as its gauge on `/metrics` says (each test runs in a process of its own).
+pub async fn lane_paused(paused: bool) {
+    let sample = format!(
+        "softphone_bridge_lane_paused{{lane=\"crm\"}} {}",
+        u8::from(paused)
+    );
+    eventually(&sample, || async {
+        softphone_bridge::metric::handle()
+            .render()
+            .contains(&sample)
+            .then_some(())
+    })
+    .await;
+}
+
 /// NATS, then the app with a webhook CRM pointing at `crm`.
 pub async fn spawn_webhook_app(crm: &FakeCrm) -> TestApp {
     let nats = start_nats().await;
