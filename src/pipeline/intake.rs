@@ -197,17 +197,18 @@ impl Intake {
                 return None;
             }
         };
-        let decoded = match outcome::exhausted(delivery.delivered, &self.settings.worker) {
-            Some(fate) => Err(fate),
-            None => Event::decode_subject(&message.subject, &message.payload).map_err(|e| {
-                decide(
-                    Err(e.into()),
-                    delivery.delivered,
-                    false,
-                    &self.settings.worker,
-                )
-            }),
-        };
+        // No delivery limit here: routing cannot fail for an event's own
+        // reasons but for its body, which is dead-lettered at once; a
+        // redelivery at the intake is NATS's trouble or a replica's crash,
+        // and the copy it makes again is dropped as a duplicate.
+        let decoded = Event::decode_subject(&message.subject, &message.payload).map_err(|e| {
+            decide(
+                Err(e.into()),
+                delivery.delivered,
+                false,
+                &self.settings.worker,
+            )
+        });
         let (routes, fate) = match decoded {
             Ok(event) => {
                 let routes = self.routes(&event, &delivery.id);
