@@ -11,6 +11,9 @@ use super::*;
 /// file (worker and CRM) and environment variables (the NATS URL).
 pub struct Bridge {
     child: tokio::process::Child,
+    /// Reads standard error as it comes: a pipe nobody reads fills up and
+    /// stalls the process on its next log line.
+    stderr: tokio::task::JoinHandle<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -19,7 +22,7 @@ impl Bridge {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bridge.toml");
         std::fs::write(&file, config_toml).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
             .arg("run")
             .arg("--config")
             .arg(&file)
@@ -31,7 +34,17 @@ impl Bridge {
             .kill_on_drop(true)
             .spawn()
             .expect("the softphone-bridge binary starts");
-        Bridge { child, _dir: dir }
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut text).await;
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        Bridge {
+            child,
+            stderr,
+            _dir: dir,
+        }
     }
 
     /// Sends SIGTERM, as an orchestrator would.
@@ -41,17 +54,22 @@ impl Bridge {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
 
+    /// Sends SIGKILL: a crash, with no chance to give anything back.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("the bridge can be killed");
+    }
+
     /// Waits for the process to exit; returns its status and standard error.
-    pub async fn wait(self) -> (std::process::ExitStatus, String) {
-        let output = tokio::time::timeout(PATIENCE, self.child.wait_with_output())
+    pub async fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("the bridge exits in time")
             .expect("the bridge can be waited for");
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let stderr = self.stderr.await.expect("the stderr reader ends");
         if std::env::var_os("TEST_LOG").is_some() {
             eprintln!("{stderr}");
         }
-        (output.status, stderr)
+        (status, stderr)
     }
 }
 
