@@ -226,7 +226,14 @@ impl Gate {
                 if state.paused_at.is_none() {
                     return Turn::Go;
                 }
-                let mine = state.probing.is_none() && fresh == state.fresh_wanted;
+                // A fresh event that never comes (the lane is empty, or
+                // the one pulled waits behind its call's earlier event) leaves
+                // the probe to the held events one interval later.
+                let overdue = state
+                    .next_probe
+                    .is_some_and(|at| Instant::now() >= at + self.settings.probe_every);
+                let mine = state.probing.is_none()
+                    && (fresh == state.fresh_wanted || (!fresh && overdue));
                 match state.next_probe {
                     Some(at) if at <= Instant::now() && mine => {
                         state.probing = Some(fresh);
@@ -235,6 +242,10 @@ impl Gate {
                         return Turn::Probe(ProbeGuard(Arc::clone(self)));
                     }
                     Some(at) if at > Instant::now() && mine => Some(at),
+                    // Maybe this event's probe once it is overdue.
+                    Some(at) if state.probing.is_none() && !fresh => {
+                        Some(at + self.settings.probe_every)
+                    }
                     // Not this event's probe: wait for a change.
                     _ => None,
                 }

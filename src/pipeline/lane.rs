@@ -80,28 +80,33 @@ impl<W: Work> Lane<W> {
         let sequencer = Arc::new(Sequencer::default());
         'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
             loop {
-                let permit = tokio::select! {
+                // A lane that pauses while it waits for room or for a message
+                // stops waiting at once.
+                let step = tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => {
-                        give_back(messages).await;
-                        break 'pull;
-                    }
-                    _ = paused_of(&mut phase) => {
-                        self.hold_buffered(&mut messages, &sequencer, &tracker, &abandon);
-                        drop(messages);
-                        self.while_paused(&puller, &mut phase, &permits, &sequencer, &tracker, &abandon, &shutdown).await;
-                        continue 'pull;
-                    }
-                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+                    _ = shutdown.cancelled() => Step::Shutdown,
+                    _ = paused_of(&mut phase) => Step::Paused,
+                    next = async {
+                        let permit = Arc::clone(&permits).acquire_owned().await;
+                        let permit = permit.expect("the semaphore is never closed");
+                        (permit, puller.next(&mut messages, &shutdown).await)
+                    } => Step::Pulled(next),
                 };
-                match puller.next(&mut messages, &shutdown).await {
-                    Next::Message(message) => {
+                match step {
+                    Step::Pulled((permit, Next::Message(message))) => {
                         self.spawn(message, false, Some(permit), &sequencer, &tracker, &abandon);
                     }
-                    Next::Ended => continue 'pull,
-                    Next::Shutdown => {
+                    Step::Pulled((_, Next::Ended)) => continue 'pull,
+                    Step::Shutdown | Step::Pulled((_, Next::Shutdown)) => {
                         give_back(messages).await;
                         break 'pull;
+                    }
+                    Step::Paused => {
+                        self.hold_buffered(&mut messages, &sequencer, &tracker, &abandon);
+                        drop(messages);
+                        self.while_paused(&puller, &mut phase, &permits, &sequencer, &tracker, &abandon, &shutdown)
+                            .await;
+                        continue 'pull;
                     }
                 }
             }
@@ -350,6 +355,13 @@ impl<W: Work> Lane<W> {
         };
         tokio::time::sleep(delay).await;
     }
+}
+
+/// What the pull loop does next.
+enum Step {
+    Pulled((tokio::sync::OwnedSemaphorePermit, Next)),
+    Paused,
+    Shutdown,
 }
 
 /// Resolves when the lane's gate pauses (never for a lane without one).

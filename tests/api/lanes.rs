@@ -485,3 +485,41 @@ async fn a_loading_softphone_never_waits_on_its_crm() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_the_crm_keeps_failing_does_not_hold_its_lane_for_ever() {
+    // The CRM answers 503 for one call only. Alone in its lane it looks like
+    // an outage and pauses the lane; the calls that come next are used as
+    // probes, go through, and the failing call then spends its own deliveries.
+    let crm = FakeCrm::start().await;
+    let stuck = conversation();
+    crm.refuse(&stuck, ResponseTemplate::new(503));
+    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
+    let mut letters = app.dead_letters().await;
+    app.publish(EventKind::CallEnded, &call_body(&stuck, ""), None)
+        .await;
+    lane_paused(true).await;
+
+    let next = conversation();
+    app.publish(EventKind::CallEnded, &call_body(&next, ""), None)
+        .await;
+    eventually("the next call to get through the paused lane", || async {
+        crm.drain()
+            .await
+            .iter()
+            .any(|r| doc(r)["conversationId"] == next.as_str())
+            .then_some(())
+    })
+    .await;
+    let others = app.steady_traffic();
+    let letter = letters.next().await;
+    others.abort();
+    assert!(String::from_utf8_lossy(&letter.payload).contains(&stuck));
+    assert!(
+        header(&letter, dlq_header::REASON).contains("gave up after 3 deliveries"),
+        "{}",
+        header(&letter, dlq_header::REASON)
+    );
+    app.settled().await;
+    app.stop().await;
+}
