@@ -23,7 +23,7 @@ pub const LANES_STREAM: &str = "SOFTPHONE_LANES";
 pub const LANE_SUBJECTS: &str = "softphone.lane.>";
 /// The stream that holds callbacks on their way to softphones.
 pub const COMMANDS_STREAM: &str = "SOFTPHONE_COMMANDS";
-/// The stream that keeps events no worker could handle, with the reason.
+/// The stream that keeps events the bridge could not handle, with the reason.
 pub const DLQ_STREAM: &str = "SOFTPHONE_DLQ";
 
 /// Every subject starts with this token.
@@ -38,6 +38,10 @@ pub const LOAD_REQUEST_SUBJECT: &str = "softphone.load";
 /// Core NATS request subject of the command service (a NATS micro service
 /// endpoint; the HTTP command route's twin).
 pub const API_COMMAND_SUBJECT: &str = "softphone.api.command";
+/// Core NATS subjects of softphone heartbeats, `softphone.heartbeat.<softphoneId>`
+/// (body ignored; captured by no stream): each refreshes the softphone's last
+/// sign of life, which decides whether commands reach it.
+pub const HEARTBEAT_SUBJECTS: &str = "softphone.heartbeat.*";
 /// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`] and [`API_COMMAND_SUBJECT`].
 pub const LOAD_QUEUE_GROUP: &str = "softphone-bridge";
 
@@ -103,6 +107,14 @@ impl LaneTarget<'_> {
 /// The subject callbacks for one softphone instance are published on.
 pub fn command_subject(softphone: &SoftphoneId) -> String {
     format!("{SUBJECT_ROOT}.cmd.{softphone}")
+}
+
+/// The softphone a heartbeat subject names, if it names exactly one.
+pub fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
+    let id = subject
+        .strip_prefix(SUBJECT_ROOT)?
+        .strip_prefix(".heartbeat.")?;
+    SoftphoneId::try_from(id.to_owned()).ok()
 }
 
 /// The dead-letter subject for an event subject: `softphone.dlq.<subject without "softphone.">`.

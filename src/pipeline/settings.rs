@@ -20,8 +20,9 @@ pub struct WorkerSettings {
     pub max_ack_pending: i64,
     /// Events one replica's intake routes ahead of their publish acks.
     pub intake_window: usize,
-    /// How long the server waits for an ack before redelivering. The worker
-    /// signals progress while a CRM call runs, so this only bounds crashes.
+    /// How long the server waits for a lane's ack before redelivering. A lane
+    /// signals progress while a CRM call runs or an event is held, so this
+    /// only bounds crashes.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// How long the server waits for the intake's ack before redelivering an
