@@ -3,13 +3,15 @@
 //! Every connection failure ([`CrmError::Unavailable`]) holds the event that
 //! met it, in progress, spending none of its deliveries. After
 //! `lanes.pause_after` of them in a row the lane pauses in this replica: it
-//! pulls no new events and calls the CRM only to probe it, once every
-//! `lanes.probe_every`. Probes alternate between the events it holds and a
-//! fresh event pulled for the purpose, so one event that the CRM keeps
-//! failing cannot pass for an outage and hold the lane for ever. The first
-//! answer resumes the lane and the held events go at once. Busy is not
-//! trouble: a lane simply pulls no more than it has room for.
+//! calls the CRM only to probe it, once every `lanes.probe_every`, and holds
+//! every event it pulls, so it stops pulling once its room
+//! (`worker.concurrency`) is full. The held events take turns at probing, in
+//! the order they came to wait, so one event that the CRM keeps failing
+//! cannot pass for an outage and hold the lane for ever. The first answer
+//! resumes the lane and the held events go at once. Busy is not trouble: a
+//! lane simply pulls no more than it has room for.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,19 +50,11 @@ pub(super) struct Gate {
     settings: LaneSettings,
     max_wait: Duration,
     state: Mutex<State>,
-    /// Tells the lane and its held events when the phase changes.
-    phase: watch::Sender<Phase>,
+    /// Whether the lane is paused; every change of the state notifies it.
+    paused: watch::Sender<bool>,
     held_gauge: metrics::Gauge,
     paused_gauge: metrics::Gauge,
     pauses: metrics::Counter,
-}
-
-/// What the lane's pull loop and held events watch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Phase {
-    pub paused: bool,
-    /// The next probe should be a fresh event from the lane.
-    pub fresh_wanted: bool,
 }
 
 #[derive(Default)]
@@ -72,9 +66,11 @@ struct State {
     answered: u64,
     paused_at: Option<Instant>,
     next_probe: Option<Instant>,
-    /// `Some(fresh)` while a probe is under way.
-    probing: Option<bool>,
-    fresh_wanted: bool,
+    probing: bool,
+    /// Held events waiting for their turn, by the order they came to wait:
+    /// the first probes next.
+    queue: BTreeSet<u64>,
+    tickets: u64,
     held: usize,
 }
 
@@ -105,7 +101,7 @@ impl Gate {
             settings: settings.clone(),
             max_wait,
             state: Mutex::default(),
-            phase: watch::Sender::new(Phase::default()),
+            paused: watch::Sender::new(false),
             held_gauge: metrics::gauge!(metric::LANE_HELD, &label),
             paused_gauge: metrics::gauge!(metric::LANE_PAUSED, &label),
             pauses: metrics::counter!(metric::LANE_PAUSES, &label),
@@ -116,25 +112,19 @@ impl Gate {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wakes everyone who waits on the gate.
     fn publish(&self, state: &State) {
-        self.phase.send_replace(Phase {
-            paused: state.paused_at.is_some(),
-            fresh_wanted: state.fresh_wanted,
-        });
+        self.paused.send_replace(state.paused_at.is_some());
     }
 
-    pub fn probe_every(&self) -> Duration {
-        self.settings.probe_every
+    /// Whether the lane is paused in this replica.
+    pub fn paused(&self) -> bool {
+        self.state().paused_at.is_some()
     }
 
     /// How many times the connection has answered so far.
     pub fn answered(&self) -> u64 {
         self.state().answered
-    }
-
-    /// The lane's phase, and a way to wait for it to change.
-    pub fn watch(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
     }
 
     /// Takes note of how a CRM call went: `None` for success, else its error.
@@ -150,7 +140,6 @@ impl Gate {
             state.answered += 1;
             if let Some(since) = state.paused_at.take() {
                 state.next_probe = None;
-                state.fresh_wanted = false;
                 tracing::info!(
                     lane = %self.connection,
                     paused_ms = since.elapsed().as_millis() as u64,
@@ -169,12 +158,8 @@ impl Gate {
             .max(self.settings.probe_every);
         let now = Instant::now();
         if state.paused_at.is_some() {
-            // A failed probe: the next one after another interval, by a
-            // fresh event if this one was held.
+            // A failed probe: the next one after another interval.
             state.next_probe = Some(now + wait);
-            if state.probing == Some(false) {
-                state.fresh_wanted = true;
-            }
             self.publish(&state);
         } else if state.failures >= self.settings.pause_after {
             state.paused_at = Some(now);
@@ -193,15 +178,6 @@ impl Gate {
         }
     }
 
-    /// The lane found no fresh event to probe with: the held ones probe.
-    pub fn no_fresh_event(&self) {
-        let mut state = self.state();
-        if state.fresh_wanted {
-            state.fresh_wanted = false;
-            self.publish(&state);
-        }
-    }
-
     /// Counts an event as held until the returned guard is dropped.
     pub fn hold(self: &Arc<Self>) -> HeldGuard {
         self.state().held += 1;
@@ -210,43 +186,32 @@ impl Gate {
     }
 
     /// Waits until a held event may try again: after `delay` while the lane
-    /// is not paused, else when it resumes or it is this event's turn to
-    /// probe. A `fresh` event was pulled to probe a paused lane.
-    pub async fn turn(self: &Arc<Self>, delay: Duration, fresh: bool) -> Turn {
-        let mut phase = self.watch();
-        if !phase.borrow_and_update().paused {
+    /// is not paused, else when it resumes or it is this event's turn to probe.
+    pub async fn turn(self: &Arc<Self>, delay: Duration) -> Turn {
+        let mut changes = self.paused.subscribe();
+        if !*changes.borrow_and_update() {
             tokio::select! {
                 _ = tokio::time::sleep(delay.min(self.settings.probe_every)) => {}
-                _ = phase.changed() => {}
+                _ = changes.changed() => {}
             }
         }
+        let place = InQueue::join(self);
         loop {
             let next_probe = {
                 let mut state = self.state();
                 if state.paused_at.is_none() {
                     return Turn::Go;
                 }
-                // A fresh event that never comes (the lane is empty, or
-                // the one pulled waits behind its call's earlier event) leaves
-                // the probe to the held events one interval later.
-                let overdue = state
-                    .next_probe
-                    .is_some_and(|at| Instant::now() >= at + self.settings.probe_every);
-                let mine = state.probing.is_none()
-                    && (fresh == state.fresh_wanted || (!fresh && overdue));
+                let first = !state.probing && state.queue.first() == Some(&place.1);
                 match state.next_probe {
-                    Some(at) if at <= Instant::now() && mine => {
-                        state.probing = Some(fresh);
-                        state.fresh_wanted = false;
-                        self.publish(&state);
+                    Some(at) if first && at <= Instant::now() => {
+                        state.probing = true;
+                        drop(state);
+                        drop(place);
                         return Turn::Probe(ProbeGuard(Arc::clone(self)));
                     }
-                    Some(at) if at > Instant::now() && mine => Some(at),
-                    // Maybe this event's probe once it is overdue.
-                    Some(at) if state.probing.is_none() && !fresh => {
-                        Some(at + self.settings.probe_every)
-                    }
-                    // Not this event's probe: wait for a change.
+                    Some(at) if first => Some(at),
+                    // Not this event's turn: wait for a change.
                     _ => None,
                 }
             };
@@ -258,9 +223,30 @@ impl Gate {
             };
             tokio::select! {
                 _ = probe_due => {}
-                _ = phase.changed() => {}
+                _ = changes.changed() => {}
             }
         }
+    }
+}
+
+/// A held event's place in the queue for probing, left when dropped.
+struct InQueue(Arc<Gate>, u64);
+
+impl InQueue {
+    fn join(gate: &Arc<Gate>) -> Self {
+        let mut state = gate.state();
+        state.tickets += 1;
+        let ticket = state.tickets;
+        state.queue.insert(ticket);
+        InQueue(Arc::clone(gate), ticket)
+    }
+}
+
+impl Drop for InQueue {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.queue.remove(&self.1);
+        self.0.publish(&state);
     }
 }
 
@@ -281,7 +267,7 @@ pub(super) struct ProbeGuard(Arc<Gate>);
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
         let mut state = self.0.state();
-        state.probing = None;
+        state.probing = false;
         self.0.publish(&state);
     }
 }
@@ -314,15 +300,15 @@ mod tests {
     async fn pauses_after_failures_in_a_row_then_one_probe_resumes() {
         let gate = gate();
         gate.record(Some(&unavailable()));
-        assert!(!gate.watch().borrow().paused, "one failure does not pause");
+        assert!(!gate.paused(), "one failure does not pause");
         let started = Instant::now();
-        assert!(matches!(gate.turn(STEP, false).await, Turn::Go));
+        assert!(matches!(gate.turn(STEP).await, Turn::Go));
         assert_eq!(started.elapsed(), STEP, "tried again after the step");
         gate.record(Some(&unavailable()));
-        assert!(gate.watch().borrow().paused, "two in a row pause");
+        assert!(gate.paused(), "two in a row pause");
 
         let started = Instant::now();
-        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
+        let Turn::Probe(probe) = gate.turn(STEP).await else {
             panic!("the first waiter probes");
         };
         assert_eq!(
@@ -333,7 +319,7 @@ mod tests {
         // A second waiter does not probe while the first does.
         let second = {
             let gate = Arc::clone(&gate);
-            tokio::spawn(async move { matches!(gate.turn(STEP, false).await, Turn::Go) })
+            tokio::spawn(async move { matches!(gate.turn(STEP).await, Turn::Go) })
         };
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!second.is_finished(), "waits for the probe's answer");
@@ -341,49 +327,39 @@ mod tests {
         gate.record(None);
         drop(probe);
         assert!(second.await.unwrap(), "the lane resumed for everyone");
-        assert!(!gate.watch().borrow().paused);
+        assert!(!gate.paused());
         assert_eq!(gate.answered(), answered + 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_held_probe_asks_for_a_fresh_event_next() {
+    async fn held_events_take_turns_at_probing() {
         let gate = gate();
         gate.record(Some(&unavailable()));
         gate.record(Some(&unavailable()));
-        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
-            panic!("probe");
-        };
-        gate.record(Some(&unavailable()));
-        drop(probe);
-        assert!(gate.watch().borrow().fresh_wanted);
-        // The held event waits; a fresh one takes the next probe.
-        let held = {
+        let waiter = |name: &'static str| {
             let gate = Arc::clone(&gate);
-            tokio::spawn(async move { gate.turn(STEP, false).await.probe().is_some() })
+            tokio::spawn(async move {
+                let probe = gate.turn(STEP).await.probe();
+                (name, probe.is_some())
+            })
         };
-        let Turn::Probe(fresh) = gate.turn(STEP, true).await else {
-            panic!("the fresh event probes");
-        };
-        assert!(!held.is_finished());
-        gate.record(Some(&unavailable()));
-        drop(fresh);
-        assert!(
-            !gate.watch().borrow().fresh_wanted,
-            "a fresh probe that failed: held ones next"
+        let a = waiter("a");
+        tokio::task::yield_now().await;
+        let b = waiter("b");
+        tokio::task::yield_now().await;
+        let (name, probed) = a.await.unwrap();
+        assert_eq!(
+            (name, probed),
+            ("a", true),
+            "the first to wait probes first"
         );
-        assert!(held.await.unwrap(), "then the held event probes");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_a_fresh_event_the_held_ones_probe() {
-        let gate = gate();
         gate.record(Some(&unavailable()));
-        gate.record(Some(&unavailable()));
-        let probe = gate.turn(STEP, false).await.probe().unwrap();
-        gate.record(Some(&unavailable()));
-        drop(probe);
-        gate.no_fresh_event();
-        assert!(gate.turn(STEP, false).await.probe().is_some());
+        // `a` failed and waits again, behind `b`.
+        let a_again = waiter("a");
+        let (name, probed) = b.await.unwrap();
+        assert_eq!((name, probed), ("b", true), "then the next one");
+        gate.record(None);
+        assert_eq!(a_again.await.unwrap(), ("a", false), "resumed: `a` goes");
     }
 
     #[tokio::test(start_paused = true)]
@@ -391,12 +367,12 @@ mod tests {
         let gate = gate();
         gate.record(Some(&unavailable()));
         gate.record(Some(&unavailable()));
-        let Turn::Probe(probe) = gate.turn(STEP, false).await else {
+        let Turn::Probe(probe) = gate.turn(STEP).await else {
             panic!("probe");
         };
         drop(probe);
         let started = Instant::now();
-        assert!(matches!(gate.turn(STEP, false).await, Turn::Probe(_)));
+        assert!(matches!(gate.turn(STEP).await, Turn::Probe(_)));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

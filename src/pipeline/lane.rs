@@ -2,24 +2,25 @@
 //! events, in every replica. Each CRM connection has its own lane, and the
 //! softphone lane keeps the registry and `load` callbacks apart from every
 //! CRM. A replica handles at most `worker.concurrency` events of a lane at
-//! once and pulls no more than it has room for (back-pressure, not an error);
-//! while the lane's gate is paused it pulls nothing and the events it holds wait.
+//! once and pulls no more than it has room for (back-pressure, not an error).
+//! While its connection is in trouble the lane holds what it pulls without
+//! calling the CRM but to probe it (see [`super::gate`]), so it stops pulling
+//! once its room is full of held events.
 
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::WorkerSettings;
 use super::delivery::{Delivery, unreadable, with_progress};
-use super::gate::{Gate, Phase};
+use super::gate::Gate;
 use super::outcome::{self, HandleError, Outcome, decide};
-use super::pull::{Messages, Next, Puller, give_back};
+use super::pull::{Next, Puller, give_back};
 use crate::contract::{Event, LaneTarget};
 use crate::crm::{CrmError, CrmEvent};
 use crate::metric;
@@ -76,37 +77,34 @@ impl<W: Work> Lane<W> {
         let abandon = CancellationToken::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut puller = Puller::new(consumer, self.settings.concurrency);
-        let mut phase = self.gate.as_ref().map(|gate| gate.watch());
         let sequencer = Arc::new(Sequencer::default());
         'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
             loop {
-                // A lane that pauses while it waits for room or for a message
-                // stops waiting at once.
-                let step = tokio::select! {
+                // Room first: a replica never pulls more than it can work.
+                // A paused lane holds what it pulls, so it stops pulling once
+                // its room is full of held events.
+                let permit = tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => Step::Shutdown,
-                    _ = paused_of(&mut phase) => Step::Paused,
-                    next = async {
-                        let permit = Arc::clone(&permits).acquire_owned().await;
-                        let permit = permit.expect("the semaphore is never closed");
-                        (permit, puller.next(&mut messages, &shutdown).await)
-                    } => Step::Pulled(next),
-                };
-                match step {
-                    Step::Pulled((permit, Next::Message(message))) => {
-                        self.spawn(message, false, Some(permit), &sequencer, &tracker, &abandon);
-                    }
-                    Step::Pulled((_, Next::Ended)) => continue 'pull,
-                    Step::Shutdown | Step::Pulled((_, Next::Shutdown)) => {
+                    _ = shutdown.cancelled() => {
                         give_back(messages).await;
                         break 'pull;
                     }
-                    Step::Paused => {
-                        self.hold_buffered(&mut messages, &sequencer, &tracker, &abandon);
-                        drop(messages);
-                        self.while_paused(&puller, &mut phase, &permits, &sequencer, &tracker, &abandon, &shutdown)
-                            .await;
-                        continue 'pull;
+                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+                };
+                match puller.next(&mut messages, &shutdown).await {
+                    Next::Message(message) => {
+                        let turn = sequencer.enter(&message.payload);
+                        let lane = Arc::clone(&self);
+                        let abandon = abandon.clone();
+                        tracker.spawn(async move {
+                            lane.process(message, turn, abandon).await;
+                            drop(permit);
+                        });
+                    }
+                    Next::Ended => continue 'pull,
+                    Next::Shutdown => {
+                        give_back(messages).await;
+                        break 'pull;
                     }
                 }
             }
@@ -123,90 +121,12 @@ impl<W: Work> Lane<W> {
         tracing::info!(lane = %self.name, "Lane stopped.");
     }
 
-    fn spawn(
-        self: &Arc<Self>,
-        message: jetstream::Message,
-        fresh: bool,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        sequencer: &Arc<Sequencer>,
-        tracker: &TaskTracker,
-        abandon: &CancellationToken,
-    ) {
-        let turn = sequencer.enter(&message.payload);
-        let lane = Arc::clone(self);
-        let abandon = abandon.clone();
-        tracker.spawn(async move {
-            lane.process(message, turn, fresh, abandon).await;
-            drop(permit);
-        });
-    }
-
-    /// What the pull stream had already taken when the lane paused: held
-    /// here (kept in progress) rather than left to time out and count a delivery.
-    fn hold_buffered(
-        self: &Arc<Self>,
-        messages: &mut Messages,
-        sequencer: &Arc<Sequencer>,
-        tracker: &TaskTracker,
-        abandon: &CancellationToken,
-    ) {
-        use futures::StreamExt;
-        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            self.spawn(message, false, None, sequencer, tracker, abandon);
-        }
-    }
-
-    /// While the lane is paused: pulls nothing but, when the gate asks for
-    /// one, a fresh event to probe with.
-    #[allow(clippy::too_many_arguments)]
-    async fn while_paused(
-        self: &Arc<Self>,
-        puller: &Puller,
-        phase: &mut Option<watch::Receiver<Phase>>,
-        permits: &Arc<Semaphore>,
-        sequencer: &Arc<Sequencer>,
-        tracker: &TaskTracker,
-        abandon: &CancellationToken,
-        shutdown: &CancellationToken,
-    ) {
-        let (Some(phase), Some(gate)) = (phase, &self.gate) else {
-            return;
-        };
-        let wait = gate.probe_every();
-        loop {
-            let now = *phase.borrow_and_update();
-            if !now.paused {
-                return;
-            }
-            if now.fresh_wanted {
-                let fresh = match Arc::clone(permits).try_acquire_owned() {
-                    Ok(permit) => puller.one(wait).await.map(|message| (message, permit)),
-                    Err(_) => None,
-                };
-                match fresh {
-                    Some((message, permit)) => {
-                        self.spawn(message, true, Some(permit), sequencer, tracker, abandon)
-                    }
-                    None => gate.no_fresh_event(),
-                }
-            }
-            tokio::select! {
-                _ = phase.changed() => {}
-                // A fresh event that never asked for its probe (dead-lettered,
-                // waiting behind its call's previous event): ask again.
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
-    }
-
     /// Handles one delivery and applies its fate. Never panics, never drops
     /// a message without an ack, a nak or a dead-letter.
     async fn process(
         &self,
         message: jetstream::Message,
         mut turn: InOrder,
-        fresh: bool,
         abandon: CancellationToken,
     ) {
         let delivery = match Delivery::from_lane(&message, self.target().kind_of(&message.subject))
@@ -227,7 +147,7 @@ impl<W: Work> Lane<W> {
         async {
             let settle = with_progress(&message, self.settings.ack_wait, async {
                 turn.wait().await;
-                self.settle(&message, &delivery, fresh).await;
+                self.settle(&message, &delivery).await;
             });
             tokio::select! {
                 () = settle => {}
@@ -245,7 +165,7 @@ impl<W: Work> Lane<W> {
 
     /// Decides the delivery's fate, holding it while its connection is in
     /// trouble, and applies it.
-    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery, fresh: bool) {
+    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery) {
         let fate = match outcome::exhausted(delivery.delivered, &self.settings) {
             Some(fate) => fate,
             None => match self.decode(message, delivery) {
@@ -253,7 +173,7 @@ impl<W: Work> Lane<W> {
                     if let Some(conversation) = event.event.conversation_id() {
                         tracing::Span::current().record("conversation_id", conversation.as_str());
                     }
-                    self.attempt(&event, delivery.delivered, fresh).await
+                    self.attempt(&event, delivery.delivered).await
                 }
                 Err(e) => decide(Err(e.into()), delivery.delivered, false, &self.settings),
             },
@@ -285,16 +205,16 @@ impl<W: Work> Lane<W> {
     }
 
     /// Handles the event until it has a fate other than being held.
-    async fn attempt(&self, event: &CrmEvent, delivered: u32, fresh: bool) -> Outcome {
+    async fn attempt(&self, event: &CrmEvent, delivered: u32) -> Outcome {
         let mut held = None;
         let mut probe = None;
         let first_step = self.settings.backoff_after(1);
         // A lane that paused after this event was pulled: wait before calling.
         if let Some(gate) = &self.gate
-            && gate.watch().borrow().paused
+            && gate.paused()
         {
             held = Some((gate.hold(), gate.answered()));
-            probe = gate.turn(first_step, fresh).await.probe();
+            probe = gate.turn(first_step).await.probe();
         }
         loop {
             if probe.is_some() {
@@ -321,10 +241,7 @@ impl<W: Work> Lane<W> {
                 Some((_, at)) => *at = answered,
                 None => held = Some((gate.hold(), answered)),
             }
-            probe = gate
-                .turn(retry_after.unwrap_or(first_step), false)
-                .await
-                .probe();
+            probe = gate.turn(retry_after.unwrap_or(first_step)).await.probe();
         }
     }
 
@@ -354,23 +271,6 @@ impl<W: Work> Lane<W> {
             _ => self.settings.backoff_after(1),
         };
         tokio::time::sleep(delay).await;
-    }
-}
-
-/// What the pull loop does next.
-enum Step {
-    Pulled((tokio::sync::OwnedSemaphorePermit, Next)),
-    Paused,
-    Shutdown,
-}
-
-/// Resolves when the lane's gate pauses (never for a lane without one).
-async fn paused_of(phase: &mut Option<watch::Receiver<Phase>>) {
-    match phase {
-        Some(phase) => {
-            let _ = phase.wait_for(|now| now.paused).await;
-        }
-        None => std::future::pending().await,
     }
 }
 

@@ -106,21 +106,6 @@ impl Puller {
     }
 }
 
-impl Puller {
-    /// One message, if the consumer has one within `wait`.
-    pub async fn one(&self, wait: Duration) -> Option<jetstream::Message> {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .ok()?;
-        batch.next().await?.ok()
-    }
-}
-
 /// Naks what a pull stream already holds, so another replica (or this one,
 /// later) gets it now instead of after the ack wait.
 pub(super) async fn give_back(mut messages: Messages) {
