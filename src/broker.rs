@@ -1,6 +1,6 @@
 //! NATS: connecting with the configured credentials, and provisioning the
-//! streams, the pipeline's durable consumers and the registry bucket
-//! (idempotent: create or update).
+//! streams, the pipeline's durable consumers, the registry bucket and the
+//! commands' idempotency bucket (idempotent: create or update).
 
 use std::sync::Arc;
 
@@ -169,6 +169,14 @@ pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::
             )
         })?;
     tracing::info!(bucket = %settings.registry.bucket, "Registry bucket provisioned.");
+    let keys = crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas);
+    js.create_or_update_key_value(keys).await.with_context(|| {
+        format!(
+            "cannot create or update key-value bucket {}",
+            settings.commands.bucket
+        )
+    })?;
+    tracing::info!(bucket = %settings.commands.bucket, "Idempotency bucket provisioned.");
     Ok(())
 }
 
@@ -268,6 +276,8 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
             subjects: vec![COMMAND_SUBJECTS.into()],
             max_age: s.commands_max_age,
             duplicate_window: s.duplicate_window.min(s.commands_max_age),
+            // Commands from CRMs carry their own TTL (Nats-TTL; NATS 2.11+).
+            allow_message_ttl: true,
             ..base.clone()
         },
         stream::Config {

@@ -16,6 +16,7 @@ mod crm;
 mod http;
 mod nats;
 
+pub use crate::dispatch::CommandSettings;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
 pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
@@ -69,6 +70,9 @@ pub struct Settings {
     /// The softphone registry (a JetStream key-value bucket).
     #[serde(default)]
     pub registry: RegistrySettings,
+    /// Commands from CRMs: idempotency, expiry, offline softphones.
+    #[serde(default)]
+    pub commands: CommandSettings,
 }
 
 /// What the bridge knows of one partner.
@@ -265,6 +269,9 @@ impl Settings {
         if self.registry.idle_ttl < Duration::from_secs(1) {
             return fail("registry.idle_ttl", "must be at least 1s".into());
         }
+        crate::dispatch::check_settings(self, &|key, why| {
+            ConfigError(format!("{key}: {why}{}", origin(figment, key)))
+        })?;
         let crms = std::iter::once(("crm".to_owned(), &self.crm)).chain(
             self.crms
                 .iter()

@@ -19,7 +19,8 @@
 //!   and the configured connections by name (see deploy/salesforce.md).
 //! - [`http`]: the command API for CRMs, health, readiness, metrics.
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
-//! - [`service`]: the same command path as a NATS micro service.
+//! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
+//! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
+pub mod heartbeat;
 pub mod http;
 pub mod load;
 pub mod metric;

@@ -1,15 +1,11 @@
 //! The contract's `load(callback)`: what a softphone gets when it loads, as
-//! callbacks on `softphone.cmd.<id>` or as the reply to a `softphone.load` request.
+//! callbacks on `softphone.cmd.<id>` or as the reply to a `softphone.load`
+//! request (an endpoint of the NATS service, [`crate::service`]).
 
-use futures::StreamExt;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::contract::{
-    Callback, Event, EventKind, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT, Loaded, PartnerConfig,
-    SoftphoneId,
-};
+use crate::contract::{Callback, Event, EventKind, Loaded, PartnerConfig, SoftphoneId};
 use crate::crm::Connections;
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
@@ -94,44 +90,4 @@ impl LoadReply {
             },
         }
     }
-}
-
-/// Answers `softphone.load` requests (in a queue group shared by every replica)
-/// until `shutdown`.
-pub async fn serve(
-    client: async_nats::Client,
-    settings: std::sync::Arc<Settings>,
-    connections: Connections,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut requests = client
-        .queue_subscribe(LOAD_REQUEST_SUBJECT, LOAD_QUEUE_GROUP.to_owned())
-        .await?;
-    tracing::info!(subject = LOAD_REQUEST_SUBJECT, "Answering load requests.");
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = requests.next() => match next {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        let Some(reply_to) = request.reply else {
-            tracing::warn!(
-                "Load request without a reply subject; publish on softphone.loaded instead."
-            );
-            continue;
-        };
-        let reply =
-            LoadReply::for_request_with_crm(&settings, &connections, &request.payload).await;
-        if let LoadReply::Error { error } = &reply {
-            tracing::warn!(reason = %error, "Refused a load request.");
-        }
-        let body = serde_json::to_vec(&reply).expect("load replies always serialize");
-        if let Err(e) = client.publish(reply_to, body.into()).await {
-            tracing::warn!(error = %e, "Cannot answer a load request.");
-        }
-    }
-    requests.unsubscribe().await.ok();
-    Ok(())
 }

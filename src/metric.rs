@@ -32,6 +32,11 @@ pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
 /// HTTP requests answered, by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
 
+/// `loaded` events refused because they name another partner than the one the
+/// softphone is bound to (dead-lettered with reason `partner conflict`). Only
+/// a conflict creates the series, so it is not in [`ALL`].
+pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
+
 /// Salesforce API calls used today, per org connection (`crm`), from `Sforce-Limit-Info`.
 /// Only Salesforce connections report it, so it is not in [`ALL`].
 pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
@@ -116,6 +121,10 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route, method and status."
+    );
+    describe_counter!(
+        PARTNER_CONFLICTS,
+        "Loads refused for naming another partner than the softphone's bound one."
     );
     describe_gauge!(
         SALESFORCE_API_USED,

@@ -1,6 +1,11 @@
 //! The softphone registry: a JetStream key-value bucket of softphone id ->
-//! partner, load time, presence status and last sighting, written by the
-//! worker and read by the command API.
+//! partner, load time, presence status and last sign of life, written by the
+//! worker (and heartbeats) and read by the command API.
+//!
+//! A softphone's partner is bound by the first `loaded` that names one and
+//! stays bound while the entry lives: a later `loaded` naming another partner
+//! is refused ([`RegistryError::is_partner_conflict`]), so an event cannot
+//! move a live softphone into another partner's reach.
 
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
@@ -18,7 +23,7 @@ const MAX_CONFLICTS: u32 = 32;
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
     pub softphone_id: SoftphoneId,
-    /// The partner named by the latest `load`, if it named one.
+    /// The partner bound by the first `load` that named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_id: Option<Guid>,
     /// When the latest `load` was published.
@@ -38,9 +43,16 @@ pub struct Entry {
         skip_serializing_if = "Option::is_none"
     )]
     pub presence_changed_at: Option<OffsetDateTime>,
-    /// The latest event about this softphone.
+    /// The latest sign of life: an event about this softphone or a heartbeat.
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,
+}
+
+impl Entry {
+    /// Whether the softphone's last sign of life is older than `offline_after`.
+    pub fn offline(&self, now: OffsetDateTime, offline_after: std::time::Duration) -> bool {
+        now - self.last_seen > offline_after
+    }
 }
 
 /// One fact learnt from an event, with the event's publication time so that
@@ -55,17 +67,65 @@ pub enum Sighting {
         status: Guid,
         at: OffsetDateTime,
     },
+    /// A heartbeat: only the last sign of life.
+    Alive {
+        at: OffsetDateTime,
+    },
+}
+
+/// A `loaded` naming another partner than the one the entry is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerConflict {
+    pub bound: Guid,
+    pub named: Guid,
 }
 
 impl Sighting {
     fn at(&self) -> OffsetDateTime {
         match self {
-            Sighting::Loaded { at, .. } | Sighting::Status { at, .. } => *at,
+            Sighting::Loaded { at, .. } | Sighting::Status { at, .. } | Sighting::Alive { at } => {
+                *at
+            }
         }
     }
 
-    /// `entry` with this sighting merged in; newer facts win, whatever the order.
+    /// `entry` with this sighting merged in; newer facts win, whatever the
+    /// order, except the partner: the first one named stays bound.
     pub fn merge(&self, softphone: &SoftphoneId, entry: Option<Entry>) -> Entry {
+        match (self.conflict(entry.as_ref()), entry) {
+            (Some(_), Some(unchanged)) => unchanged,
+            (_, entry) => self.try_merge(softphone, entry).expect("no conflict"),
+        }
+    }
+
+    /// The partner conflict this sighting would cause in `entry`, if any.
+    fn conflict(&self, entry: Option<&Entry>) -> Option<PartnerConflict> {
+        let (
+            Sighting::Loaded {
+                partner: Some(named),
+                ..
+            },
+            Some(bound),
+        ) = (self, entry.and_then(|e| e.partner_id.as_ref()))
+        else {
+            return None;
+        };
+        (!bound.as_str().eq_ignore_ascii_case(named.as_str())).then(|| PartnerConflict {
+            bound: bound.clone(),
+            named: named.clone(),
+        })
+    }
+
+    /// Like [`Sighting::merge`], refusing a `loaded` that names another
+    /// partner than the bound one.
+    pub fn try_merge(
+        &self,
+        softphone: &SoftphoneId,
+        entry: Option<Entry>,
+    ) -> Result<Entry, PartnerConflict> {
+        if let Some(conflict) = self.conflict(entry.as_ref()) {
+            return Err(conflict);
+        }
         let mut entry = entry.unwrap_or_else(|| Entry {
             softphone_id: softphone.clone(),
             partner_id: None,
@@ -76,9 +136,14 @@ impl Sighting {
         });
         entry.last_seen = entry.last_seen.max(self.at());
         match self {
-            Sighting::Loaded { partner, at } if entry.loaded_at.is_none_or(|t| t <= *at) => {
-                entry.loaded_at = Some(*at);
-                entry.partner_id = partner.clone();
+            Sighting::Loaded { partner, at } => {
+                if entry.loaded_at.is_none_or(|t| t <= *at) {
+                    entry.loaded_at = Some(*at);
+                }
+                // Bound once; a `loaded` naming none leaves the binding alone.
+                if entry.partner_id.is_none() {
+                    entry.partner_id = partner.clone();
+                }
             }
             Sighting::Status { status, at }
                 if entry.presence_changed_at.is_none_or(|t| t <= *at) =>
@@ -88,17 +153,37 @@ impl Sighting {
             }
             _ => {}
         }
-        entry
+        Ok(entry)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("softphone registry: {0}")]
-pub struct RegistryError(String);
+#[error("softphone registry: {reason}")]
+pub struct RegistryError {
+    reason: String,
+    conflict: bool,
+}
 
 impl RegistryError {
     pub fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
+        Self {
+            reason: reason.into(),
+            conflict: false,
+        }
+    }
+
+    /// A `loaded` naming another partner than the bound one.
+    pub fn partner_conflict(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            conflict: true,
+        }
+    }
+
+    /// The event named another partner than the one the softphone is bound
+    /// to: the event's own fault, not NATS trouble.
+    pub fn is_partner_conflict(&self) -> bool {
+        self.conflict
     }
 }
 
@@ -123,7 +208,7 @@ impl Registry {
         self.store
             .get_or_try_init(|| async {
                 self.js.get_key_value(&self.bucket).await.map_err(|e| {
-                    RegistryError(format!(
+                    RegistryError::new(format!(
                         "cannot open bucket {} (run `softphone-bridge provision`?): {e}",
                         self.bucket
                     ))
@@ -142,23 +227,37 @@ impl Registry {
         let found = store
             .entry(key(softphone))
             .await
-            .map_err(|e| RegistryError(format!("cannot read {softphone}: {e}")))?;
+            .map_err(|e| RegistryError::new(format!("cannot read {softphone}: {e}")))?;
         let Some(found) = found else { return Ok(None) };
         if found.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let entry = serde_json::from_slice(&found.value)
-            .map_err(|e| RegistryError(format!("entry of {softphone} is not readable: {e}")))?;
+        let entry = serde_json::from_slice(&found.value).map_err(|e| {
+            RegistryError::new(format!("entry of {softphone} is not readable: {e}"))
+        })?;
         Ok(Some((entry, found.revision)))
     }
 
-    /// Records a `load`.
+    /// Records a `load`. A `load` naming another partner than the bound one
+    /// changes nothing, is counted, and fails with a partner conflict.
     pub async fn loaded(&self, event: &Loaded, at: OffsetDateTime) -> Result<Entry, RegistryError> {
         let sighting = Sighting::Loaded {
             partner: event.partner_id.clone(),
             at,
         };
-        self.record(&event.softphone_id, &sighting).await
+        self.record(&event.softphone_id, &sighting, true)
+            .await
+            .map(|entry| entry.expect("created when missing"))
+    }
+
+    /// Records a heartbeat: refreshes the last sign of life of a softphone the
+    /// registry knows (`None` for one it does not: a heartbeat binds nothing).
+    pub async fn alive(
+        &self,
+        softphone: &SoftphoneId,
+        at: OffsetDateTime,
+    ) -> Result<Option<Entry>, RegistryError> {
+        self.record(softphone, &Sighting::Alive { at }, false).await
     }
 
     /// Records a presence change; `None` when the event names no softphone instance.
@@ -174,23 +273,25 @@ impl Registry {
             status: event.softphone_id.clone(),
             at,
         };
-        self.record(softphone, &sighting).await.map(Some)
+        self.record(softphone, &sighting, true).await
     }
 
     /// Read, merge, write with the revision read: a replica that wrote in
     /// between makes the write fail, and the merge is redone on its value.
+    /// Without `create`, a missing entry stays missing (`None`).
     async fn record(
         &self,
         softphone: &SoftphoneId,
         sighting: &Sighting,
-    ) -> Result<Entry, RegistryError> {
+        create: bool,
+    ) -> Result<Option<Entry>, RegistryError> {
         let store = self.store().await?;
         let key = key(softphone);
         for attempt in 0..MAX_CONFLICTS {
             let current = store
                 .entry(key.clone())
                 .await
-                .map_err(|e| RegistryError(format!("cannot read {softphone}: {e}")))?;
+                .map_err(|e| RegistryError::new(format!("cannot read {softphone}: {e}")))?;
             let (previous, revision) = match current {
                 Some(found) if found.operation == kv::Operation::Put => (
                     serde_json::from_slice::<Entry>(&found.value).ok(),
@@ -200,10 +301,27 @@ impl Registry {
                 Some(found) => (None, Some(found.revision)),
                 None => (None, None),
             };
-            let entry = sighting.merge(softphone, previous.clone());
+            if previous.is_none() && !create {
+                return Ok(None);
+            }
+            let entry = sighting
+                .try_merge(softphone, previous.clone())
+                .map_err(|conflict| {
+                    metrics::counter!(crate::metric::PARTNER_CONFLICTS).increment(1);
+                    tracing::warn!(
+                        softphone = %softphone,
+                        bound = %conflict.bound,
+                        named = %conflict.named,
+                        "A load names another partner than the softphone's; refused."
+                    );
+                    RegistryError::partner_conflict(format!(
+                        "{softphone} is bound to partner {}; the event names {}",
+                        conflict.bound, conflict.named
+                    ))
+                })?;
             if previous.as_ref() == Some(&entry) {
                 // An older fact than the entry's: nothing to write.
-                return Ok(entry);
+                return Ok(Some(entry));
             }
             let value = serde_json::to_vec(&entry)
                 .expect("entries serialize")
@@ -223,18 +341,18 @@ impl Registry {
                 }),
             };
             match written {
-                Ok(_) => return Ok(entry),
+                Ok(_) => return Ok(Some(entry)),
                 Err((true, _)) => {
                     tracing::debug!(softphone = %softphone, attempt, "Registry entry changed meanwhile; merging again.");
                     // Random pause so writers that collided do not collide again in lockstep.
                     tokio::time::sleep(jitter(attempt)).await;
                 }
                 Err((false, e)) => {
-                    return Err(RegistryError(format!("cannot write {softphone}: {e}")));
+                    return Err(RegistryError::new(format!("cannot write {softphone}: {e}")));
                 }
             }
         }
-        Err(RegistryError(format!(
+        Err(RegistryError::new(format!(
             "{softphone} kept changing; gave up after {MAX_CONFLICTS} attempts"
         )))
     }
@@ -330,6 +448,36 @@ mod tests {
         assert_eq!(forward.presence_status.unwrap().as_str(), S2);
         assert_eq!(forward.partner_id.unwrap().as_str(), A);
         assert_eq!(forward.last_seen, at(2));
+    }
+
+    #[test]
+    fn the_first_partner_stays_bound() {
+        let phone = id("agent-1");
+        let load = |partner: Option<&str>, secs| Sighting::Loaded {
+            partner: partner.map(|p| p.parse().unwrap()),
+            at: at(secs),
+        };
+        let bound = load(Some(A), 0).merge(&phone, None);
+        let conflict = load(Some(S2), 5)
+            .try_merge(&phone, Some(bound.clone()))
+            .unwrap_err();
+        assert_eq!(conflict.named.as_str(), S2);
+        assert_eq!(
+            load(Some(S2), 5).merge(&phone, Some(bound.clone())),
+            bound,
+            "a conflicting load changes nothing"
+        );
+        // The same partner (in any case) and a load naming none keep the binding.
+        let again = load(Some(&A.to_uppercase()), 6)
+            .try_merge(&phone, Some(bound.clone()))
+            .unwrap();
+        let anonymous = load(None, 7).try_merge(&phone, Some(again)).unwrap();
+        assert_eq!(anonymous.partner_id.unwrap().as_str(), A);
+        assert_eq!(anonymous.loaded_at, Some(at(7)));
+        // A heartbeat only refreshes the last sign of life.
+        let alive = Sighting::Alive { at: at(9) }.merge(&phone, Some(bound.clone()));
+        assert_eq!(alive.last_seen, at(9));
+        assert_eq!(alive.loaded_at, bound.loaded_at);
     }
 
     #[test]

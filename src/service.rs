@@ -1,52 +1,76 @@
-//! The command path as a NATS micro service (`nats micro ls` shows it): a
-//! request on `softphone.api.command` goes through the same [`Dispatcher`] as
-//! the HTTP route and gets the same answer.
+//! The NATS micro service (`nats micro ls` shows it), shared by every replica
+//! through one queue group, with two endpoints:
+//! - `command` on `softphone.api.command`: the same [`Dispatcher`] as the HTTP
+//!   route, and the same answers;
+//! - `load` on `softphone.load`: the callbacks a loading softphone gets.
+//!
+//! Error replies are service errors (`Nats-Service-Error`, `-Code`), so
+//! `nats micro stats` counts them; their problem document travels in the
+//! [`PROBLEM_HEADER`] header, since a service error has an empty body.
 
-use async_nats::HeaderMap;
-use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE, ServiceExt};
 use std::sync::Arc;
 
+use async_nats::HeaderMap;
+use async_nats::service::{Request, ServiceExt, endpoint::Endpoint, error};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::contract::{API_COMMAND_SUBJECT, LOAD_QUEUE_GROUP};
-use crate::dispatch::{DispatchError, Dispatcher, Scope, Via};
+use crate::config::Settings;
+use crate::contract::{API_COMMAND_SUBJECT, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT};
+use crate::crm::Connections;
+use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
 use crate::http::ops::Readiness;
 use crate::http::problem::Problem;
+use crate::load::LoadReply;
 
-/// Requests handled at once by one replica.
+/// Requests handled at once by one replica, per endpoint.
 const MAX_IN_FLIGHT: usize = 256;
 
 /// The service's name in `nats micro ls`.
 pub const SERVICE_NAME: &str = "softphone-bridge";
 
-/// Serves `softphone.api.command` (in a queue group shared by every replica)
-/// until `shutdown`.
+/// The header of an error reply that carries its problem document (JSON).
+pub const PROBLEM_HEADER: &str = "Softphone-Problem";
+
+/// What the `load` endpoint needs.
+pub struct Load {
+    pub settings: Arc<Settings>,
+    pub connections: Connections,
+}
+
+/// Serves both endpoints until `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
     dispatcher: Dispatcher,
+    load: Load,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = client
         .service_builder()
-        .description("Commands from CRMs to softphones, validated against the softphone contract.")
+        .description("Commands from CRMs to softphones, validated against the softphone contract; load callbacks for softphones.")
         .queue_group(LOAD_QUEUE_GROUP)
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the NATS service: {e}"))?;
-    let mut requests = service
+    let commands = service
         .endpoint_builder()
         .name("command")
         .add(API_COMMAND_SUBJECT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot add the {API_COMMAND_SUBJECT} endpoint: {e}"))?;
-    // Ready once the server has the subscription, not merely the client.
+    let loads = service
+        .endpoint_builder()
+        .name("load")
+        .add(LOAD_REQUEST_SUBJECT)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot add the {LOAD_REQUEST_SUBJECT} endpoint: {e}"))?;
+    // Ready once the server has the subscriptions, not merely the client.
     while let Err(e) = client.flush().await {
-        tracing::debug!(error = %e, "Command service not subscribed yet; retrying.");
+        tracing::debug!(error = %e, "NATS service not subscribed yet; retrying.");
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
@@ -54,43 +78,45 @@ pub async fn serve(
     }
     readiness.set_serving(true);
     tracing::info!(
-        subject = API_COMMAND_SUBJECT,
-        "Serving NATS command requests."
+        command = API_COMMAND_SUBJECT,
+        load = LOAD_REQUEST_SUBJECT,
+        "Serving NATS requests."
     );
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let tracker = TaskTracker::new();
-    loop {
-        // At most MAX_IN_FLIGHT requests at once; the rest wait in the subscription.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = requests.next() => match next {
-                Some(request) => request,
-                None => break,
-            },
-        };
-        // One task per request: a slow publish ack must not hold up the others.
-        let dispatcher = dispatcher.clone();
-        tracker.spawn(async move {
-            let (headers, body) = match handle(&dispatcher, &request.message.payload).await {
-                Ok(accepted) => (HeaderMap::new(), serde_json::to_vec(&accepted)),
-                Err(e) => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(NATS_SERVICE_ERROR, e.title());
-                    headers.insert(NATS_SERVICE_ERROR_CODE, e.status().to_string().as_str());
-                    (headers, serde_json::to_vec(&Problem::from(&e)))
-                }
-            };
-            let body = body.expect("replies serialize").into();
-            if let Err(e) = request.respond_with_headers(Ok(body), headers).await {
-                tracing::warn!(error = %e, "Cannot answer a command request.");
+    let load = Arc::new(load);
+    tokio::join!(
+        each(commands, &tracker, &shutdown, move |request| {
+            let dispatcher = dispatcher.clone();
+            async move {
+                let reply = command(&dispatcher, &request.message.payload).await;
+                answer(request, reply.map_err(|e| Problem::from(&e)), "command").await;
             }
-            drop(permit);
-        });
-    }
+        }),
+        each(loads, &tracker, &shutdown, move |request| {
+            let load = Arc::clone(&load);
+            async move {
+                let reply = LoadReply::for_request_with_crm(
+                    &load.settings,
+                    &load.connections,
+                    &request.message.payload,
+                )
+                .await;
+                let reply = match reply {
+                    LoadReply::Error { error } => {
+                        tracing::warn!(reason = %error, "Refused a load request.");
+                        Err(Problem::new(
+                            400,
+                            "invalid-load",
+                            "Invalid load request",
+                            error,
+                        ))
+                    }
+                    callbacks => Ok(callbacks),
+                };
+                answer(request, reply, "load").await;
+            }
+        }),
+    );
     // Answer what was accepted before the connection drains.
     tracker.close();
     tracker.wait().await;
@@ -100,12 +126,65 @@ pub async fn serve(
     Ok(())
 }
 
+/// Hands each request of `endpoint` to a task of its own (a slow publish ack
+/// or CRM picklist must not hold up the others), at most [`MAX_IN_FLIGHT`] at
+/// once; the rest wait in the subscription.
+async fn each<F, Fut>(
+    mut endpoint: Endpoint,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    handle: F,
+) where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = endpoint.next() => match next {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let work = handle(request);
+        tracker.spawn(async move {
+            work.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Replies with `reply`'s JSON, or with a service error carrying the problem.
+async fn answer<T: serde::Serialize>(request: Request, reply: Result<T, Problem>, endpoint: &str) {
+    let sent = match reply {
+        Ok(body) => {
+            let body = serde_json::to_vec(&body).expect("replies serialize");
+            request.respond(Ok(body.into())).await
+        }
+        Err(problem) => {
+            let mut headers = HeaderMap::new();
+            let document = serde_json::to_string(&problem).expect("problems serialize");
+            headers.insert(PROBLEM_HEADER, document.as_str());
+            let error = error::Error {
+                status: problem.title.clone(),
+                code: usize::from(problem.status),
+            };
+            request.respond_with_headers(Err(error), headers).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(endpoint, error = %e, "Cannot answer a NATS request.");
+    }
+}
+
 /// `{"softphoneId": ..., "type": ..., "payload": ...}`, optionally with
 /// `"idempotencyKey"`: the HTTP route's path, header and body in one document.
-async fn handle(
-    dispatcher: &Dispatcher,
-    body: &[u8],
-) -> Result<crate::dispatch::Accepted, DispatchError> {
+async fn command(dispatcher: &Dispatcher, body: &[u8]) -> Result<Accepted, DispatchError> {
     let mut request: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| DispatchError::MalformedJson(e.to_string()))?;
     let softphone = match request.remove("softphoneId") {

@@ -1,6 +1,6 @@
 //! Application: connects NATS, provisions, builds the CRM connections, binds
-//! HTTP, and runs the event pipeline, the load responder, the HTTP server and
-//! the NATS command service until shutdown.
+//! HTTP, and runs the event pipeline, the HTTP server, the NATS service
+//! (commands and `softphone.load`) and the heartbeat listener until shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,6 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, FirstConnect};
-use crate::command::CommandPublisher;
 use crate::config::Settings;
 use crate::crm::Connections;
 use crate::dispatch::Dispatcher;
@@ -19,7 +18,7 @@ use crate::http::ops::Readiness;
 use crate::http::{self, AppState, HttpServer};
 use crate::pipeline::Consumer;
 use crate::registry::Registry;
-use crate::{load, metric, pipeline, service};
+use crate::{heartbeat, metric, pipeline, service};
 
 /// A configured bridge, connected (or connecting) to NATS.
 pub struct Application {
@@ -52,15 +51,18 @@ impl Application {
         let js = broker::jetstream(client.clone(), &settings.nats);
         let intake = broker::connect_intake(&settings.nats, FirstConnect::Retry).await?;
         let intake_js = broker::jetstream(intake.client.clone(), &settings.nats);
+        let readiness =
+            Readiness::new(client.clone(), intake.client.clone(), js.clone(), &settings);
         // Installed before anything records; several apps in one process share it.
         metric::handle();
         let http = HttpServer::bind(&settings.http).await?;
-        let readiness = Readiness::new(client.clone(), js.clone(), &settings);
+
         let dispatcher = Dispatcher::new(
             client.clone(),
-            CommandPublisher::new(js.clone()),
+            js.clone(),
             Registry::new(js.clone(), &settings.registry),
             settings.http.unknown_softphones,
+            &settings.commands,
         );
         Ok(Self {
             settings: Arc::new(settings),
@@ -109,7 +111,17 @@ impl Application {
         let service = tokio::spawn(service::serve(
             self.client.clone(),
             self.dispatcher.clone(),
+            service::Load {
+                settings: Arc::clone(&self.settings),
+                connections: self.connections.clone(),
+            },
             self.readiness.clone(),
+            shutdown.clone(),
+        ));
+        let heartbeats = tokio::spawn(heartbeat::serve(
+            self.client.clone(),
+            Registry::new(self.js.clone(), &self.settings.registry),
+            self.settings.commands.clone(),
             shutdown.clone(),
         ));
         if let Some(consumers) = self.bind(&shutdown).await {
@@ -120,6 +132,7 @@ impl Application {
             report("HTTP server", http.await);
         }
         report("NATS command service", service.await);
+        report("Heartbeat listener", heartbeats.await);
         self.close().await
     }
 
@@ -128,12 +141,6 @@ impl Application {
         consumers: Vec<(Consumer, jetstream::consumer::PullConsumer)>,
         shutdown: CancellationToken,
     ) {
-        let load = tokio::spawn(load::serve(
-            self.client.clone(),
-            Arc::clone(&self.settings),
-            self.connections.clone(),
-            shutdown.clone(),
-        ));
         pipeline::run(
             Arc::clone(&self.settings),
             self.js.clone(),
@@ -143,7 +150,6 @@ impl Application {
             shutdown,
         )
         .await;
-        report("Load responder", load.await);
     }
 
     /// Provisions (unless configured off) and binds the pipeline's consumers,

@@ -78,7 +78,7 @@ impl std::fmt::Debug for TokenSettings {
 pub enum UnknownSoftphones {
     /// 404: only softphones that loaded recently can be commanded.
     Reject,
-    /// Published anyway (partner-scoped tokens are still refused: no partner to check).
+    /// Published anyway (partner-scoped tokens still get 404: no bound partner to check).
     Allow,
 }
 

@@ -59,6 +59,22 @@ pub struct SalesforceSettings {
     /// mapped field must exist on Task in the org.
     #[serde(default)]
     pub task_fields: BTreeMap<String, String>,
+    /// Task field API name -> the most characters the org accepts in it, for
+    /// mapped custom fields (`Softphone_Language__c = 10`). Longer values are
+    /// cut with a marker and logged rather than refused. Standard fields
+    /// (`Description` 32,000, `CallDisposition`, `Subject`, `CallObject` 255)
+    /// need no entry; unlisted mapped fields are cut at 255.
+    #[serde(default)]
+    pub field_lengths: BTreeMap<String, usize>,
+    /// DateTime field on Task stamped with the `publishedAt` of the event
+    /// whose disposition and notes the Task holds, so an older event (a
+    /// retried `notes_submitted`, a late `ended`) never overwrites the
+    /// agent's later word. Empty: no stamp (ordering only within one batch).
+    #[serde(default = "default_notes_at_field")]
+    pub notes_at_field: String,
+    /// How Task writes of concurrent events are gathered into one request.
+    #[serde(default)]
+    pub batch: BatchSettings,
     /// Whole-request timeout of one API call.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -94,15 +110,40 @@ pub enum SalesforceAuth {
     ClientCredentials,
 }
 
+/// Batched writes: the Task writes of events handled at the same moment go
+/// to the org as one sObject Collections request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// Most records in one request (Salesforce allows 200). Also the lane's
+    /// concurrency for this connection, if higher than `worker.concurrency`,
+    /// so that a batch can fill.
+    pub max_records: usize,
+    /// Longest a write waits for others to join its request; a write to an
+    /// org that had no request within this time goes at once.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_records: 200,
+            max_wait: Duration::from_millis(250),
+        }
+    }
+}
+
 /// SOSL lookup of the caller over phone fields.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LookupSettings {
     /// Look callers up at all.
     pub enabled: bool,
-    /// Country calling code of the national form also searched (`1`, `44`).
+    /// Deprecated and ignored: the national form searched is the number's
+    /// own country's (`+442071234567` -> `02071234567`).
     pub country_code: String,
-    /// Trunk prefix of the national form (`0` in most of Europe, empty for `1`).
+    /// Deprecated and ignored, as `country_code`.
     pub trunk_prefix: String,
     /// How long a number's matches are remembered.
     #[serde(with = "humantime_serde")]
@@ -200,6 +241,9 @@ fn default_rejected() -> String {
 fn default_missed() -> String {
     "Missed".into()
 }
+fn default_notes_at_field() -> String {
+    "Softphone_Notes_At__c".into()
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -295,6 +339,25 @@ impl SalesforceSettings {
             if !is_api_name(to) {
                 return Err(("task_fields", format!("{to:?} is not an API name")));
             }
+        }
+        if !(self.notes_at_field.is_empty() || is_api_name(&self.notes_at_field)) {
+            return Err((
+                "notes_at_field",
+                format!("{:?} is not an API name", self.notes_at_field),
+            ));
+        }
+        if !(1..=200).contains(&self.batch.max_records) {
+            return Err(("batch.max_records", "must be between 1 and 200".into()));
+        }
+        if let Some((field, _)) = self
+            .field_lengths
+            .iter()
+            .find(|(f, n)| !is_api_name(f) || **n == 0)
+        {
+            return Err((
+                "field_lengths",
+                format!("{field:?}: an API name and a length above 0"),
+            ));
         }
         if !(self.max_api_usage > 0.0 && self.max_api_usage <= 1.0) {
             return Err(("max_api_usage", "must be in (0, 1]".into()));

@@ -115,6 +115,12 @@ pub trait Crm: Send + Sync + 'static {
     /// Performs whatever the CRM does for this event.
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>>;
 
+    /// Events of this connection's lane a replica should work at once, when
+    /// the adapter needs more than `worker.concurrency` (to fill its batches).
+    fn concurrency(&self) -> Option<usize> {
+        None
+    }
+
     /// The disposition codes the CRM itself allows for the partner's calls,
     /// when it knows them; `None` leaves the configured lists in charge.
     fn dispositions<'a>(&'a self, partner: Option<&'a Guid>) -> BoxFuture<'a, Option<Vec<String>>> {

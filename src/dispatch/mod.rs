@@ -1,15 +1,26 @@
 //! The one command path shared by the HTTP route and the NATS service:
-//! validate against the contract, authorise against the registry, publish to
-//! `softphone.cmd.<softphoneId>` and wait for the stream's ack.
+//! validate against the contract, authorise against the registry, refuse
+//! offline softphones, decide once per idempotency key, publish to
+//! `softphone.cmd.<softphoneId>` with an expiry and wait for the stream's ack.
+
+mod error;
+mod idempotency;
+mod settings;
 
 use async_nats::connection::State;
 use serde::Serialize;
+use time::OffsetDateTime;
+
+pub use error::DispatchError;
+pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash};
+pub use settings::{CommandSettings, check as check_settings};
 
 use crate::command::CommandPublisher;
 use crate::config::UnknownSoftphones;
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
 use crate::metric;
 use crate::registry::{Entry, Registry};
+use idempotency::{Claim, Decision, Keys};
 
 /// Longest `Idempotency-Key` accepted, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
@@ -39,83 +50,21 @@ impl Via {
     }
 }
 
-/// A published command: the stream's ack.
+/// A published command: where the stream stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub stream: String,
     pub seq: u64,
-    /// True when the stream had the message id already: nothing new was published.
+    /// True when an earlier request with this key published the command:
+    /// nothing new was published, and `stream`/`seq` are the original's.
     pub duplicate: bool,
     pub message_id: String,
-}
-
-/// Why a command was refused. The texts are for the caller: they name what
-/// was wrong and never contain credentials.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    #[error("{0}")]
-    InvalidSoftphone(String),
-    #[error("{0}")]
-    InvalidIdempotencyKey(String),
-    #[error("{0}")]
-    MalformedJson(String),
-    #[error("`{field}`: {reason}")]
-    Contract { field: String, reason: String },
-    #[error("softphone {0} is not in the registry (it has not loaded recently)")]
-    UnknownSoftphone(SoftphoneId),
-    #[error("{0}")]
-    Forbidden(String),
-    /// NATS or JetStream trouble; the detail is logged, not returned.
-    #[error("NATS is unavailable")]
-    Unavailable(String),
-}
-
-impl DispatchError {
-    pub fn status(&self) -> u16 {
-        match self {
-            DispatchError::InvalidSoftphone(_)
-            | DispatchError::InvalidIdempotencyKey(_)
-            | DispatchError::MalformedJson(_) => 400,
-            DispatchError::Forbidden(_) => 403,
-            DispatchError::UnknownSoftphone(_) => 404,
-            DispatchError::Contract { .. } => 422,
-            DispatchError::Unavailable(_) => 503,
-        }
-    }
-
-    /// A short, stable name (the problem type's last segment).
-    pub fn slug(&self) -> &'static str {
-        match self {
-            DispatchError::InvalidSoftphone(_) => "invalid-softphone-id",
-            DispatchError::InvalidIdempotencyKey(_) => "invalid-idempotency-key",
-            DispatchError::MalformedJson(_) => "malformed-json",
-            DispatchError::Contract { .. } => "contract-violation",
-            DispatchError::UnknownSoftphone(_) => "unknown-softphone",
-            DispatchError::Forbidden(_) => "forbidden",
-            DispatchError::Unavailable(_) => "nats-unavailable",
-        }
-    }
-
-    pub fn title(&self) -> &'static str {
-        match self {
-            DispatchError::InvalidSoftphone(_) => "Invalid softphone id",
-            DispatchError::InvalidIdempotencyKey(_) => "Invalid Idempotency-Key",
-            DispatchError::MalformedJson(_) => "Malformed JSON",
-            DispatchError::Contract { .. } => "Contract violation",
-            DispatchError::UnknownSoftphone(_) => "Unknown softphone",
-            DispatchError::Forbidden(_) => "Forbidden",
-            DispatchError::Unavailable(_) => "NATS unavailable",
-        }
-    }
-
-    /// The offending field of a contract violation.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            DispatchError::Contract { field, .. } => Some(field),
-            _ => None,
-        }
-    }
+    /// The caller's `Idempotency-Key`, or the one generated for it.
+    pub idempotency_key: String,
+    /// After this the softphone never receives the command.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
 }
 
 /// Validates, authorises and publishes commands.
@@ -124,21 +73,26 @@ pub struct Dispatcher {
     client: async_nats::Client,
     publisher: CommandPublisher,
     registry: Registry,
+    keys: Keys,
     unknown: UnknownSoftphones,
+    settings: CommandSettings,
 }
 
 impl Dispatcher {
     pub fn new(
         client: async_nats::Client,
-        publisher: CommandPublisher,
+        js: async_nats::jetstream::Context,
         registry: Registry,
         unknown: UnknownSoftphones,
+        settings: &CommandSettings,
     ) -> Self {
         Self {
             client,
-            publisher,
+            publisher: CommandPublisher::new(js.clone()),
             registry,
+            keys: Keys::new(js, settings),
             unknown,
+            settings: settings.clone(),
         }
     }
 
@@ -148,8 +102,9 @@ impl Dispatcher {
     }
 
     /// Validates `body` (`{"type": ..., "payload": ...}`) and publishes it to
-    /// `softphone` if `scope` allows. The same `idempotency_key` for the same
-    /// softphone within the duplicate window publishes once.
+    /// `softphone` if `scope` allows and the softphone is online. One
+    /// `idempotency_key` per softphone publishes once within
+    /// `commands.idempotency_ttl`, on every replica; without a key one is generated.
     pub async fn dispatch(
         &self,
         scope: Scope<'_>,
@@ -159,7 +114,10 @@ impl Dispatcher {
         via: Via,
     ) -> Result<Accepted, DispatchError> {
         let softphone = Self::softphone(softphone)?;
-        let message_id = message_id(&softphone, idempotency_key)?;
+        let key = match idempotency_key {
+            Some(key) => check_key(key)?.to_owned(),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let callback = Callback::decode(body).map_err(|e| match e {
             ContractError::Invalid { field, reason } => DispatchError::Contract { field, reason },
             other => DispatchError::MalformedJson(other.to_string()),
@@ -169,27 +127,115 @@ impl Dispatcher {
             return Err(DispatchError::UnknownSoftphone(softphone));
         }
         authorise(scope, &softphone, entry.as_ref(), callback.partner_id())?;
-        let ack = self
-            .publisher
-            .publish(&softphone, &callback, &message_id)
+        let now = OffsetDateTime::now_utc();
+        let bucket_key = idempotency::bucket_key(&softphone, &key);
+        let ttl = match callback {
+            Callback::StartCall(_) => self.settings.start_call_ttl,
+            _ => self.settings.ttl,
+        };
+        let decision = Decision {
+            body_hash: idempotency::command_hash(&callback),
+            message_id: format!("cmd:{softphone}:key:{key}"),
+            expires_at: now + ttl,
+            stream: None,
+            seq: None,
+        };
+        if let Some(entry) = entry
+            .as_ref()
+            .filter(|e| e.offline(now, self.settings.offline_after))
+        {
+            // A retry of a command published while the softphone was online
+            // still gets the original answer.
+            if let Ok(Claim::Published(earlier)) = self.keys.peek(&bucket_key, &decision).await {
+                return Ok(self.answer(&softphone, &callback, key, earlier, true, via));
+            }
+            return Err(DispatchError::Offline {
+                softphone,
+                silent_s: (now - entry.last_seen).whole_seconds(),
+                limit_s: self.settings.offline_after.as_secs(),
+            });
+        }
+        let revision = match self
+            .keys
+            .claim(&bucket_key, &decision)
             .await
-            .map_err(|e| DispatchError::Unavailable(e.to_string()))?;
-        metrics::counter!(metric::COMMANDS, "type" => callback.type_name(), "via" => via.label(), "duplicate" => ack.duplicate.to_string())
+            .map_err(DispatchError::Unavailable)?
+        {
+            Claim::Won { revision } => revision,
+            Claim::Published(earlier) => {
+                return Ok(self.answer(&softphone, &callback, key, earlier, true, via));
+            }
+            Claim::Conflict => return Err(DispatchError::KeyReused),
+            Claim::InProgress => return Err(DispatchError::InProgress),
+        };
+        let ack = match self
+            .publisher
+            .publish_expiring(
+                &softphone,
+                &callback,
+                &decision.message_id,
+                decision.expires_at,
+                ttl,
+            )
+            .await
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                self.keys.abandon(&bucket_key, revision).await;
+                return Err(DispatchError::Unavailable(e.to_string()));
+            }
+        };
+        let published = Decision {
+            stream: Some(ack.stream),
+            seq: Some(ack.sequence),
+            ..decision
+        };
+        if let Err(e) = self.keys.complete(&bucket_key, revision, &published).await {
+            // Published all the same: retries wait, then get 409 in-progress
+            // until the command expires.
+            tracing::warn!(softphone = %softphone, error = %e, "Command published, but its idempotency decision was not recorded.");
+        }
+        // A stream that already had the message id stored nothing new either.
+        Ok(self.answer(&softphone, &callback, key, published, ack.duplicate, via))
+    }
+
+    fn answer(
+        &self,
+        softphone: &SoftphoneId,
+        callback: &Callback,
+        key: String,
+        decision: Decision,
+        duplicate: bool,
+        via: Via,
+    ) -> Accepted {
+        let seq = decision.seq.unwrap_or_default();
+        metrics::counter!(metric::COMMANDS, "type" => callback.type_name(), "via" => via.label(), "duplicate" => duplicate.to_string())
             .increment(1);
-        tracing::info!(
-            softphone = %softphone,
-            command = callback.type_name(),
-            via = via.label(),
-            seq = ack.sequence,
-            duplicate = ack.duplicate,
-            "Command published."
-        );
-        Ok(Accepted {
-            stream: ack.stream,
-            seq: ack.sequence,
-            duplicate: ack.duplicate,
-            message_id,
-        })
+        if duplicate {
+            tracing::info!(
+                softphone = %softphone,
+                command = callback.type_name(),
+                via = via.label(),
+                seq,
+                "Command repeated; answered as first published, nothing sent."
+            );
+        } else {
+            tracing::info!(
+                softphone = %softphone,
+                command = callback.type_name(),
+                via = via.label(),
+                seq,
+                "Command published."
+            );
+        }
+        Accepted {
+            stream: decision.stream.unwrap_or_default(),
+            seq,
+            duplicate,
+            message_id: decision.message_id,
+            idempotency_key: key,
+            expires_at: decision.expires_at,
+        }
     }
 
     /// What the registry knows of `softphone`, if `scope` may see it.
@@ -219,8 +265,8 @@ impl Dispatcher {
     }
 }
 
-/// A scoped caller needs the softphone's registered partner, and any partner
-/// the command names, to be in its scope.
+/// A scoped caller needs the softphone's bound partner, and any partner the
+/// command names, to be in its scope.
 fn authorise(
     scope: Scope<'_>,
     softphone: &SoftphoneId,
@@ -230,15 +276,11 @@ fn authorise(
     let Scope::Partners(allowed) = scope else {
         return Ok(());
     };
-    let Some(partner) = entry.and_then(|e| e.partner_id.as_ref()) else {
-        return Err(DispatchError::Forbidden(format!(
-            "softphone {softphone} has no registered partner; this token may only command its partners' softphones"
-        )));
-    };
-    if !in_scope(allowed, partner) {
-        return Err(DispatchError::Forbidden(format!(
-            "this token may not command softphones of partner {partner}"
-        )));
+    // Another partner's softphone, one without a partner and an unknown one
+    // look the same to a scoped caller.
+    let partner = entry.and_then(|e| e.partner_id.as_ref());
+    if !partner.is_some_and(|partner| in_scope(allowed, partner)) {
+        return Err(DispatchError::UnknownSoftphone(softphone.clone()));
     }
     if let Some(named) = named.filter(|p| !in_scope(allowed, p)) {
         return Err(DispatchError::Forbidden(format!(
@@ -255,12 +297,8 @@ fn in_scope(allowed: &[Guid], partner: &Guid) -> bool {
         .any(|p| p.as_str().eq_ignore_ascii_case(partner.as_str()))
 }
 
-/// `Nats-Msg-Id` of a command: the caller's key, scoped to the softphone so two
-/// CRMs using the same key for different softphones do not collide; else unique.
-fn message_id(softphone: &SoftphoneId, key: Option<&str>) -> Result<String, DispatchError> {
-    let Some(key) = key else {
-        return Ok(format!("cmd:{softphone}:{}", uuid::Uuid::new_v4()));
-    };
+/// An `Idempotency-Key` as given: 1 to 128 printable ASCII characters.
+fn check_key(key: &str) -> Result<&str, DispatchError> {
     if key.is_empty()
         || key.len() > MAX_IDEMPOTENCY_KEY_LEN
         || !key.bytes().all(|b| b.is_ascii_graphic())
@@ -269,7 +307,7 @@ fn message_id(softphone: &SoftphoneId, key: Option<&str>) -> Result<String, Disp
             "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"
         )));
     }
-    Ok(format!("cmd:{softphone}:key:{key}"))
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -296,10 +334,13 @@ mod tests {
         let only_a = [a.clone()];
         let scope = Scope::Partners(&only_a);
         assert!(authorise(scope, &phone, Some(&entry(Some(A))), None).is_ok());
-        assert!(authorise(scope, &phone, Some(&entry(Some(B))), None).is_err());
-        assert!(authorise(scope, &phone, Some(&entry(None)), None).is_err());
-        assert!(authorise(scope, &phone, None, None).is_err());
-        assert!(authorise(scope, &phone, Some(&entry(Some(A))), Some(&b)).is_err());
+        // Out of reach and unknown are one answer: 404.
+        for hidden in [Some(entry(Some(B))), Some(entry(None)), None] {
+            let err = authorise(scope, &phone, hidden.as_ref(), None).unwrap_err();
+            assert_eq!(err.status(), 404, "{err}");
+        }
+        let err = authorise(scope, &phone, Some(&entry(Some(A))), Some(&b)).unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
         assert!(authorise(Scope::All, &phone, None, Some(&b)).is_ok());
         let upper = [A.to_uppercase().parse().unwrap()];
         assert!(
@@ -314,18 +355,10 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_are_scoped_and_checked() {
-        let phone: SoftphoneId = "agent-1".parse().unwrap();
-        assert_eq!(
-            message_id(&phone, Some("k1")).unwrap(),
-            "cmd:agent-1:key:k1"
-        );
-        assert_ne!(
-            message_id(&phone, None).unwrap(),
-            message_id(&phone, None).unwrap()
-        );
+    fn idempotency_keys_are_checked() {
+        assert_eq!(check_key("k1").unwrap(), "k1");
         for bad in ["", "a b", &"x".repeat(129), "é"] {
-            assert!(message_id(&phone, Some(bad)).is_err(), "{bad:?}");
+            assert!(check_key(bad).is_err(), "{bad:?}");
         }
     }
 }

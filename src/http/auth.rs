@@ -51,6 +51,16 @@ impl Tokens {
 
     /// The token an `Authorization: Bearer ...` header carries, if it is one of ours.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<&Token> {
+        self.position(headers).map(|i| &self.0[i])
+    }
+
+    /// The configured token at `index` (from [`Tokens::position`]).
+    pub fn get(&self, index: usize) -> Option<&Token> {
+        self.0.get(index)
+    }
+
+    /// Where the header's token is in the configuration, if it is one of ours.
+    pub fn position(&self, headers: &HeaderMap) -> Option<usize> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, presented) = value.split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -59,9 +69,9 @@ impl Tokens {
         let presented = hash_token(presented.trim());
         // Every token is compared, so timing tells nothing of which matched.
         let mut found = None;
-        for token in &self.0 {
+        for (i, token) in self.0.iter().enumerate() {
             if bool::from(token.hash.ct_eq(&presented)) {
-                found = Some(token);
+                found = Some(i);
             }
         }
         found

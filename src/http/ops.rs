@@ -24,15 +24,19 @@ pub const OPENAPI: &str = include_str!("openapi.yaml");
 /// How long one readiness probe may wait for JetStream.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `/readyz` checks: the connection, the streams, the registry bucket,
-/// the pipeline's consumers and the NATS command service.
+/// What `/readyz` checks: the connection, the streams, the registry and
+/// idempotency buckets, the pipeline's consumers and the NATS command service.
 #[derive(Clone)]
 pub struct Readiness {
     client: async_nats::Client,
+    /// The intake pulls on a connection of its own.
+    intake: async_nats::Client,
     js: jetstream::Context,
     /// `(stream, consumer)` of every pipeline consumer.
     consumers: Vec<(&'static str, String)>,
     bucket: String,
+    /// The commands' idempotency bucket: without it every command gets 503.
+    keys: String,
     bound: Arc<AtomicBool>,
     serving: Arc<AtomicBool>,
 }
@@ -46,15 +50,23 @@ pub struct Report {
 }
 
 impl Readiness {
-    pub fn new(client: async_nats::Client, js: jetstream::Context, settings: &Settings) -> Self {
+    /// `intake` is the intake's connection of its own.
+    pub fn new(
+        client: async_nats::Client,
+        intake: async_nats::Client,
+        js: jetstream::Context,
+        settings: &Settings,
+    ) -> Self {
         Self {
             client,
+            intake,
             js,
             consumers: crate::pipeline::consumers(settings)
                 .into_iter()
                 .map(|consumer| (consumer.stream, consumer.name))
                 .collect(),
             bucket: settings.registry.bucket.clone(),
+            keys: settings.commands.bucket.clone(),
             bound: Arc::default(),
             serving: Arc::default(),
         }
@@ -81,6 +93,15 @@ impl Readiness {
             };
         }
         checks.insert("nats", "ok".into());
+        let intake = self.intake.connection_state();
+        checks.insert(
+            "intake",
+            if intake == Connection::Connected {
+                "ok".into()
+            } else {
+                format!("the intake's connection is not connected ({intake})")
+            },
+        );
         let mut streams = Vec::new();
         for name in [EVENTS_STREAM, LANES_STREAM, COMMANDS_STREAM, DLQ_STREAM] {
             if let Err(e) = probe(self.js.get_stream(name)).await {
@@ -97,6 +118,8 @@ impl Readiness {
         );
         let registry = probe(self.js.get_key_value(&self.bucket)).await;
         checks.insert("registry", registry.err().unwrap_or_else(|| "ok".into()));
+        let keys = probe(self.js.get_key_value(&self.keys)).await;
+        checks.insert("idempotency", keys.err().unwrap_or_else(|| "ok".into()));
         let consumer = if self.bound.load(Ordering::Relaxed) {
             self.consumer_gauges().await
         } else {

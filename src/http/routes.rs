@@ -1,10 +1,14 @@
-//! The command API's handlers: publish a command, show a registry entry.
+//! The command API's handlers (publish a command, show a registry entry) and
+//! the authentication that runs before them.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use super::AppState;
 use super::auth::Token;
@@ -12,57 +16,111 @@ use super::problem::ApiError;
 use crate::dispatch::{Accepted, DispatchError, Via};
 use crate::registry::Entry;
 
-/// `POST /v1/softphones/{softphoneId}/commands`
+/// Bytes of an oversized body read (and dropped) so the client, done
+/// sending, reads the 413; past this the connection is closed instead.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Which configured token a request carries (set by [`authenticate`]).
+#[derive(Clone, Copy)]
+struct Caller(usize);
+
+/// Answers 401 unless the request carries a configured token; runs before
+/// the in-flight permit is taken and before any byte of the body is read.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match state.tokens.position(request.headers()) {
+        Some(index) => {
+            request.extensions_mut().insert(Caller(index));
+            next.run(request).await
+        }
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// `POST /v1/softphones/{softphoneId}/commands`: 202 when published, 200 with
+/// the original answer for a repeated `Idempotency-Key`.
 pub async fn post_command(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let token = authenticate(&state, &headers)?;
+    let token = caller(&state, &request)?;
     let softphone = path(softphone)?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(state.body_limit)
-        } else {
-            ApiError::BadBody
-        }
-    })?;
     let key = match headers.get("idempotency-key") {
         Some(value) => Some(value.to_str().map_err(|_| {
             DispatchError::InvalidIdempotencyKey("Idempotency-Key must be printable ASCII".into())
         })?),
         None => None,
     };
+    let body = read_body(&headers, request.into_body(), state.body_limit).await?;
     tracing::debug!(token = %token.name, softphone = %softphone, "Command request.");
     let accepted = state
         .dispatcher
         .dispatch(token.scope(), &softphone, &body, key, Via::Http)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let status = if accepted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(accepted)))
 }
 
 /// `GET /v1/softphones/{softphoneId}`
 pub async fn get_softphone(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Json<Entry>, ApiError> {
-    let token = authenticate(&state, &headers)?;
+    let token = caller(&state, &request)?;
     let softphone = path(softphone)?;
     Ok(Json(
         state.dispatcher.describe(token.scope(), &softphone).await?,
     ))
 }
 
-fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Token, ApiError> {
-    state
-        .tokens
-        .authenticate(headers)
+fn caller<'a>(state: &'a AppState, request: &Request) -> Result<&'a Token, ApiError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|Caller(i)| state.tokens.get(*i))
         .ok_or(ApiError::Unauthorized)
+}
+
+/// The body, if it is at most `limit` bytes. A larger one is still read to
+/// its end (up to [`DRAIN_LIMIT`]) and dropped: closing a connection with
+/// unread bytes resets it, and the client would never see the 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let mut kept = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut seen = 0usize;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
+        seen += chunk.len();
+        if seen <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::TooLarge(limit));
+    }
+    Ok(kept.freeze())
 }
 
 fn path(softphone: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

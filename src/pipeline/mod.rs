@@ -129,13 +129,10 @@ pub async fn run(
                     settings.worker.max_retry_after,
                 );
                 let work = work::CrmWork::new(&connection, Arc::clone(crm));
-                let lane = lane::Lane::new(
-                    Some(connection),
-                    settings.worker.clone(),
-                    js.clone(),
-                    work,
-                    Some(gate),
-                );
+                // An adapter that batches (Salesforce) asks for room to fill a batch.
+                let mut worker = settings.worker.clone();
+                worker.concurrency = worker.concurrency.max(crm.concurrency().unwrap_or(0));
+                let lane = lane::Lane::new(Some(connection), worker, js.clone(), work, Some(gate));
                 running.spawn(lane.run(pull, shutdown));
             }
         }

@@ -85,6 +85,14 @@ pub fn decide(
         Err(HandleError::Crm(CrmError::Permanent { reason, detail })) => {
             return Outcome::DeadLetter { reason, detail };
         }
+        // The event's own fault (it would move a live softphone to another
+        // partner): redelivering it cannot help.
+        Err(HandleError::Registry(e)) if e.is_partner_conflict() => {
+            return Outcome::DeadLetter {
+                reason: "partner conflict".into(),
+                detail: Some(e.to_string()),
+            };
+        }
         Err(HandleError::Crm(CrmError::Unavailable {
             reason,
             retry_after,
@@ -127,8 +135,10 @@ pub fn decide(
     Outcome::Retry { delay, reason }
 }
 
-/// The fate of a delivery that arrives after `max_deliveries` already happened
-/// without an outcome (a replica crashed or lost NATS each time).
+/// The fate of a lane delivery that arrives after `max_deliveries` already
+/// happened without an outcome (a replica crashed while handling it each
+/// time). The intake has no such limit: routing fails only for NATS's
+/// trouble or an invalid body, never for an event's own reasons.
 pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
     (delivered > settings.max_deliveries).then(|| Outcome::DeadLetter {
         reason: format!(
@@ -305,6 +315,30 @@ mod tests {
             dead_letter_failed("timed out"),
             Outcome::Hold { .. }
         ));
+    }
+
+    #[test]
+    fn a_partner_conflict_is_dead_lettered_at_once() {
+        let s = settings();
+        let phone: crate::contract::SoftphoneId = "agent-1".parse().unwrap();
+        let bound = crate::registry::Sighting::Loaded {
+            partner: Some("215fd887-39be-4935-981f-2670d6afeaa7".parse().unwrap()),
+            at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+        .merge(&phone, None);
+        let spoof = crate::registry::Sighting::Loaded {
+            partner: Some("d6afeaa7-39be-4935-981f-2670215fd887".parse().unwrap()),
+            at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(spoof.try_merge(&phone, Some(bound)).is_err());
+        let conflict = RegistryError::partner_conflict("agent-1 is bound to another partner");
+        assert_eq!(
+            decide(Err(conflict.into()), 1, false, &s),
+            Outcome::DeadLetter {
+                reason: "partner conflict".into(),
+                detail: Some("softphone registry: agent-1 is bound to another partner".into()),
+            }
+        );
     }
 
     #[test]

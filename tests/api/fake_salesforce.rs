@@ -52,6 +52,18 @@ pub struct Org {
     pub token_delay: Option<Duration>,
     /// `instance_url` handed out with tokens (the fake's own address).
     pub instance: String,
+    /// Error codes (`UNABLE_TO_LOCK_ROW`) for the next Task records written,
+    /// one each, before the org's own answer.
+    pub item_errors: VecDeque<&'static str>,
+    /// The conversation ids of each SOQL read.
+    pub queried: Vec<Vec<String>>,
+    /// sObject Collections requests (alone or inside a Composite call).
+    pub collection_requests: usize,
+    /// Lengths of the org's custom Task fields (Salesforce answers
+    /// `STRING_TOO_LONG` to a longer value).
+    pub field_limits: HashMap<String, usize>,
+    /// Every Task record written: when, its conversation, the fields sent.
+    pub writes: Vec<(std::time::Instant, String, Vec<String>)>,
 }
 
 pub struct FakeSalesforce {
@@ -158,104 +170,146 @@ impl Org {
         if let Some(scripted) = self.script.pop_front() {
             return scripted;
         }
-        let path = request.url.path().to_owned();
+        let query: Vec<(String, String)> = request.url.query_pairs().into_owned().collect();
+        let body = serde_json::from_slice::<Value>(&request.body).unwrap_or(Value::Null);
+        let (status, body) = self.route(request.method.as_str(), request.url.path(), &query, body);
+        ResponseTemplate::new(status).set_body_json(body)
+    }
+
+    /// One REST request (alone or a Composite subrequest): status and body.
+    fn route(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: &[(String, String)],
+        body: Value,
+    ) -> (u16, Value) {
+        let not_found = || {
+            (
+                404,
+                json!([{"message": "The requested resource does not exist", "errorCode": "NOT_FOUND"}]),
+            )
+        };
         let Some(rest) = path.strip_prefix("/services/data/v67.0/") else {
-            return error(404, "NOT_FOUND", "The requested resource does not exist");
+            return not_found();
         };
         let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-        let body =
-            || serde_json::from_slice::<Map<String, Value>>(&request.body).unwrap_or_default();
-        match (request.method.as_str(), parts.as_slice()) {
+        let q = || {
+            query
+                .iter()
+                .find(|(k, _)| k == "q")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let object = || body.as_object().cloned().unwrap_or_default();
+        match (method, parts.as_slice()) {
+            ("POST", ["composite"]) => self.composite(body),
             ("GET", ["search"]) => {
-                let q = request
-                    .url
-                    .query_pairs()
-                    .find(|(k, _)| k == "q")
-                    .map(|(_, v)| v.into_owned())
-                    .unwrap_or_default();
+                let q = q();
                 let records: Vec<Value> = self
                     .people
                     .iter()
                     .filter(|(_, _, _, phone)| q.contains(&phone.replace('+', r"\+")))
                     .map(|(object, id, name, _)| json!({"attributes": {"type": object}, "Id": id, "Name": name}))
                     .collect();
-                ResponseTemplate::new(200).set_body_json(json!({ "searchRecords": records }))
+                (200, json!({ "searchRecords": records }))
             }
-            ("POST", ["sobjects", "Task"]) => {
-                let body = body();
-                let key = body[EXTERNAL_ID]
-                    .as_str()
-                    .expect("the external id is set on create")
-                    .to_owned();
-                if self.tasks.contains_key(&key) {
-                    return error(
+            ("GET", ["query"]) => self.query(&q()),
+            ("POST", ["composite", "sobjects"]) => {
+                let Some(records) = self.records(&body) else {
+                    return collection_limit();
+                };
+                if let Some(bad) = records.iter().find(|r| {
+                    let t = r["attributes"]["type"].as_str().unwrap_or("");
+                    t != "Task" && !t.ends_with("__e")
+                }) {
+                    return (
                         400,
-                        "DUPLICATE_VALUE",
-                        "duplicate value found: Softphone_Conversation_Id__c",
+                        json!([{"message": format!("sObject type '{}' is not supported.", bad["attributes"]["type"]), "errorCode": "INVALID_TYPE"}]),
                     );
                 }
-                let mut task = Map::new();
-                task.insert("Status".into(), "Not Started".into());
-                task.extend(body);
-                self.tasks.insert(key, task);
-                ResponseTemplate::new(201)
-                    .set_body_json(json!({"id": "00Tnew", "success": true, "errors": []}))
+                self.collection_requests += 1;
+                let results: Vec<Value> = records
+                    .into_iter()
+                    .map(|mut record| {
+                        let t = record["attributes"]["type"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        record.as_object_mut().unwrap().remove("attributes");
+                        if t == "Task" {
+                            self.create_task(record.as_object().unwrap().clone())
+                        } else {
+                            self.events.push((t, record));
+                            json!({"id": "e00x", "success": true, "errors": []})
+                        }
+                    })
+                    .collect();
+                (200, Value::Array(results))
+            }
+            ("PATCH", ["composite", "sobjects", "Task", field]) if *field == EXTERNAL_ID => {
+                let Some(records) = self.records(&body) else {
+                    return collection_limit();
+                };
+                self.collection_requests += 1;
+                let results: Vec<Value> = records
+                    .into_iter()
+                    .map(|record| {
+                        let mut record = record.as_object().unwrap().clone();
+                        assert_eq!(record.remove("attributes").unwrap()["type"], "Task");
+                        let key = record
+                            .remove(EXTERNAL_ID)
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .expect("each record names its external id");
+                        self.upsert_task(&key, record)
+                    })
+                    .collect();
+                (200, Value::Array(results))
+            }
+            ("POST", ["sobjects", "Task"]) => {
+                let result = self.create_task(object());
+                if result["success"] == true {
+                    (201, result)
+                } else {
+                    (400, result["errors"].clone())
+                }
             }
             ("GET", ["sobjects", "Task", field, key]) if *field == EXTERNAL_ID => {
                 match self.tasks.get(*key) {
-                    Some(task) => ResponseTemplate::new(200).set_body_json(task),
-                    None => error(404, "NOT_FOUND", "The requested resource does not exist"),
+                    Some(task) => (200, Value::Object(task.clone())),
+                    None => not_found(),
                 }
             }
             ("PATCH", ["sobjects", "Task", field, key]) if *field == EXTERNAL_ID => {
-                let body = body();
+                let body = object();
                 assert!(
                     !body.contains_key(EXTERNAL_ID),
                     "the external id is in the path, not the body"
                 );
-                match self.tasks.get_mut(*key) {
-                    Some(task) => {
-                        if body.contains_key("TaskSubtype") {
-                            return error(
-                                400,
-                                "INVALID_FIELD_FOR_INSERT_UPDATE",
-                                "Unable to create/update fields: TaskSubtype.",
-                            );
-                        }
-                        task.extend(body);
-                        ResponseTemplate::new(200).set_body_json(
-                            json!({"id": "00Tx", "success": true, "errors": [], "created": false}),
-                        )
-                    }
-                    None => {
-                        let mut task = Map::new();
-                        task.insert("Status".into(), "Not Started".into());
-                        task.extend(body);
-                        task.insert(EXTERNAL_ID.into(), Value::String((*key).to_owned()));
-                        self.tasks.insert((*key).to_owned(), task);
-                        ResponseTemplate::new(201).set_body_json(
-                            json!({"id": "00Tx", "success": true, "errors": [], "created": true}),
-                        )
-                    }
+                let result = self.upsert_task(key, body);
+                match result["success"] == true {
+                    true if result["created"] == true => (201, result),
+                    true => (200, result),
+                    false => (400, result["errors"].clone()),
                 }
             }
             ("POST", ["sobjects", event]) if event.ends_with("__e") => {
-                self.events
-                    .push(((*event).to_owned(), Value::Object(body())));
-                ResponseTemplate::new(201)
-                    .set_body_json(json!({"id": "e00x", "success": true, "errors": []}))
+                self.events.push(((*event).to_owned(), body));
+                (201, json!({"id": "e00x", "success": true, "errors": []}))
             }
             ("PATCH", ["sobjects", _object, _field, agent]) => {
                 self.presence
                     .entry((*agent).to_owned())
                     .or_default()
-                    .extend(body());
-                ResponseTemplate::new(201).set_body_json(
+                    .extend(object());
+                (
+                    201,
                     json!({"id": "a00x", "success": true, "errors": [], "created": true}),
                 )
             }
-            ("GET", ["sobjects", "Task", "describe"]) => {
-                ResponseTemplate::new(200).set_body_json(json!({
+            ("GET", ["sobjects", "Task", "describe"]) => (
+                200,
+                json!({
                     "name": "Task",
                     "fields": [
                         {"name": "Subject", "type": "combobox", "picklistValues": []},
@@ -265,11 +319,206 @@ impl Org {
                             {"value": "Call back", "label": "Call back", "active": true}
                         ]}
                     ]
-                }))
-            }
-            _ => error(404, "NOT_FOUND", "The requested resource does not exist"),
+                }),
+            ),
+            _ => not_found(),
         }
     }
+
+    /// `{"allOrNone": false, "records": [...]}`: at most 200 records.
+    fn records(&self, body: &Value) -> Option<Vec<Value>> {
+        assert_eq!(body["allOrNone"], false, "each record on its own");
+        let records = body["records"].as_array().cloned().unwrap_or_default();
+        (records.len() <= 200).then_some(records)
+    }
+
+    /// A scripted error for the next record written, else none.
+    fn item_error(&mut self) -> Option<Value> {
+        self.item_errors
+            .pop_front()
+            .map(|code| json!({"id": null, "success": false, "errors": [{"statusCode": code, "message": code, "fields": []}]}))
+    }
+
+    fn create_task(&mut self, body: Map<String, Value>) -> Value {
+        if let Some(error) = self.item_error() {
+            return error;
+        }
+        let key = body[EXTERNAL_ID]
+            .as_str()
+            .expect("the external id is set on create")
+            .to_owned();
+        if self.tasks.contains_key(&key) {
+            return json!({"success": false, "errors": [{
+                "statusCode": "DUPLICATE_VALUE",
+                "message": format!("duplicate value found: {EXTERNAL_ID} duplicates value on record with id: 00Tx"),
+                "fields": []
+            }]});
+        }
+        if let Some(error) = self.check_lengths(&body) {
+            return error;
+        }
+        self.writes.push((
+            std::time::Instant::now(),
+            key.clone(),
+            body.keys().cloned().collect(),
+        ));
+        let mut task = Map::new();
+        task.insert("Status".into(), "Not Started".into());
+        task.extend(body);
+        self.tasks.insert(key, task);
+        json!({"id": "00Tnew", "success": true, "errors": []})
+    }
+
+    fn upsert_task(&mut self, key: &str, body: Map<String, Value>) -> Value {
+        if let Some(error) = self.item_error() {
+            return error;
+        }
+        if let Some(error) = self.check_lengths(&body) {
+            return error;
+        }
+        if !(self.tasks.contains_key(key) && body.contains_key("TaskSubtype")) {
+            self.writes.push((
+                std::time::Instant::now(),
+                key.to_owned(),
+                body.keys().cloned().collect(),
+            ));
+        }
+        match self.tasks.get_mut(key) {
+            Some(task) => {
+                if body.contains_key("TaskSubtype") {
+                    return json!({"success": false, "errors": [{
+                        "statusCode": "INVALID_FIELD_FOR_INSERT_UPDATE",
+                        "message": "Unable to create/update fields: TaskSubtype.",
+                        "fields": ["TaskSubtype"]
+                    }]});
+                }
+                task.extend(body);
+                json!({"id": "00Tx", "success": true, "errors": [], "created": false})
+            }
+            None => {
+                let mut task = Map::new();
+                task.insert("Status".into(), "Not Started".into());
+                task.extend(body);
+                task.insert(EXTERNAL_ID.into(), Value::String(key.to_owned()));
+                self.tasks.insert(key.to_owned(), task);
+                json!({"id": "00Tx", "success": true, "errors": [], "created": true})
+            }
+        }
+    }
+
+    /// Salesforce's limits on the standard Task fields it would refuse.
+    fn check_lengths(&self, body: &Map<String, Value>) -> Option<Value> {
+        let standard = [
+            ("Description", 32_000),
+            ("CallDisposition", 255),
+            ("Subject", 255),
+        ];
+        let custom = self.field_limits.iter().map(|(f, n)| (f.as_str(), *n));
+        for (field, max) in standard.into_iter().chain(custom) {
+            if body
+                .get(field)
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.chars().count() > max)
+            {
+                return Some(json!({"success": false, "errors": [{
+                    "statusCode": "STRING_TOO_LONG",
+                    "message": format!("{field}: data value too large"),
+                    "fields": [field]
+                }]}));
+            }
+        }
+        if body
+            .get("CallDurationInSeconds")
+            .and_then(Value::as_u64)
+            .is_some_and(|d| d > i32::MAX as u64)
+        {
+            return Some(json!({"success": false, "errors": [{
+                "statusCode": "NUMBER_OUTSIDE_VALID_RANGE",
+                "message": "CallDurationInSeconds: value outside of valid range",
+                "fields": ["CallDurationInSeconds"]
+            }]}));
+        }
+        None
+    }
+
+    /// `SELECT a, b FROM Task WHERE <ext> IN ('x', 'y')`.
+    fn query(&mut self, soql: &str) -> (u16, Value) {
+        let select = soql
+            .strip_prefix("SELECT ")
+            .and_then(|rest| rest.split_once(" FROM Task WHERE "));
+        let Some((fields, condition)) = select else {
+            return (
+                400,
+                json!([{"message": format!("unexpected query {soql}"), "errorCode": "MALFORMED_QUERY"}]),
+            );
+        };
+        let prefix = format!("{EXTERNAL_ID} IN (");
+        let ids: Vec<String> = condition
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("unexpected condition {condition}"))
+            .split(", ")
+            .map(|id| id.trim_matches('\'').to_owned())
+            .collect();
+        self.queried.push(ids.clone());
+        let fields: Vec<&str> = fields.split(", ").collect();
+        let records: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .map(|task| {
+                let mut record = Map::new();
+                record.insert("attributes".into(), json!({"type": "Task"}));
+                for field in &fields {
+                    record.insert(
+                        (*field).to_owned(),
+                        task.get(*field).cloned().unwrap_or(Value::Null),
+                    );
+                }
+                Value::Object(record)
+            })
+            .collect();
+        (
+            200,
+            json!({"totalSize": records.len(), "done": true, "records": records}),
+        )
+    }
+
+    /// Up to 25 subrequests, each answered on its own, in order.
+    fn composite(&mut self, body: Value) -> (u16, Value) {
+        assert_eq!(body["allOrNone"], false);
+        let requests = body["compositeRequest"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if requests.len() > 25 {
+            return (
+                400,
+                json!([{"message": "more than 25 subrequests", "errorCode": "LIMIT_EXCEEDED"}]),
+            );
+        }
+        let responses: Vec<Value> = requests
+            .into_iter()
+            .map(|sub| {
+                let url = url::Url::parse(&format!("http://x{}", sub["url"].as_str().unwrap())).unwrap();
+                let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+                let (status, body) = self.route(
+                    sub["method"].as_str().unwrap(),
+                    url.path(),
+                    &query,
+                    sub["body"].clone(),
+                );
+                json!({"body": body, "httpHeaders": {}, "httpStatusCode": status, "referenceId": sub["referenceId"]})
+            })
+            .collect();
+        (200, json!({ "compositeResponse": responses }))
+    }
+}
+
+fn collection_limit() -> (u16, Value) {
+    (
+        400,
+        json!([{"message": "Maximum number of records exceeded: 200", "errorCode": "EXCEEDED_ID_LIMIT"}]),
+    )
 }
 
 impl FakeSalesforce {
@@ -323,7 +572,7 @@ impl FakeSalesforce {
         self.drain()
             .await
             .iter()
-            .filter(|r| crate::salesforce::is_api(r))
+            .filter(|r| r.url.path().starts_with("/services/data/"))
             .count()
     }
 

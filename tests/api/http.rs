@@ -14,29 +14,6 @@ async fn app() -> HttpApp {
     spawn_http_app(nats, settings).await
 }
 
-/// The problem document of an error answer, after checking its status and type.
-async fn problem(response: reqwest::Response, status: u16) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let doc: Value = response.json().await.expect("problem+json body");
-    assert_eq!(doc["status"], status);
-    assert!(
-        doc["type"]
-            .as_str()
-            .unwrap()
-            .starts_with("urn:softphone-bridge:problem:"),
-        "{doc}"
-    );
-    assert!(!doc["title"].as_str().unwrap().is_empty());
-    for secret in [TOKEN, PARTNER_TOKEN] {
-        assert!(!doc.to_string().contains(secret), "a token leaked: {doc}");
-    }
-    doc
-}
-
 #[tokio::test]
 async fn the_softphone_receives_exactly_the_command() {
     let app = app().await;
@@ -56,11 +33,31 @@ async fn the_softphone_receives_exactly_the_command() {
             .await
             .unwrap()
             .unwrap();
-        let received: Value = serde_json::from_slice(&message.payload).unwrap();
+        let mut received: Value = serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(
+            received
+                .as_object_mut()
+                .unwrap()
+                .remove("expiresAt")
+                .unwrap(),
+            accepted["expiresAt"],
+            "the command says when it expires"
+        );
         assert_eq!(
             received,
             start_call(),
             "the softphone gets the command as sent"
+        );
+        assert_eq!(
+            message
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("Nats-TTL")
+                .unwrap()
+                .as_str(),
+            "30",
+            "start_call lives commands.start_call_ttl"
         );
         let id = message
             .headers
@@ -79,10 +76,13 @@ async fn the_softphone_receives_exactly_the_command() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        serde_json::from_slice::<Value>(&message.payload).unwrap(),
-        presence
-    );
+    let mut received = serde_json::from_slice::<Value>(&message.payload).unwrap();
+    received
+        .as_object_mut()
+        .unwrap()
+        .remove("expiresAt")
+        .unwrap();
+    assert_eq!(received, presence);
     app.stop().await;
 }
 
@@ -97,15 +97,20 @@ async fn a_retried_command_with_the_same_key_is_published_once() {
         .await;
     assert_eq!(first.status(), StatusCode::ACCEPTED);
     let first: Value = first.json().await.unwrap();
+    // The same command, its fields in another order: the same command.
+    let mut reordered = json!({"payload": start_call()["payload"]});
+    reordered["type"] = json!("start_call");
     let again = app
-        .command("agent-2", &start_call(), TOKEN, Some("click-42"))
+        .command("agent-2", &reordered, TOKEN, Some("click-42"))
         .await;
-    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(again.status(), StatusCode::OK, "the original answer");
     let again: Value = again.json().await.unwrap();
 
     assert_eq!(first["duplicate"], false);
     assert_eq!(again["duplicate"], true);
     assert_eq!(first["seq"], again["seq"]);
+    assert_eq!(first["expiresAt"], again["expiresAt"]);
+    assert_eq!(first["idempotencyKey"], "click-42");
     assert_eq!(
         commands_for(&app.js, "agent-2").await,
         before + 1,
@@ -117,6 +122,30 @@ async fn a_retried_command_with_the_same_key_is_published_once() {
         .await;
     assert_eq!(other.json::<Value>().await.unwrap()["duplicate"], false);
     assert_eq!(commands_for(&app.js, "agent-2").await, before + 2);
+
+    // The same key for a different command: 409, nothing published.
+    let mut changed = start_call();
+    changed["payload"]["dialTo"] = json!("+18005550100");
+    let doc = problem(
+        app.command("agent-2", &changed, TOKEN, Some("click-42"))
+            .await,
+        409,
+    )
+    .await;
+    assert_eq!(
+        doc["type"],
+        "urn:softphone-bridge:problem:idempotency-key-reused"
+    );
+    assert_eq!(commands_for(&app.js, "agent-2").await, before + 2);
+
+    // Without a key, one is generated and returned.
+    let unkeyed: Value = app
+        .command("agent-2", &start_call(), TOKEN, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unkeyed["idempotencyKey"].as_str().unwrap().len(), 36);
     app.stop().await;
 }
 
@@ -250,24 +279,31 @@ async fn every_error_is_a_precise_problem() {
     )
     .await;
 
-    // 403: a token scoped to PARTNER cannot reach another partner's softphone,
-    // one without a partner, or name another partner in the command.
-    let doc = problem(
-        app.command("agent-b", &start_call(), PARTNER_TOKEN, None)
+    // 404: to a token scoped to PARTNER, another partner's softphone and one
+    // without a partner look exactly like one that does not exist.
+    let unknown = problem(
+        app.command("agent-never", &start_call(), PARTNER_TOKEN, None)
             .await,
-        403,
+        404,
     )
     .await;
-    assert!(
-        doc["detail"].as_str().unwrap().contains(OTHER_PARTNER),
-        "{doc}"
-    );
-    problem(
-        app.command("agent-np", &start_call(), PARTNER_TOKEN, None)
-            .await,
-        403,
-    )
-    .await;
+    for hidden in ["agent-b", "agent-np"] {
+        let doc = problem(
+            app.command(hidden, &start_call(), PARTNER_TOKEN, None)
+                .await,
+            404,
+        )
+        .await;
+        assert!(!doc.to_string().contains(OTHER_PARTNER), "{doc}");
+        assert_eq!(
+            doc["detail"],
+            unknown["detail"]
+                .as_str()
+                .unwrap()
+                .replace("agent-never", hidden)
+        );
+    }
+    // 403: naming another partner in a command to one of its own softphones.
     let mut for_other = start_call();
     for_other["payload"]["partnerId"] = json!(OTHER_PARTNER);
     problem(
@@ -283,7 +319,7 @@ async fn every_error_is_a_precise_problem() {
             .send()
             .await
             .unwrap(),
-        403,
+        404,
     )
     .await;
 
@@ -415,12 +451,39 @@ async fn unknown_softphones_can_be_allowed() {
             .status(),
         StatusCode::ACCEPTED
     );
-    // A partner-scoped token still needs a registered partner to check.
+    // A partner-scoped token still needs a bound partner to check: 404.
     problem(
         app.command("agent-new", &start_call(), PARTNER_TOKEN, None)
             .await,
-        403,
+        404,
     )
     .await;
     app.stop().await;
+}
+
+#[test]
+fn the_openapi_softphone_id_pattern_admits_exactly_the_ids_the_code_admits() {
+    let doc: serde_json::Value =
+        serde_norway::from_str(include_str!("../../src/http/openapi.yaml")).unwrap();
+    let schema = &doc["components"]["parameters"]["softphoneId"]["schema"];
+    let pattern = schema["pattern"].as_str().unwrap();
+    // `^[<ranges>]+$` with ranges written `\xHH-\xHH`.
+    let ranges: Vec<(u8, u8)> = pattern
+        .strip_prefix("^[")
+        .and_then(|p| p.strip_suffix("]+$"))
+        .unwrap()
+        .split("\\x")
+        .filter(|part| !part.is_empty())
+        .map(|part| u8::from_str_radix(part.trim_end_matches('-'), 16).unwrap())
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|pair| (pair[0], pair[1]))
+        .collect();
+    for byte in 0u8..=127 {
+        let id = format!("a{}b", byte as char);
+        let documented = ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&byte));
+        let accepted = softphone_bridge::contract::SoftphoneId::try_from(id.clone()).is_ok();
+        assert_eq!(documented, accepted, "{id:?}");
+    }
+    assert_eq!(schema["maxLength"], 128);
 }

@@ -135,8 +135,10 @@ async fn a_load_request_gets_both_callbacks_in_one_reply() {
         ]})
     );
 
+    // A refusal is a service error (counted by `nats micro stats`) with its problem.
     let refused = request_until_answered(&app.client, r#"{"softphoneId":"a b"}"#.into()).await;
-    let error = refused["error"].as_str().unwrap();
+    assert_eq!(refused["status"], 400, "{refused}");
+    let error = refused["detail"].as_str().unwrap();
     assert!(
         error.contains("softphoneId") && error.contains("one NATS subject token"),
         "{error}"
@@ -157,7 +159,7 @@ async fn request_until_answered(client: &async_nats::Client, body: String) -> Va
             .request(LOAD_REQUEST_SUBJECT, body.clone().into())
             .await
         {
-            Ok(reply) => return serde_json::from_slice(&reply.payload).unwrap(),
+            Ok(reply) => return service_reply(&reply).1,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 // No responders yet: the app is still starting.
                 assert_eq!(

@@ -79,7 +79,7 @@ async fn readyz_follows_nats_down_and_back_up() {
         .unwrap();
     assert_eq!(
         report,
-        json!({"ready": true, "checks": {"nats": "ok", "streams": "ok", "registry": "ok", "consumer": "ok", "service": "ok"}})
+        json!({"ready": true, "checks": {"nats": "ok", "intake": "ok", "streams": "ok", "registry": "ok", "idempotency": "ok", "consumer": "ok", "service": "ok"}})
     );
     // The registry survived (file storage) and commands flow again.
     eventually("a command to be accepted again", || async {

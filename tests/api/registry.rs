@@ -174,3 +174,62 @@ async fn concurrent_writers_on_one_entry_lose_nothing() {
     assert_eq!(entry.loaded_at, Some(at(0)));
     assert_eq!(entry.last_seen, at(20));
 }
+
+#[tokio::test]
+async fn a_spoofed_load_cannot_widen_a_tokens_reach() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    const OTHER_TOKEN: &str = "test-token-other-partner";
+    settings.http.tokens.push(token_settings(
+        "crm-other",
+        OTHER_TOKEN,
+        Some(vec![OTHER_PARTNER]),
+    ));
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-7", Some(PARTNER)).await;
+    let mut dead_letters = app.dead_letters().await;
+
+    // Anyone allowed to publish `softphone.loaded` names another partner.
+    let spoof = format!(r#"{{"softphoneId":"agent-7","partnerId":"{OTHER_PARTNER}"}}"#);
+    app.publish(EventKind::Loaded, &spoof, None).await;
+    let dead = dead_letters.next().await;
+    assert_eq!(header(&dead, "Softphone-Dlq-Reason"), "partner conflict");
+    assert_eq!(dead.payload.as_ref(), spoof.as_bytes());
+    app.settled().await;
+
+    // The binding stands: the other partner's token still cannot see or command it.
+    let entry = app.entry("agent-7").await;
+    assert_eq!(entry["partnerId"], PARTNER);
+    for response in [
+        app.command("agent-7", &start_call(), OTHER_TOKEN, None)
+            .await,
+        app.http
+            .get(app.url("/v1/softphones/agent-7"))
+            .bearer_auth(OTHER_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(
+        app.command("agent-7", &start_call(), PARTNER_TOKEN, None)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let metrics = app
+        .http
+        .get(app.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("softphone_bridge_partner_conflicts_total 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

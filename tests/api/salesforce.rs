@@ -33,6 +33,15 @@ pub fn body_of(request: &Request) -> serde_json::Map<String, Value> {
     serde_json::from_slice(&request.body).expect("a JSON object body")
 }
 
+/// The one record of a collections request.
+pub fn record_of(request: &Request) -> serde_json::Map<String, Value> {
+    let body = body_of(request);
+    assert_eq!(body["allOrNone"], false);
+    let records = body["records"].as_array().expect("records");
+    assert_eq!(records.len(), 1, "one record");
+    records[0].as_object().unwrap().clone()
+}
+
 pub fn is_api(request: &Request) -> bool {
     request.url.path().starts_with("/services/data/")
 }
@@ -80,7 +89,7 @@ statuses = {{ "{STATUS}" = "Available" }}
         [
             "POST /services/oauth2/token",
             "GET /services/data/v67.0/search/",
-            "POST /services/data/v67.0/sobjects/Task"
+            "POST /services/data/v67.0/composite/sobjects"
         ]
     );
     {
@@ -123,7 +132,8 @@ statuses = {{ "{STATUS}" = "Available" }}
             "API calls go to the token's instance_url, not {host}"
         );
     }
-    let created = body_of(&requests[2]);
+    let created = record_of(&requests[2]);
+    assert_eq!(created["attributes"]["type"], "Task");
     assert_eq!(created["TaskSubtype"], "Call");
     assert_eq!(created[EXTERNAL_ID], conv.as_str());
     assert_eq!(created["WhoId"], "003ADA");
@@ -156,9 +166,14 @@ statuses = {{ "{STATUS}" = "Available" }}
     assert_eq!(requests[0].method.as_str(), "PATCH");
     assert_eq!(
         requests[0].url.path(),
-        format!("/services/data/v67.0/sobjects/Task/{EXTERNAL_ID}/{conv}")
+        format!("/services/data/v67.0/composite/sobjects/Task/{EXTERNAL_ID}")
     );
-    let body = body_of(&requests[0]);
+    let body = record_of(&requests[0]);
+    assert_eq!(body[EXTERNAL_ID], conv.as_str());
+    assert!(
+        !body.contains_key("TaskSubtype"),
+        "the Task exists: no create-only field"
+    );
     assert!(
         !body.contains_key("Status"),
         "an opening event never writes Status"

@@ -79,7 +79,8 @@ async fn api_usage_past_the_share_postpones_calls() {
     let app = spawn(
         &sf,
         "client_credentials",
-        "max_api_usage = 0.9\nlimit_retry_after = \"2s\"",
+        // One request per notes_submitted (no stamp to read first).
+        "max_api_usage = 0.9\nlimit_retry_after = \"2s\"\nnotes_at_field = \"\"",
     )
     .await;
     deliver(

@@ -278,3 +278,142 @@ async fn requests_beyond_max_in_flight_are_shed_with_503() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_4_mib_body_gets_a_413_the_client_reads() {
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings).await;
+    let body = vec![b' '; 4 * 1024 * 1024];
+    let response = app
+        .http
+        .post(app.url("/v1/softphones/agent-1/commands"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the client reads an answer, not a reset");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let doc: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(doc["type"], "urn:softphone-bridge:problem:body-too-large");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slow_unauthenticated_uploads_do_not_starve_authenticated_requests() {
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.http.max_in_flight = 2;
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-1", Some(PARTNER)).await;
+
+    // More slow uploads than there are slots, none with a valid token, each
+    // trickling its body: each is answered 401 before its body is read.
+    let mut slow = Vec::new();
+    for i in 0..6 {
+        let auth = match i % 3 {
+            0 => String::new(),
+            1 => "Authorization: Bearer guessed\r\n".into(),
+            _ => "Authorization: Basic x\r\n".into(),
+        };
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"type\""
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    let trickle = {
+        let (mut readers, writers): (Vec<_>, Vec<_>) =
+            slow.into_iter().map(|s| s.into_split()).unzip();
+        let trickling = tokio::spawn(async move {
+            let mut writers = writers;
+            loop {
+                for writer in &mut writers {
+                    let _ = writer.write_all(b" ").await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        for reader in &mut readers {
+            let mut head = [0u8; 12];
+            tokio::time::timeout(PATIENCE, reader.read_exact(&mut head))
+                .await
+                .expect("answered while still uploading")
+                .unwrap();
+            assert_eq!(&head, b"HTTP/1.1 401");
+        }
+        trickling
+    };
+    // Every slot is free for a CRM with a token.
+    for _ in 0..3 {
+        assert_eq!(
+            app.command("agent-1", &start_call(), TOKEN, None)
+                .await
+                .status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    trickle.abort();
+
+    // A made-up method is counted as `other`, never as a label of its own.
+    let made_up = reqwest::Method::from_bytes(b"BREW").unwrap();
+    app.http
+        .request(made_up, app.url("/v1/softphones/agent-1/commands"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = app
+        .http
+        .get(app.ops_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("BREW"), "{metrics}");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+    app.stop().await;
+}
+
+#[test]
+fn command_settings_are_checked() {
+    let defaults = Settings::from_toml("").unwrap();
+    assert_eq!(defaults.commands.idempotency_ttl.as_secs(), 24 * 3600);
+    assert_eq!(defaults.commands.start_call_ttl.as_secs(), 30);
+    assert_eq!(defaults.commands.offline_after.as_secs(), 120);
+    for (toml, key) in [
+        (
+            "[commands]\nstart_call_ttl = \"2m\"\n",
+            "commands.start_call_ttl",
+        ),
+        ("[commands]\nttl = \"500ms\"\n", "commands.ttl"),
+        ("[commands]\nbucket = \"a.b\"\n", "commands.bucket"),
+        (
+            "[commands]\nbucket = \"SOFTPHONE_REGISTRY\"\n",
+            "commands.bucket",
+        ),
+        (
+            "[commands]\nidempotency_ttl = \"0s\"\n",
+            "commands.idempotency_ttl",
+        ),
+        (
+            "[commands]\noffline_after = \"0s\"\n",
+            "commands.offline_after",
+        ),
+        ("[commands]\nttl_seconds = 3\n", "ttl_seconds"),
+    ] {
+        let err = Settings::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    // A longer commands stream admits a longer start_call TTL.
+    let longer = "[streams]\ncommands_max_age = \"5m\"\n[commands]\nstart_call_ttl = \"2m\"\n";
+    assert!(Settings::from_toml(longer).is_ok());
+}

@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use softphone_bridge::contract::{API_COMMAND_SUBJECT, COMMANDS_STREAM};
+use softphone_bridge::contract::{API_COMMAND_SUBJECT, COMMANDS_STREAM, LOAD_REQUEST_SUBJECT};
 
 use crate::helpers::*;
 
@@ -23,15 +23,7 @@ async fn request(app: &HttpApp, body: Value) -> (Option<u16>, Value) {
     .await
     .expect("the service answers in time")
     .expect("the service answers");
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Nats-Service-Error-Code"))
-        .map(|v| v.as_str().parse().unwrap());
-    (
-        code,
-        serde_json::from_slice(&reply.payload).expect("JSON reply"),
-    )
+    service_reply(&reply)
 }
 
 fn command(softphone: &str, mut command: Value) -> Value {
@@ -49,11 +41,21 @@ async fn the_service_is_discoverable() {
         .expect("INFO answers");
     let info: Value = serde_json::from_slice(&reply.payload).unwrap();
     assert_eq!(info["name"], "softphone-bridge");
+    let mut endpoints: Vec<(&str, &str)> = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["subject"].as_str().unwrap()))
+        .collect();
+    endpoints.sort();
     assert_eq!(
-        info["endpoints"][0]["subject"], API_COMMAND_SUBJECT,
+        endpoints,
+        [
+            ("command", API_COMMAND_SUBJECT),
+            ("load", LOAD_REQUEST_SUBJECT)
+        ],
         "{info}"
     );
-    assert_eq!(info["endpoints"][0]["name"], "command", "{info}");
     app.stop().await;
 }
 
@@ -74,12 +76,19 @@ async fn a_nats_request_publishes_the_command_like_http() {
         .await
         .unwrap()
         .unwrap();
+    let mut received = serde_json::from_slice::<Value>(&message.payload).unwrap();
     assert_eq!(
-        serde_json::from_slice::<Value>(&message.payload).unwrap(),
-        start_call()
+        received
+            .as_object_mut()
+            .unwrap()
+            .remove("expiresAt")
+            .unwrap(),
+        first["expiresAt"]
     );
+    assert_eq!(received, start_call());
 
-    let (_, again) = request(&app, keyed).await;
+    let (code, again) = request(&app, keyed).await;
+    assert_eq!(code, None, "{again}");
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["seq"], first["seq"]);
     // The HTTP route with the same key is the same command.
@@ -92,7 +101,22 @@ async fn a_nats_request_publishes_the_command_like_http() {
 
 #[tokio::test]
 async fn refusals_are_the_same_problems_as_over_http() {
-    let app = app().await;
+    let nats = start_nats().await;
+    let mut settings = http_settings(&nats.url);
+    settings.commands.offline_after = std::time::Duration::from_secs(1);
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-off", Some(PARTNER)).await;
+    eventually("agent-off to count as offline", || async {
+        let seen = app.entry("agent-off").await["lastSeen"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let seen =
+            time::OffsetDateTime::parse(&seen, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        (time::OffsetDateTime::now_utc() - seen > time::Duration::seconds(2)).then_some(())
+    })
+    .await;
     app.load("agent-1", Some(PARTNER)).await;
     let before = stream_messages(&app.js, COMMANDS_STREAM).await;
     let mut bad_number = start_call();
@@ -107,6 +131,7 @@ async fn refusals_are_the_same_problems_as_over_http() {
             422,
         ),
         ("nobody", start_call(), 404),
+        ("agent-off", start_call(), 409),
     ];
     for (softphone, body, status) in cases {
         let (code, nats) = request(&app, command(softphone, body.clone())).await;
@@ -141,5 +166,20 @@ async fn refusals_are_the_same_problems_as_over_http() {
         before,
         "nothing was published"
     );
+    // Refusals are service errors: `nats micro stats` counts them.
+    let stats = app
+        .client
+        .request("$SRV.STATS.softphone-bridge", "".into())
+        .await
+        .expect("STATS answers");
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    let command = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "command")
+        .unwrap();
+    assert_eq!(command["num_errors"], 8, "{stats}");
+    assert_eq!(command["num_requests"], 8, "{stats}");
     app.stop().await;
 }

@@ -60,9 +60,63 @@ pub(super) fn classify(
     CrmError::Permanent { reason, detail }
 }
 
+/// One record's errors in a collections answer
+/// (`[{"statusCode": .., "message": .., "fields": [..]}]`): the record's
+/// fate, as [`classify`] decides a single write's.
+pub(super) fn classify_item(errors: &Value) -> CrmError {
+    let code = errors[0]["statusCode"].as_str().unwrap_or("UNKNOWN");
+    let reason = format!("Salesforce refused the record: {code}");
+    match code {
+        "UNABLE_TO_LOCK_ROW" => CrmError::Transient {
+            reason,
+            retry_after: None,
+        },
+        "REQUEST_LIMIT_EXCEEDED" | "SERVER_UNAVAILABLE" | "API_DISABLED_FOR_ORG" => {
+            CrmError::Unavailable {
+                reason,
+                retry_after: None,
+            }
+        }
+        _ => CrmError::Permanent {
+            reason,
+            detail: Some(truncate(&errors.to_string())),
+        },
+    }
+}
+
+/// The `statusCode` of a record's first error, if any.
+pub(super) fn item_code(errors: &Value) -> Option<&str> {
+    errors[0]["statusCode"].as_str()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_errors_are_classified() {
+        let item = |code: &str| {
+            classify_item(&serde_json::json!([{"statusCode": code, "message": "m", "fields": []}]))
+        };
+        assert!(matches!(
+            item("UNABLE_TO_LOCK_ROW"),
+            CrmError::Transient { .. }
+        ));
+        assert!(matches!(
+            item("REQUEST_LIMIT_EXCEEDED"),
+            CrmError::Unavailable { .. }
+        ));
+        match item("FIELD_CUSTOM_VALIDATION_EXCEPTION") {
+            CrmError::Permanent { detail, .. } => {
+                assert!(
+                    detail
+                        .unwrap()
+                        .contains("FIELD_CUSTOM_VALIDATION_EXCEPTION")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn salesforce_answers_are_classified() {

@@ -1,8 +1,9 @@
 //! Caller lookup: a SOSL search over phone fields for a number's E.164 and
-//! national forms, with the matches cached per number.
+//! national forms, with the matches cached per number and shared by every
+//! connection to the same org.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -35,19 +36,24 @@ fn escape(term: &str) -> String {
     out
 }
 
-/// The number as agents type it at home: `+18883973342` -> `8883973342`.
-pub(crate) fn national_form(number: &PhoneNumber, settings: &LookupSettings) -> Option<String> {
-    let rest = number
-        .as_str()
-        .strip_prefix('+')?
-        .strip_prefix(settings.country_code.as_str())?;
-    (!rest.is_empty()).then(|| format!("{}{rest}", settings.trunk_prefix))
+/// The number as people type it in its own country, digits only:
+/// `+18883973342` -> `8883973342`, `+442071234567` -> `02071234567`.
+pub(crate) fn national_form(number: &PhoneNumber) -> Option<String> {
+    let parsed = phonenumber::parse(None, number.as_str()).ok()?;
+    let national: String = parsed
+        .format()
+        .mode(phonenumber::Mode::National)
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (!national.is_empty() && format!("+{national}") != number.as_str()).then_some(national)
 }
 
 /// `FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING Contact(Id,Name), Lead(Id,Name)`.
-pub(crate) fn sosl(number: &PhoneNumber, settings: &LookupSettings) -> String {
+pub(crate) fn sosl(number: &PhoneNumber, _settings: &LookupSettings) -> String {
     let mut terms = vec![escape(number.as_str())];
-    if let Some(national) = national_form(number, settings) {
+    if let Some(national) = national_form(number) {
         terms.push(escape(&national));
     }
     format!(
@@ -97,6 +103,23 @@ pub(crate) struct Cache {
     entries: Mutex<HashMap<String, (Instant, Vec<Match>)>>,
 }
 
+/// The cache of the org `key` names (login URL and client id), shared by
+/// every connection to it while one holds it.
+pub(crate) fn shared(key: &str, ttl: Duration) -> Arc<Cache> {
+    static CACHES: OnceLock<Mutex<HashMap<String, Weak<Cache>>>> = OnceLock::new();
+    let mut caches = CACHES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    caches.retain(|_, cache| cache.strong_count() > 0);
+    if let Some(cache) = caches.get(key).and_then(Weak::upgrade) {
+        return cache;
+    }
+    let cache = Arc::new(Cache::new(ttl));
+    caches.insert(key.to_owned(), Arc::downgrade(&cache));
+    cache
+}
+
 impl Cache {
     pub fn new(ttl: Duration) -> Self {
         Self {
@@ -143,17 +166,39 @@ mod tests {
             sosl(&number("+18883973342"), &settings),
             r"FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING Contact(Id,Name), Lead(Id,Name)"
         );
-        let uk = LookupSettings {
-            country_code: "44".into(),
-            trunk_prefix: "0".into(),
-            ..Default::default()
-        };
-        assert_eq!(
-            national_form(&number("+442071234567"), &uk).as_deref(),
-            Some("02071234567")
-        );
-        assert_eq!(national_form(&number("+18883973342"), &uk), None);
+        // Each number in its own country's national form, whatever the settings.
+        for (e164, national) in [
+            ("+442071234567", "02071234567"),
+            ("+33142685300", "0142685300"),
+            ("+4930123456", "030123456"),
+            ("+18883973342", "8883973342"),
+        ] {
+            assert_eq!(
+                national_form(&number(e164)).as_deref(),
+                Some(national),
+                "{e164}"
+            );
+        }
+        assert!(sosl(&number("+33142685300"), &settings).contains(r"\+33142685300 OR 0142685300"));
         assert_eq!(escape(r#"a-b{c}"d'\"#), r#"a\-b\{c\}\"d\'\\"#);
+    }
+
+    #[test]
+    fn connections_to_one_org_share_a_cache() {
+        let a = shared(
+            "https://acme.my.salesforce.com/ id",
+            Duration::from_secs(60),
+        );
+        let b = shared(
+            "https://acme.my.salesforce.com/ id",
+            Duration::from_secs(60),
+        );
+        let other = shared(
+            "https://other.my.salesforce.com/ id",
+            Duration::from_secs(60),
+        );
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &other));
     }
 
     #[tokio::test(start_paused = true)]

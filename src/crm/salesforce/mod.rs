@@ -1,32 +1,38 @@
 //! The `salesforce` CRM: call activity as Tasks upserted on an external id,
-//! caller lookup for screen pop, presence, over the org's REST API.
+//! batched per org (sObject Collections), caller lookup for screen pop,
+//! presence, over the org's REST API.
 
 mod auth;
+mod batch;
+mod composite;
 mod error;
 mod limits;
 mod lookup;
 mod org;
+mod read;
 #[cfg(test)]
 mod secrets_tests;
 mod task;
+mod write;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use self::auth::TokenSource;
+use self::batch::Batcher;
 use self::error::{classify, error_code};
 use self::limits::Governor;
-use self::lookup::Match;
-use self::task::TaskWrite;
-use super::http::{retry_after, transport_error, truncate};
+use self::write::{Known, Pending};
+use super::http::{retry_after, transport_error};
 use super::{Crm, CrmError, CrmEvent};
 use crate::config::SalesforceSettings;
-use crate::contract::{Event, Guid, PhoneNumber};
+use crate::contract::{Event, Guid};
 
 pub use self::auth::JWT_BEARER_GRANT;
 pub use self::limits::HEADER as LIMIT_INFO_HEADER;
@@ -38,7 +44,11 @@ pub struct SalesforceCrm {
     client: reqwest::Client,
     tokens: TokenSource,
     governor: Governor,
-    lookups: lookup::Cache,
+    /// Shared by every connection to the same org.
+    lookups: Arc<lookup::Cache>,
+    /// Task writes of concurrent events, gathered into one request.
+    batcher: Batcher<Pending>,
+    known: Known,
     dispositions: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     /// When reading the picklist last failed.
     describe_failed: std::sync::Mutex<Option<Instant>>,
@@ -51,7 +61,6 @@ const DESCRIBE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// An answer the caller wants to see, successful or listed in `accept`.
 struct Answer {
-    status: StatusCode,
     body: bytes::Bytes,
 }
 
@@ -73,7 +82,12 @@ impl SalesforceCrm {
             name: name.to_owned(),
             tokens: TokenSource::new(settings, client.clone())?,
             governor: Governor::new(name, settings.max_api_usage, settings.limit_retry_after),
-            lookups: lookup::Cache::new(settings.lookup.cache_for),
+            lookups: lookup::shared(
+                &format!("{} {}", settings.login_url, settings.client_id),
+                settings.lookup.cache_for,
+            ),
+            batcher: Batcher::new(settings.batch.max_records, settings.batch.max_wait),
+            known: Known::new(),
             settings: settings.clone(),
             client,
             dispositions: tokio::sync::Mutex::new(None),
@@ -129,7 +143,7 @@ impl SalesforceCrm {
             let retry = retry_after(response.headers());
             let body = response.bytes().await.map_err(transport_error)?;
             if status.is_success() || accept.contains(&status) {
-                return Ok(Answer { status, body });
+                return Ok(Answer { body });
             }
             let text = String::from_utf8_lossy(&body);
             // 401 INVALID_SESSION_ID: the session expired or was revoked. One
@@ -156,164 +170,33 @@ impl SalesforceCrm {
         let Some(write) = task::task_write(&event.event, event.published, &self.settings) else {
             return Ok(());
         };
-        self.write_task(&event.event, write).await
-    }
-
-    async fn write_task(&self, event: &Event, mut w: TaskWrite) -> Result<(), CrmError> {
         let conversation = event
+            .event
             .conversation_id()
             .expect("task writes are for call events")
-            .as_str();
-        if let Some(number) = w.lookup.take().filter(|_| self.settings.lookup.enabled) {
-            // WhoId is an enrichment: a search the org refuses must not cost
-            // the Task; a transient failure is worth the event's retry.
-            let matches = match self.lookup(&number).await {
-                Ok(matches) => matches,
-                Err(CrmError::Permanent { reason, .. }) => {
-                    tracing::warn!(crm = %self.name, conversation, %reason, "Caller lookup refused; Task written without WhoId.");
-                    Vec::new()
-                }
-                Err(transient) => return Err(transient),
-            };
-            match matches.as_slice() {
-                [one] => {
-                    w.fields
-                        .insert("WhoId".into(), Value::String(one.id.clone()));
-                }
-                [] => {
-                    tracing::debug!(crm = %self.name, conversation, "No record matches the caller.")
-                }
-                many => {
-                    let listed: Vec<String> = many
-                        .iter()
-                        .map(|m| format!("{}:{}", m.object, m.id))
-                        .collect();
-                    tracing::info!(
-                        crm = %self.name,
-                        conversation,
-                        matches = %listed.join(", "),
-                        "Several records match the caller; WhoId left for the agent."
-                    );
-                    if let Some(field) = &self.settings.lookup.matches_field {
-                        w.fields
-                            .insert(field.clone(), Value::String(listed.join(", ")));
-                    }
-                }
-            }
-            if let (Event::CallIncoming(_), Some(api_name)) =
-                (event, &self.settings.lookup.screen_pop_event)
-            {
-                // A screen pop is only useful while the call rings: a failed
-                // one is logged, never retried with the event.
-                if let Err(e) = self
-                    .screen_pop(api_name, conversation, &number, &matches)
-                    .await
-                {
-                    tracing::warn!(crm = %self.name, conversation, error = %e, "Screen pop not published.");
-                }
-            }
+            .as_str()
+            .to_owned();
+        for (field, length) in &write.cut {
+            tracing::warn!(crm = %self.name, conversation, field, length, "Value longer than Salesforce accepts; cut, the call is logged.");
         }
-        let external_id = &self.settings.external_id_field;
-        let task_path = self.data_path(&format!("sobjects/Task/{external_id}/{conversation}"));
-        if !w.fill.is_empty() {
-            let fields: Vec<&str> = w.fill.keys().map(String::as_str).collect();
-            let read = self
-                .call(
-                    Method::GET,
-                    &task_path,
-                    &[("fields", &fields.join(","))],
-                    None,
-                    &[StatusCode::NOT_FOUND],
-                )
-                .await?;
-            let current = match read.json() {
-                Value::Object(record) if read.status.is_success() => record,
-                _ => Map::new(),
-            };
-            w.resolve_fill(&current);
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            conversation,
+            order: (event.published, event.sequence),
+            ringing: matches!(event.event, Event::CallIncoming(_)),
+            write,
+            reply,
+        };
+        if let Some(leader) = self.batcher.join(pending) {
+            let batch = leader.gather().await;
+            self.flush(batch).await;
         }
-        if !w.create_only.is_empty() {
-            let mut body = w.fields.clone();
-            body.extend(std::mem::take(&mut w.create_only));
-            body.insert(external_id.clone(), Value::String(conversation.to_owned()));
-            let create_path = self.data_path("sobjects/Task");
-            let created = self
-                .call(
-                    Method::POST,
-                    &create_path,
-                    &[],
-                    Some(&Value::Object(body)),
-                    &[StatusCode::BAD_REQUEST],
-                )
-                .await?;
-            if created.status.is_success() {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&created.body);
-            if error_code(&text).as_deref() != Some("DUPLICATE_VALUE") {
-                return Err(classify(
-                    created.status,
-                    None,
-                    &text,
-                    self.settings.limit_retry_after,
-                ));
-            }
-            // The Task exists already (a later event came first): enrich it.
-        }
-        self.call(
-            Method::PATCH,
-            &task_path,
-            &[],
-            Some(&Value::Object(w.fields)),
-            &[],
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Records matching the number (cached).
-    async fn lookup(&self, number: &PhoneNumber) -> Result<Vec<Match>, CrmError> {
-        if let Some(matches) = self.lookups.get(number) {
-            return Ok(matches);
-        }
-        let sosl = lookup::sosl(number, &self.settings.lookup);
-        let answer = self
-            .call(
-                Method::GET,
-                &self.data_path("search/"),
-                &[("q", &sosl)],
-                None,
-                &[],
-            )
-            .await?;
-        let matches = serde_json::from_slice::<lookup::SearchResponse>(&answer.body)
-            .map(lookup::SearchResponse::matches)
-            .map_err(|e| CrmError::Permanent {
-                reason: format!("unreadable Salesforce search answer: {e}"),
-                detail: Some(truncate(&String::from_utf8_lossy(&answer.body))),
-            })?;
-        self.lookups.put(number, matches.clone());
-        Ok(matches)
-    }
-
-    /// Publishes the matches as a Platform Event, for a Lightning component to pop.
-    async fn screen_pop(
-        &self,
-        api_name: &str,
-        conversation: &str,
-        number: &PhoneNumber,
-        matches: &[Match],
-    ) -> Result<(), CrmError> {
-        let body = json!({
-            "Conversation_Id__c": conversation,
-            "Caller_Number__c": number.as_str(),
-            "Match_Count__c": matches.len(),
-            "Matches__c": serde_json::to_string(matches).unwrap_or_default(),
-        });
-        let path = self.data_path(&format!("sobjects/{api_name}/"));
-        self.call(Method::POST, &path, &[], Some(&body), &[])
-            .await
-            .map(drop)
+        result.await.unwrap_or_else(|_| {
+            Err(CrmError::Unavailable {
+                reason: "the batch holding this write was abandoned".into(),
+                retry_after: None,
+            })
+        })
     }
 }
 
@@ -325,6 +208,11 @@ impl Crm for SalesforceCrm {
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.handle_event(event))
+    }
+
+    fn concurrency(&self) -> Option<usize> {
+        // A batch fills only with as many events in flight.
+        Some(self.settings.batch.max_records)
     }
 
     fn dispositions<'a>(

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use wiremock::matchers::{method, path};
+use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
@@ -50,15 +50,16 @@ async fn org() -> MockServer {
         })))
         .mount(&server)
         .await;
-    // Every API call: the session is refused, then (after the refresh) the write.
-    Mock::given(method("PATCH"))
+    // Every API call: the session is refused, then (after the refresh) the
+    // first call (the Task's read) is refused.
+    Mock::given(path_regex("^/services/data/"))
         .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!([
             {"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}
         ])))
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("PATCH"))
+    Mock::given(path_regex("^/services/data/"))
         .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!([
             {"message": "No such column 'X__c'", "errorCode": "INVALID_FIELD"}
         ])))

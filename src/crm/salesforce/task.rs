@@ -11,8 +11,13 @@
 //! - `CallDisposition` and `Description` are the agent's words: notes_submitted
 //!   (the later, authoritative word) writes them, while ended and rejected only
 //!   *fill* them where the Task has none yet (one read before the write);
-//! - `TaskSubtype` cannot be updated in Salesforce, so only the opening events
-//!   (incoming, outbound_initiated) send it, on a create-only path.
+//! - notes_submitted stamps the Task (`notes_at_field`) with its
+//!   `publishedAt`, and writes only over notes published no later: a retried
+//!   older notes_submitted never overwrites the agent's later word;
+//! - `TaskSubtype` cannot be updated in Salesforce, so every event that may
+//!   create the Task sends it on a create-only path;
+//! - values longer than the org accepts are cut with a marker, so the call
+//!   is still logged.
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -31,10 +36,19 @@ pub(crate) struct TaskWrite {
     pub create_only: Map<String, Value>,
     /// The other party's number, to look up for `WhoId`.
     pub lookup: Option<PhoneNumber>,
+    /// When the event was published, if it writes the agent's word
+    /// (notes_submitted).
+    pub word_at: Option<OffsetDateTime>,
+    /// Values cut to what the org accepts: (field, original length).
+    pub cut: Vec<(String, usize)>,
 }
 
 const DISPOSITION: &str = "CallDisposition";
 const NOTES: &str = "Description";
+/// Appended to a value cut to fit its field.
+pub(crate) const CUT_MARKER: &str = "…[truncated]";
+/// `CallDurationInSeconds` is an integer field.
+const MAX_DURATION: f64 = i32::MAX as f64;
 
 /// The Task write for a call event; `None` for events that are not about a call.
 pub(crate) fn task_write(
@@ -47,6 +61,10 @@ pub(crate) fn task_write(
     w.set("CallObject", conversation.as_str());
     w.map(s, "partnerId", event.partner_id().map(|p| p.as_str()));
     let date = published.date().to_string();
+    // Any call event may be the first the org sees (replicas race, or the
+    // softphone never sent the opening one): each creates the Task as a call.
+    w.create_only
+        .insert("TaskSubtype".into(), Value::String("Call".into()));
     match event {
         Event::CallIncoming(e) => {
             w.open(CallType::Inbound, &date);
@@ -105,9 +123,13 @@ pub(crate) fn task_write(
             w.set("Type", "Call");
             w.set("Status", &s.completed_status);
             if let Some(seconds) = e.duration {
+                if seconds > MAX_DURATION {
+                    w.cut
+                        .push(("CallDurationInSeconds".into(), seconds as usize));
+                }
                 w.fields.insert(
                     "CallDurationInSeconds".into(),
-                    (seconds.round() as u64).into(),
+                    (seconds.round().min(MAX_DURATION) as u64).into(),
                 );
             }
             w.fill(DISPOSITION, e.disposition.as_deref());
@@ -116,10 +138,68 @@ pub(crate) fn task_write(
         Event::CallNotesSubmitted(e) => {
             w.set_some(DISPOSITION, e.disposition.as_deref());
             w.set_some(NOTES, e.notes.as_deref());
+            w.word_at = Some(published);
         }
         Event::Loaded(_) | Event::AgentStatusChanged(_) => return None,
     }
+    w.fit(s);
     Some(w)
+}
+
+/// The most characters the org accepts in a Task field, where known.
+fn max_length(field: &str, s: &SalesforceSettings) -> Option<usize> {
+    if let Some(n) = s.field_lengths.get(field) {
+        return Some(*n);
+    }
+    match field {
+        NOTES => Some(32_000),
+        DISPOSITION | "Subject" | "CallObject" => Some(255),
+        _ if s.task_fields.values().any(|f| f == field) => Some(255),
+        _ => None,
+    }
+}
+
+/// `value` cut to `max` characters, the marker included.
+pub(crate) fn cut(value: &str, max: usize) -> String {
+    let marker = CUT_MARKER.chars().count();
+    let keep = max.saturating_sub(marker);
+    let mut out: String = value.chars().take(keep).collect();
+    out.push_str(&CUT_MARKER.chars().take(max - keep).collect::<String>());
+    out
+}
+
+/// Milliseconds since the epoch of a Salesforce DateTime
+/// (`2026-11-24T18:11:35.123Z`, or `...+0000` as the org answers).
+pub(crate) fn parse_at(value: &Value) -> Option<i128> {
+    let text = value.as_str()?;
+    let mut normal = text.to_owned();
+    let bytes = text.as_bytes();
+    if bytes.len() > 5
+        && matches!(bytes[bytes.len() - 5], b'+' | b'-')
+        && bytes[bytes.len() - 4..].iter().all(u8::is_ascii_digit)
+    {
+        normal.insert(text.len() - 2, ':');
+    }
+    OffsetDateTime::parse(&normal, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos() / 1_000_000)
+}
+
+/// A Salesforce DateTime to the millisecond, as [`parse_at`] reads it.
+pub(crate) fn format_at(at: OffsetDateTime) -> String {
+    let ms = at.unix_timestamp_nanos() / 1_000_000;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap_or(at);
+    let t = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 impl TaskWrite {
@@ -161,19 +241,55 @@ impl TaskWrite {
     fn open(&mut self, call_type: CallType, date: &str) {
         self.direction(call_type);
         self.set("ActivityDate", date);
-        self.create_only
-            .insert("TaskSubtype".into(), Value::String("Call".into()));
     }
 
-    /// Keeps the fill values the Task (as read) has no value for, as plain fields.
-    pub fn resolve_fill(&mut self, current: &Map<String, Value>) {
+    /// Cuts every value longer than its field accepts, noting it in `cut`.
+    fn fit(&mut self, s: &SalesforceSettings) {
+        for map in [&mut self.fields, &mut self.fill] {
+            for (field, value) in map.iter_mut() {
+                let (Some(max), Value::String(text)) = (max_length(field, s), &*value) else {
+                    continue;
+                };
+                let len = text.chars().count();
+                if len > max {
+                    self.cut.push((field.clone(), len));
+                    *value = Value::String(cut(text, max));
+                }
+            }
+        }
+    }
+
+    /// Whether the Task must be read before this write.
+    pub fn needs_read(&self, notes_at: &str) -> bool {
+        !self.fill.is_empty() || (!notes_at.is_empty() && self.word_at.is_some())
+    }
+
+    /// Decides the agent's word against the Task as read (`current`): a
+    /// word stamped later on the Task stays, a fill value goes only where the
+    /// Task has none; a word written is stamped with its event's time.
+    pub fn resolve(&mut self, current: &Map<String, Value>, notes_at: &str) {
+        let stored = (!notes_at.is_empty())
+            .then(|| current.get(notes_at).and_then(parse_at))
+            .flatten();
+        let at = self.word_at.map(|t| t.unix_timestamp_nanos() / 1_000_000);
+        if matches!((stored, at), (Some(stored), Some(at)) if stored > at) {
+            self.fields.remove(DISPOSITION);
+            self.fields.remove(NOTES);
+        }
+        let wrote = [DISPOSITION, NOTES]
+            .iter()
+            .any(|f| self.fields.contains_key(*f));
+        if let (true, false, Some(at)) = (wrote, notes_at.is_empty(), self.word_at) {
+            self.fields
+                .insert(notes_at.to_owned(), Value::String(format_at(at)));
+        }
         for (field, value) in std::mem::take(&mut self.fill) {
             let empty = match current.get(&field) {
                 None | Some(Value::Null) => true,
                 Some(Value::String(s)) => s.trim().is_empty(),
                 Some(_) => false,
             };
-            if empty {
+            if empty && !self.fields.contains_key(&field) {
                 self.fields.insert(field, value);
             }
         }
@@ -201,17 +317,29 @@ mod tests {
         toml::from_str(toml).unwrap()
     }
 
+    /// The event's write, published in the usual order of a call's events.
     fn write(kind: EventKind, extra: &str) -> TaskWrite {
+        let second = match kind {
+            EventKind::CallIncoming | EventKind::CallOutboundInitiated => 0,
+            EventKind::CallAccepted => 1,
+            EventKind::CallEnded | EventKind::CallRejected => 2,
+            _ => 3,
+        };
+        write_at(kind, extra, second)
+    }
+
+    fn write_at(kind: EventKind, extra: &str, second: i64) -> TaskWrite {
         let body = format!(r#"{{"partnerId":"{PARTNER}","conversationId":"{CONV}"{extra}}}"#);
         let event = Event::decode(kind, body.as_bytes()).unwrap();
-        task_write(&event, OffsetDateTime::UNIX_EPOCH, &settings()).unwrap()
+        let published = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(second);
+        task_write(&event, published, &settings()).unwrap()
     }
 
     /// Applies writes in order as Salesforce would (fill after a read).
     fn apply(writes: Vec<TaskWrite>) -> Map<String, Value> {
         let mut task = Map::new();
         for mut w in writes {
-            w.resolve_fill(&task);
+            w.resolve(&task, "Notes_At__c");
             if task.is_empty() {
                 task.extend(w.create_only);
             }
@@ -276,12 +404,14 @@ mod tests {
             ]
         };
         let in_order = apply(events());
+        assert_eq!(in_order["TaskSubtype"], "Call");
+        assert_eq!(in_order["Notes_At__c"], "1970-01-01T00:00:03.000Z");
         assert_eq!(in_order["Status"], "Completed");
         assert_eq!(in_order["CallDisposition"], "Callback");
         assert_eq!(in_order["Description"], "final");
         assert_eq!(in_order["CallDurationInSeconds"], 62);
-        // Every permutation of the four: same fields (TaskSubtype aside, which
-        // only a creating incoming can set).
+        // Every permutation of the four: same fields, TaskSubtype included
+        // (whichever event creates the Task creates it as a call).
         let orders = [
             [3, 2, 1, 0],
             [2, 3, 0, 1],
@@ -292,11 +422,7 @@ mod tests {
         for order in orders {
             let mut writes: Vec<Option<TaskWrite>> = events().into_iter().map(Some).collect();
             let got = apply(order.iter().map(|&i| writes[i].take().unwrap()).collect());
-            let strip = |mut m: Map<String, Value>| {
-                m.remove("TaskSubtype");
-                m
-            };
-            assert_eq!(strip(got), strip(in_order.clone()), "{order:?}");
+            assert_eq!(got, in_order, "{order:?}");
         }
         // A redelivery changes nothing.
         let mut again = events();
@@ -305,5 +431,68 @@ mod tests {
             r#","ivrExitPath":"billing""#,
         ));
         assert_eq!(apply(again), in_order);
+    }
+
+    #[test]
+    fn the_latest_word_wins_whatever_is_retried_after_it() {
+        let newer = write_at(EventKind::CallNotesSubmitted, r#","notes":"newer""#, 20);
+        let older = write_at(EventKind::CallNotesSubmitted, r#","notes":"older""#, 10);
+        let late_ended = write_at(EventKind::CallEnded, r#","notes":"at the end""#, 5);
+        let task = apply(vec![newer, older, late_ended]);
+        assert_eq!(task["Description"], "newer");
+        assert_eq!(task["Notes_At__c"], "1970-01-01T00:00:20.000Z");
+        // ended only fills: notes submitted during the call stay.
+        let during = write_at(EventKind::CallNotesSubmitted, r#","notes":"during""#, 1);
+        let ended = write_at(EventKind::CallEnded, r#","notes":"final""#, 2);
+        assert_eq!(apply(vec![during, ended])["Description"], "during");
+        // The org's own format of the stamp reads the same.
+        assert_eq!(
+            parse_at(&Value::String("1970-01-01T00:00:20.000+0000".into())),
+            Some(20_000)
+        );
+    }
+
+    #[test]
+    fn values_the_org_would_refuse_are_cut_with_a_marker() {
+        let notes = "n".repeat(40_000);
+        let disposition = "d".repeat(300);
+        let w = write(
+            EventKind::CallEnded,
+            &format!(r#","notes":"{notes}","disposition":"{disposition}","duration":1e12"#),
+        );
+        let description = w.fill["Description"].as_str().unwrap();
+        assert_eq!(description.chars().count(), 32_000);
+        assert!(description.ends_with(CUT_MARKER));
+        assert_eq!(
+            w.fill["CallDisposition"].as_str().unwrap().chars().count(),
+            255
+        );
+        assert_eq!(w.fields["CallDurationInSeconds"], i32::MAX as u64);
+        let cut: Vec<&str> = w.cut.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(cut.len(), 3, "{cut:?}");
+        let w = write(
+            EventKind::CallAccepted,
+            &format!(r#","ivrExitPath":"{}""#, "é".repeat(300)),
+        );
+        assert_eq!(
+            w.fields["Ivr_Exit__c"].as_str().unwrap().chars().count(),
+            255
+        );
+    }
+
+    #[test]
+    fn every_call_event_creates_the_task_as_a_call() {
+        for (kind, extra) in [
+            (EventKind::CallAccepted, ""),
+            (EventKind::CallEnded, ""),
+            (EventKind::CallRejected, r#","reason":"active""#),
+            (EventKind::CallNotesSubmitted, r#","notes":"n""#),
+        ] {
+            assert_eq!(
+                write(kind, extra).create_only["TaskSubtype"],
+                "Call",
+                "{kind}"
+            );
+        }
     }
 }

@@ -109,15 +109,20 @@ impl HttpApp {
         token: &str,
         key: Option<&str>,
     ) -> reqwest::Response {
-        let mut request = self
+        post_command(&self.http, self.addr, softphone, body, token, key).await
+    }
+
+    /// The registry's entry of `softphone` as the unscoped token sees it.
+    pub async fn entry(&self, softphone: &str) -> serde_json::Value {
+        let response = self
             .http
-            .post(self.url(&format!("/v1/softphones/{softphone}/commands")))
-            .bearer_auth(token)
-            .json(body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        request.send().await.expect("the API answers")
+            .get(self.url(&format!("/v1/softphones/{softphone}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(response.status(), 200, "{softphone} is in the registry");
+        response.json().await.expect("an entry")
     }
 
     /// Publishes `softphone.loaded` and waits until the registry has the softphone.
@@ -133,4 +138,46 @@ impl HttpApp {
     pub async fn stop(self) -> Nats {
         self.app.stop().await
     }
+}
+
+/// POSTs a command to the API at `addr` (any replica) as a CRM would.
+pub async fn post_command(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    softphone: &str,
+    body: &serde_json::Value,
+    token: &str,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut request = http
+        .post(format!("http://{addr}/v1/softphones/{softphone}/commands"))
+        .bearer_auth(token)
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.expect("the API answers")
+}
+
+/// The problem document of an error answer, after checking its status and type.
+pub async fn problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let doc: serde_json::Value = response.json().await.expect("problem+json body");
+    assert_eq!(doc["status"], status);
+    assert!(
+        doc["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:softphone-bridge:problem:"),
+        "{doc}"
+    );
+    assert!(!doc["title"].as_str().unwrap().is_empty());
+    for secret in [TOKEN, PARTNER_TOKEN] {
+        assert!(!doc.to_string().contains(secret), "a token leaked: {doc}");
+    }
+    doc
 }

@@ -232,3 +232,68 @@ pub async fn commands_for(js: &jetstream::Context, softphone: &str) -> u64 {
     }
     total
 }
+
+/// A JetStream consumer of one softphone's commands, as the README's softphone
+/// example makes it: explicit acks, every message the stream still holds.
+pub async fn command_consumer(
+    js: &jetstream::Context,
+    softphone: &str,
+) -> jetstream::consumer::PullConsumer {
+    js.get_stream(softphone_bridge::contract::COMMANDS_STREAM)
+        .await
+        .expect("commands stream exists")
+        .create_consumer(consumer::pull::Config {
+            filter_subject: format!("softphone.cmd.{softphone}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("a command consumer")
+}
+
+/// Every message `consumer` has received or would receive now.
+pub async fn consumer_total(consumer: &mut jetstream::consumer::PullConsumer) -> u64 {
+    let info = consumer.info().await.expect("consumer info");
+    info.num_pending + info.delivered.consumer_sequence
+}
+
+/// The messages a core subscription has received so far: after a round trip
+/// on `client`, everything the server sent it before is in the subscription.
+pub async fn core_received(
+    client: &async_nats::Client,
+    subscription: &mut async_nats::Subscriber,
+) -> Vec<async_nats::Message> {
+    use futures::FutureExt;
+    client.flush().await.expect("a round trip");
+    let mut received = Vec::new();
+    while let Some(Some(message)) = subscription.next().now_or_never() {
+        received.push(message);
+    }
+    received
+}
+
+/// A NATS service reply: the error code, and the JSON answer (the problem
+/// document of an error reply, which travels in its `Softphone-Problem` header).
+pub fn service_reply(reply: &async_nats::Message) -> (Option<u16>, serde_json::Value) {
+    let header = |name: &str| {
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    match header("Nats-Service-Error-Code") {
+        Some(code) => {
+            let problem = header("Softphone-Problem").expect("an error reply carries its problem");
+            assert!(reply.payload.is_empty(), "a service error has no body");
+            (
+                Some(code.parse().expect("a numeric code")),
+                serde_json::from_str(&problem).expect("a problem document"),
+            )
+        }
+        None => (
+            None,
+            serde_json::from_slice(&reply.payload).expect("a JSON reply"),
+        ),
+    }
+}

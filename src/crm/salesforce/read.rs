@@ -1,0 +1,224 @@
+//! The reads a batch of Task writes depends on, in one request: a SOSL
+//! search per distinct uncached caller number and one SOQL `IN` query for the
+//! Tasks whose notes must be read first; then the matches applied (`WhoId`,
+//! several recorded) and the ringing calls' screen pops published.
+
+use std::collections::HashMap;
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::SalesforceCrm;
+use super::composite::{Sub, SubResult};
+use super::lookup::{self, Match};
+use super::task::TaskWrite;
+use super::write::{Group, request_failure};
+use crate::contract::PhoneNumber;
+use crate::crm::CrmError;
+
+impl SalesforceCrm {
+    /// Caller lookups and the Task reads, in one request; fills in matches,
+    /// screen pops and each group's current record (or its failure).
+    pub(super) async fn read(&self, groups: &mut [Group]) {
+        let notes_at = self.settings.notes_at_field.as_str();
+        let mut numbers: Vec<PhoneNumber> = Vec::new();
+        let mut cached: HashMap<String, Vec<Match>> = HashMap::new();
+        if self.settings.lookup.enabled {
+            for number in groups
+                .iter()
+                .flat_map(|g| &g.items)
+                .filter_map(|i| i.write.lookup.as_ref())
+            {
+                if cached.contains_key(number.as_str()) || numbers.contains(number) {
+                    continue;
+                }
+                match self.lookups.get(number) {
+                    Some(matches) => {
+                        cached.insert(number.as_str().to_owned(), matches);
+                    }
+                    None => numbers.push(number.clone()),
+                }
+            }
+        }
+        let to_read: Vec<&str> = groups
+            .iter()
+            .filter(|g| g.items.iter().any(|i| i.write.needs_read(notes_at)))
+            .map(|g| g.conversation.as_str())
+            .collect();
+        let mut subs: Vec<Sub> = numbers
+            .iter()
+            .map(|n| Sub {
+                method: Method::GET,
+                path: "search/".into(),
+                query: vec![("q", lookup::sosl(n, &self.settings.lookup))],
+                body: None,
+            })
+            .collect();
+        if !to_read.is_empty() {
+            subs.push(Sub {
+                method: Method::GET,
+                path: "query/".into(),
+                query: vec![("q", self.soql(&to_read))],
+                body: None,
+            });
+        }
+        let reading = !to_read.is_empty();
+        let to_read: Vec<String> = to_read.into_iter().map(str::to_owned).collect();
+        let mut results = if subs.is_empty() {
+            Vec::new()
+        } else {
+            self.send(subs).await
+        };
+        let read: Option<SubResult> = reading.then(|| results.pop().expect("one per sub"));
+        // Lookups: a refused search leaves WhoId empty; other failures are
+        // the events' (held or retried with them).
+        let mut lookup_failures: HashMap<String, CrmError> = HashMap::new();
+        for (number, result) in numbers.iter().zip(results) {
+            let parsed = result.and_then(|body| {
+                serde_json::from_value::<lookup::SearchResponse>(body)
+                    .map(lookup::SearchResponse::matches)
+                    .map_err(|e| CrmError::Permanent {
+                        reason: format!("unreadable Salesforce search answer: {e}"),
+                        detail: None,
+                    })
+            });
+            match parsed {
+                Ok(matches) => {
+                    self.lookups.put(number, matches.clone());
+                    cached.insert(number.as_str().to_owned(), matches);
+                }
+                Err(CrmError::Permanent { reason, .. }) => {
+                    tracing::warn!(crm = %self.name, number = number.as_str(), %reason, "Caller lookup refused; Task written without WhoId.");
+                    cached.insert(number.as_str().to_owned(), Vec::new());
+                }
+                Err(e) => {
+                    lookup_failures.insert(number.as_str().to_owned(), e);
+                }
+            }
+        }
+        let records: Result<HashMap<String, Map<String, Value>>, CrmError> = match read {
+            None => Ok(HashMap::new()),
+            Some(result) => result.map(|body| self.records_by_id(body)),
+        };
+        let mut pops = Vec::new();
+        for group in groups.iter_mut() {
+            if to_read.contains(&group.conversation) {
+                match &records {
+                    Ok(records) => {
+                        if let Some(record) = records.get(&group.conversation) {
+                            group.record = record.clone();
+                            group.exists = true;
+                        }
+                    }
+                    Err(e) => group.failure = Some(request_failure(e.clone(), to_read.len())),
+                }
+            }
+            for item in &mut group.items {
+                let Some(number) = item.write.lookup.take() else {
+                    continue;
+                };
+                if !self.settings.lookup.enabled {
+                    continue;
+                }
+                if let Some(e) = lookup_failures.get(number.as_str()) {
+                    group.failure.get_or_insert_with(|| e.clone());
+                    continue;
+                }
+                let matches = cached.get(number.as_str()).cloned().unwrap_or_default();
+                self.apply_matches(&group.conversation, &mut item.write, &matches);
+                if item.ringing
+                    && let Some(api_name) = &self.settings.lookup.screen_pop_event
+                {
+                    pops.push(json!({
+                        "attributes": {"type": api_name},
+                        "Conversation_Id__c": group.conversation,
+                        "Caller_Number__c": number.as_str(),
+                        "Match_Count__c": matches.len(),
+                        "Matches__c": serde_json::to_string(&matches).unwrap_or_default(),
+                    }));
+                }
+            }
+        }
+        if !pops.is_empty() {
+            self.screen_pops(pops).await;
+        }
+    }
+
+    /// `SELECT <ext>, CallDisposition, Description, <notes_at> FROM Task WHERE <ext> IN (...)`.
+    fn soql(&self, conversations: &[&str]) -> String {
+        let ext = &self.settings.external_id_field;
+        let mut fields = vec![ext.as_str(), "CallDisposition", "Description"];
+        if !self.settings.notes_at_field.is_empty() {
+            fields.push(&self.settings.notes_at_field);
+        }
+        let ids: Vec<String> = conversations
+            .iter()
+            .map(|c| format!("'{}'", c.replace('\\', "\\\\").replace('\'', "\\'")))
+            .collect();
+        format!(
+            "SELECT {} FROM Task WHERE {ext} IN ({})",
+            fields.join(", "),
+            ids.join(", ")
+        )
+    }
+
+    fn records_by_id(&self, body: Value) -> HashMap<String, Map<String, Value>> {
+        let ext = &self.settings.external_id_field;
+        body["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let record = r.as_object()?.clone();
+                let id = record.get(ext)?.as_str()?.to_owned();
+                Some((id, record))
+            })
+            .collect()
+    }
+
+    fn apply_matches(&self, conversation: &str, w: &mut TaskWrite, matches: &[Match]) {
+        match matches {
+            [one] => {
+                w.fields
+                    .insert("WhoId".into(), Value::String(one.id.clone()));
+            }
+            [] => tracing::debug!(crm = %self.name, conversation, "No record matches the caller."),
+            many => {
+                let listed: Vec<String> = many
+                    .iter()
+                    .map(|m| format!("{}:{}", m.object, m.id))
+                    .collect();
+                tracing::info!(crm = %self.name, conversation, matches = %listed.join(", "), "Several records match the caller; WhoId left for the agent.");
+                if let Some(field) = &self.settings.lookup.matches_field {
+                    w.fields
+                        .insert(field.clone(), Value::String(listed.join(", ")));
+                }
+            }
+        }
+    }
+
+    /// Screen pops are only useful while the call rings: one request for the
+    /// batch's, and a refused one is logged, never retried.
+    async fn screen_pops(&self, records: Vec<Value>) {
+        let count = records.len();
+        let body = json!({"allOrNone": false, "records": records});
+        let sub = Sub {
+            method: Method::POST,
+            path: "composite/sobjects".into(),
+            query: Vec::new(),
+            body: Some(body),
+        };
+        match self.send(vec![sub]).await.pop().expect("one result") {
+            Ok(results) => {
+                for result in results.as_array().into_iter().flatten() {
+                    if result["success"] != true {
+                        tracing::warn!(crm = %self.name, errors = %result["errors"], "Screen pop not published.");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(crm = %self.name, count, error = %e, "Screen pops not published.")
+            }
+        }
+    }
+}
