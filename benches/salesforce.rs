@@ -28,12 +28,11 @@ use async_nats::jetstream;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
 use softphone_bridge::{broker, startup::Application};
-use testcontainers::core::{ContainerPort, Mount, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio_util::sync::CancellationToken;
 
 use fake_salesforce::FakeSalesforce;
+
+mod common;
 
 const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
 
@@ -44,22 +43,6 @@ const LIFECYCLE: [(EventKind, u64); 4] = [
     (EventKind::CallEnded, 1000),
     (EventKind::CallNotesSubmitted, 1500),
 ];
-
-async fn nats() -> (ContainerAsync<GenericImage>, String) {
-    let image = std::env::var("SOFTPHONE_NATS_IMAGE")
-        .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".into());
-    let (name, tag) = image.rsplit_once(':').expect("image:tag");
-    let container = GenericImage::new(name, tag)
-        .with_exposed_port(ContainerPort::Tcp(4222))
-        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-        .with_cmd(["--jetstream", "--store_dir", "/data"])
-        .with_mount(Mount::tmpfs_mount("/data"))
-        .start()
-        .await
-        .expect("NATS starts (run deploy/nats-image.sh)");
-    let port = container.get_host_port_ipv4(4222).await.unwrap();
-    (container, format!("nats://127.0.0.1:{port}"))
-}
 
 /// `batch.max_wait` of the runs.
 fn max_wait() -> Duration {
@@ -126,7 +109,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run(rate: f64, calls: usize, max_records: usize) -> Row {
-    let (container, url) = nats().await;
+    let (container, url) = common::start_nats().await;
     let sf = FakeSalesforce::start().await;
     let settings = settings(&url, &sf, max_records);
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());

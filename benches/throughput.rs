@@ -62,10 +62,10 @@ use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
 use softphone_bridge::crm::CrmEvent;
 use softphone_bridge::{Application, broker, pipeline};
-use testcontainers::core::{ContainerPort, Mount, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, GenericImage};
 use tokio_util::sync::CancellationToken;
+
+mod common;
 
 /// The bridge's `worker.concurrency`, and the raw POST's.
 const CONCURRENCY: usize = 32;
@@ -393,21 +393,8 @@ struct Nats {
 
 impl Nats {
     async fn start() -> Self {
-        let image = std::env::var("SOFTPHONE_NATS_IMAGE")
-            .unwrap_or_else(|_| "softphone-bridge/nats:2.12.8".into());
-        let (name, tag) = image.rsplit_once(':').expect("image:tag");
-        let container = GenericImage::new(name, tag)
-            .with_exposed_port(ContainerPort::Tcp(4222))
-            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-            .with_cmd(["--jetstream", "--store_dir", "/data"])
-            // The store in memory-backed files: what is measured is the
-            // bridge and NATS, not the container's storage driver.
-            .with_mount(Mount::tmpfs_mount("/data"))
-            .start()
-            .await
-            .expect("NATS starts (run deploy/nats-image.sh)");
+        let (container, url) = common::start_nats().await;
         let port = container.get_host_port_ipv4(4222).await.unwrap();
-        let url = format!("nats://127.0.0.1:{port}");
         let client = async_nats::connect(&url).await.unwrap();
         let pid = std::process::Command::new("docker")
             .args(["inspect", "-f", "{{.State.Pid}}", container.id()])

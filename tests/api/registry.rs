@@ -218,15 +218,7 @@ async fn a_spoofed_load_cannot_widen_a_tokens_reach() {
             .status(),
         StatusCode::ACCEPTED
     );
-    let metrics = app
-        .http
-        .get(app.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("softphone_bridge_partner_conflicts_total 1"),
         "{metrics}"

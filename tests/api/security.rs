@@ -369,15 +369,7 @@ async fn slow_unauthenticated_uploads_do_not_starve_authenticated_requests() {
         .send()
         .await
         .unwrap();
-    let metrics = app
-        .http
-        .get(app.ops_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(!metrics.contains("BREW"), "{metrics}");
     assert!(metrics.contains(r#"method="other""#), "{metrics}");
     app.stop().await;

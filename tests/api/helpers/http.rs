@@ -85,6 +85,16 @@ impl HttpApp {
         format!("http://{}{path}", self.ops)
     }
 
+    /// What `/metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.ops_url("/metrics")).send().await;
+        response
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The readiness status code.
     pub async fn readyz(&self) -> u16 {
         match self.http.get(self.ops_url("/readyz")).send().await {
