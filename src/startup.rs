@@ -128,11 +128,18 @@ impl Application {
             self.readiness.set_bound(true);
             self.consume(consumers, shutdown).await;
         }
+        // Shutdown was asked for. A task still setting up on a NATS that is
+        // unreachable would wait for ever: each gets the NATS request timeout.
+        let grace = self.settings.nats.request_timeout;
         if let Some(http) = http {
             report("HTTP server", http.await);
         }
-        report("NATS command service", service.await);
-        report("Heartbeat listener", heartbeats.await);
+        let (service, heartbeats) = tokio::join!(
+            ended_within(service, grace),
+            ended_within(heartbeats, grace)
+        );
+        report("NATS command service", service);
+        report("Heartbeat listener", heartbeats);
         self.close().await
     }
 
@@ -187,22 +194,59 @@ impl Application {
         }
     }
 
+    /// Flushes and drains both connections, each within the NATS request
+    /// timeout: with NATS unreachable there is nothing to flush, and a replica
+    /// asked to stop must not wait for a server that may never come back.
     async fn close(self) -> anyhow::Result<()> {
-        // Acks are fire-and-forget publishes: flush them before draining.
+        let wait = self.settings.nats.request_timeout;
         let mut drained = Ok(());
         for (connection, client) in [("intake", &self.intake.client), ("shared", &self.client)] {
-            if let Err(e) = client.flush().await {
-                tracing::warn!(connection, error = %e, "Cannot flush the NATS connection.");
+            if client.connection_state() != async_nats::connection::State::Connected {
+                tracing::warn!(connection, "NATS is not connected; nothing to drain.");
+                continue;
             }
-            match client.drain().await {
-                Ok(()) => tracing::info!(connection, "NATS connection drained."),
-                Err(e) if drained.is_ok() => drained = Err(e),
-                Err(e) => {
+            // Acks are fire-and-forget publishes: flush them before draining.
+            match tokio::time::timeout(wait, client.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(connection, error = %e, "Cannot flush the NATS connection.")
+                }
+                Err(_) => tracing::warn!(
+                    connection,
+                    "NATS did not take the last acks in time; their events return after the ack wait."
+                ),
+            }
+            match tokio::time::timeout(wait, client.drain()).await {
+                Ok(Ok(())) => tracing::info!(connection, "NATS connection drained."),
+                Ok(Err(e)) if drained.is_ok() => drained = Err(e),
+                Ok(Err(e)) => {
                     tracing::warn!(connection, error = %e, "Cannot drain the NATS connection.")
+                }
+                Err(_) => {
+                    tracing::warn!(connection, "NATS connection not drained in time; closing.")
                 }
             }
         }
         Ok(drained?)
+    }
+}
+
+/// How a task that was asked to stop ended, or `Ok` after aborting it once
+/// `grace` has passed.
+async fn ended_within(
+    mut task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    grace: Duration,
+) -> Result<anyhow::Result<()>, tokio::task::JoinError> {
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            task.abort();
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "A task still waiting for NATS was stopped."
+            );
+            Ok(Ok(()))
+        }
     }
 }
 

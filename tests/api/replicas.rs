@@ -206,3 +206,19 @@ async fn work_still_in_flight_at_the_deadline_is_nakd_for_another_replica() {
     let (status, _) = successor.wait().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_replica_asked_to_stop_while_nats_is_unreachable_exits_promptly() {
+    // Nothing listens where NATS should be: the replica keeps trying to
+    // connect, and SIGTERM must still end it (an orchestrator waits only so long).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("nats://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let bridge = Bridge::start(&nowhere, &bridge_config("http://127.0.0.1:9/events", ""));
+    // Signals are handled from before the first connection attempt.
+    bridge.logged("Not ready; retrying.").await;
+    bridge.terminate();
+    let (status, stderr) = bridge.wait().await;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("Shutdown requested"), "{stderr}");
+}

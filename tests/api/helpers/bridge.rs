@@ -11,9 +11,10 @@ use super::*;
 /// file (worker and CRM) and environment variables (the NATS URL).
 pub struct Bridge {
     child: tokio::process::Child,
-    /// Reads standard error as it comes: a pipe nobody reads fills up and
-    /// stalls the process on its next log line.
-    stderr: tokio::task::JoinHandle<String>,
+    /// Standard error so far, read as it comes: a pipe nobody reads fills up
+    /// and stalls the process on its next log line.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,17 +35,34 @@ impl Bridge {
             .kill_on_drop(true)
             .spawn()
             .expect("the softphone-bridge binary starts");
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let stderr = tokio::spawn(async move {
-            let mut text = Vec::new();
-            let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut text).await;
-            String::from_utf8_lossy(&text).into_owned()
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let stderr: std::sync::Arc<std::sync::Mutex<String>> = std::sync::Arc::default();
+        let reader = tokio::spawn({
+            let stderr = std::sync::Arc::clone(&stderr);
+            async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut text = stderr.lock().unwrap();
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
         });
         Bridge {
             child,
             stderr,
+            reader,
             _dir: dir,
         }
+    }
+
+    /// Waits until the process has logged a line containing `needle`.
+    pub async fn logged(&self, needle: &str) {
+        eventually(&format!("the bridge to log {needle:?}"), || async {
+            self.stderr.lock().unwrap().contains(needle).then_some(())
+        })
+        .await;
     }
 
     /// Sends SIGTERM, as an orchestrator would.
@@ -65,7 +83,8 @@ impl Bridge {
             .await
             .expect("the bridge exits in time")
             .expect("the bridge can be waited for");
-        let stderr = self.stderr.await.expect("the stderr reader ends");
+        self.reader.await.expect("the stderr reader ends");
+        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap());
         if std::env::var_os("TEST_LOG").is_some() {
             eprintln!("{stderr}");
         }
