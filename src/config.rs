@@ -406,7 +406,7 @@ mod tests {
         let settings = Settings {
             crm: CrmSettings::Webhook(WebhookSettings {
                 url: HttpUrl::try_from("https://crm.example/hook".to_owned()).unwrap(),
-                secret: SecretString::from("s3cr3t-value"),
+                secret: SecretString::from("s3cr3t-value").into(),
                 timeout: Duration::from_secs(3),
             }),
             ..figment::Figment::new().extract::<Settings>().unwrap()
@@ -415,6 +415,37 @@ mod tests {
         assert!(!rendered.contains("s3cr3t-value"));
         assert!(rendered.contains("[redacted]"));
         assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn webhook_secrets_are_one_or_several_and_whsec_ones_are_base64() {
+        let webhook = |secret: &str| {
+            Settings::from_toml(&format!(
+                "[crm]\nkind = \"webhook\"\nurl = \"https://crm.example/hook\"\nsecret = {secret}\n"
+            ))
+        };
+        let keys = |settings: Settings| match settings.crm {
+            CrmSettings::Webhook(webhook) => webhook
+                .secret
+                .keys()
+                .iter()
+                .map(|key| secrecy::ExposeSecret::expose_secret(key).to_vec())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(keys(webhook(r#""plain""#).unwrap()), [b"plain".to_vec()]);
+        let rotating = webhook(r#"["whsec_AAEC", "old-one"]"#).unwrap();
+        let rendered = rotating.to_redacted_toml();
+        assert!(!rendered.contains("whsec_AAEC") && !rendered.contains("old-one"));
+        assert_eq!(keys(rotating), [vec![0, 1, 2], b"old-one".to_vec()]);
+        for (bad, why) in [
+            (r#""whsec_not base64!""#, "not base64"),
+            ("[]", "at least one"),
+            (r#"["ok", ""]"#, "must not be empty"),
+        ] {
+            let err = webhook(bad).unwrap_err().to_string();
+            assert!(err.contains("crm.secret") && err.contains(why), "{err}");
+        }
     }
 
     const SALESFORCE: &str = r#"

@@ -31,6 +31,17 @@ pub const LANE_PAUSES: &str = "softphone_bridge_lane_pauses_total";
 pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
 /// HTTP requests answered, by `route`, `method` and `status`.
 pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
+/// HTTP request latency, by `route` and `method`.
+pub const HTTP_DURATION: &str = "softphone_bridge_http_request_duration_seconds";
+/// How old an event was when its lane acked it (now minus its publish time in
+/// `SOFTPHONE_EVENTS`), by `lane` and `type`: whether screen pops and call
+/// logs are on time.
+pub const EVENT_AGE: &str = "softphone_bridge_event_age_seconds";
+/// 1 while this replica is ready (what `/readyz` says), 0 otherwise;
+/// refreshed by every `/readyz` and every scrape.
+pub const READY: &str = "softphone_bridge_ready";
+/// Always 1, by `version`: which build each replica runs.
+pub const BUILD_INFO: &str = "softphone_bridge_build_info";
 
 /// `loaded` events refused because they name another partner than the one the
 /// softphone is bound to (dead-lettered with reason `partner conflict`). Only
@@ -44,7 +55,7 @@ pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
 pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 
 /// Every documented series (the metrics test checks that each one shows up).
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 16] = [
     EVENTS,
     IN_FLIGHT,
     REDELIVERIES,
@@ -57,6 +68,10 @@ pub const ALL: [&str; 12] = [
     LANE_PAUSES,
     COMMANDS,
     HTTP_REQUESTS,
+    HTTP_DURATION,
+    EVENT_AGE,
+    BUILD_INFO,
+    READY,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -71,12 +86,28 @@ pub fn handle() -> &'static PrometheusHandle {
                 &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
             )
             .expect("bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(HTTP_DURATION.into()),
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .expect("bucket list is not empty")
+            // From "on time" (a screen pop within a second) to "hours behind"
+            // (a lane held through a CRM outage).
+            .set_buckets_for_metric(
+                Matcher::Full(EVENT_AGE.into()),
+                &[
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+                    14400.0,
+                ],
+            )
+            .expect("bucket list is not empty")
             .install_recorder()
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "Another metrics recorder is installed; /metrics shows only what this one records.");
                 PrometheusBuilder::new().build_recorder().handle()
             });
         describe();
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
 }
@@ -121,6 +152,24 @@ fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route, method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency, by route and method."
+    );
+    describe_histogram!(
+        EVENT_AGE,
+        Unit::Seconds,
+        "Event age when its lane acked it (now minus publish time), by lane and event type."
+    );
+    describe_gauge!(
+        READY,
+        "1 while this replica is ready (as /readyz says), else 0."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1, by version: the build this replica runs."
     );
     describe_counter!(
         PARTNER_CONFLICTS,

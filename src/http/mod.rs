@@ -134,9 +134,12 @@ async fn count(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    let elapsed = started.elapsed();
     metrics::counter!(metric::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status.to_string())
         .increment(1);
-    tracing::debug!(%route, method, status, elapsed_ms = started.elapsed().as_millis() as u64, "HTTP request answered.");
+    metrics::histogram!(metric::HTTP_DURATION, "route" => route.clone(), "method" => method)
+        .record(elapsed.as_secs_f64());
+    tracing::debug!(%route, method, status, elapsed_ms = elapsed.as_millis() as u64, "HTTP request answered.");
     response
 }
 
@@ -161,6 +164,8 @@ async fn no_route(request: Request) -> Response {
     let method = method_label(request.method());
     metrics::counter!(metric::HTTP_REQUESTS, "route" => "unmatched", "method" => method, "status" => "404")
         .increment(1);
+    metrics::histogram!(metric::HTTP_DURATION, "route" => "unmatched", "method" => method)
+        .record(0.0);
     ApiError::NoRoute(format!("{method} {}", request.uri().path())).into_response()
 }
 

@@ -82,7 +82,14 @@ impl Readiness {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
+    /// Runs every check and sets the readiness gauge to what they say.
     pub async fn check(&self) -> Report {
+        let report = self.evaluate().await;
+        metrics::gauge!(metric::READY).set(f64::from(u8::from(report.ready)));
+        report
+    }
+
+    async fn evaluate(&self) -> Report {
         let mut checks = BTreeMap::new();
         let state = self.client.connection_state();
         if state != Connection::Connected {
@@ -188,10 +195,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>)
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if state.readiness.client.connection_state() == Connection::Connected {
-        // Best effort: a scrape must not fail because JetStream is slow.
-        let _ = state.readiness.consumer_gauges().await;
-    }
+    // Refreshes the readiness gauge and the consumers' pending gauges. Best
+    // effort: each probe is bounded, and a disconnected client answers at once.
+    state.readiness.check().await;
     let handle = metric::handle();
     handle.run_upkeep();
     (

@@ -28,6 +28,8 @@ pub(super) struct Delivery {
     pub kind: Option<EventKind>,
     /// `intake` or `lane`, for metrics.
     stage: &'static str,
+    /// The lane (connection) that delivered it; `None` at the intake.
+    lane: Option<String>,
 }
 
 impl Delivery {
@@ -44,6 +46,7 @@ impl Delivery {
             delivered: info.delivered.max(1) as u32,
             kind: EventKind::from_subject(&message.subject),
             stage: "intake",
+            lane: None,
         })
     }
 
@@ -52,6 +55,7 @@ impl Delivery {
     pub fn from_lane(
         message: &jetstream::Message,
         kind: Option<EventKind>,
+        lane: &str,
     ) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let published = header(message, lane_header::PUBLISHED)
@@ -74,6 +78,7 @@ impl Delivery {
             delivered: info.delivered.max(1) as u32,
             kind,
             stage: "lane",
+            lane: Some(lane.to_owned()),
         })
     }
 
@@ -93,6 +98,11 @@ impl Delivery {
         let acked = match outcome {
             Outcome::Ack => {
                 tracing::debug!("Event handled.");
+                if let Some(lane) = &self.lane {
+                    let age = (OffsetDateTime::now_utc() - self.published).as_seconds_f64();
+                    metrics::histogram!(metric::EVENT_AGE, "lane" => lane.clone(), "type" => kind)
+                        .record(age.max(0.0));
+                }
                 message.ack().await
             }
             Outcome::Retry { delay, reason } => {

@@ -129,8 +129,11 @@ impl<W: Work> Lane<W> {
         mut turn: InOrder,
         abandon: CancellationToken,
     ) {
-        let delivery = match Delivery::from_lane(&message, self.target().kind_of(&message.subject))
-        {
+        let delivery = match Delivery::from_lane(
+            &message,
+            self.target().kind_of(&message.subject),
+            &self.name,
+        ) {
             Ok(delivery) => delivery,
             Err(fate) => return unreadable(&message, fate).await,
         };

@@ -1,9 +1,8 @@
 //! Each of the eight contract events flows end to end to a webhook CRM.
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use softphone_bridge::contract::EventKind;
+use standardwebhooks::Webhook;
 
 use crate::helpers::*;
 
@@ -50,27 +49,13 @@ fn eight_events(conv: &str) -> Vec<(EventKind, String)> {
     ]
 }
 
+/// Verifies a request with the Standard Webhooks reference library, which
+/// also checks that `webhook-timestamp` is within five minutes of now.
 fn verify_signature(request: &wiremock::Request) {
-    let header = request
-        .headers
-        .get("X-Softphone-Signature")
-        .expect("signature header")
-        .to_str()
-        .unwrap();
-    let (t, v1) = header.split_once(',').expect("t=..,v1=..");
-    let t = t.strip_prefix("t=").expect("t=");
-    let v1 = v1.strip_prefix("v1=").expect("v1=");
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(&request.body);
-    mac.verify_slice(&hex::decode(v1).expect("hex signature"))
-        .expect("signature verifies with the shared secret");
-    let age = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .abs_diff(t.parse::<u64>().unwrap());
-    assert!(age < 60, "signature timestamp is current");
+    let verifier = Webhook::from_bytes(WEBHOOK_SECRET.as_bytes().to_vec()).unwrap();
+    verifier
+        .verify(&request.body, &request.headers)
+        .expect("the request verifies with the shared secret");
 }
 
 #[tokio::test]
@@ -98,6 +83,7 @@ async fn every_event_reaches_the_webhook_signed_and_verbatim() {
         assert_eq!(h("X-Softphone-Event"), kind.name());
         let id = format!("seq:{}", ack.sequence);
         assert_eq!(h("Idempotency-Key"), id);
+        assert_eq!(h("webhook-id"), id);
         verify_signature(&request);
 
         let doc: Value = serde_json::from_slice(&request.body).unwrap();
@@ -152,4 +138,44 @@ async fn publisher_message_id_is_the_event_id_and_duplicates_are_dropped() {
     app.settled().await;
     assert!(crm.drain().await.is_empty());
     app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_signatures_verify_with_every_secret_while_rotating() {
+    // The new secret in the spec's `whsec_` form, the old one as plain text
+    // (its UTF-8 bytes are the key).
+    const NEW: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let crm = FakeCrm::start().await;
+    let nats = start_nats().await;
+    let section = webhook_crm(&crm.url()).replace(
+        &format!("secret = \"{WEBHOOK_SECRET}\""),
+        &format!("secret = [\"{NEW}\", \"{WEBHOOK_SECRET}\"]"),
+    );
+    let settings = settings(&nats.url, &section);
+    let app = spawn_app(nats, settings).await;
+
+    let ack = app
+        .publish(
+            EventKind::CallEnded,
+            &call_body(&conversation(), r#""disposition":"Sale""#),
+            None,
+        )
+        .await;
+    let request = crm.next_request().await;
+
+    let header = |name: &str| request.headers.get(name).unwrap().to_str().unwrap();
+    assert_eq!(header("webhook-id"), format!("seq:{}", ack.sequence));
+    let signatures: Vec<&str> = header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "one signature per secret");
+    assert!(signatures.iter().all(|s| s.starts_with("v1,")));
+    // A receiver that knows either secret accepts the request: the reference
+    // library takes the `whsec_` string as is, and the plain one as bytes.
+    Webhook::new(NEW)
+        .unwrap()
+        .verify(&request.body, &request.headers)
+        .expect("verifies with the new secret");
+    verify_signature(&request);
+    // A receiver with some other secret does not.
+    let stranger = Webhook::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+    assert!(stranger.verify(&request.body, &request.headers).is_err());
 }

@@ -3,6 +3,7 @@
 //! processes matter. One test binary; `TEST_LOG=1` shows the app's logs.
 
 mod cli;
+mod dashboard;
 mod docs;
 mod events;
 mod fake_salesforce;
