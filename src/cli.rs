@@ -1,4 +1,4 @@
-//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token.
+//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq.
 
 use std::path::PathBuf;
 
@@ -54,6 +54,11 @@ pub enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Dead letters in SOFTPHONE_DLQ: list, show, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
 }
 
 impl Cli {
@@ -81,6 +86,7 @@ impl Cli {
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
+            Command::Dlq { command } => crate::dlq::execute(&settings, command).await,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
+pub mod dlq;
 pub mod heartbeat;
 pub mod http;
 pub mod load;

@@ -59,14 +59,25 @@ pub mod dlq_header {
     pub const DELIVERIES: &str = "Softphone-Delivery-Count";
     /// The event id (see subjects.md).
     pub const EVENT_ID: &str = "Softphone-Event-Id";
+    /// When `SOFTPHONE_EVENTS` stored the event (RFC 3339), when known.
+    pub const PUBLISHED: &str = "Softphone-Published-At";
+}
+
+/// Headers `softphone-bridge dlq replay` puts on a replayed event, so that it
+/// keeps its identity: the pipeline takes the event id and the publish time
+/// from them instead of the new message's.
+pub mod replay_header {
+    /// The event id the event had when it was dead-lettered.
+    pub const EVENT_ID: &str = "Softphone-Original-Event-Id";
+    /// When `SOFTPHONE_EVENTS` first stored the event (RFC 3339).
+    pub const PUBLISHED: &str = "Softphone-Original-Published-At";
 }
 
 /// Headers the intake puts on a routed event, so that every lane sees the
 /// event as it was first stored in `SOFTPHONE_EVENTS`.
 pub mod lane_header {
-    pub use super::dlq_header::{EVENT_ID, SEQUENCE, SUBJECT};
-    /// When `SOFTPHONE_EVENTS` stored the event (RFC 3339).
-    pub const PUBLISHED: &str = "Softphone-Published-At";
+    /// `PUBLISHED`: when `SOFTPHONE_EVENTS` stored the event (RFC 3339).
+    pub use super::dlq_header::{EVENT_ID, PUBLISHED, SEQUENCE, SUBJECT};
 }
 
 /// The lane an event is routed to.

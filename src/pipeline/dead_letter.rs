@@ -12,6 +12,8 @@ pub struct Origin<'a> {
     pub sequence: u64,
     pub delivered: u32,
     pub event_id: &'a str,
+    /// When `SOFTPHONE_EVENTS` stored it, when known.
+    pub published: Option<time::OffsetDateTime>,
 }
 
 /// Header values are one line; NATS headers are not the place for a novel.
@@ -42,6 +44,12 @@ pub async fn publish(
         origin.delivered.to_string().as_str(),
     );
     headers.insert(dlq_header::EVENT_ID, origin.event_id);
+    if let Some(at) = origin.published.and_then(|at| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    }) {
+        headers.insert(dlq_header::PUBLISHED, at.as_str());
+    }
     // A retried dead-lettering of the same event is dropped as a duplicate.
     let publish = PublishMessage::build()
         .payload(body)

@@ -10,13 +10,16 @@ use time::OffsetDateTime;
 
 use super::dead_letter;
 use super::outcome::{self, Outcome};
-use crate::contract::{EventKind, lane_header};
+use crate::contract::{EventKind, lane_header, replay_header};
 use crate::metric;
 
 /// An event as one delivery presents it.
 pub(super) struct Delivery {
     /// Stays the same across redeliveries, replicas and lanes (see subjects.md).
     pub id: String,
+    /// What its copies to the lanes are de-duplicated by: the message's own
+    /// id, so a replay (same event id, new message) is routed again.
+    pub copy_key: String,
     /// The subject the softphone published it on.
     pub subject: String,
     /// Its sequence in `SOFTPHONE_EVENTS`.
@@ -33,16 +36,25 @@ pub(super) struct Delivery {
 }
 
 impl Delivery {
-    /// An event delivered from `SOFTPHONE_EVENTS`.
+    /// An event delivered from `SOFTPHONE_EVENTS`. A replayed dead letter
+    /// (see [`replay_header`]) keeps its original event id and publish time.
     pub fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let sequence = info.stream_sequence;
+        let copy_key = header(message, async_nats::header::NATS_MESSAGE_ID.as_ref())
+            .map_or_else(|| format!("seq:{sequence}"), str::to_owned);
+        let (id, published) = identity(
+            header(message, replay_header::EVENT_ID),
+            header(message, replay_header::PUBLISHED),
+            &copy_key,
+            info.published,
+        );
         Ok(Self {
-            id: header(message, async_nats::header::NATS_MESSAGE_ID.as_ref())
-                .map_or_else(|| format!("seq:{sequence}"), str::to_owned),
+            id,
+            copy_key,
             subject: message.subject.to_string(),
             sequence,
-            published: info.published,
+            published,
             delivered: info.delivered.max(1) as u32,
             kind: EventKind::from_subject(&message.subject),
             stage: "intake",
@@ -59,18 +71,18 @@ impl Delivery {
     ) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let published = header(message, lane_header::PUBLISHED)
-            .and_then(|at| {
-                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-            })
+            .and_then(parse_time)
             .unwrap_or(info.published);
         let sequence = header(message, lane_header::SEQUENCE)
             .and_then(|seq| seq.parse().ok())
             .unwrap_or(info.stream_sequence);
+        let id = header(message, lane_header::EVENT_ID).map_or_else(
+            || format!("lane-seq:{}", info.stream_sequence),
+            str::to_owned,
+        );
         Ok(Self {
-            id: header(message, lane_header::EVENT_ID).map_or_else(
-                || format!("lane-seq:{}", info.stream_sequence),
-                str::to_owned,
-            ),
+            copy_key: id.clone(),
+            id,
             subject: header(message, lane_header::SUBJECT)
                 .map_or_else(|| message.subject.to_string(), str::to_owned),
             sequence,
@@ -117,6 +129,7 @@ impl Delivery {
                     sequence: self.sequence,
                     delivered: self.delivered,
                     event_id: &self.id,
+                    published: Some(self.published),
                 };
                 let copied = dead_letter::publish(
                     js,
@@ -160,6 +173,27 @@ pub(super) async fn unreadable(message: &jetstream::Message, fate: Outcome) {
     }
 }
 
+fn parse_time(at: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// An event's id and publish time: a replay's original ones when it is a
+/// replay, else the message's id and the stream's time.
+fn identity(
+    original_id: Option<&str>,
+    original_published: Option<&str>,
+    message_id: &str,
+    published: OffsetDateTime,
+) -> (String, OffsetDateTime) {
+    match original_id {
+        Some(id) => (
+            id.to_owned(),
+            original_published.and_then(parse_time).unwrap_or(published),
+        ),
+        None => (message_id.to_owned(), published),
+    }
+}
+
 fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
     message
         .headers
@@ -189,5 +223,36 @@ pub(super) async fn with_progress<T>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{identity, parse_time};
+
+    #[test]
+    fn a_replayed_event_keeps_its_original_id_and_publish_time() {
+        let now = parse_time("2026-11-24T19:00:00Z").unwrap();
+        assert_eq!(
+            identity(
+                Some("evt-1"),
+                Some("2026-11-20T08:30:00Z"),
+                "replay:7:evt-1",
+                now
+            ),
+            (
+                "evt-1".to_owned(),
+                parse_time("2026-11-20T08:30:00Z").unwrap()
+            )
+        );
+        // An unreadable original time falls back to the stream's.
+        assert_eq!(
+            identity(Some("evt-1"), Some("yesterday"), "replay:7:evt-1", now),
+            ("evt-1".to_owned(), now)
+        );
+        assert_eq!(
+            identity(None, Some("2026-11-20T08:30:00Z"), "m-1", now),
+            ("m-1".to_owned(), now)
+        );
     }
 }

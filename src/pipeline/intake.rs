@@ -211,7 +211,7 @@ impl Intake {
         });
         let (routes, fate) = match decoded {
             Ok(event) => {
-                let routes = self.routes(&event, &delivery.id);
+                let routes = self.routes(&event, &delivery.copy_key);
                 let fate = self.copy(&message, &delivery, &routes).await;
                 (routes, fate)
             }

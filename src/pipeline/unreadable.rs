@@ -246,6 +246,7 @@ async fn put_aside(js: &jetstream::Context, stream: &Stream, message: &Raw, why:
         // The server does not tell how many times it delivered the event.
         delivered: 0,
         event_id: &format!("seq:{sequence}"),
+        published: None,
     };
     let copied = dead_letter::publish(
         js,

@@ -8,7 +8,7 @@ use softphone_bridge::contract::EVENTS_STREAM;
 
 use crate::helpers::*;
 
-fn bridge(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn bridge(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"));
     cmd.args(args)
         .env_remove("SOFTPHONE_BRIDGE_CONFIG")
@@ -19,7 +19,7 @@ fn bridge(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("the binary runs")
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

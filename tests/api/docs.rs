@@ -2,7 +2,7 @@
 //! the example configuration.
 
 use softphone_bridge::config::Settings;
-use softphone_bridge::contract::{self, Callback, EventKind, dlq_header};
+use softphone_bridge::contract::{self, Callback, EventKind, dlq_header, replay_header};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
@@ -46,6 +46,9 @@ fn subjects_md_matches_the_code() {
         dlq_header::SEQUENCE,
         dlq_header::DELIVERIES,
         dlq_header::EVENT_ID,
+        dlq_header::PUBLISHED,
+        replay_header::EVENT_ID,
+        replay_header::PUBLISHED,
     ] {
         assert!(
             doc.contains(&format!("`{name}`")),

@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod dlq;
 mod docs;
 mod events;
 mod fake_salesforce;
