@@ -475,12 +475,10 @@ async fn replay(
             continue;
         }
         // Only now is it safe to forget the dead letter.
-        match stream.delete_message(seq).await {
-            Ok(_) => replayed += 1,
-            Err(e) => {
-                eprintln!("failed {seq}: replayed, but cannot delete it from {DLQ_STREAM}: {e}");
-                failed += 1;
-            }
+        if forget(stream, seq, "replayed, but ").await {
+            replayed += 1;
+        } else {
+            failed += 1;
         }
     }
     let verb = if dry_run { "would replay" } else { "replayed" };
@@ -500,12 +498,10 @@ async fn purge(stream: &Stream, filters: &Filters, dry_run: bool) -> anyhow::Res
             purged += 1;
             continue;
         }
-        match stream.delete_message(letter.seq).await {
-            Ok(_) => purged += 1,
-            Err(e) => {
-                eprintln!("failed {}: {e}", letter.seq);
-                failed += 1;
-            }
+        if forget(stream, letter.seq, "").await {
+            purged += 1;
+        } else {
+            failed += 1;
         }
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -514,6 +510,17 @@ async fn purge(stream: &Stream, filters: &Filters, dry_run: bool) -> anyhow::Res
         bail!("{failed} dead letter(s) could not be deleted");
     }
     Ok(())
+}
+
+/// Deletes dead letter `seq`; says why not on standard error.
+async fn forget(stream: &Stream, seq: u64, done_before: &str) -> bool {
+    match stream.delete_message(seq).await {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("failed {seq}: {done_before}cannot delete it from {DLQ_STREAM}: {e}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

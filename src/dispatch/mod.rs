@@ -211,23 +211,18 @@ impl Dispatcher {
         let seq = decision.seq.unwrap_or_default();
         metrics::counter!(metric::COMMANDS, "type" => callback.type_name(), "via" => via.label(), "duplicate" => duplicate.to_string())
             .increment(1);
-        if duplicate {
-            tracing::info!(
-                softphone = %softphone,
-                command = callback.type_name(),
-                via = via.label(),
-                seq,
-                "Command repeated; answered as first published, nothing sent."
-            );
+        let said = if duplicate {
+            "Command repeated; answered as first published, nothing sent."
         } else {
-            tracing::info!(
-                softphone = %softphone,
-                command = callback.type_name(),
-                via = via.label(),
-                seq,
-                "Command published."
-            );
-        }
+            "Command published."
+        };
+        tracing::info!(
+            softphone = %softphone,
+            command = callback.type_name(),
+            via = via.label(),
+            seq,
+            "{said}"
+        );
         Accepted {
             stream: decision.stream.unwrap_or_default(),
             seq,
