@@ -120,7 +120,10 @@ pub struct BatchSettings {
     /// so that a batch can fill.
     pub max_records: usize,
     /// Longest a write waits for others to join its request; a write to an
-    /// org that had no request within this time goes at once.
+    /// org that had no request within this time goes at once. A flush costs
+    /// up to three requests (a search and a query, then the writes), so this
+    /// bounds an org's rate to three requests per `max_wait`
+    /// (deploy/salesforce.md has what each setting costs).
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
 }
@@ -129,7 +132,7 @@ impl Default for BatchSettings {
     fn default() -> Self {
         Self {
             max_records: 200,
-            max_wait: Duration::from_millis(250),
+            max_wait: Duration::from_millis(500),
         }
     }
 }

@@ -205,12 +205,19 @@ impl Org {
         match (method, parts.as_slice()) {
             ("POST", ["composite"]) => self.composite(body),
             ("GET", ["search"]) => {
+                // `FIND {a OR b} IN PHONE FIELDS RETURNING ...`: a person
+                // matches a term holding the same digits as their phone.
                 let q = q();
+                let terms: Vec<String> = q
+                    .strip_prefix("FIND {")
+                    .and_then(|rest| rest.split_once("} IN PHONE FIELDS RETURNING "))
+                    .map(|(terms, _)| terms.split(" OR ").map(digits).collect())
+                    .unwrap_or_default();
                 let records: Vec<Value> = self
                     .people
                     .iter()
-                    .filter(|(_, _, _, phone)| q.contains(&phone.replace('+', r"\+")))
-                    .map(|(object, id, name, _)| json!({"attributes": {"type": object}, "Id": id, "Name": name}))
+                    .filter(|(_, _, _, phone)| terms.contains(&digits(phone)))
+                    .map(|(object, id, name, phone)| json!({"attributes": {"type": object}, "Id": id, "Name": name, "Phone": phone, "MobilePhone": null}))
                     .collect();
                 (200, json!({ "searchRecords": records }))
             }
@@ -496,6 +503,34 @@ impl Org {
                 json!([{"message": "more than 25 subrequests", "errorCode": "LIMIT_EXCEEDED"}]),
             );
         }
+        let url = |sub: &Value| {
+            sub["url"]
+                .as_str()
+                .unwrap_or("")
+                .trim_start_matches("/services/data/v67.0/")
+                .to_owned()
+        };
+        // Composite takes sObject, query and sObject Collections resources,
+        // at most 5 queries or collections.
+        if let Some(sub) = requests.iter().find(|sub| url(sub).starts_with("search")) {
+            return (
+                400,
+                json!([{"message": format!("Unsupported resource in a composite subrequest: {}", url(sub)), "errorCode": "INVALID_API_INPUT"}]),
+            );
+        }
+        let heavy = requests
+            .iter()
+            .filter(|sub| {
+                let url = url(sub);
+                url.starts_with("query") || url.starts_with("composite/sobjects")
+            })
+            .count();
+        if heavy > 5 {
+            return (
+                400,
+                json!([{"message": "more than 5 query or sObject Collections subrequests", "errorCode": "LIMIT_EXCEEDED"}]),
+            );
+        }
         let responses: Vec<Value> = requests
             .into_iter()
             .map(|sub| {
@@ -512,6 +547,10 @@ impl Org {
             .collect();
         (200, json!({ "compositeResponse": responses }))
     }
+}
+
+fn digits(text: &str) -> String {
+    text.chars().filter(char::is_ascii_digit).collect()
 }
 
 fn collection_limit() -> (u16, Value) {

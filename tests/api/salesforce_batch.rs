@@ -292,8 +292,38 @@ async fn callers_are_found_in_their_own_countrys_national_form() {
             2,
         ),
     ];
+    // An org just written to gathers the next writes into one batch.
+    let warm_up = event(
+        EventKind::CallNotesSubmitted,
+        &call_body(&conversation(), r#""notes":"warm-up""#),
+        0,
+        0,
+    );
+    crm.handle(&warm_up).await.unwrap();
     let results = futures::future::join_all(events.iter().map(|e| crm.handle(e))).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // Both numbers in one search, never inside a Composite call (Salesforce
+    // refuses the search resource there, as the fake does).
+    let requests = sf.drain().await;
+    let searches: Vec<String> = requests
+        .iter()
+        .filter(|r| r.url.path().ends_with("/search/"))
+        .map(|r| {
+            r.url
+                .query_pairs()
+                .find(|(k, _)| k == "q")
+                .unwrap()
+                .1
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(searches.len(), 1, "one search for the batch: {searches:?}");
+    assert!(
+        searches[0].contains(r"\+442071234567 OR 02071234567")
+            && searches[0].contains(r"\+33142685300 OR 0142685300"),
+        "{}",
+        searches[0]
+    );
     assert_eq!(sf.task(&uk)["WhoId"], "003UK");
     let french = sf.task(&fr);
     assert!(!french.contains_key("WhoId"), "several matches: no guess");

@@ -171,7 +171,7 @@ async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
     assert_eq!(searches.len(), 3, "the repeated number came from the cache");
     assert_eq!(
         searches[1].url.query().unwrap(),
-        "q=FIND+%7B%5C%2B18885550001+OR+8885550001%7D+IN+PHONE+FIELDS+RETURNING+Contact%28Id%2CName%29%2C+Lead%28Id%2CName%29"
+        "q=FIND+%7B%5C%2B18885550001+OR+8885550001%7D+IN+PHONE+FIELDS+RETURNING+Contact%28Id%2CName%2CPhone%2CMobilePhone%2CHomePhone%2COtherPhone%2CAssistantPhone%29%2C+Lead%28Id%2CName%2CPhone%2CMobilePhone%29"
     );
     assert!(!sf.task(&conversations[0]).contains_key("WhoId"));
     assert_eq!(sf.task(&conversations[1])["WhoId"], "003ONE");

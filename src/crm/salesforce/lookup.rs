@@ -9,7 +9,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::LookupSettings;
 use crate::contract::PhoneNumber;
 
 /// A record whose phone fields hold the number.
@@ -50,19 +49,36 @@ pub(crate) fn national_form(number: &PhoneNumber) -> Option<String> {
     (!national.is_empty() && format!("+{national}") != number.as_str()).then_some(national)
 }
 
-/// `FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING Contact(Id,Name), Lead(Id,Name)`.
-pub(crate) fn sosl(number: &PhoneNumber, _settings: &LookupSettings) -> String {
-    let mut terms = vec![escape(number.as_str())];
-    if let Some(national) = national_form(number) {
-        terms.push(escape(&national));
+/// The phone fields a search returns, to tell which number a record holds.
+const CONTACT_PHONES: &str = "Phone,MobilePhone,HomePhone,OtherPhone,AssistantPhone";
+const LEAD_PHONES: &str = "Phone,MobilePhone";
+
+/// Most numbers in one search, which keeps its text far below SOSL's
+/// 10,000 characters.
+pub(crate) const NUMBERS_PER_SEARCH: usize = 50;
+
+/// One search for every number, each in its E.164 and national forms:
+/// `FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING
+/// Contact(Id,Name,Phone,...), Lead(Id,Name,Phone,MobilePhone)`.
+pub(crate) fn sosl(numbers: &[PhoneNumber]) -> String {
+    let mut terms = Vec::new();
+    for number in numbers {
+        terms.push(escape(number.as_str()));
+        if let Some(national) = national_form(number) {
+            terms.push(escape(&national));
+        }
     }
     format!(
-        "FIND {{{}}} IN PHONE FIELDS RETURNING Contact(Id,Name), Lead(Id,Name)",
+        "FIND {{{}}} IN PHONE FIELDS RETURNING Contact(Id,Name,{CONTACT_PHONES}), Lead(Id,Name,{LEAD_PHONES})",
         terms.join(" OR ")
     )
 }
 
-/// The search resource's answer: `{"searchRecords": [{"attributes": {"type": ..}, "Id", "Name"}]}`.
+fn digits(text: &str) -> String {
+    text.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// The search resource's answer: `{"searchRecords": [{"attributes": {"type": ..}, "Id", "Name", phones}]}`.
 #[derive(Deserialize)]
 pub(crate) struct SearchResponse {
     #[serde(rename = "searchRecords", default)]
@@ -76,6 +92,9 @@ struct SearchRecord {
     id: String,
     #[serde(rename = "Name", default)]
     name: Option<String>,
+    /// The phone fields returned.
+    #[serde(flatten)]
+    phones: HashMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -84,14 +103,43 @@ struct Attributes {
     object: String,
 }
 
+impl SearchRecord {
+    /// Whether one of its phone fields holds `number`, however it is
+    /// written there: `(888) 397-3342`, `+1 888 397 3342`, `020 7123 4567`.
+    fn holds(&self, number: &PhoneNumber) -> bool {
+        let e164 = digits(number.as_str());
+        let national = national_form(number);
+        self.phones
+            .values()
+            .filter_map(|v| v.as_str())
+            .map(digits)
+            .any(|held| held == e164 || Some(&held) == national.as_ref())
+    }
+
+    fn to_match(&self) -> Match {
+        Match {
+            object: self.attributes.object.clone(),
+            id: self.id.clone(),
+            name: self.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 impl SearchResponse {
-    pub fn matches(self) -> Vec<Match> {
-        self.records
-            .into_iter()
-            .map(|r| Match {
-                object: r.attributes.object,
-                id: r.id,
-                name: r.name.unwrap_or_default(),
+    /// Each number's matches. A search for one number trusts Salesforce's
+    /// phone matching for every record found; with several, a record goes
+    /// to the numbers its phone fields hold.
+    pub fn matches(self, numbers: &[PhoneNumber]) -> HashMap<String, Vec<Match>> {
+        numbers
+            .iter()
+            .map(|number| {
+                let matches = self
+                    .records
+                    .iter()
+                    .filter(|r| numbers.len() == 1 || r.holds(number))
+                    .map(SearchRecord::to_match)
+                    .collect();
+                (number.as_str().to_owned(), matches)
             })
             .collect()
     }
@@ -161,12 +209,11 @@ mod tests {
 
     #[test]
     fn sosl_searches_both_forms_escaped() {
-        let settings = LookupSettings::default();
         assert_eq!(
-            sosl(&number("+18883973342"), &settings),
-            r"FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING Contact(Id,Name), Lead(Id,Name)"
+            sosl(&[number("+18883973342")]),
+            r"FIND {\+18883973342 OR 8883973342} IN PHONE FIELDS RETURNING Contact(Id,Name,Phone,MobilePhone,HomePhone,OtherPhone,AssistantPhone), Lead(Id,Name,Phone,MobilePhone)"
         );
-        // Each number in its own country's national form, whatever the settings.
+        // Each number in its own country's national form.
         for (e164, national) in [
             ("+442071234567", "02071234567"),
             ("+33142685300", "0142685300"),
@@ -179,8 +226,31 @@ mod tests {
                 "{e164}"
             );
         }
-        assert!(sosl(&number("+33142685300"), &settings).contains(r"\+33142685300 OR 0142685300"));
+        assert!(
+            sosl(&[number("+18883973342"), number("+33142685300")])
+                .starts_with(r"FIND {\+18883973342 OR 8883973342 OR \+33142685300 OR 0142685300} ")
+        );
         assert_eq!(escape(r#"a-b{c}"d'\"#), r#"a\-b\{c\}\"d\'\\"#);
+    }
+
+    #[test]
+    fn one_search_for_several_numbers_gives_each_its_own_records() {
+        let answer: SearchResponse = serde_json::from_value(serde_json::json!({"searchRecords": [
+            {"attributes": {"type": "Contact"}, "Id": "003A", "Name": "Ann", "Phone": "(888) 397-3342", "MobilePhone": null},
+            {"attributes": {"type": "Lead"}, "Id": "00QB", "Name": "Bob", "Phone": null, "MobilePhone": "+33 1 42 68 53 00"},
+            {"attributes": {"type": "Contact"}, "Id": "003C", "Name": "Cy", "Phone": "01 42 68 53 00", "HomePhone": "+1 888 397 3342"},
+        ]}))
+        .unwrap();
+        let us = number("+18883973342");
+        let fr = number("+33142685300");
+        let none = number("+442071234567");
+        let matches = answer.matches(&[us.clone(), fr.clone(), none.clone()]);
+        let ids = |n: &PhoneNumber| -> Vec<String> {
+            matches[n.as_str()].iter().map(|m| m.id.clone()).collect()
+        };
+        assert_eq!(ids(&us), ["003A", "003C"]);
+        assert_eq!(ids(&fr), ["00QB", "003C"]);
+        assert!(ids(&none).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The reads a batch of Task writes depends on, in one request: a SOSL
-//! search per distinct uncached caller number and one SOQL `IN` query for the
-//! Tasks whose notes must be read first; then the matches applied (`WhoId`,
-//! several recorded) and the ringing calls' screen pops published.
+//! The reads a batch of Task writes depends on, side by side: one SOSL
+//! search for the batch's uncached caller numbers (a search cannot be a
+//! Composite subrequest) and one SOQL `IN` query for the Tasks whose notes
+//! must be read first; then the matches applied (`WhoId`, several recorded)
+//! and the ringing calls' screen pops published.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,7 @@ use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
 
 impl SalesforceCrm {
-    /// Caller lookups and the Task reads, in one request; fills in matches,
+    /// Caller lookups and the Task reads, at once; fills in matches,
     /// screen pops and each group's current record (or its failure).
     pub(super) async fn read(&self, groups: &mut [Group]) {
         let notes_at = self.settings.notes_at_field.as_str();
@@ -45,12 +46,13 @@ impl SalesforceCrm {
             .filter(|g| g.items.iter().any(|i| i.write.needs_read(notes_at)))
             .map(|g| g.conversation.as_str())
             .collect();
-        let mut subs: Vec<Sub> = numbers
+        let searches: Vec<&[PhoneNumber]> = numbers.chunks(lookup::NUMBERS_PER_SEARCH).collect();
+        let mut subs: Vec<Sub> = searches
             .iter()
-            .map(|n| Sub {
+            .map(|numbers| Sub {
                 method: Method::GET,
                 path: "search/".into(),
-                query: vec![("q", lookup::sosl(n, &self.settings.lookup))],
+                query: vec![("q", lookup::sosl(numbers))],
                 body: None,
             })
             .collect();
@@ -73,26 +75,33 @@ impl SalesforceCrm {
         // Lookups: a refused search leaves WhoId empty; other failures are
         // the events' (held or retried with them).
         let mut lookup_failures: HashMap<String, CrmError> = HashMap::new();
-        for (number, result) in numbers.iter().zip(results) {
+        for (numbers, result) in searches.iter().zip(results) {
             let parsed = result.and_then(|body| {
                 serde_json::from_value::<lookup::SearchResponse>(body)
-                    .map(lookup::SearchResponse::matches)
+                    .map(|answer| answer.matches(numbers))
                     .map_err(|e| CrmError::Permanent {
                         reason: format!("unreadable Salesforce search answer: {e}"),
                         detail: None,
                     })
             });
             match parsed {
-                Ok(matches) => {
-                    self.lookups.put(number, matches.clone());
-                    cached.insert(number.as_str().to_owned(), matches);
+                Ok(found) => {
+                    for number in numbers.iter() {
+                        let matches = found.get(number.as_str()).cloned().unwrap_or_default();
+                        self.lookups.put(number, matches.clone());
+                        cached.insert(number.as_str().to_owned(), matches);
+                    }
                 }
                 Err(CrmError::Permanent { reason, .. }) => {
-                    tracing::warn!(crm = %self.name, number = number.as_str(), %reason, "Caller lookup refused; Task written without WhoId.");
-                    cached.insert(number.as_str().to_owned(), Vec::new());
+                    tracing::warn!(crm = %self.name, numbers = numbers.len(), %reason, "Caller lookup refused; Tasks written without WhoId.");
+                    for number in numbers.iter() {
+                        cached.insert(number.as_str().to_owned(), Vec::new());
+                    }
                 }
                 Err(e) => {
-                    lookup_failures.insert(number.as_str().to_owned(), e);
+                    for number in numbers.iter() {
+                        lookup_failures.insert(number.as_str().to_owned(), e.clone());
+                    }
                 }
             }
         }
