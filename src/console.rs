@@ -45,11 +45,12 @@ pub(crate) fn ask(question: &str) -> anyhow::Result<bool> {
     Ok(yes)
 }
 
-/// A progress bar of `len` steps on standard error, drawn only when both
-/// standard output and standard error are a terminal and the output is not
-/// meant for a script (`quiet`, e.g. `--json`); hidden otherwise. Print
-/// through [`ProgressBar::suspend`] while it is shown.
-pub(crate) fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
+/// A progress bar of `len` messages read, with `message` (what was done so
+/// far) beside it, on standard error; drawn only when both standard output
+/// and standard error are a terminal and the output is not meant for a
+/// script (`quiet`, e.g. `--json`), hidden otherwise. Print through
+/// [`ProgressBar::suspend`] while it is shown.
+pub(crate) fn progress_bar(len: u64, quiet: bool, message: &'static str) -> ProgressBar {
     let shown = !quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     if !shown {
         return ProgressBar::hidden();
@@ -58,7 +59,9 @@ pub(crate) fn progress_bar(len: u64, quiet: bool) -> ProgressBar {
         "{bar:40.cyan/blue} {pos}/{len} read, {msg} [{elapsed_precise}, {eta} left]",
     )
     .expect("a valid progress template");
-    ProgressBar::new(len).with_style(style)
+    ProgressBar::new(len)
+        .with_style(style)
+        .with_message(message)
 }
 
 #[cfg(test)]
@@ -78,6 +81,6 @@ mod tests {
 
     #[test]
     fn no_bar_for_scripts() {
-        assert!(progress_bar(10, true).is_hidden());
+        assert!(progress_bar(10, true, "0 done").is_hidden());
     }
 }

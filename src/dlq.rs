@@ -222,9 +222,9 @@ impl Reader {
         self
     }
 
-    /// A progress bar of the dead letters this reader goes through.
-    fn progress(&self) -> ProgressBar {
-        console::progress_bar(self.scan.total(), false)
+    /// A progress bar of the dead letters this reader goes through, `done` beside it.
+    fn progress(&self, done: &'static str) -> ProgressBar {
+        console::progress_bar(self.scan.total(), false, done)
     }
 
     fn advance(&self, bar: &ProgressBar) {
@@ -390,7 +390,7 @@ async fn replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let mut reader = Reader::open(stream, filters).await?.up_to(up_to);
-    let bar = reader.progress();
+    let bar = reader.progress("0 replayed");
     let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     while let Some(letter) = reader.next().await? {
         reader.advance(&bar);
@@ -445,7 +445,7 @@ async fn purge(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let mut reader = Reader::open(stream, filters).await?.up_to(up_to);
-    let bar = reader.progress();
+    let bar = reader.progress("0 deleted");
     let (mut purged, mut failed) = (0u64, 0u64);
     while let Some(letter) = reader.next().await? {
         reader.advance(&bar);
@@ -456,6 +456,7 @@ async fn purge(
         }
         if forget(stream, letter.seq, "", &bar).await {
             purged += 1;
+            bar.set_message(format!("{purged} deleted"));
         } else {
             failed += 1;
         }

@@ -210,7 +210,8 @@ async fn run(
         .up_to(up_to);
     let bar = match pass {
         Pass::Count => ProgressBar::hidden(),
-        _ => console::progress_bar(scan.total(), args.json),
+        Pass::DryRun => console::progress_bar(scan.total(), args.json, "0 listed"),
+        Pass::Publish => console::progress_bar(scan.total(), args.json, "0 replayed"),
     };
     let mut tally = Tally::default();
     let mut in_flight = VecDeque::with_capacity(IN_FLIGHT);
@@ -264,6 +265,7 @@ async fn run(
                     }
                 })?;
                 *tally.replayed.entry(connection.to_owned()).or_default() += 1;
+                bar.set_message(format!("{} listed", tally.replayed.values().sum::<u64>()));
             }
             Pass::Publish => {
                 let subject = LaneTarget::Crm(connection).subject(event.kind());

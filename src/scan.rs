@@ -32,6 +32,7 @@ pub(crate) struct Scan {
     messages: Option<Ordered>,
     /// The last sequence when reading began: what arrives later is not read.
     last: u64,
+    since: Option<OffsetDateTime>,
     until: Option<OffsetDateTime>,
     /// How many messages the range held when reading began.
     total: u64,
@@ -53,6 +54,7 @@ impl Scan {
             stream: name.clone(),
             messages: None,
             last: 0,
+            since,
             until,
             total: 0,
             read: 0,
@@ -114,30 +116,35 @@ impl Scan {
 
     /// The next message, `None` once past the range.
     pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Stored>> {
-        let Some(messages) = &mut self.messages else {
-            return Ok(None);
-        };
-        let stream = &self.stream;
-        let message = match tokio::time::timeout(PATIENCE, messages.next()).await {
-            Err(_) => bail!("timed out reading {stream}"),
-            Ok(None) => bail!("{stream} reader closed"),
-            Ok(Some(message)) => message.with_context(|| format!("cannot read {stream}"))?,
-        };
-        let (seq, time, pending) = {
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("a message of {stream} without metadata: {e}"))?;
-            (info.stream_sequence, info.published, info.pending)
-        };
-        if pending == 0 || seq >= self.last {
-            self.messages = None;
+        while let Some(messages) = &mut self.messages {
+            let stream = &self.stream;
+            let message = match tokio::time::timeout(PATIENCE, messages.next()).await {
+                Err(_) => bail!("timed out reading {stream}"),
+                Ok(None) => bail!("{stream} reader closed"),
+                Ok(Some(message)) => message.with_context(|| format!("cannot read {stream}"))?,
+            };
+            let (seq, time, pending) = {
+                let info = message
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("a message of {stream} without metadata: {e}"))?;
+                (info.stream_sequence, info.published, info.pending)
+            };
+            if pending == 0 || seq >= self.last {
+                self.messages = None;
+            }
+            // In order: nothing later is in the range either.
+            if seq > self.last || self.until.is_some_and(|until| time > until) {
+                self.messages = None;
+                break;
+            }
+            self.read += 1;
+            // The server may start before `since` (it does, from the first
+            // message, for a time past the last one with no subject filter).
+            if self.since.is_some_and(|since| time < since) {
+                continue;
+            }
+            return Ok(Some(Stored { seq, time, message }));
         }
-        // In order: nothing later is in the range either.
-        if seq > self.last || self.until.is_some_and(|until| time > until) {
-            self.messages = None;
-            return Ok(None);
-        }
-        self.read += 1;
-        Ok(Some(Stored { seq, time, message }))
+        Ok(None)
     }
 }
