@@ -55,8 +55,19 @@ crm = "b"
         )
     }
 
-    /// Publishes a call event of `partner` with event id `id`; returns when
-    /// SOFTPHONE_EVENTS stored it (RFC 3339).
+    /// Publishes call notes of `partner` with event id `id`; returns when
+    /// SOFTPHONE_EVENTS stored them (RFC 3339).
+    async fn notes(&self, partner: &str, id: &str) -> String {
+        self.publish(EventKind::CallNotesSubmitted, partner, r#""notes":"n""#, id)
+            .await
+    }
+
+    /// Publishes an event the intake dead-letters (a reason the contract does not know).
+    async fn invalid(&self, id: &str) {
+        self.publish(EventKind::CallRejected, PARTNER, r#""reason":"bored""#, id)
+            .await;
+    }
+
     async fn publish(&self, kind: EventKind, partner: &str, extra: &str, id: &str) -> String {
         let body = partner_call_body(partner, &conversation(), extra);
         let ack = self.app.publish(kind, &body, Some(id)).await;
@@ -128,24 +139,10 @@ fn summary(
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_sends_kept_events_through_their_connection_as_they_were() {
     let setup = Setup::start().await;
-    let notes = r#""notes":"n""#;
-    setup
-        .publish(EventKind::CallNotesSubmitted, PARTNER, notes, "evt-a1")
-        .await;
-    let b1_time = setup
-        .publish(EventKind::CallNotesSubmitted, PARTNER_B, notes, "evt-b1")
-        .await;
-    setup
-        .publish(EventKind::CallNotesSubmitted, PARTNER, notes, "evt-a2")
-        .await;
-    setup
-        .publish(
-            EventKind::CallRejected,
-            PARTNER,
-            r#""reason":"bored""#,
-            "evt-bad",
-        )
-        .await;
+    setup.notes(PARTNER, "evt-a1").await;
+    let b1_time = setup.notes(PARTNER_B, "evt-b1").await;
+    setup.notes(PARTNER, "evt-a2").await;
+    setup.invalid("evt-bad").await;
     let first_a = requests_by_id(&setup.a, 2).await;
     let first_b = requests_by_id(&setup.b, 1).await;
     setup.app.settled().await;
@@ -205,21 +202,9 @@ async fn replay_sends_kept_events_through_their_connection_as_they_were() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_lists_asks_and_sends_a_partner_through_another_connection() {
     let setup = Setup::start().await;
-    let notes = r#""notes":"n""#;
-    setup
-        .publish(EventKind::CallNotesSubmitted, PARTNER, notes, "evt-a1")
-        .await;
-    setup
-        .publish(EventKind::CallNotesSubmitted, PARTNER_B, notes, "evt-b1")
-        .await;
-    setup
-        .publish(
-            EventKind::CallRejected,
-            PARTNER,
-            r#""reason":"bored""#,
-            "evt-bad",
-        )
-        .await;
+    setup.notes(PARTNER, "evt-a1").await;
+    setup.notes(PARTNER_B, "evt-b1").await;
+    setup.invalid("evt-bad").await;
     let first_a = requests_by_id(&setup.a, 1).await;
     requests_by_id(&setup.b, 1).await;
     setup.app.settled().await;
