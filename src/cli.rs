@@ -1,4 +1,4 @@
-//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq.
+//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq, replay.
 
 use std::path::PathBuf;
 
@@ -59,6 +59,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dlq::DlqCommand,
     },
+    /// Send events SOFTPHONE_EVENTS still keeps through a CRM connection again,
+    /// with their original event id and publish time (the CRM de-duplicates).
+    Replay(crate::replay::ReplayArgs),
 }
 
 impl Cli {
@@ -87,6 +90,7 @@ impl Cli {
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
             Command::Dlq { command } => crate::dlq::execute(&settings, command).await,
+            Command::Replay(args) => crate::replay::execute(&settings, args).await,
         }
     }
 }

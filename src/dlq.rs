@@ -1,29 +1,26 @@
 //! `softphone-bridge dlq`: list, show, replay and purge the dead letters in
 //! `SOFTPHONE_DLQ` (format in subjects.md).
 //!
-//! Dead letters are read in order through an ephemeral pull consumer without
-//! acknowledgements, one batch at a time, so memory stays bounded however
-//! many there are.
+//! Dead letters are read in order ([`scan`](crate::scan)), one batch at a
+//! time, so memory stays bounded however many there are.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
-use std::time::Duration;
+use std::io::Write as _;
 
 use anyhow::{Context as _, bail};
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, message::PublishMessage, stream::Stream};
+use async_nats::jetstream::{self, message::PublishMessage, stream::Stream};
 use clap::{Args, Subcommand};
-use futures::StreamExt as _;
+use indicatif::ProgressBar;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
+use crate::console::{self, parse_when};
 use crate::contract::{
     DLQ_STREAM, EVENTS_STREAM, EventKind, SUBJECT_ROOT, dlq_header, dlq_subject, replay_header,
 };
-
-/// How long to wait for the next dead letter the server said was pending.
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::scan::Scan;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -86,15 +83,6 @@ pub struct Filters {
     /// Dead-lettered at or before: RFC 3339, or a duration ago.
     #[arg(long, value_parser = parse_when)]
     until: Option<OffsetDateTime>,
-}
-
-fn parse_when(text: &str) -> Result<OffsetDateTime, String> {
-    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(at);
-    }
-    let ago = humantime_serde::re::humantime::parse_duration(text)
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration such as 2h"))?;
-    Ok(OffsetDateTime::now_utc() - ago)
 }
 
 impl Filters {
@@ -199,88 +187,48 @@ impl DeadLetter {
 
 /// Reads the matching dead letters in order, a batch at a time.
 struct Reader {
-    messages: Option<consumer::pull::Stream>,
+    scan: Scan,
     filters: Filters,
-    /// The last sequence when reading began: what arrives later is not read.
-    last: u64,
 }
 
 impl Reader {
     async fn open(stream: &Stream, filters: &Filters) -> anyhow::Result<Self> {
-        let mut reader = Reader {
-            messages: None,
+        let scan = Scan::open(stream, filters.dlq_filter()?, filters.since, filters.until).await?;
+        Ok(Reader {
+            scan,
             filters: filters.clone(),
-            last: 0,
-        };
-        let info = stream
-            .get_info()
-            .await
-            .with_context(|| format!("cannot read {DLQ_STREAM}"))?;
-        if info.state.messages == 0 {
-            return Ok(reader);
-        }
-        reader.last = info.state.last_sequence;
-        let deliver_policy = match filters.since {
-            Some(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
-            None => consumer::DeliverPolicy::All,
-        };
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::None,
-                deliver_policy,
-                filter_subject: filters.dlq_filter()?,
-                inactive_threshold: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await
-            .context("cannot read the dead letters")?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(reader);
-        }
-        reader.messages = Some(
-            consumer
-                .messages()
-                .await
-                .context("cannot read the dead letters")?,
-        );
-        Ok(reader)
+        })
     }
 
     async fn next(&mut self) -> anyhow::Result<Option<DeadLetter>> {
-        while let Some(messages) = &mut self.messages {
-            let message = match tokio::time::timeout(PATIENCE, messages.next()).await {
-                Err(_) => bail!("timed out reading {DLQ_STREAM}"),
-                Ok(None) => bail!("{DLQ_STREAM} reader closed"),
-                Ok(Some(message)) => message.context("cannot read a dead letter")?,
-            };
-            let (seq, time, pending) = {
-                let info = message
-                    .info()
-                    .map_err(|e| anyhow::anyhow!("dead letter without metadata: {e}"))?;
-                (info.stream_sequence, info.published, info.pending)
-            };
-            if pending == 0 || seq >= self.last {
-                self.messages = None;
-            }
-            if seq > self.last {
-                break;
-            }
+        while let Some(stored) = self.scan.next().await? {
+            let message = stored.message.message;
             let letter = DeadLetter::new(
-                seq,
-                time,
-                message.headers.clone().unwrap_or_default(),
-                message.payload.clone(),
+                stored.seq,
+                stored.time,
+                message.headers.unwrap_or_default(),
+                message.payload,
             );
-            if self.filters.until.is_some_and(|until| time > until) {
-                // In order: nothing later matches either.
-                self.messages = None;
-                break;
-            }
             if self.filters.matches(&letter) {
                 return Ok(Some(letter));
             }
         }
         Ok(None)
+    }
+
+    /// Reads no dead letter stored after sequence `last` (one confirmed).
+    fn up_to(mut self, last: u64) -> Self {
+        self.scan = self.scan.up_to(last);
+        self
+    }
+
+    /// A progress bar of the dead letters this reader goes through, `done` beside it.
+    fn progress(&self, done: &'static str) -> ProgressBar {
+        console::progress_bar(self.scan.total(), false, done)
+    }
+
+    fn advance(&self, bar: &ProgressBar) {
+        bar.set_position(self.scan.read());
     }
 }
 
@@ -296,11 +244,8 @@ pub async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result
         yes: false,
         ..
     } = &command
-        && !std::io::stdin().is_terminal()
     {
-        bail!(
-            "refusing to change dead letters without confirmation: standard input is not a terminal; pass --yes (or --dry-run to see what would change)"
-        );
+        console::confirmable("change dead letters")?;
     }
     let client = broker::connect(&settings.nats, FirstConnect::FailFast).await?;
     let js = broker::jetstream(client.clone(), &settings.nats);
@@ -315,31 +260,35 @@ pub async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result
             filters,
             dry_run,
             yes,
-        } => {
-            if dry_run || yes || confirm(&stream, &filters, "Replay").await? {
-                replay(&js, &stream, &filters, dry_run).await
-            } else {
-                Ok(())
-            }
-        }
+        } => match confirmed(&stream, &filters, dry_run || yes, "Replay").await? {
+            Some(up_to) => replay(&js, &stream, &filters, up_to, dry_run).await,
+            None => Ok(()),
+        },
         DlqCommand::Purge {
             filters,
             dry_run,
             yes,
-        } => {
-            if dry_run || yes || confirm(&stream, &filters, "Delete").await? {
-                purge(&stream, &filters, dry_run).await
-            } else {
-                Ok(())
-            }
-        }
+        } => match confirmed(&stream, &filters, dry_run || yes, "Delete").await? {
+            Some(up_to) => purge(&stream, &filters, up_to, dry_run).await,
+            None => Ok(()),
+        },
     };
     client.drain().await.ok();
     result
 }
 
-/// Counts the matching dead letters and asks on the terminal.
-async fn confirm(stream: &Stream, filters: &Filters, verb: &str) -> anyhow::Result<bool> {
+/// Counts the matching dead letters and asks on the terminal, unless told
+/// to go ahead `already`. `Some(last sequence)` to go ahead, up to what was
+/// shown.
+async fn confirmed(
+    stream: &Stream,
+    filters: &Filters,
+    already: bool,
+    verb: &str,
+) -> anyhow::Result<Option<u64>> {
+    if already {
+        return Ok(Some(u64::MAX));
+    }
     let mut reader = Reader::open(stream, filters).await?;
     let mut count = 0u64;
     while reader.next().await?.is_some() {
@@ -347,17 +296,10 @@ async fn confirm(stream: &Stream, filters: &Filters, verb: &str) -> anyhow::Resu
     }
     if count == 0 {
         println!("No dead letter matches.");
-        return Ok(false);
+        return Ok(None);
     }
-    eprint!("{verb} {count} dead letter(s)? [y/N] ");
-    std::io::stderr().flush().ok();
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    let yes = matches!(answer.trim().to_lowercase().as_str(), "y" | "yes");
-    if !yes {
-        println!("Nothing changed.");
-    }
-    Ok(yes)
+    let yes = console::ask(&format!("{verb} {count} dead letter(s)?"))?;
+    Ok(yes.then(|| reader.scan.last()))
 }
 
 async fn list(stream: &Stream, filters: &Filters, json: bool) -> anyhow::Result<()> {
@@ -444,19 +386,24 @@ async fn replay(
     js: &jetstream::Context,
     stream: &Stream,
     filters: &Filters,
+    up_to: u64,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let mut reader = Reader::open(stream, filters).await?;
+    let mut reader = Reader::open(stream, filters).await?.up_to(up_to);
+    let bar = reader.progress("0 replayed");
     let (mut replayed, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     while let Some(letter) = reader.next().await? {
+        reader.advance(&bar);
         let seq = letter.seq;
         let (Some(subject), Some(event_id)) = (&letter.subject, &letter.event_id) else {
-            eprintln!("skipped {seq}: no original subject or event id in its headers");
+            bar.suspend(|| {
+                eprintln!("skipped {seq}: no original subject or event id in its headers")
+            });
             skipped += 1;
             continue;
         };
         if dry_run {
-            println!("would replay {seq}: {subject} (event {event_id})");
+            bar.suspend(|| println!("would replay {seq}: {subject} (event {event_id})"));
             replayed += 1;
             continue;
         }
@@ -470,17 +417,19 @@ async fn replay(
             .message_id(format!("replay:{seq}:{event_id}"));
         let acked = async { js.send_publish(subject.clone(), publish).await?.await }.await;
         if let Err(e) = acked {
-            eprintln!("failed {seq}: cannot publish on {subject}: {e}");
+            bar.suspend(|| eprintln!("failed {seq}: cannot publish on {subject}: {e}"));
             failed += 1;
             continue;
         }
         // Only now is it safe to forget the dead letter.
-        if forget(stream, seq, "replayed, but ").await {
+        if forget(stream, seq, "replayed, but ", &bar).await {
             replayed += 1;
         } else {
             failed += 1;
         }
+        bar.set_message(format!("{replayed} replayed"));
     }
+    bar.finish_and_clear();
     let verb = if dry_run { "would replay" } else { "replayed" };
     println!("{verb} {replayed}, skipped {skipped}, failed {failed}");
     if failed > 0 {
@@ -489,21 +438,30 @@ async fn replay(
     Ok(())
 }
 
-async fn purge(stream: &Stream, filters: &Filters, dry_run: bool) -> anyhow::Result<()> {
-    let mut reader = Reader::open(stream, filters).await?;
+async fn purge(
+    stream: &Stream,
+    filters: &Filters,
+    up_to: u64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let mut reader = Reader::open(stream, filters).await?.up_to(up_to);
+    let bar = reader.progress("0 deleted");
     let (mut purged, mut failed) = (0u64, 0u64);
     while let Some(letter) = reader.next().await? {
+        reader.advance(&bar);
         if dry_run {
-            println!("would delete {}: {}", letter.seq, letter.reason);
+            bar.suspend(|| println!("would delete {}: {}", letter.seq, letter.reason));
             purged += 1;
             continue;
         }
-        if forget(stream, letter.seq, "").await {
+        if forget(stream, letter.seq, "", &bar).await {
             purged += 1;
+            bar.set_message(format!("{purged} deleted"));
         } else {
             failed += 1;
         }
     }
+    bar.finish_and_clear();
     let verb = if dry_run { "would delete" } else { "deleted" };
     println!("{verb} {purged}, failed {failed}");
     if failed > 0 {
@@ -513,28 +471,14 @@ async fn purge(stream: &Stream, filters: &Filters, dry_run: bool) -> anyhow::Res
 }
 
 /// Deletes dead letter `seq`; says why not on standard error.
-async fn forget(stream: &Stream, seq: u64, done_before: &str) -> bool {
+async fn forget(stream: &Stream, seq: u64, done_before: &str, bar: &ProgressBar) -> bool {
     match stream.delete_message(seq).await {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("failed {seq}: {done_before}cannot delete it from {DLQ_STREAM}: {e}");
+            bar.suspend(|| {
+                eprintln!("failed {seq}: {done_before}cannot delete it from {DLQ_STREAM}: {e}")
+            });
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_or_a_duration_ago() {
-        assert_eq!(
-            parse_when("2026-11-20T08:30:00Z").unwrap(),
-            OffsetDateTime::parse("2026-11-20T08:30:00Z", &Rfc3339).unwrap()
-        );
-        let ago = OffsetDateTime::now_utc() - parse_when("2h").unwrap();
-        assert!((ago.whole_seconds() - 7200).abs() < 5, "{ago}");
-        assert!(parse_when("soonish").is_err());
     }
 }

@@ -25,12 +25,14 @@
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
-//! - [`cli`]: the `softphone-bridge` subcommands.
+//! - [`cli`]: the `softphone-bridge` subcommands; [`dlq`] and [`replay`] are
+//!   the operators' (sharing `console` and `scan`).
 
 pub mod broker;
 pub mod cli;
 pub mod command;
 pub mod config;
+mod console;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
@@ -41,6 +43,8 @@ pub mod load;
 pub mod metric;
 pub mod pipeline;
 pub mod registry;
+pub mod replay;
+mod scan;
 pub mod service;
 pub mod startup;
 pub mod telemetry;

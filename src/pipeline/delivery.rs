@@ -14,7 +14,7 @@ use crate::contract::{EventKind, lane_header, replay_header};
 use crate::metric;
 
 /// An event as one delivery presents it.
-pub(super) struct Delivery {
+pub(crate) struct Delivery {
     /// Stays the same across redeliveries, replicas and lanes (see subjects.md).
     pub id: String,
     /// What its copies to the lanes are de-duplicated by: the message's own

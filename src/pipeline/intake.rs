@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, context::PublishAckFuture};
+use async_nats::jetstream::{
+    self, AckKind, consumer::PullConsumer, context::PublishAckFuture, message::PublishMessage,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -247,22 +249,9 @@ impl Intake {
         delivery: &Delivery,
         routes: &[(String, String)],
     ) -> Fate {
-        let published = delivery
-            .published
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let sequence = delivery.sequence.to_string();
         let mut acks = Vec::with_capacity(routes.len());
         for (subject, id) in routes {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(lane_header::EVENT_ID, delivery.id.as_str());
-            headers.insert(lane_header::SUBJECT, delivery.subject.as_str());
-            headers.insert(lane_header::SEQUENCE, sequence.as_str());
-            headers.insert(lane_header::PUBLISHED, published.as_str());
-            let copy = jetstream::message::PublishMessage::build()
-                .payload(message.payload.clone())
-                .headers(headers)
-                .message_id(id.as_str());
+            let copy = lane_copy(delivery, message.payload.clone(), id);
             match self.js.send_publish(subject.clone(), copy).await {
                 Ok(ack) => acks.push(ack),
                 Err(e) => {
@@ -333,6 +322,30 @@ impl Intake {
             }
         }
     }
+}
+
+/// A valid event's copy for a lane: its body verbatim, with the headers that
+/// tell the lane what the event was in `SOFTPHONE_EVENTS` (id, subject,
+/// sequence, publish time), stored once in `SOFTPHONE_LANES` per `id` (its
+/// `Nats-Msg-Id`) within the duplicate window. `softphone-bridge replay`
+/// sends events again through it.
+pub(crate) fn lane_copy(delivery: &Delivery, payload: bytes::Bytes, id: &str) -> PublishMessage {
+    let published = delivery
+        .published
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(lane_header::EVENT_ID, delivery.id.as_str());
+    headers.insert(lane_header::SUBJECT, delivery.subject.as_str());
+    headers.insert(
+        lane_header::SEQUENCE,
+        delivery.sequence.to_string().as_str(),
+    );
+    headers.insert(lane_header::PUBLISHED, published.as_str());
+    PublishMessage::build()
+        .payload(payload)
+        .headers(headers)
+        .message_id(id)
 }
 
 /// `Ack` once every copy is stored, else the held fate.

@@ -32,7 +32,9 @@ use crate::config::Settings;
 use crate::contract::{EVENTS_STREAM, LANES_STREAM, LaneTarget};
 use crate::crm::Connections;
 
+pub(crate) use delivery::Delivery;
 pub use gate::LaneSettings;
+pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::WorkerSettings;
 

@@ -16,6 +16,7 @@ mod load;
 mod ops;
 mod outcomes;
 mod registry;
+mod replay;
 mod replicas;
 mod resilience;
 mod salesforce;
