@@ -38,23 +38,12 @@ async fn a_hanging_crm_does_not_hold_back_another_partners_events() {
     sf.org().api_delay = Some(Duration::from_secs(10));
     let webhook = FakeCrm::answering(ResponseTemplate::new(200)).await;
     let nats = start_nats().await;
+    let a = sf
+        .crm_toml("client_credentials", "[crms.a.lookup]\nenabled = false")
+        .replace("timeout = \"2s\"", "timeout = \"6s\"");
     let extra = format!(
-        r#"
-[partners.{PARTNER_B}]
-business_segment_id = "{SEGMENT}"
-channel_origin_id = "{ORIGIN}"
-crm = "b"
-
-[crms.a]
-{a}
-
-[crms.b]
-{b}
-"#,
-        a = sf
-            .crm_toml("client_credentials", "[crms.a.lookup]\nenabled = false")
-            .replace("timeout = \"2s\"", "timeout = \"6s\""),
-        b = webhook_crm(&webhook.url()),
+        "{}\n[crms.a]\n{a}\n",
+        partner_b_on_connection_b(&webhook_crm(&webhook.url()))
     );
     let settings = settings_with(&nats.url, "kind = \"log\"", Some("a"), &extra);
     let app = spawn_app(nats, settings).await;

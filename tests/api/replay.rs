@@ -26,18 +26,7 @@ struct Setup {
 impl Setup {
     async fn start() -> Setup {
         let (a, b) = (FakeCrm::start().await, FakeCrm::start().await);
-        let extra = format!(
-            r#"
-[partners.{PARTNER_B}]
-business_segment_id = "{SEGMENT}"
-channel_origin_id = "{ORIGIN}"
-crm = "b"
-
-[crms.b]
-{b}
-"#,
-            b = webhook_crm(&b.url())
-        );
+        let extra = partner_b_on_connection_b(&webhook_crm(&b.url()));
         let nats = start_nats().await;
         let settings = settings_with(&nats.url, &webhook_crm(&a.url()), None, &extra);
         let config = config_file(&format!("[crm]\n{}\n{extra}", webhook_crm(&a.url())));

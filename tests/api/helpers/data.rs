@@ -6,6 +6,14 @@ pub const ORIGIN: &str = "57053e21-0440-4689-a27a-513d7dceebde";
 pub const STATUS: &str = "9b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d";
 /// The second partner of routing tests.
 pub const PARTNER_B: &str = "8c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+/// `[partners.<PARTNER_B>]` on connection `b`, and `[crms.b]` as `crm_b`
+/// (the body of a connection's table).
+pub fn partner_b_on_connection_b(crm_b: &str) -> String {
+    format!(
+        "\n[partners.{PARTNER_B}]\nbusiness_segment_id = \"{SEGMENT}\"\nchannel_origin_id = \"{ORIGIN}\"\ncrm = \"b\"\n\n[crms.b]\n{crm_b}\n"
+    )
+}
+
 /// A partner no token below is scoped to.
 pub const OTHER_PARTNER: &str = "0c7d1a52-4f0b-4e8e-9a51-8f3e2b6d7c10";
 
