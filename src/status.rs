@@ -139,6 +139,10 @@ async fn gather(
         let Ok(Some(answer)) = tokio::time::timeout_at(until, answers.next()).await else {
             break;
         };
+        if answer.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            // No replica runs: the server says so at once.
+            break;
+        }
         answered = true;
         if let Some(view) = view_of(&answer.payload)
             && view.pool == pool
@@ -265,7 +269,8 @@ fn api_usage(views: &[ReplicaView]) -> BTreeMap<String, ApiUsage> {
 async fn registry(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Registry> {
     let state = match js.get_stream(format!("KV_{bucket}")).await {
         Ok(stream) => Some(stream.cached_info().state.clone()),
-        Err(_) => None,
+        Err(e) if crate::provision::missing(&e) => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read bucket {bucket}")),
     };
     Ok(Registry {
         bucket: bucket.to_owned(),

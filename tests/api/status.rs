@@ -144,3 +144,45 @@ async fn status_counts_dead_letters_by_reason_and_shows_api_usage() {
     assert_eq!(crm_lane["circuit"], "closed", "{crm_lane}");
     assert_eq!(crm_lane["paused_in"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_gathers_every_replicas_answer() {
+    let nats = start_nats().await;
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", nats.url.as_str())];
+    let provision = bridge(&["provision"], &env);
+    assert!(provision.status.success(), "{}", stderr(&provision));
+    let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
+    let config = bridge_config(
+        &crm.url(),
+        "\n[lanes]\npause_after = 1\nprobe_every = \"300ms\"\n",
+    );
+    let _replicas = [
+        Bridge::start(&nats.url, &config),
+        Bridge::start(&nats.url, &config),
+    ];
+    // More events than one replica has room for (worker.concurrency = 4):
+    // both get some, and both pause.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for _ in 0..20 {
+        publish(
+            &js,
+            EventKind::CallAccepted,
+            &call_body(&conversation(), ""),
+            None,
+        )
+        .await;
+    }
+    let status = eventually("both replicas to report the lane paused", || async {
+        let status = status_json(&nats.url);
+        (status["replicas"] == 2 && lane(&status, "crm")["paused_in"] == 2).then_some(status)
+    })
+    .await;
+    let crm_lane = lane(&status, "crm");
+    assert_eq!(crm_lane["replicas"], 2, "{crm_lane}");
+    let held = crm_lane["held"].as_u64().unwrap();
+    assert!(
+        (2..=8).contains(&held),
+        "each holds what it has room for: {crm_lane}"
+    );
+}
