@@ -64,12 +64,12 @@ pub enum Action {
     },
 }
 
-/// The configuration a step applies.
+/// The configuration a step applies (boxed: they are large and unalike).
 #[derive(Debug, Clone)]
 enum Desired {
-    Stream(stream::Config),
-    Consumer(consumer::pull::Config),
-    Bucket(kv::Config),
+    Stream(Box<stream::Config>),
+    Consumer(Box<consumer::pull::Config>),
+    Bucket(Box<kv::Config>),
     Nothing,
 }
 
@@ -105,7 +105,7 @@ impl Plan {
                     current.as_ref().map(stream_settings),
                     stream_settings(&config),
                 ),
-                desired: Desired::Stream(config),
+                desired: Desired::Stream(Box::new(config)),
             });
         }
         let consumers = pipeline::consumers(settings);
@@ -127,7 +127,7 @@ impl Plan {
                     current.as_ref().map(consumer_settings),
                     consumer_settings(&config.clone().into_consumer_config()),
                 ),
-                desired: Desired::Consumer(config),
+                desired: Desired::Consumer(Box::new(config)),
             });
         }
         steps.extend(leftover_lanes(js, settings, &consumers).await?);
@@ -145,7 +145,7 @@ impl Plan {
                     current.as_ref().map(bucket_settings_of_stream),
                     bucket_settings(&config),
                 ),
-                desired: Desired::Bucket(config),
+                desired: Desired::Bucket(Box::new(config)),
             });
         }
         Ok(Plan {
@@ -163,7 +163,7 @@ impl Plan {
             let name = &step.name;
             match &step.desired {
                 Desired::Stream(config) => {
-                    js.create_or_update_stream(config.clone())
+                    js.create_or_update_stream(*config.clone())
                         .await
                         .with_context(|| format!("cannot create or update stream {name}"))?;
                 }
@@ -172,12 +172,12 @@ impl Plan {
                     js.get_stream_no_info(stream)
                         .await
                         .with_context(|| format!("cannot look up stream {stream}"))?
-                        .create_consumer(config.clone())
+                        .create_consumer(*config.clone())
                         .await
                         .with_context(|| format!("cannot create or update consumer {name}"))?;
                 }
                 Desired::Bucket(config) => {
-                    js.create_or_update_key_value(config.clone())
+                    js.create_or_update_key_value(*config.clone())
                         .await
                         .with_context(|| {
                             format!("cannot create or update key-value bucket {name}")
