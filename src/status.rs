@@ -361,3 +361,37 @@ fn circuit_name(circuit: Circuit) -> &'static str {
         Circuit::HalfOpen => "half-open",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(used: u64) -> ReplicaView {
+        ReplicaView {
+            pool: "p".into(),
+            lanes: BTreeMap::new(),
+            api_usage: [("sf".to_owned(), ApiUsage { used, limit: 100 })].into(),
+        }
+    }
+
+    #[test]
+    fn api_usage_is_the_highest_any_replica_saw() {
+        let usage = api_usage(&[view(7), view(42), view(9)]);
+        assert_eq!(usage["sf"].used, 42);
+    }
+
+    #[test]
+    fn only_the_view_endpoints_data_is_a_view() {
+        let stats = serde_json::json!({
+            "type": "io.nats.micro.v1.stats_response",
+            "endpoints": [
+                {"name": "load", "data": null},
+                {"name": VIEW_ENDPOINT, "data": serde_json::to_value(view(1)).unwrap()}
+            ]
+        });
+        let found = view_of(&serde_json::to_vec(&stats).unwrap()).expect("a view");
+        assert_eq!(found.pool, "p");
+        let without = serde_json::json!({"endpoints": [{"name": VIEW_ENDPOINT}]});
+        assert!(view_of(&serde_json::to_vec(&without).unwrap()).is_none());
+    }
+}
