@@ -1,6 +1,6 @@
-//! NATS: connecting with the configured credentials, and provisioning the
-//! streams, the pipeline's durable consumers, the registry bucket and the
-//! commands' idempotency bucket (idempotent: create or update).
+//! NATS: connecting with the configured credentials, and what the streams,
+//! the pipeline's durable consumers, the registry bucket and the commands'
+//! idempotency bucket should be (provisioned by [`crate::provision`]).
 
 use std::sync::Arc;
 
@@ -135,80 +135,18 @@ pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstre
         .build(client)
 }
 
-/// Creates or updates the streams, the pipeline's consumers and the registry
-/// bucket. Lane consumers no configured connection uses any more are
-/// reported, not deleted: events an older replica routed there wait in them.
-pub async fn provision(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
-    for config in stream_configs(settings) {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .with_context(|| format!("cannot create or update stream {name}"))?;
-        tracing::info!(stream = %name, "Stream provisioned.");
-    }
-    let consumers = pipeline::consumers(settings);
-    for consumer in &consumers {
-        let stream = js
-            .get_stream_no_info(consumer.stream)
-            .await
-            .with_context(|| format!("cannot look up stream {}", consumer.stream))?;
-        stream
-            .create_consumer(consumer_config(settings, consumer))
-            .await
-            .with_context(|| format!("cannot create or update consumer {}", consumer.name))?;
-        tracing::info!(consumer = %consumer.name, stream = consumer.stream, "Consumer provisioned.");
-    }
-    report_leftover_lanes(js, settings, &consumers).await?;
-    let bucket = crate::registry::bucket_config(&settings.registry, settings.streams.replicas);
-    js.create_or_update_key_value(bucket)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot create or update key-value bucket {}",
-                settings.registry.bucket
-            )
-        })?;
-    tracing::info!(bucket = %settings.registry.bucket, "Registry bucket provisioned.");
-    let keys = crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas);
-    js.create_or_update_key_value(keys).await.with_context(|| {
-        format!(
-            "cannot create or update key-value bucket {}",
-            settings.commands.bucket
-        )
-    })?;
-    tracing::info!(bucket = %settings.commands.bucket, "Idempotency bucket provisioned.");
-    Ok(())
-}
-
-/// Warns about lane consumers of this pool that no configured connection
-/// uses: a connection removed from the configuration, or renamed.
-async fn report_leftover_lanes(
+/// Creates or updates the streams, the pipeline's consumers and the KV
+/// buckets as the settings say (see [`crate::provision`]); returns what it
+/// did. Lane consumers no configured connection uses any more are reported,
+/// not deleted: events an older replica routed there wait in them.
+pub async fn provision(
     js: &jetstream::Context,
     settings: &Settings,
-    expected: &[Consumer],
-) -> anyhow::Result<()> {
-    use futures::TryStreamExt;
-    let prefix = format!("{}-crm-", settings.worker.consumer);
-    let lanes = js
-        .get_stream_no_info(LANES_STREAM)
+) -> anyhow::Result<crate::provision::Plan> {
+    crate::provision::Plan::compute(js, settings)
+        .await?
+        .apply(js)
         .await
-        .with_context(|| format!("cannot look up stream {LANES_STREAM}"))?;
-    let infos: Vec<consumer::Info> = lanes
-        .consumers()
-        .try_collect()
-        .await
-        .with_context(|| format!("cannot list the consumers of {LANES_STREAM}"))?;
-    for info in infos {
-        if info.name.starts_with(&prefix) && !expected.iter().any(|c| c.name == info.name) {
-            tracing::warn!(
-                consumer = %info.name,
-                pending = info.num_pending,
-                unacknowledged = info.num_ack_pending,
-                "Lane consumer of a connection that is not configured: its events wait there until the connection is configured again (or the consumer is deleted with `nats consumer rm`)."
-            );
-        }
-    }
-    Ok(())
 }
 
 /// The pipeline's durable pull consumers every replica binds to: the intake
@@ -239,7 +177,7 @@ pub async fn bind_consumers(
     Ok(bound)
 }
 
-fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
+pub(crate) fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
     let s = &settings.streams;
     let base = stream::Config {
         num_replicas: s.replicas,
@@ -291,7 +229,7 @@ fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
     ]
 }
 
-fn consumer_config(settings: &Settings, consumer: &Consumer) -> consumer::pull::Config {
+pub(crate) fn consumer_config(settings: &Settings, consumer: &Consumer) -> consumer::pull::Config {
     let w = &settings.worker;
     let (description, max_ack_pending, ack_wait) = match &consumer.role {
         Role::Intake => (

@@ -1,4 +1,5 @@
-//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq, replay.
+//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq,
+//! replay, status, doctor.
 
 use std::path::PathBuf;
 
@@ -32,8 +33,12 @@ pub struct Cli {
 pub enum Command {
     /// Consume events and answer load requests until SIGTERM or Ctrl-C.
     Run,
-    /// Create or update the streams and the consumer, then exit.
-    Provision,
+    /// Create or update the streams, consumers and KV buckets; print one line each.
+    Provision {
+        /// Print what would change (a setting's old → new value); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
     /// Validate a contract event and publish it, as a softphone would.
@@ -62,6 +67,10 @@ pub enum Command {
     /// Send events SOFTPHONE_EVENTS still keeps through a CRM connection again,
     /// with their original event id and publish time (the CRM de-duplicates).
     Replay(crate::replay::ReplayArgs),
+    /// Lanes, replicas, dead letters, API usage and the registry, on one screen.
+    Status(crate::status::StatusArgs),
+    /// Check the configuration end to end: NATS, streams and consumers, each CRM connection.
+    Doctor,
 }
 
 impl Cli {
@@ -72,13 +81,7 @@ impl Cli {
                 print!("{}", settings.to_redacted_toml());
                 Ok(())
             }
-            Command::Provision => {
-                let client = broker::connect(&settings.nats, FirstConnect::FailFast).await?;
-                let js = broker::jetstream(client.clone(), &settings.nats);
-                broker::provision(&js, &settings).await?;
-                client.drain().await.ok();
-                Ok(())
-            }
+            Command::Provision { dry_run } => crate::provision::execute(&settings, dry_run).await,
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(shutdown_on_signal(shutdown.clone()));
@@ -91,6 +94,8 @@ impl Cli {
             Command::HashToken { generate } => hash_token(generate).await,
             Command::Dlq { command } => crate::dlq::execute(&settings, command).await,
             Command::Replay(args) => crate::replay::execute(&settings, args).await,
+            Command::Status(args) => crate::status::execute(&settings, args).await,
+            Command::Doctor => crate::doctor::execute(&settings).await,
         }
     }
 }

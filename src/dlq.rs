@@ -63,7 +63,7 @@ pub enum DlqCommand {
 }
 
 /// Which dead letters a command applies to; all of them by default.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct Filters {
     /// Reason containing this text (case-insensitive).
     #[arg(long)]
@@ -481,4 +481,35 @@ async fn forget(stream: &Stream, seq: u64, done_before: &str, bar: &ProgressBar)
             false
         }
     }
+}
+
+/// Most distinct reasons [`count_by_reason`] counts apart.
+const MAX_REASONS: usize = 20;
+
+/// The dead letters, counted by reason (for `softphone-bridge status`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReasonCounts {
+    pub total: u64,
+    /// The first [`MAX_REASONS`] distinct reasons met, each with its count.
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// Dead letters of any other reason.
+    pub other: u64,
+}
+
+/// Reads every dead letter once, keeping only counts: memory stays bounded.
+pub(crate) async fn count_by_reason(stream: &Stream) -> anyhow::Result<ReasonCounts> {
+    let mut reader = Reader::open(stream, &Filters::default()).await?;
+    let mut counts = ReasonCounts::default();
+    while let Some(letter) = reader.next().await? {
+        counts.total += 1;
+        let room = counts.by_reason.len() < MAX_REASONS;
+        match counts.by_reason.get_mut(&letter.reason) {
+            Some(count) => *count += 1,
+            None if room => {
+                counts.by_reason.insert(letter.reason, 1);
+            }
+            None => counts.other += 1,
+        }
+    }
+    Ok(counts)
 }

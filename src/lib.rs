@@ -13,7 +13,8 @@
 //! both via [`dispatch`]), authorised against the softphone [`registry`].
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
-//! - [`broker`]: NATS connection, stream and consumer provisioning.
+//! - [`broker`]: NATS connection; the streams and consumers it should have.
+//! - [`provision`]: those compared with the server's, then created or updated.
 //! - [`pipeline`]: intake → lane → CRM → outcome, in that order.
 //! - [`crm`]: the CRM trait, the `log`, `webhook` and `salesforce` adapters,
 //!   and the configured connections by name (see deploy/salesforce.md).
@@ -25,8 +26,9 @@
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
-//! - [`cli`]: the `softphone-bridge` subcommands; [`dlq`] and [`replay`] are
-//!   the operators' (sharing `console` and `scan`).
+//! - [`cli`]: the `softphone-bridge` subcommands; [`dlq`], [`replay`],
+//!   [`status`] and [`doctor`] are the operators' ([`dlq`] and [`replay`]
+//!   share `console` and `scan`).
 
 pub mod broker;
 pub mod cli;
@@ -37,16 +39,19 @@ pub mod contract;
 pub mod crm;
 pub mod dispatch;
 pub mod dlq;
+pub mod doctor;
 pub mod heartbeat;
 pub mod http;
 pub mod load;
 pub mod metric;
 pub mod pipeline;
+pub mod provision;
 pub mod registry;
 pub mod replay;
 mod scan;
 pub mod service;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
 pub mod text;
 pub mod tls;

@@ -4,10 +4,15 @@
 //!   route, and the same answers;
 //! - `load` on `softphone.load`: the callbacks a loading softphone gets.
 //!
+//! Each replica's stats (`nats micro stats softphone-bridge`, and what
+//! `softphone-bridge status` gathers) carry its [`ReplicaView`] as the
+//! `command` endpoint's `data`: its CRM lanes' gates and Salesforce API usage.
+//!
 //! Error replies are service errors (`Nats-Service-Error`, `-Code`), so
 //! `nats micro stats` counts them; their problem document travels in the
 //! [`PROBLEM_HEADER`] header, since a service error has an empty body.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
@@ -25,6 +30,7 @@ use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
 use crate::http::ops::Readiness;
 use crate::http::problem::Problem;
 use crate::load::LoadReply;
+use crate::pipeline::{GateView, Gates};
 
 /// Requests handled at once by one replica, per endpoint.
 const MAX_IN_FLIGHT: usize = 256;
@@ -34,6 +40,44 @@ pub const SERVICE_NAME: &str = "softphone-bridge";
 
 /// The header of an error reply that carries its problem document (JSON).
 pub const PROBLEM_HEADER: &str = "Softphone-Problem";
+
+/// The endpoint whose stats carry the replica's [`ReplicaView`] as `data`.
+pub const VIEW_ENDPOINT: &str = "command";
+
+/// What one replica shows of itself in its service stats.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaView {
+    /// Its pool (`worker.consumer`), which tells apart the replicas of
+    /// several pools on one NATS.
+    pub pool: String,
+    /// Each running CRM lane's gate, by connection.
+    pub lanes: BTreeMap<String, GateView>,
+    /// Salesforce API usage as last reported to this replica, by connection.
+    pub api_usage: BTreeMap<String, ApiUsage>,
+}
+
+/// An org's daily API usage from its `Sforce-Limit-Info`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct ApiUsage {
+    pub used: u64,
+    pub limit: u64,
+}
+
+impl ReplicaView {
+    fn now(pool: &str, gates: &Gates, connections: &Connections) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            lanes: gates.views(),
+            api_usage: connections
+                .iter()
+                .filter_map(|(name, crm)| {
+                    let (used, limit) = crm.api_usage()?;
+                    Some((name.to_owned(), ApiUsage { used, limit }))
+                })
+                .collect(),
+        }
+    }
+}
 
 /// What the `load` endpoint needs.
 pub struct Load {
@@ -46,19 +90,32 @@ pub async fn serve(
     client: async_nats::Client,
     dispatcher: Dispatcher,
     load: Load,
+    gates: Gates,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let view = {
+        let pool = load.settings.worker.consumer.clone();
+        let connections = load.connections.clone();
+        move |endpoint: String, _: async_nats::service::endpoint::Stats| {
+            if endpoint != VIEW_ENDPOINT {
+                return Value::Null;
+            }
+            serde_json::to_value(ReplicaView::now(&pool, &gates, &connections))
+                .expect("a view serializes")
+        }
+    };
     let service = client
         .service_builder()
         .description("Commands from CRMs to softphones, validated against the softphone contract; load callbacks for softphones.")
         .queue_group(LOAD_QUEUE_GROUP)
+        .stats_handler(view)
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the NATS service: {e}"))?;
     let commands = service
         .endpoint_builder()
-        .name("command")
+        .name(VIEW_ENDPOINT)
         .add(API_COMMAND_SUBJECT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot add the {API_COMMAND_SUBJECT} endpoint: {e}"))?;

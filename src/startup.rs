@@ -32,6 +32,8 @@ pub struct Application {
     http: Option<HttpServer>,
     readiness: Readiness,
     dispatcher: Dispatcher,
+    /// The CRM lanes' gates, which the NATS service shows.
+    gates: pipeline::Gates,
 }
 
 impl Application {
@@ -74,6 +76,7 @@ impl Application {
             http,
             readiness,
             dispatcher,
+            gates: pipeline::Gates::default(),
         })
     }
 
@@ -115,6 +118,7 @@ impl Application {
                 settings: Arc::clone(&self.settings),
                 connections: self.connections.clone(),
             },
+            self.gates.clone(),
             self.readiness.clone(),
             shutdown.clone(),
         ));
@@ -154,6 +158,7 @@ impl Application {
             self.connections.clone(),
             consumers,
             self.intake.connects.clone(),
+            &self.gates,
             shutdown,
         )
         .await;
@@ -170,7 +175,7 @@ impl Application {
         loop {
             let attempt = async {
                 if self.settings.streams.provision_on_start {
-                    broker::provision(&self.js, &self.settings).await?;
+                    broker::provision(&self.js, &self.settings).await?.log();
                 }
                 broker::bind_consumers(&self.js, &self.intake_js, &self.settings).await
             };

@@ -121,6 +121,18 @@ pub trait Crm: Send + Sync + 'static {
         None
     }
 
+    /// The org's daily API usage `(used, limit)` as last reported, for CRMs
+    /// that report one (Salesforce).
+    fn api_usage(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Checks that the connection works, for `softphone-bridge doctor`:
+    /// what was checked, or why it fails (never a secret).
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(std::future::ready(Ok("nothing to reach".to_owned())))
+    }
+
     /// The disposition codes the CRM itself allows for the partner's calls,
     /// when it knows them; `None` leaves the configured lists in charge.
     fn dispositions<'a>(&'a self, partner: Option<&'a Guid>) -> BoxFuture<'a, Option<Vec<String>>> {

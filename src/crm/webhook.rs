@@ -14,6 +14,13 @@ use super::http::{classify_response, transport_error};
 use super::{Crm, CrmError, CrmEvent};
 use crate::config::WebhookSettings;
 
+/// The header that marks `softphone-bridge doctor`'s test event, so
+/// receivers can tell it from events and ignore it.
+pub const TEST_HEADER: &str = "X-Softphone-Test";
+
+/// The `event` (and `X-Softphone-Event`) of the test event.
+pub const TEST_EVENT: &str = "test";
+
 pub struct WebhookCrm {
     client: reqwest::Client,
     timeout: std::time::Duration,
@@ -43,27 +50,59 @@ impl WebhookCrm {
     }
 
     async fn post(&self, event: &CrmEvent) -> Result<(), CrmError> {
-        let body = event.to_json();
+        self.send(&event.id, event.kind().name(), event.to_json(), false)
+            .await
+            .map(drop)
+    }
+
+    /// POSTs a signed `body`; `test` marks a test event (`X-Softphone-Test: true`).
+    async fn send(
+        &self,
+        id: &str,
+        event: &str,
+        body: Vec<u8>,
+        test: bool,
+    ) -> Result<reqwest::StatusCode, CrmError> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let signature = sign(&self.keys, &event.id, timestamp, &body);
-        let response = self
+        let signature = sign(&self.keys, id, timestamp, &body);
+        let mut request = self
             .client
             .post(self.url.clone())
             .timeout(self.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Softphone-Event", event.kind().name())
-            .header("Idempotency-Key", &event.id)
-            .header("webhook-id", &event.id)
+            .header("X-Softphone-Event", event)
+            .header("Idempotency-Key", id)
+            .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
-        classify_response(response).await.map(drop)
+            .header("webhook-signature", signature);
+        if test {
+            request = request.header(TEST_HEADER, "true");
+        }
+        let response = request.body(body).send().await.map_err(transport_error)?;
+        classify_response(response).await.map(|r| r.status())
+    }
+
+    /// Sends a signed test event (see [`TEST_HEADER`]) and expects a 2xx.
+    async fn check_endpoint(&self) -> Result<String, String> {
+        let id = format!("test-{}", uuid::Uuid::new_v4());
+        let published_at = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "event": TEST_EVENT,
+            "id": id,
+            "publishedAt": published_at,
+            "sequence": 0,
+            "data": {},
+        });
+        let body = serde_json::to_vec(&body).expect("JSON serializes");
+        match self.send(&id, TEST_EVENT, body, true).await {
+            Ok(status) => Ok(format!("a signed test event was answered {status}")),
+            Err(e) => Err(format!("a signed test event failed: {e}")),
+        }
     }
 }
 
@@ -93,6 +132,10 @@ impl Crm for WebhookCrm {
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.post(event))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(self.check_endpoint())
     }
 }
 

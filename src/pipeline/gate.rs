@@ -11,7 +11,7 @@
 //! resumes the lane and the held events go at once. Busy is not trouble: a
 //! lane simply pulls no more than it has room for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ struct State {
     /// tell whether the connection works for others.
     answered: u64,
     paused_at: Option<Instant>,
+    /// The last connection failure's reason, until the connection answers.
+    reason: Option<String>,
     next_probe: Option<Instant>,
     probing: bool,
     /// Held events waiting for their turn, by the order they came to wait:
@@ -122,6 +124,31 @@ impl Gate {
         self.state().paused_at.is_some()
     }
 
+    /// What operators see of the gate (read-only).
+    pub fn view(&self) -> GateView {
+        let state = self.state();
+        let circuit = match (state.paused_at, state.probing) {
+            (Some(_), true) => Circuit::HalfOpen,
+            (Some(_), false) => Circuit::Open,
+            (None, _) if state.failures > 0 => Circuit::Failing,
+            (None, _) => Circuit::Closed,
+        };
+        let paused_since = state.paused_at.map(|at| {
+            let since = time::OffsetDateTime::now_utc() - at.elapsed();
+            since
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        });
+        GateView {
+            paused: state.paused_at.is_some(),
+            circuit,
+            failures: state.failures,
+            reason: state.reason.clone(),
+            paused_since,
+            held: state.held,
+        }
+    }
+
     /// How many times the connection has answered so far.
     pub fn answered(&self) -> u64 {
         self.state().answered
@@ -137,6 +164,7 @@ impl Gate {
         else {
             // An answer, even a refusal, says the connection works.
             state.failures = 0;
+            state.reason = None;
             state.answered += 1;
             if let Some(since) = state.paused_at.take() {
                 state.next_probe = None;
@@ -152,6 +180,7 @@ impl Gate {
             return;
         };
         state.failures += 1;
+        state.reason = Some(reason.clone());
         let wait = retry_after
             .unwrap_or_default()
             .min(self.max_wait)
@@ -226,6 +255,59 @@ impl Gate {
                 _ = changes.changed() => {}
             }
         }
+    }
+}
+
+/// A lane's circuit, as a breaker would say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Circuit {
+    /// The connection answers.
+    Closed,
+    /// Failures in a row, not yet `lanes.pause_after`.
+    Failing,
+    /// Paused: only probes call the CRM.
+    Open,
+    /// Paused, and a probe is under way.
+    HalfOpen,
+}
+
+/// A lane's gate in one replica, as `softphone-bridge status` and
+/// `nats micro stats` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateView {
+    pub paused: bool,
+    pub circuit: Circuit,
+    /// Connection failures in a row.
+    pub failures: u32,
+    /// The last connection failure's reason, while it lasts.
+    pub reason: Option<String>,
+    /// When the lane paused (RFC 3339).
+    pub paused_since: Option<String>,
+    /// Events held in this replica while the connection is in trouble.
+    pub held: usize,
+}
+
+/// Every CRM lane's gate in this replica, by connection, for views only.
+#[derive(Clone, Default)]
+pub struct Gates(Arc<Mutex<BTreeMap<String, Arc<Gate>>>>);
+
+impl Gates {
+    pub(super) fn insert(&self, connection: &str, gate: &Arc<Gate>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connection.to_owned(), Arc::clone(gate));
+    }
+
+    /// Each running CRM lane's view, by connection.
+    pub fn views(&self) -> BTreeMap<String, GateView> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(connection, gate)| (connection.clone(), gate.view()))
+            .collect()
     }
 }
 
@@ -304,8 +386,13 @@ mod tests {
         let started = Instant::now();
         assert!(matches!(gate.turn(STEP).await, Turn::Go));
         assert_eq!(started.elapsed(), STEP, "tried again after the step");
+        assert_eq!(gate.view().circuit, Circuit::Failing);
         gate.record(Some(&unavailable()));
         assert!(gate.paused(), "two in a row pause");
+        let view = gate.view();
+        assert_eq!(view.circuit, Circuit::Open);
+        assert_eq!(view.reason.as_deref(), Some("down"));
+        assert!(view.paused_since.is_some());
 
         let started = Instant::now();
         let Turn::Probe(probe) = gate.turn(STEP).await else {
@@ -328,6 +415,8 @@ mod tests {
         drop(probe);
         assert!(second.await.unwrap(), "the lane resumed for everyone");
         assert!(!gate.paused());
+        let view = gate.view();
+        assert_eq!((view.circuit, view.reason), (Circuit::Closed, None));
         assert_eq!(gate.answered(), answered + 1);
     }
 

@@ -33,7 +33,7 @@ use crate::contract::{EVENTS_STREAM, LANES_STREAM, LaneTarget};
 use crate::crm::Connections;
 
 pub(crate) use delivery::Delivery;
-pub use gate::LaneSettings;
+pub use gate::{Circuit, GateView, Gates, LaneSettings};
 pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::WorkerSettings;
@@ -88,13 +88,15 @@ pub fn consumers(settings: &Settings) -> Vec<Consumer> {
 
 /// Runs every consumer of the pipeline until `shutdown`, then lets each
 /// finish what it holds within the shutdown deadline. `intake_connects`
-/// changes on every (re)connect of the intake's own connection.
+/// changes on every (re)connect of the intake's own connection; each CRM
+/// lane's gate joins `gates`, for views.
 pub async fn run(
     settings: Arc<Settings>,
     js: jetstream::Context,
     connections: Connections,
     bound: Vec<(Consumer, PullConsumer)>,
     intake_connects: tokio::sync::watch::Receiver<u64>,
+    gates: &Gates,
     shutdown: CancellationToken,
 ) {
     let mut running = tokio::task::JoinSet::new();
@@ -130,6 +132,7 @@ pub async fn run(
                     &settings.lanes,
                     settings.worker.max_retry_after,
                 );
+                gates.insert(&connection, &gate);
                 let work = work::CrmWork::new(&connection, Arc::clone(crm));
                 // An adapter that batches (Salesforce) asks for room to fill a batch.
                 let mut worker = settings.worker.clone();

@@ -4,7 +4,7 @@ use std::process::Output;
 
 use async_nats::jetstream;
 use serde_json::Value;
-use softphone_bridge::contract::EVENTS_STREAM;
+use softphone_bridge::contract::{EVENTS_STREAM, LANES_STREAM};
 
 use crate::helpers::*;
 
@@ -247,11 +247,8 @@ async fn provision_reports_the_lane_of_a_connection_no_longer_configured() {
         &env,
     );
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(
-        !stderr(&first).contains("not configured"),
-        "{}",
-        stderr(&first)
-    );
+    let printed = String::from_utf8_lossy(&first.stdout).into_owned();
+    assert!(!printed.contains("no configured connection"), "{printed}");
 
     // An older replica routed an event there before the connection went.
     let client = async_nats::connect(&nats.url).await.unwrap();
@@ -268,11 +265,23 @@ async fn provision_reports_the_lane_of_a_connection_no_longer_configured() {
         &env,
     );
     assert!(second.status.success(), "{}", stderr(&second));
-    let log = stderr(&second);
-    let warning = log
+    let printed = String::from_utf8_lossy(&second.stdout).into_owned();
+    let line = printed
         .lines()
         .find(|line| line.contains("softphone-bridge-crm-gone"))
-        .unwrap_or_else(|| panic!("the leftover lane is reported: {log}"));
-    assert!(warning.contains("not configured"), "{warning}");
-    assert!(warning.contains("pending=1"), "{warning}");
+        .unwrap_or_else(|| panic!("the leftover lane is reported: {printed}"));
+    assert!(
+        line.contains("kept, no configured connection uses it (1 pending"),
+        "{line}"
+    );
+    // Kept, not deleted: its event waits there.
+    let lanes = js.get_stream(LANES_STREAM).await.unwrap();
+    assert_eq!(
+        lanes
+            .consumer_info("softphone-bridge-crm-gone")
+            .await
+            .expect("kept")
+            .num_pending,
+        1
+    );
 }

@@ -51,7 +51,7 @@ fn eight_events(conv: &str) -> Vec<(EventKind, String)> {
 
 /// Verifies a request with the Standard Webhooks reference library, which
 /// also checks that `webhook-timestamp` is within five minutes of now.
-fn verify_signature(request: &wiremock::Request) {
+pub(crate) fn verify_signature(request: &wiremock::Request) {
     let verifier = Webhook::from_bytes(WEBHOOK_SECRET.as_bytes().to_vec()).unwrap();
     verifier
         .verify(&request.body, &request.headers)

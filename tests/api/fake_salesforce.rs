@@ -64,6 +64,8 @@ pub struct Org {
     pub field_limits: HashMap<String, usize>,
     /// Every Task record written: when, its conversation, the fields sent.
     pub writes: Vec<(std::time::Instant, String, Vec<String>)>,
+    /// A misconfigured org: its external-ID field is not Unique (describe says so).
+    pub external_id_not_unique: bool,
 }
 
 pub struct FakeSalesforce {
@@ -314,16 +316,32 @@ impl Org {
                     json!({"id": "a00x", "success": true, "errors": [], "created": true}),
                 )
             }
+            // Field describes as Salesforce gives them (a subset of each
+            // field's attributes): upserts need `externalId` and `unique`.
             ("GET", ["sobjects", "Task", "describe"]) => (
                 200,
                 json!({
                     "name": "Task",
+                    "label": "Task",
+                    "custom": false,
                     "fields": [
-                        {"name": "Subject", "type": "combobox", "picklistValues": []},
-                        {"name": "Call_Result__c", "type": "picklist", "picklistValues": [
-                            {"value": "Booked", "label": "Booked", "active": true},
-                            {"value": "Retired", "label": "Retired", "active": false},
-                            {"value": "Call back", "label": "Call back", "active": true}
+                        {"name": "Id", "label": "Activity ID", "type": "id", "length": 18,
+                         "custom": false, "unique": false, "externalId": false, "idLookup": true,
+                         "nillable": false, "caseSensitive": false, "picklistValues": []},
+                        {"name": "Subject", "label": "Subject", "type": "combobox", "length": 255,
+                         "custom": false, "unique": false, "externalId": false, "idLookup": false,
+                         "nillable": true, "caseSensitive": false, "picklistValues": []},
+                        {"name": EXTERNAL_ID, "label": "Softphone Conversation Id", "type": "string",
+                         "length": 64, "custom": true, "unique": !self.external_id_not_unique,
+                         "externalId": true, "idLookup": true, "nillable": true,
+                         "caseSensitive": false, "picklistValues": []},
+                        {"name": "Call_Result__c", "label": "Call Result", "type": "picklist",
+                         "length": 255, "custom": true, "unique": false, "externalId": false,
+                         "idLookup": false, "nillable": true, "caseSensitive": false,
+                         "picklistValues": [
+                            {"value": "Booked", "label": "Booked", "active": true, "defaultValue": false, "validFor": null},
+                            {"value": "Retired", "label": "Retired", "active": false, "defaultValue": false, "validFor": null},
+                            {"value": "Call back", "label": "Call back", "active": true, "defaultValue": false, "validFor": null}
                         ]}
                     ]
                 }),

@@ -4,6 +4,7 @@
 
 mod auth;
 mod batch;
+mod check;
 mod composite;
 mod error;
 mod limits;
@@ -208,6 +209,15 @@ impl Crm for SalesforceCrm {
 
     fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), CrmError>> {
         Box::pin(self.handle_event(event))
+    }
+
+    fn api_usage(&self) -> Option<(u64, u64)> {
+        let (used, limit) = self.governor.usage();
+        (limit > 0).then_some((used, limit))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(self.check_org())
     }
 
     fn concurrency(&self) -> Option<usize> {
