@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod deploy;
 mod dlq;
 mod docs;
 mod events;
@@ -15,6 +16,7 @@ mod lanes;
 mod load;
 mod ops;
 mod outcomes;
+mod permissions;
 mod registry;
 mod replicas;
 mod resilience;
