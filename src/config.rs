@@ -22,11 +22,11 @@ pub use crate::pipeline::{LaneSettings, WorkerSettings};
 pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
-pub use secret::{FILE_SUFFIX, SECRET_KEYS};
 pub use salesforce::{
     DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
     SalesforceAuth, SalesforceSettings,
 };
+pub use secret::{FILE_SUFFIX, SECRET_KEYS};
 
 mod salesforce;
 
@@ -588,7 +588,10 @@ client_secret = "sf-client-s3cr3t"
                 format!("secret_file = \"{empty}\""),
                 vec!["crm.secret_file", &empty, "is empty"],
             ),
-            ("secret_file = 3".to_owned(), vec!["crm.secret_file", "path"]),
+            (
+                "secret_file = 3".to_owned(),
+                vec!["crm.secret_file", "path"],
+            ),
             (
                 format!("secret_file = \"{bad}\""),
                 vec!["crm.secret", "not base64"],

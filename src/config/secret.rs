@@ -50,7 +50,8 @@ fn resolve(figment: &Figment, path: &str, dict: &mut Dict) -> Result<bool, Confi
         };
         let key = format!("{path}{secret}");
         let file_key = format!("{path}{file_key}");
-        let fail = |why: String| ConfigError(format!("{file_key}: {why}{}", origin(figment, &file_key)));
+        let fail =
+            |why: String| ConfigError(format!("{file_key}: {why}{}", origin(figment, &file_key)));
         if dict.contains_key(secret) {
             return Err(fail(format!("set either {key} or {file_key}, not both")));
         }

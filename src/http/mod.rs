@@ -250,10 +250,9 @@ impl HttpServer {
         let addr = self.local_addr();
         let ops_addr = self.ops_addr();
         let listeners = match (self.api, self.ops) {
-            (Some(api), Some(ops)) => vec![
-                (api, api_router(state.clone())),
-                (ops, ops_router(state)),
-            ],
+            (Some(api), Some(ops)) => {
+                vec![(api, api_router(state.clone())), (ops, ops_router(state))]
+            }
             (Some(api), None) => vec![(api, router(state))],
             (None, Some(ops)) => vec![(ops, ops_router(state))],
             (None, None) => unreachable!("bound with at least one listener"),

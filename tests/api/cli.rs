@@ -106,7 +106,11 @@ fn check_config_reads_secret_files_and_never_shows_them() {
         ),
         (
             vec![("SOFTPHONE_BRIDGE_CRM__SECRET_FILE", "/nonexistent/secret")],
-            vec!["crm.secret_file", "/nonexistent/secret", "SOFTPHONE_BRIDGE_CRM__SECRET_FILE"],
+            vec![
+                "crm.secret_file",
+                "/nonexistent/secret",
+                "SOFTPHONE_BRIDGE_CRM__SECRET_FILE",
+            ],
         ),
         (
             vec![

@@ -77,10 +77,7 @@ fn the_manifests_validate_offline() {
             .expect("kubernetes-validate runs");
         let report = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success(),
-            "Kubernetes {version}:\n{report}"
-        );
+        assert!(output.status.success(), "Kubernetes {version}:\n{report}");
         // Every built-in document was checked against a schema, not skipped.
         for document in documents.iter().filter(|d| d["kind"] != "ScaledObject") {
             let resource = format!(
@@ -193,7 +190,10 @@ fn the_manifests_agree_with_the_code() {
         job_pod["containers"][0]["args"],
         serde_json::json!(["provision"])
     );
-    assert_eq!(job_pod["volumes"], pod["volumes"], "the Job's configuration");
+    assert_eq!(
+        job_pod["volumes"], pod["volumes"],
+        "the Job's configuration"
+    );
     assert_eq!(
         job_pod["containers"][0]["volumeMounts"],
         container["volumeMounts"]
@@ -247,7 +247,10 @@ fn the_manifests_agree_with_the_code() {
             container["securityContext"]["readOnlyRootFilesystem"], true,
             "{what}"
         );
-        assert!(container["resources"]["limits"]["memory"].is_string(), "{what}");
+        assert!(
+            container["resources"]["limits"]["memory"].is_string(),
+            "{what}"
+        );
     }
 
     // The grace period covers the preStop pause and the longest shutdown.
@@ -266,7 +269,10 @@ fn the_manifests_agree_with_the_code() {
         serde_json::from_value(one(&documents, "ScaledObject").clone()).unwrap();
     assert_eq!(
         Some(&scaled.spec.scale_target_ref.name),
-        deployment["metadata"]["name"].as_str().map(str::to_owned).as_ref()
+        deployment["metadata"]["name"]
+            .as_str()
+            .map(str::to_owned)
+            .as_ref()
     );
     let watched: BTreeSet<(String, String)> = scaled
         .spec
@@ -282,7 +288,11 @@ fn the_manifests_agree_with_the_code() {
         watched, consumers,
         "the ScaledObject's triggers are not the pipeline's consumers"
     );
-    assert_eq!(watched.len(), scaled.spec.triggers.len(), "one trigger each");
+    assert_eq!(
+        watched.len(),
+        scaled.spec.triggers.len(),
+        "one trigger each"
+    );
 }
 
 /// Every `<key>_file = "path"` of a configuration (and each path of a list).

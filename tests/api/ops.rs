@@ -302,7 +302,10 @@ async fn a_worker_only_replica_serves_its_probes_and_metrics_on_ops_listen_alone
     let ops = format!("http://127.0.0.1:{}", free_port());
     let config = bridge_config(
         &crm.url(),
-        &format!("[http]\nops_listen = \"{}\"\n", ops.trim_start_matches("http://")),
+        &format!(
+            "[http]\nops_listen = \"{}\"\n",
+            ops.trim_start_matches("http://")
+        ),
     );
     let bridge = Bridge::start(&nats.url, &config);
     let http = reqwest::Client::new();

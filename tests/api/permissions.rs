@@ -23,7 +23,10 @@ async fn start() -> Nats {
 /// Each example user's password, as the configuration spells it.
 fn password(user: &str) -> String {
     let password = format!("{user}-example-password");
-    assert!(CONF.contains(&format!("\"{password}\"")), "{user} is configured");
+    assert!(
+        CONF.contains(&format!("\"{password}\"")),
+        "{user} is configured"
+    );
     password
 }
 
@@ -71,15 +74,21 @@ impl User {
 
     /// Waits for the server to refuse `action` (`publish` or `subscription`) on `subject`.
     async fn refused(&self, action: &str, subject: &str) {
-        let needle = format!("permissions violation for {action} to \"{}\"", subject.to_lowercase());
-        eventually(&format!("{} refused {action} to {subject}", self.name), || async {
-            self.errors
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| e.contains(&needle))
-                .then_some(())
-        })
+        let needle = format!(
+            "permissions violation for {action} to \"{}\"",
+            subject.to_lowercase()
+        );
+        eventually(
+            &format!("{} refused {action} to {subject}", self.name),
+            || async {
+                self.errors
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.contains(&needle))
+                    .then_some(())
+            },
+        )
         .await;
     }
 
@@ -100,9 +109,10 @@ impl User {
     }
 }
 
-/// A softphone's durable consumer of its own commands, as it creates it.
-async fn own_consumer(softphone: &User) -> consumer::PullConsumer {
-    softphone
+/// A softphone's durable consumer of its own commands: created by the
+/// operator (here with the bridge's rights), then read by the softphone.
+async fn own_consumer(operator: &User, softphone: &User) -> consumer::PullConsumer {
+    operator
         .js()
         .create_consumer_on_stream(
             consumer::pull::Config {
@@ -114,7 +124,12 @@ async fn own_consumer(softphone: &User) -> consumer::PullConsumer {
             COMMANDS_STREAM,
         )
         .await
-        .unwrap_or_else(|e| panic!("{} creates its own consumer: {e}", softphone.name))
+        .unwrap_or_else(|e| panic!("the operator creates {}'s consumer: {e}", softphone.name));
+    softphone
+        .js()
+        .get_consumer_from_stream(softphone.name, COMMANDS_STREAM)
+        .await
+        .unwrap_or_else(|e| panic!("{} reads its own consumer: {e}", softphone.name))
 }
 
 /// The next command the consumer holds (acknowledged): subject and body.
@@ -160,16 +175,26 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
         .unwrap()
         .await
         .expect("the events stream stores a softphone's event");
-    let mut heartbeats = bridge.client.subscribe("softphone.heartbeat.*").await.unwrap();
+    let mut heartbeats = bridge
+        .client
+        .subscribe("softphone.heartbeat.*")
+        .await
+        .unwrap();
     bridge.client.flush().await.unwrap();
     agent7
         .client
         .publish("softphone.heartbeat.agent-7", "".into())
         .await
         .unwrap();
+    agent7.client.flush().await.unwrap();
     let heartbeat = tokio::time::timeout(PATIENCE, heartbeats.next())
         .await
-        .expect("the heartbeat in time")
+        .unwrap_or_else(|_| {
+            panic!(
+                "the heartbeat in time; refused: {:?} {:?}",
+                agent7.errors, bridge.errors
+            )
+        })
         .unwrap();
     assert_eq!(heartbeat.subject.as_str(), "softphone.heartbeat.agent-7");
     let no_service = agent7
@@ -216,7 +241,11 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
     }
 
     // A softphone subscribes to its own commands and inbox only.
-    let mut own = agent7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
+    let mut own = agent7
+        .client
+        .subscribe("softphone.cmd.agent-7")
+        .await
+        .unwrap();
     let mut others = Vec::new();
     for subject in [
         "softphone.cmd.agent-8",
@@ -242,7 +271,9 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
         bridge_js
             .publish(
                 format!("softphone.cmd.{softphone}"),
-                json!({"type": "update_presence", "for": softphone}).to_string().into(),
+                json!({"type": "update_presence", "for": softphone})
+                    .to_string()
+                    .into(),
             )
             .await
             .unwrap()
@@ -261,56 +292,50 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
         );
     }
 
-    // Through JetStream: its own durable consumer, only with its own filter.
-    let consumer = own_consumer(&agent7).await;
+    // Through JetStream: its own durable consumer, which it can neither create
+    // nor change (a push consumer's deliver subject would have the server
+    // publish its commands anywhere), only read.
+    for (name, filter) in [
+        ("agent-7", "softphone.cmd.agent-7"),
+        ("agent-7-peek", "softphone.cmd.agent-8"),
+    ] {
+        let created = agent7
+            .js()
+            .create_consumer_on_stream(
+                consumer::push::Config {
+                    durable_name: Some(name.into()),
+                    filter_subject: filter.into(),
+                    deliver_subject: API_COMMAND_SUBJECT.into(),
+                    ..Default::default()
+                },
+                COMMANDS_STREAM,
+            )
+            .await;
+        assert!(created.is_err(), "agent-7 created {name}");
+        agent7
+            .refused(
+                "publish",
+                &format!("$JS.API.CONSUMER.CREATE.SOFTPHONE_COMMANDS.{name}.{filter}"),
+            )
+            .await;
+    }
+    let consumer = own_consumer(&bridge, &agent7).await;
     let (subject, body) = next_command(&consumer).await;
     assert_eq!(
         (subject.as_str(), body["for"].as_str()),
         ("softphone.cmd.agent-7", Some("agent-7"))
     );
-    let js7 = agent7.js();
-    js7.get_consumer_from_stream::<consumer::pull::Config, _, _>("agent-8", COMMANDS_STREAM)
-        .await
-        .expect_err("agent-7 cannot look at agent-8's consumer");
-    agent7
-        .refused("publish", "$JS.API.CONSUMER.INFO.SOFTPHONE_COMMANDS.agent-8")
+    let others = agent7
+        .js()
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>("agent-8", COMMANDS_STREAM)
         .await;
-    js7.create_consumer_on_stream(
-        consumer::pull::Config {
-            durable_name: Some("agent-7-peek".into()),
-            filter_subject: "softphone.cmd.agent-8".into(),
-            ..Default::default()
-        },
-        COMMANDS_STREAM,
-    )
-    .await
-    .expect_err("agent-7 cannot create a consumer of agent-8's commands");
+    assert!(others.is_err(), "agent-7 looked at agent-8's consumer");
     agent7
         .refused(
             "publish",
-            "$JS.API.CONSUMER.CREATE.SOFTPHONE_COMMANDS.agent-7-peek.softphone.cmd.agent-8",
+            "$JS.API.CONSUMER.INFO.SOFTPHONE_COMMANDS.agent-8",
         )
         .await;
-    // The subject it may use names its own filter; the server holds the body to it.
-    let own_create = "$JS.API.CONSUMER.CREATE.SOFTPHONE_COMMANDS.agent-7.softphone.cmd.agent-7";
-    for config in [
-        json!({"durable_name": "agent-7", "filter_subject": "softphone.cmd.agent-8", "ack_policy": "explicit"}),
-        json!({"durable_name": "agent-7", "filter_subjects": ["softphone.cmd.agent-8"], "ack_policy": "explicit"}),
-        json!({"durable_name": "agent-7", "filter_subject": "softphone.cmd.>", "ack_policy": "explicit"}),
-    ] {
-        let answer = agent7
-            .client
-            .request(
-                own_create,
-                json!({"stream_name": COMMANDS_STREAM, "config": config, "action": "create"})
-                    .to_string()
-                    .into(),
-            )
-            .await
-            .expect("JetStream answers");
-        let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
-        assert!(answer["error"].is_object(), "{config} was accepted: {answer}");
-    }
     for subject in [
         "$JS.API.STREAM.MSG.GET.SOFTPHONE_COMMANDS",
         "$JS.API.DIRECT.GET.SOFTPHONE_COMMANDS",
@@ -320,7 +345,7 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
         agent7.cannot_publish(subject).await;
     }
     // agent-8's consumer still sees agent-8's command, untouched.
-    let (_, body) = next_command(&own_consumer(&agent8).await).await;
+    let (_, body) = next_command(&own_consumer(&bridge, &agent8).await).await;
     assert_eq!(body["for"], "agent-8");
     bridge.refused_nothing();
     agent8.refused_nothing();
@@ -352,8 +377,14 @@ async fn the_bridge_works_as_its_restricted_user_end_to_end() {
     let agent7 = User::connect(&nats, "agent-7").await;
     let agent8 = User::connect(&nats, "agent-8").await;
     let crm = User::connect(&nats, "crm-acme").await;
-    let commands7 = own_consumer(&agent7).await;
-    let mut plain8 = agent8.client.subscribe("softphone.cmd.agent-8").await.unwrap();
+    // The operator creates agent-7's consumer with the softphone's user.
+    let operator = User::connect(&nats, "bridge").await;
+    let commands7 = own_consumer(&operator, &agent7).await;
+    let mut plain8 = agent8
+        .client
+        .subscribe("softphone.cmd.agent-8")
+        .await
+        .unwrap();
     agent8.client.flush().await.unwrap();
 
     // A softphone's event is handled: the CRM hears of it, the softphone gets its callbacks.
@@ -415,17 +446,20 @@ async fn the_bridge_works_as_its_restricted_user_end_to_end() {
         .unwrap();
 
     // A CRM's command reaches the right softphone only.
-    let command = |softphone: &str, mut command: Value| {
+    let command_body = |softphone: &str, mut command: Value| {
         command["softphoneId"] = json!(softphone);
+        command
+    };
+    let command = |softphone: &str, command: Value| {
+        let command = command_body(softphone, command);
         let client = crm.client.clone();
         async move {
             let reply = client
                 .request(API_COMMAND_SUBJECT, command.to_string().into())
                 .await
                 .expect("the bridge answers softphone.api.command");
-            let reply: Value = serde_json::from_slice(&reply.payload).unwrap_or_else(|_| {
-                panic!("refused: {:?}", reply.headers)
-            });
+            let reply: Value = serde_json::from_slice(&reply.payload)
+                .unwrap_or_else(|_| panic!("refused: {:?}", reply.headers));
             reply
         }
     };
@@ -435,11 +469,43 @@ async fn the_bridge_works_as_its_restricted_user_end_to_end() {
     assert_eq!(subject, "softphone.cmd.agent-7");
     assert_eq!(received["type"], "start_call");
     let presence = json!({"type": "update_presence", "payload": {"softphoneId": STATUS}});
+
+    // Nobody can make the bridge answer outside an inbox: not a CRM asking
+    // for its answer on agent-8's command subject...
+    let mut spoofed = command_body("agent-8", presence.clone());
+    spoofed["idempotencyKey"] = json!("spoofed-reply");
+    crm.client
+        .publish_with_reply(
+            API_COMMAND_SUBJECT,
+            "softphone.cmd.agent-8",
+            spoofed.to_string().into(),
+        )
+        .await
+        .unwrap();
+    bridge
+        .logged_line(&["Dropped a request", "softphone.cmd.agent-8"])
+        .await;
+    // ... nor a softphone steering a pull of its commands onto the command endpoint.
+    command("agent-7", presence.clone()).await;
+    agent7
+        .client
+        .publish_with_reply(
+            "$JS.API.CONSUMER.MSG.NEXT.SOFTPHONE_COMMANDS.agent-7",
+            API_COMMAND_SUBJECT,
+            json!({"batch": 1}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    bridge
+        .logged_line(&["Dropped a request", "softphone.cmd.agent-7"])
+        .await;
+
     command("agent-8", presence).await;
     until8("update_presence").await;
-    assert!(
-        !seen8.contains(&json!("start_call")),
-        "agent-8 received agent-7's command: {seen8:?}"
+    assert_eq!(
+        seen8,
+        [json!("disposition"), json!("update_presence")],
+        "agent-8 received only its own commands"
     );
 
     for user in [&agent7, &agent8, &crm] {
