@@ -54,6 +54,15 @@ fn one<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
     document
 }
 
+/// The item of a list of named items (volumes, mounts, ports, variables) called `name`.
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .find(|item| item["name"] == name)
+        .unwrap_or_else(|| panic!("nothing named {name} in {list}"))
+}
+
 fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
     value
         .as_str()
@@ -104,22 +113,10 @@ fn the_manifests_agree_with_the_code() {
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
     let mount = |volume: &str| {
-        let mounts = container["volumeMounts"].as_array().expect("volumeMounts");
-        let mount = mounts
-            .iter()
-            .find(|m| m["name"] == volume)
-            .unwrap_or_else(|| panic!("no mount of volume {volume}"));
+        let mount = named(&container["volumeMounts"], volume);
         PathBuf::from(str_of(&mount["mountPath"], "mountPath"))
     };
-    let volume = |name: &str| {
-        pod["volumes"]
-            .as_array()
-            .expect("volumes")
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("no volume {name}"))
-            .clone()
-    };
+    let volume = |name: &str| named(&pod["volumes"], name);
 
     // The configuration: the ConfigMap's file, where SOFTPHONE_BRIDGE_CONFIG says.
     let config_map = one(&documents, "ConfigMap");
@@ -130,17 +127,10 @@ fn the_manifests_agree_with_the_code() {
     let data = config_map["data"].as_object().expect("ConfigMap data");
     assert_eq!(data.len(), 1, "one file in the ConfigMap");
     let (file_name, toml) = data.iter().next().unwrap();
-    let env = |name: &str| {
-        container["env"]
-            .as_array()
-            .expect("env")
-            .iter()
-            .find(|e| e["name"] == name)
-            .map(|e| str_of(&e["value"], name).to_owned())
-    };
+    let config_env = named(&container["env"], softphone_bridge::config::CONFIG_ENV);
     assert_eq!(
-        env(softphone_bridge::config::CONFIG_ENV).map(PathBuf::from),
-        Some(mount("config").join(file_name))
+        PathBuf::from(str_of(&config_env["value"], "the config variable")),
+        mount("config").join(file_name)
     );
 
     // It loads with the Secret's files where the *_file settings name them.
@@ -201,13 +191,9 @@ fn the_manifests_agree_with_the_code() {
 
     // Probes on the ops listener; the Service on the command API.
     let port = |name: &str| {
-        container["ports"]
-            .as_array()
-            .expect("ports")
-            .iter()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["containerPort"].as_u64())
-            .unwrap_or_else(|| panic!("no container port {name}"))
+        named(&container["ports"], name)["containerPort"]
+            .as_u64()
+            .expect("a port number")
     };
     let listen_port = |addr: &Option<String>| {
         let addr = addr.as_deref().expect("the listener is configured");
