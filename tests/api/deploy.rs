@@ -4,7 +4,9 @@
 //! ConfigMap's configuration loads with the Secret's files, the ScaledObject
 //! watches exactly the consumers that configuration makes, the probes and the
 //! Service reach the configured listeners, the grace period covers shutdown.
-//! Missing tools fail these tests: deploy/test.sh installs them.
+//! Missing tools fail these tests: deploy/test.sh installs them. And the flow
+//! the manifests rely on: replicas that do not provision wait, not ready, for
+//! the provisioning Job.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use serde_json::Value;
 use softphone_bridge::config::Settings;
 use softphone_bridge::http::{HEALTHZ_PATH, READYZ_PATH};
 use softphone_bridge::pipeline;
+
+use crate::helpers::{Bridge, FakeCrm, bridge_config, eventually, free_port, start_nats};
 
 const KUSTOMIZATION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s");
 /// deploy/python-tools.sh installs it (from deploy/requirements.txt).
@@ -460,4 +464,48 @@ impl ScaledObject {
             );
         }
     }
+}
+
+/// The Kubernetes flow: replicas with `provision_on_start = false` create
+/// nothing and are not ready until the provisioning Job has run; then they
+/// are, without a restart.
+#[tokio::test]
+async fn replicas_wait_for_the_provisioning_job() {
+    let nats = start_nats().await;
+    let crm = FakeCrm::start().await;
+    let ops = format!("127.0.0.1:{}", free_port());
+    let config = bridge_config(
+        &crm.url(),
+        &format!("[streams]\nprovision_on_start = false\n[http]\nops_listen = \"{ops}\"\n"),
+    );
+    let replica = Bridge::start(&nats.url, &config);
+    replica.logged("Not ready; retrying.").await;
+    let http = reqwest::Client::new();
+    let readyz = || async {
+        let response = http.get(format!("http://{ops}/readyz")).send().await.ok()?;
+        Some(response.status().as_u16())
+    };
+    assert_eq!(eventually("/readyz", readyz).await, 503);
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    assert!(
+        js.get_stream(softphone_bridge::contract::EVENTS_STREAM)
+            .await
+            .is_err(),
+        "a replica provisioned the streams"
+    );
+
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), &config).unwrap();
+    let job = crate::cli::bridge(
+        &["--config", file.path().to_str().unwrap(), "provision"],
+        &[("SOFTPHONE_BRIDGE_NATS__URL", &nats.url)],
+    );
+    assert!(job.status.success(), "{}", crate::cli::stderr(&job));
+    eventually("the replica to be ready", || async {
+        (readyz().await? == 200).then_some(())
+    })
+    .await;
+    replica.terminate();
+    let (status, stderr) = replica.wait().await;
+    assert!(status.success(), "{stderr}");
 }
