@@ -26,7 +26,6 @@ pub use salesforce::{
     DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
     SalesforceAuth, SalesforceSettings,
 };
-pub use secret::{FILE_SUFFIX, SECRET_KEYS};
 
 mod salesforce;
 
@@ -643,7 +642,7 @@ client_secret = "sf-client-s3cr3t"
             );
         }
         // A Salesforce connection's private_key has its own private_key_file.
-        let accepted: std::collections::BTreeSet<String> = SECRET_KEYS
+        let accepted: std::collections::BTreeSet<String> = secret::SECRET_KEYS
             .iter()
             .chain(&["private_key"])
             .map(|k| k.to_string())

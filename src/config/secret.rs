@@ -21,10 +21,11 @@ use super::{ConfigError, origin};
 /// render as `[redacted]`, but for a Salesforce connection's `private_key`,
 /// whose `private_key_file` is a setting of its own (read when the connection
 /// is built, at start-up). A unit test checks that they agree.
-pub const SECRET_KEYS: [&str; 5] = ["token", "password", "secret", "client_secret", "sha256"];
+pub(super) const SECRET_KEYS: [&str; 5] =
+    ["token", "password", "secret", "client_secret", "sha256"];
 
 /// The suffix of a key that names the file holding a secret.
-pub const FILE_SUFFIX: &str = "_file";
+const FILE_SUFFIX: &str = "_file";
 
 /// The layers with every `<secret>_file` replaced by the secret it names, or
 /// `None` when no secret is given as a file (the layers are used as they are).
