@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: makes the NATS image the tests
-# start through testcontainers available offline, then runs every test.
+# start through testcontainers available offline, installs the manifest
+# validators, then runs every test.
 # Extra arguments go to the test runner (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/nats-image.sh
+# The manifests' validators (tests/api/deploy.rs), and kubectl, which renders
+# the kustomization (the machine image ships it; Debian's kubernetes-client is
+# too old for kustomize v5).
+bash deploy/python-tools.sh
+command -v kubectl >/dev/null || { echo "deploy/test.sh: kubectl is needed (tests/api/deploy.rs renders deploy/k8s with it)" >&2; exit 1; }
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
 else

@@ -84,7 +84,8 @@ impl Cli {
             Command::Provision { dry_run } => crate::provision::execute(&settings, dry_run).await,
             Command::Run => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(shutdown_on_signal(shutdown.clone()));
+                let stop_within = crate::startup::stop_within(&settings);
+                tokio::spawn(shutdown_on_signal(shutdown.clone(), stop_within));
                 Application::build(settings)
                     .await?
                     .run_until(shutdown)
@@ -188,9 +189,13 @@ async fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
-pub async fn shutdown_on_signal(shutdown: CancellationToken) {
+/// `stop_within`: the longest stopping may take ([`crate::startup::stop_within`]).
+pub async fn shutdown_on_signal(shutdown: CancellationToken, stop_within: std::time::Duration) {
     signal().await;
-    tracing::info!("Shutdown requested; finishing in-flight events.");
+    tracing::info!(
+        stop_within_s = stop_within.as_secs(),
+        "Shutdown requested; finishing in-flight events."
+    );
     shutdown.cancel();
     signal().await;
     tracing::warn!("Second signal; exiting now.");

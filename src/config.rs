@@ -15,6 +15,7 @@ use crate::contract::Guid;
 mod crm;
 mod http;
 mod nats;
+mod secret;
 
 pub use crate::dispatch::CommandSettings;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
@@ -162,18 +163,24 @@ pub struct ConfigError(String);
 impl Settings {
     /// Reads the layers: defaults, the TOML file (if any), the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let figment = Self::figment(file)?;
-        let settings: Settings = figment.extract().map_err(describe)?;
-        settings.check(&figment)?;
-        Ok(settings)
+        Self::extract(&Self::figment(file)?)
     }
 
     /// Reads settings from TOML text alone (no file, no environment): for tests
     /// and tools that build a configuration in code.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
-        let figment = Figment::from(Toml::string(text));
-        let settings: Settings = figment.extract().map_err(describe)?;
-        settings.check(&figment)?;
+        Self::extract(&Figment::from(Toml::string(text)))
+    }
+
+    /// Types the layers, secrets given as files read first, and checks them.
+    fn extract(figment: &Figment) -> Result<Settings, ConfigError> {
+        let resolved = secret::read_files(figment)?;
+        let settings: Settings = resolved
+            .as_ref()
+            .unwrap_or(figment)
+            .extract()
+            .map_err(|e| describe(e, figment, resolved.is_none()))?;
+        settings.check(figment)?;
         Ok(settings)
     }
 
@@ -351,7 +358,10 @@ fn source_name(md: &figment::Metadata, key: &str) -> String {
     }
 }
 
-fn describe(error: figment::Error) -> ConfigError {
+/// One line per error. Where a value came from is looked up in `layers`,
+/// else in the error's metadata when it came from `layers` themselves
+/// (`own_metadata`; not from the copy with secret files read).
+fn describe(error: figment::Error, layers: &Figment, own_metadata: bool) -> ConfigError {
     let lines: Vec<String> = error
         .into_iter()
         .map(|e| {
@@ -362,9 +372,11 @@ fn describe(error: figment::Error) -> ConfigError {
             }
             let key = path.join(".");
             let section = e.path.join(".");
-            let place = e
-                .metadata
-                .as_ref()
+            let metadata = match own_metadata {
+                true => e.metadata.as_ref(),
+                false => layers.find_metadata(&section),
+            };
+            let place = metadata
                 .map(|md| format!(" (set in {})", source_name(md, &section)))
                 .unwrap_or_default();
             let key = if key.is_empty() {
@@ -496,5 +508,145 @@ client_secret = "sf-client-s3cr3t"
             "{rendered}"
         );
         assert!(!format!("{settings:?}").contains("sf-client-s3cr3t"));
+    }
+
+    /// A file in `dir` holding `text`; its path.
+    fn secret_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_once_without_their_line_break() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let password = secret_file(&dir, "password", "nats-pa55\n");
+        let new = secret_file(&dir, "new", "whsec_AAEC\r\n");
+        let old = secret_file(&dir, "old", "old-one");
+        let client = secret_file(&dir, "client", "sf-client-s3cr3t\n\n");
+        let settings = Settings::from_toml(&format!(
+            "[nats]\nuser = \"bridge\"\npassword_file = \"{password}\"\n\
+             [crm]\nkind = \"webhook\"\nurl = \"https://crm.example/hook\"\nsecret_file = [\"{new}\", \"{old}\"]\n\
+             [crms.acme]\n{}client_secret_file = \"{client}\"\n",
+            SALESFORCE.replace("client_secret = \"sf-client-s3cr3t\"\n", "")
+        ))
+        .unwrap();
+        assert_eq!(
+            settings.nats.password.as_ref().unwrap().expose_secret(),
+            "nats-pa55"
+        );
+        let CrmSettings::Webhook(webhook) = &settings.crm else {
+            panic!("{:?}", settings.crm)
+        };
+        let keys: Vec<Vec<u8>> = webhook
+            .secret
+            .keys()
+            .iter()
+            .map(|key| key.expose_secret().to_vec())
+            .collect();
+        assert_eq!(keys, [vec![0, 1, 2], b"old-one".to_vec()]);
+        let CrmSettings::Salesforce(acme) = &settings.crms["acme"] else {
+            panic!("{:?}", settings.crms)
+        };
+        assert_eq!(
+            acme.client_secret.as_ref().unwrap().expose_secret(),
+            "sf-client-s3cr3t"
+        );
+        // Read once: the settings hold the secrets, not the paths.
+        drop(dir);
+        let rendered = settings.to_redacted_toml();
+        for secret in ["nats-pa55", "whsec_AAEC", "old-one", "sf-client-s3cr3t"] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+            assert!(!format!("{settings:?}").contains(secret));
+        }
+    }
+
+    #[test]
+    fn a_secret_file_error_names_the_key_and_the_path_never_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = secret_file(&dir, "bad", "whsec_not base64 s3cr3t!\n");
+        let empty = secret_file(&dir, "empty", "\n");
+        let webhook = |secret: &str| {
+            Settings::from_toml(&format!(
+                "[crm]\nkind = \"webhook\"\nurl = \"https://crm.example/hook\"\n{secret}\n"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        for (keys, expected) in [
+            (
+                format!("secret = \"inline\"\nsecret_file = \"{bad}\""),
+                vec!["crm.secret_file", "crm.secret", "not both"],
+            ),
+            (
+                "secret_file = \"/nonexistent/webhook\"".to_owned(),
+                vec!["crm.secret_file", "/nonexistent/webhook", "cannot read"],
+            ),
+            (
+                format!("secret_file = \"{empty}\""),
+                vec!["crm.secret_file", &empty, "is empty"],
+            ),
+            (
+                "secret_file = 3".to_owned(),
+                vec!["crm.secret_file", "path"],
+            ),
+            (
+                format!("secret_file = \"{bad}\""),
+                vec!["crm.secret", "not base64"],
+            ),
+        ] {
+            let err = webhook(&keys);
+            for needle in expected {
+                assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+            }
+            assert!(!err.contains("s3cr3t"), "the secret leaked: {err}");
+        }
+        let err = Settings::from_toml(&format!(
+            "[nats]\nuser = \"u\"\npassword = \"p\"\n[[http.tokens]]\nname = \"a\"\nsha256_file = \"{empty}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("http.tokens[0].sha256_file"), "{err}");
+    }
+
+    /// Every key rendered `[redacted]` in `toml`, by its leaf name.
+    fn redacted_keys(toml: &str, found: &mut std::collections::BTreeSet<String>) {
+        fn walk(value: &toml::Value, key: &str, found: &mut std::collections::BTreeSet<String>) {
+            match value {
+                toml::Value::String(s) if s == "[redacted]" => {
+                    found.insert(key.to_owned());
+                }
+                toml::Value::Array(items) => items.iter().for_each(|v| walk(v, key, found)),
+                toml::Value::Table(table) => table.iter().for_each(|(k, v)| walk(v, k, found)),
+                _ => {}
+            }
+        }
+        walk(&toml::from_str(toml).unwrap(), "", found);
+    }
+
+    #[test]
+    fn every_redacted_key_can_be_given_as_a_file() {
+        let hash = "0".repeat(64);
+        let mut redacted = std::collections::BTreeSet::new();
+        for toml in [
+            format!(
+                "[nats]\nuser = \"u\"\npassword = \"p\"\n[crm]\nkind = \"webhook\"\nurl = \"https://x/\"\nsecret = \"s\"\n\
+                 [crms.acme]\n{SALESFORCE}private_key = \"k\"\n[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
+            ),
+            "[nats]\ntoken = \"t\"\n".to_owned(),
+        ] {
+            redacted_keys(
+                &Settings::from_toml(&toml).unwrap().to_redacted_toml(),
+                &mut redacted,
+            );
+        }
+        // A Salesforce connection's private_key has its own private_key_file.
+        let accepted: std::collections::BTreeSet<String> = secret::SECRET_KEYS
+            .iter()
+            .chain(&["private_key"])
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(redacted, accepted);
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::contract::{API_COMMAND_SUBJECT, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT};
+use crate::contract::{API_COMMAND_SUBJECT, INBOX_PREFIX, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT};
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
 use crate::http::ops::Readiness;
@@ -142,37 +142,49 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let load = Arc::new(load);
     tokio::join!(
-        each(commands, &tracker, &shutdown, move |request| {
-            let dispatcher = dispatcher.clone();
-            async move {
-                let reply = command(&dispatcher, &request.message.payload).await;
-                answer(request, reply.map_err(|e| Problem::from(&e)), "command").await;
+        each(
+            commands,
+            API_COMMAND_SUBJECT,
+            &tracker,
+            &shutdown,
+            move |request| {
+                let dispatcher = dispatcher.clone();
+                async move {
+                    let reply = command(&dispatcher, &request.message.payload).await;
+                    answer(request, reply.map_err(|e| Problem::from(&e)), "command").await;
+                }
             }
-        }),
-        each(loads, &tracker, &shutdown, move |request| {
-            let load = Arc::clone(&load);
-            async move {
-                let reply = LoadReply::for_request_with_crm(
-                    &load.settings,
-                    &load.connections,
-                    &request.message.payload,
-                )
-                .await;
-                let reply = match reply {
-                    LoadReply::Error { error } => {
-                        tracing::warn!(reason = %error, "Refused a load request.");
-                        Err(Problem::new(
-                            400,
-                            "invalid-load",
-                            "Invalid load request",
-                            error,
-                        ))
-                    }
-                    callbacks => Ok(callbacks),
-                };
-                answer(request, reply, "load").await;
+        ),
+        each(
+            loads,
+            LOAD_REQUEST_SUBJECT,
+            &tracker,
+            &shutdown,
+            move |request| {
+                let load = Arc::clone(&load);
+                async move {
+                    let reply = LoadReply::for_request_with_crm(
+                        &load.settings,
+                        &load.connections,
+                        &request.message.payload,
+                    )
+                    .await;
+                    let reply = match reply {
+                        LoadReply::Error { error } => {
+                            tracing::warn!(reason = %error, "Refused a load request.");
+                            Err(Problem::new(
+                                400,
+                                "invalid-load",
+                                "Invalid load request",
+                                error,
+                            ))
+                        }
+                        callbacks => Ok(callbacks),
+                    };
+                    answer(request, reply, "load").await;
+                }
             }
-        }),
+        ),
     );
     // Answer what was accepted before the connection drains.
     tracker.close();
@@ -185,9 +197,11 @@ pub async fn serve(
 
 /// Hands each request of `endpoint` to a task of its own (a slow publish ack
 /// or CRM picklist must not hold up the others), at most [`MAX_IN_FLIGHT`] at
-/// once; the rest wait in the subscription.
+/// once; the rest wait in the subscription. Requests not [`addressed`] to
+/// `subject` from an inbox are dropped.
 async fn each<F, Fut>(
     mut endpoint: Endpoint,
+    subject: &str,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     handle: F,
@@ -208,12 +222,36 @@ async fn each<F, Fut>(
                 None => break,
             },
         };
+        if !addressed(&request, subject) {
+            continue;
+        }
         let work = handle(request);
         tracker.spawn(async move {
             work.await;
             drop(permit);
         });
     }
+}
+
+/// Whether a request came on the endpoint's `subject` and wants its answer in
+/// an inbox ([`INBOX_PREFIX`]). Anything else is dropped: a JetStream message
+/// steered onto the endpoint by the reply subject of a pull request (it keeps
+/// its own subject), or a reply subject that would have the bridge publish its
+/// answer, with its own rights, onto a stream or the JetStream API
+/// (`softphone.cmd.<id>`, `$JS.API.STREAM.PURGE.<stream>`).
+fn addressed(request: &Request, subject: &str) -> bool {
+    let message = &request.message;
+    let reply = message.reply.as_ref().map(|reply| reply.as_str());
+    if message.subject.as_str() == subject && reply.is_some_and(|r| r.starts_with(INBOX_PREFIX)) {
+        return true;
+    }
+    tracing::warn!(
+        endpoint = subject,
+        subject = %message.subject,
+        reply,
+        "Dropped a request that is not for this endpoint or wants its answer outside an inbox."
+    );
+    false
 }
 
 /// Replies with `reply`'s JSON, or with a service error carrying the problem.

@@ -82,14 +82,12 @@ impl Application {
 
     /// The command API's address, when `http.listen` is set (port 0 binds a free one).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().map(HttpServer::local_addr)
+        self.http.as_ref().and_then(HttpServer::local_addr)
     }
 
     /// The health and metrics address: `http.ops_listen`'s, else the API's.
     pub fn ops_addr(&self) -> Option<SocketAddr> {
-        self.http
-            .as_ref()
-            .map(|h| h.ops_addr().unwrap_or_else(|| h.local_addr()))
+        self.http.as_ref().map(HttpServer::ops_addr)
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -234,6 +232,26 @@ impl Application {
         }
         Ok(drained?)
     }
+}
+
+/// The longest a replica takes to stop once asked to, NATS slow or
+/// unreachable, as [`Application::run_until`] does it: in-flight events get
+/// `worker.shutdown_deadline` (then what is left is nak'd at once) while the
+/// HTTP server drains alongside, each request bounded by `http.request_timeout`;
+/// then the command service and the heartbeat listener get
+/// `nats.request_timeout`, together; then each of the two NATS connections is
+/// flushed and drained, each step within `nats.request_timeout`. An
+/// orchestrator's grace period before it kills the process
+/// (`terminationGracePeriodSeconds`) must be longer.
+pub fn stop_within(settings: &Settings) -> Duration {
+    let nats = settings.nats.request_timeout;
+    let events = settings
+        .worker
+        .shutdown_deadline
+        .max(settings.http.request_timeout);
+    let tasks = nats;
+    let connections = 2 * (nats + nats);
+    events + tasks + connections
 }
 
 /// How a task that was asked to stop ended, or `Ok` after aborting it once

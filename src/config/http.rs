@@ -12,10 +12,11 @@ use crate::contract::Guid;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    /// Address (host:port) the API listens on; unset means no HTTP server.
+    /// Address (host:port) the command API listens on; unset means no API.
     pub listen: Option<String>,
     /// Separate address for `/healthz`, `/readyz` and `/metrics`; unset serves
-    /// them on `listen`.
+    /// them on `listen`. Set alone, a replica without the API still has its
+    /// probes and metrics.
     pub ops_listen: Option<String>,
     /// Bearer tokens allowed to send commands; none means the command routes are off.
     pub tokens: Vec<TokenSettings>,
@@ -123,9 +124,6 @@ pub(super) fn check(
 ) -> Result<(), ConfigError> {
     let fail = |key: &str, why: String| Err(error(key, why));
     let http = &settings.http;
-    if http.listen.is_none() && http.ops_listen.is_some() {
-        return fail("http.ops_listen", "needs http.listen too".into());
-    }
     if http.body_limit == 0 {
         return fail("http.body_limit", "must be at least 1 byte".into());
     }

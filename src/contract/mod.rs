@@ -42,6 +42,12 @@ pub const API_COMMAND_SUBJECT: &str = "softphone.api.command";
 /// (body ignored; captured by no stream): each refreshes the softphone's last
 /// sign of life, which decides whether commands reach it.
 pub const HEARTBEAT_SUBJECTS: &str = "softphone.heartbeat.*";
+/// What the reply subject of a request to the service must start with: a
+/// requester's inbox (`_INBOX.<id>` by default, `_INBOX_<user>.<id>` with a
+/// per-user prefix, see deploy/nats-permissions.md). The service answers
+/// nowhere else, so no requester can make it publish, with its own rights,
+/// onto a stream's subject or the JetStream API.
+pub const INBOX_PREFIX: &str = "_INBOX";
 /// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`] and [`API_COMMAND_SUBJECT`].
 pub const LOAD_QUEUE_GROUP: &str = "softphone-bridge";
 

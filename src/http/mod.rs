@@ -192,28 +192,22 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// The bound listeners, before serving (tests read the ports in between).
 pub struct HttpServer {
-    api: TcpListener,
+    /// The command API (`http.listen`), with the ops routes unless `ops` is bound.
+    api: Option<TcpListener>,
+    /// The ops routes alone (`http.ops_listen`).
     ops: Option<TcpListener>,
     tls: Option<RustlsConfig>,
 }
 
 impl HttpServer {
-    /// Binds `http.listen` (and `http.ops_listen`); `None` when HTTP is not configured.
+    /// Binds `http.listen` and `http.ops_listen`, whichever are set; `None`
+    /// when neither is.
     pub async fn bind(settings: &HttpSettings) -> anyhow::Result<Option<Self>> {
-        let Some(listen) = &settings.listen else {
+        if settings.listen.is_none() && settings.ops_listen.is_none() {
             return Ok(None);
-        };
-        let api = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
-        let ops = match &settings.ops_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("http.ops_listen: cannot listen on {addr}"))?,
-            ),
-            None => None,
-        };
+        }
+        let api = listen("http.listen", settings.listen.as_deref()).await?;
+        let ops = listen("http.ops_listen", settings.ops_listen.as_deref()).await?;
         let tls = match &settings.tls {
             Some(tls) => {
                 crate::tls::install_provider();
@@ -233,40 +227,61 @@ impl HttpServer {
         Ok(Some(Self { api, ops, tls }))
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.api
-            .local_addr()
-            .expect("a bound listener has an address")
+    /// The command API's address, when `http.listen` is set.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(address)
     }
 
-    pub fn ops_addr(&self) -> Option<SocketAddr> {
+    /// Where health, readiness and metrics are served: `http.ops_listen`'s
+    /// address, else the API's.
+    pub fn ops_addr(&self) -> SocketAddr {
         self.ops
             .as_ref()
-            .map(|l| l.local_addr().expect("a bound listener has an address"))
+            .or(self.api.as_ref())
+            .map(address)
+            .expect("bound with at least one listener")
     }
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(self, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
-        if state.tokens.is_empty() {
+        if self.api.is_some() && state.tokens.is_empty() {
             tracing::warn!("No http.tokens configured: the command routes are off.");
         }
         let addr = self.local_addr();
         let ops_addr = self.ops_addr();
-        let (api, ops) = match self.ops {
-            Some(ops) => (api_router(state.clone()), Some((ops, ops_router(state)))),
-            None => (router(state), None),
-        };
-        tracing::info!(%addr, ops = ?ops_addr, tls = self.tls.is_some(), "Serving HTTP.");
-        let api = serve_one(self.api, api, self.tls.clone(), shutdown.clone());
-        match ops {
-            Some((listener, router)) => {
-                tokio::try_join!(api, serve_one(listener, router, self.tls, shutdown))?;
+        let listeners = match (self.api, self.ops) {
+            (Some(api), Some(ops)) => {
+                vec![(api, api_router(state.clone())), (ops, ops_router(state))]
             }
-            None => api.await?,
-        }
+            (Some(api), None) => vec![(api, router(state))],
+            (None, Some(ops)) => vec![(ops, ops_router(state))],
+            (None, None) => unreachable!("bound with at least one listener"),
+        };
+        tracing::info!(api = ?addr, ops = %ops_addr, tls = self.tls.is_some(), "Serving HTTP.");
+        let served = listeners.into_iter().map(|(listener, router)| {
+            serve_one(listener, router, self.tls.clone(), shutdown.clone())
+        });
+        futures::future::try_join_all(served).await?;
         tracing::info!("HTTP server stopped.");
         Ok(())
     }
+}
+
+/// A listener on `addr` if it is set; `key` names the setting in errors.
+async fn listen(key: &str, addr: Option<&str>) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))?;
+    Ok(Some(listener))
+}
+
+fn address(listener: &TcpListener) -> SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
 }
 
 async fn serve_one(

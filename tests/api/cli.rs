@@ -68,6 +68,72 @@ fn check_config_prints_the_layers_merged_with_secrets_redacted() {
 }
 
 #[test]
+fn check_config_reads_secret_files_and_never_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let password = write("nats-password", "pa55-from-a-file\n");
+    let secret = write("webhook-secret", "webhook-s3cret-from-a-file\n");
+    let file = config_file(&format!(
+        "[nats]\nuser = \"bridge\"\npassword_file = \"{password}\"\n\
+         [crm]\nkind = \"webhook\"\nurl = \"https://crm.example/hook\"\n"
+    ));
+    let config = file.path().to_str().unwrap();
+    let out = bridge(
+        &["check-config", "--config", config],
+        &[("SOFTPHONE_BRIDGE_CRM__SECRET_FILE", &secret)],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rendered: toml::Table = toml::from_str(&text).expect("check-config prints TOML");
+    assert_eq!(rendered["nats"]["password"].as_str(), Some("[redacted]"));
+    assert_eq!(rendered["crm"]["secret"].as_str(), Some("[redacted]"));
+    for leaked in ["pa55-from-a-file", "webhook-s3cret-from-a-file"] {
+        assert!(!text.contains(leaked), "{leaked} leaked: {text}");
+    }
+
+    // Errors: one line naming the key and the file, never the content.
+    for (env, expected) in [
+        (
+            vec![
+                ("SOFTPHONE_BRIDGE_CRM__SECRET_FILE", secret.as_str()),
+                ("SOFTPHONE_BRIDGE_CRM__SECRET", "inline"),
+            ],
+            vec!["crm.secret_file", "crm.secret", "not both"],
+        ),
+        (
+            vec![("SOFTPHONE_BRIDGE_CRM__SECRET_FILE", "/nonexistent/secret")],
+            vec![
+                "crm.secret_file",
+                "/nonexistent/secret",
+                "SOFTPHONE_BRIDGE_CRM__SECRET_FILE",
+            ],
+        ),
+        (
+            vec![
+                ("SOFTPHONE_BRIDGE_CRM__SECRET_FILE", secret.as_str()),
+                ("SOFTPHONE_BRIDGE_NATS__TOKEN_FILE", password.as_str()),
+            ],
+            vec!["set only one of token, user/password and creds_file"],
+        ),
+    ] {
+        let out = bridge(&["check-config", "--config", config], &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        for needle in expected {
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        for leaked in ["pa55-from-a-file", "webhook-s3cret-from-a-file"] {
+            assert!(!err.contains(leaked), "{leaked} leaked: {err}");
+        }
+    }
+}
+
+#[test]
 fn configuration_errors_are_one_line_naming_the_key_and_its_source() {
     let unknown = config_file("[worker]\nconcurency = 4\n");
     let path = unknown.path().to_str().unwrap().to_owned();

@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod deploy;
 mod dlq;
 mod docs;
 mod doctor;
@@ -16,6 +17,7 @@ mod lanes;
 mod load;
 mod ops;
 mod outcomes;
+mod permissions;
 mod provision;
 mod registry;
 mod replay;

@@ -294,3 +294,62 @@ async fn the_openapi_document_matches_the_routes() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_only_replica_serves_its_probes_and_metrics_on_ops_listen_alone() {
+    let nats = start_nats().await;
+    let crm = FakeCrm::start().await;
+    let ops = format!("http://127.0.0.1:{}", free_port());
+    let config = bridge_config(
+        &crm.url(),
+        &format!(
+            "[http]\nops_listen = \"{}\"\n",
+            ops.trim_start_matches("http://")
+        ),
+    );
+    let bridge = Bridge::start(&nats.url, &config);
+    let http = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let request = http.get(format!("{ops}{path}"));
+        async move { request.send().await.ok().map(|r| r.status()) }
+    };
+    eventually("the replica to be ready", || async {
+        (status("/readyz").await? == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status("/healthz").await, Some(StatusCode::OK));
+    let metrics = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("# TYPE {}", metric::READY)),
+        "{metrics}"
+    );
+    // No command API: neither its routes nor its document.
+    for path in ["/v1/softphones/agent-1", "/openapi.yaml"] {
+        assert_eq!(
+            http.get(format!("{ops}{path}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    bridge.logged("Serving HTTP.").await;
+    bridge.terminate();
+    let (exit, stderr) = bridge.wait().await;
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains("api=None"), "{stderr}");
+    assert!(
+        !stderr.contains("No http.tokens configured"),
+        "no API, no warning about its tokens: {stderr}"
+    );
+}

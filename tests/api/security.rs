@@ -120,10 +120,6 @@ fn token_settings_are_checked_and_never_rendered() {
         let err = base(tokens).unwrap_err().to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
-    let err = Settings::from_toml("[http]\nops_listen = \"127.0.0.1:0\"\n")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("http.ops_listen"), "{err}");
     let err = Settings::from_toml("[registry]\nbucket = \"a.b\"\n")
         .unwrap_err()
         .to_string();

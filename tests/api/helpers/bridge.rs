@@ -59,8 +59,17 @@ impl Bridge {
 
     /// Waits until the process has logged a line containing `needle`.
     pub async fn logged(&self, needle: &str) {
-        eventually(&format!("the bridge to log {needle:?}"), || async {
-            self.stderr.lock().unwrap().contains(needle).then_some(())
+        self.logged_line(&[needle]).await;
+    }
+
+    /// Waits until the process has logged one line containing every needle.
+    pub async fn logged_line(&self, needles: &[&str]) {
+        eventually(&format!("the bridge to log {needles:?}"), || async {
+            let stderr = self.stderr.lock().unwrap();
+            stderr
+                .lines()
+                .any(|line| needles.iter().all(|needle| line.contains(needle)))
+                .then_some(())
         })
         .await;
     }

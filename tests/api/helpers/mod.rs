@@ -38,6 +38,15 @@ pub fn init_logs() {
     });
 }
 
+/// A TCP port free on 127.0.0.1 a moment ago, for a process that cannot be
+/// told to bind port 0 and report it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where

@@ -33,12 +33,7 @@ pub async fn start_nats() -> Nats {
 
 /// NATS on a fixed host port, so that the URL survives a stop and start.
 pub async fn start_nats_pinned() -> Nats {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    start_nats_with(Some(port), &[], &[]).await
+    start_nats_with(Some(super::free_port()), &[], &[]).await
 }
 
 /// NATS with extra server arguments (e.g. `--auth <token>`) and files copied
