@@ -1,4 +1,4 @@
-//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq.
+//! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq, health.
 
 use std::path::PathBuf;
 
@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Exit 0 when a replica answers ready, else 1: a container health check.
+    Health {
+        /// What to GET (default: `/readyz` on this configuration's ops listener, over loopback).
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
     /// Dead letters in SOFTPHONE_DLQ: list, show, replay, purge.
     Dlq {
         #[command(subcommand)]
@@ -87,6 +93,7 @@ impl Cli {
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
             Command::Dlq { command } => crate::dlq::execute(&settings, command).await,
+            Command::Health { url } => crate::health::check(&settings.http, url).await,
         }
     }
 }

@@ -25,7 +25,7 @@
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
-//! - [`cli`]: the `softphone-bridge` subcommands.
+//! - [`cli`]: the `softphone-bridge` subcommands; [`health`] the container health check.
 
 pub mod broker;
 pub mod cli;
@@ -35,6 +35,7 @@ pub mod contract;
 pub mod crm;
 pub mod dispatch;
 pub mod dlq;
+pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod load;

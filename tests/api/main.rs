@@ -4,6 +4,7 @@
 
 mod cli;
 mod dashboard;
+mod deploy;
 mod dlq;
 mod docs;
 mod events;
