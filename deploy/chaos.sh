@@ -3,13 +3,15 @@
 # `bash deploy/cluster.sh up`:
 #   - a steady RATE events/s (500) for DURATION seconds (120) from the host
 #     (deploy/cluster/publish.py, nats-py in a venv under target/cluster);
-#   - SIGKILL to a random bridge replica every 10 s (restart: always brings it back);
+#   - SIGKILL to a random bridge replica's process every 10 s (restart: always
+#     brings it back);
 #   - at 30 s the NATS node leading SOFTPHONE_EVENTS is stopped, at 60 s started;
 #   - at 80 s another NATS node is restarted;
 # then waits for every published event to reach the CRM (up to DRAIN seconds)
 # and reports (deploy/cluster/report.py; also in target/cluster/chaos-report.txt):
 # published, handled, lost, dead-lettered, redelivered, duplicate CRM calls,
 # the longest delay. Exits 1 when a goal is missed. Too long for CI.
+# FAULTS=0 runs the same load without faults (a baseline for the delays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,12 +55,26 @@ publisher=$!
 # The faults, on a schedule measured from the start of publishing.
 at() { local wait=$((started + $1 - SECONDS)); [ "$wait" -le 0 ] || sleep "$wait"; }
 bridges=(bridge1 bridge2 bridge3)
+# SIGKILL to the replica's process from the host, as a crash would: Docker
+# takes `docker kill` for an operator's stop and does not restart the
+# container, whereas a process that dies is restarted (restart: always).
+crash() {
+  local pid
+  pid="$(docker inspect -f '{{.State.Pid}}' "$(container "$1")")"
+  if [ "$pid" -gt 0 ]; then
+    kill -KILL "$pid"
+    log "killed $1 (SIGKILL to pid $pid)"
+  else
+    log "$1 is still restarting; not killed this time"
+  fi
+}
 stopped=""
 for t in $(seq 10 10 "$DURATION"); do
   at "$t"
+  # FAULTS=0: the same load and report without faults, as a baseline.
+  [ "${FAULTS:-1}" = 1 ] || continue
   victim="${bridges[RANDOM % 3]}"
-  docker kill -s KILL "$(container "$victim")" >/dev/null
-  log "killed $victim (SIGKILL)"
+  crash "$victim"
   case "$t" in
     30)
       stopped="$(cluster leader)"

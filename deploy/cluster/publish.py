@@ -45,7 +45,8 @@ async def main():
         connect_timeout=2,
         name="chaos-publisher",
     )
-    js = nc.jetstream(timeout=2)
+    # As long as the bridge waits for a publish ack (nats.request_timeout).
+    js = nc.jetstream(timeout=5)
     record = open(out, "w", encoding="utf-8")
     outstanding = asyncio.Semaphore(MAX_OUTSTANDING)
     tasks = set()

@@ -40,7 +40,14 @@ async fn health_exits_0_while_the_replica_is_ready_and_1_once_it_is_not() {
     // Without --url: /readyz on the configured ops listener, an unspecified
     // address probed over loopback.
     let own = format!("0.0.0.0:{}", app.ops.port());
-    let derived = bridge(&["health"], &[("SOFTPHONE_BRIDGE_HTTP__OPS_LISTEN", &own)]).await;
+    let derived = bridge(
+        &["health"],
+        &[
+            ("SOFTPHONE_BRIDGE_HTTP__LISTEN", "0.0.0.0:8080"),
+            ("SOFTPHONE_BRIDGE_HTTP__OPS_LISTEN", &own),
+        ],
+    )
+    .await;
     assert!(derived.status.success(), "{}", text(&derived.stderr));
     assert!(
         text(&derived.stdout).contains(&format!("http://127.0.0.1:{}/readyz", app.ops.port())),
