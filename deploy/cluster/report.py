@@ -25,19 +25,21 @@ def lines(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def stream_messages(name):
-    """The stream's message count, from the first node that answers."""
+def streams():
+    """Every stream's details with its consumers, from the first node that answers."""
     for base in MONITORING:
         try:
-            with urllib.request.urlopen(f"{base}/jsz?streams=true", timeout=3) as r:
+            with urllib.request.urlopen(f"{base}/jsz?streams=true&consumers=true", timeout=3) as r:
                 jsz = json.load(r)
         except OSError:
             continue
-        for account in jsz.get("account_details", []):
-            for stream in account.get("stream_detail", []):
-                if stream["name"] == name:
-                    return stream["state"]["messages"]
-    return None
+        return [s for account in jsz.get("account_details", []) for s in account.get("stream_detail", [])]
+    return []
+
+
+def stream_messages(name):
+    """The stream's message count, or None when no node answers."""
+    return next((s["state"]["messages"] for s in streams() if s["name"] == name), None)
 
 
 def prometheus(query):
@@ -131,6 +133,11 @@ def main():
           f" p99 {percentile(bridge_delays, 99):.3f} s, max {slowest:.3f} s")
     print(f"delay, first publish attempt -> first CRM receipt:      p50 {percentile(end_to_end, 50):.3f} s,"
           f" p99 {percentile(end_to_end, 99):.3f} s, max {max(end_to_end, default=0):.3f} s")
+    # Where events still wait, if any: not yet delivered, or delivered and not acknowledged.
+    for stream in streams():
+        for consumer in stream.get("consumer_detail", []):
+            print(f"consumer {consumer['name']}: pending {consumer['num_pending']},"
+                  f" unacknowledged {consumer['num_ack_pending']}")
     for goal, met in goals.items():
         print(f"goal {'met   ' if met else 'MISSED'}: {goal}")
     sys.exit(0 if all(goals.values()) else 1)

@@ -55,15 +55,7 @@ async fn health_exits_0_while_the_replica_is_ready_and_1_once_it_is_not() {
         text(&derived.stdout)
     );
 
-    app.nats
-        .container
-        .stop_with_timeout(Some(2))
-        .await
-        .expect("NATS stops");
-    eventually("readyz to answer 503", || async {
-        (app.readyz().await == 503).then_some(())
-    })
-    .await;
+    app.stop_nats_until_unready().await;
     let down = bridge(&["health", "--url", &readyz], &[]).await;
     assert_eq!(down.status.code(), Some(1), "{}", text(&down.stderr));
     let why = text(&down.stderr);
