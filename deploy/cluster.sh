@@ -106,15 +106,16 @@ wait_ready() {
 
 # The node that leads SOFTPHONE_EVENTS, from any node's monitoring endpoint.
 events_leader() {
-  local port
+  local port jsz
   for port in 8222 8223 8224; do
-    curl -fsS "http://127.0.0.1:$port/jsz?streams=true" 2>/dev/null | python3 -c '
+    jsz="$(curl -fsS "http://127.0.0.1:$port/jsz?streams=true" 2>/dev/null)" || continue
+    python3 -c '
 import json, sys
 for account in json.load(sys.stdin).get("account_details", []):
     for stream in account.get("stream_detail", []):
         if stream["name"] == "SOFTPHONE_EVENTS" and stream.get("cluster", {}).get("leader"):
             print(stream["cluster"]["leader"]); sys.exit(0)
-sys.exit(1)' && return 0
+sys.exit(1)' <<<"$jsz" && return 0
   done
   return 1
 }
