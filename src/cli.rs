@@ -1,5 +1,5 @@
 //! The `softphone-bridge` command line: run, provision, check-config, emit, hash-token, dlq,
-//! replay, status, doctor.
+//! replay, status, doctor, health.
 
 use std::path::PathBuf;
 
@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Exit 0 when a replica answers ready, else 1: a container health check.
+    Health {
+        /// What to GET (default: `/readyz` on this configuration's ops listener, over loopback).
+        #[arg(long)]
+        url: Option<url::Url>,
+    },
     /// Dead letters in SOFTPHONE_DLQ: list, show, replay, purge.
     Dlq {
         #[command(subcommand)]
@@ -97,6 +103,7 @@ impl Cli {
             Command::Replay(args) => crate::replay::execute(&settings, args).await,
             Command::Status(args) => crate::status::execute(&settings, args).await,
             Command::Doctor => crate::doctor::execute(&settings).await,
+            Command::Health { url } => crate::health::check(&settings.http, url).await,
         }
     }
 }

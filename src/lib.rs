@@ -28,7 +28,7 @@
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
 //! - [`cli`]: the `softphone-bridge` subcommands; [`dlq`], [`replay`],
 //!   [`status`] and [`doctor`] are the operators' ([`dlq`] and [`replay`]
-//!   share `console` and `scan`).
+//!   share `console` and `scan`); [`health`] the container health check.
 
 pub mod broker;
 pub mod cli;
@@ -40,6 +40,7 @@ pub mod crm;
 pub mod dispatch;
 pub mod dlq;
 pub mod doctor;
+pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod load;

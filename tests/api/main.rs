@@ -3,6 +3,7 @@
 //! processes matter. One test binary; `TEST_LOG=1` shows the app's logs.
 
 mod cli;
+mod container;
 mod dashboard;
 mod deploy;
 mod dlq;

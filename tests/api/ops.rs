@@ -21,15 +21,7 @@ async fn readyz_follows_nats_down_and_back_up() {
     let health = app.http.get(app.ops_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
-    app.nats
-        .container
-        .stop_with_timeout(Some(2))
-        .await
-        .expect("NATS stops");
-    eventually("readyz to answer 503", || async {
-        (app.readyz().await == 503).then_some(())
-    })
-    .await;
+    app.stop_nats_until_unready().await;
     let report: Value = app
         .http
         .get(app.ops_url("/readyz"))

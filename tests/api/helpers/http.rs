@@ -103,6 +103,19 @@ impl HttpApp {
         }
     }
 
+    /// Stops NATS, then waits until `/readyz` says 503.
+    pub async fn stop_nats_until_unready(&self) {
+        self.nats
+            .container
+            .stop_with_timeout(Some(2))
+            .await
+            .expect("NATS stops");
+        eventually("readyz to answer 503", || async {
+            (self.readyz().await == 503).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until `/readyz` says 200.
     pub async fn ready(&self) {
         eventually("readyz to answer 200", || async {
