@@ -256,6 +256,9 @@ impl Settings {
         if self.worker.intake_ack_wait < Duration::from_secs(1) {
             return fail("worker.intake_ack_wait", "must be at least 1s".into());
         }
+        if self.worker.intake_renew_after < Duration::from_secs(1) {
+            return fail("worker.intake_renew_after", "must be at least 1s".into());
+        }
         if self.streams.replicas == 0 || self.streams.replicas > 5 {
             return fail("streams.replicas", "must be between 1 and 5".into());
         }

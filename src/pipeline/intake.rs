@@ -15,7 +15,11 @@
 //!
 //! The intake pulls on a NATS connection of its own: a message whose headers
 //! the client cannot read drops that connection (see [`unreadable`], which
-//! sets such messages aside), and only that one.
+//! sets such messages aside), and only that one. While NATS does not store
+//! an event's copies, the intake holds it (and those behind it); after
+//! `worker.intake_renew_after` of that it renews its connection, since
+//! publish acks can stop reaching a connection that still looks healthy
+//! (seen after a cluster node's restart), and goes on.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -306,9 +310,20 @@ impl Intake {
             Fate::Copied(acks) => stored(acks, delivery, &self.settings).await,
             Fate::Decided(fate) => fate,
         };
+        let mut held_since = None;
         loop {
             if let Outcome::Hold { reason, .. } = &fate {
-                tracing::warn!(%reason, "Cannot route the event; holding it.");
+                let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                let renew_after = self.settings.worker.intake_renew_after;
+                if since.elapsed() >= renew_after {
+                    tracing::warn!(%reason, held_for_s = since.elapsed().as_secs(), "NATS has not stored the event's copies for worker.intake_renew_after; renewing the intake's connection.");
+                    if let Err(e) = self.js.client().force_reconnect().await {
+                        tracing::warn!(error = %e, "Cannot renew the intake's connection.");
+                    }
+                    held_since = Some(tokio::time::Instant::now());
+                } else {
+                    tracing::warn!(%reason, "Cannot route the event; holding it.");
+                }
                 tokio::time::sleep(self.settings.worker.backoff_after(1)).await;
                 fate = match self.copy(message, delivery, routes).await {
                     Fate::Copied(acks) => stored(acks, delivery, &self.settings).await,

@@ -33,6 +33,12 @@ pub struct WorkerSettings {
     /// events delivered in the same batch with it.
     #[serde(with = "humantime_serde")]
     pub intake_ack_wait: Duration,
+    /// How long the intake waits for NATS to store an event's copies before
+    /// it renews its connection (a reconnect): the client's replies can stop
+    /// coming on a connection that still looks healthy, after a cluster
+    /// node's restart, and a new connection gets them again.
+    #[serde(with = "humantime_serde")]
+    pub intake_renew_after: Duration,
     /// Deliveries after which an event still failing for its own reasons is
     /// dead-lettered. Its connection's trouble spends none of them.
     pub max_deliveries: u32,
@@ -56,6 +62,7 @@ impl Default for WorkerSettings {
             intake_window: 256,
             ack_wait: Duration::from_secs(30),
             intake_ack_wait: Duration::from_secs(5),
+            intake_renew_after: Duration::from_secs(30),
             max_deliveries: 8,
             backoff: [1, 5, 30, 120, 600].map(Duration::from_secs).to_vec(),
             max_retry_after: Duration::from_secs(900),

@@ -222,3 +222,39 @@ async fn a_replica_asked_to_stop_while_nats_is_unreachable_exits_promptly() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("Shutdown requested"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_intake_whose_copies_are_never_acknowledged_renews_its_connection() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    let bridge = Bridge::start(
+        &nats.url,
+        &bridge_config(&crm.url(), "")
+            .replace("[worker]\n", "[worker]\nintake_renew_after = \"2s\"\n"),
+    );
+    replicas_pulling(&js, &defaults(), 1).await;
+    let body = || call_body(&conversation(), "");
+    publish(&js, EventKind::CallIncoming, &body(), Some("before")).await;
+    assert_eq!(idempotency_key(&crm.next_request().await), "before");
+
+    // NATS stops answering the intake's copies: the lanes stream is gone and
+    // a plain subscriber listens on its subjects, so a copy gets neither an
+    // ack nor a "no responders".
+    js.delete_stream(softphone_bridge::contract::LANES_STREAM)
+        .await
+        .unwrap();
+    let listener = js.client().subscribe("softphone.lane.>").await.unwrap();
+    publish(&js, EventKind::CallEnded, &body(), Some("during")).await;
+    bridge.logged("renewing the intake's connection").await;
+
+    // NATS stores copies again: the event held all along is handled once.
+    drop(listener);
+    broker::provision(&js, &defaults()).await.unwrap();
+    assert_eq!(idempotency_key(&crm.next_request().await), "during");
+    settled(&js, &defaults()).await;
+    assert!(crm.drain().await.is_empty(), "handled once");
+    bridge.terminate();
+    let (status, stderr) = bridge.wait().await;
+    assert!(status.success(), "clean exit: {stderr}");
+}
