@@ -1,7 +1,7 @@
 //! One batch of Task writes, flushed for all its events at once: the reads
-//! the writes depend on (read.rs) in one request, the creates and upserts in
-//! another (sObject Collections), and each event answered with its own
-//! record's result.
+//! the writes depend on (read.rs: one search, one query, side by side), then
+//! the creates and upserts in one request (sObject Collections), and each
+//! event answered with its own record's result.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
