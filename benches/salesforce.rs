@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use softphone_bridge::{broker, startup::Application};
+use softphone_bridge::{provision, startup::Application};
 use tokio_util::sync::CancellationToken;
 
 use fake_salesforce::FakeSalesforce;
@@ -113,7 +113,7 @@ async fn run(rate: f64, calls: usize, max_records: usize) -> Row {
     let sf = FakeSalesforce::start().await;
     let settings = settings(&url, &sf, max_records);
     let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-    broker::provision(&js, &settings).await.unwrap();
+    provision::apply(&js, &settings).await.unwrap();
     let app = Application::build(settings).await.unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run_until(shutdown.clone()));

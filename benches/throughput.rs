@@ -61,7 +61,7 @@ use serde_json::value::RawValue;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
 use softphone_bridge::crm::CrmEvent;
-use softphone_bridge::{Application, broker, pipeline};
+use softphone_bridge::{Application, pipeline, provision};
 use testcontainers::{ContainerAsync, GenericImage};
 use tokio_util::sync::CancellationToken;
 
@@ -515,7 +515,7 @@ impl Nats {
 async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
     let nats = Nats::start().await;
     let settings = Settings::from_toml(&format!("[nats]\nurl = \"{}\"\n", nats.url)).unwrap();
-    broker::provision(&nats.js, &settings).await.unwrap();
+    provision::apply(&nats.js, &settings).await.unwrap();
     nats.publish(events, &partner(0)).await;
     let name = "bench-raw".to_owned();
     let consumer = nats
@@ -659,7 +659,7 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
         "  {} CRM connection(s) configured, every event for one partner, on lane {lane}",
         settings.connections().count()
     );
-    broker::provision(&nats.js, &settings).await.unwrap();
+    provision::apply(&nats.js, &settings).await.unwrap();
     nats.publish(events, &partner(0)).await;
     let consumers: Vec<(&'static str, String)> = pipeline::consumers(&settings)
         .into_iter()

@@ -135,20 +135,6 @@ pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstre
         .build(client)
 }
 
-/// Creates or updates the streams, the pipeline's consumers and the KV
-/// buckets as the settings say (see [`crate::provision`]); returns what it
-/// did. Lane consumers no configured connection uses any more are reported,
-/// not deleted: events an older replica routed there wait in them.
-pub async fn provision(
-    js: &jetstream::Context,
-    settings: &Settings,
-) -> anyhow::Result<crate::provision::Plan> {
-    crate::provision::Plan::compute(js, settings)
-        .await?
-        .apply(js)
-        .await
-}
-
 /// The pipeline's durable pull consumers every replica binds to: the intake
 /// through `intake` (its connection of its own), the lanes through `js`.
 pub async fn bind_consumers(

@@ -46,7 +46,7 @@ pub mod http;
 mod load;
 pub mod metric;
 pub mod pipeline;
-mod provision;
+pub mod provision;
 pub mod registry;
 mod replay;
 mod scan;

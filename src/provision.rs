@@ -426,6 +426,14 @@ fn bucket_settings_of_stream(c: &stream::Config) -> Fields {
     ]
 }
 
+/// Creates or updates the streams, the pipeline's consumers and the KV
+/// buckets as the settings say; returns what it did. Lane consumers no
+/// configured connection uses any more are reported, not deleted: events an
+/// older replica routed there wait in them.
+pub async fn apply(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<Plan> {
+    Plan::compute(js, settings).await?.apply(js).await
+}
+
 /// `softphone-bridge provision [--dry-run]`: prints one line per stream,
 /// consumer and bucket.
 pub async fn execute(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {

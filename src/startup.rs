@@ -173,7 +173,9 @@ impl Application {
         loop {
             let attempt = async {
                 if self.settings.streams.provision_on_start {
-                    broker::provision(&self.js, &self.settings).await?.log();
+                    crate::provision::apply(&self.js, &self.settings)
+                        .await?
+                        .log();
                 }
                 broker::bind_consumers(&self.js, &self.intake_js, &self.settings).await
             };

@@ -119,7 +119,7 @@ async fn concurrent_writers_on_one_entry_lose_nothing() {
     let settings = http_settings(&nats.url);
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    softphone_bridge::broker::provision(&js, &settings)
+    softphone_bridge::provision::apply(&js, &settings)
         .await
         .unwrap();
     // Two handles, as two replicas would have.

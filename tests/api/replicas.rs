@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use softphone_bridge::broker;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
+use softphone_bridge::provision;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
@@ -19,7 +19,7 @@ fn defaults() -> Settings {
 async fn provisioned(nats: &Nats) -> jetstream::Context {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = jetstream::new(client);
-    broker::provision(&js, &defaults()).await.unwrap();
+    provision::apply(&js, &defaults()).await.unwrap();
     js
 }
 
@@ -250,7 +250,7 @@ async fn an_intake_whose_copies_are_never_acknowledged_renews_its_connection() {
 
     // NATS stores copies again: the event held all along is handled once.
     drop(listener);
-    broker::provision(&js, &defaults()).await.unwrap();
+    provision::apply(&js, &defaults()).await.unwrap();
     assert_eq!(idempotency_key(&crm.next_request().await), "during");
     settled(&js, &defaults()).await;
     assert!(crm.drain().await.is_empty(), "handled once");

@@ -80,7 +80,9 @@ async fn token_authentication_is_used_and_never_shown() {
         .await
         .expect("token accepted");
     let js = broker::jetstream(client, &settings.nats);
-    broker::provision(&js, &settings).await.unwrap();
+    softphone_bridge::provision::apply(&js, &settings)
+        .await
+        .unwrap();
 
     let shutdown = CancellationToken::new();
     let app = Application::build(settings.clone()).await.unwrap();
@@ -118,7 +120,7 @@ async fn user_and_password_authentication_is_used_and_never_shown() {
     let client = broker::connect(&settings.nats, broker::FirstConnect::FailFast)
         .await
         .expect("user and password accepted");
-    broker::provision(&broker::jetstream(client, &settings.nats), &settings)
+    softphone_bridge::provision::apply(&broker::jetstream(client, &settings.nats), &settings)
         .await
         .expect("provisioning works over the authenticated connection");
 }
@@ -162,7 +164,9 @@ async fn tls_to_nats_verifies_the_server_with_the_configured_ca() {
         .await
         .expect("TLS with the configured CA");
     let js = broker::jetstream(client, &settings.nats);
-    broker::provision(&js, &settings).await.unwrap();
+    softphone_bridge::provision::apply(&js, &settings)
+        .await
+        .unwrap();
     let ack = publish(
         &js,
         EventKind::CallIncoming,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use softphone_bridge::{Application, broker, pipeline};
+use softphone_bridge::{Application, pipeline, provision};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -75,7 +75,7 @@ pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
         .await
         .expect("test client connects");
     let js = jetstream::new(client.clone());
-    broker::provision(&js, &settings)
+    provision::apply(&js, &settings)
         .await
         .expect("provisioning works");
     let shutdown = CancellationToken::new();
