@@ -29,18 +29,9 @@ async fn the_softphone_receives_exactly_the_command() {
         assert_eq!(accepted["duplicate"], false);
         assert!(accepted["seq"].as_u64().unwrap() > 0);
 
-        let message = tokio::time::timeout(PATIENCE, softphone.next())
-            .await
-            .unwrap()
-            .unwrap();
-        let mut received: Value = serde_json::from_slice(&message.payload).unwrap();
+        let (message, received, expires) = next_command_body(&mut softphone).await;
         assert_eq!(
-            received
-                .as_object_mut()
-                .unwrap()
-                .remove("expiresAt")
-                .unwrap(),
-            accepted["expiresAt"],
+            expires, accepted["expiresAt"],
             "the command says when it expires"
         );
         assert_eq!(
@@ -72,16 +63,7 @@ async fn the_softphone_receives_exactly_the_command() {
     let presence = json!({"type": "update_presence", "payload": {"softphoneId": STATUS}});
     let response = app.command("agent-1", &presence, TOKEN, None).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let message = tokio::time::timeout(PATIENCE, softphone.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut received = serde_json::from_slice::<Value>(&message.payload).unwrap();
-    received
-        .as_object_mut()
-        .unwrap()
-        .remove("expiresAt")
-        .unwrap();
+    let (_, received, _) = next_command_body(&mut softphone).await;
     assert_eq!(received, presence);
     app.stop().await;
 }

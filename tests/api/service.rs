@@ -1,7 +1,6 @@
 //! The NATS micro service on `softphone.api.command`: discoverable, and the
 //! same validation, publication and answers as the HTTP route.
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use softphone_bridge::contract::{API_COMMAND_SUBJECT, COMMANDS_STREAM, LOAD_REQUEST_SUBJECT};
 
@@ -72,19 +71,8 @@ async fn a_nats_request_publishes_the_command_like_http() {
     assert_eq!(code, None, "{first}");
     assert_eq!(first["stream"], "SOFTPHONE_COMMANDS");
     assert_eq!(first["duplicate"], false);
-    let message = tokio::time::timeout(PATIENCE, softphone.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut received = serde_json::from_slice::<Value>(&message.payload).unwrap();
-    assert_eq!(
-        received
-            .as_object_mut()
-            .unwrap()
-            .remove("expiresAt")
-            .unwrap(),
-        first["expiresAt"]
-    );
+    let (_, received, expires) = next_command_body(&mut softphone).await;
+    assert_eq!(expires, first["expiresAt"]);
     assert_eq!(received, start_call());
 
     let (code, again) = request(&app, keyed).await;

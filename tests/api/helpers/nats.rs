@@ -267,6 +267,25 @@ pub async fn core_received(
     received
 }
 
+/// The next command a softphone's subscription receives: the message, its
+/// body without `expiresAt`, and that `expiresAt` (every command carries one).
+pub async fn next_command_body(
+    subscription: &mut async_nats::Subscriber,
+) -> (async_nats::Message, serde_json::Value, serde_json::Value) {
+    let message = tokio::time::timeout(PATIENCE, subscription.next())
+        .await
+        .expect("a command in time")
+        .expect("the subscription is open");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&message.payload).expect("a JSON command");
+    let expires = body
+        .as_object_mut()
+        .expect("a JSON object")
+        .remove("expiresAt")
+        .expect("the command says when it expires");
+    (message, body, expires)
+}
+
 /// A NATS service reply: the error code, and the JSON answer (the problem
 /// document of an error reply, which travels in its `Softphone-Problem` header).
 pub fn service_reply(reply: &async_nats::Message) -> (Option<u16>, serde_json::Value) {
