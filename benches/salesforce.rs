@@ -16,7 +16,7 @@
 //!
 //! `cargo bench --bench salesforce` (needs the NATS image:
 //! deploy/nats-image.sh; SOFTPHONE_NATS_IMAGE names another).
-//! BENCH_MAX_WAIT_MS sets `batch.max_wait` (default 250).
+//! BENCH_MAX_WAIT_MS sets `batch.max_wait` (default 500, the setting's default).
 
 #[allow(dead_code)]
 #[path = "../tests/api/fake_salesforce.rs"]
@@ -49,7 +49,7 @@ fn max_wait() -> Duration {
     let ms = std::env::var("BENCH_MAX_WAIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(250);
+        .unwrap_or(500);
     Duration::from_millis(ms)
 }
 

@@ -23,8 +23,8 @@ pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
 pub use salesforce::{
-    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
-    SalesforceAuth, SalesforceSettings,
+    CallMemorySettings, DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction,
+    PresenceSettings, SalesforceAuth, SalesforceSettings,
 };
 
 mod salesforce;
@@ -74,6 +74,9 @@ pub struct Settings {
     /// Commands from CRMs: idempotency, expiry, offline softphones.
     #[serde(default)]
     pub commands: CommandSettings,
+    /// What the bridge has written to each call's Salesforce Task.
+    #[serde(default)]
+    pub call_memory: CallMemorySettings,
 }
 
 /// What the bridge knows of one partner.
@@ -124,6 +127,21 @@ fn default_dispositions() -> Vec<String> {
     ["Resolved", "Follow-up required", "Escalated", "No answer"]
         .map(String::from)
         .to_vec()
+}
+
+/// `Ok` when `name` can name a key-value bucket, else why not.
+pub(crate) fn bucket_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a bucket name (letters, digits, '-', '_')"
+        ))
+    }
 }
 
 /// A URL list with any `user:password@` part replaced, for logs and errors.
@@ -265,19 +283,24 @@ impl Settings {
         http::check(self, &|key, why| {
             ConfigError(format!("{key}: {why}{}", origin(figment, key)))
         })?;
-        let bucket = &self.registry.bucket;
-        if bucket.is_empty()
-            || !bucket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return fail(
-                "registry.bucket",
-                format!("{bucket:?} is not a bucket name (letters, digits, '-', '_')"),
-            );
+        if let Err(why) = bucket_name(&self.registry.bucket) {
+            return fail("registry.bucket", why);
         }
         if self.registry.idle_ttl < Duration::from_secs(1) {
             return fail("registry.idle_ttl", "must be at least 1s".into());
+        }
+        let memory = &self.call_memory;
+        if let Err(why) = bucket_name(&memory.bucket) {
+            return fail("call_memory.bucket", why);
+        }
+        if [&self.registry.bucket, &self.commands.bucket].contains(&&memory.bucket) {
+            return fail(
+                "call_memory.bucket",
+                "must differ from registry.bucket and commands.bucket".into(),
+            );
+        }
+        if memory.remember_for < Duration::from_secs(60) {
+            return fail("call_memory.remember_for", "must be at least 1m".into());
         }
         crate::dispatch::check_settings(self, &|key, why| {
             ConfigError(format!("{key}: {why}{}", origin(figment, key)))

@@ -60,7 +60,7 @@ pub async fn execute(settings: &Settings) -> anyhow::Result<()> {
             client.drain().await.ok();
         }
     }
-    match Connections::build(settings) {
+    match Connections::build(settings, None) {
         Err(e) => checks.report("CRM connections", Err(format!("{e:#}"))),
         Ok(connections) => {
             for (name, crm) in connections.iter() {

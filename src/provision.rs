@@ -131,10 +131,17 @@ impl Plan {
             });
         }
         steps.extend(leftover_lanes(js, settings, &consumers).await?);
-        let buckets = [
+        let mut buckets = vec![
             crate::registry::bucket_config(&settings.registry, settings.streams.replicas),
             crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas),
         ];
+        // The call memory serves Salesforce connections only.
+        if settings.uses_salesforce() {
+            buckets.push(crate::crm::salesforce::bucket_config(
+                &settings.call_memory,
+                settings.streams.replicas,
+            ));
+        }
         for config in buckets {
             let current = stream_config(js, &format!("KV_{}", config.bucket)).await?;
             steps.push(Step {

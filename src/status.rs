@@ -1,7 +1,8 @@
 //! `softphone-bridge status`: each lane's consumer (JetStream consumer info)
 //! and what every replica says of it (its service stats: paused, why, held
 //! events, the circuit), dead letters by reason, Salesforce API usage per
-//! connection and the registry's size; a table, or one JSON document.
+//! connection, the sizes of the registry and of the call memory (when there is one
+//! or Salesforce connections need it); a table, or one JSON document.
 //!
 //! Replicas answer `$SRV.STATS.softphone-bridge` (see [`crate::service`]),
 //! each on its own: the command gathers answers until none has come for a
@@ -47,7 +48,10 @@ struct Status {
     dead_letters: ReasonCounts,
     /// The highest usage any replica last saw, by connection.
     api_usage: BTreeMap<String, ApiUsage>,
-    registry: Registry,
+    registry: Bucket,
+    /// The Salesforce connections' call memory, when it exists or is needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_memory: Option<Bucket>,
 }
 
 /// One durable consumer of the pipeline.
@@ -83,8 +87,9 @@ struct ConsumerNumbers {
     waiting: usize,
 }
 
+/// A key-value bucket's size.
 #[derive(Debug, Serialize)]
-struct Registry {
+struct Bucket {
     bucket: String,
     entries: Option<u64>,
     bytes: Option<u64>,
@@ -99,7 +104,8 @@ pub async fn execute(settings: &Settings, args: StatusArgs) -> anyhow::Result<()
         lanes: lanes(&js, settings, &views).await?,
         dead_letters: dead_letters(&js).await?,
         api_usage: api_usage(&views),
-        registry: registry(&js, &settings.registry.bucket).await?,
+        registry: bucket(&js, &settings.registry.bucket).await?,
+        call_memory: call_memory(&js, settings).await?,
     };
     client.drain().await.ok();
     let mut out = std::io::stdout().lock();
@@ -266,17 +272,26 @@ fn api_usage(views: &[ReplicaView]) -> BTreeMap<String, ApiUsage> {
     usage
 }
 
-async fn registry(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Registry> {
+async fn bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Bucket> {
     let state = match js.get_stream(format!("KV_{bucket}")).await {
         Ok(stream) => Some(stream.cached_info().state.clone()),
         Err(e) if crate::provision::missing(&e) => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read bucket {bucket}")),
     };
-    Ok(Registry {
+    Ok(Bucket {
         bucket: bucket.to_owned(),
         entries: state.as_ref().map(|s| s.messages),
         bytes: state.map(|s| s.bytes),
     })
+}
+
+/// The call memory, when it exists or Salesforce connections need it.
+async fn call_memory(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> anyhow::Result<Option<Bucket>> {
+    let memory = bucket(js, &settings.call_memory.bucket).await?;
+    Ok((memory.entries.is_some() || settings.uses_salesforce()).then_some(memory))
 }
 
 fn print_tables(out: &mut impl std::io::Write, status: &Status) -> std::io::Result<()> {
@@ -341,16 +356,20 @@ fn print_tables(out: &mut impl std::io::Write, status: &Status) -> std::io::Resu
         }
     }
     writeln!(out)?;
-    let registry = &status.registry;
-    match (registry.entries, registry.bytes) {
-        (Some(entries), Some(bytes)) => writeln!(
-            out,
-            "Registry {}: {entries} entries, {bytes} bytes",
-            registry.bucket
-        )?,
-        _ => writeln!(out, "Registry {}: no such bucket", registry.bucket)?,
+    print_bucket(out, "Registry", &status.registry)?;
+    if let Some(memory) = &status.call_memory {
+        print_bucket(out, "Call memory", memory)?;
     }
     Ok(())
+}
+
+fn print_bucket(out: &mut impl std::io::Write, what: &str, b: &Bucket) -> std::io::Result<()> {
+    match (b.entries, b.bytes) {
+        (Some(entries), Some(bytes)) => {
+            writeln!(out, "{what} {}: {entries} entries, {bytes} bytes", b.bucket)
+        }
+        _ => writeln!(out, "{what} {}: no such bucket", b.bucket),
+    }
 }
 
 fn circuit_name(circuit: Circuit) -> &'static str {

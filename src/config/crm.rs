@@ -41,6 +41,12 @@ impl Settings {
         std::iter::once((DEFAULT_CONNECTION, &self.crm))
             .chain(self.crms.iter().map(|(name, crm)| (name.as_str(), crm)))
     }
+
+    /// Whether a connection writes to Salesforce (then the call memory is used).
+    pub fn uses_salesforce(&self) -> bool {
+        self.connections()
+            .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_)))
+    }
 }
 
 /// A signed HTTP webhook.

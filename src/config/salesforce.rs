@@ -67,9 +67,10 @@ pub struct SalesforceSettings {
     #[serde(default)]
     pub field_lengths: BTreeMap<String, usize>,
     /// DateTime field on Task stamped with the `publishedAt` of the event
-    /// whose disposition and notes the Task holds, so an older event (a
-    /// retried `notes_submitted`, a late `ended`) never overwrites the
-    /// agent's later word. Empty: no stamp (ordering only within one batch).
+    /// whose disposition and notes the Task holds: read for a call the call
+    /// memory does not know, so that an older event (a retried
+    /// `notes_submitted`, a late `ended`) never overwrites the agent's later
+    /// word. Empty: no stamp (then such a call orders only one batch).
     #[serde(default = "default_notes_at_field")]
     pub notes_at_field: String,
     /// How Task writes of concurrent events are gathered into one request.
@@ -115,15 +116,17 @@ pub enum SalesforceAuth {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchSettings {
-    /// Most records in one request (Salesforce allows 200). Also the lane's
-    /// concurrency for this connection, if higher than `worker.concurrency`,
-    /// so that a batch can fill.
+    /// Most records in one request (Salesforce allows 200). Twice this is the
+    /// lane's concurrency for this connection, if higher than
+    /// `worker.concurrency`, so that a batch can fill while the previous one
+    /// is written.
     pub max_records: usize,
     /// Longest a write waits for others to join its request; a write to an
     /// org that had no request within this time goes at once. A flush costs
-    /// up to three requests (a search and a query, then the writes), so this
-    /// bounds an org's rate to three requests per `max_wait`
-    /// (deploy/salesforce.md has what each setting costs).
+    /// a search (new callers) and the writes, plus a query for calls the call
+    /// memory does not know, so this bounds an org's rate to about two
+    /// requests per `max_wait` (deploy/salesforce.md has what each setting
+    /// costs).
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
 }
@@ -133,6 +136,30 @@ impl Default for BatchSettings {
         Self {
             max_records: 200,
             max_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What the bridge has written to each call's Task, shared by every replica
+/// in a JetStream key-value bucket: the agent's word and the `ended` fill are
+/// decided against it instead of a read of the Task (provisioned when a
+/// `salesforce` connection is configured; without the bucket, Tasks are read).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallMemorySettings {
+    /// Key-value bucket name (letters, digits, `-`, `_`).
+    pub bucket: String,
+    /// An entry not written for this long expires (the bucket's max age);
+    /// an event of a call forgotten reads the Task again.
+    #[serde(with = "humantime_serde")]
+    pub remember_for: Duration,
+}
+
+impl Default for CallMemorySettings {
+    fn default() -> Self {
+        Self {
+            bucket: "SOFTPHONE_CALLS".into(),
+            remember_for: Duration::from_secs(3 * 24 * 3600),
         }
     }
 }

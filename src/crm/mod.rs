@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
+use crate::config::{CallMemorySettings, CrmSettings, DEFAULT_CONNECTION, Settings};
 use crate::contract::{Event, EventKind, Guid};
 
 pub use self::http::{classify_response, client as http_client};
@@ -147,8 +148,9 @@ pub trait Crm: Send + Sync + 'static {
 pub struct Connections(BTreeMap<String, Arc<dyn Crm>>);
 
 impl Connections {
-    /// Builds the adapter of every connection the settings define.
-    pub fn build(settings: &Settings) -> anyhow::Result<Self> {
+    /// Builds the adapter of every connection the settings define; with
+    /// `js`, Salesforce connections share the call memory (`call_memory`).
+    pub fn build(settings: &Settings, js: Option<&jetstream::Context>) -> anyhow::Result<Self> {
         use anyhow::Context;
         let client = http_client()?;
         settings
@@ -159,7 +161,9 @@ impl Connections {
                 } else {
                     format!("[crms.{name}]")
                 };
-                Ok((name.to_owned(), build(name, crm, &client).context(key)?))
+                let crm = build(name, crm, &client, js.map(|js| (js, &settings.call_memory)))
+                    .context(key)?;
+                Ok((name.to_owned(), crm))
             })
             .collect::<anyhow::Result<_>>()
             .map(Self)
@@ -196,12 +200,17 @@ fn build(
     name: &str,
     settings: &CrmSettings,
     client: &reqwest::Client,
+    memory: Option<(&jetstream::Context, &CallMemorySettings)>,
 ) -> anyhow::Result<Arc<dyn Crm>> {
     Ok(match settings {
         CrmSettings::Log => Arc::new(LogCrm::stdout()),
         CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook, client.clone())),
         CrmSettings::Salesforce(salesforce) => {
-            Arc::new(SalesforceCrm::new(name, salesforce, client.clone())?)
+            let crm = SalesforceCrm::new(name, salesforce, client.clone())?;
+            Arc::new(match memory {
+                Some((js, settings)) => crm.with_memory(js.clone(), settings),
+                None => crm,
+            })
         }
     })
 }

@@ -57,19 +57,8 @@ pub fn check(
 ) -> Result<(), ConfigError> {
     let fail = |key: &str, why: String| Err(error(key, why));
     let c = &settings.commands;
-    if c.bucket.is_empty()
-        || !c
-            .bucket
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return fail(
-            "commands.bucket",
-            format!(
-                "{:?} is not a bucket name (letters, digits, '-', '_')",
-                c.bucket
-            ),
-        );
+    if let Err(why) = crate::config::bucket_name(&c.bucket) {
+        return fail("commands.bucket", why);
     }
     if c.bucket == settings.registry.bucket {
         return fail("commands.bucket", "must differ from registry.bucket".into());

@@ -105,6 +105,11 @@ impl Respond for Responder {
     }
 }
 
+/// The agent's word as [`FakeSalesforce::word`] reads it.
+pub fn word(notes: &str, disposition: &str, stamp_end: &str) -> (String, String, String) {
+    (notes.into(), disposition.into(), stamp_end.into())
+}
+
 impl Org {
     fn token(&mut self, request: &Request) -> ResponseTemplate {
         let content_type = request
@@ -623,7 +628,6 @@ impl FakeSalesforce {
         )
     }
 
-    /// Every request received so far and not yet taken.
     /// How many REST API calls (token requests aside) arrived and were not taken yet.
     pub async fn api_calls(&self) -> usize {
         self.drain()
@@ -633,6 +637,7 @@ impl FakeSalesforce {
             .count()
     }
 
+    /// Every request received so far and not yet taken.
     pub async fn drain(&self) -> Vec<Request> {
         let mut rx = self.requests.lock().await;
         let mut out = Vec::new();
@@ -649,6 +654,36 @@ impl FakeSalesforce {
             .get(conversation)
             .cloned()
             .unwrap_or_else(|| panic!("no Task for {conversation}"))
+    }
+
+    /// The agent's word the Task of `conversation` holds: notes,
+    /// disposition, and the end of its stamp (`":20.000Z"`).
+    pub fn word(&self, conversation: &str) -> (String, String, String) {
+        let task = self.task(conversation);
+        let text = |field: &str| task.get(field).and_then(Value::as_str).unwrap_or_default();
+        let stamp = text("Softphone_Notes_At__c");
+        (
+            text("Description").to_owned(),
+            text("CallDisposition").to_owned(),
+            stamp[stamp.len().saturating_sub(8)..].to_owned(),
+        )
+    }
+
+    /// The `salesforce` adapter alone on this org (client credentials), with
+    /// the extra `[crm]` keys.
+    pub fn adapter(&self, extra: &str) -> softphone_bridge::crm::SalesforceCrm {
+        use softphone_bridge::config::{CrmSettings, Settings};
+        let toml = format!("[crm]\n{}", self.crm_toml("client_credentials", extra));
+        let settings = Settings::from_toml(&toml).unwrap();
+        let CrmSettings::Salesforce(salesforce) = &settings.crm else {
+            panic!("a salesforce connection")
+        };
+        softphone_bridge::crm::SalesforceCrm::new(
+            "crm",
+            salesforce,
+            softphone_bridge::crm::http_client().unwrap(),
+        )
+        .unwrap()
     }
 
     /// Revokes every token, as a session timeout would.

@@ -26,6 +26,7 @@ mod replicas;
 mod resilience;
 mod salesforce;
 mod salesforce_batch;
+mod salesforce_memory;
 mod salesforce_org;
 mod security;
 mod service;

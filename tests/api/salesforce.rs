@@ -211,6 +211,10 @@ statuses = {{ "{STATUS}" = "Available" }}
         (&"Callback".into(), &"call back at 5".into())
     );
     assert_eq!(task["Status"], "Completed");
+    assert!(
+        sf.org().queried.is_empty(),
+        "ended and the notes were decided on the call memory, not a Task read"
+    );
 
     // outbound_initiated: another Task, outbound, the dialled number looked up.
     let out = conversation();

@@ -3,29 +3,13 @@
 //! order of attempts matters, the whole bridge where fates do.
 
 use serde_json::Value;
-use softphone_bridge::config::{CrmSettings, Settings};
 use softphone_bridge::contract::{Event, EventKind};
-use softphone_bridge::crm::{Crm, CrmError, CrmEvent, SalesforceCrm};
+use softphone_bridge::crm::{Crm, CrmError, CrmEvent};
 use wiremock::ResponseTemplate;
 
 use crate::fake_salesforce::*;
 use crate::helpers::*;
 use crate::salesforce::{dead_letter_count, deliver, spawn};
-
-/// The adapter alone, on the fake org.
-fn adapter(sf: &FakeSalesforce, extra: &str) -> SalesforceCrm {
-    let toml = format!("[crm]\n{}", sf.crm_toml("client_credentials", extra));
-    let settings = Settings::from_toml(&toml).unwrap();
-    let CrmSettings::Salesforce(salesforce) = &settings.crm else {
-        panic!("a salesforce connection")
-    };
-    SalesforceCrm::new(
-        "crm",
-        salesforce,
-        softphone_bridge::crm::http_client().unwrap(),
-    )
-    .unwrap()
-}
 
 /// A call event as the lane hands it over, published `at` seconds in.
 fn event(kind: EventKind, body: &str, at: i64, sequence: u64) -> CrmEvent {
@@ -41,7 +25,7 @@ fn event(kind: EventKind, body: &str, at: i64, sequence: u64) -> CrmEvent {
 #[tokio::test]
 async fn concurrent_writes_go_as_a_few_requests_each_event_with_its_own_result() {
     let sf = FakeSalesforce::start().await;
-    let crm = adapter(&sf, "");
+    let crm = sf.adapter("");
     let calls: Vec<(String, String)> = (0..60)
         .map(|i| (conversation(), format!("+1888555{i:04}")))
         .collect();
@@ -102,7 +86,7 @@ async fn concurrent_writes_go_as_a_few_requests_each_event_with_its_own_result()
 #[tokio::test]
 async fn a_retried_older_notes_never_overwrites_newer_notes() {
     let sf = FakeSalesforce::start().await;
-    let crm = adapter(&sf, "");
+    let crm = sf.adapter("");
     let conv = conversation();
     let older = event(
         EventKind::CallNotesSubmitted,
@@ -129,15 +113,7 @@ async fn a_retried_older_notes_never_overwrites_newer_notes() {
     );
     crm.handle(&newer).await.unwrap();
     crm.handle(&older).await.unwrap();
-    let task = sf.task(&conv);
-    assert_eq!(task["Description"], "newer");
-    assert_eq!(task["CallDisposition"], "Booked");
-    assert!(
-        task["Softphone_Notes_At__c"]
-            .as_str()
-            .unwrap()
-            .ends_with(":20.000Z")
-    );
+    assert_eq!(sf.word(&conv), word("newer", "Booked", ":20.000Z"));
     // A late ended fills nothing the agent wrote.
     let ended = call_body(&conv, r#""disposition":"No answer","notes":"ended""#);
     crm.handle(&event(EventKind::CallEnded, &ended, 5, 5))
@@ -149,7 +125,7 @@ async fn a_retried_older_notes_never_overwrites_newer_notes() {
 #[tokio::test]
 async fn writes_of_one_call_in_one_batch_are_merged_in_event_order() {
     let sf = FakeSalesforce::start().await;
-    let crm = adapter(&sf, "");
+    let crm = sf.adapter("");
     let conv = conversation();
     crm.handle(&event(EventKind::CallIncoming, &call_body(&conv, ""), 0, 1))
         .await
@@ -192,7 +168,7 @@ async fn writes_of_one_call_in_one_batch_are_merged_in_event_order() {
 #[tokio::test]
 async fn an_upsert_racing_a_create_is_written_again_as_an_update() {
     let sf = FakeSalesforce::start().await;
-    let crm = adapter(&sf, "");
+    let crm = sf.adapter("");
     let conv = conversation();
     crm.handle(&event(EventKind::CallIncoming, &call_body(&conv, ""), 0, 1))
         .await
@@ -217,7 +193,7 @@ async fn an_upsert_racing_a_create_is_written_again_as_an_update() {
 #[tokio::test]
 async fn token_endpoint_failures_are_the_connections_trouble_in_a_batch() {
     let sf = FakeSalesforce::start().await;
-    let crm = adapter(&sf, "");
+    let crm = sf.adapter("");
     sf.org().refuse_grants = true;
     let events: Vec<CrmEvent> = (0..5)
         .map(|i| {
@@ -250,8 +226,7 @@ async fn a_value_too_long_for_a_custom_field_costs_only_that_value() {
     sf.org()
         .field_limits
         .insert("Softphone_Language__c".into(), 5);
-    let crm = adapter(
-        &sf,
+    let crm = sf.adapter(
         "[crm.task_fields]\nlanguage = \"Softphone_Language__c\"\nivrExitPath = \"Ivr__c\"",
     );
     let conv = conversation();
@@ -273,8 +248,7 @@ async fn callers_are_found_in_their_own_countrys_national_form() {
         ("Contact", "003FR1", "Marie Curie", "0142685300"),
         ("Lead", "00QFR2", "Pierre Curie", "0142685300"),
     ]);
-    let crm = adapter(
-        &sf,
+    let crm = sf.adapter(
         "[crm.lookup]\nscreen_pop_event = \"Softphone_Screen_Pop__e\"\nmatches_field = \"Softphone_Caller_Matches__c\"",
     );
     let (uk, fr) = (conversation(), conversation());

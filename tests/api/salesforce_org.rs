@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde_json::Value;
 use softphone_bridge::config::{CrmSettings, Settings};
 use softphone_bridge::contract::{EventKind, dlq_header};
-use softphone_bridge::crm::SalesforceCrm;
 use wiremock::{Request, ResponseTemplate};
 
 use crate::fake_salesforce::*;
@@ -212,23 +211,7 @@ async fn caller_lookups_with_no_one_or_several_matches_and_screen_pops() {
 #[tokio::test]
 async fn dispositions_are_read_from_the_picklist_and_cached() {
     let sf = FakeSalesforce::start().await;
-    let toml = format!(
-        "[crm]\n{}",
-        sf.crm_toml(
-            "client_credentials",
-            "[crm.dispositions]\nfield = \"Call_Result__c\""
-        )
-    );
-    let settings = Settings::from_toml(&toml).unwrap();
-    let CrmSettings::Salesforce(salesforce) = &settings.crm else {
-        panic!("a salesforce connection")
-    };
-    let crm = SalesforceCrm::new(
-        "crm",
-        salesforce,
-        softphone_bridge::crm::http_client().unwrap(),
-    )
-    .unwrap();
+    let crm = sf.adapter("[crm.dispositions]\nfield = \"Call_Result__c\"");
     for _ in 0..2 {
         let values = crm.picklist_dispositions().await.unwrap();
         assert_eq!(

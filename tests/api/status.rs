@@ -77,6 +77,10 @@ async fn status_shows_a_paused_lane_its_reason_and_held_events() {
     assert_eq!(status["dead_letters"]["total"], 0);
     assert_eq!(status["registry"]["bucket"], app.settings.registry.bucket);
     assert!(status["registry"]["entries"].is_u64(), "{status}");
+    assert!(
+        status.get("call_memory").is_none(),
+        "no Salesforce: {status}"
+    );
 
     // The same on a screen.
     let out = bridge(
@@ -143,6 +147,12 @@ async fn status_counts_dead_letters_by_reason_and_shows_api_usage() {
     let crm_lane = lane(&status, "crm");
     assert_eq!(crm_lane["circuit"], "closed", "{crm_lane}");
     assert_eq!(crm_lane["paused_in"], 0);
+    // The Salesforce connection's call memory remembers the one call.
+    assert_eq!(
+        status["call_memory"]["bucket"], "SOFTPHONE_CALLS",
+        "{status}"
+    );
+    assert_eq!(status["call_memory"]["entries"], 1, "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

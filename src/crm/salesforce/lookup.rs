@@ -151,7 +151,7 @@ pub(crate) struct Cache {
     entries: Mutex<HashMap<String, (Instant, Vec<Match>)>>,
 }
 
-/// The cache of the org `key` names (login URL and client id), shared by
+/// The cache of the org `key` names ([`super::memory::org_key`]), shared by
 /// every connection to it while one holds it.
 pub(crate) fn shared(key: &str, ttl: Duration) -> Arc<Cache> {
     static CACHES: OnceLock<Mutex<HashMap<String, Weak<Cache>>>> = OnceLock::new();

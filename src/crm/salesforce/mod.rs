@@ -9,6 +9,7 @@ mod composite;
 mod error;
 mod limits;
 mod lookup;
+mod memory;
 mod org;
 mod read;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use self::auth::TokenSource;
 use self::batch::Batcher;
 use self::error::{classify, error_code};
 use self::limits::Governor;
+use self::memory::Memory;
 use self::write::{Known, Pending};
 use super::http::{retry_after, transport_error};
 use super::{Crm, CrmError, CrmEvent};
@@ -37,6 +39,7 @@ use crate::contract::{Event, Guid};
 
 pub use self::auth::JWT_BEARER_GRANT;
 pub use self::limits::HEADER as LIMIT_INFO_HEADER;
+pub use self::memory::bucket_config;
 
 /// A connection to one Salesforce org.
 pub struct SalesforceCrm {
@@ -49,7 +52,11 @@ pub struct SalesforceCrm {
     lookups: Arc<lookup::Cache>,
     /// Task writes of concurrent events, gathered into one request.
     batcher: Batcher<Pending>,
+    /// Tasks this process has seen in the org.
     known: Known,
+    /// What every replica has written to each call's Task; without it, the
+    /// Tasks are read.
+    memory: Option<Memory>,
     dispositions: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     /// When reading the picklist last failed.
     describe_failed: std::sync::Mutex<Option<Instant>>,
@@ -83,17 +90,27 @@ impl SalesforceCrm {
             name: name.to_owned(),
             tokens: TokenSource::new(settings, client.clone())?,
             governor: Governor::new(name, settings.max_api_usage, settings.limit_retry_after),
-            lookups: lookup::shared(
-                &format!("{} {}", settings.login_url, settings.client_id),
-                settings.lookup.cache_for,
-            ),
+            lookups: lookup::shared(&memory::org_key(settings), settings.lookup.cache_for),
             batcher: Batcher::new(settings.batch.max_records, settings.batch.max_wait),
             known: Known::new(),
+            memory: None,
             settings: settings.clone(),
             client,
             dispositions: tokio::sync::Mutex::new(None),
             describe_failed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Decides the agent's word and `ended`'s fill against the call memory
+    /// in the bucket `settings` names, read once for a batch, instead of a
+    /// read of the Tasks.
+    pub fn with_memory(
+        mut self,
+        js: async_nats::jetstream::Context,
+        settings: &crate::config::CallMemorySettings,
+    ) -> Self {
+        self.memory = Some(Memory::new(js, settings, &memory::org_key(&self.settings)));
+        self
     }
 
     /// The org's API usage `(used, daily limit)` as last reported.
@@ -221,8 +238,9 @@ impl Crm for SalesforceCrm {
     }
 
     fn concurrency(&self) -> Option<usize> {
-        // A batch fills only with as many events in flight.
-        Some(self.settings.batch.max_records)
+        // A batch fills only with as many events in flight, and the next one
+        // fills while it is written.
+        Some(2 * self.settings.batch.max_records)
     }
 
     fn dispositions<'a>(

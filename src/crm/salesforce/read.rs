@@ -1,8 +1,9 @@
 //! The reads a batch of Task writes depends on, side by side: one SOSL
 //! search for the batch's uncached caller numbers (a search cannot be a
-//! Composite subrequest) and one SOQL `IN` query for the Tasks whose notes
-//! must be read first; then the matches applied (`WhoId`, several recorded)
-//! and the ringing calls' screen pops published.
+//! Composite subrequest) and one SOQL `IN` query for the Tasks whose agent
+//! fields must be known first and the call memory does not know in full;
+//! then the matches applied (`WhoId`, several recorded) and the ringing
+//! calls' screen pops published.
 
 use std::collections::HashMap;
 
@@ -12,10 +13,11 @@ use serde_json::{Map, Value, json};
 use super::SalesforceCrm;
 use super::composite::{Sub, SubResult};
 use super::lookup::{self, Match};
-use super::task::TaskWrite;
+use super::task::{AgentFields, TaskWrite};
 use super::write::{Group, request_failure};
 use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
+use crate::metric;
 
 impl SalesforceCrm {
     /// Caller lookups and the Task reads, at once; fills in matches,
@@ -41,11 +43,13 @@ impl SalesforceCrm {
                 }
             }
         }
-        let to_read: Vec<&str> = groups
+        let (to_read, remembered): (Vec<&Group>, Vec<&Group>) = groups
             .iter()
             .filter(|g| g.items.iter().any(|i| i.write.needs_read(notes_at)))
-            .map(|g| g.conversation.as_str())
-            .collect();
+            .partition(|g| !g.complete);
+        self.knew("remembered", remembered.len());
+        self.knew("read", to_read.len());
+        let to_read: Vec<&str> = to_read.iter().map(|g| g.conversation.as_str()).collect();
         let searches: Vec<&[PhoneNumber]> = numbers.chunks(lookup::NUMBERS_PER_SEARCH).collect();
         let mut subs: Vec<Sub> = searches
             .iter()
@@ -114,8 +118,11 @@ impl SalesforceCrm {
             if to_read.contains(&group.conversation) {
                 match &records {
                     Ok(records) => {
+                        // Read, the Task's agent fields are known in full.
+                        group.complete = true;
                         if let Some(record) = records.get(&group.conversation) {
-                            group.record = record.clone();
+                            group.agent = AgentFields::of_record(record, notes_at)
+                                .join(&std::mem::take(&mut group.agent));
                             group.exists = true;
                         }
                     }
@@ -150,6 +157,14 @@ impl SalesforceCrm {
         }
         if !pops.is_empty() {
             self.screen_pops(pops).await;
+        }
+    }
+
+    /// Counts `count` Tasks known one way (`outcome`) before writing.
+    pub(super) fn knew(&self, outcome: &'static str, count: usize) {
+        if count > 0 {
+            metrics::counter!(metric::SALESFORCE_TASK_KNOWLEDGE, "crm" => self.name.clone(), "outcome" => outcome)
+                .increment(count as u64);
         }
     }
 

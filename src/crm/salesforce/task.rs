@@ -10,15 +10,20 @@
 //! - empty or absent values are never sent, so they never clear a field;
 //! - `CallDisposition` and `Description` are the agent's words: notes_submitted
 //!   (the later, authoritative word) writes them, while ended and rejected only
-//!   *fill* them where the Task has none yet (one read before the write);
-//! - notes_submitted stamps the Task (`notes_at_field`) with its
-//!   `publishedAt`, and writes only over notes published no later: a retried
-//!   older notes_submitted never overwrites the agent's later word;
+//!   *fill* them where the Task has none yet;
+//! - notes_submitted writes only over notes published no later: a retried
+//!   older notes_submitted never overwrites the agent's later word. It stamps
+//!   the Task (`notes_at_field`) with its `publishedAt`;
+//! - both are decided against [`AgentFields`]: what the call memory
+//!   (memory.rs) knows of the Task, else what a read of the Task shows;
 //! - `TaskSubtype` cannot be updated in Salesforce, so every event that may
 //!   create the Task sends it on a create-only path;
 //! - values longer than the org accepts are cut with a marker, so the call
 //!   is still logged.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -26,7 +31,7 @@ use crate::config::SalesforceSettings;
 use crate::contract::{CallType, Event, PhoneNumber, RecordingStatus, RejectReason};
 
 /// What one event writes to the conversation's Task.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct TaskWrite {
     /// Written by upsert, unconditionally.
     pub fields: Map<String, Value>,
@@ -39,12 +44,15 @@ pub(crate) struct TaskWrite {
     /// When the event was published, if it writes the agent's word
     /// (notes_submitted).
     pub word_at: Option<OffsetDateTime>,
+    /// When the event was published (milliseconds since the epoch): the
+    /// owner of the values it fills.
+    pub at: i64,
     /// Values cut to what the org accepts: (field, original length).
     pub cut: Vec<(String, usize)>,
 }
 
-const DISPOSITION: &str = "CallDisposition";
-const NOTES: &str = "Description";
+pub(crate) const DISPOSITION: &str = "CallDisposition";
+pub(crate) const NOTES: &str = "Description";
 /// Appended to a value cut to fit its field.
 pub(crate) const CUT_MARKER: &str = "…[truncated]";
 /// `CallDurationInSeconds` is an integer field.
@@ -56,7 +64,10 @@ pub(crate) fn task_write(
     published: OffsetDateTime,
     s: &SalesforceSettings,
 ) -> Option<TaskWrite> {
-    let mut w = TaskWrite::default();
+    let mut w = TaskWrite {
+        at: millis(published),
+        ..TaskWrite::default()
+    };
     let conversation = event.conversation_id()?;
     w.set("CallObject", conversation.as_str());
     w.map(s, "partnerId", event.partner_id().map(|p| p.as_str()));
@@ -168,9 +179,88 @@ pub(crate) fn cut(value: &str, max: usize) -> String {
     out
 }
 
+/// What is known of a Task's agent fields (`CallDisposition`,
+/// `Description`): from the call memory, or read from the org.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentFields {
+    /// `publishedAt` (milliseconds) of the latest word written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_at: Option<i64>,
+    /// The agent fields with a value: the `publishedAt` of the fill that
+    /// wrote it, or none (a word wrote it, or the org holds it).
+    #[serde(default)]
+    pub set: BTreeMap<String, Option<i64>>,
+    /// The latest word's values, as the memory keeps them (a read leaves
+    /// them out): what an older word writes instead of its own.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub word: Map<String, Value>,
+}
+
+impl AgentFields {
+    /// The agent fields of a Task as read from the org.
+    pub fn of_record(record: &Map<String, Value>, notes_at: &str) -> Self {
+        let word_at = (!notes_at.is_empty())
+            .then(|| record.get(notes_at).and_then(parse_at))
+            .flatten();
+        let set = [DISPOSITION, NOTES]
+            .into_iter()
+            .filter(|field| match record.get(*field) {
+                None | Some(Value::Null) => false,
+                Some(Value::String(s)) => !s.trim().is_empty(),
+                Some(_) => true,
+            })
+            .map(|field| (field.to_owned(), None))
+            .collect();
+        Self {
+            word_at,
+            set,
+            word: Map::new(),
+        }
+    }
+
+    /// What these and `other` know together: the later word, every field
+    /// set (a word's claim over a fill's).
+    pub fn join(mut self, other: &AgentFields) -> Self {
+        if other.word_at > self.word_at {
+            self.word_at = other.word_at;
+            self.word = other.word.clone();
+        }
+        for (field, owner) in &other.set {
+            self.set
+                .entry(field.clone())
+                .and_modify(|mine| {
+                    if owner.is_none() {
+                        *mine = None;
+                    }
+                })
+                .or_insert(*owner);
+        }
+        self
+    }
+}
+
+impl AgentFields {
+    /// The latest word's fields as the memory holds them, stamped; empty
+    /// when it holds none.
+    pub fn latest_word(&self, notes_at: &str) -> Map<String, Value> {
+        let mut fields = self.word.clone();
+        if let (false, false, Some(at)) = (fields.is_empty(), notes_at.is_empty(), self.word_at) {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+                .expect("a stamp the memory wrote");
+            fields.insert(notes_at.to_owned(), Value::String(format_at(at)));
+        }
+        fields
+    }
+}
+
+fn millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 /// Milliseconds since the epoch of a Salesforce DateTime
 /// (`2026-11-24T18:11:35.123Z`, or `...+0000` as the org answers).
-pub(crate) fn parse_at(value: &Value) -> Option<i128> {
+pub(crate) fn parse_at(value: &Value) -> Option<i64> {
     let text = value.as_str()?;
     let mut normal = text.to_owned();
     let bytes = text.as_bytes();
@@ -182,7 +272,7 @@ pub(crate) fn parse_at(value: &Value) -> Option<i128> {
     }
     OffsetDateTime::parse(&normal, &time::format_description::well_known::Rfc3339)
         .ok()
-        .map(|t| t.unix_timestamp_nanos() / 1_000_000)
+        .map(millis)
 }
 
 /// A Salesforce DateTime to the millisecond, as [`parse_at`] reads it.
@@ -264,32 +354,44 @@ impl TaskWrite {
         !self.fill.is_empty() || (!notes_at.is_empty() && self.word_at.is_some())
     }
 
-    /// Decides the agent's word against the Task as read (`current`): a
-    /// word stamped later on the Task stays, a fill value goes only where the
-    /// Task has none; a word written is stamped with its event's time.
-    pub fn resolve(&mut self, current: &Map<String, Value>, notes_at: &str) {
-        let stored = (!notes_at.is_empty())
-            .then(|| current.get(notes_at).and_then(parse_at))
-            .flatten();
-        let at = self.word_at.map(|t| t.unix_timestamp_nanos() / 1_000_000);
-        if matches!((stored, at), (Some(stored), Some(at)) if stored > at) {
-            self.fields.remove(DISPOSITION);
-            self.fields.remove(NOTES);
-        }
-        let wrote = [DISPOSITION, NOTES]
-            .iter()
-            .any(|f| self.fields.contains_key(*f));
-        if let (true, false, Some(at)) = (wrote, notes_at.is_empty(), self.word_at) {
-            self.fields
-                .insert(notes_at.to_owned(), Value::String(format_at(at)));
+    /// Decides the agent's word and the fill against what is known of the
+    /// Task (`agent`), and records there what this write does: a word
+    /// stamped later stays (and is written again in place of an older one,
+    /// when the memory holds it), a fill goes only where the Task has no
+    /// value (or where this same event filled it: its retry); a word written
+    /// is stamped with its event's time.
+    pub fn resolve(&mut self, agent: &mut AgentFields, notes_at: &str) {
+        if let Some(word_at) = self.word_at {
+            let at = millis(word_at);
+            if agent.word_at.is_some_and(|stored| stored > at) {
+                self.fields.remove(DISPOSITION);
+                self.fields.remove(NOTES);
+                self.fields.extend(agent.latest_word(notes_at));
+            } else {
+                let word: Map<String, Value> = [DISPOSITION, NOTES]
+                    .into_iter()
+                    .filter_map(|f| Some((f.to_owned(), self.fields.get(f)?.clone())))
+                    .collect();
+                if !word.is_empty() {
+                    agent.word_at = Some(at);
+                    for field in word.keys() {
+                        agent.set.insert(field.clone(), None);
+                    }
+                    agent.word = word;
+                    if !notes_at.is_empty() {
+                        self.fields
+                            .insert(notes_at.to_owned(), Value::String(format_at(word_at)));
+                    }
+                }
+            }
         }
         for (field, value) in std::mem::take(&mut self.fill) {
-            let empty = match current.get(&field) {
-                None | Some(Value::Null) => true,
-                Some(Value::String(s)) => s.trim().is_empty(),
-                Some(_) => false,
-            };
-            if empty && !self.fields.contains_key(&field) {
+            let free = agent
+                .set
+                .get(&field)
+                .is_none_or(|owner| *owner == Some(self.at));
+            if free && !self.fields.contains_key(&field) {
+                agent.set.insert(field.clone(), Some(self.at));
                 self.fields.insert(field, value);
             }
         }
@@ -339,13 +441,79 @@ mod tests {
     fn apply(writes: Vec<TaskWrite>) -> Map<String, Value> {
         let mut task = Map::new();
         for mut w in writes {
-            w.resolve(&task, "Notes_At__c");
+            w.resolve(
+                &mut AgentFields::of_record(&task, "Notes_At__c"),
+                "Notes_At__c",
+            );
             if task.is_empty() {
                 task.extend(w.create_only);
             }
             task.extend(w.fields);
         }
         task
+    }
+
+    /// The writes of a call's four events, in the order they were published.
+    fn lifecycle() -> Vec<TaskWrite> {
+        vec![
+            write(EventKind::CallIncoming, r#","callerANI":"+18883973342""#),
+            write(EventKind::CallAccepted, r#","ivrExitPath":"billing""#),
+            write(
+                EventKind::CallEnded,
+                r#","duration":61.6,"disposition":"Sale","notes":"first","callType":"inbound""#,
+            ),
+            write(
+                EventKind::CallNotesSubmitted,
+                r#","disposition":"Callback","notes":"final""#,
+            ),
+        ]
+    }
+
+    /// Applies writes in order as the call memory decides them: what each
+    /// write claims is what the next one is decided against.
+    fn apply_remembered(writes: Vec<TaskWrite>) -> (Map<String, Value>, AgentFields) {
+        let mut task = Map::new();
+        let mut agent = AgentFields::default();
+        for mut w in writes {
+            w.resolve(&mut agent, "Notes_At__c");
+            if task.is_empty() {
+                task.extend(w.create_only);
+            }
+            task.extend(w.fields);
+        }
+        (task, agent)
+    }
+
+    #[test]
+    fn the_memory_decides_as_a_read_would_and_lets_a_fill_be_retried() {
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 3, 0, 1], [0, 3, 2, 1]] {
+            let ordered = || {
+                let all = lifecycle();
+                order.iter().map(|&i| all[i].clone()).collect::<Vec<_>>()
+            };
+            let (remembered, agent) = apply_remembered(ordered());
+            assert_eq!(remembered, apply(ordered()), "{order:?}");
+            assert_eq!(agent.word_at, Some(3000), "{order:?}");
+        }
+        // ended claims its fill, its write fails: its retry fills again;
+        // another event's fill (rejected, say) does not.
+        let ended = write(EventKind::CallEnded, r#","notes":"at the end""#);
+        let (_, claimed) = apply_remembered(vec![ended.clone()]);
+        assert_eq!(claimed.set["Description"], Some(2000));
+        let mut retry = ended;
+        retry.resolve(&mut claimed.clone(), "Notes_At__c");
+        assert_eq!(retry.fields["Description"], "at the end");
+        let mut other = write_at(EventKind::CallEnded, r#","notes":"other""#, 4);
+        other.resolve(&mut claimed.clone(), "Notes_At__c");
+        assert!(!other.fields.contains_key("Description"));
+        // Joined, a word's claim wins over a fill's.
+        let (_, worded) = apply_remembered(vec![write(
+            EventKind::CallNotesSubmitted,
+            r#","notes":"n""#,
+        )]);
+        let joined = claimed.join(&worded);
+        assert_eq!(joined.set["Description"], None);
+        assert_eq!(joined.word_at, Some(3000));
     }
 
     #[test]
@@ -389,20 +557,7 @@ mod tests {
 
     #[test]
     fn any_order_gives_the_same_task() {
-        let events = || {
-            vec![
-                write(EventKind::CallIncoming, r#","callerANI":"+18883973342""#),
-                write(EventKind::CallAccepted, r#","ivrExitPath":"billing""#),
-                write(
-                    EventKind::CallEnded,
-                    r#","duration":61.6,"disposition":"Sale","notes":"first","callType":"inbound""#,
-                ),
-                write(
-                    EventKind::CallNotesSubmitted,
-                    r#","disposition":"Callback","notes":"final""#,
-                ),
-            ]
-        };
+        let events = lifecycle;
         let in_order = apply(events());
         assert_eq!(in_order["TaskSubtype"], "Call");
         assert_eq!(in_order["Notes_At__c"], "1970-01-01T00:00:03.000Z");

@@ -1,7 +1,9 @@
-//! One batch of Task writes, flushed for all its events at once: the reads
-//! the writes depend on (read.rs: one search, one query, side by side), then
-//! the creates and upserts in one request (sObject Collections), and each
-//! event answered with its own record's result.
+//! One batch of Task writes, flushed for all its events at once: what the
+//! call memory knows of each call (memory.rs), the reads the writes still
+//! depend on (read.rs: one search, and one query for calls the memory does
+//! not know in full, side by side), the writes decided and claimed in the
+//! memory, then the creates and upserts in one request (sObject
+//! Collections), and each event answered with its own record's result.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -16,8 +18,22 @@ use tokio::time::Instant;
 use super::SalesforceCrm;
 use super::composite::{Sub, SubResult};
 use super::error::{classify_item, item_code};
-use super::task::TaskWrite;
+use super::memory::{ClaimError, Entry, Facts};
+use super::task::{AgentFields, DISPOSITION, NOTES, TaskWrite};
 use crate::crm::CrmError;
+
+/// A Task written, for the call memory.
+struct Written {
+    conversation: String,
+    entry: Entry,
+    /// This write created the Task.
+    created: bool,
+    /// The agent fields as decided, when the write held some.
+    agent: Option<AgentFields>,
+}
+
+/// Claims of one call retried after other replicas claimed first.
+const MAX_CLAIMS: usize = 8;
 
 /// One event's Task write, waiting in a batch for its result.
 pub(crate) struct Pending {
@@ -62,21 +78,55 @@ pub(super) struct Group {
     pub conversation: String,
     /// In event order.
     pub items: Vec<Pending>,
-    /// Why its events fail before any write (a read or lookup failed).
+    /// Why its events fail before any write (a read, lookup or claim failed).
     pub failure: Option<CrmError>,
-    /// The Task as read, then the merged record to write.
-    pub record: Map<String, Value>,
+    /// What is known of the Task's agent fields before this batch.
+    pub agent: AgentFields,
+    /// `agent` holds every write since the Task was created (from the call
+    /// memory, or a read): the Task need not be read.
+    pub complete: bool,
+    /// The call memory's entry; `None` when the memory is not in use.
+    memory: Option<Entry>,
+    /// The merged record to write, and the agent fields as it leaves them.
+    record: Map<String, Value>,
+    decided: AgentFields,
     create_only: Map<String, Value>,
     /// Known to be in the org: written by update.
     pub exists: bool,
 }
 
 impl Group {
+    /// What the call memory's `entry` knows, over what the group knew.
+    fn adopt(&mut self, entry: Entry) {
+        if let Some(facts) = &entry.facts {
+            self.exists |= facts.task;
+            self.agent = if facts.complete {
+                facts.agent.clone()
+            } else {
+                std::mem::take(&mut self.agent).join(&facts.agent)
+            };
+            self.complete |= facts.complete;
+        }
+        self.memory = Some(entry);
+    }
+
     fn answer(self, result: Result<(), CrmError>) {
         for item in self.items {
             let _ = item.reply.send(result.clone());
         }
     }
+}
+
+/// Answers the groups that failed; the others, to go on with.
+fn answer_failed(groups: Vec<Group>) -> Vec<Group> {
+    let mut ready = Vec::new();
+    for mut group in groups {
+        match group.failure.take() {
+            Some(failure) => group.answer(Err(failure)),
+            None => ready.push(group),
+        }
+    }
+    ready
 }
 
 /// A request refused as a whole is one record's fate when it held only
@@ -110,44 +160,115 @@ impl SalesforceCrm {
                     conversation,
                     items,
                     failure: None,
+                    agent: AgentFields::default(),
+                    complete: false,
+                    memory: None,
                     record: Map::new(),
+                    decided: AgentFields::default(),
                     create_only: Map::new(),
                 }
             })
             .collect();
+        self.recall(&mut groups).await;
+        let mut groups = answer_failed(groups);
         self.read(&mut groups).await;
-        for group in &mut groups {
-            if group.failure.is_none() {
-                self.merge(group);
+        futures::future::join_all(
+            groups
+                .iter_mut()
+                .filter(|g| g.failure.is_none())
+                .map(|g| self.decide(g)),
+        )
+        .await;
+        self.write(answer_failed(groups)).await;
+    }
+
+    /// What the call memory knows of the batch's calls.
+    async fn recall(&self, groups: &mut [Group]) {
+        let Some(memory) = &self.memory else { return };
+        let conversations: Vec<&str> = groups.iter().map(|g| g.conversation.as_str()).collect();
+        match memory.load(&conversations).await {
+            Ok(None) => {}
+            Ok(Some(entries)) => {
+                for (group, entry) in groups.iter_mut().zip(entries) {
+                    group.adopt(entry);
+                }
+            }
+            // Decided without the memory, the writes would claim nothing
+            // that other replicas rely on: they wait for it.
+            Err(e) => groups.iter_mut().for_each(|g| g.failure = Some(e.clone())),
+        }
+    }
+
+    /// Decides the group's record against what is known of its Task, and
+    /// claims it in the call memory; decided again on the facts of a replica
+    /// that claimed first.
+    async fn decide(&self, group: &mut Group) {
+        for _ in 0..MAX_CLAIMS {
+            let agent = self.merge(group);
+            group.decided = agent.clone();
+            let (Some(memory), Some(entry)) = (&self.memory, &group.memory) else {
+                return;
+            };
+            let before = entry.facts.clone().unwrap_or_default();
+            let claimed = Facts {
+                complete: before.complete || group.complete,
+                agent,
+                ..before.clone()
+            };
+            if claimed == before {
+                return;
+            }
+            match memory
+                .claim(&group.conversation, &claimed, entry.revision)
+                .await
+            {
+                Ok(revision) => {
+                    group.memory = Some(Entry {
+                        facts: Some(claimed),
+                        revision: Some(revision),
+                    });
+                    return;
+                }
+                Err(ClaimError::Conflict) => {
+                    self.knew("conflict", 1);
+                    let fresh = match memory.reload(&group.conversation).await {
+                        Ok(fresh) => fresh,
+                        Err(e) => {
+                            group.failure = Some(e);
+                            return;
+                        }
+                    };
+                    group.adopt(fresh);
+                }
+                Err(ClaimError::Unavailable(e)) => {
+                    group.failure = Some(e);
+                    return;
+                }
             }
         }
-        let (failed, ready): (Vec<Group>, Vec<Group>) =
-            groups.into_iter().partition(|g| g.failure.is_some());
-        for mut group in failed {
-            let failure = group.failure.take().expect("partitioned on it");
-            group.answer(Err(failure));
-        }
-        self.write(ready).await;
+        group.failure = Some(CrmError::Transient {
+            reason: "other replicas kept writing this call's facts at the same moment".into(),
+            retry_after: None,
+        });
     }
 
     /// The group's writes in event order, each decided against the Task as
-    /// the earlier ones leave it.
-    fn merge(&self, group: &mut Group) {
+    /// the earlier ones leave it: sets the record to write, returns the
+    /// agent fields as it leaves them.
+    fn merge(&self, group: &mut Group) -> AgentFields {
         let notes_at = self.settings.notes_at_field.as_str();
-        let mut current = std::mem::take(&mut group.record);
-        let mut record = Map::new();
-        for item in &mut group.items {
-            let w = &mut item.write;
-            w.resolve(&current, notes_at);
-            for (field, value) in &w.fields {
-                current.insert(field.clone(), value.clone());
-                record.insert(field.clone(), value.clone());
-            }
-            for (field, value) in std::mem::take(&mut w.create_only) {
+        let mut agent = group.agent.clone();
+        group.record = Map::new();
+        group.create_only = Map::new();
+        for item in &group.items {
+            let mut w = item.write.clone();
+            w.resolve(&mut agent, notes_at);
+            group.record.extend(w.fields);
+            for (field, value) in w.create_only {
                 group.create_only.entry(field).or_insert(value);
             }
         }
-        group.record = record;
+        agent
     }
 
     /// Creates (for Tasks not known to exist) and upserts, in one request;
@@ -155,11 +276,12 @@ impl SalesforceCrm {
     /// (`DUPLICATE_VALUE`), is written again as an update.
     async fn write(&self, groups: Vec<Group>) {
         let mut pending = groups;
+        let mut written = Vec::new();
         // A record written again (DUPLICATE_VALUE, a value cut) goes in the
         // next round; three rounds at most.
         for _ in 0..3 {
             if pending.is_empty() {
-                return;
+                break;
             }
             let (creates, upserts): (Vec<Group>, Vec<Group>) =
                 pending.into_iter().partition(|g| !g.exists);
@@ -174,11 +296,11 @@ impl SalesforceCrm {
             pending = Vec::new();
             if !creates.is_empty() {
                 let result = results.next().expect("one per sub");
-                pending.extend(self.settle(creates, result, true));
+                pending.extend(self.settle(creates, result, true, &mut written));
             }
             if !upserts.is_empty() {
                 let result = results.next().expect("one per sub");
-                pending.extend(self.settle(upserts, result, false));
+                pending.extend(self.settle(upserts, result, false, &mut written));
             }
         }
         for group in pending {
@@ -187,20 +309,82 @@ impl SalesforceCrm {
                 retry_after: None,
             }));
         }
+        // The memory learns which Tasks exist, and which the bridge created
+        // (then it knows every write of their agent fields); a write of the
+        // agent's fields that may have landed after a newer word's puts the
+        // newer word back.
+        if let Some(memory) = &self.memory {
+            futures::future::join_all(written.into_iter().map(|w| async move {
+                let learnt = Facts {
+                    task: true,
+                    complete: w.created,
+                    agent: AgentFields::default(),
+                };
+                memory.learn(&w.conversation, w.entry, &learnt).await;
+                if let Some(agent) = w.agent {
+                    self.keep_latest_word(&w.conversation, agent).await;
+                }
+            }))
+            .await;
+        }
+    }
+
+    /// After a write of the agent's fields decided on `agent`: while the
+    /// memory holds a later word than the one written, another replica
+    /// claimed it meanwhile and its write may have landed first, so it is
+    /// written again (a few times at most; an older word's retry writes it
+    /// too).
+    async fn keep_latest_word(&self, conversation: &str, mut agent: AgentFields) {
+        let Some(memory) = &self.memory else { return };
+        let notes_at = self.settings.notes_at_field.as_str();
+        for _ in 0..3 {
+            let Ok(Entry {
+                facts: Some(facts), ..
+            }) = memory.reload(conversation).await
+            else {
+                return;
+            };
+            let word = facts.agent.latest_word(notes_at);
+            if facts.agent.word_at <= agent.word_at || word.is_empty() {
+                return;
+            }
+            tracing::info!(crm = %self.name, conversation, "A later word was claimed while this write went out; writing it again.");
+            self.knew("rewritten", 1);
+            let sub = self.tasks(vec![(conversation, word)], false);
+            let result = self.send(vec![sub]).await.pop().expect("one result");
+            if !matches!(&result, Ok(Value::Array(r)) if r.first().is_some_and(|r| r["success"] == true))
+            {
+                tracing::warn!(crm = %self.name, conversation, "The later word was not written again; its own event's retry or a later word will.");
+                return;
+            }
+            agent = facts.agent;
+        }
     }
 
     fn collection(&self, groups: &[Group], create: bool) -> Sub {
-        let ext = &self.settings.external_id_field;
-        let records: Vec<Value> = groups
+        let records = groups
             .iter()
             .map(|g| {
-                let mut record = Map::new();
-                record.insert("attributes".into(), json!({"type": "Task"}));
-                record.extend(g.record.clone());
+                let mut record = g.record.clone();
                 if create {
                     record.extend(g.create_only.clone());
                 }
-                record.insert(ext.clone(), Value::String(g.conversation.clone()));
+                (g.conversation.as_str(), record)
+            })
+            .collect();
+        self.tasks(records, create)
+    }
+
+    /// Creates or upserts of Task records, by conversation.
+    fn tasks(&self, records: Vec<(&str, Map<String, Value>)>, create: bool) -> Sub {
+        let ext = &self.settings.external_id_field;
+        let records: Vec<Value> = records
+            .into_iter()
+            .map(|(conversation, fields)| {
+                let mut record = Map::new();
+                record.insert("attributes".into(), json!({"type": "Task"}));
+                record.extend(fields);
+                record.insert(ext.clone(), Value::String(conversation.to_owned()));
                 Value::Object(record)
             })
             .collect();
@@ -217,8 +401,16 @@ impl SalesforceCrm {
     }
 
     /// Answers each group with its record's result; returns the groups to
-    /// write again as updates (`DUPLICATE_VALUE`).
-    fn settle(&self, groups: Vec<Group>, result: SubResult, create: bool) -> Vec<Group> {
+    /// write again as updates (`DUPLICATE_VALUE`), and adds the Tasks written
+    /// (with the memory's entry, and whether this write created the Task) to
+    /// `written`.
+    fn settle(
+        &self,
+        groups: Vec<Group>,
+        result: SubResult,
+        create: bool,
+        written: &mut Vec<Written>,
+    ) -> Vec<Group> {
         let results = match result {
             Ok(Value::Array(results)) if results.len() == groups.len() => results,
             Ok(other) => {
@@ -243,6 +435,18 @@ impl SalesforceCrm {
         for (mut group, result) in groups.into_iter().zip(results) {
             if result["success"] == true {
                 self.known.insert(&group.conversation);
+                if let Some(entry) = group.memory.take() {
+                    let agent = [DISPOSITION, NOTES]
+                        .iter()
+                        .any(|f| group.record.contains_key(*f))
+                        .then(|| std::mem::take(&mut group.decided));
+                    written.push(Written {
+                        conversation: group.conversation.clone(),
+                        entry,
+                        created: create,
+                        agent,
+                    });
+                }
                 group.answer(Ok(()));
                 continue;
             }
