@@ -4,7 +4,7 @@
 
 use async_nats::jetstream::{self, kv};
 use serde_json::Value;
-use softphone_bridge::config::CallMemorySettings;
+use softphone_bridge::config::{CallMemorySettings, Settings};
 use softphone_bridge::contract::{Event, EventKind};
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, SalesforceCrm, salesforce};
 use wiremock::ResponseTemplate;
@@ -354,4 +354,86 @@ async fn a_call_memory_out_of_reach_holds_the_event_and_writes_nothing() {
         "{held:?}"
     );
     assert_eq!(sf.api_calls().await, 0);
+}
+
+#[tokio::test]
+async fn three_replicas_leave_every_call_with_the_agents_latest_word() {
+    let sf = FakeSalesforce::start().await;
+    let nats = start_nats().await;
+    let config = format!(
+        r#"
+[worker]
+concurrency = 8
+ack_wait = "5s"
+max_deliveries = 8
+backoff = ["100ms"]
+shutdown_deadline = "10s"
+
+[crm]
+{}
+"#,
+        sf.crm_toml(
+            "client_credentials",
+            "[crm.batch]\nmax_wait = \"50ms\"\n[crm.lookup]\nenabled = false"
+        )
+    );
+    let settings = Settings::from_toml(&config).unwrap();
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    softphone_bridge::provision::apply(&js, &settings)
+        .await
+        .unwrap();
+    let replicas: Vec<Bridge> = (0..3).map(|_| Bridge::start(&nats.url, &config)).collect();
+    replicas_pulling(&js, &settings, 3).await;
+    // Records the org finds locked now and then: their events are retried,
+    // some after the call's later notes were written.
+    sf.org().item_errors.extend(["UNABLE_TO_LOCK_ROW"; 12]);
+
+    let calls: Vec<String> = (0..30).map(|_| conversation()).collect();
+    for conv in &calls {
+        for (kind, extra) in [
+            (EventKind::CallIncoming, ""),
+            (EventKind::CallAccepted, ""),
+            (
+                EventKind::CallEnded,
+                r#""duration":30,"disposition":"End","notes":"at the end""#,
+            ),
+            (
+                EventKind::CallNotesSubmitted,
+                r#""disposition":"First","notes":"first""#,
+            ),
+            (
+                EventKind::CallNotesSubmitted,
+                r#""disposition":"Second","notes":"second""#,
+            ),
+        ] {
+            publish(&js, kind, &call_body(conv, extra), None).await;
+        }
+    }
+    settled(&js, &settings).await;
+    assert!(
+        sf.org().item_errors.is_empty(),
+        "every lock was met and retried"
+    );
+    for conv in &calls {
+        let task = sf.task(conv);
+        assert_eq!(
+            (&task["Description"], &task["CallDisposition"]),
+            (&"second".into(), &"Second".into()),
+            "{conv}"
+        );
+        assert_eq!(task["TaskSubtype"], "Call");
+        assert_eq!(task["Status"], "Completed");
+    }
+    let mut dlq = js
+        .get_stream(softphone_bridge::contract::DLQ_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 0);
+    for replica in &replicas {
+        replica.terminate();
+    }
+    for replica in replicas {
+        let (status, stderr) = replica.wait().await;
+        assert!(status.success(), "{stderr}");
+    }
 }

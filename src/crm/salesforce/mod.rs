@@ -185,7 +185,11 @@ impl SalesforceCrm {
         if let Event::AgentStatusChanged(status) = &event.event {
             return self.presence(status).await;
         }
-        let Some(write) = task::task_write(&event.event, event.published, &self.settings) else {
+        let Some(write) = task::task_write(
+            &event.event,
+            (event.published, event.sequence),
+            &self.settings,
+        ) else {
             return Ok(());
         };
         let conversation = event

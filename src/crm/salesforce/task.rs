@@ -44,6 +44,9 @@ pub(crate) struct TaskWrite {
     /// When the event was published, if it writes the agent's word
     /// (notes_submitted).
     pub word_at: Option<OffsetDateTime>,
+    /// The event's sequence in `SOFTPHONE_EVENTS`: orders words published
+    /// in the same millisecond.
+    pub sequence: u64,
     /// When the event was published (milliseconds since the epoch): the
     /// owner of the values it fills.
     pub at: i64,
@@ -61,11 +64,12 @@ const MAX_DURATION: f64 = i32::MAX as f64;
 /// The Task write for a call event; `None` for events that are not about a call.
 pub(crate) fn task_write(
     event: &Event,
-    published: OffsetDateTime,
+    (published, sequence): (OffsetDateTime, u64),
     s: &SalesforceSettings,
 ) -> Option<TaskWrite> {
     let mut w = TaskWrite {
         at: millis(published),
+        sequence,
         ..TaskWrite::default()
     };
     let conversation = event.conversation_id()?;
@@ -187,6 +191,9 @@ pub(crate) struct AgentFields {
     /// `publishedAt` (milliseconds) of the latest word written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub word_at: Option<i64>,
+    /// Its sequence in `SOFTPHONE_EVENTS` (unknown when read from the org).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_seq: Option<u64>,
     /// The agent fields with a value: the `publishedAt` of the fill that
     /// wrote it, or none (a word wrote it, or the org holds it).
     #[serde(default)]
@@ -214,16 +221,25 @@ impl AgentFields {
             .collect();
         Self {
             word_at,
+            word_seq: None,
             set,
             word: Map::new(),
         }
     }
 
+    /// The latest word's place in the order of words: `publishedAt`, then
+    /// the stream sequence (none when only the org's stamp is known, which
+    /// a word of the same millisecond may then write over).
+    pub fn word_order(&self) -> Option<(i64, u64)> {
+        self.word_at.map(|at| (at, self.word_seq.unwrap_or(0)))
+    }
+
     /// What these and `other` know together: the later word, every field
     /// set (a word's claim over a fill's).
     pub fn join(mut self, other: &AgentFields) -> Self {
-        if other.word_at > self.word_at {
+        if other.word_order() > self.word_order() {
             self.word_at = other.word_at;
+            self.word_seq = other.word_seq;
             self.word = other.word.clone();
         }
         for (field, owner) in &other.set {
@@ -363,7 +379,7 @@ impl TaskWrite {
     pub fn resolve(&mut self, agent: &mut AgentFields, notes_at: &str) {
         if let Some(word_at) = self.word_at {
             let at = millis(word_at);
-            if agent.word_at.is_some_and(|stored| stored > at) {
+            if agent.word_order() > Some((at, self.sequence)) {
                 self.fields.remove(DISPOSITION);
                 self.fields.remove(NOTES);
                 self.fields.extend(agent.latest_word(notes_at));
@@ -374,6 +390,7 @@ impl TaskWrite {
                     .collect();
                 if !word.is_empty() {
                     agent.word_at = Some(at);
+                    agent.word_seq = Some(self.sequence);
                     for field in word.keys() {
                         agent.set.insert(field.clone(), None);
                     }
@@ -434,7 +451,7 @@ mod tests {
         let body = format!(r#"{{"partnerId":"{PARTNER}","conversationId":"{CONV}"{extra}}}"#);
         let event = Event::decode(kind, body.as_bytes()).unwrap();
         let published = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(second);
-        task_write(&event, published, &settings()).unwrap()
+        task_write(&event, (published, second as u64), &settings()).unwrap()
     }
 
     /// Applies writes in order as Salesforce would (fill after a read).

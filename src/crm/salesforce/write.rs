@@ -28,8 +28,10 @@ struct Written {
     entry: Entry,
     /// This write created the Task.
     created: bool,
-    /// The agent fields as decided, when the write held some.
-    agent: Option<AgentFields>,
+    /// A write of the agent's fields, answered once no later word can be
+    /// under it ([`SalesforceCrm::keep_latest_word`]), and the agent fields
+    /// as decided.
+    unanswered: Option<(Group, AgentFields)>,
 }
 
 /// Claims of one call retried after other replicas claimed first.
@@ -312,53 +314,68 @@ impl SalesforceCrm {
         // The memory learns which Tasks exist, and which the bridge created
         // (then it knows every write of their agent fields); a write of the
         // agent's fields that may have landed after a newer word's puts the
-        // newer word back.
-        if let Some(memory) = &self.memory {
-            futures::future::join_all(written.into_iter().map(|w| async move {
-                let learnt = Facts {
-                    task: true,
-                    complete: w.created,
-                    agent: AgentFields::default(),
-                };
-                memory.learn(&w.conversation, w.entry, &learnt).await;
-                if let Some(agent) = w.agent {
-                    self.keep_latest_word(&w.conversation, agent).await;
-                }
-            }))
-            .await;
-        }
+        // newer word back before its events are done.
+        let Some(memory) = &self.memory else { return };
+        futures::future::join_all(written.into_iter().map(|w| async move {
+            let learnt = Facts {
+                task: true,
+                complete: w.created,
+                agent: AgentFields::default(),
+            };
+            memory.learn(&w.conversation, w.entry, &learnt).await;
+            if let Some((group, agent)) = w.unanswered {
+                let kept = self.keep_latest_word(&w.conversation, agent).await;
+                group.answer(kept);
+            }
+        }))
+        .await;
     }
 
     /// After a write of the agent's fields decided on `agent`: while the
     /// memory holds a later word than the one written, another replica
     /// claimed it meanwhile and its write may have landed first, so it is
-    /// written again (a few times at most; an older word's retry writes it
-    /// too).
-    async fn keep_latest_word(&self, conversation: &str, mut agent: AgentFields) {
-        let Some(memory) = &self.memory else { return };
+    /// written again. Until that is done the write's events are not: an
+    /// error retries them, and their retry writes the later word.
+    async fn keep_latest_word(
+        &self,
+        conversation: &str,
+        mut agent: AgentFields,
+    ) -> Result<(), CrmError> {
+        let Some(memory) = &self.memory else {
+            return Ok(());
+        };
         let notes_at = self.settings.notes_at_field.as_str();
         for _ in 0..3 {
-            let Ok(Entry {
-                facts: Some(facts), ..
-            }) = memory.reload(conversation).await
-            else {
-                return;
+            let Some(facts) = memory.reload(conversation).await?.facts else {
+                return Ok(());
             };
             let word = facts.agent.latest_word(notes_at);
-            if facts.agent.word_at <= agent.word_at || word.is_empty() {
-                return;
+            if facts.agent.word_order() <= agent.word_order() || word.is_empty() {
+                return Ok(());
             }
             tracing::info!(crm = %self.name, conversation, "A later word was claimed while this write went out; writing it again.");
             self.knew("rewritten", 1);
             let sub = self.tasks(vec![(conversation, word)], false);
-            let result = self.send(vec![sub]).await.pop().expect("one result");
-            if !matches!(&result, Ok(Value::Array(r)) if r.first().is_some_and(|r| r["success"] == true))
-            {
-                tracing::warn!(crm = %self.name, conversation, "The later word was not written again; its own event's retry or a later word will.");
-                return;
+            match self.send(vec![sub]).await.pop().expect("one result") {
+                Ok(Value::Array(results))
+                    if results.first().is_some_and(|r| r["success"] == true) => {}
+                Ok(other) => {
+                    return Err(CrmError::Transient {
+                        reason: format!(
+                            "the later word was not written again: {}",
+                            other[0]["errors"]
+                        ),
+                        retry_after: None,
+                    });
+                }
+                Err(e) => return Err(e),
             }
             agent = facts.agent;
         }
+        Err(CrmError::Transient {
+            reason: "later words kept coming while this one was written".into(),
+            retry_after: None,
+        })
     }
 
     fn collection(&self, groups: &[Group], create: bool) -> Sub {
@@ -435,19 +452,27 @@ impl SalesforceCrm {
         for (mut group, result) in groups.into_iter().zip(results) {
             if result["success"] == true {
                 self.known.insert(&group.conversation);
-                if let Some(entry) = group.memory.take() {
-                    let agent = [DISPOSITION, NOTES]
-                        .iter()
-                        .any(|f| group.record.contains_key(*f))
-                        .then(|| std::mem::take(&mut group.decided));
-                    written.push(Written {
-                        conversation: group.conversation.clone(),
-                        entry,
-                        created: create,
-                        agent,
-                    });
-                }
-                group.answer(Ok(()));
+                let Some(entry) = group.memory.take() else {
+                    group.answer(Ok(()));
+                    continue;
+                };
+                let agent = [DISPOSITION, NOTES]
+                    .iter()
+                    .any(|f| group.record.contains_key(*f));
+                let conversation = group.conversation.clone();
+                let unanswered = if agent {
+                    let decided = std::mem::take(&mut group.decided);
+                    Some((group, decided))
+                } else {
+                    group.answer(Ok(()));
+                    None
+                };
+                written.push(Written {
+                    conversation,
+                    entry,
+                    created: create,
+                    unanswered,
+                });
                 continue;
             }
             let errors = &result["errors"];
