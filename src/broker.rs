@@ -128,6 +128,12 @@ async fn connect_as(
         .with_context(|| format!("cannot connect to NATS at {}", redacted_url(&settings.url)))
 }
 
+/// Whether the server said there is no such stream.
+pub(crate) fn missing(error: &jetstream::context::GetStreamError) -> bool {
+    use jetstream::context::GetStreamErrorKind;
+    matches!(error.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// A JetStream context whose API calls and publish acks time out as configured.
 pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstream::Context {
     jetstream::ContextBuilder::new()

@@ -11,10 +11,7 @@ use std::fmt;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{
-    self, ErrorCode, consumer,
-    consumer::IntoConsumerConfig as _,
-    context::{ConsumerInfoErrorKind, GetStreamError, GetStreamErrorKind},
-    kv, stream,
+    self, consumer, consumer::IntoConsumerConfig as _, context::ConsumerInfoErrorKind, kv, stream,
 };
 use futures::TryStreamExt as _;
 
@@ -279,11 +276,6 @@ impl Step {
     }
 }
 
-/// Whether the server said there is no such stream.
-pub(crate) fn missing(error: &GetStreamError) -> bool {
-    matches!(error.kind(), GetStreamErrorKind::JetStream(e) if e.error_code() == ErrorCode::STREAM_NOT_FOUND)
-}
-
 /// A stream's configuration on the server, `None` when there is no such stream.
 async fn stream_config(
     js: &jetstream::Context,
@@ -291,7 +283,7 @@ async fn stream_config(
 ) -> anyhow::Result<Option<stream::Config>> {
     match js.get_stream(name).await {
         Ok(stream) => Ok(Some(stream.cached_info().config.clone())),
-        Err(e) if missing(&e) => Ok(None),
+        Err(e) if broker::missing(&e) => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot look up stream {name}")),
     }
 }
@@ -322,7 +314,7 @@ async fn leftover_lanes(
     let prefix = format!("{}-crm-", settings.worker.consumer);
     let lanes = match js.get_stream(LANES_STREAM).await {
         Ok(lanes) => lanes,
-        Err(e) if missing(&e) => return Ok(Vec::new()),
+        Err(e) if broker::missing(&e) => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot look up stream {LANES_STREAM}")),
     };
     let infos: Vec<consumer::Info> = lanes

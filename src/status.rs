@@ -275,7 +275,7 @@ fn api_usage(views: &[ReplicaView]) -> BTreeMap<String, ApiUsage> {
 async fn bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Bucket> {
     let state = match js.get_stream(format!("KV_{bucket}")).await {
         Ok(stream) => Some(stream.cached_info().state.clone()),
-        Err(e) if crate::provision::missing(&e) => None,
+        Err(e) if crate::broker::missing(&e) => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read bucket {bucket}")),
     };
     Ok(Bucket {

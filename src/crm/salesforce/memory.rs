@@ -21,7 +21,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, ErrorCode, kv};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -118,7 +119,8 @@ impl Memory {
             return Ok(opened.ok());
         };
         match self.js.get_stream(format!("KV_{}", self.bucket)).await {
-            Err(missing) if crate::provision::missing(&missing) => {
+            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {
                 tracing::warn!(bucket = %self.bucket, "No call memory bucket (run `softphone-bridge provision`); Tasks are read from the org instead.");
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 Ok(None)

@@ -365,7 +365,8 @@ impl TaskWrite {
         }
     }
 
-    /// Whether the Task must be read before this write.
+    /// Whether this write depends on what the Task holds: the call memory,
+    /// else a read of the Task, must tell.
     pub fn needs_read(&self, notes_at: &str) -> bool {
         !self.fill.is_empty() || (!notes_at.is_empty() && self.word_at.is_some())
     }
