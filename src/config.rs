@@ -18,9 +18,11 @@ mod nats;
 mod secret;
 
 pub use crate::dispatch::CommandSettings;
+pub use crate::dispatch::UnknownSoftphones;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
+pub use crate::registry::RegistrySettings;
 pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
-pub use http::{HttpSettings, HttpTls, RegistrySettings, TokenSettings, UnknownSoftphones};
+pub use http::{HttpSettings, HttpTls, TokenSettings};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
 pub use salesforce::{
     CallMemorySettings, DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction,
@@ -130,7 +132,7 @@ fn default_dispositions() -> Vec<String> {
 }
 
 /// `Ok` when `name` can name a key-value bucket, else why not.
-pub(crate) fn bucket_name(name: &str) -> Result<(), String> {
+fn bucket_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -283,28 +285,30 @@ impl Settings {
         http::check(self, &|key, why| {
             ConfigError(format!("{key}: {why}{}", origin(figment, key)))
         })?;
-        if let Err(why) = bucket_name(&self.registry.bucket) {
-            return fail("registry.bucket", why);
+        let buckets = [
+            ("registry.bucket", &self.registry.bucket),
+            ("commands.bucket", &self.commands.bucket),
+            ("call_memory.bucket", &self.call_memory.bucket),
+        ];
+        for (i, (key, bucket)) in buckets.iter().enumerate() {
+            if let Err(why) = bucket_name(bucket) {
+                return fail(key, why);
+            }
+            if let Some((other, _)) = buckets[..i].iter().find(|(_, b)| b == bucket) {
+                return fail(key, format!("must differ from {other}"));
+            }
         }
         if self.registry.idle_ttl < Duration::from_secs(1) {
             return fail("registry.idle_ttl", "must be at least 1s".into());
         }
-        let memory = &self.call_memory;
-        if let Err(why) = bucket_name(&memory.bucket) {
-            return fail("call_memory.bucket", why);
-        }
-        if [&self.registry.bucket, &self.commands.bucket].contains(&&memory.bucket) {
-            return fail(
-                "call_memory.bucket",
-                "must differ from registry.bucket and commands.bucket".into(),
-            );
-        }
-        if memory.remember_for < Duration::from_secs(60) {
+        if self.call_memory.remember_for < Duration::from_secs(60) {
             return fail("call_memory.remember_for", "must be at least 1m".into());
         }
-        crate::dispatch::check_settings(self, &|key, why| {
-            ConfigError(format!("{key}: {why}{}", origin(figment, key)))
-        })?;
+        if let Err((key, why)) =
+            crate::dispatch::check_settings(&self.commands, self.streams.commands_max_age)
+        {
+            return fail(key, why);
+        }
         let crms = std::iter::once(("crm".to_owned(), &self.crm)).chain(
             self.crms
                 .iter()

@@ -7,13 +7,34 @@
 //! is refused ([`RegistryError::is_partner_conflict`]), so an event cannot
 //! move a live softphone into another partner's reach.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
-use crate::config::RegistrySettings;
 use crate::contract::{AgentStatusChanged, Guid, Loaded, SoftphoneId};
+
+/// The softphone registry: softphone id -> partner, load time, presence, last seen.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// Key-value bucket name (letters, digits, `-`, `_`).
+    pub bucket: String,
+    /// An entry not written for this long expires (the bucket's max age).
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        Self {
+            bucket: "SOFTPHONE_REGISTRY".into(),
+            idle_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
 
 /// How often a write retries after another replica updated the same entry first.
 const MAX_CONFLICTS: u32 = 32;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::{ConfigError, Settings};
 use crate::contract::Guid;
+use crate::dispatch::UnknownSoftphones;
 
 /// The HTTP server: command API for CRMs, health, metrics.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -73,16 +74,6 @@ impl std::fmt::Debug for TokenSettings {
     }
 }
 
-/// What a command for a softphone missing from the registry gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownSoftphones {
-    /// 404: only softphones that loaded recently can be commanded.
-    Reject,
-    /// Published anyway (partner-scoped tokens still get 404: no bound partner to check).
-    Allow,
-}
-
 /// TLS of the HTTP listeners.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -91,26 +82,6 @@ pub struct HttpTls {
     pub cert_file: PathBuf,
     /// PEM private key of `cert_file`.
     pub key_file: PathBuf,
-}
-
-/// The softphone registry: softphone id -> partner, load time, presence, last seen.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistrySettings {
-    /// Key-value bucket name (letters, digits, `-`, `_`).
-    pub bucket: String,
-    /// An entry not written for this long expires (the bucket's max age).
-    #[serde(with = "humantime_serde")]
-    pub idle_ttl: Duration,
-}
-
-impl Default for RegistrySettings {
-    fn default() -> Self {
-        Self {
-            bucket: "SOFTPHONE_REGISTRY".into(),
-            idle_ttl: Duration::from_secs(24 * 3600),
-        }
-    }
 }
 
 fn redact_str<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {

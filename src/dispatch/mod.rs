@@ -13,10 +13,9 @@ use time::OffsetDateTime;
 
 pub use error::DispatchError;
 pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash};
-pub use settings::{CommandSettings, check as check_settings};
+pub use settings::{CommandSettings, UnknownSoftphones, check as check_settings};
 
 use crate::command::CommandPublisher;
-use crate::config::UnknownSoftphones;
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
 use crate::metric;
 use crate::registry::{Entry, Registry};

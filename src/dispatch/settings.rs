@@ -5,7 +5,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, Settings};
+/// What a command for a softphone missing from the registry gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSoftphones {
+    /// 404: only softphones that loaded recently can be commanded.
+    Reject,
+    /// Published anyway (partner-scoped tokens still get 404: no bound partner to check).
+    Allow,
+}
 
 /// Commands from CRMs (HTTP API and NATS service).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -50,42 +58,32 @@ impl CommandSettings {
     }
 }
 
-/// Checks the `[commands]` keys; `error` words a message naming the key.
-pub fn check(
-    settings: &Settings,
-    error: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
-    let fail = |key: &str, why: String| Err(error(key, why));
-    let c = &settings.commands;
-    if let Err(why) = crate::config::bucket_name(&c.bucket) {
-        return fail("commands.bucket", why);
-    }
-    if c.bucket == settings.registry.bucket {
-        return fail("commands.bucket", "must differ from registry.bucket".into());
-    }
+/// Checks the `[commands]` keys against the commands stream's max age
+/// (`streams.commands_max_age`): the key at fault and why. (The bucket's
+/// name is checked with the others', in [`crate::config`].)
+pub fn check(c: &CommandSettings, max_age: Duration) -> Result<(), (&'static str, String)> {
     if c.idempotency_ttl < Duration::from_secs(1) {
-        return fail("commands.idempotency_ttl", "must be at least 1s".into());
+        return Err(("commands.idempotency_ttl", "must be at least 1s".into()));
     }
-    let max_age = settings.streams.commands_max_age;
     for (key, ttl) in [
         ("commands.start_call_ttl", c.start_call_ttl),
         ("commands.ttl", c.ttl),
     ] {
         if ttl < Duration::from_secs(1) {
-            return fail(
+            return Err((
                 key,
                 "must be at least 1s (Nats-TTL counts whole seconds)".into(),
-            );
+            ));
         }
         if ttl > max_age {
-            return fail(
+            return Err((
                 key,
                 format!("must not exceed streams.commands_max_age ({max_age:?})"),
-            );
+            ));
         }
     }
     if c.offline_after < Duration::from_secs(1) {
-        return fail("commands.offline_after", "must be at least 1s".into());
+        return Err(("commands.offline_after", "must be at least 1s".into()));
     }
     Ok(())
 }

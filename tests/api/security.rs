@@ -389,6 +389,15 @@ fn command_settings_are_checked() {
             "commands.bucket",
         ),
         (
+            "[call_memory]\nbucket = \"SOFTPHONE_COMMAND_KEYS\"\n",
+            "call_memory.bucket: must differ from commands.bucket",
+        ),
+        ("[call_memory]\nbucket = \"a b\"\n", "call_memory.bucket"),
+        (
+            "[call_memory]\nremember_for = \"10s\"\n",
+            "call_memory.remember_for",
+        ),
+        (
             "[commands]\nidempotency_ttl = \"0s\"\n",
             "commands.idempotency_ttl",
         ),
