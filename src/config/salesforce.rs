@@ -73,6 +73,13 @@ pub struct SalesforceSettings {
     /// word. Empty: no stamp (then such a call orders only one batch).
     #[serde(default = "default_notes_at_field")]
     pub notes_at_field: String,
+    /// Read the Task before `ended`/`rejected` fill its disposition and
+    /// notes even when the call memory knows the call, so that a value
+    /// someone typed into the Task in Salesforce during the call is kept
+    /// (one request more per batch holding an `ended`). Off: the memory
+    /// decides alone, and such a value is replaced by `ended`'s.
+    #[serde(default)]
+    pub read_before_fill: bool,
     /// How Task writes of concurrent events are gathered into one request.
     #[serde(default)]
     pub batch: BatchSettings,

@@ -437,3 +437,33 @@ shutdown_deadline = "10s"
         assert!(status.success(), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn read_before_fill_keeps_what_someone_typed_into_the_task_during_the_call() {
+    let sf = FakeSalesforce::start().await;
+    let (_nats, js, _store) = memory_nats().await;
+    let memory = CallMemorySettings::default();
+    let reading = sf
+        .adapter("read_before_fill = true")
+        .with_memory(js.clone(), &memory);
+    let trusting = replica(&sf, Some(&js));
+    let (kept, replaced) = (conversation(), conversation());
+    for conv in [&kept, &replaced] {
+        trusting
+            .handle(&event(EventKind::CallIncoming, conv, "", 0))
+            .await
+            .unwrap();
+        // Someone types into the Task in Salesforce while the call goes on.
+        let mut org = sf.org();
+        let task = org.tasks.get_mut(conv.as_str()).unwrap();
+        task.insert("Description".into(), "typed in Salesforce".into());
+    }
+    let ended = |conv: &str| event(EventKind::CallEnded, conv, r#""notes":"at the end""#, 2);
+    reading.handle(&ended(&kept)).await.unwrap();
+    assert_eq!(sf.task(&kept)["Description"], "typed in Salesforce");
+    assert_eq!(sf.org().queried.len(), 1, "one read for the fill");
+    // Without it, the memory decides alone: ended's notes replace it.
+    trusting.handle(&ended(&replaced)).await.unwrap();
+    assert_eq!(sf.task(&replaced)["Description"], "at the end");
+    assert_eq!(sf.org().queried.len(), 1);
+}

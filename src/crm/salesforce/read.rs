@@ -43,10 +43,11 @@ impl SalesforceCrm {
                 }
             }
         }
+        let fills_read = self.settings.read_before_fill;
         let (to_read, remembered): (Vec<&Group>, Vec<&Group>) = groups
             .iter()
             .filter(|g| g.items.iter().any(|i| i.write.needs_read(notes_at)))
-            .partition(|g| !g.complete);
+            .partition(|g| !g.complete || (fills_read && g.items.iter().any(|i| i.write.fills())));
         self.knew("remembered", remembered.len());
         self.knew("read", to_read.len());
         let to_read: Vec<&str> = to_read.iter().map(|g| g.conversation.as_str()).collect();

@@ -365,10 +365,15 @@ impl TaskWrite {
         }
     }
 
+    /// Whether this write fills values where the Task has none.
+    pub fn fills(&self) -> bool {
+        !self.fill.is_empty()
+    }
+
     /// Whether this write depends on what the Task holds: the call memory,
     /// else a read of the Task, must tell.
     pub fn needs_read(&self, notes_at: &str) -> bool {
-        !self.fill.is_empty() || (!notes_at.is_empty() && self.word_at.is_some())
+        self.fills() || (!notes_at.is_empty() && self.word_at.is_some())
     }
 
     /// Decides the agent's word and the fill against what is known of the
