@@ -1,6 +1,7 @@
 //! The `salesforce` CRM: call activity as Tasks upserted on an external id,
-//! batched per org (sObject Collections), caller lookup for screen pop,
-//! presence, over the org's REST API.
+//! batched per org (sObject Collections) and decided against the call memory
+//! the replicas share (memory.rs), caller lookup for screen pop, presence,
+//! over the org's REST API.
 
 mod auth;
 mod batch;
