@@ -18,7 +18,8 @@ use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
 use crate::console::{self, parse_when};
 use crate::contract::{
-    DLQ_STREAM, EVENTS_STREAM, EventKind, SUBJECT_ROOT, dlq_header, dlq_subject, replay_header,
+    DLQ_STREAM, EVENTS_STREAM, EventKind, SUBJECT_ROOT, dlq_header, dlq_subject, event_subject,
+    replay_header, replay_subject,
 };
 use crate::scan::Scan;
 
@@ -373,7 +374,8 @@ async fn original_time(js: &jetstream::Context, letter: &DeadLetter, subject: &s
         let seq: u64 = letter.header(dlq_header::SEQUENCE)?.parse().ok()?;
         let events = js.get_stream(EVENTS_STREAM).await.ok()?;
         let message = events.get_raw_message(seq).await.ok()?;
-        (message.subject.as_str() == subject).then_some(message.time)
+        let stored_as = event_subject(&message.subject).map(|(kind, _)| kind.subject());
+        (stored_as == Some(subject)).then_some(message.time)
     }
     .await;
     stored
@@ -402,6 +404,19 @@ async fn replay(
             skipped += 1;
             continue;
         };
+        if let Some(why) = letter.header(dlq_header::BODY_OMITTED) {
+            let at = letter.header(dlq_header::SEQUENCE).unwrap_or("?");
+            bar.suspend(|| {
+                eprintln!("skipped {seq}: its body was not kept ({why}); SOFTPHONE_EVENTS has it at sequence {at}")
+            });
+            skipped += 1;
+            continue;
+        }
+        let Some(kind) = EventKind::from_subject(subject) else {
+            bar.suspend(|| eprintln!("skipped {seq}: {subject} is not an event subject"));
+            skipped += 1;
+            continue;
+        };
         if dry_run {
             bar.suspend(|| println!("would replay {seq}: {subject} (event {event_id})"));
             replayed += 1;
@@ -415,9 +430,12 @@ async fn replay(
             .payload(letter.body.clone())
             .headers(headers)
             .message_id(format!("replay:{seq}:{event_id}"));
-        let acked = async { js.send_publish(subject.clone(), publish).await?.await }.await;
+        // Only the bridge may publish on a replay subject, so only there are
+        // the original id headers believed.
+        let on = replay_subject(kind);
+        let acked = async { js.send_publish(on.clone(), publish).await?.await }.await;
         if let Err(e) = acked {
-            bar.suspend(|| eprintln!("failed {seq}: cannot publish on {subject}: {e}"));
+            bar.suspend(|| eprintln!("failed {seq}: cannot publish on {on}: {e}"));
             failed += 1;
             continue;
         }

@@ -230,7 +230,12 @@ async fn run(
             tally.failed += 1;
             continue;
         };
-        let Ok(event) = Event::decode_subject(&message.subject, &message.payload) else {
+        // What the intake dead-letters (an invalid id or body) is not replayed.
+        let decoded = delivery
+            .kind
+            .filter(|_| delivery.invalid_id.is_none())
+            .and_then(|kind| Event::decode(kind, &message.payload).ok());
+        let Some(event) = decoded else {
             tally.invalid += 1;
             continue;
         };

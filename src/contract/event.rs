@@ -75,9 +75,13 @@ impl EventKind {
             .find(|k| k.subject() == name || k.name() == name || k.contract_name() == name)
     }
 
-    /// Every subject of `SOFTPHONE_EVENTS`.
+    /// Every subject of `SOFTPHONE_EVENTS`: the events', then the replays'.
     pub fn subjects() -> Vec<String> {
-        Self::ALL.iter().map(|k| k.subject().to_owned()).collect()
+        Self::ALL
+            .iter()
+            .map(|k| k.subject().to_owned())
+            .chain([super::REPLAY_SUBJECTS.to_owned()])
+            .collect()
     }
 }
 

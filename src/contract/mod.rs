@@ -48,6 +48,18 @@ pub const HEARTBEAT_SUBJECTS: &str = "softphone.heartbeat.*";
 /// nowhere else, so no requester can make it publish, with its own rights,
 /// onto a stream's subject or the JetStream API.
 pub const INBOX_PREFIX: &str = "_INBOX";
+/// Where `softphone-bridge dlq replay` publishes a dead letter again,
+/// `softphone.replay.<event>` (e.g. `softphone.replay.call.ended`): captured
+/// by `SOFTPHONE_EVENTS` beside the event subjects, and publishable only by
+/// the bridge's own user (deploy/nats-permissions.conf). Only a message on
+/// one of these subjects may carry [`replay_header`]s: on any other subject
+/// the intake ignores them, so no publisher chooses the id a CRM sees.
+pub const REPLAY_SUBJECTS: &str = "softphone.replay.>";
+/// The longest event id (a publisher's `Nats-Msg-Id`), in bytes: the id
+/// travels in the lane copy's headers, the dead letter's and a CRM's
+/// `Idempotency-Key`, each of which must stay far below NATS's 64 KiB
+/// header limit.
+pub const MAX_EVENT_ID: usize = 256;
 /// Queue group every replica joins for [`LOAD_REQUEST_SUBJECT`] and [`API_COMMAND_SUBJECT`].
 pub const LOAD_QUEUE_GROUP: &str = "softphone-bridge";
 
@@ -67,6 +79,10 @@ pub mod dlq_header {
     pub const EVENT_ID: &str = "Softphone-Event-Id";
     /// When `SOFTPHONE_EVENTS` stored the event (RFC 3339), when known.
     pub const PUBLISHED: &str = "Softphone-Published-At";
+    /// Present when the dead letter is stored without the event's body
+    /// (NATS refused the copy for its size): why. The body stays in
+    /// `SOFTPHONE_EVENTS` at `SEQUENCE` while the stream keeps it.
+    pub const BODY_OMITTED: &str = "Softphone-Dlq-Body-Omitted";
 }
 
 /// Headers `softphone-bridge dlq replay` puts on a replayed event, so that it
@@ -134,6 +150,47 @@ pub fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
     SoftphoneId::try_from(id.to_owned()).ok()
 }
 
+/// The subject `dlq replay` publishes an event of `kind` on again.
+pub fn replay_subject(kind: EventKind) -> String {
+    format!("{SUBJECT_ROOT}.replay.{}", kind.name())
+}
+
+/// The event a subject of `SOFTPHONE_EVENTS` carries, and whether it is a
+/// replay ([`REPLAY_SUBJECTS`]).
+pub fn event_subject(subject: &str) -> Option<(EventKind, bool)> {
+    if let Some(name) = subject
+        .strip_prefix(SUBJECT_ROOT)
+        .and_then(|rest| rest.strip_prefix(".replay."))
+    {
+        return EventKind::parse(name)
+            .filter(|kind| kind.name() == name)
+            .map(|kind| (kind, true));
+    }
+    EventKind::from_subject(subject).map(|kind| (kind, false))
+}
+
+/// Whether `id` may be an event id: 1 to [`MAX_EVENT_ID`] bytes of printable
+/// ASCII without spaces (`!` to `~`), so that it fits every header it is
+/// copied into (NATS, HTTP) unchanged. `Err` says why not.
+pub fn check_event_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("empty".into());
+    }
+    if id.len() > MAX_EVENT_ID {
+        return Err(format!(
+            "{} bytes, more than the {MAX_EVENT_ID} allowed",
+            id.len()
+        ));
+    }
+    match id.bytes().position(|b| !b.is_ascii_graphic()) {
+        Some(at) => Err(format!(
+            "byte {at} is {:#04x}: only printable ASCII without spaces is allowed",
+            id.as_bytes()[at]
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The dead-letter subject for an event subject: `softphone.dlq.<subject without "softphone.">`.
 pub fn dlq_subject(event_subject: &str) -> String {
     let rest = event_subject
@@ -173,6 +230,35 @@ mod tests {
             LaneTarget::Softphone.kind_of(&LaneTarget::Softphone.subject(EventKind::Loaded)),
             Some(EventKind::Loaded)
         );
+    }
+
+    #[test]
+    fn replay_subjects_carry_their_event() {
+        assert_eq!(
+            replay_subject(EventKind::CallEnded),
+            "softphone.replay.call.ended"
+        );
+        assert_eq!(
+            event_subject("softphone.replay.call.ended"),
+            Some((EventKind::CallEnded, true))
+        );
+        assert_eq!(
+            event_subject("softphone.call.ended"),
+            Some((EventKind::CallEnded, false))
+        );
+        assert_eq!(event_subject("softphone.replay.callEnded"), None);
+        assert_eq!(event_subject("softphone.replay.softphone.call.ended"), None);
+    }
+
+    #[test]
+    fn event_ids_are_short_printable_ascii() {
+        assert!(check_event_id("accepted-57053e21-0440-4689-a27a-513d7dceebde").is_ok());
+        assert!(check_event_id(&"x".repeat(MAX_EVENT_ID)).is_ok());
+        assert!(check_event_id(&"x".repeat(MAX_EVENT_ID + 1)).is_err());
+        assert!(check_event_id("").is_err());
+        for bad in ["a\u{1}b", "a\u{7f}", "a b", "é"] {
+            assert!(check_event_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -71,8 +71,16 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str
     }
 }
 
-/// Transport failures (connect, timeout, reset) are the connection's trouble.
+/// Transport failures (connect, timeout, reset) are the connection's trouble;
+/// a request that cannot even be built (a header value it refuses) is the
+/// event's own, and no retry can mend it.
 pub fn transport_error(error: reqwest::Error) -> CrmError {
+    if error.is_builder() {
+        return CrmError::Permanent {
+            reason: format!("cannot build the CRM request: {}", error.without_url()),
+            detail: None,
+        };
+    }
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
@@ -106,6 +114,19 @@ pub(crate) fn truncate(text: &str) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_the_events_own_failure() {
+        let refused = reqwest::Client::new()
+            .post("http://127.0.0.1:9/events")
+            .header("Idempotency-Key", "evt\u{1}1")
+            .build()
+            .expect_err("a control character in a header is refused");
+        assert!(matches!(
+            transport_error(refused),
+            CrmError::Permanent { reason, .. } if reason.starts_with("cannot build the CRM request")
+        ));
+    }
 
     #[test]
     fn statuses_split_into_the_connections_trouble_and_the_events() {

@@ -2,8 +2,9 @@
 //! waiting for the DLQ stream's ack before the original may be terminated.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
 
+use super::outcome;
 use crate::contract::{dlq_header, dlq_subject};
 
 /// Where a dead-lettered event came from.
@@ -25,13 +26,18 @@ fn header_value(text: &str, limit: usize) -> String {
     crate::text::truncate(&line, limit)
 }
 
+/// Copies the event to the dead-letter stream and waits for its ack. A copy
+/// NATS refuses for what it is (the body, with these headers, over the
+/// server's limit) is stored without its body, with
+/// `Softphone-Dlq-Body-Omitted` saying why: the body stays in
+/// `SOFTPHONE_EVENTS` at the origin's sequence.
 pub async fn publish(
     js: &jetstream::Context,
     origin: &Origin<'_>,
     body: bytes::Bytes,
     reason: &str,
     detail: Option<&str>,
-) -> Result<(), async_nats::Error> {
+) -> Result<(), PublishError> {
     let mut headers = HeaderMap::new();
     headers.insert(dlq_header::REASON, header_value(reason, 1024).as_str());
     if let Some(detail) = detail {
@@ -50,14 +56,32 @@ pub async fn publish(
     }) {
         headers.insert(dlq_header::PUBLISHED, at.as_str());
     }
+    let subject = dlq_subject(origin.subject);
     // A retried dead-lettering of the same event is dropped as a duplicate.
+    let id = format!("dlq:{}:{}", origin.sequence, origin.event_id);
+    let size = body.len();
+    match store(js, &subject, &id, body, headers.clone()).await {
+        Err(e) if outcome::refused_for_itself(&e) => {
+            let why = format!("{size} bytes refused by NATS: {e}");
+            headers.insert(dlq_header::BODY_OMITTED, header_value(&why, 1024).as_str());
+            store(js, &subject, &id, bytes::Bytes::new(), headers).await
+        }
+        stored => stored,
+    }
+}
+
+async fn store(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    body: bytes::Bytes,
+    headers: HeaderMap,
+) -> Result<(), PublishError> {
     let publish = PublishMessage::build()
         .payload(body)
         .headers(headers)
-        .message_id(format!("dlq:{}:{}", origin.sequence, origin.event_id));
-    js.send_publish(dlq_subject(origin.subject), publish)
-        .await?
-        .await?;
+        .message_id(id);
+    js.send_publish(subject.to_owned(), publish).await?.await?;
     Ok(())
 }
 

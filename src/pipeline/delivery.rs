@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::dead_letter;
 use super::outcome::{self, Outcome};
-use crate::contract::{EventKind, lane_header, replay_header};
+use crate::contract::{EventKind, check_event_id, event_subject, lane_header, replay_header};
 use crate::metric;
 
 /// An event as one delivery presents it.
@@ -20,7 +20,7 @@ pub(crate) struct Delivery {
     /// What its copies to the lanes are de-duplicated by: the message's own
     /// id, so a replay (same event id, new message) is routed again.
     pub copy_key: String,
-    /// The subject the softphone published it on.
+    /// The contract subject it was published on (a replay's original one).
     pub subject: String,
     /// Its sequence in `SOFTPHONE_EVENTS`.
     pub sequence: u64,
@@ -28,7 +28,11 @@ pub(crate) struct Delivery {
     pub published: OffsetDateTime,
     /// This delivery's number, 1-based.
     pub delivered: u32,
+    /// The event, from its subject (a replay's too).
     pub kind: Option<EventKind>,
+    /// Why the publisher's `Nats-Msg-Id` cannot be an event id, if it cannot
+    /// (the event is then dead-lettered at the intake under `seq:<sequence>`).
+    pub invalid_id: Option<String>,
     /// `intake` or `lane`, for metrics.
     stage: &'static str,
     /// The lane (connection) that delivered it; `None` at the intake.
@@ -36,15 +40,32 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// An event delivered from `SOFTPHONE_EVENTS`. A replayed dead letter
-    /// (see [`replay_header`]) keeps its original event id and publish time.
+    /// An event delivered from `SOFTPHONE_EVENTS`. Its id is the publisher's
+    /// `Nats-Msg-Id` when that is a valid event id (else `seq:<sequence>`,
+    /// and [`Delivery::invalid_id`] says why); a replay (on a
+    /// [`REPLAY_SUBJECTS`](crate::contract::REPLAY_SUBJECTS) subject, which
+    /// only the bridge may publish) keeps its original id and publish time
+    /// from its [`replay_header`]s, which any other subject's are not taken from.
     pub fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let sequence = info.stream_sequence;
-        let copy_key = header(message, async_nats::header::NATS_MESSAGE_ID.as_ref())
-            .map_or_else(|| format!("seq:{sequence}"), str::to_owned);
+        let (kind, replayed) = event_subject(&message.subject)
+            .map_or((None, false), |(kind, replayed)| (Some(kind), replayed));
+        let mut invalid_id = None;
+        let copy_key = match header(message, async_nats::header::NATS_MESSAGE_ID.as_ref()) {
+            Some(id) => match check_event_id(id) {
+                Ok(()) => id.to_owned(),
+                Err(why) => {
+                    invalid_id = Some(format!("Nats-Msg-Id {}: {why}", shown(id)));
+                    format!("seq:{sequence}")
+                }
+            },
+            None => format!("seq:{sequence}"),
+        };
+        let original_id = header(message, replay_header::EVENT_ID)
+            .filter(|id| replayed && check_event_id(id).is_ok());
         let (id, published) = identity(
-            header(message, replay_header::EVENT_ID),
+            original_id,
             header(message, replay_header::PUBLISHED),
             &copy_key,
             info.published,
@@ -52,11 +73,12 @@ impl Delivery {
         Ok(Self {
             id,
             copy_key,
-            subject: message.subject.to_string(),
+            subject: kind.map_or_else(|| message.subject.to_string(), |k| k.subject().to_owned()),
             sequence,
             published,
             delivered: info.delivered.max(1) as u32,
-            kind: EventKind::from_subject(&message.subject),
+            kind,
+            invalid_id,
             stage: "intake",
             lane: None,
         })
@@ -89,6 +111,7 @@ impl Delivery {
             published,
             delivered: info.delivered.max(1) as u32,
             kind,
+            invalid_id: None,
             stage: "lane",
             lane: Some(lane.to_owned()),
         })
@@ -170,6 +193,17 @@ pub(super) async fn unreadable(message: &jetstream::Message, fate: Outcome) {
     };
     if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {
         tracing::warn!(error = %e, "Cannot give the delivery back; it returns after the ack wait.");
+    }
+}
+
+/// The start of a refused id as it can be shown in one line: escaped, at
+/// most 64 characters.
+fn shown(id: &str) -> String {
+    let escaped: String = id.escape_debug().take(64).collect();
+    if escaped.chars().count() < id.escape_debug().count() {
+        format!("\"{escaped}…\" ({} bytes)", id.len())
+    } else {
+        format!("\"{escaped}\"")
     }
 }
 

@@ -9,9 +9,15 @@
 //!
 //! Routing is cheap and ordered: a replica reads its deliveries in order,
 //! publishes each copy without waiting, and acks the originals in the same
-//! order as their copies are stored, with up to `worker.intake_window` copies
-//! awaiting their publish acks. Every delivery it holds, from its pull to its
-//! fate, is kept alive with progress acks: `worker.intake_ack_wait` is short.
+//! order as their copies are stored, with up to `worker.intake_window` events
+//! pulled and not yet settled (it pulls no more). Every delivery it holds,
+//! from its pull to its fate, is kept alive with progress acks:
+//! `worker.intake_ack_wait` is short.
+//!
+//! Bad input costs only itself: an event whose `Nats-Msg-Id` cannot be an
+//! event id (see [`check_event_id`](crate::contract::check_event_id)), whose
+//! body breaks the contract, or whose copy NATS refuses for what it is (too
+//! large) is dead-lettered at once, and those behind it go on.
 //!
 //! The intake pulls on a NATS connection of its own: a message whose headers
 //! the client cannot read drops that connection (see [`unreadable`], which
@@ -28,15 +34,15 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self, AckKind, consumer::PullConsumer, context::PublishAckFuture, message::PublishMessage,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{Delivery, unreadable};
 use super::outcome::{self, HandleError, Outcome, decide};
-use super::pull::{Next, Puller, give_back};
+use super::pull::{Next, Puller};
 use super::unreadable as unreadable_headers;
 use crate::config::Settings;
-use crate::contract::{Event, EventKind, LaneTarget, lane_header};
+use crate::contract::{ContractError, Event, EventKind, LaneTarget, lane_header};
 
 pub(super) struct Intake {
     settings: Arc<Settings>,
@@ -97,6 +103,8 @@ impl Holding {
 struct Routing {
     /// Its key in [`Holding`].
     held: u64,
+    /// Its place in `worker.intake_window`, given back with its fate.
+    _permit: OwnedSemaphorePermit,
     message: jetstream::Message,
     delivery: Delivery,
     /// Where its copies go: `(subject, message id)`.
@@ -150,31 +158,18 @@ impl Intake {
             shutdown.clone(),
         ));
         let settler = tokio::spawn(Arc::clone(&self).settle_in_order(in_order, abandon.clone()));
+        // The window's permits bound what the intake holds, from its pull to
+        // its fate; each travels with its delivery to the settler.
         let mut puller = Puller::new(consumer, window);
-        'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
-            loop {
-                let room = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {
-                        give_back(messages).await;
-                        break 'pull;
-                    }
-                    room = routed.reserve() => room.expect("the settler outlives the router"),
-                };
-                match puller.next(&mut messages, &shutdown).await {
-                    Next::Message(message) => {
-                        let held = self.holding.hold(&message);
-                        match self.route(held, message).await {
-                            Some(routing) => room.send(routing),
-                            None => self.holding.release(held),
-                        }
-                    }
-                    Next::Ended => continue 'pull,
-                    Next::Shutdown => {
-                        give_back(messages).await;
-                        break 'pull;
+        while let Next::Message(message, permit) = puller.next(&shutdown).await {
+            let held = self.holding.hold(&message);
+            match self.route(held, message, permit).await {
+                Some(routing) => {
+                    if routed.send(routing).await.is_err() {
+                        unreachable!("the settler outlives the router");
                     }
                 }
+                None => self.holding.release(held),
             }
         }
         drop(routed);
@@ -195,7 +190,12 @@ impl Intake {
 
     /// Validates the event and publishes its copies; `None` for a delivery
     /// given back at once.
-    async fn route(&self, held: u64, message: jetstream::Message) -> Option<Routing> {
+    async fn route(
+        &self,
+        held: u64,
+        message: jetstream::Message,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<Routing> {
         let delivery = match Delivery::from_events(&message) {
             Ok(delivery) => delivery,
             Err(fate) => {
@@ -204,17 +204,16 @@ impl Intake {
             }
         };
         // No delivery limit here: routing cannot fail for an event's own
-        // reasons but for its body, which is dead-lettered at once; a
-        // redelivery at the intake is NATS's trouble or a replica's crash,
-        // and the copy it makes again is dropped as a duplicate.
-        let decoded = Event::decode_subject(&message.subject, &message.payload).map_err(|e| {
-            decide(
-                Err(e.into()),
-                delivery.delivered,
-                false,
-                &self.settings.worker,
-            )
-        });
+        // reasons but for its id, its body or a copy NATS refuses for what it
+        // is, each dead-lettered at once; a redelivery at the intake is
+        // NATS's trouble or a replica's crash, and the copy it makes again is
+        // dropped as a duplicate.
+        let decoded = match (&delivery.invalid_id, delivery.kind) {
+            (Some(why), _) => Err(HandleError::EventId(why.clone())),
+            (None, Some(kind)) => Event::decode(kind, &message.payload).map_err(HandleError::from),
+            (None, None) => Err(ContractError::UnknownSubject(message.subject.to_string()).into()),
+        }
+        .map_err(|e| decide(Err(e), delivery.delivered, false, &self.settings.worker));
         let (routes, fate) = match decoded {
             Ok(event) => {
                 let routes = self.routes(&event, &delivery.copy_key);
@@ -225,6 +224,7 @@ impl Intake {
         };
         Some(Routing {
             held,
+            _permit: permit,
             message,
             delivery,
             routes,
@@ -259,9 +259,8 @@ impl Intake {
             match self.js.send_publish(subject.clone(), copy).await {
                 Ok(ack) => acks.push(ack),
                 Err(e) => {
-                    let error = HandleError::Route(e.to_string());
                     return Fate::Decided(decide(
-                        Err(error),
+                        Err(outcome::copy_failed(&e)),
                         delivery.delivered,
                         false,
                         &self.settings.worker,
@@ -282,6 +281,7 @@ impl Intake {
     ) {
         while let Some(Routing {
             held,
+            _permit,
             message,
             delivery,
             routes,
@@ -368,7 +368,7 @@ async fn stored(acks: Vec<PublishAckFuture>, delivery: &Delivery, settings: &Set
     for ack in acks {
         if let Err(e) = ack.await {
             return decide(
-                Err(HandleError::Route(e.to_string())),
+                Err(outcome::copy_failed(&e)),
                 delivery.delivered,
                 false,
                 &settings.worker,

@@ -2,7 +2,8 @@
 //! events, in every replica. Each CRM connection has its own lane, and the
 //! softphone lane keeps the registry and `load` callbacks apart from every
 //! CRM. A replica handles at most `worker.concurrency` events of a lane at
-//! once and pulls no more than it has room for (back-pressure, not an error).
+//! once and pulls no more than it has room for (back-pressure, not an error),
+//! so every event it pulled is kept in progress until its fate.
 //! While its connection is in trouble the lane holds what it pulls without
 //! calling the CRM but to probe it (see [`super::gate`]), so it stops pulling
 //! once its room is full of held events.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -20,7 +21,7 @@ use super::WorkerSettings;
 use super::delivery::{Delivery, unreadable, with_progress};
 use super::gate::Gate;
 use super::outcome::{self, HandleError, Outcome, decide};
-use super::pull::{Next, Puller, give_back};
+use super::pull::{Next, Puller};
 use crate::contract::{Event, LaneTarget};
 use crate::crm::{CrmError, CrmEvent};
 use crate::metric;
@@ -75,39 +76,19 @@ impl<W: Work> Lane<W> {
     pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let abandon = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        // Room first: a replica never pulls more than it can work. A paused
+        // lane holds what it pulls, so it stops pulling once its room is
+        // full of held events, and has nothing else pulled meanwhile.
         let mut puller = Puller::new(consumer, self.settings.concurrency);
         let sequencer = Arc::new(Sequencer::default());
-        'pull: while let Some(mut messages) = puller.messages(&shutdown).await {
-            loop {
-                // Room first: a replica never pulls more than it can work.
-                // A paused lane holds what it pulls, so it stops pulling once
-                // its room is full of held events.
-                let permit = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => {
-                        give_back(messages).await;
-                        break 'pull;
-                    }
-                    permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
-                };
-                match puller.next(&mut messages, &shutdown).await {
-                    Next::Message(message) => {
-                        let turn = sequencer.enter(&message.payload);
-                        let lane = Arc::clone(&self);
-                        let abandon = abandon.clone();
-                        tracker.spawn(async move {
-                            lane.process(message, turn, abandon).await;
-                            drop(permit);
-                        });
-                    }
-                    Next::Ended => continue 'pull,
-                    Next::Shutdown => {
-                        give_back(messages).await;
-                        break 'pull;
-                    }
-                }
-            }
+        while let Next::Message(message, permit) = puller.next(&shutdown).await {
+            let turn = sequencer.enter(&message.payload);
+            let lane = Arc::clone(&self);
+            let abandon = abandon.clone();
+            tracker.spawn(async move {
+                lane.process(message, turn, abandon).await;
+                drop(permit);
+            });
         }
         tracker.close();
         if tokio::time::timeout(self.settings.shutdown_deadline, tracker.wait())

@@ -62,6 +62,42 @@ pub enum HandleError {
     /// The intake could not store the routed copy: NATS trouble.
     #[error("cannot route the event: {0}")]
     Route(String),
+    /// NATS refused the routed copy for the message itself (see
+    /// [`refused_for_itself`]): no retry can store it.
+    #[error("NATS refused the event's copy: {0}")]
+    Refused(String),
+    /// The publisher's `Nats-Msg-Id` cannot be an event id.
+    #[error("invalid event id: {0}")]
+    EventId(String),
+}
+
+/// JetStream's answers that refuse a message for what it is: message size
+/// exceeds the maximum allowed (10054), header size exceeds the maximum of
+/// 64 KiB (10097).
+const REFUSED_FOR_ITSELF: [u64; 2] = [10054, 10097];
+
+/// Whether NATS refused a publish for the message itself (larger than the
+/// server takes, headers over 64 KiB), which no retry can mend, rather than
+/// for its own trouble (no stream leader, a timeout, a lost connection),
+/// which passes.
+pub fn refused_for_itself(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+            .is_some_and(|answer| REFUSED_FOR_ITSELF.contains(&answer.error_code().0)),
+        _ => false,
+    }
+}
+
+/// How a failed publish of an event's copy counts against it.
+pub fn copy_failed(error: &async_nats::jetstream::context::PublishError) -> HandleError {
+    if refused_for_itself(error) {
+        HandleError::Refused(error.to_string())
+    } else {
+        HandleError::Route(error.to_string())
+    }
 }
 
 /// Decides the fate of delivery number `delivered` (1-based) given how
@@ -79,6 +115,14 @@ pub fn decide(
         Err(HandleError::Contract(e)) => {
             return Outcome::DeadLetter {
                 reason: format!("invalid payload: {e}"),
+                detail: None,
+            };
+        }
+        // What NATS will never carry onward is the message's own failure:
+        // dead-lettered at once, so it holds back no other event.
+        Err(e @ (HandleError::EventId(_) | HandleError::Refused(_))) => {
+            return Outcome::DeadLetter {
+                reason: e.to_string(),
                 detail: None,
             };
         }

@@ -1,46 +1,112 @@
-//! Pulling from a durable consumer: the pull stream, re-made with backoff
-//! while pulling fails, and back to no delay after a healthy pull.
+//! Pulling from a durable consumer, never more than there is room for.
+//!
+//! Every message a replica pulls comes with a permit of the consumer's room
+//! (`worker.concurrency` in a lane, `worker.intake_window` at the intake) and
+//! goes straight to work, where it is kept alive with progress acks until
+//! its fate. Nothing waits unattended in a client buffer: a pull asks for
+//! as many messages as there are free permits, so a lane whose room is full
+//! of held events (its connection paused) has nothing pulled that could
+//! outlive the ack wait and come back as a second delivery. A pull request
+//! stays open until it is filled or expires, so messages that arrive while
+//! it is open are delivered at once; a new one is made, after a pause that
+//! grows while pulling fails, as soon as the last one ends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub(super) type Messages = jetstream::consumer::pull::Stream;
+/// How long one pull request stays open on the server.
+/// Short, so that a request lost with a connection (the client gives up
+/// on it 5 s after it expires) is soon made again.
+const EXPIRES: Duration = Duration::from_secs(5);
 
 /// What the next pull gave.
 // Moved once per message; boxing the message would allocate once per message.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Next {
-    Message(jetstream::Message),
-    /// The stream ended or failed for good; make a new one.
-    Ended,
+    /// A message, and its place in the room until its fate.
+    Message(jetstream::Message, OwnedSemaphorePermit),
     Shutdown,
+}
+
+/// One pull request that is open: what it may still deliver, and the permits
+/// set aside for it.
+struct Open {
+    batch: jetstream::consumer::pull::Batch,
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 pub(super) struct Puller {
     consumer: PullConsumer,
-    batch: usize,
-    /// Failed or ended streams since the last message.
+    room: Arc<Semaphore>,
+    size: usize,
+    open: Option<Open>,
+    /// Failed pulls since the last message.
     failures: u32,
 }
 
 impl Puller {
-    pub fn new(consumer: PullConsumer, batch: usize) -> Self {
+    /// Pulls at most `room` messages at a time for work not yet done.
+    pub fn new(consumer: PullConsumer, room: usize) -> Self {
         Self {
             consumer,
-            // A batch of at least 2 and a short expiry work around a client
-            // race (a pull answered before it is counted) that could leave a
-            // batch-of-1 stream idle until its pull request expired.
-            batch: batch.max(2),
+            room: Arc::new(Semaphore::new(room)),
+            size: room,
+            open: None,
             failures: 0,
         }
     }
 
-    /// A new pull stream, after a pause that grows with the failures in a
-    /// row (none after a healthy pull). `None` when shutdown came first.
-    pub async fn messages(&mut self, shutdown: &CancellationToken) -> Option<Messages> {
+    /// The next message with its permit: waits for room first, then for a
+    /// message. `Shutdown` when `shutdown` came first; what an open pull
+    /// request already delivered is given back then.
+    pub async fn next(&mut self, shutdown: &CancellationToken) -> Next {
+        loop {
+            let open = match self.open.as_mut() {
+                Some(open) => open,
+                None => match self.request(shutdown).await {
+                    Some(open) => self.open.insert(open),
+                    None => return Next::Shutdown,
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.give_back().await;
+                    return Next::Shutdown;
+                }
+                next = open.batch.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    self.failures = 0;
+                    let permit = open
+                        .permits
+                        .pop()
+                        .expect("a pull asks no more than its permits");
+                    if open.permits.is_empty() {
+                        self.open = None;
+                    }
+                    return Next::Message(message, permit);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Pull request failed.");
+                    self.failures += 1;
+                    self.open = None;
+                }
+                // Expired: its unused permits go back to the room.
+                None => self.open = None,
+            }
+        }
+    }
+
+    /// A new pull request for as many messages as there is room for (at
+    /// least one; it waits for room), after a pause while pulling fails.
+    async fn request(&mut self, shutdown: &CancellationToken) -> Option<Open> {
         loop {
             if self.failures > 0 {
                 let delay = Duration::from_secs(1 << self.failures.min(5) >> 1)
@@ -50,19 +116,27 @@ impl Puller {
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            if shutdown.is_cancelled() {
-                return None;
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return None,
+                permit = Arc::clone(&self.room).acquire_owned() => permit.expect("the room is never closed"),
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.size {
+                match Arc::clone(&self.room).try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
             }
-            let pulled = self
+            let requested = self
                 .consumer
-                .stream()
-                .max_messages_per_batch(self.batch)
-                .heartbeat(Duration::from_secs(3))
-                .expires(Duration::from_secs(10))
+                .batch()
+                .max_messages(permits.len())
+                .expires(EXPIRES)
                 .messages()
                 .await;
-            match pulled {
-                Ok(messages) => return Some(messages),
+            match requested {
+                Ok(batch) => return Some(Open { batch, permits }),
                 Err(e) => {
                     self.failures += 1;
                     tracing::warn!(error = %e, "Cannot pull from the consumer; retrying.");
@@ -71,47 +145,16 @@ impl Puller {
         }
     }
 
-    /// The next message of `messages`.
-    pub async fn next(&mut self, messages: &mut Messages, shutdown: &CancellationToken) -> Next {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Next::Shutdown,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    self.failures = 0;
-                    return Next::Message(message);
-                }
-                Some(Err(e)) => {
-                    use jetstream::consumer::pull::MessagesErrorKind as Kind;
-                    tracing::warn!(error = %e, "Pull stream error.");
-                    if matches!(
-                        e.kind(),
-                        Kind::ConsumerDeleted
-                            | Kind::PushBasedConsumer
-                            | Kind::RequestLimitExceeded
-                    ) {
-                        self.failures += 1;
-                        return Next::Ended;
-                    }
-                }
-                None => {
-                    self.failures += 1;
-                    return Next::Ended;
-                }
+    /// Naks what the open pull request already delivered, so another replica
+    /// (or this one, later) gets it now instead of after the ack wait.
+    async fn give_back(&mut self) {
+        let Some(mut open) = self.open.take() else {
+            return;
+        };
+        while let Some(Some(Ok(message))) = open.batch.next().now_or_never() {
+            if let Err(e) = message.ack_with(jetstream::AckKind::Nak(None)).await {
+                tracing::warn!(error = %e, "Cannot nak a pulled event; it returns after the ack wait.");
             }
-        }
-    }
-}
-
-/// Naks what a pull stream already holds, so another replica (or this one,
-/// later) gets it now instead of after the ack wait.
-pub(super) async fn give_back(mut messages: Messages) {
-    while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-        if let Err(e) = message.ack_with(jetstream::AckKind::Nak(None)).await {
-            tracing::warn!(error = %e, "Cannot nak a buffered event; it returns after the ack wait.");
         }
     }
 }

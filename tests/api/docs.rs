@@ -47,6 +47,8 @@ fn subjects_md_matches_the_code() {
         dlq_header::DELIVERIES,
         dlq_header::EVENT_ID,
         dlq_header::PUBLISHED,
+        dlq_header::BODY_OMITTED,
+        contract::REPLAY_SUBJECTS,
         replay_header::EVENT_ID,
         replay_header::PUBLISHED,
     ] {

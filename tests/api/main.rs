@@ -2,6 +2,7 @@
 //! testcontainers), fake CRMs served over real HTTP, and the real binary where
 //! processes matter. One test binary; `TEST_LOG=1` shows the app's logs.
 
+mod bad_input;
 mod cli;
 mod container;
 mod dashboard;

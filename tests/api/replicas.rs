@@ -3,25 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use softphone_bridge::provision;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
-
-/// The defaults the replicas' pipeline consumers are named by.
-fn defaults() -> Settings {
-    Settings::from_toml("").unwrap()
-}
-
-async fn provisioned(nats: &Nats) -> jetstream::Context {
-    let client = async_nats::connect(&nats.url).await.unwrap();
-    let js = jetstream::new(client);
-    provision::apply(&js, &defaults()).await.unwrap();
-    js
-}
 
 #[tokio::test]
 async fn two_replicas_share_the_work_and_handle_each_event_once() {
@@ -250,7 +235,9 @@ async fn an_intake_whose_copies_are_never_acknowledged_renews_its_connection() {
 
     // NATS stores copies again: the event held all along is handled once.
     drop(listener);
-    provision::apply(&js, &defaults()).await.unwrap();
+    softphone_bridge::provision::apply(&js, &defaults())
+        .await
+        .unwrap();
     assert_eq!(idempotency_key(&crm.next_request().await), "during");
     settled(&js, &defaults()).await;
     assert!(crm.drain().await.is_empty(), "handled once");

@@ -101,6 +101,22 @@ impl Bridge {
     }
 }
 
+/// The defaults the replicas' pipeline consumers are named by.
+pub fn defaults() -> Settings {
+    Settings::from_toml("").unwrap()
+}
+
+/// A JetStream context on `nats` with the defaults' streams, consumers and
+/// buckets provisioned, as replicas with `provision_on_start` would find them.
+pub async fn provisioned(nats: &Nats) -> jetstream::Context {
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = jetstream::new(client);
+    softphone_bridge::provision::apply(&js, &defaults())
+        .await
+        .unwrap();
+    js
+}
+
 /// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended.
 pub fn bridge_config(crm_url: &str, extra: &str) -> String {
     format!(

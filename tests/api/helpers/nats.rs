@@ -175,7 +175,7 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub(super) async fn open(js: &jetstream::Context) -> Self {
+    pub async fn open(js: &jetstream::Context) -> Self {
         let stream = js.get_stream(DLQ_STREAM).await.expect("DLQ stream exists");
         let consumer = stream
             .create_consumer(consumer::pull::Config {
