@@ -386,6 +386,53 @@ mod tests {
     }
 
     #[test]
+    fn nats_refusing_a_message_for_itself_is_its_own_failure_and_nats_trouble_holds() {
+        use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+        let answered = |code: u16, err_code: u64| {
+            let answer: async_nats::jetstream::Error = serde_json::from_str(&format!(
+                r#"{{"code":{code},"err_code":{err_code},"description":"from the server"}}"#
+            ))
+            .unwrap();
+            PublishError::with_source(PublishErrorKind::Other, answer)
+        };
+        let s = settings();
+        for own in [
+            PublishError::new(PublishErrorKind::MaxPayloadExceeded),
+            answered(400, 10097),
+            answered(400, 10054),
+        ] {
+            assert!(refused_for_itself(&own), "{own}");
+            assert!(matches!(
+                decide(Err(copy_failed(&own)), 1, false, &s),
+                Outcome::DeadLetter { reason, .. } if reason.starts_with("NATS refused the event's copy")
+            ));
+        }
+        for trouble in [
+            PublishError::new(PublishErrorKind::TimedOut),
+            PublishError::new(PublishErrorKind::StreamNotFound),
+            PublishError::new(PublishErrorKind::BrokenPipe),
+            PublishError::new(PublishErrorKind::Other),
+            // Stream store failed; no leader.
+            answered(503, 10077),
+            answered(503, 10008),
+        ] {
+            assert!(!refused_for_itself(&trouble), "{trouble}");
+            assert!(matches!(
+                decide(Err(copy_failed(&trouble)), 100, false, &s),
+                Outcome::Hold { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn an_invalid_event_id_is_dead_lettered_at_once() {
+        assert!(matches!(
+            decide(Err(HandleError::EventId("Nats-Msg-Id \"x\": empty".into())), 1, false, &settings()),
+            Outcome::DeadLetter { reason, .. } if reason.starts_with("invalid event id: Nats-Msg-Id")
+        ));
+    }
+
+    #[test]
     fn deliveries_beyond_the_limit_are_exhausted() {
         let s = settings();
         assert_eq!(exhausted(3, &s), None);

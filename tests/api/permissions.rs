@@ -220,13 +220,15 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
         );
     }
 
-    // Nobody but the bridge publishes commands, lane copies or dead letters;
-    // softphones do not call the command API, CRMs publish no events.
+    // Nobody but the bridge publishes commands, lane copies, dead letters or
+    // replays (whose original-id headers the intake believes); softphones do
+    // not call the command API, CRMs publish no events.
     for subject in [
         "softphone.cmd.agent-8",
         "softphone.cmd.agent-7",
         "softphone.lane.crm.crm.call.ended",
         "softphone.dlq.call.ended",
+        "softphone.replay.call.ended",
         "softphone.heartbeat.agent-8",
         API_COMMAND_SUBJECT,
         "$KV.SOFTPHONE_REGISTRY.agent-7",
@@ -236,6 +238,7 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
     for subject in [
         "softphone.cmd.agent-7",
         "softphone.loaded",
+        "softphone.replay.loaded",
         LOAD_REQUEST_SUBJECT,
         "$JS.API.STREAM.INFO.SOFTPHONE_COMMANDS",
     ] {
