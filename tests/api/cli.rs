@@ -223,6 +223,67 @@ fn configuration_errors_are_one_line_naming_the_key_and_its_source() {
     }
 }
 
+#[test]
+fn time_filters_refuse_what_no_stream_can_hold_naming_the_value() {
+    // Parsed before NATS is reached: the URL leads nowhere.
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", "nats://127.0.0.1:1")];
+    for (args, value, why) in [
+        (
+            vec!["dlq", "list", "--since"],
+            "99999999999days",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["dlq", "list", "--since"],
+            "1000years",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["dlq", "purge", "--yes", "--until"],
+            "1026-01-01T00:00:00Z",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["replay", "--yes", "--since"],
+            "1026-01-01T00:00:00Z",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["replay", "--since", "1h", "--until"],
+            "10000-01-01T00:00:00Z",
+            "after the year 9999",
+        ),
+        (
+            vec!["dlq", "replay", "--dry-run", "--since"],
+            "soonish",
+            "neither an RFC 3339 time nor a duration",
+        ),
+    ] {
+        let mut args = args;
+        args.push(value);
+        let out = bridge(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let flag = args[args.len() - 2];
+        assert!(
+            err.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{args:?} should name {value:?}: {err}"
+        );
+        assert!(err.contains(why), "{args:?} should say {why:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A range that cannot hold anything is refused before connecting.
+    for args in [
+        vec!["dlq", "list", "--since", "1h", "--until", "2h"],
+        vec!["replay", "--dry-run", "--since", "1h", "--until", "2h"],
+    ] {
+        let out = bridge(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("--until is before --since"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn provision_then_emit_validates_and_publishes_once() {
     let nats = start_nats().await;
