@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::contract::Guid;
 
 mod crm;
 mod http;
 mod nats;
+mod redact;
 mod secret;
 
 pub use crate::dispatch::CommandSettings;
@@ -24,6 +24,8 @@ pub use crate::registry::RegistrySettings;
 pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, TokenSettings};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
+pub use redact::redacted_url;
+use redact::{redact_opt, redact_url};
 pub use salesforce::{
     CallMemorySettings, DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction,
     PresenceSettings, SalesforceAuth, SalesforceSettings,
@@ -143,35 +145,6 @@ fn bucket_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a bucket name (letters, digits, '-', '_')"
         ))
-    }
-}
-
-/// A URL list with any `user:password@` part replaced, for logs and errors.
-pub fn redacted_url(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match (url.find("://"), url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}[redacted]@{}", &url[..scheme + 3], &url[at + 1..])
-            }
-            (None, Some(at)) => format!("[redacted]@{}", &url[at + 1..]),
-            _ => url.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redacted_url(url))
-}
-
-fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("[redacted]")
-}
-
-fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(secret) => redact(secret, s),
-        None => s.serialize_none(),
     }
 }
 
@@ -436,19 +409,11 @@ mod tests {
     }
 
     #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(
-            redacted_url("nats://bob:pw@a:4222, tls://tok@b:4222,c:4222"),
-            "nats://[redacted]@a:4222, tls://[redacted]@b:4222,c:4222"
-        );
-    }
-
-    #[test]
     fn secrets_are_redacted_in_the_rendered_config() {
         let settings = Settings {
             crm: CrmSettings::Webhook(WebhookSettings {
                 url: HttpUrl::try_from("https://crm.example/hook".to_owned()).unwrap(),
-                secret: SecretString::from("s3cr3t-value").into(),
+                secret: secrecy::SecretString::from("s3cr3t-value").into(),
                 timeout: Duration::from_secs(3),
             }),
             ..figment::Figment::new().extract::<Settings>().unwrap()
@@ -487,6 +452,67 @@ mod tests {
         ] {
             let err = webhook(bad).unwrap_err().to_string();
             assert!(err.contains("crm.secret") && err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_redacted_in_the_rendered_config_and_in_errors() {
+        let settings = Settings::from_toml(&format!(
+            "[nats]\nurl = \"nats://bob:nats-pw@n1:4222,tok-s3cr3t@n2:4222\"\n\
+             [crm]\nkind = \"webhook\"\nurl = \"http://user:hook-pw@crm.example/hook?tenant=7&token=tok-q\"\nsecret = \"s\"\n\
+             [crms.acme]\n{}",
+            SALESFORCE.replace(
+                "https://acme.my.salesforce.com",
+                "https://sf-user:sf-pw@acme.my.salesforce.com?session=sf-q"
+            )
+        ))
+        .unwrap();
+        let rendered = settings.to_redacted_toml();
+        let rendered_toml: toml::Table = toml::from_str(&rendered).unwrap();
+        assert_eq!(
+            rendered_toml["crm"]["url"].as_str(),
+            Some("http://[redacted]@crm.example/hook?tenant=7&token=[redacted]")
+        );
+        assert_eq!(
+            rendered_toml["crms"]["acme"]["login_url"].as_str(),
+            Some("https://[redacted]@acme.my.salesforce.com/?session=[redacted]")
+        );
+        let debug = format!("{settings:?}");
+        for secret in [
+            "nats-pw",
+            "tok-s3cr3t",
+            "hook-pw",
+            "tok-q",
+            "sf-user",
+            "sf-pw",
+            "sf-q",
+        ] {
+            assert!(!rendered.contains(secret), "{secret} in {rendered}");
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        // Values that are not URLs are shown redacted in the error.
+        for (key, bad) in [
+            (
+                "crm",
+                "[crm]\nkind = \"webhook\"\nsecret = \"s\"\nurl = \"ftp://u:hook-pw@x/\"\n",
+            ),
+            (
+                "crm",
+                "[crm]\nkind = \"webhook\"\nsecret = \"s\"\nurl = \"http://u:hook-pw@[x/?token=tok-q\"\n",
+            ),
+            (
+                "crms.acme",
+                &format!(
+                    "[crms.acme]\n{}",
+                    SALESFORCE.replace("https://acme.my.salesforce.com", "https://u:sf-pw@:99999/")
+                ),
+            ),
+        ] {
+            let err = Settings::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("[redacted]"), "{err}");
+            for secret in ["hook-pw", "tok-q", "sf-pw"] {
+                assert!(!err.contains(secret), "{secret} in {err}");
+            }
         }
     }
 

@@ -234,6 +234,12 @@ impl Reader {
 }
 
 pub async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+    if let DlqCommand::List { filters, .. }
+    | DlqCommand::Replay { filters, .. }
+    | DlqCommand::Purge { filters, .. } = &command
+    {
+        console::check_range(filters.since, filters.until)?;
+    }
     // Refuse before connecting: nothing can be confirmed without a terminal.
     if let DlqCommand::Replay {
         dry_run: false,

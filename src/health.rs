@@ -35,20 +35,23 @@ pub async fn check(settings: &HttpSettings, url: Option<Url>) -> anyhow::Result<
         .tls_danger_accept_invalid_certs(own && settings.tls.is_some())
         .build()
         .context("cannot build the HTTP client")?;
+    // What is printed of the URL (--url may carry credentials).
+    let shown = crate::config::redacted_url(url.as_str());
     let response = client
-        .get(url.clone())
+        .get(url)
         .send()
         .await
-        .with_context(|| format!("no answer from {url}"))?;
+        .map_err(reqwest::Error::without_url)
+        .with_context(|| format!("no answer from {shown}"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {
         bail!(
-            "{url} answered {status}: {}",
+            "{shown} answered {status}: {}",
             crate::text::truncate(body.trim(), MAX_BODY)
         );
     }
-    println!("{url}: {status}");
+    println!("{shown}: {status}");
     Ok(())
 }
 

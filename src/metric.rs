@@ -43,9 +43,10 @@ pub const READY: &str = "softphone_bridge_ready";
 /// Always 1, by `version`: which build each replica runs.
 pub const BUILD_INFO: &str = "softphone_bridge_build_info";
 
-/// `loaded` events refused because they name another partner than the one the
-/// softphone is bound to (dead-lettered with reason `partner conflict`). Only
-/// a conflict creates the series, so it is not in [`ALL`].
+/// Softphone events refused because they name another partner than the one
+/// the softphone is bound to (dead-lettered with reason `partner conflict`),
+/// by `type` (`loaded`, `agent.status_changed`). Only a conflict creates the
+/// series, so it is not in [`ALL`].
 pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
 
 /// Salesforce API calls used today, per org connection (`crm`), from `Sforce-Limit-Info`.
@@ -181,7 +182,7 @@ fn describe() {
     );
     describe_counter!(
         PARTNER_CONFLICTS,
-        "Loads refused for naming another partner than the softphone's bound one."
+        "Softphone events refused for naming another partner than the softphone's bound one, by event type."
     );
     describe_gauge!(
         SALESFORCE_API_USED,

@@ -3,9 +3,15 @@
 //! worker (and heartbeats) and read by the command API.
 //!
 //! A softphone's partner is bound by the first `loaded` that names one and
-//! stays bound while the entry lives: a later `loaded` naming another partner
-//! is refused ([`RegistryError::is_partner_conflict`]), so an event cannot
-//! move a live softphone into another partner's reach.
+//! stays bound while the entry lives. Every later fact obeys the binding: a
+//! `loaded` or a `status_changed` naming another partner changes nothing and
+//! is refused ([`RegistryError::is_partner_conflict`]), so one partner's
+//! events can neither move a live softphone into its reach nor touch another
+//! partner's softphone. Heartbeats name no partner: they never bind, never
+//! create an entry, and only refresh the last sign of life of a softphone the
+//! registry knows. (Until softphones log in with credentials of their own,
+//! the partner an event names is the publisher's word; with logins, the
+//! binding and the heartbeat's partner will come from the login.)
 
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
-use crate::contract::{AgentStatusChanged, Guid, Loaded, SoftphoneId};
+use crate::contract::{AgentStatusChanged, EventKind, Guid, Loaded, SoftphoneId};
 
 /// The softphone registry: softphone id -> partner, load time, presence, last seen.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -86,15 +92,15 @@ pub enum Sighting {
     },
     Status {
         status: Guid,
+        /// The partner the event names, checked against the binding (never bound by it).
+        partner: Option<Guid>,
         at: OffsetDateTime,
     },
-    /// A heartbeat: only the last sign of life.
-    Alive {
-        at: OffsetDateTime,
-    },
+    /// A heartbeat: only the last sign of life; it names no partner.
+    Alive { at: OffsetDateTime },
 }
 
-/// A `loaded` naming another partner than the one the entry is bound to.
+/// A fact naming another partner than the one the entry is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerConflict {
     pub bound: Guid,
@@ -110,6 +116,24 @@ impl Sighting {
         }
     }
 
+    /// The partner this sighting names, if any.
+    fn partner(&self) -> Option<&Guid> {
+        match self {
+            Sighting::Loaded { partner, .. } | Sighting::Status { partner, .. } => partner.as_ref(),
+            Sighting::Alive { .. } => None,
+        }
+    }
+
+    /// What the sighting came from, for the partner-conflict metric's `type`:
+    /// the event's name (`loaded`, `agent.status_changed`) or `heartbeat`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sighting::Loaded { .. } => EventKind::Loaded.name(),
+            Sighting::Status { .. } => EventKind::AgentStatusChanged.name(),
+            Sighting::Alive { .. } => "heartbeat",
+        }
+    }
+
     /// `entry` with this sighting merged in; newer facts win, whatever the
     /// order, except the partner: the first one named stays bound.
     pub fn merge(&self, softphone: &SoftphoneId, entry: Option<Entry>) -> Entry {
@@ -119,15 +143,11 @@ impl Sighting {
         }
     }
 
-    /// The partner conflict this sighting would cause in `entry`, if any.
+    /// The partner conflict this sighting would cause in `entry`, if any:
+    /// it names a partner, and the entry is bound to another.
     fn conflict(&self, entry: Option<&Entry>) -> Option<PartnerConflict> {
-        let (
-            Sighting::Loaded {
-                partner: Some(named),
-                ..
-            },
-            Some(bound),
-        ) = (self, entry.and_then(|e| e.partner_id.as_ref()))
+        let (Some(named), Some(bound)) =
+            (self.partner(), entry.and_then(|e| e.partner_id.as_ref()))
         else {
             return None;
         };
@@ -137,7 +157,7 @@ impl Sighting {
         })
     }
 
-    /// Like [`Sighting::merge`], refusing a `loaded` that names another
+    /// Like [`Sighting::merge`], refusing a sighting that names another
     /// partner than the bound one.
     pub fn try_merge(
         &self,
@@ -161,12 +181,13 @@ impl Sighting {
                 if entry.loaded_at.is_none_or(|t| t <= *at) {
                     entry.loaded_at = Some(*at);
                 }
-                // Bound once; a `loaded` naming none leaves the binding alone.
+                // Bound once, by a `loaded` only; one naming none leaves
+                // the binding alone.
                 if entry.partner_id.is_none() {
                     entry.partner_id = partner.clone();
                 }
             }
-            Sighting::Status { status, at }
+            Sighting::Status { status, at, .. }
                 if entry.presence_changed_at.is_none_or(|t| t <= *at) =>
             {
                 entry.presence_changed_at = Some(*at);
@@ -193,7 +214,7 @@ impl RegistryError {
         }
     }
 
-    /// A `loaded` naming another partner than the bound one.
+    /// An event naming another partner than the bound one.
     pub fn partner_conflict(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
@@ -260,7 +281,8 @@ impl Registry {
     }
 
     /// Records a `load`. A `load` naming another partner than the bound one
-    /// changes nothing, is counted, and fails with a partner conflict.
+    /// changes nothing, is counted, and fails with a partner conflict; the
+    /// first one naming a partner binds it.
     pub async fn loaded(&self, event: &Loaded, at: OffsetDateTime) -> Result<Entry, RegistryError> {
         let sighting = Sighting::Loaded {
             partner: event.partner_id.clone(),
@@ -281,7 +303,10 @@ impl Registry {
         self.record(softphone, &Sighting::Alive { at }, false).await
     }
 
-    /// Records a presence change; `None` when the event names no softphone instance.
+    /// Records a presence change; `None` when the event names no softphone
+    /// instance. Like a `load`, one naming another partner than the bound one
+    /// changes nothing (neither presence nor last sign of life), is counted,
+    /// and fails with a partner conflict; it never binds a partner.
     pub async fn status_changed(
         &self,
         event: &AgentStatusChanged,
@@ -292,6 +317,7 @@ impl Registry {
         };
         let sighting = Sighting::Status {
             status: event.softphone_id.clone(),
+            partner: event.partner_id.clone(),
             at,
         };
         self.record(softphone, &sighting, true).await
@@ -328,12 +354,15 @@ impl Registry {
             let entry = sighting
                 .try_merge(softphone, previous.clone())
                 .map_err(|conflict| {
-                    metrics::counter!(crate::metric::PARTNER_CONFLICTS).increment(1);
+                    let kind = sighting.kind();
+                    metrics::counter!(crate::metric::PARTNER_CONFLICTS, "type" => kind)
+                        .increment(1);
                     tracing::warn!(
                         softphone = %softphone,
+                        event = kind,
                         bound = %conflict.bound,
                         named = %conflict.named,
-                        "A load names another partner than the softphone's; refused."
+                        "An event names another partner than the softphone's; refused."
                     );
                     RegistryError::partner_conflict(format!(
                         "{softphone} is bound to partner {}; the event names {}",
@@ -449,10 +478,12 @@ mod tests {
             },
             Sighting::Status {
                 status: S1.parse().unwrap(),
+                partner: None,
                 at: at(1),
             },
             Sighting::Status {
                 status: S2.parse().unwrap(),
+                partner: Some(A.parse().unwrap()),
                 at: at(2),
             },
         ];
@@ -499,6 +530,59 @@ mod tests {
         let alive = Sighting::Alive { at: at(9) }.merge(&phone, Some(bound.clone()));
         assert_eq!(alive.last_seen, at(9));
         assert_eq!(alive.loaded_at, bound.loaded_at);
+    }
+
+    #[test]
+    fn status_changes_and_heartbeats_obey_the_binding() {
+        let phone = id("agent-1");
+        let status = |partner: Option<&str>, secs| Sighting::Status {
+            status: S1.parse().unwrap(),
+            partner: partner.map(|p| p.parse().unwrap()),
+            at: at(secs),
+        };
+        let bound = Sighting::Loaded {
+            partner: Some(A.parse().unwrap()),
+            at: at(0),
+        }
+        .merge(&phone, None);
+
+        // Another partner's status change touches neither presence nor last sign of life.
+        let conflict = status(Some(S2), 5)
+            .try_merge(&phone, Some(bound.clone()))
+            .unwrap_err();
+        assert_eq!((conflict.bound.as_str(), conflict.named.as_str()), (A, S2));
+        assert_eq!(
+            status(Some(S2), 5).merge(&phone, Some(bound.clone())),
+            bound
+        );
+        assert_eq!(status(Some(S2), 5).kind(), "agent.status_changed");
+
+        // The bound partner's (in any case), or one naming none, applies.
+        for partner in [Some(A.to_uppercase()), None] {
+            let applied = status(partner.as_deref(), 5)
+                .try_merge(&phone, Some(bound.clone()))
+                .unwrap();
+            assert_eq!(applied.presence_status.unwrap().as_str(), S1);
+            assert_eq!(applied.last_seen, at(5));
+        }
+
+        // A status change never binds: the first `loaded` naming a partner does.
+        let unbound = status(Some(S2), 1).merge(&phone, None);
+        assert_eq!(unbound.partner_id, None);
+        let loaded = Sighting::Loaded {
+            partner: Some(A.parse().unwrap()),
+            at: at(2),
+        }
+        .try_merge(&phone, Some(unbound))
+        .unwrap();
+        assert_eq!(loaded.partner_id.unwrap().as_str(), A);
+
+        // A heartbeat names no partner: it cannot conflict, bind or move one.
+        let beat = Sighting::Alive { at: at(9) };
+        assert_eq!(beat.kind(), "heartbeat");
+        let alive = beat.try_merge(&phone, Some(bound.clone())).unwrap();
+        assert_eq!(alive.partner_id, bound.partner_id);
+        assert_eq!(beat.merge(&phone, None).partner_id, None);
     }
 
     #[test]

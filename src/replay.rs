@@ -82,10 +82,7 @@ impl ReplayArgs {
                 known.join(", ")
             );
         }
-        if self.until.is_some_and(|until| until < self.since) {
-            bail!("--until is before --since");
-        }
-        Ok(())
+        console::check_range(Some(self.since), self.until)
     }
 
     /// The connection `event` is replayed through, `None` when the

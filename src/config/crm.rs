@@ -138,9 +138,10 @@ impl Serialize for WebhookSecrets {
     }
 }
 
-/// An absolute http(s) URL; any `user:password@` part is never echoed back.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
+/// An absolute http(s) URL. Shown (`check-config`, `Debug`, `Display`, errors)
+/// only with its secrets redacted ([`redacted_url`]); requests use it whole.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct HttpUrl(Url);
 
 impl HttpUrl {
@@ -161,9 +162,21 @@ impl TryFrom<String> for HttpUrl {
     }
 }
 
-impl From<HttpUrl> for String {
-    fn from(url: HttpUrl) -> String {
-        url.0.into()
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redacted_url(self.0.as_str()))
+    }
+}
+
+impl std::fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HttpUrl").field(&self.to_string()).finish()
+    }
+}
+
+impl Serialize for HttpUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

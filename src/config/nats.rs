@@ -6,10 +6,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::{redact_opt, redact_url};
+use super::{redact_opt, redact_url, redacted_url};
 
 /// Connection to NATS. At most one of token, user/password and creds_file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
     /// Server URL(s), comma separated: `nats://host:4222,tls://other:4222`.
@@ -50,6 +50,23 @@ impl Default for NatsSettings {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// The fields as derived, the URL redacted.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("name", &self.name)
+            .field("token", &self.token)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("creds_file", &self.creds_file)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
     }
 }
 

@@ -4,11 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::{Guid, HttpUrl, redact_opt};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use url::Url;
-
-use super::{Guid, redact_opt};
 
 /// A Salesforce org reached through its REST API.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -18,7 +16,7 @@ pub struct SalesforceSettings {
     pub auth: SalesforceAuth,
     /// Where tokens are requested: `https://login.salesforce.com`,
     /// `https://test.salesforce.com`, or the My Domain host (client credentials).
-    pub login_url: Url,
+    pub login_url: HttpUrl,
     /// The connected app's consumer key.
     pub client_id: String,
     /// The connected app's consumer secret (client credentials only).
@@ -308,12 +306,6 @@ impl SalesforceSettings {
     /// Cross-key checks: `Err((field, why))`.
     pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
         use secrecy::ExposeSecret;
-        if !matches!(self.login_url.scheme(), "http" | "https") {
-            return Err((
-                "login_url",
-                format!("{} is not an http(s) URL", self.login_url),
-            ));
-        }
         if self.client_id.is_empty() {
             return Err(("client_id", "must not be empty".into()));
         }
@@ -330,7 +322,7 @@ impl SalesforceSettings {
                 }
             }
             SalesforceAuth::ClientCredentials => {
-                let host = self.login_url.host_str().unwrap_or_default();
+                let host = self.login_url.as_url().host_str().unwrap_or_default();
                 if matches!(host, "login.salesforce.com" | "test.salesforce.com") {
                     return Err((
                         "login_url",

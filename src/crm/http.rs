@@ -40,7 +40,7 @@ pub async fn classify_response(response: Response) -> Result<Response, CrmError>
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split('?').next().unwrap_or_default().to_owned())
+            .map(|v| crate::config::redacted_url(v.split('?').next().unwrap_or_default()))
             .unwrap_or_default();
         return Err(CrmError::Unavailable {
             reason: format!(
@@ -88,8 +88,8 @@ pub fn transport_error(error: reqwest::Error) -> CrmError {
     } else {
         "request failed"
     };
-    // reqwest's text can hold the URL; the URL is config, not a secret, but
-    // the query string might be: strip it.
+    // reqwest's text can hold the URL, whose userinfo or query may carry
+    // credentials: leave it out.
     CrmError::Unavailable {
         reason: format!("CRM {what}: {}", error.without_url()),
         retry_after: None,

@@ -223,6 +223,194 @@ fn configuration_errors_are_one_line_naming_the_key_and_its_source() {
     }
 }
 
+/// Secrets a test puts in URLs, none of which may be shown anywhere.
+const URL_SECRETS: [&str; 5] = [
+    "hook-s3cret",
+    "q-s3cret",
+    "sf-s3cret",
+    "sf-q-s3cret",
+    "nats-s3cret",
+];
+
+/// A webhook URL with credentials in its userinfo and its query, at `authority`.
+fn webhook_url_with_secrets(authority: &str) -> String {
+    format!("http://hook-user:hook-s3cret@{authority}/hook?tenant=7&token=q-s3cret")
+}
+
+fn assert_no_url_secret(text: &str) {
+    for secret in URL_SECRETS {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+}
+
+#[test]
+fn check_config_and_errors_redact_the_credentials_of_every_url() {
+    let file = config_file(&format!(
+        "[crm]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"s\"\n\
+         [crms.sf]\nkind = \"salesforce\"\nauth = \"client_credentials\"\n\
+         login_url = \"https://sf-user:sf-s3cret@acme.my.salesforce.com/?sig=sf-q-s3cret\"\n\
+         client_id = \"k\"\nclient_secret = \"c\"\n",
+        webhook_url_with_secrets("crm.example")
+    ));
+    let config = file.path().to_str().unwrap();
+    let env = [(
+        "SOFTPHONE_BRIDGE_NATS__URL",
+        "nats://bridge:nats-s3cret@127.0.0.1:1",
+    )];
+    let out = bridge(&["check-config", "--config", config], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_no_url_secret(&text);
+    let rendered: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(
+        rendered["crm"]["url"].as_str(),
+        Some("http://[redacted]@crm.example/hook?tenant=7&token=[redacted]")
+    );
+    assert_eq!(
+        rendered["crms"]["sf"]["login_url"].as_str(),
+        Some("https://[redacted]@acme.my.salesforce.com/?sig=[redacted]")
+    );
+
+    // A URL that is not one is named in the error, redacted.
+    let bad = [(
+        "SOFTPHONE_BRIDGE_CRM__URL",
+        "ftp://u:hook-s3cret@x/?token=q-s3cret",
+    )];
+    let out = bridge(&["check-config", "--config", config], &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains(r#"url "ftp://[redacted]@x/?token=[redacted]" is not an http(s) URL"#),
+        "{}",
+        stderr(&out)
+    );
+    assert_no_url_secret(&stderr(&out));
+}
+
+/// The running bridge and `doctor` with a webhook that refuses connections:
+/// the failures are logged, counted and reported without the URL's secrets.
+#[tokio::test]
+async fn url_credentials_never_reach_logs_errors_or_metrics() {
+    let nats = start_nats().await;
+    let dead = webhook_url_with_secrets(&format!("127.0.0.1:{}", free_port()));
+    let ops = format!("127.0.0.1:{}", free_port());
+    let config = bridge_config(
+        &dead,
+        &format!("[lanes]\npause_after = 1\n[http]\nops_listen = \"{ops}\"\n"),
+    );
+    let replica = Bridge::start(&nats.url, &config);
+    let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    eventually("the bridge to provision the streams", || async {
+        js.get_stream(EVENTS_STREAM).await.ok().map(drop)
+    })
+    .await;
+    publish(
+        &js,
+        softphone_bridge::contract::EventKind::CallAccepted,
+        &call_body(&conversation(), ""),
+        None,
+    )
+    .await;
+    replica
+        .logged_line(&["lane paused", "CRM connection failed"])
+        .await;
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("softphone_bridge_lane_paused"),
+        "{metrics}"
+    );
+    assert_no_url_secret(&metrics);
+
+    let file = config_file(&config);
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", nats.url.as_str())];
+    let doctor = bridge(&["doctor", "--config", file.path().to_str().unwrap()], &env);
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(report.contains("✗ crm crm (webhook)"), "{report}");
+    assert_no_url_secret(&report);
+    assert_no_url_secret(&stderr(&doctor));
+
+    // The health probe names the URL it was given, redacted.
+    let health = bridge(&["health", "--url", &dead], &[]);
+    assert_eq!(health.status.code(), Some(1));
+    assert!(
+        stderr(&health).contains("no answer from http://[redacted]@127.0.0.1:"),
+        "{}",
+        stderr(&health)
+    );
+    assert_no_url_secret(&stderr(&health));
+
+    replica.terminate();
+    let (_, logs) = replica.wait().await;
+    assert!(logs.contains("CRM connection failed"), "{logs}");
+    assert_no_url_secret(&logs);
+}
+
+#[test]
+fn time_filters_refuse_what_no_stream_can_hold_naming_the_value() {
+    // Parsed before NATS is reached: the URL leads nowhere.
+    let env = [("SOFTPHONE_BRIDGE_NATS__URL", "nats://127.0.0.1:1")];
+    for (args, value, why) in [
+        (
+            vec!["dlq", "list", "--since"],
+            "99999999999days",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["dlq", "list", "--since"],
+            "1000years",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["dlq", "purge", "--yes", "--until"],
+            "1026-01-01T00:00:00Z",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["replay", "--yes", "--since"],
+            "1026-01-01T00:00:00Z",
+            "before the Unix epoch",
+        ),
+        (
+            vec!["replay", "--since", "1h", "--until"],
+            "10000-01-01T00:00:00Z",
+            "after the year 9999",
+        ),
+        (
+            vec!["dlq", "replay", "--dry-run", "--since"],
+            "soonish",
+            "neither an RFC 3339 time nor a duration",
+        ),
+    ] {
+        let mut args = args;
+        args.push(value);
+        let out = bridge(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let flag = args[args.len() - 2];
+        assert!(
+            err.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{args:?} should name {value:?}: {err}"
+        );
+        assert!(err.contains(why), "{args:?} should say {why:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A range that cannot hold anything is refused before connecting.
+    for args in [
+        vec!["dlq", "list", "--since", "1h", "--until", "2h"],
+        vec!["replay", "--dry-run", "--since", "1h", "--until", "2h"],
+    ] {
+        let out = bridge(&args, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("--until is before --since"), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn provision_then_emit_validates_and_publishes_once() {
     let nats = start_nats().await;

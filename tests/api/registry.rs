@@ -1,5 +1,6 @@
 //! The softphone registry, filled by `loaded` and `status_changed` events
-//! handled by two replicas at once, read through the API.
+//! handled by two replicas at once, read through the API; the partner binding
+//! every softphone event and heartbeat obeys.
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -220,8 +221,90 @@ async fn a_spoofed_load_cannot_widen_a_tokens_reach() {
     );
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("softphone_bridge_partner_conflicts_total 1"),
+        metrics.contains(r#"softphone_bridge_partner_conflicts_total{type="loaded"} 1"#),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+/// An entry's `lastSeen`.
+fn last_seen(entry: &Value) -> time::OffsetDateTime {
+    let text = entry["lastSeen"].as_str().expect("lastSeen");
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// A status change as a softphone publishes it.
+fn status_change(status: &str, softphone: &str, partner: &str) -> String {
+    format!(r#"{{"softphoneId":"{status}","instanceId":"{softphone}","partnerId":"{partner}"}}"#)
+}
+
+#[tokio::test]
+async fn another_partners_status_change_is_refused_and_heartbeats_bind_nothing() {
+    let nats = start_nats().await;
+    let settings = http_settings(&nats.url);
+    let app = spawn_http_app(nats, settings).await;
+    app.load("agent-a", Some(PARTNER)).await;
+    let mut dead_letters = app.dead_letters().await;
+
+    // Partner A's own status change applies.
+    let own = status_change(STATUSES[0], "agent-a", PARTNER);
+    app.publish(EventKind::AgentStatusChanged, &own, None).await;
+    app.settled().await;
+    let before = app.entry("agent-a").await;
+    assert_eq!(before["presenceStatus"], STATUSES[0], "{before}");
+
+    // Partner B names A's softphone: dead-lettered, A's entry untouched.
+    let spoof = status_change(STATUSES[1], "agent-a", OTHER_PARTNER);
+    app.publish(EventKind::AgentStatusChanged, &spoof, None)
+        .await;
+    let dead = dead_letters.next().await;
+    assert_eq!(header(&dead, "Softphone-Dlq-Reason"), "partner conflict");
+    assert_eq!(
+        header(&dead, "Softphone-Original-Subject"),
+        "softphone.agent.status_changed"
+    );
+    assert_eq!(dead.payload.as_ref(), spoof.as_bytes());
+    app.settled().await;
+    assert_eq!(
+        app.entry("agent-a").await,
+        before,
+        "neither presence nor last sign of life moved"
+    );
+
+    // A's traffic still flows: its next status change applies.
+    let later = status_change(STATUSES[2], "agent-a", PARTNER);
+    app.publish(EventKind::AgentStatusChanged, &later, None)
+        .await;
+    app.settled().await;
+    let after = app.entry("agent-a").await;
+    assert_eq!(after["presenceStatus"], STATUSES[2], "{after}");
+    assert_eq!(after["partnerId"], PARTNER);
+    assert!(last_seen(&after) > last_seen(&before), "{after}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .contains(r#"softphone_bridge_partner_conflicts_total{type="agent.status_changed"} 1"#),
+        "{metrics}"
+    );
+
+    // Heartbeats name no partner: they refresh the last sign of life and
+    // neither bind an unbound softphone nor move a bound one.
+    app.load("agent-free", None).await;
+    for (softphone, partner) in [("agent-free", None), ("agent-a", Some(PARTNER))] {
+        let seen = last_seen(&app.entry(softphone).await);
+        app.client
+            .publish(format!("softphone.heartbeat.{softphone}"), "".into())
+            .await
+            .unwrap();
+        let entry = eventually("the heartbeat to reach the registry", || async {
+            let entry = app.entry(softphone).await;
+            (last_seen(&entry) > seen).then_some(entry)
+        })
+        .await;
+        assert_eq!(entry["partnerId"].as_str(), partner, "{entry}");
+    }
+    // The unbound softphone is still bound by its first `loaded` naming a partner.
+    app.load("agent-free", Some(OTHER_PARTNER)).await;
+    assert_eq!(app.entry("agent-free").await["partnerId"], OTHER_PARTNER);
     app.stop().await;
 }

@@ -90,7 +90,7 @@ impl TokenSource {
                 let audience = settings
                     .audience
                     .clone()
-                    .unwrap_or_else(|| default_audience(&settings.login_url));
+                    .unwrap_or_else(|| default_audience(settings.login_url.as_url()));
                 Grant::JwtBearer {
                     key,
                     client_id: settings.client_id.clone(),
@@ -109,7 +109,7 @@ impl TokenSource {
         Ok(Self {
             client,
             timeout: Some(settings.timeout),
-            token_url: settings.login_url.join("/services/oauth2/token")?,
+            token_url: settings.login_url.as_url().join("/services/oauth2/token")?,
             grant,
             ttl: settings.token_ttl,
             current: tokio::sync::Mutex::new(None),

@@ -250,7 +250,7 @@ fn unavailable(bucket: &str, why: &str) -> CrmError {
 pub(crate) fn org_key(settings: &SalesforceSettings) -> String {
     let identity = format!(
         "{} {} {}",
-        settings.login_url.as_str().trim_end_matches('/'),
+        settings.login_url.as_url().as_str().trim_end_matches('/'),
         settings.client_id,
         settings.username.as_deref().unwrap_or_default()
     );
