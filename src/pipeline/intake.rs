@@ -331,10 +331,16 @@ impl Intake {
                 };
                 continue;
             }
-            match delivery.apply(&self.js, message, &fate).await {
-                Ok(()) => return,
-                Err(held) => fate = held,
+            // A fate that could not be carried out (the dead-letter stream
+            // did not take the copy) is carried out again, never replaced:
+            // an event refused for itself is not copied after all.
+            while let Err(held) = delivery.apply(&self.js, message, &fate).await {
+                if let Outcome::Hold { reason, .. } = &held {
+                    tracing::warn!(%reason, "Cannot carry out the event's fate; holding it.");
+                }
+                tokio::time::sleep(self.settings.worker.backoff_after(1)).await;
             }
+            return;
         }
     }
 }

@@ -241,3 +241,42 @@ async fn a_lane_paused_longer_than_the_ack_wait_sends_nothing_twice_and_spends_n
     let (status, _) = bridge.wait().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_dead_letter_nats_cannot_store_yet_is_held_and_never_routed_instead() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    let bridge = Bridge::start(&nats.url, &bridge_config(&crm.url(), ""));
+    replicas_pulling(&js, &defaults(), 1).await;
+
+    // No dead-letter stream for a while: NATS's trouble, not the event's.
+    js.delete_stream(DLQ_STREAM).await.unwrap();
+    let body = call_body(&conversation(), r#""notes":"bad""#);
+    publish(
+        &js,
+        EventKind::CallNotesSubmitted,
+        &body,
+        Some("bad\u{1}id"),
+    )
+    .await;
+    let ids = good_events(&js, "meanwhile", 10).await;
+    each_once(&crm, &ids).await;
+    bridge
+        .logged("Cannot dead-letter the event; holding it.")
+        .await;
+
+    softphone_bridge::provision::apply(&js, &defaults())
+        .await
+        .unwrap();
+    let letter = DeadLetters::open(&js).await.next().await;
+    assert!(header(&letter, dlq_header::REASON).starts_with("invalid event id"));
+    settled(&js, &defaults()).await;
+    assert!(
+        crm.drain().await.is_empty(),
+        "the refused event never reached the CRM"
+    );
+    bridge.terminate();
+    let (status, _) = bridge.wait().await;
+    assert!(status.success());
+}
