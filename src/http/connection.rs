@@ -336,6 +336,8 @@ pub struct Table {
     max: usize,
     open: Mutex<BTreeMap<u64, Arc<Connection>>>,
     next: std::sync::atomic::AtomicU64,
+    /// Connections closed since [`Table::closed_since`] last looked.
+    closed: std::sync::atomic::AtomicUsize,
 }
 
 impl Table {
@@ -346,6 +348,7 @@ impl Table {
             max,
             open: Mutex::default(),
             next: Default::default(),
+            closed: Default::default(),
         })
     }
 
@@ -386,6 +389,11 @@ impl Table {
             .increment(1);
     }
 
+    /// How many connections closed since the last call.
+    pub fn closed_since(&self) -> usize {
+        self.closed.swap(0, Ordering::Relaxed)
+    }
+
     fn count(&self, open: usize) {
         metrics::gauge!(metric::HTTP_CONNECTIONS, "listener" => self.listener).set(open as f64);
     }
@@ -412,6 +420,7 @@ impl Drop for Admitted {
         let mut open = self.table.open();
         open.remove(&self.connection.id);
         self.table.count(open.len());
+        self.table.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
