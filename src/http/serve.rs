@@ -291,7 +291,7 @@ pub fn raise_open_files(listeners: usize, max_connections: usize) {
         tracing::warn!(
             open_files = limit.rlim_cur,
             needed,
-            "The open-file limit is below what http.max_connections needs: past it, connections wait unaccepted."
+            "The open-file limit is below what http.max_connections needs: past it, accepting connections and calling CRMs fail."
         );
     }
 }
