@@ -166,21 +166,19 @@ impl Raw {
     }
 }
 
-/// Opens `count` connections that each send only [`HALF_SENT`]; each watcher
+/// Opens `count` connections that each send only `sent` ([`HALF_SENT`]); each watcher
 /// returns how long after its bytes the server closed it (never answering),
 /// or `None` while it stays open (up to [`PATIENCE`]). `closed` counts them.
 async fn flood(
     addr: SocketAddr,
     count: usize,
+    sent: &'static [u8],
     closed: Arc<AtomicUsize>,
 ) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
     let opened = futures::stream::iter(0..count)
         .map(|_| async move {
             let mut stream = TcpStream::connect(addr).await.expect("loopback connects");
-            stream
-                .write_all(HALF_SENT)
-                .await
-                .expect("the bytes are sent");
+            stream.write_all(sent).await.expect("the bytes are sent");
             (stream, Instant::now())
         })
         .buffer_unordered(64);
@@ -362,7 +360,7 @@ async fn half_sent_requests_are_closed_within_the_header_timeout_and_cost_nothin
     let peaks = Peaks::watch(pid);
 
     let closed = Arc::new(AtomicUsize::new(0));
-    let flooding = tokio::spawn(flood(setup.api, FLOOD, Arc::clone(&closed)));
+    let flooding = tokio::spawn(flood(setup.api, FLOOD, HALF_SENT, Arc::clone(&closed)));
     // Through the flood, readiness and a CRM's command answer promptly, each
     // on a connection of its own.
     let (mut probes, mut slowest) = (0, Duration::ZERO);
@@ -450,7 +448,7 @@ async fn at_the_connection_cap_unauthenticated_connections_are_shed_and_crms_ser
     assert_eq!(crm.request(&command()).await.map(|a| a.0), Some(202));
     // Each newcomer beyond the cap closes the oldest half-sent connection.
     let closed = Arc::new(AtomicUsize::new(0));
-    let watchers = flood(setup.api, FLOOD, Arc::clone(&closed)).await;
+    let watchers = flood(setup.api, FLOOD, HALF_SENT, Arc::clone(&closed)).await;
     eventually("the oldest half-sent connections to be shed", || async {
         (closed.load(Ordering::Relaxed) == FLOOD - (CAP - 1)).then_some(())
     })
@@ -510,7 +508,13 @@ async fn sigterm_with_hundreds_of_half_sent_requests_stops_within_the_deadline_a
     .await;
     let traffic = Traffic::start(&setup);
     let closed = Arc::new(AtomicUsize::new(0));
-    let watchers = flood(setup.api, HALF_SENT_REQUESTS, Arc::clone(&closed)).await;
+    let watchers = flood(
+        setup.api,
+        HALF_SENT_REQUESTS,
+        HALF_SENT,
+        Arc::clone(&closed),
+    )
+    .await;
     // Each is a descriptor of the process, besides its standard streams,
     // listener and NATS connections.
     eventually("the bridge to hold every half-sent request", || async {
@@ -569,5 +573,77 @@ async fn sigterm_with_hundreds_of_half_sent_requests_stops_within_the_deadline_a
     assert!(stopped <= DEADLINE + DRAIN, "{stopped:?}");
     for watcher in watchers {
         assert!(watcher.await.unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn tls_handshakes_that_never_finish_are_closed_within_the_header_timeout() {
+    const SILENT: usize = 100;
+    let nats = start_nats().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let mut settings = http_settings(&nats.url);
+    settings.http.header_read_timeout = Duration::from_secs(1);
+    settings.http.tls = Some(softphone_bridge::config::HttpTls {
+        cert_file,
+        key_file,
+    });
+    let (shutdown, task, addr, _) = start_replica(settings).await;
+
+    // Connections that say nothing, and others that start a ClientHello
+    // (a handshake record's header) and stop.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut watchers = flood(addr, SILENT, b"", Arc::clone(&closed)).await;
+    watchers.extend(
+        flood(
+            addr,
+            SILENT,
+            &[0x16, 0x03, 0x01, 0x02, 0x00],
+            Arc::clone(&closed),
+        )
+        .await,
+    );
+    // A client that completes its handshake is served meanwhile.
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", addr.port());
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let mut latest = Duration::ZERO;
+    for watcher in watchers {
+        latest = latest.max(watcher.await.unwrap().expect("closed by the server"));
+    }
+    eprintln!(
+        "{} unfinished TLS handshakes closed within {latest:?}",
+        2 * SILENT
+    );
+    assert!(latest <= Duration::from_secs(2), "{latest:?}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    drop(nats);
+}
+
+#[test]
+fn connection_settings_have_defaults_and_refuse_zero() {
+    let defaults = softphone_bridge::config::Settings::from_toml("")
+        .unwrap()
+        .http;
+    assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.max_connections, 1024);
+    for (toml, key) in [
+        ("header_read_timeout = \"0s\"", "http.header_read_timeout"),
+        ("idle_timeout = \"0s\"", "http.idle_timeout"),
+        ("max_connections = 0", "http.max_connections"),
+        ("max_connection = 10", "max_connection"),
+    ] {
+        let err = softphone_bridge::config::Settings::from_toml(&format!("[http]\n{toml}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{key}: {err}");
     }
 }
