@@ -7,6 +7,7 @@ pub mod ops;
 pub mod problem;
 mod routes;
 mod serve;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
 
-use super::connection::{Admitted, Connection, ConnectionMark, Exchange, Table, Timeouts, Tracked};
+use super::connection::{Connection, ConnectionMark, Exchange, Timeouts, Tracked};
+use super::table::{Admitted, Table};
 use crate::config::{HttpSettings, HttpTls};
 
 /// The largest request head (request line and headers) read; a larger one is

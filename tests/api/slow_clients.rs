@@ -5,14 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use softphone_bridge::contract::EventKind;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
@@ -124,137 +122,6 @@ fn get_softphone() -> String {
     )
 }
 
-/// An HTTP/1.1 connection driven by hand, kept alive between requests.
-struct Raw(BufReader<TcpStream>);
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Raw> {
-        let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr)).await??;
-        Ok(Raw(BufReader::new(stream)))
-    }
-
-    /// Sends `text`, reads the answer (status, body); `None` if the
-    /// connection closed or said nothing in time.
-    async fn request(&mut self, text: &str) -> Option<(u16, String)> {
-        self.0.get_mut().write_all(text.as_bytes()).await.ok()?;
-        tokio::time::timeout(PATIENCE, self.answer()).await.ok()?
-    }
-
-    async fn answer(&mut self) -> Option<(u16, String)> {
-        let mut status = None;
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if self.0.read_line(&mut line).await.ok()? == 0 {
-                return None;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if status.is_none() {
-                status = line.split(' ').nth(1)?.parse().ok();
-            } else if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().ok()?;
-            }
-        }
-        let mut body = vec![0; length];
-        self.0.read_exact(&mut body).await.ok()?;
-        Some((status?, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
-/// Opens `count` connections that each send only `sent` ([`HALF_SENT`]); each watcher
-/// returns how long after its bytes the server closed it (never answering),
-/// or `None` while it stays open (up to [`PATIENCE`]). `closed` counts them.
-async fn flood(
-    addr: SocketAddr,
-    count: usize,
-    sent: &'static [u8],
-    closed: Arc<AtomicUsize>,
-) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
-    let opened = futures::stream::iter(0..count)
-        .map(|_| async move {
-            let mut stream = TcpStream::connect(addr).await.expect("loopback connects");
-            stream.write_all(sent).await.expect("the bytes are sent");
-            (stream, Instant::now())
-        })
-        .buffer_unordered(64);
-    opened
-        .map(|(stream, sent)| tokio::spawn(closed_after(stream, sent, Arc::clone(&closed))))
-        .collect()
-        .await
-}
-
-/// How long after `sent` the server closed `stream` without answering;
-/// `None` if it is still open after [`PATIENCE`].
-async fn closed_after(
-    mut stream: TcpStream,
-    sent: Instant,
-    closed: Arc<AtomicUsize>,
-) -> Option<Duration> {
-    let mut answer = Vec::new();
-    // A reset (the server closed with our bytes unread) is a close too.
-    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
-        .await
-        .ok()?;
-    assert!(answer.is_empty(), "a half-sent request gets no answer");
-    closed.fetch_add(1, Ordering::Relaxed);
-    Some(sent.elapsed())
-}
-
-/// The process's open file descriptors.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|dir| dir.count())
-        .unwrap_or(0)
-}
-
-/// The process's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The highest open fds and RSS seen, sampled every 20 ms until stopped.
-struct Peaks {
-    fds: Arc<AtomicUsize>,
-    rss: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Peaks {
-    fn watch(pid: u32) -> Peaks {
-        let fds = Arc::new(AtomicUsize::new(0));
-        let rss = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn({
-            let (fds, rss) = (Arc::clone(&fds), Arc::clone(&rss));
-            async move {
-                loop {
-                    fds.fetch_max(open_fds(pid), Ordering::Relaxed);
-                    rss.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
-        Peaks { fds, rss, task }
-    }
-
-    fn stop(self) -> (usize, u64) {
-        self.task.abort();
-        (
-            self.fds.load(Ordering::Relaxed),
-            self.rss.load(Ordering::Relaxed),
-        )
-    }
-}
-
 /// Good events published one after another while a test runs, and when each
 /// reached the CRM.
 struct Traffic {
@@ -336,14 +203,6 @@ impl Traffic {
     }
 }
 
-/// The value of the sample `series` (name and labels, as rendered), 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn half_sent_requests_are_closed_within_the_header_timeout_and_cost_nothing_lasting() {
     const FLOOD: usize = 3000;
@@ -414,7 +273,10 @@ async fn half_sent_requests_are_closed_within_the_header_timeout_and_cost_nothin
     eprintln!("after: fds {fds_after}, VmRSS {rss_after} KiB");
     let metrics = setup.metrics().await;
     let timeouts = r#"softphone_bridge_http_connections_dropped_total{listener="api",reason="header_timeout"}"#;
-    assert!(sample(&metrics, timeouts) >= FLOOD as f64, "{metrics}");
+    assert!(
+        sample_value(&metrics, timeouts) >= Some(FLOOD as f64),
+        "{metrics}"
+    );
 
     // A header flood is still a 431 that costs its connection only.
     let mut flood_of_headers = Raw::connect(setup.api).await.unwrap();
@@ -482,11 +344,11 @@ async fn at_the_connection_cap_unauthenticated_connections_are_shed_and_crms_ser
         let series = format!(
             r#"softphone_bridge_http_connections_dropped_total{{listener="api",reason="{reason}"}}"#
         );
-        sample(&metrics, &series)
+        sample_value(&metrics, &series).unwrap_or(0.0)
     };
     assert_eq!(dropped("shed"), FLOOD as f64, "{metrics}");
     assert!(dropped("refused") >= 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, OPEN), CAP as f64, "{metrics}");
+    assert_eq!(sample_value(&metrics, OPEN), Some(CAP as f64), "{metrics}");
     for watcher in watchers {
         assert!(watcher.await.unwrap().is_some());
     }
