@@ -35,7 +35,7 @@ pub enum Expiry {
 }
 
 impl Expiry {
-    /// The `reason` label of [`metric::HTTP_CONNECTIONS_DROPPED`]; `None` for
+    /// The `reason` label of [`crate::metric::HTTP_CONNECTIONS_DROPPED`]; `None` for
     /// the ordinary end of a kept-alive connection.
     pub fn reason(self) -> Option<&'static str> {
         match self {
@@ -71,8 +71,9 @@ struct State {
     exchanges: usize,
 }
 
-/// One open connection, shared by its task, its listener's [`Table`](super::table::Table), the I/O
-/// that [`Watched`] counts and the requests it carries ([`ConnectionMark`]).
+/// One open connection, shared by its task, its listener's
+/// [`Table`](super::table::Table), the I/O that [`Watched`] counts and the
+/// requests it carries ([`ConnectionMark`]).
 pub struct Connection {
     /// Its place in its table, in order of arrival.
     pub(super) id: u64,
@@ -183,7 +184,7 @@ impl Connection {
 }
 
 /// The connection a request came on, in its extensions: the authentication
-/// middleware marks it, so the table sheds it last.
+/// middleware marks it, and its table never sheds it after that.
 #[derive(Clone)]
 pub struct ConnectionMark(Arc<Connection>);
 
