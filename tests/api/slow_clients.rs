@@ -17,8 +17,9 @@ use crate::helpers::*;
 /// The command API's open connections.
 const OPEN: &str = r#"softphone_bridge_http_connections{listener="api"}"#;
 
-/// The most a good event may take to reach the CRM, floods or not.
-const LATE: Duration = Duration::from_secs(2);
+/// The most a good event, a readiness probe or a CRM's command may take,
+/// floods or not, on a machine shared with other tests.
+const PROMPT: Duration = Duration::from_secs(3);
 
 /// What a hostile client sends before it falls silent.
 const HALF_SENT: &[u8] = b"POST /v1/";
@@ -171,7 +172,7 @@ impl Traffic {
     }
 
     /// Stops publishing; checks that every good event reached the CRM once
-    /// and none later than [`LATE`].
+    /// and none later than [`PROMPT`].
     async fn check(self) {
         self.stop.store(true, Ordering::Relaxed);
         let published = self.publisher.await.unwrap();
@@ -199,7 +200,7 @@ impl Traffic {
         let events = published.len();
         eprintln!("{events} good events, each once, the latest {latest:?} after publishing");
         assert!(events > 0, "good traffic flowed");
-        assert!(latest < LATE, "{latest:?}");
+        assert!(latest < PROMPT, "{latest:?}");
     }
 }
 
@@ -251,11 +252,11 @@ async fn half_sent_requests_are_closed_within_the_header_timeout_and_cost_nothin
         closed_after[0]
     );
     assert!(
-        latest <= HEADER_TIMEOUT + Duration::from_secs(1),
+        latest <= HEADER_TIMEOUT + Duration::from_millis(1500),
         "closed within the header timeout: {latest:?}"
     );
     assert!(probes >= 3, "probed during the flood");
-    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    assert!(slowest < PROMPT, "{slowest:?}");
     assert!(fds_peak <= fds_before + FLOOD + 64, "{fds_peak}");
     assert!(rss_peak <= rss_before + 150 * 1024, "{rss_peak} KiB");
 
