@@ -27,7 +27,7 @@ struct Caller(usize);
 
 /// Answers 401 unless the request carries a configured token; runs before
 /// the in-flight permit is taken and before any byte of the body is read. A
-/// connection that carried a token is shed last when its listener is full.
+/// connection that carried a token is never shed to make room for another.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
