@@ -317,6 +317,7 @@ async fn at_the_connection_cap_unauthenticated_connections_are_shed_and_crms_ser
     })
     .await;
     let fds = open_fds(pid);
+    eprintln!("{FLOOD} half-sent connections at a cap of {CAP}: fds {fds_before} -> {fds}");
     assert!(fds <= fds_before + CAP + 8, "{fds_before} -> {fds}");
     // The CRM is still served on its connection, and a new CRM connection too.
     assert_eq!(crm.request(&command()).await.map(|a| a.0), Some(202));
