@@ -33,6 +33,17 @@ pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
 pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
 /// HTTP request latency, by `route` and `method`.
 pub const HTTP_DURATION: &str = "softphone_bridge_http_request_duration_seconds";
+/// HTTP connections open now, by `listener` (`api`: `http.listen`, `ops`:
+/// `http.ops_listen`).
+pub const HTTP_CONNECTIONS: &str = "softphone_bridge_http_connections";
+/// HTTP connections the server closed to protect itself, by `listener` and
+/// `reason`: `shed` (closed to make room for a new one: open, not
+/// authenticated, not being answered), `refused` (new, with every open one
+/// authenticated or being answered), `header_timeout` (its request head did
+/// not arrive within `http.header_read_timeout`), `stalled` (its client read
+/// nothing of a response for `http.idle_timeout`). Only a drop creates the
+/// series, so it is not in [`ALL`].
+pub const HTTP_CONNECTIONS_DROPPED: &str = "softphone_bridge_http_connections_dropped_total";
 /// How old an event was when its lane acked it (now minus its publish time in
 /// `SOFTPHONE_EVENTS`), by `lane` and `type`: whether screen pops and call
 /// logs are on time.
@@ -64,7 +75,7 @@ pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 pub const SALESFORCE_TASK_KNOWLEDGE: &str = "softphone_bridge_salesforce_task_knowledge_total";
 
 /// Every documented series (the metrics test checks that each one shows up).
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     EVENTS,
     IN_FLIGHT,
     REDELIVERIES,
@@ -78,6 +89,7 @@ pub const ALL: [&str; 16] = [
     COMMANDS,
     HTTP_REQUESTS,
     HTTP_DURATION,
+    HTTP_CONNECTIONS,
     EVENT_AGE,
     BUILD_INFO,
     READY,
@@ -166,6 +178,11 @@ fn describe() {
         HTTP_DURATION,
         Unit::Seconds,
         "HTTP request latency, by route and method."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open now, by listener.");
+    describe_counter!(
+        HTTP_CONNECTIONS_DROPPED,
+        "HTTP connections closed by the server to protect itself, by listener and reason."
     );
     describe_histogram!(
         EVENT_AGE,

@@ -249,7 +249,8 @@ impl Application {
 /// The longest a replica takes to stop once asked to, NATS slow or
 /// unreachable, as [`Application::run_until`] does it: in-flight events get
 /// `worker.shutdown_deadline` (then what is left is nak'd at once) while the
-/// HTTP server drains alongside, each request bounded by `http.request_timeout`;
+/// HTTP server stops alongside: idle and half-sent connections closed at once,
+/// requests being answered given `http.request_timeout`, then closed too;
 /// then the command service and the heartbeat listener get
 /// `nats.request_timeout`, together; then each of the two NATS connections is
 /// flushed and drained, each step within `nats.request_timeout`. An

@@ -29,6 +29,20 @@ pub struct HttpSettings {
     /// Command API requests handled at once; more are refused with 503 at once
     /// (health and metrics are not counted).
     pub max_in_flight: usize,
+    /// How long a client may take to send a request's head (request line and
+    /// headers): for the first request, from the connection's opening (its TLS
+    /// handshake included); for a later one, from its first byte. Past it the
+    /// connection is closed without an answer.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request, and a
+    /// response for its client to read any of it; then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once on each listener. A new one beyond it closes
+    /// the oldest connection that has made no authenticated request and is not
+    /// being answered; when there is none, the new one is closed at once.
+    pub max_connections: usize,
     /// Commands for softphones the registry does not know: `reject` (404) or `allow`.
     pub unknown_softphones: UnknownSoftphones,
     /// TLS for both listeners (PEM files); unset serves plain HTTP.
@@ -44,6 +58,9 @@ impl Default for HttpSettings {
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(10),
             max_in_flight: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
             unknown_softphones: UnknownSoftphones::Reject,
             tls: None,
         }
@@ -101,8 +118,17 @@ pub(super) fn check(
     if http.max_in_flight == 0 {
         return fail("http.max_in_flight", "must be at least 1".into());
     }
-    if http.request_timeout.is_zero() {
-        return fail("http.request_timeout", "must be more than 0s".into());
+    for (key, timeout) in [
+        ("http.request_timeout", http.request_timeout),
+        ("http.header_read_timeout", http.header_read_timeout),
+        ("http.idle_timeout", http.idle_timeout),
+    ] {
+        if timeout.is_zero() {
+            return fail(key, "must be more than 0s".into());
+        }
+    }
+    if http.max_connections == 0 {
+        return fail("http.max_connections", "must be at least 1".into());
     }
     let mut names = std::collections::BTreeSet::new();
     for (i, token) in http.tokens.iter().enumerate() {

@@ -2,9 +2,12 @@
 //! errors), health, readiness, metrics and the OpenAPI document.
 
 pub mod auth;
+mod connection;
 pub mod ops;
 pub mod problem;
 mod routes;
+mod serve;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +19,8 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HttpSettings;
@@ -187,16 +190,14 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// How long open connections may finish their requests after shutdown (TLS listeners).
-const DRAIN: Duration = Duration::from_secs(10);
-
 /// The bound listeners, before serving (tests read the ports in between).
 pub struct HttpServer {
     /// The command API (`http.listen`), with the ops routes unless `ops` is bound.
     api: Option<TcpListener>,
     /// The ops routes alone (`http.ops_listen`).
     ops: Option<TcpListener>,
-    tls: Option<RustlsConfig>,
+    tls: Option<TlsAcceptor>,
+    limits: serve::Limits,
 }
 
 impl HttpServer {
@@ -208,23 +209,15 @@ impl HttpServer {
         }
         let api = listen("http.listen", settings.listen.as_deref()).await?;
         let ops = listen("http.ops_listen", settings.ops_listen.as_deref()).await?;
-        let tls = match &settings.tls {
-            Some(tls) => {
-                crate::tls::install_provider();
-                let config = RustlsConfig::from_pem_file(&tls.cert_file, &tls.key_file)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "http.tls: cannot load certificate {} and key {}",
-                            tls.cert_file.display(),
-                            tls.key_file.display()
-                        )
-                    })?;
-                Some(config)
-            }
-            None => None,
-        };
-        Ok(Some(Self { api, ops, tls }))
+        let tls = settings.tls.as_ref().map(serve::acceptor).transpose()?;
+        let listeners = usize::from(api.is_some()) + usize::from(ops.is_some());
+        serve::raise_open_files(listeners, settings.max_connections);
+        Ok(Some(Self {
+            api,
+            ops,
+            tls,
+            limits: serve::Limits::new(settings),
+        }))
     }
 
     /// The command API's address, when `http.listen` is set.
@@ -242,7 +235,9 @@ impl HttpServer {
             .expect("bound with at least one listener")
     }
 
-    /// Serves until `shutdown`, then lets in-flight requests finish.
+    /// Serves until `shutdown`; then closes the connections not being
+    /// answered at once and gives requests being answered up to
+    /// `http.request_timeout` to finish.
     pub async fn serve(self, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
         if self.api.is_some() && state.tokens.is_empty() {
             tracing::warn!("No http.tokens configured: the command routes are off.");
@@ -250,18 +245,26 @@ impl HttpServer {
         let addr = self.local_addr();
         let ops_addr = self.ops_addr();
         let listeners = match (self.api, self.ops) {
-            (Some(api), Some(ops)) => {
-                vec![(api, api_router(state.clone())), (ops, ops_router(state))]
-            }
-            (Some(api), None) => vec![(api, router(state))],
-            (None, Some(ops)) => vec![(ops, ops_router(state))],
+            (Some(api), Some(ops)) => vec![
+                (api, "api", api_router(state.clone())),
+                (ops, "ops", ops_router(state)),
+            ],
+            (Some(api), None) => vec![(api, "api", router(state))],
+            (None, Some(ops)) => vec![(ops, "ops", ops_router(state))],
             (None, None) => unreachable!("bound with at least one listener"),
         };
         tracing::info!(api = ?addr, ops = %ops_addr, tls = self.tls.is_some(), "Serving HTTP.");
-        let served = listeners.into_iter().map(|(listener, router)| {
-            serve_one(listener, router, self.tls.clone(), shutdown.clone())
+        let served = listeners.into_iter().map(|(listener, name, router)| {
+            serve::serve(
+                listener,
+                name,
+                router,
+                self.tls.clone(),
+                self.limits,
+                shutdown.clone(),
+            )
         });
-        futures::future::try_join_all(served).await?;
+        futures::future::join_all(served).await;
         tracing::info!("HTTP server stopped.");
         Ok(())
     }
@@ -282,31 +285,6 @@ fn address(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .expect("a bound listener has an address")
-}
-
-async fn serve_one(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<RustlsConfig>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(tls) = tls else {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
-        return Ok(());
-    };
-    let handle = axum_server::Handle::<SocketAddr>::new();
-    let stop = handle.clone();
-    tokio::spawn(async move {
-        shutdown.cancelled().await;
-        stop.graceful_shutdown(Some(DRAIN));
-    });
-    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
-        .handle(handle)
-        .serve(router.into_make_service())
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use futures::StreamExt;
 
 use super::AppState;
 use super::auth::Token;
+use super::connection::ConnectionMark;
 use super::problem::ApiError;
 use crate::dispatch::{Accepted, DispatchError, Via};
 use crate::registry::Entry;
@@ -25,7 +26,8 @@ const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 struct Caller(usize);
 
 /// Answers 401 unless the request carries a configured token; runs before
-/// the in-flight permit is taken and before any byte of the body is read.
+/// the in-flight permit is taken and before any byte of the body is read. A
+/// connection that carried a token is never shed to make room for another.
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -33,6 +35,9 @@ pub async fn authenticate(
 ) -> Response {
     match state.tokens.position(request.headers()) {
         Some(index) => {
+            if let Some(connection) = request.extensions().get::<ConnectionMark>() {
+                connection.authenticated();
+            }
             request.extensions_mut().insert(Caller(index));
             next.run(request).await
         }

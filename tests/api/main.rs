@@ -31,5 +31,6 @@ mod salesforce_memory;
 mod salesforce_org;
 mod security;
 mod service;
+mod slow_clients;
 mod status;
 mod unreadable;

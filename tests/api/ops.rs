@@ -193,13 +193,6 @@ async fn metrics_show_every_documented_series_after_traffic() {
     app.stop().await;
 }
 
-/// The value of the sample `series` (name and labels, as rendered).
-fn sample_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// (METHOD, path) pairs of the OpenAPI document.
 fn documented() -> BTreeSet<(String, String)> {
     let doc: serde_norway::Value = serde_norway::from_str(softphone_bridge::http::ops::OPENAPI)

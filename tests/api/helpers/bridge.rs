@@ -74,6 +74,11 @@ impl Bridge {
         .await;
     }
 
+    /// The process id, to read its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
     /// Sends SIGTERM, as an orchestrator would.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("still running") as libc::pid_t;

@@ -1,6 +1,7 @@
 //! Shared test plumbing, by concern: a NATS server ([`nats`]), fake CRMs over
 //! real HTTP ([`crm`]), the app in this process ([`app`], [`http`]), the real
-//! binary ([`bridge`]) and the test data ([`data`]).
+//! binary ([`bridge`]), clients driven by hand and `/proc` ([`raw`]) and the
+//! test data ([`data`]).
 
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ mod crm;
 mod data;
 mod http;
 mod nats;
+mod raw;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -20,6 +22,7 @@ pub use crm::*;
 pub use data::*;
 pub use http::*;
 pub use nats::*;
+pub use raw::*;
 
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(20);
