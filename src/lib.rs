@@ -22,7 +22,8 @@
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
 //! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
 //! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
-//! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
+//! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV);
+//!   `bucket` opens it and every other key-value bucket the bridge keeps.
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
@@ -31,6 +32,7 @@
 //!   share `console` and `scan`); [`health`] the container health check.
 
 pub mod broker;
+mod bucket;
 pub mod cli;
 mod command;
 pub mod config;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::OnceCell;
 
+use crate::bucket::Bucket;
 use crate::contract::{AgentStatusChanged, EventKind, Guid, Loaded, SoftphoneId};
 
 /// The softphone registry: softphone id -> partner, load time, presence, last seen.
@@ -229,34 +229,24 @@ impl RegistryError {
     }
 }
 
-/// A handle on the registry bucket, bound on first use.
+/// A handle on the registry bucket, opened on first use.
 #[derive(Clone)]
 pub struct Registry {
-    js: jetstream::Context,
-    bucket: String,
-    store: std::sync::Arc<OnceCell<kv::Store>>,
+    bucket: Bucket,
 }
 
 impl Registry {
     pub fn new(js: jetstream::Context, settings: &RegistrySettings) -> Self {
         Self {
-            js,
-            bucket: settings.bucket.clone(),
-            store: Default::default(),
+            bucket: Bucket::new(js, &settings.bucket),
         }
     }
 
     async fn store(&self) -> Result<&kv::Store, RegistryError> {
-        self.store
-            .get_or_try_init(|| async {
-                self.js.get_key_value(&self.bucket).await.map_err(|e| {
-                    RegistryError::new(format!(
-                        "cannot open bucket {} (run `softphone-bridge provision`?): {e}",
-                        self.bucket
-                    ))
-                })
-            })
+        self.bucket
+            .open()
             .await
+            .map_err(|e| RegistryError::new(e.to_string()))
     }
 
     /// The registry's entry for `softphone`, if it has a live one.
@@ -419,15 +409,12 @@ fn jitter(attempt: u32) -> std::time::Duration {
 
 /// The bucket's configuration, for provisioning.
 pub fn bucket_config(settings: &RegistrySettings, replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: settings.bucket.clone(),
-        description: "softphone-bridge: softphone id -> partner, load time, presence, last seen"
-            .into(),
-        history: 1,
-        max_age: settings.idle_ttl,
-        num_replicas: replicas,
-        ..Default::default()
-    }
+    crate::bucket::config(
+        &settings.bucket,
+        "softphone id -> partner, load time, presence, last seen",
+        settings.idle_ttl,
+        replicas,
+    )
 }
 
 /// The KV key of a softphone. Keys allow fewer characters than subject tokens,

@@ -2,16 +2,15 @@
 //! publishing and atomically across replicas with a key-value `create`, kept
 //! for `commands.idempotency_ttl` (the bucket's max age).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::OnceCell;
 
 use super::CommandSettings;
+use crate::bucket::Bucket;
 use crate::contract::{Callback, SoftphoneId};
 
 /// How long a request waits for an earlier one with the same key that is
@@ -54,31 +53,18 @@ pub enum Claim {
 /// The idempotency bucket, bound on first use.
 #[derive(Clone)]
 pub struct Keys {
-    js: jetstream::Context,
-    bucket: String,
-    store: Arc<OnceCell<kv::Store>>,
+    bucket: Bucket,
 }
 
 impl Keys {
     pub fn new(js: jetstream::Context, settings: &CommandSettings) -> Self {
         Self {
-            js,
-            bucket: settings.bucket.clone(),
-            store: Default::default(),
+            bucket: Bucket::new(js, &settings.bucket),
         }
     }
 
     async fn store(&self) -> Result<&kv::Store, String> {
-        self.store
-            .get_or_try_init(|| async {
-                self.js.get_key_value(&self.bucket).await.map_err(|e| {
-                    format!(
-                        "cannot open bucket {} (run `softphone-bridge provision`?): {e}",
-                        self.bucket
-                    )
-                })
-            })
-            .await
+        self.bucket.open().await.map_err(|e| e.to_string())
     }
 
     /// Claims `key` for `decision`: exactly one request per key wins, on any replica.
@@ -195,14 +181,12 @@ pub fn command_hash(callback: &Callback) -> String {
 
 /// The bucket's configuration, for provisioning.
 pub fn bucket_config(settings: &CommandSettings, replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: settings.bucket.clone(),
-        description: "softphone-bridge: idempotency decisions of commands (softphone, key) -> body hash, stream, seq".into(),
-        history: 1,
-        max_age: settings.idempotency_ttl,
-        num_replicas: replicas,
-        ..Default::default()
-    }
+    crate::bucket::config(
+        &settings.bucket,
+        "idempotency decisions of commands (softphone, key) -> body hash, stream, seq",
+        settings.idempotency_ttl,
+        replicas,
+    )
 }
 
 #[cfg(test)]

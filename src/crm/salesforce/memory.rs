@@ -21,12 +21,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, ErrorCode, kv};
+use crate::bucket::Bucket;
+use async_nats::jetstream::{self, kv};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::task::AgentFields;
@@ -80,21 +79,17 @@ pub(crate) enum ClaimError {
 
 /// The call memory of one org.
 pub(crate) struct Memory {
-    js: jetstream::Context,
-    bucket: String,
+    bucket: Bucket,
     /// The org's prefix in keys: connections to one org share its entries.
     org: String,
-    store: OnceCell<kv::Store>,
     failed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Memory {
     pub fn new(js: jetstream::Context, settings: &CallMemorySettings, org: &str) -> Self {
         Self {
-            js,
-            bucket: settings.bucket.clone(),
+            bucket: Bucket::new(js, &settings.bucket),
             org: org.to_owned(),
-            store: OnceCell::new(),
             failed_at: std::sync::Mutex::new(None),
         }
     }
@@ -102,7 +97,7 @@ impl Memory {
     /// The bucket; `None` while it does not exist (the Tasks are read; asked
     /// again a minute later), an error while NATS cannot say.
     async fn store(&self) -> Result<Option<&kv::Store>, CrmError> {
-        if let Some(store) = self.store.get() {
+        if let Some(store) = self.bucket.opened() {
             return Ok(Some(store));
         }
         {
@@ -111,21 +106,14 @@ impl Memory {
                 return Ok(None);
             }
         }
-        let opened = self
-            .store
-            .get_or_try_init(|| self.js.get_key_value(&self.bucket))
-            .await;
-        let Err(e) = opened else {
-            return Ok(opened.ok());
-        };
-        match self.js.get_stream(format!("KV_{}", self.bucket)).await {
-            Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-            {
-                tracing::warn!(bucket = %self.bucket, "No call memory bucket (run `softphone-bridge provision`); Tasks are read from the org instead.");
+        match self.bucket.open().await {
+            Ok(store) => Ok(Some(store)),
+            Err(e) if e.is_missing() => {
+                tracing::warn!(bucket = %self.bucket.name(), "No call memory bucket (run `softphone-bridge provision`); Tasks are read from the org instead.");
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 Ok(None)
             }
-            _ => Err(unavailable(&self.bucket, &e.to_string())),
+            Err(e) => Err(unavailable(self.bucket.name(), &e.to_string())),
         }
     }
 
@@ -158,14 +146,14 @@ impl Memory {
     async fn opened(&self) -> Result<&kv::Store, CrmError> {
         self.store()
             .await?
-            .ok_or_else(|| unavailable(&self.bucket, "the bucket is gone"))
+            .ok_or_else(|| unavailable(self.bucket.name(), "the bucket is gone"))
     }
 
     async fn entry(&self, store: &kv::Store, conversation: String) -> Result<Entry, CrmError> {
         let found = store
             .entry(self.key(&conversation))
             .await
-            .map_err(|e| unavailable(&self.bucket, &e.to_string()))?;
+            .map_err(|e| unavailable(self.bucket.name(), &e.to_string()))?;
         Ok(match found {
             Some(found) if found.operation == kv::Operation::Put => Entry {
                 // An entry of another shape is no knowledge: the Task is read.
@@ -233,7 +221,7 @@ impl Memory {
     }
 
     fn unavailable(&self, why: &str) -> ClaimError {
-        ClaimError::Unavailable(unavailable(&self.bucket, why))
+        ClaimError::Unavailable(unavailable(self.bucket.name(), why))
     }
 }
 
@@ -259,12 +247,10 @@ pub(crate) fn org_key(settings: &SalesforceSettings) -> String {
 
 /// The bucket as provisioning creates it.
 pub fn bucket_config(settings: &CallMemorySettings, replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: settings.bucket.clone(),
-        description: "softphone-bridge: what each call's Salesforce Task holds (exists, the agent's word, ended's fill)".into(),
-        history: 1,
-        max_age: settings.remember_for,
-        num_replicas: replicas,
-        ..Default::default()
-    }
+    crate::bucket::config(
+        &settings.bucket,
+        "what each call's Salesforce Task holds (exists, the agent's word, ended's fill)",
+        settings.remember_for,
+        replicas,
+    )
 }
