@@ -23,21 +23,45 @@ impl Callback {
     /// Decodes and validates a `{"type": ..., "payload": ...}` body, naming the
     /// offending field on a contract violation.
     pub fn decode(body: &[u8]) -> Result<Callback, super::ContractError> {
-        // serde buffers `payload` when it comes before `type`, and the buffered
-        // value loses the path of a violation: put `type` first.
-        let reordered = match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(map)) => match (map.get("type"), map.get("payload")) {
-                (Some(kind), Some(payload)) => {
-                    Some(format!(r#"{{"type":{kind},"payload":{payload}}}"#))
-                }
-                _ => None,
-            },
-            _ => None,
-        };
-        match reordered {
-            Some(body) => super::event::decode(body.as_bytes()),
-            None => super::event::decode(body),
+        use super::ContractError;
+        /// The envelope in one pass, in any key order, its payload left as text.
+        #[derive(Deserialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            payload: &'a serde_json::value::RawValue,
         }
+        let Ok(Envelope { kind, payload }) = serde_json::from_slice::<Envelope>(body) else {
+            // Not an envelope: the whole body's decoding says why, by field.
+            return super::event::decode(body);
+        };
+        let payload = payload.get().as_bytes();
+        let in_payload = |e: ContractError| match e {
+            ContractError::Invalid { field, reason } => ContractError::Invalid {
+                field: match field.as_str() {
+                    "." => "payload".to_owned(),
+                    _ => format!("payload.{field}"),
+                },
+                reason,
+            },
+            other => other,
+        };
+        use super::event::decode;
+        Ok(match kind.as_ref() {
+            "disposition" => Callback::Disposition(decode(payload).map_err(in_payload)?),
+            "partner_config" => Callback::PartnerConfig(decode(payload).map_err(in_payload)?),
+            "update_presence" => Callback::UpdatePresence(decode(payload).map_err(in_payload)?),
+            "start_call" => Callback::StartCall(decode(payload).map_err(in_payload)?),
+            other => {
+                return Err(ContractError::Invalid {
+                    field: "type".into(),
+                    reason: format!(
+                        "unknown variant `{other}`, expected one of `disposition`, `partner_config`, `update_presence`, `start_call`"
+                    ),
+                });
+            }
+        })
     }
 
     /// The partner a callback names, if it names one.
