@@ -17,6 +17,7 @@ mod http;
 mod nats;
 mod secret;
 
+pub use crate::callout::CalloutSettings;
 pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
@@ -79,6 +80,10 @@ pub struct Settings {
     /// What the bridge has written to each call's Salesforce Task.
     #[serde(default)]
     pub call_memory: CallMemorySettings,
+    /// The NATS auth callout: platform logins as NATS users, each partner in
+    /// an account of its own (deploy/tenancy.md). Off when absent.
+    #[serde(default)]
+    pub callout: Option<CalloutSettings>,
 }
 
 /// What the bridge knows of one partner.
@@ -164,11 +169,11 @@ fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(url))
 }
 
-fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[redacted]")
 }
 
-fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(secret) => redact(secret, s),
         None => s.serialize_none(),
@@ -334,6 +339,11 @@ impl Settings {
                     ),
                 );
             }
+        }
+        if let Some(callout) = &self.callout
+            && let Err((key, why)) = callout.check()
+        {
+            return fail(&format!("callout.{key}"), why);
         }
         for (id, partner) in &self.partners {
             if let Some(name) = &partner.crm
@@ -665,6 +675,12 @@ client_secret = "sf-client-s3cr3t"
                  [crms.acme]\n{SALESFORCE}private_key = \"k\"\n[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
             ),
             "[nats]\ntoken = \"t\"\n".to_owned(),
+            format!(
+                "[callout]\nissuer_seed = \"{}\"\ntoken_secret = \"{}\"\nxkey_seed = \"{}\"\n",
+                nkeys::KeyPair::new_account().seed().unwrap(),
+                "s".repeat(32),
+                nkeys::XKey::new().seed().unwrap()
+            ),
         ] {
             redacted_keys(
                 &Settings::from_toml(&toml).unwrap().to_redacted_toml(),

@@ -31,6 +31,7 @@
 //!   share `console` and `scan`); [`health`] the container health check.
 
 pub mod broker;
+pub mod callout;
 pub mod cli;
 mod command;
 pub mod config;

@@ -1,0 +1,338 @@
+//! A platform login token, verified: HS256 with `callout.token_secret`, or
+//! RS256/ES256 with a key of `callout.token_public_key_file`; claims `sub`,
+//! `role`, `partnerId` (a softphone) or `partners` (a CRM), `exp`. Every
+//! refusal has a [`Refusal`] whose label is bounded (metrics) and whose text
+//! never quotes the token.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::settings::{CalloutSettings, MAX_TOKEN_BYTES};
+use crate::contract::{Guid, SoftphoneId};
+
+/// Who a login is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Softphone,
+    Crm,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Softphone => "softphone",
+            Role::Crm => "crm",
+        }
+    }
+}
+
+/// A verified login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The softphone id, or the CRM's name: one subject token.
+    pub subject: SoftphoneId,
+    pub role: Role,
+    /// The softphone's partner (one), or the CRM's partners (at least one).
+    pub partners: Vec<Guid>,
+    /// When the login expires (Unix seconds).
+    pub expires: i64,
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoToken,
+    TooLarge,
+    Malformed,
+    AlgNone,
+    Algorithm,
+    UnknownKey,
+    Signature,
+    Expired,
+    Claims,
+    UnknownRole,
+    UnknownPartner,
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no_token",
+            Refusal::TooLarge => "too_large",
+            Refusal::Malformed => "malformed",
+            Refusal::AlgNone => "alg_none",
+            Refusal::Algorithm => "algorithm",
+            Refusal::UnknownKey => "unknown_key",
+            Refusal::Signature => "signature",
+            Refusal::Expired => "expired",
+            Refusal::Claims => "claims",
+            Refusal::UnknownRole => "unknown_role",
+            Refusal::UnknownPartner => "unknown_partner",
+        }
+    }
+
+    /// One line for the server's log and the bridge's.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refusal::NoToken => {
+                "no login token (connect with the platform login as the NATS token)"
+            }
+            Refusal::TooLarge => "login token larger than 8 KiB",
+            Refusal::Malformed => "login token is not a JWT",
+            Refusal::AlgNone => "login token is unsigned (alg none)",
+            Refusal::Algorithm => "login token algorithm not accepted",
+            Refusal::UnknownKey => "login token signed with an unknown key (kid)",
+            Refusal::Signature => "login token signature does not verify",
+            Refusal::Expired => "login token expired",
+            Refusal::Claims => "login token claims invalid (sub, exp, iss, aud)",
+            Refusal::UnknownRole => "login token role is neither softphone nor crm",
+            Refusal::UnknownPartner => "login token names a partner that is not configured",
+        }
+    }
+}
+
+/// One key that verifies login tokens.
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies login tokens against the configured keys and partners.
+pub struct Verifier {
+    keys: Vec<Key>,
+    validation: Validation,
+    partners: BTreeSet<Guid>,
+}
+
+/// The claims read from a token.
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: String,
+    exp: i64,
+    role: String,
+    #[serde(default, rename = "partnerId")]
+    partner_id: Option<String>,
+    #[serde(default)]
+    partners: Option<Vec<String>>,
+}
+
+impl Verifier {
+    /// Reads the key files; fails with the reason when a key cannot be used.
+    pub fn new(
+        settings: &CalloutSettings,
+        partners: impl IntoIterator<Item = Guid>,
+    ) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &settings.token_secret {
+            keys.push(Key {
+                kid: None,
+                algorithm: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+            });
+        }
+        if let Some(file) = &settings.token_public_key_file {
+            keys.extend(read_public_keys(file)?);
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = settings.leeway.as_secs();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_aud = settings.token_audience.is_some();
+        if let Some(audience) = &settings.token_audience {
+            validation.set_audience(&[audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        if let Some(issuer) = &settings.token_issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        Ok(Self {
+            keys,
+            validation,
+            partners: partners.into_iter().collect(),
+        })
+    }
+
+    /// Verifies `token`.
+    pub fn verify(&self, token: &str) -> Result<Login, Refusal> {
+        if token.is_empty() {
+            return Err(Refusal::NoToken);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::TooLarge);
+        }
+        let header_alg = token
+            .split('.')
+            .next()
+            .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+            .ok_or(Refusal::Malformed)?;
+        if header_alg.eq_ignore_ascii_case("none") {
+            return Err(Refusal::AlgNone);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Algorithm)?;
+        let candidates: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            let algorithm_known = self.keys.iter().any(|k| k.algorithm == header.alg);
+            return Err(if algorithm_known {
+                Refusal::UnknownKey
+            } else {
+                Refusal::Algorithm
+            });
+        }
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        // Without a kid, any key of the set may have signed it (rotation).
+        let mut refusal = Refusal::Signature;
+        for key in candidates {
+            match jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation) {
+                Ok(data) => return self.claims(data.claims),
+                Err(e) => {
+                    refusal = match e.kind() {
+                        ErrorKind::InvalidSignature => continue,
+                        ErrorKind::ExpiredSignature => Refusal::Expired,
+                        ErrorKind::InvalidAlgorithm => Refusal::Algorithm,
+                        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                            Refusal::Malformed
+                        }
+                        _ => Refusal::Claims,
+                    };
+                    break;
+                }
+            }
+        }
+        Err(refusal)
+    }
+
+    fn claims(&self, claims: RawClaims) -> Result<Login, Refusal> {
+        let subject = SoftphoneId::try_from(claims.sub).map_err(|_| Refusal::Claims)?;
+        let role = match claims.role.as_str() {
+            "softphone" => Role::Softphone,
+            "crm" => Role::Crm,
+            _ => return Err(Refusal::UnknownRole),
+        };
+        let named = match role {
+            Role::Softphone => vec![claims.partner_id.ok_or(Refusal::Claims)?],
+            Role::Crm => claims.partners.ok_or(Refusal::Claims)?,
+        };
+        if named.is_empty() {
+            return Err(Refusal::Claims);
+        }
+        let mut partners = Vec::with_capacity(named.len());
+        for partner in named {
+            let guid = Guid::try_from(partner).map_err(|_| Refusal::UnknownPartner)?;
+            if !self.partners.contains(&guid) {
+                return Err(Refusal::UnknownPartner);
+            }
+            if !partners.contains(&guid) {
+                partners.push(guid);
+            }
+        }
+        Ok(Login {
+            subject,
+            role,
+            partners,
+            expires: claims.exp,
+        })
+    }
+}
+
+/// The keys of a PEM file (one or more public keys) or a JWKS key set.
+fn read_public_keys(file: &Path) -> anyhow::Result<Vec<Key>> {
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "callout.token_public_key_file: cannot read {}",
+            file.display()
+        )
+    })?;
+    let keys = if text.trim_start().starts_with('{') {
+        let set: JwkSet = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "callout.token_public_key_file: {} is not a JWKS key set",
+                file.display()
+            )
+        })?;
+        set.keys
+            .iter()
+            .map(|jwk| {
+                let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                    (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
+                    (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
+                    (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                    (None, AlgorithmParameters::EllipticCurve(ec))
+                        if ec.curve == EllipticCurve::P256 =>
+                    {
+                        Algorithm::ES256
+                    }
+                    _ => bail!(
+                        "callout.token_public_key_file: key {:?} is neither RS256 nor ES256",
+                        jwk.common.key_id
+                    ),
+                };
+                Ok(Key {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    key: DecodingKey::from_jwk(jwk).context("callout.token_public_key_file")?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        pem_blocks(&text)
+            .into_iter()
+            .map(|block| {
+                if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
+                    return Ok(Key {
+                        kid: None,
+                        algorithm: Algorithm::RS256,
+                        key,
+                    });
+                }
+                let key = DecodingKey::from_ec_pem(block.as_bytes()).with_context(|| {
+                    format!(
+                        "callout.token_public_key_file: {} holds a key that is neither RSA nor EC P-256",
+                        file.display()
+                    )
+                })?;
+                Ok(Key {
+                    kid: None,
+                    algorithm: Algorithm::ES256,
+                    key,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if keys.is_empty() {
+        bail!(
+            "callout.token_public_key_file: {} holds no public key",
+            file.display()
+        );
+    }
+    Ok(keys)
+}
+
+/// Each `-----BEGIN …-----` … `-----END …-----` block of a PEM file.
+fn pem_blocks(text: &str) -> Vec<String> {
+    text.split("-----BEGIN ")
+        .skip(1)
+        .map(|block| format!("-----BEGIN {}\n", block.trim_end()))
+        .collect()
+}

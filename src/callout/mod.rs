@@ -1,0 +1,301 @@
+//! The NATS auth callout (deploy/tenancy.md): the server asks the bridge,
+//! on `$SYS.REQ.USER.AUTH` in the bridge's account, whether a connecting
+//! client may come in. Its login token (the NATS token it connected with)
+//! is verified ([`login`]); a good one becomes a user JWT signed by
+//! `callout.issuer_seed`, placed in its partner's account (`aud`), with its
+//! role's permissions ([`permission`]) and the login's expiry. A refusal
+//! carries its reason, which the server logs. Every replica serves it in one
+//! queue group.
+
+mod login;
+mod nats_jwt;
+mod permission;
+mod settings;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use login::{Login, Refusal, Role, Verifier};
+pub use nats_jwt::{Claims as JwtClaims, JwtError, decode as decode_jwt, encode as encode_jwt};
+pub use permission::{Permissions, for_login as permissions, inbox_prefix};
+pub use settings::{CalloutSettings, MAX_TOKEN_BYTES};
+
+use crate::config::Settings;
+
+/// The subject the server sends its authorization requests on.
+pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+/// The queue group every replica serves the callout in.
+pub const QUEUE_GROUP: &str = "softphone-bridge-callout";
+/// The header carrying the server's curve key when it encrypts its request.
+const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
+/// The audience of the server's authorization requests.
+const REQUEST_AUDIENCE: &str = "nats-authorization-request";
+/// Requests answered at once by one replica.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Logins answered, by `outcome` (`accepted`, `refused`) and `reason` (the
+/// role of an accepted login, the [`Refusal`] label of a refused one, or
+/// `bad_request` for a request that is not the server's).
+pub const LOGINS: &str = "softphone_bridge_logins_total";
+
+/// The callout's keys and rules, built once at start-up.
+pub struct Callout {
+    verifier: Verifier,
+    issuer: nkeys::KeyPair,
+    xkey: Option<nkeys::XKey>,
+    crm_account: String,
+}
+
+/// What one request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A user JWT for this login.
+    Accepted(Login),
+    /// Refused, with the reason the server logs.
+    Refused(Refusal),
+    /// Not a request from the server: no answer can be addressed.
+    BadRequest(&'static str),
+}
+
+impl Outcome {
+    fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Accepted(login) => ("accepted", login.role.label()),
+            Outcome::Refused(refusal) => ("refused", refusal.label()),
+            Outcome::BadRequest(_) => ("refused", "bad_request"),
+        }
+    }
+}
+
+/// The request's fields the answer needs.
+struct Request {
+    user_nkey: String,
+    server_id: String,
+    server_xkey: Option<String>,
+    token: String,
+    client_host: String,
+}
+
+impl Callout {
+    /// Reads the keys; fails with the reason when one cannot be used.
+    pub fn new(settings: &Settings) -> anyhow::Result<Option<Self>> {
+        let Some(callout) = &settings.callout else {
+            return Ok(None);
+        };
+        let issuer = nkeys::KeyPair::from_seed(callout.issuer_seed.expose_secret())
+            .map_err(|_| anyhow::anyhow!("callout.issuer_seed is not an NKey seed"))?;
+        let xkey = callout
+            .xkey_seed
+            .as_ref()
+            .map(|seed| nkeys::XKey::from_seed(seed.expose_secret()))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("callout.xkey_seed is not a curve NKey seed"))?;
+        Ok(Some(Self {
+            verifier: Verifier::new(callout, settings.partners.keys().cloned())?,
+            issuer,
+            xkey,
+            crm_account: callout.crm_account.clone(),
+        }))
+    }
+
+    /// The answer to one authorization request (`payload`, with the server's
+    /// curve key from its header when it encrypted it) at `now` (Unix
+    /// seconds), and what it came to. `None`: no answer can be addressed.
+    pub fn answer(
+        &self,
+        payload: &[u8],
+        server_xkey: Option<&str>,
+        now: i64,
+    ) -> (Option<Vec<u8>>, Outcome) {
+        let request = match self.request(payload, server_xkey, now) {
+            Ok(request) => request,
+            Err(why) => return (None, Outcome::BadRequest(why)),
+        };
+        let outcome = match self.verifier.verify(&request.token) {
+            Ok(login) => Outcome::Accepted(login),
+            Err(refusal) => Outcome::Refused(refusal),
+        };
+        let mut nats = json!({"type": "authorization_response", "version": 2});
+        match &outcome {
+            Outcome::Accepted(login) => nats["jwt"] = json!(self.user_jwt(&request, login, now)),
+            Outcome::Refused(refusal) => nats["error"] = json!(refusal.text()),
+            Outcome::BadRequest(_) => unreachable!("answered above"),
+        }
+        let claims = JwtClaims {
+            audience: request.server_id.clone(),
+            subject: request.user_nkey.clone(),
+            ..JwtClaims::default()
+        };
+        let response = encode_jwt(claims, &nats, &self.issuer, now).into_bytes();
+        let sealed = match (&self.xkey, &request.server_xkey) {
+            (Some(own), Some(server)) => nkeys::XKey::from_public_key(server)
+                .and_then(|server| own.seal(&response, &server))
+                .ok(),
+            _ => Some(response),
+        };
+        match sealed {
+            Some(answer) => {
+                tracing::debug!(client = request.client_host, "Answered a login.");
+                (Some(answer), outcome)
+            }
+            None => (
+                None,
+                Outcome::BadRequest("cannot encrypt to the server's xkey"),
+            ),
+        }
+    }
+
+    /// Decrypts (when asked to) and verifies the server's request.
+    fn request(
+        &self,
+        payload: &[u8],
+        server_xkey: Option<&str>,
+        now: i64,
+    ) -> Result<Request, &'static str> {
+        let opened;
+        let payload = match (&self.xkey, server_xkey) {
+            (Some(own), Some(server)) => {
+                let server = nkeys::XKey::from_public_key(server).map_err(|_| "bad server xkey")?;
+                opened = own
+                    .open(payload, &server)
+                    .map_err(|_| "cannot decrypt the request")?;
+                &opened[..]
+            }
+            (Some(_), None) => return Err("the request is not encrypted"),
+            (None, _) => payload,
+        };
+        let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8")?;
+        let (claims, nats) = decode_jwt(text, 'N', now).map_err(|e| match e {
+            JwtError::Expired => "expired request",
+            JwtError::Signature => "request signature does not verify",
+            _ => "not a server-signed NATS JWT",
+        })?;
+        if claims.audience != REQUEST_AUDIENCE
+            || nats["type"].as_str() != Some("authorization_request")
+        {
+            return Err("not an authorization request");
+        }
+        let field = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+        let request = Request {
+            user_nkey: field(&nats["user_nkey"]),
+            server_id: field(&nats["server_id"]["id"]),
+            server_xkey: server_xkey.map(str::to_owned),
+            token: field(&nats["connect_opts"]["auth_token"]),
+            client_host: field(&nats["client_info"]["host"]),
+        };
+        if !request.user_nkey.starts_with('U') || !request.server_id.starts_with('N') {
+            return Err("request without user or server key");
+        }
+        // The server signs with its own key: its id.
+        if claims.issuer != request.server_id {
+            return Err("request not signed by its server");
+        }
+        Ok(request)
+    }
+
+    /// The user JWT for `login`: in its account, with its role's
+    /// permissions, expiring with the login.
+    fn user_jwt(&self, request: &Request, login: &Login, now: i64) -> String {
+        let account = match login.role {
+            Role::Softphone => login.partners[0].to_string(),
+            Role::Crm => self.crm_account.clone(),
+        };
+        let permissions = permissions(login);
+        let nats = json!({
+            "pub": {"allow": permissions.publish},
+            "sub": {"allow": permissions.subscribe},
+            "subs": -1,
+            "data": -1,
+            "payload": -1,
+            "type": "user",
+            "version": 2,
+        });
+        let claims = JwtClaims {
+            audience: account,
+            expires: login.expires,
+            name: login.subject.to_string(),
+            subject: request.user_nkey.clone(),
+            ..JwtClaims::default()
+        };
+        encode_jwt(claims, &nats, &self.issuer, now)
+    }
+}
+
+/// Serves the callout on `client` (the bridge's own user, one of the
+/// server's `auth_users`) until `shutdown`.
+pub async fn serve(
+    client: async_nats::Client,
+    callout: Arc<Callout>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut requests = client
+        .queue_subscribe(SUBJECT, QUEUE_GROUP.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {SUBJECT}: {e}"))?;
+    tracing::info!(subject = SUBJECT, "Serving the NATS auth callout.");
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = requests.next() => match next {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let callout = Arc::clone(&callout);
+        let client = client.clone();
+        tracker.spawn(async move {
+            handle(&client, &callout, message).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn handle(client: &async_nats::Client, callout: &Callout, message: async_nats::Message) {
+    let server_xkey = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SERVER_XKEY_HEADER))
+        .map(|v| v.as_str().to_owned());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (answer, outcome) = callout.answer(&message.payload, server_xkey.as_deref(), now);
+    let (result, reason) = outcome.labels();
+    metrics::counter!(LOGINS, "outcome" => result, "reason" => reason).increment(1);
+    match &outcome {
+        Outcome::Accepted(login) => tracing::debug!(
+            subject = %login.subject,
+            role = login.role.label(),
+            "Login accepted."
+        ),
+        Outcome::Refused(refusal) => tracing::warn!(
+            reason = refusal.label(),
+            "Login refused: {}.",
+            refusal.text()
+        ),
+        Outcome::BadRequest(why) => {
+            tracing::warn!(
+                why,
+                "Ignored an auth callout request that is not the server's."
+            )
+        }
+    }
+    if let (Some(answer), Some(reply)) = (answer, message.reply)
+        && let Err(e) = client.publish(reply, answer.into()).await
+    {
+        tracing::warn!(error = %e, "Cannot answer an auth callout request.");
+    }
+}
