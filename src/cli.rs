@@ -77,6 +77,9 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Check the configuration end to end: NATS, streams and consumers, each CRM connection.
     Doctor,
+    /// Print the nats-server configuration for these settings: the bridge's
+    /// account, one account per partner, the auth callout, the listeners.
+    NatsConfig(crate::nats_config::Listeners),
 }
 
 impl Cli {
@@ -103,6 +106,7 @@ impl Cli {
             Command::Replay(args) => crate::replay::execute(&settings, args).await,
             Command::Status(args) => crate::status::execute(&settings, args).await,
             Command::Doctor => crate::doctor::execute(&settings).await,
+            Command::NatsConfig(listeners) => crate::nats_config::execute(&settings, &listeners),
             Command::Health { url } => crate::health::check(&settings.http, url).await,
         }
     }

@@ -46,6 +46,7 @@ mod heartbeat;
 pub mod http;
 mod load;
 pub mod metric;
+pub mod nats_config;
 pub mod pipeline;
 pub mod provision;
 pub mod registry;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::RwLock;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -112,7 +113,8 @@ struct Key {
 pub struct Verifier {
     keys: Vec<Key>,
     validation: Validation,
-    partners: BTreeSet<Guid>,
+    /// The configured partners; replaced when the settings are read again.
+    partners: RwLock<BTreeSet<Guid>>,
 }
 
 /// The claims read from a token.
@@ -159,8 +161,13 @@ impl Verifier {
         Ok(Self {
             keys,
             validation,
-            partners: partners.into_iter().collect(),
+            partners: RwLock::new(partners.into_iter().collect()),
         })
+    }
+
+    /// Replaces the partners logins may name (settings read again).
+    pub fn set_partners(&self, partners: impl IntoIterator<Item = Guid>) {
+        *self.partners.write().expect("never poisoned") = partners.into_iter().collect();
     }
 
     /// Verifies `token`.
@@ -240,7 +247,7 @@ impl Verifier {
         let mut partners = Vec::with_capacity(named.len());
         for partner in named {
             let guid = Guid::try_from(partner).map_err(|_| Refusal::UnknownPartner)?;
-            if !self.partners.contains(&guid) {
+            if !self.partners.read().expect("never poisoned").contains(&guid) {
                 return Err(Refusal::UnknownPartner);
             }
             if !partners.contains(&guid) {

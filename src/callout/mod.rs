@@ -104,6 +104,12 @@ impl Callout {
         }))
     }
 
+    /// Takes the partners of settings read again: logins of a partner added
+    /// since start-up come in, those of a removed one no longer do.
+    pub fn reload(&self, settings: &Settings) {
+        self.verifier.set_partners(settings.partners.keys().cloned());
+    }
+
     /// The answer to one authorization request (`payload`, with the server's
     /// curve key from its header when it encrypted it) at `now` (Unix
     /// seconds), and what it came to. `None`: no answer can be addressed.

@@ -31,4 +31,5 @@ mod salesforce_org;
 mod security;
 mod service;
 mod status;
+mod tenancy;
 mod unreadable;

@@ -10,6 +10,8 @@ mod crm;
 mod data;
 mod http;
 mod nats;
+mod nats_process;
+mod tenancy;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -20,6 +22,8 @@ pub use crm::*;
 pub use data::*;
 pub use http::*;
 pub use nats::*;
+pub use nats_process::*;
+pub use tenancy::*;
 
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(20);

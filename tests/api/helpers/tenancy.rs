@@ -1,0 +1,248 @@
+//! A tenancy deployment (deploy/tenancy.md) on this machine: the real
+//! nats-server on the configuration `softphone-bridge nats-config` renders,
+//! the bridge's auth callout replicas, platform login tokens, and clients
+//! logging in over TCP or WebSocket.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use softphone_bridge::callout::Callout;
+use softphone_bridge::config::Settings;
+use softphone_bridge::nats_config::{Listeners, render};
+use tokio_util::sync::CancellationToken;
+
+use super::{NatsProcess, ORIGIN, SEGMENT, eventually, free_port};
+
+/// The bridge's own user.
+const BRIDGE_USER: &str = "bridge";
+const BRIDGE_PASSWORD: &str = "bridge-tenancy-password";
+/// The platform's HS256 login secret.
+pub const LOGIN_SECRET: &str = "platform-login-secret-of-32-bytes-at-least";
+
+/// One replica's callout: stop it with its token.
+struct Replica {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: async_nats::Client,
+}
+
+/// A running tenancy deployment.
+pub struct Tenancy {
+    pub nats: NatsProcess,
+    /// `nats://` URL of the client listener.
+    pub url: String,
+    /// `ws://` URL of the WebSocket listener.
+    pub ws_url: String,
+    pub settings: Settings,
+    issuer_seed: String,
+    listeners: Listeners,
+    /// The bridge's own connection (JetStream in its account).
+    pub bridge: async_nats::Client,
+    replicas: Vec<Replica>,
+    /// The callout every in-process replica shares (reloaded with the settings).
+    callout: Arc<Callout>,
+    /// JetStream's storage, the same across reloads.
+    _store: tempfile::TempDir,
+}
+
+impl Tenancy {
+    /// The settings TOML for `partners`, with the callout.
+    pub fn settings_toml(issuer_seed: &str, partners: &[&str]) -> String {
+        let mut toml = format!(
+            "[nats]\nuser = \"{BRIDGE_USER}\"\npassword = \"{BRIDGE_PASSWORD}\"\n\
+             [callout]\nissuer_seed = \"{issuer_seed}\"\ntoken_secret = \"{LOGIN_SECRET}\"\nleeway = \"0s\"\n"
+        );
+        for partner in partners {
+            toml.push_str(&format!(
+                "[partners.{partner}]\nbusiness_segment_id = \"{SEGMENT}\"\nchannel_origin_id = \"{ORIGIN}\"\n"
+            ));
+        }
+        toml
+    }
+
+    /// Renders the server's configuration with the real binary's
+    /// `nats-config`, starts the server on it, provisions the streams as the
+    /// bridge, and starts `replicas` callout replicas.
+    pub async fn start(partners: &[&str], replicas: usize) -> Tenancy {
+        let issuer_seed = nkeys::KeyPair::new_account().seed().unwrap();
+        let toml = Self::settings_toml(&issuer_seed, partners);
+        let settings = Settings::from_toml(&toml).unwrap();
+        let store = tempfile::tempdir().unwrap();
+        let listeners = Listeners {
+            listen: format!("127.0.0.1:{}", free_port()),
+            websocket: format!("127.0.0.1:{}", free_port()),
+            store_dir: store.path().to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            monitor: None,
+        };
+        let file = store.path().join("bridge.toml");
+        std::fs::write(&file, &toml).unwrap();
+        let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+            .arg("--config")
+            .arg(&file)
+            .args(["nats-config", "--listen", &listeners.listen, "--websocket"])
+            .arg(&listeners.websocket)
+            .arg("--store-dir")
+            .arg(&listeners.store_dir)
+            .output()
+            .expect("softphone-bridge runs");
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let conf = String::from_utf8(rendered.stdout).unwrap();
+        let nats = NatsProcess::start(&conf).await;
+        let url = format!("nats://{}", listeners.listen);
+        let ws_url = format!("ws://{}", listeners.websocket);
+        // The callout counts logins in the process's recorder.
+        softphone_bridge::metric::handle();
+        let bridge = bridge_client(&url).await;
+        softphone_bridge::provision::apply(&async_nats::jetstream::new(bridge.clone()), &settings)
+            .await
+            .expect("the bridge provisions its account");
+        let callout = Arc::new(Callout::new(&settings).unwrap().expect("[callout] is set"));
+        let mut tenancy = Tenancy {
+            nats,
+            url,
+            ws_url,
+            settings,
+            issuer_seed,
+            listeners,
+            bridge,
+            replicas: Vec::new(),
+            callout,
+            _store: store,
+        };
+        for _ in 0..replicas {
+            tenancy.start_replica().await;
+        }
+        tenancy
+    }
+
+    /// Starts one more callout replica, on a connection of its own.
+    pub async fn start_replica(&mut self) {
+        let client = bridge_client(&self.url).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(softphone_bridge::callout::serve(
+            client.clone(),
+            Arc::clone(&self.callout),
+            stop.clone(),
+        ));
+        // Subscribed once the server has answered a round trip after it.
+        eventually("the callout replica to subscribe", || async {
+            client.flush().await.ok()?;
+            let info = client.server_info();
+            Some(info)
+        })
+        .await;
+        self.replicas.push(Replica { stop, task, client });
+    }
+
+    /// Stops replica `index` as a crash would: its connection closes with its
+    /// subscription and no goodbye.
+    pub async fn kill_replica(&mut self, index: usize) {
+        let replica = self.replicas.remove(index);
+        replica.task.abort();
+        let _ = replica.task.await;
+        replica.stop.cancel();
+        drop(replica.client);
+    }
+
+    /// Adds `partner` to the settings, re-renders the server's configuration,
+    /// has the server reload it, and the callout take the new settings.
+    pub async fn add_partner(&mut self, partners: &[&str]) {
+        let toml = Self::settings_toml(&self.issuer_seed, partners);
+        self.settings = Settings::from_toml(&toml).unwrap();
+        let conf = render(&self.settings, &self.listeners, [1; 16]).unwrap();
+        self.nats.reload(&conf).await;
+        self.callout.reload(&self.settings);
+    }
+
+    /// An HS256 login token with `claims` (the secret the callout trusts).
+    pub fn token(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(LOGIN_SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// A softphone's login of `partner`, valid for an hour.
+    pub fn softphone_token(softphone: &str, partner: &str) -> String {
+        Self::token(json!({
+            "sub": softphone, "role": "softphone", "partnerId": partner, "exp": in_an_hour()
+        }))
+    }
+}
+
+/// Unix seconds an hour from now.
+pub fn in_an_hour() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() + 3600
+}
+
+async fn bridge_client(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::with_user_and_password(BRIDGE_USER.into(), BRIDGE_PASSWORD.into())
+        .connect(url)
+        .await
+        .expect("the bridge's own user connects without the callout")
+}
+
+/// A client logged in with a platform token, and what the server refused it.
+pub struct Login {
+    pub name: String,
+    pub client: async_nats::Client,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Login {
+    /// Connects to `url` (nats:// or ws://) with `token`, using the inbox
+    /// prefix of its own that its permissions allow.
+    pub async fn connect(url: &str, name: &str, token: &str) -> Result<Login, async_nats::ConnectError> {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&errors);
+        let client = async_nats::ConnectOptions::with_token(token.to_owned())
+            .custom_inbox_prefix(format!("_INBOX_{name}"))
+            .max_reconnects(Some(1))
+            .event_callback(move |event| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        seen.lock().unwrap().push(e.to_string().to_lowercase());
+                    }
+                }
+            })
+            .connect(url)
+            .await?;
+        Ok(Login {
+            name: name.to_owned(),
+            client,
+            errors,
+        })
+    }
+
+    /// Waits for the server to refuse `action` (`publish`, `subscription`) on `subject`.
+    pub async fn refused(&self, action: &str, subject: &str) {
+        let needle = format!(
+            "permissions violation for {action} to \"{}\"",
+            subject.to_lowercase()
+        );
+        eventually(&format!("{} refused {action} to {subject}", self.name), || async {
+            self.errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains(&needle))
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Nothing was refused so far.
+    pub fn refused_nothing(&self) {
+        let errors = self.errors.lock().unwrap();
+        assert!(errors.is_empty(), "{} was refused: {errors:?}", self.name);
+    }
+}
