@@ -14,9 +14,7 @@ use std::path::PathBuf;
 use secrecy::ExposeSecret;
 
 use crate::config::Settings;
-use crate::contract::tenant::{
-    Flow, MAPPINGS, PARTNER_COMMAND_REQUESTS, PARTNER_TOKEN_POSITION,
-};
+use crate::contract::tenant::{Flow, MAPPINGS, PARTNER_COMMAND_REQUESTS, PARTNER_TOKEN_POSITION};
 
 /// Where the server listens and keeps its streams.
 #[derive(Debug, Clone, clap::Args)]
@@ -119,7 +117,10 @@ pub fn render(
             let _ = writeln!(w, "  {tls}");
         }
         None => {
-            let _ = writeln!(w, "  # No certificate given: plain WebSocket (ws://).\n  no_tls: true");
+            let _ = writeln!(
+                w,
+                "  # No certificate given: plain WebSocket (ws://).\n  no_tls: true"
+            );
         }
     }
     let _ = writeln!(w, "}}\n");
@@ -238,7 +239,10 @@ mod tests {
             for (shared, local) in [
                 (format!("softphone.p.{partner}.call.>"), "softphone.call.>"),
                 (format!("softphone.p.{partner}.loaded"), "softphone.loaded"),
-                (format!("softphone.p.{partner}.agent.>"), "softphone.agent.>"),
+                (
+                    format!("softphone.p.{partner}.agent.>"),
+                    "softphone.agent.>",
+                ),
                 (format!("softphone.p.{partner}.load"), "softphone.load"),
                 (
                     format!("softphone.p.{partner}.heartbeat.>"),
@@ -257,12 +261,8 @@ mod tests {
         }
         // No partner's command publishes ever reach the bridge.
         assert!(!conf.contains("service: \"softphone.p.*.cmd"));
-        assert!(conf.contains(
-            "{ stream: \"softphone.p.*.cmd.>\", account_token_position: 3 }"
-        ));
-        assert!(conf.contains(
-            "{ service: \"softphone.p.*.call.>\", account_token_position: 3 }"
-        ));
+        assert!(conf.contains("{ stream: \"softphone.p.*.cmd.>\", account_token_position: 3 }"));
+        assert!(conf.contains("{ service: \"softphone.p.*.call.>\", account_token_position: 3 }"));
         assert!(conf.contains("jetstream: enabled"));
         let issuer = settings.callout.as_ref().unwrap().issuer_public_key();
         assert!(conf.contains(&format!("issuer: \"{issuer}\"")));
@@ -276,10 +276,9 @@ mod tests {
         let conf = render(&settings, &listeners(false), [7; 16]).unwrap();
         assert!(!conf.contains("bridge-s3cr3t"), "{conf}");
         assert!(!conf.contains("t0ken-s3cr3t"), "{conf}");
-        let seed = secrecy::ExposeSecret::expose_secret(
-            &settings.callout.as_ref().unwrap().issuer_seed,
-        )
-        .to_owned();
+        let seed =
+            secrecy::ExposeSecret::expose_secret(&settings.callout.as_ref().unwrap().issuer_seed)
+                .to_owned();
         assert!(!conf.contains(&seed));
         let hash = conf
             .lines()
@@ -288,10 +287,7 @@ mod tests {
             .unwrap();
         assert!(bcrypt::verify("bridge-s3cr3t", hash).unwrap());
         // The same salt renders the same text.
-        assert_eq!(
-            conf,
-            render(&settings, &listeners(false), [7; 16]).unwrap()
-        );
+        assert_eq!(conf, render(&settings, &listeners(false), [7; 16]).unwrap());
     }
 
     #[test]
@@ -301,7 +297,11 @@ mod tests {
         assert!(!plain.contains("cert_file"));
         let tls = render(&settings(&[A]), &listeners(true), [7; 16]).unwrap();
         assert!(!tls.contains("no_tls"));
-        assert_eq!(tls.matches("cert_file: \"/tls/cert.pem\"").count(), 2, "{tls}");
+        assert_eq!(
+            tls.matches("cert_file: \"/tls/cert.pem\"").count(),
+            2,
+            "{tls}"
+        );
         assert_eq!(tls.matches("key_file: \"/tls/key.pem\"").count(), 2);
     }
 

@@ -247,7 +247,12 @@ impl Verifier {
         let mut partners = Vec::with_capacity(named.len());
         for partner in named {
             let guid = Guid::try_from(partner).map_err(|_| Refusal::UnknownPartner)?;
-            if !self.partners.read().expect("never poisoned").contains(&guid) {
+            if !self
+                .partners
+                .read()
+                .expect("never poisoned")
+                .contains(&guid)
+            {
                 return Err(Refusal::UnknownPartner);
             }
             if !partners.contains(&guid) {

@@ -107,7 +107,8 @@ impl Callout {
     /// Takes the partners of settings read again: logins of a partner added
     /// since start-up come in, those of a removed one no longer do.
     pub fn reload(&self, settings: &Settings) {
-        self.verifier.set_partners(settings.partners.keys().cloned());
+        self.verifier
+            .set_partners(settings.partners.keys().cloned());
     }
 
     /// The answer to one authorization request (`payload`, with the server's
@@ -240,10 +241,27 @@ pub async fn serve(
     callout: Arc<Callout>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut requests = client
+    let requests = subscribe(&client).await?;
+    serve_requests(client, requests, callout, shutdown).await;
+    Ok(())
+}
+
+/// Joins the callout's queue group on `client`.
+pub async fn subscribe(client: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    client
         .queue_subscribe(SUBJECT, QUEUE_GROUP.into())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {SUBJECT}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {SUBJECT}: {e}"))
+}
+
+/// Answers the requests of a [`subscribe`]d queue group until `shutdown`,
+/// at most [`MAX_IN_FLIGHT`] at once.
+pub async fn serve_requests(
+    client: async_nats::Client,
+    mut requests: async_nats::Subscriber,
+    callout: Arc<Callout>,
+    shutdown: CancellationToken,
+) {
     tracing::info!(subject = SUBJECT, "Serving the NATS auth callout.");
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -268,7 +286,6 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
-    Ok(())
 }
 
 async fn handle(client: &async_nats::Client, callout: &Callout, message: async_nats::Message) {

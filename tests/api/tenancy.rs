@@ -27,12 +27,20 @@ async fn stored(bridge: &async_nats::Client, subject: &str) -> jetstream::messag
 async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_its_partner() {
     let tenancy = Tenancy::start(&[A, B], 1).await;
     // Partner A's softphone over WebSocket, partner B's over TCP.
-    let a7 = Login::connect(&tenancy.ws_url, "agent-7", &Tenancy::softphone_token("agent-7", A))
-        .await
-        .expect("A's softphone logs in over WebSocket");
-    let b8 = Login::connect(&tenancy.url, "agent-8", &Tenancy::softphone_token("agent-8", B))
-        .await
-        .expect("B's softphone logs in over TCP");
+    let a7 = Login::connect(
+        &tenancy.ws_url,
+        "agent-7",
+        &Tenancy::softphone_token("agent-7", A),
+    )
+    .await
+    .expect("A's softphone logs in over WebSocket");
+    let b8 = Login::connect(
+        &tenancy.url,
+        "agent-8",
+        &Tenancy::softphone_token("agent-8", B),
+    )
+    .await
+    .expect("B's softphone logs in over TCP");
     for (softphone, partner) in [(&a7, A), (&b8, B)] {
         // The body names the other partner: the subject says who published.
         let other = if partner == A { B } else { A };
@@ -57,7 +65,9 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
     let js = jetstream::new(a7.client.clone());
     js.publish(
         "softphone.loaded",
-        json!({"softphoneId": "agent-7", "partnerId": A}).to_string().into(),
+        json!({"softphoneId": "agent-7", "partnerId": A})
+            .to_string()
+            .into(),
     )
     .await
     .unwrap()
@@ -74,23 +84,36 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
         .subscribe("softphone.p.*.load")
         .await
         .unwrap();
-    tenancy.bridge.flush().await.unwrap();
+    tenancy.bridge_round_trip().await;
     a7.client
         .publish("softphone.heartbeat.agent-7", "".into())
         .await
         .unwrap();
-    let beat = tokio::time::timeout(PATIENCE, beats.next()).await.unwrap().unwrap();
-    assert_eq!(beat.subject.as_str(), format!("softphone.p.{A}.heartbeat.agent-7"));
+    let beat = tokio::time::timeout(PATIENCE, beats.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        beat.subject.as_str(),
+        format!("softphone.p.{A}.heartbeat.agent-7")
+    );
     let request = tokio::spawn({
         let client = a7.client.clone();
         async move { client.request("softphone.load", "{}".into()).await }
     });
-    let asked = tokio::time::timeout(PATIENCE, loads.next()).await.unwrap().unwrap();
+    let asked = tokio::time::timeout(PATIENCE, loads.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(asked.subject.as_str(), format!("softphone.p.{A}.load"));
     // The reply subject is the server's own, not the softphone's inbox.
     let reply = asked.reply.expect("a request");
     assert!(reply.starts_with("_R_."), "{reply}");
-    tenancy.bridge.publish(reply, "answered".into()).await.unwrap();
+    tenancy
+        .bridge
+        .publish(reply, "answered".into())
+        .await
+        .unwrap();
     let answer = request.await.unwrap().expect("the reply crosses back");
     assert_eq!(answer.payload, "answered".as_bytes());
     a7.refused_nothing();
@@ -100,23 +123,33 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
 async fn commands_reach_only_their_partners_softphone() {
     let tenancy = Tenancy::start(&[A, B], 1).await;
     // The same softphone id in both partners.
-    let a7 = Login::connect(&tenancy.ws_url, "agent-7", &Tenancy::softphone_token("agent-7", A))
-        .await
-        .unwrap();
-    let b7 = Login::connect(&tenancy.url, "agent-7", &Tenancy::softphone_token("agent-7", B))
-        .await
-        .unwrap();
+    let a7 = Login::connect(
+        &tenancy.ws_url,
+        "agent-7",
+        &Tenancy::softphone_token("agent-7", A),
+    )
+    .await
+    .unwrap();
+    let b7 = Login::connect(
+        &tenancy.url,
+        "agent-7",
+        &Tenancy::softphone_token("agent-7", B),
+    )
+    .await
+    .unwrap();
     let mut a_commands = a7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
     let mut b_commands = b7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
-    a7.client.flush().await.unwrap();
-    b7.client.flush().await.unwrap();
+    a7.round_trip().await;
+    b7.round_trip().await;
     let js = jetstream::new(tenancy.bridge.clone());
     // A's command first: had it leaked, B's softphone would see it before its own.
     for partner in [A, B] {
         let ack = js
             .publish(
                 format!("softphone.p.{partner}.cmd.agent-7"),
-                json!({"type": "update_presence", "for": partner}).to_string().into(),
+                json!({"type": "update_presence", "for": partner})
+                    .to_string()
+                    .into(),
             )
             .await
             .unwrap()
@@ -133,8 +166,16 @@ async fn commands_reach_only_their_partners_softphone() {
         let body: serde_json::Value = serde_json::from_slice(&command.payload).unwrap();
         assert_eq!(body["for"], partner);
     }
-    assert!(core_received(&a7.client, &mut a_commands).await.is_empty());
-    assert!(core_received(&b7.client, &mut b_commands).await.is_empty());
+    // Whatever else the bridge published reached them before these answers.
+    tenancy.bridge_round_trip().await;
+    for (softphone, commands) in [(&a7, &mut a_commands), (&b7, &mut b_commands)] {
+        softphone.round_trip().await;
+        assert!(
+            futures::FutureExt::now_or_never(commands.next()).is_none(),
+            "{} received another partner's command",
+            softphone.name
+        );
+    }
 
     // Another softphone's commands, commands at all, another's heartbeat: refused.
     let _peek = a7.client.subscribe("softphone.cmd.agent-8").await.unwrap();
@@ -151,7 +192,10 @@ async fn commands_reach_only_their_partners_softphone() {
         &format!("softphone.p.{B}.call.accepted"),
         "$JS.API.STREAM.INFO.SOFTPHONE_EVENTS",
     ] {
-        a7.client.publish(subject.to_owned(), "{}".into()).await.unwrap();
+        a7.client
+            .publish(subject.to_owned(), "{}".into())
+            .await
+            .unwrap();
         a7.client.flush().await.unwrap();
         a7.refused("publish", subject).await;
     }
@@ -164,13 +208,15 @@ async fn a_crm_login_reaches_the_command_service_of_its_partners_only() {
     let token = Tenancy::token(json!({
         "sub": "crm-acme", "role": "crm", "partners": [A], "exp": in_an_hour()
     }));
-    let crm = Login::connect(&tenancy.url, "crm-acme", &token).await.unwrap();
+    let crm = Login::connect(&tenancy.url, "crm-acme", &token)
+        .await
+        .unwrap();
     let mut service = tenancy
         .bridge
         .subscribe("softphone.p.*.api.command")
         .await
         .unwrap();
-    tenancy.bridge.flush().await.unwrap();
+    tenancy.bridge_round_trip().await;
     let request = tokio::spawn({
         let client = crm.client.clone();
         async move {
@@ -179,8 +225,14 @@ async fn a_crm_login_reaches_the_command_service_of_its_partners_only() {
                 .await
         }
     });
-    let asked = tokio::time::timeout(PATIENCE, service.next()).await.unwrap().unwrap();
-    assert_eq!(asked.subject.as_str(), format!("softphone.p.{A}.api.command"));
+    let asked = tokio::time::timeout(PATIENCE, service.next())
+        .await
+        .expect("the request crosses to the bridge")
+        .unwrap();
+    assert_eq!(
+        asked.subject.as_str(),
+        format!("softphone.p.{A}.api.command")
+    );
     tenancy
         .bridge
         .publish(asked.reply.unwrap(), "ok".into())
@@ -192,7 +244,10 @@ async fn a_crm_login_reaches_the_command_service_of_its_partners_only() {
         "softphone.api.command".to_owned(),
         "softphone.cmd.agent-7".to_owned(),
     ] {
-        crm.client.publish(subject.clone(), "{}".into()).await.unwrap();
+        crm.client
+            .publish(subject.clone(), "{}".into())
+            .await
+            .unwrap();
         crm.client.flush().await.unwrap();
         crm.refused("publish", &subject).await;
     }
@@ -202,7 +257,8 @@ async fn a_crm_login_reaches_the_command_service_of_its_partners_only() {
 async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
     let tenancy = Tenancy::start(&[A], 1).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let softphone = |exp: i64| json!({"sub": "agent-7", "role": "softphone", "partnerId": A, "exp": exp});
+    let softphone =
+        |exp: i64| json!({"sub": "agent-7", "role": "softphone", "partnerId": A, "exp": exp});
     let wrong_key = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &softphone(now + 3600),
@@ -230,7 +286,9 @@ async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
             "login token names a partner that is not configured",
         ),
         (
-            Tenancy::token(json!({"sub": "agent-7", "role": "admin", "partnerId": A, "exp": now + 3600})),
+            Tenancy::token(
+                json!({"sub": "agent-7", "role": "admin", "partnerId": A, "exp": now + 3600}),
+            ),
             "login token role is neither softphone nor crm",
         ),
     ];
@@ -250,16 +308,26 @@ async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
         assert!(!tenancy.nats.log().contains(token.as_str()));
     }
     let metrics = softphone_bridge::metric::handle().render();
-    for reason in ["expired", "signature", "alg_none", "too_large", "unknown_partner", "unknown_role"] {
-        let series = format!(
-            "softphone_bridge_logins_total{{outcome=\"refused\",reason=\"{reason}\"}} 2"
-        );
+    for reason in [
+        "expired",
+        "signature",
+        "alg_none",
+        "too_large",
+        "unknown_partner",
+        "unknown_role",
+    ] {
+        let series =
+            format!("softphone_bridge_logins_total{{outcome=\"refused\",reason=\"{reason}\"}} 2");
         assert!(metrics.contains(&series), "{series}\n{metrics}");
     }
-    let good = Login::connect(&tenancy.url, "agent-7", &Tenancy::softphone_token("agent-7", A))
-        .await
-        .expect("a good login still connects");
-    good.client.flush().await.unwrap();
+    let good = Login::connect(
+        &tenancy.url,
+        "agent-7",
+        &Tenancy::softphone_token("agent-7", A),
+    )
+    .await
+    .expect("a good login still connects");
+    good.round_trip().await;
 }
 
 #[tokio::test]
@@ -271,40 +339,64 @@ async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
         let login = Login::connect(&tenancy.url, &name, &Tenancy::softphone_token(&name, A))
             .await
             .unwrap_or_else(|e| panic!("login {i} with two replicas left: {e}"));
-        login.client.flush().await.unwrap();
+        login.round_trip().await;
     }
 }
 
 #[tokio::test]
 async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
     let mut tenancy = Tenancy::start(&[A], 1).await;
-    let early = Login::connect(&tenancy.url, "agent-7", &Tenancy::softphone_token("agent-7", A))
-        .await
-        .unwrap();
+    let early = Login::connect(
+        &tenancy.url,
+        "agent-7",
+        &Tenancy::softphone_token("agent-7", A),
+    )
+    .await
+    .unwrap();
     assert!(
-        Login::connect(&tenancy.url, "agent-9", &Tenancy::softphone_token("agent-9", B))
-            .await
-            .is_err(),
+        Login::connect(
+            &tenancy.url,
+            "agent-9",
+            &Tenancy::softphone_token("agent-9", B)
+        )
+        .await
+        .is_err(),
         "B is not a partner yet"
     );
-    tenancy.add_partner(&[A, B]).await;
-    let r = jetstream::new(tenancy.bridge.clone()).publish("softphone.call.ended", call_body(&conversation(), "").into()).await.unwrap().await;
-    eprintln!("DIAG bridge direct: {r:?}");
-    let r = jetstream::new(tenancy.bridge.clone()).publish(format!("softphone.p.{B}.call.ended"), call_body(&conversation(), "").into()).await.unwrap().await;
-    eprintln!("DIAG bridge tenant B: {r:?}");
-    let r = jetstream::new(early.client.clone()).publish("softphone.call.ended", call_body(&conversation(), "").into()).await.unwrap().await;
-    eprintln!("DIAG early A: {r:?}");
-    let late = Login::connect(&tenancy.url, "agent-5", &Tenancy::softphone_token("agent-5", A)).await.unwrap();
-    let r = jetstream::new(late.client.clone()).publish("softphone.call.ended", call_body(&conversation(), "").into()).await.unwrap().await;
-    eprintln!("DIAG late A: {r:?}");
-    let b1 = Login::connect(&tenancy.url, "agent-1", &Tenancy::softphone_token("agent-1", B)).await.unwrap();
-    let mut sub = b1.client.subscribe("softphone.cmd.agent-1").await.unwrap();
-    b1.client.flush().await.unwrap();
-    let r = jetstream::new(tenancy.bridge.clone()).publish(format!("softphone.p.{B}.cmd.agent-1"), "{}".into()).await.unwrap().await;
-    eprintln!("DIAG cmd to B: {r:?} {:?}", tokio::time::timeout(std::time::Duration::from_secs(2), sub.next()).await.is_ok());
-    let b9 = Login::connect(&tenancy.ws_url, "agent-9", &Tenancy::softphone_token("agent-9", B))
+    tenancy.set_partners(&[A, B]).await;
+    // nats-server 2.12.8 does not subscribe the service and stream imports
+    // of an account that a reload introduces (server.go, configureAccounts):
+    // the login is placed, its events go nowhere. deploy/tenancy.md says to
+    // reload twice; when this fails after a server upgrade, once is enough.
+    let first = Login::connect(
+        &tenancy.url,
+        "agent-1",
+        &Tenancy::softphone_token("agent-1", B),
+    )
+    .await
+    .expect("the callout and the server know the new partner");
+    let mut js = jetstream::new(first.client.clone());
+    js.set_timeout(std::time::Duration::from_secs(2));
+    let lost = js
+        .publish(
+            "softphone.call.ended",
+            partner_call_body(B, &conversation(), "").into(),
+        )
         .await
-        .expect("the new partner's softphone logs in");
+        .unwrap()
+        .await;
+    assert!(
+        lost.is_err(),
+        "one reload wired the new partner's imports: {lost:?}"
+    );
+    tenancy.reload_again().await;
+    let b9 = Login::connect(
+        &tenancy.ws_url,
+        "agent-9",
+        &Tenancy::softphone_token("agent-9", B),
+    )
+    .await
+    .expect("the new partner's softphone logs in");
     let ack = jetstream::new(b9.client.clone())
         .publish(
             "softphone.call.ended",
@@ -318,7 +410,10 @@ async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
     assert_eq!(message.sequence, ack.sequence);
     // The connection made before the reload still works.
     jetstream::new(early.client.clone())
-        .publish("softphone.call.ended", call_body(&conversation(), "").into())
+        .publish(
+            "softphone.call.ended",
+            call_body(&conversation(), "").into(),
+        )
         .await
         .unwrap()
         .await

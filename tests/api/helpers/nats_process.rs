@@ -82,7 +82,12 @@ impl NatsProcess {
     /// Writes `conf` over the file and has the server reload it (SIGHUP,
     /// what `nats-server --signal reload` sends); waits until it has.
     pub async fn reload(&self, conf: &str) {
-        let before = self.log.lock().unwrap().matches("Reloaded server configuration").count();
+        let before = self
+            .log
+            .lock()
+            .unwrap()
+            .matches("Reloaded server configuration")
+            .count();
         std::fs::write(&self.conf, conf).unwrap();
         let pid = self.child.id().expect("running") as libc::pid_t;
         // SAFETY: kill(2) with a pid we own and a valid signal number.

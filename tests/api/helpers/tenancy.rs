@@ -22,7 +22,7 @@ pub const LOGIN_SECRET: &str = "platform-login-secret-of-32-bytes-at-least";
 /// One replica's callout: stop it with its token.
 struct Replica {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     client: async_nats::Client,
 }
 
@@ -41,6 +41,8 @@ pub struct Tenancy {
     replicas: Vec<Replica>,
     /// The callout every in-process replica shares (reloaded with the settings).
     callout: Arc<Callout>,
+    /// The server's configuration as last rendered.
+    conf: String,
     /// JetStream's storage, the same across reloads.
     _store: tempfile::TempDir,
 }
@@ -113,6 +115,7 @@ impl Tenancy {
             bridge,
             replicas: Vec::new(),
             callout,
+            conf,
             _store: store,
         };
         for _ in 0..replicas {
@@ -121,22 +124,19 @@ impl Tenancy {
         tenancy
     }
 
-    /// Starts one more callout replica, on a connection of its own.
+    /// Starts one more callout replica, on a connection of its own; returns
+    /// once the server has its subscription.
     pub async fn start_replica(&mut self) {
         let client = bridge_client(&self.url).await;
+        let requests = softphone_bridge::callout::subscribe(&client).await.unwrap();
+        round_trip(&client, "softphone.tenancy.round-trip").await;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(softphone_bridge::callout::serve(
+        let task = tokio::spawn(softphone_bridge::callout::serve_requests(
             client.clone(),
+            requests,
             Arc::clone(&self.callout),
             stop.clone(),
         ));
-        // Subscribed once the server has answered a round trip after it.
-        eventually("the callout replica to subscribe", || async {
-            client.flush().await.ok()?;
-            let info = client.server_info();
-            Some(info)
-        })
-        .await;
         self.replicas.push(Replica { stop, task, client });
     }
 
@@ -150,14 +150,26 @@ impl Tenancy {
         drop(replica.client);
     }
 
-    /// Adds `partner` to the settings, re-renders the server's configuration,
-    /// has the server reload it, and the callout take the new settings.
-    pub async fn add_partner(&mut self, partners: &[&str]) {
+    /// Sets the settings' partners to `partners`, re-renders the server's
+    /// configuration, has the server reload it once and the callout take the
+    /// new settings. A partner account that a reload introduces needs a
+    /// second reload for its imports ([`Tenancy::reload_again`]).
+    pub async fn set_partners(&mut self, partners: &[&str]) {
         let toml = Self::settings_toml(&self.issuer_seed, partners);
         self.settings = Settings::from_toml(&toml).unwrap();
-        let conf = render(&self.settings, &self.listeners, [1; 16]).unwrap();
-        self.nats.reload(&conf).await;
+        self.conf = render(&self.settings, &self.listeners, [1; 16]).unwrap();
+        self.nats.reload(&self.conf).await;
         self.callout.reload(&self.settings);
+    }
+
+    /// A round trip on the bridge's own connection ([`round_trip`]).
+    pub async fn bridge_round_trip(&self) {
+        round_trip(&self.bridge, "softphone.tenancy.round-trip").await;
+    }
+
+    /// Has the server reload the same configuration again.
+    pub async fn reload_again(&self) {
+        self.nats.reload(&self.conf).await;
     }
 
     /// An HS256 login token with `claims` (the secret the callout trusts).
@@ -175,6 +187,27 @@ impl Tenancy {
         Self::token(json!({
             "sub": softphone, "role": "softphone", "partnerId": partner, "exp": in_an_hour()
         }))
+    }
+}
+
+/// Waits for a round trip with the server on `client`: a request on
+/// `subject` (which the client may publish) answered, or refused for want of
+/// a responder. The server handles a connection's messages in order, so what
+/// the client sent before (a subscription) is in force once this returns;
+/// `flush` only writes them out.
+pub async fn round_trip(client: &async_nats::Client, subject: &str) {
+    let answered = tokio::time::timeout(
+        super::PATIENCE,
+        client.request(subject.to_owned(), "".into()),
+    )
+    .await
+    .expect("a round trip in time");
+    if let Err(e) = answered {
+        assert_eq!(
+            e.kind(),
+            async_nats::client::RequestErrorKind::NoResponders,
+            "round trip on {subject}: {e}"
+        );
     }
 }
 
@@ -200,7 +233,11 @@ pub struct Login {
 impl Login {
     /// Connects to `url` (nats:// or ws://) with `token`, using the inbox
     /// prefix of its own that its permissions allow.
-    pub async fn connect(url: &str, name: &str, token: &str) -> Result<Login, async_nats::ConnectError> {
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        token: &str,
+    ) -> Result<Login, async_nats::ConnectError> {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = Arc::clone(&errors);
         let client = async_nats::ConnectOptions::with_token(token.to_owned())
@@ -229,15 +266,24 @@ impl Login {
             "permissions violation for {action} to \"{}\"",
             subject.to_lowercase()
         );
-        eventually(&format!("{} refused {action} to {subject}", self.name), || async {
-            self.errors
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| e.contains(&needle))
-                .then_some(())
-        })
+        eventually(
+            &format!("{} refused {action} to {subject}", self.name),
+            || async {
+                self.errors
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.contains(&needle))
+                    .then_some(())
+            },
+        )
         .await;
+    }
+
+    /// A round trip on a softphone's connection: `softphone.load`, which
+    /// nobody serves in these tests ([`round_trip`]).
+    pub async fn round_trip(&self) {
+        round_trip(&self.client, "softphone.load").await;
     }
 
     /// Nothing was refused so far.
