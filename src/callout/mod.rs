@@ -124,7 +124,7 @@ impl Callout {
             Ok(request) => request,
             Err(why) => return (None, Outcome::BadRequest(why)),
         };
-        let outcome = match self.verifier.verify(&request.token) {
+        let outcome = match self.verifier.verify(&request.token, now) {
             Ok(login) => Outcome::Accepted(login),
             Err(refusal) => Outcome::Refused(refusal),
         };
@@ -320,5 +320,127 @@ async fn handle(client: &async_nats::Client, callout: &Callout, message: async_n
         && let Err(e) = client.publish(reply, answer.into()).await
     {
         tracing::warn!(error = %e, "Cannot answer an auth callout request.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+    const SECRET: &str = "a-platform-login-secret-32-bytes!";
+    const NOW: i64 = 1_900_000_000;
+
+    fn settings(xkey: Option<&nkeys::XKey>) -> Settings {
+        let xkey = xkey
+            .map(|k| format!("xkey_seed = \"{}\"\n", k.seed().unwrap()))
+            .unwrap_or_default();
+        Settings::from_toml(&format!(
+            "[callout]\nissuer_seed = \"{}\"\ntoken_secret = \"{SECRET}\"\n{xkey}\
+             [partners.{A}]\nbusiness_segment_id = \"{A}\"\nchannel_origin_id = \"{A}\"\n",
+            nkeys::KeyPair::new_account().seed().unwrap()
+        ))
+        .unwrap()
+    }
+
+    /// What a server sends: an authorization request signed with its key.
+    fn request(server: &nkeys::KeyPair, user: &str, token: &str) -> Vec<u8> {
+        let nats = json!({
+            "server_id": {"name": "n1", "host": "127.0.0.1", "id": server.public_key()},
+            "user_nkey": user,
+            "client_info": {"host": "127.0.0.1", "id": 5},
+            "connect_opts": {"auth_token": token, "protocol": 1},
+            "type": "authorization_request",
+            "version": 2
+        });
+        let claims = JwtClaims {
+            audience: REQUEST_AUDIENCE.into(),
+            expires: NOW + 2,
+            subject: "A-ISSUER".into(),
+            ..JwtClaims::default()
+        };
+        encode_jwt(claims, &nats, server, NOW).into_bytes()
+    }
+
+    fn token(exp: i64) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "agent-7", "role": "softphone", "partnerId": A, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_good_login_becomes_a_user_of_its_partner_account_signed_by_the_issuer() {
+        let settings = settings(None);
+        let callout = Callout::new(&settings).unwrap().unwrap();
+        let (server, user) = (nkeys::KeyPair::new_server(), nkeys::KeyPair::new_user());
+        let payload = request(&server, &user.public_key(), &token(NOW + 600));
+        let (answer, outcome) = callout.answer(&payload, None, NOW);
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let answer = String::from_utf8(answer.unwrap()).unwrap();
+        let (response, nats) = decode_jwt(&answer, 'A', NOW).unwrap();
+        let issuer = settings.callout.as_ref().unwrap().issuer_public_key();
+        assert_eq!(response.issuer, issuer);
+        assert_eq!(response.audience, server.public_key());
+        assert_eq!(response.subject, user.public_key());
+        assert_eq!(nats["type"], "authorization_response");
+        let (claims, user_nats) = decode_jwt(nats["jwt"].as_str().unwrap(), 'A', NOW).unwrap();
+        assert_eq!(claims.issuer, issuer);
+        assert_eq!(claims.subject, user.public_key());
+        assert_eq!(claims.audience, A, "placed in its partner's account");
+        assert_eq!(claims.name, "agent-7");
+        assert_eq!(claims.expires, NOW + 600, "expiring with the login");
+        assert_eq!(user_nats["type"], "user");
+        assert_eq!(
+            user_nats["sub"]["allow"],
+            json!(["softphone.cmd.agent-7", "_INBOX_agent-7.>"])
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_its_reason_and_a_forged_request_gets_no_answer() {
+        let callout = Callout::new(&settings(None)).unwrap().unwrap();
+        let (server, user) = (nkeys::KeyPair::new_server(), nkeys::KeyPair::new_user());
+        let payload = request(&server, &user.public_key(), &token(NOW - 60));
+        let (answer, outcome) = callout.answer(&payload, None, NOW);
+        assert_eq!(outcome, Outcome::Refused(Refusal::Expired));
+        let (_, nats) =
+            decode_jwt(std::str::from_utf8(&answer.unwrap()).unwrap(), 'A', NOW).unwrap();
+        assert_eq!(nats["error"], Refusal::Expired.text());
+        assert!(nats.get("jwt").is_none());
+        // Signed by an account, not a server: not the server's request.
+        let forged = request(
+            &nkeys::KeyPair::new_account(),
+            &user.public_key(),
+            &token(NOW + 60),
+        );
+        let (answer, outcome) = callout.answer(&forged, None, NOW);
+        assert!(answer.is_none());
+        assert!(matches!(outcome, Outcome::BadRequest(_)), "{outcome:?}");
+        assert_eq!(callout.answer(b"garbage", None, NOW).0, None);
+    }
+
+    #[test]
+    fn with_an_xkey_requests_and_answers_are_encrypted() {
+        let own = nkeys::XKey::new();
+        let callout = Callout::new(&settings(Some(&own))).unwrap().unwrap();
+        let server_xkey = nkeys::XKey::new();
+        let (server, user) = (nkeys::KeyPair::new_server(), nkeys::KeyPair::new_user());
+        let plain = request(&server, &user.public_key(), &token(NOW + 60));
+        let own_public = nkeys::XKey::from_public_key(&own.public_key()).unwrap();
+        let sealed = server_xkey.seal(&plain, &own_public).unwrap();
+        let (answer, outcome) = callout.answer(&sealed, Some(&server_xkey.public_key()), NOW);
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let answer = answer.unwrap();
+        assert!(!answer.starts_with(b"eyJ"), "the answer is sealed");
+        let opened = server_xkey.open(&answer, &own_public).unwrap();
+        decode_jwt(std::str::from_utf8(&opened).unwrap(), 'A', NOW).unwrap();
+        // A plain request when encryption is configured is not the server's.
+        assert!(matches!(
+            callout.answer(&plain, None, NOW).1,
+            Outcome::BadRequest(_)
+        ));
     }
 }

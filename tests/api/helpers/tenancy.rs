@@ -34,7 +34,8 @@ pub struct Tenancy {
     /// `ws://` URL of the WebSocket listener.
     pub ws_url: String,
     pub settings: Settings,
-    issuer_seed: String,
+    /// The issuer and curve seeds of the callout.
+    seeds: (String, String),
     listeners: Listeners,
     /// The bridge's own connection (JetStream in its account).
     pub bridge: async_nats::Client,
@@ -48,11 +49,14 @@ pub struct Tenancy {
 }
 
 impl Tenancy {
-    /// The settings TOML for `partners`, with the callout.
-    pub fn settings_toml(issuer_seed: &str, partners: &[&str]) -> String {
+    /// The settings TOML for `partners`, with the callout; the server
+    /// encrypts its requests to the callout's curve key (`xkey_seed`).
+    pub fn settings_toml(seeds: &(String, String), partners: &[&str]) -> String {
+        let (issuer_seed, xkey_seed) = seeds;
         let mut toml = format!(
             "[nats]\nuser = \"{BRIDGE_USER}\"\npassword = \"{BRIDGE_PASSWORD}\"\n\
-             [callout]\nissuer_seed = \"{issuer_seed}\"\ntoken_secret = \"{LOGIN_SECRET}\"\nleeway = \"0s\"\n"
+             [callout]\nissuer_seed = \"{issuer_seed}\"\nxkey_seed = \"{xkey_seed}\"\n\
+             token_secret = \"{LOGIN_SECRET}\"\nleeway = \"0s\"\n"
         );
         for partner in partners {
             toml.push_str(&format!(
@@ -66,8 +70,11 @@ impl Tenancy {
     /// `nats-config`, starts the server on it, provisions the streams as the
     /// bridge, and starts `replicas` callout replicas.
     pub async fn start(partners: &[&str], replicas: usize) -> Tenancy {
-        let issuer_seed = nkeys::KeyPair::new_account().seed().unwrap();
-        let toml = Self::settings_toml(&issuer_seed, partners);
+        let seeds = (
+            nkeys::KeyPair::new_account().seed().unwrap(),
+            nkeys::XKey::new().seed().unwrap(),
+        );
+        let toml = Self::settings_toml(&seeds, partners);
         let settings = Settings::from_toml(&toml).unwrap();
         let store = tempfile::tempdir().unwrap();
         let listeners = Listeners {
@@ -110,7 +117,7 @@ impl Tenancy {
             url,
             ws_url,
             settings,
-            issuer_seed,
+            seeds,
             listeners,
             bridge,
             replicas: Vec::new(),
@@ -155,7 +162,7 @@ impl Tenancy {
     /// new settings. A partner account that a reload introduces needs a
     /// second reload for its imports ([`Tenancy::reload_again`]).
     pub async fn set_partners(&mut self, partners: &[&str]) {
-        let toml = Self::settings_toml(&self.issuer_seed, partners);
+        let toml = Self::settings_toml(&self.seeds, partners);
         self.settings = Settings::from_toml(&toml).unwrap();
         self.conf = render(&self.settings, &self.listeners, [1; 16]).unwrap();
         self.nats.reload(&self.conf).await;
