@@ -95,10 +95,12 @@ impl Cli {
                 let shutdown = CancellationToken::new();
                 let stop_within = crate::startup::stop_within(&settings);
                 tokio::spawn(shutdown_on_signal(shutdown.clone(), stop_within));
-                Application::build(settings)
-                    .await?
-                    .run_until(shutdown)
-                    .await
+                let app = Application::build(settings).await?;
+                #[cfg(unix)]
+                if let Some(callout) = app.callout() {
+                    tokio::spawn(crate::callout::reload_on_hangup(self.config, callout));
+                }
+                app.run_until(shutdown).await
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,

@@ -113,6 +113,11 @@ impl Application {
         &self.client
     }
 
+    /// The auth callout this replica serves, when `[callout]` is configured.
+    pub fn callout(&self) -> Option<Arc<crate::callout::Callout>> {
+        self.callout.clone()
+    }
+
     /// Runs until `shutdown` is cancelled, then stops cleanly: stop pulling,
     /// finish or nak in-flight events, drain the connection.
     pub async fn run_until(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -288,6 +288,32 @@ pub async fn serve_requests(
     tracker.wait().await;
 }
 
+/// Reads the settings again on every SIGHUP and takes their partners: a
+/// partner added (or removed) is logged in (or no longer) without a restart.
+#[cfg(unix)]
+pub async fn reload_on_hangup(config: Option<std::path::PathBuf>, callout: Arc<Callout>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("Cannot listen for SIGHUP; partners are read at start-up only.");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match Settings::load(config.as_deref()) {
+            Ok(settings) => {
+                callout.reload(&settings);
+                tracing::info!(
+                    partners = settings.partners.len(),
+                    "Settings read again on SIGHUP: the auth callout takes their partners."
+                );
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "Settings read again on SIGHUP are invalid; the auth callout keeps its partners."
+            ),
+        }
+    }
+}
+
 async fn handle(client: &async_nats::Client, callout: &Callout, message: async_nats::Message) {
     let server_xkey = message
         .headers

@@ -419,3 +419,63 @@ async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
         .await
         .expect("A's softphone still publishes");
 }
+
+#[tokio::test]
+async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup() {
+    let mut tenancy = Tenancy::start(&[A], 0).await;
+    let crm = FakeCrm::start().await;
+    let bridge = Bridge::start(
+        &tenancy.url,
+        &bridge_config(&crm.url(), &tenancy.toml_for(&[A])),
+    );
+    let token = Tenancy::softphone_token("agent-7", A);
+    let a7 = eventually("a login through the bridge's callout", || async {
+        Login::connect(&tenancy.url, "agent-7", &token).await.ok()
+    })
+    .await;
+    a7.round_trip().await;
+    assert!(
+        Login::connect(
+            &tenancy.url,
+            "agent-9",
+            &Tenancy::softphone_token("agent-9", B)
+        )
+        .await
+        .is_err()
+    );
+    // The operator adds B: the server's configuration (reloaded twice), the
+    // bridge's settings (SIGHUP).
+    tenancy.set_partners(&[A, B]).await;
+    tenancy.reload_again().await;
+    std::fs::write(
+        bridge.config_file(),
+        bridge_config(&crm.url(), &tenancy.toml_for(&[A, B])),
+    )
+    .unwrap();
+    bridge.hangup();
+    bridge.logged("Settings read again on SIGHUP").await;
+    let b9 = Login::connect(
+        &tenancy.ws_url,
+        "agent-9",
+        &Tenancy::softphone_token("agent-9", B),
+    )
+    .await
+    .expect("the new partner's softphone logs in through the bridge's callout");
+    jetstream::new(b9.client.clone())
+        .publish(
+            "softphone.call.incoming",
+            partner_call_body(B, &conversation(), "").into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("its event is stored");
+    stored(&tenancy.bridge, &format!("softphone.p.{B}.call.incoming")).await;
+    bridge
+        .logged_line(&["Login refused", "unknown_partner"])
+        .await;
+    bridge.terminate();
+    let (status, stderr) = bridge.wait().await;
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains(&token), "the bridge logged a token");
+}

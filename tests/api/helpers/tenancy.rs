@@ -169,6 +169,11 @@ impl Tenancy {
         self.callout.reload(&self.settings);
     }
 
+    /// The settings TOML of this deployment for `partners` (its keys).
+    pub fn toml_for(&self, partners: &[&str]) -> String {
+        Self::settings_toml(&self.seeds, partners)
+    }
+
     /// A round trip on the bridge's own connection ([`round_trip`]).
     pub async fn bridge_round_trip(&self) {
         round_trip(&self.bridge, "softphone.tenancy.round-trip").await;
