@@ -334,13 +334,36 @@ async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
 async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
     let mut tenancy = Tenancy::start(&[A], 3).await;
     tenancy.kill_replica(1).await;
+    let mut logins = Vec::new();
     for i in 0..12 {
         let name = format!("agent-{i}");
         let login = Login::connect(&tenancy.url, &name, &Tenancy::softphone_token(&name, A))
             .await
             .unwrap_or_else(|e| panic!("login {i} with two replicas left: {e}"));
         login.round_trip().await;
+        logins.push(login);
     }
+    // With none left, new logins are refused and connections keep working.
+    tenancy.kill_replica(1).await;
+    tenancy.kill_replica(0).await;
+    assert!(
+        Login::connect(
+            &tenancy.url,
+            "agent-99",
+            &Tenancy::softphone_token("agent-99", A)
+        )
+        .await
+        .is_err()
+    );
+    jetstream::new(logins[0].client.clone())
+        .publish(
+            "softphone.call.ended",
+            call_body(&conversation(), "").into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("a softphone logged in before still publishes");
 }
 
 #[tokio::test]
@@ -471,6 +494,26 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
         .await
         .expect("its event is stored");
     stored(&tenancy.bridge, &format!("softphone.p.{B}.call.incoming")).await;
+    // The intake does not read partners' subjects yet: it sets the event
+    // aside, reaching no CRM (deploy/tenancy.md, "Not done yet").
+    let dlq = jetstream::new(tenancy.bridge.clone())
+        .get_stream(softphone_bridge::contract::DLQ_STREAM)
+        .await
+        .unwrap();
+    let dead = eventually("the partner's event to be set aside", || async {
+        dlq.get_last_raw_message_by_subject(&format!("softphone.dlq.p.{B}.call.incoming"))
+            .await
+            .ok()
+    })
+    .await;
+    let reason = dead
+        .headers
+        .get("Softphone-Dlq-Reason")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(reason.contains("softphone.p."), "{reason}");
+    assert!(crm.drain().await.is_empty(), "no CRM heard of it");
     bridge
         .logged_line(&["Login refused", "unknown_partner"])
         .await;
