@@ -522,3 +522,43 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains(&token), "the bridge logged a token");
 }
+
+#[tokio::test]
+async fn with_a_certificate_both_listeners_speak_tls_only() {
+    let tenancy = Tenancy::start_with(&[A], 1, true).await;
+    let ca = tenancy.ca.as_deref();
+    for url in [&tenancy.url, &tenancy.ws_url] {
+        let a7 =
+            Login::connect_trusting(url, "agent-7", &Tenancy::softphone_token("agent-7", A), ca)
+                .await
+                .unwrap_or_else(|e| panic!("a softphone logs in over {url}: {e}"));
+        jetstream::new(a7.client.clone())
+            .publish(
+                "softphone.call.accepted",
+                call_body(&conversation(), "").into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap_or_else(|e| panic!("its event is stored over {url}: {e}"));
+    }
+    // The client port requires TLS (its INFO says so before anything else)...
+    let mut info = String::new();
+    let stream = tokio::net::TcpStream::connect(tenancy.url.trim_start_matches("tls://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stream), &mut info)
+        .await
+        .unwrap();
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    // ... and the WebSocket listener speaks no plain ws://.
+    let plain_ws = tenancy.ws_url.replace("wss://", "ws://");
+    let connected = tokio::time::timeout(
+        PATIENCE,
+        async_nats::ConnectOptions::with_token(Tenancy::softphone_token("agent-7", A))
+            .connect(plain_ws.as_str()),
+    )
+    .await
+    .expect("an answer in time");
+    assert!(connected.is_err(), "{plain_ws} connected without TLS");
+}

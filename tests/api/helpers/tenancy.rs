@@ -42,6 +42,8 @@ pub struct Tenancy {
     replicas: Vec<Replica>,
     /// The callout every in-process replica shares (reloaded with the settings).
     callout: Arc<Callout>,
+    /// The CA (the server's own certificate) clients trust, with TLS.
+    pub ca: Option<std::path::PathBuf>,
     /// The server's configuration as last rendered.
     conf: String,
     /// JetStream's storage, the same across reloads.
@@ -70,6 +72,12 @@ impl Tenancy {
     /// `nats-config`, starts the server on it, provisions the streams as the
     /// bridge, and starts `replicas` callout replicas.
     pub async fn start(partners: &[&str], replicas: usize) -> Tenancy {
+        Self::start_with(partners, replicas, false).await
+    }
+
+    /// Like [`Tenancy::start`]; with `tls`, a certificate of its own (a CA
+    /// the clients trust) on the client and WebSocket listeners.
+    pub async fn start_with(partners: &[&str], replicas: usize, tls: bool) -> Tenancy {
         let seeds = (
             nkeys::KeyPair::new_account().seed().unwrap(),
             nkeys::XKey::new().seed().unwrap(),
@@ -77,12 +85,26 @@ impl Tenancy {
         let toml = Self::settings_toml(&seeds, partners);
         let settings = Settings::from_toml(&toml).unwrap();
         let store = tempfile::tempdir().unwrap();
+        let (tls_cert, tls_key) = if tls {
+            let cert = rcgen::generate_simple_self_signed(vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ])
+            .unwrap();
+            let (cert_file, key_file) =
+                (store.path().join("cert.pem"), store.path().join("key.pem"));
+            std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+            std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+            (Some(cert_file), Some(key_file))
+        } else {
+            (None, None)
+        };
         let listeners = Listeners {
             listen: format!("127.0.0.1:{}", free_port()),
             websocket: format!("127.0.0.1:{}", free_port()),
-            store_dir: store.path().to_owned(),
-            tls_cert: None,
-            tls_key: None,
+            store_dir: store.path().join("jetstream"),
+            tls_cert,
+            tls_key,
             monitor: None,
         };
         let file = store.path().join("bridge.toml");
@@ -94,6 +116,18 @@ impl Tenancy {
             .arg(&listeners.websocket)
             .arg("--store-dir")
             .arg(&listeners.store_dir)
+            .args(
+                listeners
+                    .tls_cert
+                    .iter()
+                    .flat_map(|cert| [std::ffi::OsStr::new("--tls-cert"), cert.as_os_str()]),
+            )
+            .args(
+                listeners
+                    .tls_key
+                    .iter()
+                    .flat_map(|key| [std::ffi::OsStr::new("--tls-key"), key.as_os_str()]),
+            )
             .output()
             .expect("softphone-bridge runs");
         assert!(
@@ -103,11 +137,13 @@ impl Tenancy {
         );
         let conf = String::from_utf8(rendered.stdout).unwrap();
         let nats = NatsProcess::start(&conf).await;
-        let url = format!("nats://{}", listeners.listen);
-        let ws_url = format!("ws://{}", listeners.websocket);
+        let (scheme, ws_scheme) = if tls { ("tls", "wss") } else { ("nats", "ws") };
+        let url = format!("{scheme}://{}", listeners.listen);
+        let ws_url = format!("{ws_scheme}://{}", listeners.websocket);
+        let ca = listeners.tls_cert.clone();
         // The callout counts logins in the process's recorder.
         softphone_bridge::metric::handle();
-        let bridge = bridge_client(&url).await;
+        let bridge = bridge_client(&url, ca.as_deref()).await;
         softphone_bridge::provision::apply(&async_nats::jetstream::new(bridge.clone()), &settings)
             .await
             .expect("the bridge provisions its account");
@@ -119,6 +155,7 @@ impl Tenancy {
             settings,
             seeds,
             listeners,
+            ca,
             bridge,
             replicas: Vec::new(),
             callout,
@@ -134,7 +171,7 @@ impl Tenancy {
     /// Starts one more callout replica, on a connection of its own; returns
     /// once the server has its subscription.
     pub async fn start_replica(&mut self) {
-        let client = bridge_client(&self.url).await;
+        let client = bridge_client(&self.url, self.ca.as_deref()).await;
         let requests = softphone_bridge::callout::subscribe(&client).await.unwrap();
         round_trip(&client, "softphone.tenancy.round-trip").await;
         let stop = CancellationToken::new();
@@ -228,11 +265,33 @@ pub fn in_an_hour() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp() + 3600
 }
 
-async fn bridge_client(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::with_user_and_password(BRIDGE_USER.into(), BRIDGE_PASSWORD.into())
-        .connect(url)
-        .await
-        .expect("the bridge's own user connects without the callout")
+async fn bridge_client(url: &str, ca: Option<&std::path::Path>) -> async_nats::Client {
+    trusting(
+        async_nats::ConnectOptions::with_user_and_password(
+            BRIDGE_USER.into(),
+            BRIDGE_PASSWORD.into(),
+        ),
+        ca,
+    )
+    .connect(url)
+    .await
+    .expect("the bridge's own user connects without the callout")
+}
+
+/// `options` trusting `ca`, when there is one.
+fn trusting(
+    options: async_nats::ConnectOptions,
+    ca: Option<&std::path::Path>,
+) -> async_nats::ConnectOptions {
+    match ca {
+        Some(ca) => {
+            softphone_bridge::tls::install_provider();
+            options
+                .add_root_certificates(ca.to_owned())
+                .require_tls(true)
+        }
+        None => options,
+    }
 }
 
 /// A client logged in with a platform token, and what the server refused it.
@@ -250,9 +309,19 @@ impl Login {
         name: &str,
         token: &str,
     ) -> Result<Login, async_nats::ConnectError> {
+        Self::connect_trusting(url, name, token, None).await
+    }
+
+    /// Like [`Login::connect`], trusting `ca` for TLS.
+    pub async fn connect_trusting(
+        url: &str,
+        name: &str,
+        token: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Login, async_nats::ConnectError> {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = Arc::clone(&errors);
-        let client = async_nats::ConnectOptions::with_token(token.to_owned())
+        let client = trusting(async_nats::ConnectOptions::with_token(token.to_owned()), ca)
             .custom_inbox_prefix(format!("_INBOX_{name}"))
             .max_reconnects(Some(1))
             .event_callback(move |event| {
