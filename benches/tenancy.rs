@@ -1,13 +1,19 @@
-//! Logins per second through the auth callout (deploy/tenancy.md): the
-//! callout's answer alone (verify the login token, sign the user and the
-//! response), then whole logins, clients connecting with their tokens to the
-//! real nats-server on the configuration `nats-config` renders, answered by
-//! two callout replicas. `cargo bench --bench callout`; BENCH_LOGINS (2000)
-//! and BENCH_CONCURRENCY (32) size it. Needs the static nats-server
-//! (`source deploy/nats-env.sh && ensure_nats_binary`).
+//! Tenancy (deploy/tenancy.md) on the real nats-server with the
+//! configuration `nats-config` renders:
+//! - logins per second through the auth callout: the callout's answer alone
+//!   (verify the login token, sign the user and the response), then whole
+//!   logins, clients connecting with their tokens, answered by two callout
+//!   replicas;
+//! - events per second a softphone stores through its partner's account (the
+//!   service import, publish acks crossing back) divided by the same published
+//!   straight into the bridge's account, as today's single account does.
+//!
+//! `cargo bench --bench tenancy`; BENCH_LOGINS (2000), BENCH_CONCURRENCY
+//! (32), BENCH_EVENTS (20000) and BENCH_ROUNDS (3) size it. Needs the static
+//! nats-server (`source deploy/nats-env.sh && ensure_nats_binary`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 use softphone_bridge::callout::{self, Callout, JwtClaims, encode_jwt};
@@ -101,9 +107,9 @@ fn answer_alone(logins: usize) -> f64 {
     logins as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Whole logins against the real server; returns logins per second and
-/// the latencies' p50 and p99.
-async fn logins_through_the_server(logins: usize, concurrency: usize) -> (f64, Duration, Duration) {
+/// Whole logins against the real server, then events through a partner's
+/// account and straight into the bridge's; prints what it measures.
+async fn logins_through_the_server(logins: usize, concurrency: usize) {
     let settings = settings();
     let dir = tempfile::tempdir().unwrap();
     let listeners = Listeners {
@@ -185,10 +191,76 @@ async fn logins_through_the_server(logins: usize, concurrency: usize) -> (f64, D
         latencies.extend(worker.await.unwrap());
     }
     let rate = logins as f64 / started.elapsed().as_secs_f64();
-    stop.cancel();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    (rate, at(0.5), at(0.99))
+    println!(
+        "logins through nats-server and 2 callout replicas ({logins} logins, {concurrency} at once): \
+         {rate:.0} logins/s, connect p50 {:.1} ms, p99 {:.1} ms (goal: 1000/s; a 10 000-agent shift change in a minute needs 170/s)",
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3
+    );
+
+    // Events: the bridge's own user on the contract's subject (today's single
+    // account) and a softphone through its partner's account, in turns.
+    let bridge = async_nats::ConnectOptions::with_user_and_password(
+        "bridge".into(),
+        "bench-password".into(),
+    )
+    .connect(&url)
+    .await
+    .unwrap();
+    softphone_bridge::provision::apply(&async_nats::jetstream::new(bridge.clone()), &settings)
+        .await
+        .unwrap();
+    let softphone = async_nats::ConnectOptions::with_token(token(0))
+        .custom_inbox_prefix("_INBOX_agent-0")
+        .connect(&url)
+        .await
+        .unwrap();
+    let events = env_or("BENCH_EVENTS", 20_000);
+    let rounds = env_or("BENCH_ROUNDS", 3).max(1);
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        let single = publish_events(&bridge, events).await;
+        let partner = publish_events(&softphone, events).await;
+        println!(
+            "round {round}/{rounds}: {events} events stored with acks: single account {single:.0}/s, \
+             through a partner account {partner:.0}/s, ratio {:.2}",
+            partner / single
+        );
+        ratios.push(partner / single);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "partner account / single account, median of {rounds}: {:.2} (goal: at least 0.9)",
+        ratios[rounds / 2]
+    );
+    stop.cancel();
+}
+
+/// Publishes `events` call events on `softphone.call.accepted`, at most 256
+/// awaiting their ack; events per second.
+async fn publish_events(client: &async_nats::Client, events: usize) -> f64 {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(client.clone());
+    let body = bytes::Bytes::from(format!(
+        r#"{{"partnerId":"{PARTNER}","conversationId":"57053e21-0440-4689-a27a-513d7dceebde","callerANI":"+18883973342"}}"#
+    ));
+    let started = Instant::now();
+    let mut acks = futures::stream::iter(0..events)
+        .map(|_| {
+            let (js, body) = (js.clone(), body.clone());
+            async move {
+                js.publish("softphone.call.accepted", body)
+                    .await
+                    .expect("published")
+                    .await
+                    .expect("stored")
+            }
+        })
+        .buffer_unordered(256);
+    while acks.next().await.is_some() {}
+    events as f64 / started.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -197,11 +269,5 @@ fn main() {
     let alone = answer_alone(logins);
     println!("callout answer alone (verify + sign, 1 core): {alone:.0} logins/s");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (rate, p50, p99) = runtime.block_on(logins_through_the_server(logins, concurrency));
-    println!(
-        "logins through nats-server and 2 callout replicas ({logins} logins, {concurrency} at once): \
-         {rate:.0} logins/s, connect p50 {:.1} ms, p99 {:.1} ms (goal: 1000/s; a 10 000-agent shift change in a minute needs 170/s)",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3
-    );
+    runtime.block_on(logins_through_the_server(logins, concurrency));
 }
