@@ -45,10 +45,8 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
         // The body names the other partner: the subject says who published.
         let other = if partner == A { B } else { A };
         let body = partner_call_body(other, &conversation(), "");
-        let ack = jetstream::new(softphone.client.clone())
-            .publish("softphone.call.accepted", body.clone().into())
-            .await
-            .unwrap()
+        let ack = softphone
+            .store("softphone.call.accepted", body.clone())
             .await
             .expect("the publish ack crosses back through the service import");
         assert_eq!(ack.stream, EVENTS_STREAM);
@@ -62,17 +60,10 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
         softphone.refused_nothing();
     }
     // `loaded`, status changes, heartbeats and `load` requests cross too.
-    let js = jetstream::new(a7.client.clone());
-    js.publish(
-        "softphone.loaded",
-        json!({"softphoneId": "agent-7", "partnerId": A})
-            .to_string()
-            .into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .expect("loaded is stored");
+    let loaded = json!({"softphoneId": "agent-7", "partnerId": A});
+    a7.store("softphone.loaded", loaded.to_string())
+        .await
+        .expect("loaded is stored");
     stored(&tenancy.bridge, &format!("softphone.p.{A}.loaded")).await;
     let mut beats = tenancy
         .bridge
@@ -355,13 +346,8 @@ async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
         .await
         .is_err()
     );
-    jetstream::new(logins[0].client.clone())
-        .publish(
-            "softphone.call.ended",
-            call_body(&conversation(), "").into(),
-        )
-        .await
-        .unwrap()
+    logins[0]
+        .store("softphone.call.ended", call_body(&conversation(), ""))
         .await
         .expect("a softphone logged in before still publishes");
 }
@@ -420,25 +406,18 @@ async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
     )
     .await
     .expect("the new partner's softphone logs in");
-    let ack = jetstream::new(b9.client.clone())
-        .publish(
+    let ack = b9
+        .store(
             "softphone.call.ended",
-            partner_call_body(B, &conversation(), "").into(),
+            partner_call_body(B, &conversation(), ""),
         )
-        .await
-        .unwrap()
         .await
         .expect("the new partner's event is stored");
     let message = stored(&tenancy.bridge, &format!("softphone.p.{B}.call.ended")).await;
     assert_eq!(message.sequence, ack.sequence);
     // The connection made before the reload still works.
-    jetstream::new(early.client.clone())
-        .publish(
-            "softphone.call.ended",
-            call_body(&conversation(), "").into(),
-        )
-        .await
-        .unwrap()
+    early
+        .store("softphone.call.ended", call_body(&conversation(), ""))
         .await
         .expect("A's softphone still publishes");
 }
@@ -484,15 +463,12 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
     )
     .await
     .expect("the new partner's softphone logs in through the bridge's callout");
-    jetstream::new(b9.client.clone())
-        .publish(
-            "softphone.call.incoming",
-            partner_call_body(B, &conversation(), "").into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .expect("its event is stored");
+    b9.store(
+        "softphone.call.incoming",
+        partner_call_body(B, &conversation(), ""),
+    )
+    .await
+    .expect("its event is stored");
     stored(&tenancy.bridge, &format!("softphone.p.{B}.call.incoming")).await;
     // The intake does not read partners' subjects yet: it sets the event
     // aside, reaching no CRM (deploy/tenancy.md, "Not done yet").
@@ -532,13 +508,7 @@ async fn with_a_certificate_both_listeners_speak_tls_only() {
             Login::connect_trusting(url, "agent-7", &Tenancy::softphone_token("agent-7", A), ca)
                 .await
                 .unwrap_or_else(|e| panic!("a softphone logs in over {url}: {e}"));
-        jetstream::new(a7.client.clone())
-            .publish(
-                "softphone.call.accepted",
-                call_body(&conversation(), "").into(),
-            )
-            .await
-            .unwrap()
+        a7.store("softphone.call.accepted", call_body(&conversation(), ""))
             .await
             .unwrap_or_else(|e| panic!("its event is stored over {url}: {e}"));
     }

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use async_nats::jetstream;
 use serde_json::{Value, json};
 use softphone_bridge::callout::Callout;
 use softphone_bridge::config::Settings;
@@ -278,6 +279,24 @@ async fn bridge_client(url: &str, ca: Option<&std::path::Path>) -> async_nats::C
     .expect("the bridge's own user connects without the callout")
 }
 
+/// Waits until `errors` (what the server sent `who`, lower case) holds its
+/// refusal of `action` (`publish`, `subscription`) on `subject`.
+pub async fn server_refused(errors: &Mutex<Vec<String>>, who: &str, action: &str, subject: &str) {
+    let needle = format!(
+        "permissions violation for {action} to \"{}\"",
+        subject.to_lowercase()
+    );
+    eventually(&format!("{who} refused {action} to {subject}"), || async {
+        errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains(&needle))
+            .then_some(())
+    })
+    .await;
+}
+
 /// `options` trusting `ca`, when there is one.
 fn trusting(
     options: async_nats::ConnectOptions,
@@ -343,22 +362,20 @@ impl Login {
 
     /// Waits for the server to refuse `action` (`publish`, `subscription`) on `subject`.
     pub async fn refused(&self, action: &str, subject: &str) {
-        let needle = format!(
-            "permissions violation for {action} to \"{}\"",
-            subject.to_lowercase()
-        );
-        eventually(
-            &format!("{} refused {action} to {subject}", self.name),
-            || async {
-                self.errors
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e.contains(&needle))
-                    .then_some(())
-            },
-        )
-        .await;
+        server_refused(&self.errors, &self.name, action, subject).await;
+    }
+
+    /// Publishes an event with JetStream and waits for its publish ack:
+    /// `Err` when no stream stored it.
+    pub async fn store(
+        &self,
+        subject: &str,
+        body: String,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        jetstream::new(self.client.clone())
+            .publish(subject.to_owned(), body.into())
+            .await?
+            .await
     }
 
     /// A round trip on a softphone's connection: `softphone.load`, which
