@@ -27,20 +27,12 @@ async fn stored(bridge: &async_nats::Client, subject: &str) -> jetstream::messag
 async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_its_partner() {
     let tenancy = Tenancy::start(&[A, B], 1).await;
     // Partner A's softphone over WebSocket, partner B's over TCP.
-    let a7 = Login::connect(
-        &tenancy.ws_url,
-        "agent-7",
-        &Tenancy::softphone_token("agent-7", A),
-    )
-    .await
-    .expect("A's softphone logs in over WebSocket");
-    let b8 = Login::connect(
-        &tenancy.url,
-        "agent-8",
-        &Tenancy::softphone_token("agent-8", B),
-    )
-    .await
-    .expect("B's softphone logs in over TCP");
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .expect("A's softphone logs in over WebSocket");
+    let b8 = Login::softphone(&tenancy.url, "agent-8", B)
+        .await
+        .expect("B's softphone logs in over TCP");
     for (softphone, partner) in [(&a7, A), (&b8, B)] {
         // The body names the other partner: the subject says who published.
         let other = if partner == A { B } else { A };
@@ -114,20 +106,10 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
 async fn commands_reach_only_their_partners_softphone() {
     let tenancy = Tenancy::start(&[A, B], 1).await;
     // The same softphone id in both partners.
-    let a7 = Login::connect(
-        &tenancy.ws_url,
-        "agent-7",
-        &Tenancy::softphone_token("agent-7", A),
-    )
-    .await
-    .unwrap();
-    let b7 = Login::connect(
-        &tenancy.url,
-        "agent-7",
-        &Tenancy::softphone_token("agent-7", B),
-    )
-    .await
-    .unwrap();
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .unwrap();
+    let b7 = Login::softphone(&tenancy.url, "agent-7", B).await.unwrap();
     let mut a_commands = a7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
     let mut b_commands = b7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
     a7.round_trip().await;
@@ -311,13 +293,9 @@ async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
             format!("softphone_bridge_logins_total{{outcome=\"refused\",reason=\"{reason}\"}} 2");
         assert!(metrics.contains(&series), "{series}\n{metrics}");
     }
-    let good = Login::connect(
-        &tenancy.url,
-        "agent-7",
-        &Tenancy::softphone_token("agent-7", A),
-    )
-    .await
-    .expect("a good login still connects");
+    let good = Login::softphone(&tenancy.url, "agent-7", A)
+        .await
+        .expect("a good login still connects");
     good.round_trip().await;
 }
 
@@ -328,7 +306,7 @@ async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
     let mut logins = Vec::new();
     for i in 0..12 {
         let name = format!("agent-{i}");
-        let login = Login::connect(&tenancy.url, &name, &Tenancy::softphone_token(&name, A))
+        let login = Login::softphone(&tenancy.url, &name, A)
             .await
             .unwrap_or_else(|e| panic!("login {i} with two replicas left: {e}"));
         login.round_trip().await;
@@ -337,15 +315,7 @@ async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
     // With none left, new logins are refused and connections keep working.
     tenancy.kill_replica(1).await;
     tenancy.kill_replica(0).await;
-    assert!(
-        Login::connect(
-            &tenancy.url,
-            "agent-99",
-            &Tenancy::softphone_token("agent-99", A)
-        )
-        .await
-        .is_err()
-    );
+    assert!(Login::softphone(&tenancy.url, "agent-99", A).await.is_err());
     logins[0]
         .store("softphone.call.ended", call_body(&conversation(), ""))
         .await
@@ -355,21 +325,9 @@ async fn logins_go_on_when_one_of_three_callout_replicas_dies() {
 #[tokio::test]
 async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
     let mut tenancy = Tenancy::start(&[A], 1).await;
-    let early = Login::connect(
-        &tenancy.url,
-        "agent-7",
-        &Tenancy::softphone_token("agent-7", A),
-    )
-    .await
-    .unwrap();
+    let early = Login::softphone(&tenancy.url, "agent-7", A).await.unwrap();
     assert!(
-        Login::connect(
-            &tenancy.url,
-            "agent-9",
-            &Tenancy::softphone_token("agent-9", B)
-        )
-        .await
-        .is_err(),
+        Login::softphone(&tenancy.url, "agent-9", B).await.is_err(),
         "B is not a partner yet"
     );
     tenancy.set_partners(&[A, B]).await;
@@ -377,13 +335,9 @@ async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
     // of an account that a reload introduces (server.go, configureAccounts):
     // the login is placed, its events go nowhere. deploy/tenancy.md says to
     // reload twice; when this fails after a server upgrade, once is enough.
-    let first = Login::connect(
-        &tenancy.url,
-        "agent-1",
-        &Tenancy::softphone_token("agent-1", B),
-    )
-    .await
-    .expect("the callout and the server know the new partner");
+    let first = Login::softphone(&tenancy.url, "agent-1", B)
+        .await
+        .expect("the callout and the server know the new partner");
     let mut js = jetstream::new(first.client.clone());
     js.set_timeout(std::time::Duration::from_secs(2));
     let lost = js
@@ -399,13 +353,9 @@ async fn a_partner_added_and_reloaded_logs_in_without_a_restart() {
         "one reload wired the new partner's imports: {lost:?}"
     );
     tenancy.reload_again().await;
-    let b9 = Login::connect(
-        &tenancy.ws_url,
-        "agent-9",
-        &Tenancy::softphone_token("agent-9", B),
-    )
-    .await
-    .expect("the new partner's softphone logs in");
+    let b9 = Login::softphone(&tenancy.ws_url, "agent-9", B)
+        .await
+        .expect("the new partner's softphone logs in");
     let ack = b9
         .store(
             "softphone.call.ended",
@@ -436,15 +386,7 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
     })
     .await;
     a7.round_trip().await;
-    assert!(
-        Login::connect(
-            &tenancy.url,
-            "agent-9",
-            &Tenancy::softphone_token("agent-9", B)
-        )
-        .await
-        .is_err()
-    );
+    assert!(Login::softphone(&tenancy.url, "agent-9", B).await.is_err());
     // The operator adds B: the server's configuration (reloaded twice), the
     // bridge's settings (SIGHUP).
     tenancy.set_partners(&[A, B]).await;
@@ -456,13 +398,9 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
     .unwrap();
     bridge.hangup();
     bridge.logged("Settings read again on SIGHUP").await;
-    let b9 = Login::connect(
-        &tenancy.ws_url,
-        "agent-9",
-        &Tenancy::softphone_token("agent-9", B),
-    )
-    .await
-    .expect("the new partner's softphone logs in through the bridge's callout");
+    let b9 = Login::softphone(&tenancy.ws_url, "agent-9", B)
+        .await
+        .expect("the new partner's softphone logs in through the bridge's callout");
     b9.store(
         "softphone.call.incoming",
         partner_call_body(B, &conversation(), ""),

@@ -331,6 +331,15 @@ impl Login {
         Self::connect_trusting(url, name, token, None).await
     }
 
+    /// A softphone of `partner` named `name`, logging in with a good token.
+    pub async fn softphone(
+        url: &str,
+        name: &str,
+        partner: &str,
+    ) -> Result<Login, async_nats::ConnectError> {
+        Self::connect(url, name, &Tenancy::softphone_token(name, partner)).await
+    }
+
     /// Like [`Login::connect`], trusting `ca` for TLS.
     pub async fn connect_trusting(
         url: &str,
