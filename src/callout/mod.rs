@@ -27,6 +27,7 @@ pub use permission::{Permissions, for_login as permissions, inbox_prefix};
 pub use settings::{CalloutSettings, MAX_TOKEN_BYTES};
 
 use crate::config::Settings;
+use crate::metric::LOGINS;
 
 /// The subject the server sends its authorization requests on.
 pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
@@ -38,11 +39,6 @@ const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
 const REQUEST_AUDIENCE: &str = "nats-authorization-request";
 /// Requests answered at once by one replica.
 const MAX_IN_FLIGHT: usize = 256;
-
-/// Logins answered, by `outcome` (`accepted`, `refused`) and `reason` (the
-/// role of an accepted login, the [`Refusal`] label of a refused one, or
-/// `bad_request` for a request that is not the server's).
-pub const LOGINS: &str = "softphone_bridge_logins_total";
 
 /// The callout's keys and rules, built once at start-up.
 pub struct Callout {
