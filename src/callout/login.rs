@@ -216,7 +216,7 @@ impl Verifier {
         let mut refusal = Refusal::Signature;
         for key in candidates {
             match jsonwebtoken::decode::<RawClaims>(token, &key.key, &validation) {
-                Ok(data) if data.claims.exp + self.leeway < now => return Err(Refusal::Expired),
+                Ok(data) if now >= data.claims.exp + self.leeway => return Err(Refusal::Expired),
                 Ok(data) => return self.claims(data.claims),
                 Err(e) => {
                     refusal = match e.kind() {

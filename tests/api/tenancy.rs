@@ -470,3 +470,27 @@ async fn with_a_certificate_both_listeners_speak_tls_only() {
     .expect("an answer in time");
     assert!(connected.is_err(), "{plain_ws} connected without TLS");
 }
+
+#[tokio::test]
+async fn a_connection_ends_when_its_login_expires() {
+    let tenancy = Tenancy::start(&[A], 1).await;
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
+    let token = Tenancy::token(json!({
+        "sub": "agent-7", "role": "softphone", "partnerId": A, "exp": exp
+    }));
+    let a7 = Login::connect(&tenancy.url, "agent-7", &token)
+        .await
+        .expect("a login valid for two more seconds");
+    a7.round_trip().await;
+    // The server ends it at `exp`; logging in again with the same token is refused.
+    eventually("the server to end the expired login", || async {
+        a7.server_said("authentication expired").then_some(())
+    })
+    .await;
+    assert!(
+        Login::connect(&tenancy.url, "agent-7", &token)
+            .await
+            .is_err()
+    );
+    tenancy.nats.logged("login token expired").await;
+}

@@ -393,6 +393,11 @@ impl Login {
         round_trip(&self.client, "softphone.load").await;
     }
 
+    /// Whether the server sent an error containing `text` (lower case).
+    pub fn server_said(&self, text: &str) -> bool {
+        self.errors.lock().unwrap().iter().any(|e| e.contains(text))
+    }
+
     /// Nothing was refused so far.
     pub fn refused_nothing(&self) {
         let errors = self.errors.lock().unwrap();
