@@ -46,6 +46,8 @@ pub struct Callout {
     issuer: nkeys::KeyPair,
     xkey: Option<nkeys::XKey>,
     crm_account: String,
+    /// Clock skew allowed between the server, the platform and this replica.
+    leeway: i64,
 }
 
 /// What one request came to.
@@ -97,6 +99,7 @@ impl Callout {
             issuer,
             xkey,
             crm_account: callout.crm_account.clone(),
+            leeway: callout.leeway.as_secs() as i64,
         }))
     }
 
@@ -174,7 +177,8 @@ impl Callout {
             (None, _) => payload,
         };
         let text = std::str::from_utf8(payload).map_err(|_| "not UTF-8")?;
-        let (claims, nats) = decode_jwt(text, 'N', now).map_err(|e| match e {
+        // The server's clock may run behind this replica's.
+        let (claims, nats) = decode_jwt(text, 'N', now - self.leeway).map_err(|e| match e {
             JwtError::Expired => "expired request",
             JwtError::Signature => "request signature does not verify",
             _ => "not a server-signed NATS JWT",
@@ -221,7 +225,9 @@ impl Callout {
         });
         let claims = JwtClaims {
             audience: account,
-            expires: login.expires,
+            // Expiring with the login; one accepted within the leeway after
+            // its `exp` gets a second, not a user the server refuses as expired.
+            expires: login.expires.max(now + 1),
             name: login.subject.to_string(),
             subject: request.user_nkey.clone(),
             ..JwtClaims::default()
