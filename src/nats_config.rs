@@ -81,7 +81,8 @@ pub fn render(
     let _ = writeln!(
         w,
         "# nats-server configuration rendered by `softphone-bridge nats-config`.\n\
-         # Re-render and `nats-server --signal reload` after changing partners.\n\
+         # After changing partners: re-render, `nats-server --signal reload` twice\n\
+         # (a new account's imports are wired by the second), SIGHUP the bridge.\n\
          # It holds a bcrypt hash of the bridge's password, no other secret.\n"
     );
     let _ = writeln!(w, "listen: {}", q(&listeners.listen));
@@ -133,13 +134,10 @@ pub fn render(
         q(&hash)
     );
     for mapping in MAPPINGS {
-        let kind = match mapping.flow {
-            Flow::ToBridge => "service",
-            Flow::ToPartner => "stream",
-        };
         let _ = writeln!(
             w,
-            "      {{ {kind}: {}, account_token_position: {PARTNER_TOKEN_POSITION} }}",
+            "      {{ {}: {}, account_token_position: {PARTNER_TOKEN_POSITION} }}",
+            kind(mapping.flow),
             q(&mapping.exported())
         );
     }
@@ -162,13 +160,10 @@ pub fn render(
             q(partner.as_str())
         );
         for mapping in MAPPINGS {
-            let kind = match mapping.flow {
-                Flow::ToBridge => "service",
-                Flow::ToPartner => "stream",
-            };
             let _ = writeln!(
                 w,
-                "      {{ {kind}: {{ account: {bridge}, subject: {} }}, to: {} }}",
+                "      {{ {}: {{ account: {bridge}, subject: {} }}, to: {} }}",
+                kind(mapping.flow),
                 q(&mapping.for_partner(partner)),
                 q(mapping.local)
             );
@@ -190,6 +185,15 @@ pub fn render(
     }
     let _ = writeln!(w, "  }}\n}}");
     Ok(out)
+}
+
+/// How a mapping is exported and imported: requests (and JetStream publish
+/// acks) answer back through a service; commands flow through a stream.
+fn kind(flow: Flow) -> &'static str {
+    match flow {
+        Flow::ToBridge => "service",
+        Flow::ToPartner => "stream",
+    }
 }
 
 /// A quoted string of the server's configuration language (JSON's escapes),

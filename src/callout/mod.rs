@@ -123,16 +123,17 @@ impl Callout {
             Ok(request) => request,
             Err(why) => return (None, Outcome::BadRequest(why)),
         };
-        let outcome = match self.verifier.verify(&request.token, now) {
-            Ok(login) => Outcome::Accepted(login),
-            Err(refusal) => Outcome::Refused(refusal),
-        };
         let mut nats = json!({"type": "authorization_response", "version": 2});
-        match &outcome {
-            Outcome::Accepted(login) => nats["jwt"] = json!(self.user_jwt(&request, login, now)),
-            Outcome::Refused(refusal) => nats["error"] = json!(refusal.text()),
-            Outcome::BadRequest(_) => unreachable!("answered above"),
-        }
+        let outcome = match self.verifier.verify(&request.token, now) {
+            Ok(login) => {
+                nats["jwt"] = json!(self.user_jwt(&request, &login, now));
+                Outcome::Accepted(login)
+            }
+            Err(refusal) => {
+                nats["error"] = json!(refusal.text());
+                Outcome::Refused(refusal)
+            }
+        };
         let claims = JwtClaims {
             audience: request.server_id.clone(),
             subject: request.user_nkey.clone(),
