@@ -5,18 +5,16 @@
 //! never quotes the token.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::RwLock;
 
-use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::keys::{Key, read_public_keys};
 use super::settings::{CalloutSettings, MAX_TOKEN_BYTES};
 use crate::contract::{Guid, SoftphoneId};
 
@@ -100,13 +98,6 @@ impl Refusal {
             Refusal::UnknownPartner => "login token names a partner that is not configured",
         }
     }
-}
-
-/// One key that verifies login tokens.
-struct Key {
-    kid: Option<String>,
-    algorithm: Algorithm,
-    key: DecodingKey,
 }
 
 /// Verifies login tokens against the configured keys and partners.
@@ -271,87 +262,6 @@ impl Verifier {
             expires: claims.exp,
         })
     }
-}
-
-/// The keys of a PEM file (one or more public keys) or a JWKS key set.
-fn read_public_keys(file: &Path) -> anyhow::Result<Vec<Key>> {
-    let text = std::fs::read_to_string(file).with_context(|| {
-        format!(
-            "callout.token_public_key_file: cannot read {}",
-            file.display()
-        )
-    })?;
-    let keys = if text.trim_start().starts_with('{') {
-        let set: JwkSet = serde_json::from_str(&text).with_context(|| {
-            format!(
-                "callout.token_public_key_file: {} is not a JWKS key set",
-                file.display()
-            )
-        })?;
-        set.keys
-            .iter()
-            .map(|jwk| {
-                let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                    (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
-                    (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
-                    (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
-                    (None, AlgorithmParameters::EllipticCurve(ec))
-                        if ec.curve == EllipticCurve::P256 =>
-                    {
-                        Algorithm::ES256
-                    }
-                    _ => bail!(
-                        "callout.token_public_key_file: key {:?} is neither RS256 nor ES256",
-                        jwk.common.key_id
-                    ),
-                };
-                Ok(Key {
-                    kid: jwk.common.key_id.clone(),
-                    algorithm,
-                    key: DecodingKey::from_jwk(jwk).context("callout.token_public_key_file")?,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    } else {
-        pem_blocks(&text)
-            .into_iter()
-            .map(|block| {
-                if let Ok(key) = DecodingKey::from_rsa_pem(block.as_bytes()) {
-                    return Ok(Key {
-                        kid: None,
-                        algorithm: Algorithm::RS256,
-                        key,
-                    });
-                }
-                let key = DecodingKey::from_ec_pem(block.as_bytes()).with_context(|| {
-                    format!(
-                        "callout.token_public_key_file: {} holds a key that is neither RSA nor EC P-256",
-                        file.display()
-                    )
-                })?;
-                Ok(Key {
-                    kid: None,
-                    algorithm: Algorithm::ES256,
-                    key,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
-    if keys.is_empty() {
-        bail!(
-            "callout.token_public_key_file: {} holds no public key",
-            file.display()
-        );
-    }
-    Ok(keys)
-}
-
-/// Each `-----BEGIN …-----` … `-----END …-----` block of a PEM file.
-fn pem_blocks(text: &str) -> Vec<String> {
-    text.split("-----BEGIN ")
-        .skip(1)
-        .map(|block| format!("-----BEGIN {}\n", block.trim_end()))
-        .collect()
 }
 
 #[cfg(test)]
