@@ -23,6 +23,9 @@
 //! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
 //! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV).
+//! - [`callout`]: the NATS auth callout: platform logins become users of their
+//!   partner's account; [`nats_config`] renders the server's configuration
+//!   (deploy/tenancy.md).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
