@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::config::{NatsSettings, Settings, redacted_url};
 use crate::contract::{
     COMMAND_SUBJECTS, COMMANDS_STREAM, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EventKind,
-    LANE_SUBJECTS, LANES_STREAM,
+    LANE_SUBJECTS, LANES_STREAM, REPLAY_SUBJECTS, tenant,
 };
 use crate::pipeline::{self, Consumer, Role};
 
@@ -171,6 +171,17 @@ pub async fn bind_consumers(
 
 pub(crate) fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
     let s = &settings.streams;
+    // With the auth callout, partners' events and commands travel under
+    // their partner's prefix too (deploy/tenancy.md).
+    let tenancy = settings.callout.is_some();
+    // The events softphones publish, and the replays only the bridge may.
+    let mut event_subjects = EventKind::subjects();
+    event_subjects.push(REPLAY_SUBJECTS.to_owned());
+    let mut command_subjects = vec![COMMAND_SUBJECTS.to_owned()];
+    if tenancy {
+        event_subjects.extend(tenant::partner_event_subjects());
+        command_subjects.push(tenant::PARTNER_COMMAND_SUBJECTS.to_owned());
+    }
     let base = stream::Config {
         num_replicas: s.replicas,
         storage: stream::StorageType::File,
@@ -182,7 +193,7 @@ pub(crate) fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
         stream::Config {
             name: EVENTS_STREAM.into(),
             description: Some("Softphone contract events, consumed by softphone-bridge.".into()),
-            subjects: EventKind::subjects(),
+            subjects: event_subjects,
             max_age: s.events_max_age,
             duplicate_window: s.duplicate_window.min(s.events_max_age),
             ..base.clone()
@@ -203,7 +214,7 @@ pub(crate) fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
             description: Some(
                 "Callbacks on their way to softphones; short-lived on purpose.".into(),
             ),
-            subjects: vec![COMMAND_SUBJECTS.into()],
+            subjects: command_subjects,
             max_age: s.commands_max_age,
             duplicate_window: s.duplicate_window.min(s.commands_max_age),
             // Commands from CRMs carry their own TTL (Nats-TTL; NATS 2.11+).

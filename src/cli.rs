@@ -77,6 +77,9 @@ pub enum Command {
     Status(crate::status::StatusArgs),
     /// Check the configuration end to end: NATS, streams and consumers, each CRM connection.
     Doctor,
+    /// Print the nats-server configuration for these settings: the bridge's
+    /// account, one account per partner, the auth callout, the listeners.
+    NatsConfig(crate::nats_config::Listeners),
 }
 
 impl Cli {
@@ -92,10 +95,12 @@ impl Cli {
                 let shutdown = CancellationToken::new();
                 let stop_within = crate::startup::stop_within(&settings);
                 tokio::spawn(shutdown_on_signal(shutdown.clone(), stop_within));
-                Application::build(settings)
-                    .await?
-                    .run_until(shutdown)
-                    .await
+                let app = Application::build(settings).await?;
+                #[cfg(unix)]
+                if let Some(callout) = app.callout() {
+                    tokio::spawn(crate::callout::reload_on_hangup(self.config, callout));
+                }
+                app.run_until(shutdown).await
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
@@ -103,6 +108,7 @@ impl Cli {
             Command::Replay(args) => crate::replay::execute(&settings, args).await,
             Command::Status(args) => crate::status::execute(&settings, args).await,
             Command::Doctor => crate::doctor::execute(&settings).await,
+            Command::NatsConfig(listeners) => crate::nats_config::execute(&settings, &listeners),
             Command::Health { url } => crate::health::check(&settings.http, url).await,
         }
     }

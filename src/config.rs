@@ -17,6 +17,7 @@ mod nats;
 mod redact;
 mod secret;
 
+pub use crate::callout::CalloutSettings;
 pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
@@ -24,8 +25,9 @@ pub use crate::registry::RegistrySettings;
 pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use http::{HttpSettings, HttpTls, TokenSettings};
 pub use nats::{NatsSettings, NatsTls, StreamSettings};
+use redact::redact_url;
 pub use redact::redacted_url;
-use redact::{redact_opt, redact_url};
+pub(crate) use redact::{redact, redact_opt};
 pub use salesforce::{
     CallMemorySettings, DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction,
     PresenceSettings, SalesforceAuth, SalesforceSettings,
@@ -81,6 +83,10 @@ pub struct Settings {
     /// What the bridge has written to each call's Salesforce Task.
     #[serde(default)]
     pub call_memory: CallMemorySettings,
+    /// The NATS auth callout: platform logins as NATS users, each partner in
+    /// an account of its own (deploy/tenancy.md). Off when absent.
+    #[serde(default)]
+    pub callout: Option<CalloutSettings>,
 }
 
 /// What the bridge knows of one partner.
@@ -307,6 +313,11 @@ impl Settings {
                     ),
                 );
             }
+        }
+        if let Some(callout) = &self.callout
+            && let Err((key, why)) = callout.check()
+        {
+            return fail(&format!("callout.{key}"), why);
         }
         for (id, partner) in &self.partners {
             if let Some(name) = &partner.crm
@@ -691,6 +702,12 @@ client_secret = "sf-client-s3cr3t"
                  [crms.acme]\n{SALESFORCE}private_key = \"k\"\n[[http.tokens]]\nname = \"a\"\nsha256 = \"{hash}\"\n"
             ),
             "[nats]\ntoken = \"t\"\n".to_owned(),
+            format!(
+                "[callout]\nissuer_seed = \"{}\"\ntoken_secret = \"{}\"\nxkey_seed = \"{}\"\n",
+                nkeys::KeyPair::new_account().seed().unwrap(),
+                "s".repeat(32),
+                nkeys::XKey::new().seed().unwrap()
+            ),
         ] {
             redacted_keys(
                 &Settings::from_toml(&toml).unwrap().to_redacted_toml(),

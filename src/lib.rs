@@ -24,6 +24,9 @@
 //! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV);
 //!   `bucket` opens it and every other key-value bucket the bridge keeps.
+//! - [`callout`]: the NATS auth callout: platform logins become users of their
+//!   partner's account; [`nats_config`] renders the server's configuration
+//!   (deploy/tenancy.md).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
@@ -33,6 +36,7 @@
 
 pub mod broker;
 mod bucket;
+pub mod callout;
 pub mod cli;
 mod command;
 pub mod config;
@@ -47,6 +51,7 @@ mod heartbeat;
 pub mod http;
 mod load;
 pub mod metric;
+pub mod nats_config;
 pub mod pipeline;
 pub mod provision;
 pub mod registry;

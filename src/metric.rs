@@ -60,6 +60,13 @@ pub const BUILD_INFO: &str = "softphone_bridge_build_info";
 /// series, so it is not in [`ALL`].
 pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
 
+/// Logins the auth callout answered, by `outcome` (`accepted`, `refused`)
+/// and `reason` (an accepted login's role, `softphone` or `crm`; a refusal's
+/// reason, e.g. `expired`, `signature`, `unknown_partner`: a bounded set, see
+/// deploy/tenancy.md). Only replicas serving the callout count it, so it is
+/// not in [`ALL`].
+pub const LOGINS: &str = "softphone_bridge_logins_total";
+
 /// Salesforce API calls used today, per org connection (`crm`), from `Sforce-Limit-Info`.
 /// Only Salesforce connections report it, so it is not in [`ALL`].
 pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
@@ -200,6 +207,10 @@ fn describe() {
     describe_counter!(
         PARTNER_CONFLICTS,
         "Softphone events refused for naming another partner than the softphone's bound one, by event type."
+    );
+    describe_counter!(
+        LOGINS,
+        "Logins the auth callout answered, by outcome and reason (the role, or why refused)."
     );
     describe_gauge!(
         SALESFORCE_API_USED,

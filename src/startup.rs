@@ -34,6 +34,8 @@ pub struct Application {
     dispatcher: Dispatcher,
     /// The CRM lanes' gates, which the NATS service shows.
     gates: pipeline::Gates,
+    /// The NATS auth callout, when `[callout]` is configured.
+    callout: Option<Arc<crate::callout::Callout>>,
 }
 
 impl Application {
@@ -55,6 +57,12 @@ impl Application {
         settings: Settings,
         connections: Option<Connections>,
     ) -> anyhow::Result<Self> {
+        let callout = crate::callout::Callout::new(&settings)?.map(Arc::new);
+        if callout.is_none() {
+            tracing::warn!(
+                "No [callout]: softphones share one account, and a partner's identity is taken from the payload (deploy/tenancy.md)."
+            );
+        }
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
         let connections = match connections {
@@ -87,6 +95,7 @@ impl Application {
             readiness,
             dispatcher,
             gates: pipeline::Gates::default(),
+            callout,
         })
     }
 
@@ -102,6 +111,11 @@ impl Application {
 
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// The auth callout this replica serves, when `[callout]` is configured.
+    pub fn callout(&self) -> Option<Arc<crate::callout::Callout>> {
+        self.callout.clone()
     }
 
     /// Runs until `shutdown` is cancelled, then stops cleanly: stop pulling,
@@ -136,6 +150,13 @@ impl Application {
             self.settings.commands.clone(),
             shutdown.clone(),
         ));
+        let callout = self.callout.clone().map(|callout| {
+            tokio::spawn(crate::callout::serve(
+                self.client.clone(),
+                callout,
+                shutdown.clone(),
+            ))
+        });
         if let Some(consumers) = self.bind(&shutdown).await {
             self.readiness.set_bound(true);
             self.consume(consumers, shutdown).await;
@@ -152,6 +173,9 @@ impl Application {
         );
         report("NATS command service", service);
         report("Heartbeat listener", heartbeats);
+        if let Some(callout) = callout {
+            report("Auth callout", ended_within(callout, grace).await);
+        }
         self.close().await
     }
 

@@ -94,11 +94,11 @@ pub(super) fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(&redacted_url(url))
 }
 
-pub(super) fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(REDACTED)
 }
 
-pub(super) fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(secret) => redact(secret, s),
         None => s.serialize_none(),

@@ -21,8 +21,16 @@ use super::{ConfigError, origin};
 /// render as `[redacted]`, but for a Salesforce connection's `private_key`,
 /// whose `private_key_file` is a setting of its own (read when the connection
 /// is built, at start-up). A unit test checks that they agree.
-pub(super) const SECRET_KEYS: [&str; 5] =
-    ["token", "password", "secret", "client_secret", "sha256"];
+pub(super) const SECRET_KEYS: [&str; 8] = [
+    "token",
+    "password",
+    "secret",
+    "client_secret",
+    "sha256",
+    "issuer_seed",
+    "token_secret",
+    "xkey_seed",
+];
 
 /// The suffix of a key that names the file holding a secret.
 const FILE_SUFFIX: &str = "_file";

@@ -75,13 +75,9 @@ impl EventKind {
             .find(|k| k.subject() == name || k.name() == name || k.contract_name() == name)
     }
 
-    /// Every subject of `SOFTPHONE_EVENTS`: the events', then the replays'.
+    /// The eight subjects softphones publish events on.
     pub fn subjects() -> Vec<String> {
-        Self::ALL
-            .iter()
-            .map(|k| k.subject().to_owned())
-            .chain([super::REPLAY_SUBJECTS.to_owned()])
-            .collect()
+        Self::ALL.iter().map(|k| k.subject().to_owned()).collect()
     }
 }
 

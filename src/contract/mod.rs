@@ -3,6 +3,7 @@
 
 mod callback;
 mod event;
+pub mod tenant;
 mod value;
 
 pub use callback::{Callback, ParticipantType, PartnerConfig, StartCall, UpdatePresence};

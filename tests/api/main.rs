@@ -33,4 +33,5 @@ mod security;
 mod service;
 mod slow_clients;
 mod status;
+mod tenancy;
 mod unreadable;

@@ -80,22 +80,7 @@ impl User {
 
     /// Waits for the server to refuse `action` (`publish` or `subscription`) on `subject`.
     async fn refused(&self, action: &str, subject: &str) {
-        let needle = format!(
-            "permissions violation for {action} to \"{}\"",
-            subject.to_lowercase()
-        );
-        eventually(
-            &format!("{} refused {action} to {subject}", self.name),
-            || async {
-                self.errors
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e.contains(&needle))
-                    .then_some(())
-            },
-        )
-        .await;
+        server_refused(&self.errors, self.name, action, subject).await;
     }
 
     /// Publishes on `subject`, and waits for the server to refuse it.

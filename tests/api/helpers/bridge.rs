@@ -79,6 +79,18 @@ impl Bridge {
         self.child.id().expect("still running")
     }
 
+    /// The settings file the process was started with.
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self._dir.path().join("bridge.toml")
+    }
+
+    /// Sends SIGHUP: read the settings file again.
+    pub fn hangup(&self) {
+        let pid = self.child.id().expect("still running") as libc::pid_t;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+
     /// Sends SIGTERM, as an orchestrator would.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("still running") as libc::pid_t;

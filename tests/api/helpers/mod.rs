@@ -11,7 +11,9 @@ mod crm;
 mod data;
 mod http;
 mod nats;
+mod nats_process;
 mod raw;
+mod tenancy;
 
 use std::sync::Once;
 use std::time::Duration;
@@ -22,7 +24,9 @@ pub use crm::*;
 pub use data::*;
 pub use http::*;
 pub use nats::*;
+pub use nats_process::*;
 pub use raw::*;
+pub use tenancy::*;
 
 /// How long a test waits for something that should happen promptly.
 pub const PATIENCE: Duration = Duration::from_secs(20);
