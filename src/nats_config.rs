@@ -149,9 +149,10 @@ pub fn render(
     );
     let _ = writeln!(
         w,
-        "  # CRM logins: the command service, for the partners their login names.\n  {} {{\n    imports: [\n      {{ service: {{ account: {bridge}, subject: {} }} }}\n    ]\n  }}",
+        "  # CRM logins: the command service, for the partners their login names.\n  {} {{\n    imports: [\n      {{ service: {{ account: {bridge}, subject: {} }}{} }}\n    ]\n  }}",
         q(&callout.crm_account),
-        q(PARTNER_COMMAND_REQUESTS)
+        q(PARTNER_COMMAND_REQUESTS),
+        share(true)
     );
     for partner in settings.partners.keys() {
         let _ = writeln!(
@@ -162,10 +163,11 @@ pub fn render(
         for mapping in MAPPINGS {
             let _ = writeln!(
                 w,
-                "      {{ {}: {{ account: {bridge}, subject: {} }}, to: {} }}",
+                "      {{ {}: {{ account: {bridge}, subject: {} }}, to: {}{} }}",
                 kind(mapping.flow),
                 q(&mapping.for_partner(partner)),
-                q(mapping.local)
+                q(mapping.local),
+                share(mapping.share)
             );
         }
         let _ = writeln!(w, "    ]\n  }}");
@@ -194,6 +196,13 @@ fn kind(flow: Flow) -> &'static str {
         Flow::ToBridge => "service",
         Flow::ToPartner => "stream",
     }
+}
+
+/// `share: true` on a service import: the server writes the requester's
+/// account and user (the login's `sub`, the callout's `name`) into
+/// `Nats-Request-Info` for the bridge (`tenant::vouched_publisher`).
+fn share(share: bool) -> &'static str {
+    if share { ", share: true" } else { "" }
 }
 
 /// A quoted string of the server's configuration language (JSON's escapes),
@@ -253,8 +262,17 @@ mod tests {
                     "softphone.heartbeat.>",
                 ),
             ] {
+                // The bridge reads who sent a `load` or a heartbeat; a stream
+                // would drop the header of an event.
+                let share = if local.starts_with("softphone.load")
+                    || local.starts_with("softphone.heartbeat")
+                {
+                    ", share: true"
+                } else {
+                    ""
+                };
                 let line = format!(
-                    "{{ service: {{ account: \"SOFTPHONE\", subject: \"{shared}\" }}, to: \"{local}\" }}"
+                    "{{ service: {{ account: \"SOFTPHONE\", subject: \"{shared}\" }}, to: \"{local}\"{share} }}"
                 );
                 assert!(conf.contains(&line), "{line}\n{conf}");
             }
@@ -267,6 +285,9 @@ mod tests {
         assert!(!conf.contains("service: \"softphone.p.*.cmd"));
         assert!(conf.contains("{ stream: \"softphone.p.*.cmd.>\", account_token_position: 3 }"));
         assert!(conf.contains("{ service: \"softphone.p.*.call.>\", account_token_position: 3 }"));
+        assert!(conf.contains(
+            "{ service: { account: \"SOFTPHONE\", subject: \"softphone.p.*.api.command\" }, share: true }"
+        ));
         assert!(conf.contains("jetstream: enabled"));
         let issuer = settings.callout.as_ref().unwrap().issuer_public_key();
         assert!(conf.contains(&format!("issuer: \"{issuer}\"")));

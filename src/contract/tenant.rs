@@ -26,6 +26,11 @@ pub struct Mapping {
     pub rest: &'static str,
     /// Which way messages flow.
     pub flow: Flow,
+    /// Whether the import shares its requester (`share: true`): the server
+    /// then writes the publisher's user into [`REQUEST_INFO_HEADER`]. Only
+    /// where the bridge reads it on a core subscription: a stream removes
+    /// the header before it stores a message, so events gain nothing by it.
+    pub share: bool,
 }
 
 /// Which way a [`Mapping`] carries messages.
@@ -46,31 +51,37 @@ pub const MAPPINGS: [Mapping; 6] = [
         local: "softphone.call.>",
         rest: "call.>",
         flow: Flow::ToBridge,
+        share: false,
     },
     Mapping {
         local: "softphone.loaded",
         rest: "loaded",
         flow: Flow::ToBridge,
+        share: false,
     },
     Mapping {
         local: "softphone.agent.>",
         rest: "agent.>",
         flow: Flow::ToBridge,
+        share: false,
     },
     Mapping {
         local: "softphone.load",
         rest: "load",
         flow: Flow::ToBridge,
+        share: true,
     },
     Mapping {
         local: "softphone.heartbeat.>",
         rest: "heartbeat.>",
         flow: Flow::ToBridge,
+        share: true,
     },
     Mapping {
         local: "softphone.cmd.>",
         rest: "cmd.>",
         flow: Flow::ToPartner,
+        share: false,
     },
 ];
 
@@ -145,6 +156,96 @@ pub fn partner_heartbeat(subject: &str) -> Option<(Guid, SoftphoneId)> {
     let (partner, rest) = split_partner(subject)?;
     let id = rest.strip_prefix("heartbeat.")?;
     Some((partner, SoftphoneId::try_from(id.to_owned()).ok()?))
+}
+
+/// Every partner's `load` request subject, `softphone.p.*.load`.
+pub const PARTNER_LOAD_REQUESTS: &str = "softphone.p.*.load";
+
+/// Every partner's heartbeats, `softphone.p.*.heartbeat.<softphoneId>`.
+pub const PARTNER_HEARTBEATS: &str = "softphone.p.*.heartbeat.*";
+
+/// A partner's request to the bridge's service (`load`, `api.command`): its
+/// partner, when `subject` is `softphone.p.<partnerId>.<rest>`.
+pub fn partner_request(subject: &str, rest: &str) -> Option<Guid> {
+    split_partner(subject).and_then(|(partner, r)| (r == rest).then_some(partner))
+}
+
+/// Whether `reply` is a reply subject the server made for a request that
+/// crossed a service import, and nothing else: `_R_.` then two tokens of six
+/// base-62 characters (nats-server `newServiceReply`; the longer form with a
+/// server hash and `.T` comes only with latency tracking, which the rendered
+/// configuration never turns on). A request from a partner's or a CRM's
+/// account reaches the bridge with such a reply, never with the client's own.
+pub fn is_service_import_reply(reply: &str) -> bool {
+    let Some(rest) = reply.strip_prefix("_R_.") else {
+        return false;
+    };
+    let mut tokens = rest.split('.');
+    let six = |t: Option<&str>| {
+        t.is_some_and(|t| t.len() == 6 && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
+    six(tokens.next()) && six(tokens.next()) && tokens.next().is_none()
+}
+
+/// The header a service import with `share: true` writes for the bridge:
+/// JSON of the requester's connection, `acc` (its account) and `user`
+/// among others. nats-server sets it itself, after removing any header of
+/// this name the client sent.
+pub const REQUEST_INFO_HEADER: &str = "Nats-Request-Info";
+
+/// What the server vouches for about a request's publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// The publisher's account: a partner's id, or the CRMs' account.
+    pub account: String,
+    /// The publisher's user: the `name` the callout gave its login, which is
+    /// the login's `sub` (the softphone id, or the CRM's name).
+    pub user: String,
+}
+
+impl Vouched {
+    /// The partner whose account the publisher is in, when it is a partner's.
+    pub fn partner(&self) -> Option<Guid> {
+        let guid = Guid::try_from(self.account.clone()).ok()?;
+        (guid.as_str() == self.account).then_some(guid)
+    }
+
+    /// The user as a softphone id (a softphone's login `sub`).
+    pub fn softphone(&self) -> Option<SoftphoneId> {
+        SoftphoneId::try_from(self.user.clone()).ok()
+    }
+}
+
+/// The publisher the server vouches for in a message's headers
+/// ([`REQUEST_INFO_HEADER`], written by a service import with
+/// `share: true`): `None` without exactly one such header, with one that is
+/// not the server's JSON, or without an account and a user. The server
+/// writes the header only on messages that cross a service import (a core
+/// subscription sees it; a stream removes it before storing), and replaces
+/// one a client sent under that exact name; a client's header under another
+/// spelling (`nats-request-info`) is another header, never this one.
+pub fn vouched_publisher(headers: Option<&async_nats::HeaderMap>) -> Option<Vouched> {
+    #[derive(serde::Deserialize)]
+    struct Info {
+        #[serde(default)]
+        acc: String,
+        #[serde(default)]
+        user: String,
+    }
+    let mut values = headers?.get_all(REQUEST_INFO_HEADER);
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let info: Info = serde_json::from_str(value.as_str()).ok()?;
+    // A token login the callout gave no name shows as `[REDACTED]`.
+    if info.acc.is_empty() || info.user.is_empty() || info.user == "[REDACTED]" {
+        return None;
+    }
+    Some(Vouched {
+        account: info.acc,
+        user: info.user,
+    })
 }
 
 #[cfg(test)]
@@ -234,5 +335,75 @@ mod tests {
             partner_heartbeat(&format!("softphone.p.{A}.heartbeat.a.b")),
             None
         );
+    }
+
+    #[test]
+    fn only_the_servers_service_import_replies_are_accepted() {
+        assert!(is_service_import_reply("_R_.Ab12Cd.xY9z0Q"));
+        for bad in [
+            "_INBOX.abc",
+            "_R_.Ab12Cd",
+            "_R_.Ab12Cd.xY9z0Q.T",
+            "_R_.Ab12Cd.xY9z0Q.hash.T",
+            "_R_.Ab12C.xY9z0Q",
+            "_R_.Ab12Cd.xY9z0*",
+            "_R_.Ab12Cd.>",
+            "softphone.p.x.cmd.agent-7",
+            "$JS.API.STREAM.PURGE.SOFTPHONE_EVENTS",
+        ] {
+            assert!(!is_service_import_reply(bad), "{bad}");
+        }
+        assert_eq!(
+            partner_request(&format!("softphone.p.{A}.load"), "load"),
+            Some(a())
+        );
+        assert_eq!(
+            partner_request(&format!("softphone.p.{A}.api.command"), "api.command"),
+            Some(a())
+        );
+        assert_eq!(
+            partner_request(&format!("softphone.p.{A}.loaded"), "load"),
+            None
+        );
+        assert_eq!(partner_request("softphone.load", "load"), None);
+    }
+
+    #[test]
+    fn the_vouched_publisher_is_the_servers_one_header() {
+        let info = format!(r#"{{"acc":"{A}","user":"agent-7","name":"I am agent-8","rtt":1000}}"#);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(REQUEST_INFO_HEADER, info.as_str());
+        let vouched = vouched_publisher(Some(&headers)).expect("vouched");
+        assert_eq!(vouched.user, "agent-7");
+        assert_eq!(vouched.partner(), Some(a()));
+        assert_eq!(vouched.softphone().unwrap().as_str(), "agent-7");
+        // Two of them: one is not the server's.
+        headers.append(REQUEST_INFO_HEADER, info.as_str());
+        assert_eq!(vouched_publisher(Some(&headers)), None);
+        // Another spelling is another header.
+        let mut other = async_nats::HeaderMap::new();
+        other.insert("nats-request-info", info.as_str());
+        assert_eq!(vouched_publisher(Some(&other)), None);
+        assert_eq!(vouched_publisher(None), None);
+        for body in [
+            "not json".to_owned(),
+            format!(r#"{{"acc":"{A}"}}"#),
+            r#"{"user":"agent-7"}"#.to_owned(),
+            format!(r#"{{"acc":"{A}","user":"[REDACTED]"}}"#),
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(REQUEST_INFO_HEADER, body.as_str());
+            assert_eq!(vouched_publisher(Some(&headers)), None, "{body}");
+        }
+        let crm = Vouched {
+            account: "CRMS".into(),
+            user: "crm-acme".into(),
+        };
+        assert_eq!(crm.partner(), None);
+        let upper = Vouched {
+            account: A.to_uppercase(),
+            user: "agent-7".into(),
+        };
+        assert_eq!(upper.partner(), None);
     }
 }
