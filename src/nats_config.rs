@@ -264,8 +264,7 @@ mod tests {
             ] {
                 // The bridge reads who sent a `load` or a heartbeat; a stream
                 // would drop the header of an event.
-                let share = if local.starts_with("softphone.load")
-                    || local.starts_with("softphone.heartbeat")
+                let share = if local == "softphone.load" || local.starts_with("softphone.heartbeat")
                 {
                     ", share: true"
                 } else {
