@@ -34,4 +34,5 @@ mod service;
 mod slow_clients;
 mod status;
 mod tenancy;
+mod tenancy_bridge;
 mod unreadable;
