@@ -1,6 +1,8 @@
-//! Publishing callbacks to `softphone.cmd.<softphoneId>`, with a JetStream
-//! publish ack and a message id so a retried publish is never stored twice;
-//! commands from CRMs also carry their expiry (`expiresAt`, `Nats-TTL`).
+//! Publishing callbacks to `softphone.cmd.<softphoneId>` (with `[callout]`:
+//! `softphone.p.<partnerId>.cmd.<softphoneId>`, which only that partner's
+//! account imports), with a JetStream publish ack and a message id so a
+//! retried publish is never stored twice; commands from CRMs also carry
+//! their expiry (`expiresAt`, `Nats-TTL`).
 
 use std::time::Duration;
 
@@ -9,7 +11,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::contract::{Callback, SoftphoneId, command_subject};
+use crate::config::Settings;
+use crate::contract::{Callback, Guid, Loaded, SoftphoneId, command_subject, tenant};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish {kind} to softphone {softphone}: {source}")]
@@ -18,6 +21,70 @@ pub struct CommandError {
     softphone: SoftphoneId,
     #[source]
     source: async_nats::Error,
+}
+
+/// A softphone that cannot be commanded: with `[callout]` its commands go to
+/// its partner's account, and it is bound to none.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "softphone {0} is bound to no partner; with [callout] a command reaches only its partner's account (it must load first)"
+)]
+pub struct NoPartner(pub SoftphoneId);
+
+/// Whom a command is for, and so on which subject it is published.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    softphone: &'a SoftphoneId,
+    /// `Some` with `[callout]`: the softphone's partner, if it has one.
+    partner: Option<Option<&'a Guid>>,
+}
+
+impl<'a> Recipient<'a> {
+    /// A softphone of the single account: `softphone.cmd.<softphoneId>`.
+    pub fn softphone(softphone: &'a SoftphoneId) -> Self {
+        Self {
+            softphone,
+            partner: None,
+        }
+    }
+
+    /// A softphone of `partner` (its registry binding): with `[callout]`
+    /// (`tenancy`) `softphone.p.<partnerId>.cmd.<softphoneId>`, and none
+    /// without a partner; else the single account's subject.
+    pub fn bound(tenancy: bool, softphone: &'a SoftphoneId, partner: Option<&'a Guid>) -> Self {
+        Self {
+            softphone,
+            partner: tenancy.then_some(partner),
+        }
+    }
+
+    /// The subject, or why there is none.
+    pub fn subject(&self) -> Result<String, NoPartner> {
+        match self.partner {
+            None => Ok(command_subject(self.softphone)),
+            Some(Some(partner)) => Ok(tenant::partner_command_subject(partner, self.softphone)),
+            Some(None) => Err(NoPartner(self.softphone.clone())),
+        }
+    }
+}
+
+impl<'a> From<&'a SoftphoneId> for Recipient<'a> {
+    fn from(softphone: &'a SoftphoneId) -> Self {
+        Self::softphone(softphone)
+    }
+}
+
+/// A loading softphone, as the softphone lane answers it: with `[callout]`
+/// the partner of its `loaded` (which the intake has checked against the
+/// partner the server wrote into the subject), else the single account.
+impl<'a> From<(&'a Settings, &'a Loaded)> for Recipient<'a> {
+    fn from((settings, loaded): (&'a Settings, &'a Loaded)) -> Self {
+        Self::bound(
+            settings.callout.is_some(),
+            &loaded.softphone_id,
+            loaded.partner_id.as_ref(),
+        )
+    }
 }
 
 /// Publishes callbacks into `SOFTPHONE_COMMANDS`.
@@ -31,15 +98,17 @@ impl CommandPublisher {
         Self { js }
     }
 
-    /// Publishes one callback and waits for the stream's ack. `message_id`
-    /// becomes `Nats-Msg-Id`: the stream drops a repeat within its window.
-    pub async fn publish(
+    /// Publishes one callback to `to` and waits for the stream's ack.
+    /// `message_id` becomes `Nats-Msg-Id`: the stream drops a repeat within
+    /// its window. `to` is a [`Recipient`], or a `&SoftphoneId` of the
+    /// single account, or `(&Settings, &Loaded)` for a loading softphone.
+    pub async fn publish<'a>(
         &self,
-        softphone: &SoftphoneId,
+        to: impl Into<Recipient<'a>>,
         callback: &Callback,
         message_id: &str,
     ) -> Result<PublishAck, CommandError> {
-        self.send(softphone, callback, message_id, None).await
+        self.send(to.into(), callback, message_id, None).await
     }
 
     /// Like [`CommandPublisher::publish`], for a command that must never
@@ -48,28 +117,29 @@ impl CommandPublisher {
     /// so a consumer that connects later never receives it.
     pub async fn publish_expiring(
         &self,
-        softphone: &SoftphoneId,
+        to: Recipient<'_>,
         callback: &Callback,
         message_id: &str,
         expires_at: OffsetDateTime,
         ttl: Duration,
     ) -> Result<PublishAck, CommandError> {
-        self.send(softphone, callback, message_id, Some((expires_at, ttl)))
+        self.send(to, callback, message_id, Some((expires_at, ttl)))
             .await
     }
 
     async fn send(
         &self,
-        softphone: &SoftphoneId,
+        to: Recipient<'_>,
         callback: &Callback,
         message_id: &str,
         expiry: Option<(OffsetDateTime, Duration)>,
     ) -> Result<PublishAck, CommandError> {
         let fail = |source: async_nats::Error| CommandError {
             kind: callback.type_name(),
-            softphone: softphone.clone(),
+            softphone: to.softphone.clone(),
             source,
         };
+        let subject = to.subject().map_err(|e| fail(e.into()))?;
         let body = match expiry {
             None => serde_json::to_vec(callback),
             Some((expires_at, _)) => serde_json::to_vec(&Expiring {
@@ -86,7 +156,7 @@ impl CommandPublisher {
         }
         let ack: PublishAckFuture = self
             .js
-            .send_publish(command_subject(softphone), publish)
+            .send_publish(subject, publish)
             .await
             .map_err(|e| fail(e.into()))?;
         ack.await.map_err(|e| fail(e.into()))
@@ -112,6 +182,35 @@ fn whole_seconds(ttl: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_callout_a_command_goes_to_its_partners_account_only() {
+        let phone: SoftphoneId = "agent-7".parse().unwrap();
+        let a: Guid = "215fd887-39be-4935-981f-2670d6afeaa7".parse().unwrap();
+        assert_eq!(
+            Recipient::from(&phone).subject().unwrap(),
+            "softphone.cmd.agent-7"
+        );
+        assert_eq!(
+            Recipient::bound(false, &phone, Some(&a)).subject().unwrap(),
+            "softphone.cmd.agent-7"
+        );
+        assert_eq!(
+            Recipient::bound(true, &phone, Some(&a)).subject().unwrap(),
+            format!("softphone.p.{a}.cmd.agent-7")
+        );
+        let err = Recipient::bound(true, &phone, None).subject().unwrap_err();
+        assert!(err.to_string().contains("bound to no partner"), "{err}");
+        let loaded = Loaded {
+            softphone_id: phone.clone(),
+            partner_id: Some(a.clone()),
+        };
+        let single = Settings::from_toml("").unwrap();
+        assert_eq!(
+            Recipient::from((&single, &loaded)).subject().unwrap(),
+            "softphone.cmd.agent-7"
+        );
+    }
 
     #[test]
     fn expiring_commands_say_when_they_expire() {

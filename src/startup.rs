@@ -83,6 +83,7 @@ impl Application {
             Registry::new(js.clone(), &settings.registry),
             settings.http.unknown_softphones,
             &settings.commands,
+            callout.is_some(),
         );
         Ok(Self {
             settings: Arc::new(settings),

@@ -29,6 +29,9 @@ pub enum DispatchError {
         silent_s: i64,
         limit_s: u64,
     },
+    /// With `[callout]`, a softphone bound to no partner: no account to publish to.
+    #[error("{0}")]
+    NoPartner(crate::command::NoPartner),
     #[error("this Idempotency-Key was used for a different command to this softphone")]
     KeyReused,
     #[error("a request with this Idempotency-Key is still being published; retry shortly")]
@@ -47,6 +50,7 @@ impl DispatchError {
             DispatchError::Forbidden(_) => 403,
             DispatchError::UnknownSoftphone(_) => 404,
             DispatchError::Offline { .. }
+            | DispatchError::NoPartner(_)
             | DispatchError::KeyReused
             | DispatchError::InProgress => 409,
             DispatchError::Contract { .. } => 422,
@@ -64,6 +68,7 @@ impl DispatchError {
             DispatchError::UnknownSoftphone(_) => "unknown-softphone",
             DispatchError::Forbidden(_) => "forbidden",
             DispatchError::Offline { .. } => "softphone-offline",
+            DispatchError::NoPartner(_) => "softphone-without-partner",
             DispatchError::KeyReused => "idempotency-key-reused",
             DispatchError::InProgress => "in-progress",
             DispatchError::Unavailable(_) => "nats-unavailable",
@@ -79,6 +84,7 @@ impl DispatchError {
             DispatchError::UnknownSoftphone(_) => "Unknown softphone",
             DispatchError::Forbidden(_) => "Forbidden",
             DispatchError::Offline { .. } => "Softphone offline",
+            DispatchError::NoPartner(_) => "Softphone without a partner",
             DispatchError::KeyReused => "Idempotency-Key reused",
             DispatchError::InProgress => "In progress",
             DispatchError::Unavailable(_) => "NATS unavailable",

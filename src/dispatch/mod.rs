@@ -1,7 +1,9 @@
 //! The one command path shared by the HTTP route and the NATS service:
 //! validate against the contract, authorise against the registry, refuse
 //! offline softphones, decide once per idempotency key, publish to
-//! `softphone.cmd.<softphoneId>` with an expiry and wait for the stream's ack.
+//! `softphone.cmd.<softphoneId>` (with `[callout]`, to the softphone's bound
+//! partner's `softphone.p.<partnerId>.cmd.<softphoneId>`) with an expiry and
+//! wait for the stream's ack.
 
 mod error;
 mod idempotency;
@@ -15,7 +17,7 @@ pub use error::DispatchError;
 pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash};
 pub use settings::{CommandSettings, UnknownSoftphones, check as check_settings};
 
-use crate::command::CommandPublisher;
+use crate::command::{CommandPublisher, Recipient};
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
 use crate::metric;
 use crate::registry::{Entry, Registry};
@@ -75,6 +77,8 @@ pub struct Dispatcher {
     keys: Keys,
     unknown: UnknownSoftphones,
     settings: CommandSettings,
+    /// With `[callout]`: commands go to the bound partner's account only.
+    tenancy: bool,
 }
 
 impl Dispatcher {
@@ -84,8 +88,10 @@ impl Dispatcher {
         registry: Registry,
         unknown: UnknownSoftphones,
         settings: &CommandSettings,
+        tenancy: bool,
     ) -> Self {
         Self {
+            tenancy,
             client,
             publisher: CommandPublisher::new(js.clone()),
             registry,
@@ -126,6 +132,12 @@ impl Dispatcher {
             return Err(DispatchError::UnknownSoftphone(softphone));
         }
         authorise(scope, &softphone, entry.as_ref(), callback.partner_id())?;
+        let recipient = Recipient::bound(
+            self.tenancy,
+            &softphone,
+            entry.as_ref().and_then(|e| e.partner_id.as_ref()),
+        );
+        recipient.subject().map_err(DispatchError::NoPartner)?;
         let now = OffsetDateTime::now_utc();
         let bucket_key = idempotency::bucket_key(&softphone, &key);
         let ttl = match callback {
@@ -170,7 +182,7 @@ impl Dispatcher {
         let ack = match self
             .publisher
             .publish_expiring(
-                &softphone,
+                recipient,
                 &callback,
                 &decision.message_id,
                 decision.expires_at,

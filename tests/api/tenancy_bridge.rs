@@ -43,7 +43,11 @@ async fn the_server_vouches_for_the_publishers_login_and_a_client_cannot_forge_i
         .await
         .expect("A's softphone logs in over WebSocket");
     let forged = format!(r#"{{"acc":"{B}","user":"agent-8"}}"#);
-    for name in [REQUEST_INFO_HEADER, "nats-request-info", "NATS-REQUEST-INFO"] {
+    for name in [
+        REQUEST_INFO_HEADER,
+        "nats-request-info",
+        "NATS-REQUEST-INFO",
+    ] {
         let mut headers = HeaderMap::new();
         headers.insert(name, forged.as_str());
         headers.append(name, forged.as_str());
@@ -91,7 +95,10 @@ async fn the_server_vouches_for_the_publishers_login_and_a_client_cannot_forge_i
     });
     let asked = next(&mut loads).await;
     let vouched = vouched_publisher(asked.headers.as_ref()).expect("vouched");
-    assert_eq!((vouched.account.as_str(), vouched.user.as_str()), (B, "agent-5"));
+    assert_eq!(
+        (vouched.account.as_str(), vouched.user.as_str()),
+        (B, "agent-5")
+    );
     tenancy
         .bridge
         .publish(asked.reply.unwrap(), "ok".into())
@@ -99,9 +106,12 @@ async fn the_server_vouches_for_the_publishers_login_and_a_client_cannot_forge_i
         .unwrap();
     request.await.unwrap().unwrap();
     // An event's header never reaches the stream: the intake cannot read it.
-    a7.publish("softphone.call.accepted", call_body(&conversation(), "").into())
-        .await
-        .unwrap();
+    a7.publish(
+        "softphone.call.accepted",
+        call_body(&conversation(), "").into(),
+    )
+    .await
+    .unwrap();
     let stream = jetstream::new(tenancy.bridge.clone())
         .get_stream(EVENTS_STREAM)
         .await
