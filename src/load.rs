@@ -63,18 +63,26 @@ impl LoadReply {
         body: &[u8],
     ) -> Self {
         match Event::decode(EventKind::Loaded, body) {
-            Ok(Event::Loaded(loaded)) => {
-                let partner = loaded.partner_id.as_ref();
-                let from_crm = match connections.for_partner(settings, partner) {
-                    Some(crm) => crm.dispositions(partner).await,
-                    None => None,
-                };
-                LoadReply::Callbacks {
-                    callbacks: callbacks_from(settings, &loaded, from_crm),
-                    softphone_id: loaded.softphone_id,
-                }
-            }
+            Ok(Event::Loaded(loaded)) => Self::for_loaded(settings, connections, loaded).await,
             _ => Self::for_request(settings, body),
+        }
+    }
+
+    /// The reply to a request already decoded (and, on a partner's subject,
+    /// checked against the partner: [`crate::service`]).
+    pub async fn for_loaded(
+        settings: &Settings,
+        connections: &Connections,
+        loaded: Loaded,
+    ) -> Self {
+        let partner = loaded.partner_id.as_ref();
+        let from_crm = match connections.for_partner(settings, partner) {
+            Some(crm) => crm.dispositions(partner).await,
+            None => None,
+        };
+        LoadReply::Callbacks {
+            callbacks: callbacks_from(settings, &loaded, from_crm),
+            softphone_id: loaded.softphone_id,
         }
     }
 

@@ -2,7 +2,13 @@
 //! through one queue group, with two endpoints:
 //! - `command` on `softphone.api.command`: the same [`Dispatcher`] as the HTTP
 //!   route, and the same answers;
-//! - `load` on `softphone.load`: the callbacks a loading softphone gets.
+//! - `load` on `softphone.load`: the callbacks a loading softphone gets;
+//! - with `[callout]` (deploy/tenancy.md), the same two on partners'
+//!   subjects, where the partners' and the CRMs' accounts import them:
+//!   `partner-command` on `softphone.p.*.api.command` (a CRM commands only
+//!   softphones bound to the partner in the subject) and `partner-load` on
+//!   `softphone.p.*.load` (for that partner only, and only for the softphone
+//!   the server vouches sent it).
 //!
 //! Each replica's stats (`nats micro stats softphone-bridge`, and what
 //! `softphone-bridge status` gathers) carry its [`ReplicaView`] as the
@@ -24,7 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
-use crate::contract::{API_COMMAND_SUBJECT, INBOX_PREFIX, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT};
+use crate::contract::tenant::{self, PARTNER_COMMAND_REQUESTS, PARTNER_LOAD_REQUESTS};
+use crate::contract::{
+    API_COMMAND_SUBJECT, Event, EventKind, Guid, INBOX_PREFIX, LOAD_QUEUE_GROUP,
+    LOAD_REQUEST_SUBJECT,
+};
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
 use crate::http::ops::Readiness;
@@ -125,6 +135,25 @@ pub async fn serve(
         .add(LOAD_REQUEST_SUBJECT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot add the {LOAD_REQUEST_SUBJECT} endpoint: {e}"))?;
+    // Partners' subjects, where their accounts' imports arrive.
+    let tenancy = load.settings.callout.is_some();
+    let mut partner_endpoints = Vec::new();
+    if tenancy {
+        for (name, subject) in [
+            ("partner-command", PARTNER_COMMAND_REQUESTS),
+            ("partner-load", PARTNER_LOAD_REQUESTS),
+        ] {
+            let endpoint = service
+                .endpoint_builder()
+                .name(name)
+                .add(subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot add the {subject} endpoint: {e}"))?;
+            partner_endpoints.push(endpoint);
+        }
+    }
+    let mut partner_endpoints = partner_endpoints.into_iter();
+    let (partner_commands, partner_loads) = (partner_endpoints.next(), partner_endpoints.next());
     // Ready once the server has the subscriptions, not merely the client.
     while let Err(e) = client.flush().await {
         tracing::debug!(error = %e, "NATS service not subscribed yet; retrying.");
@@ -137,30 +166,61 @@ pub async fn serve(
     tracing::info!(
         command = API_COMMAND_SUBJECT,
         load = LOAD_REQUEST_SUBJECT,
+        partners = tenancy,
         "Serving NATS requests."
     );
     let tracker = TaskTracker::new();
     let load = Arc::new(load);
+    let command_handler = {
+        let dispatcher = dispatcher.clone();
+        move |request: Request, partner: Option<Guid>| {
+            let dispatcher = dispatcher.clone();
+            async move {
+                let scope = partner.as_ref().map(std::slice::from_ref);
+                let reply = command(&dispatcher, scope, &request.message.payload).await;
+                answer(request, reply.map_err(|e| Problem::from(&e)), "command").await;
+            }
+        }
+    };
+    let partner_load_handler = {
+        let load = Arc::clone(&load);
+        move |request: Request, partner: Option<Guid>| {
+            let load = Arc::clone(&load);
+            async move {
+                let partner = partner.expect("a partner's route");
+                let reply = partner_load(&load, &partner, &request.message).await;
+                answer(request, reply, "load").await;
+            }
+        }
+    };
     tokio::join!(
         each(
             commands,
-            API_COMMAND_SUBJECT,
+            Route::Own(API_COMMAND_SUBJECT),
             &tracker,
             &shutdown,
-            move |request| {
-                let dispatcher = dispatcher.clone();
-                async move {
-                    let reply = command(&dispatcher, &request.message.payload).await;
-                    answer(request, reply.map_err(|e| Problem::from(&e)), "command").await;
-                }
-            }
+            command_handler.clone(),
         ),
+        maybe(partner_commands, |endpoint| each(
+            endpoint,
+            Route::Partner("api.command"),
+            &tracker,
+            &shutdown,
+            command_handler,
+        )),
+        maybe(partner_loads, |endpoint| each(
+            endpoint,
+            Route::Partner("load"),
+            &tracker,
+            &shutdown,
+            partner_load_handler,
+        )),
         each(
             loads,
-            LOAD_REQUEST_SUBJECT,
+            Route::Own(LOAD_REQUEST_SUBJECT),
             &tracker,
             &shutdown,
-            move |request| {
+            move |request, _| {
                 let load = Arc::clone(&load);
                 async move {
                     let reply = LoadReply::for_request_with_crm(
@@ -195,18 +255,41 @@ pub async fn serve(
     Ok(())
 }
 
+/// Runs `serve` on `endpoint` when there is one.
+async fn maybe<F, Fut>(endpoint: Option<Endpoint>, serve: F)
+where
+    F: FnOnce(Endpoint) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(endpoint) = endpoint {
+        serve(endpoint).await;
+    }
+}
+
+/// Where an endpoint's requests come from.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// A client of the bridge's own account, on this contract subject, with
+    /// its inbox as the reply subject.
+    Own(&'static str),
+    /// A partner's or a CRM's account through a service import, on
+    /// `softphone.p.<partnerId>.` then this, with the reply subject the
+    /// server made for the import ([`tenant::is_service_import_reply`]).
+    Partner(&'static str),
+}
+
 /// Hands each request of `endpoint` to a task of its own (a slow publish ack
 /// or CRM picklist must not hold up the others), at most [`MAX_IN_FLIGHT`] at
-/// once; the rest wait in the subscription. Requests not [`addressed`] to
-/// `subject` from an inbox are dropped.
+/// once; the rest wait in the subscription. Requests not [`addressed`] as
+/// `route` says are dropped; the handler gets the partner of a partner's one.
 async fn each<F, Fut>(
     mut endpoint: Endpoint,
-    subject: &str,
+    route: Route,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     handle: F,
 ) where
-    F: Fn(Request) -> Fut,
+    F: Fn(Request, Option<Guid>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -222,10 +305,10 @@ async fn each<F, Fut>(
                 None => break,
             },
         };
-        if !addressed(&request, subject) {
+        let Some(partner) = addressed(&request, route) else {
             continue;
-        }
-        let work = handle(request);
+        };
+        let work = handle(request, partner);
         tracker.spawn(async move {
             work.await;
             drop(permit);
@@ -233,25 +316,81 @@ async fn each<F, Fut>(
     }
 }
 
-/// Whether a request came on the endpoint's `subject` and wants its answer in
-/// an inbox ([`INBOX_PREFIX`]). Anything else is dropped: a JetStream message
-/// steered onto the endpoint by the reply subject of a pull request (it keeps
-/// its own subject), or a reply subject that would have the bridge publish its
-/// answer, with its own rights, onto a stream or the JetStream API
-/// (`softphone.cmd.<id>`, `$JS.API.STREAM.PURGE.<stream>`).
-fn addressed(request: &Request, subject: &str) -> bool {
+/// Whether a request came as `route` says: `Some` with its partner (`None`
+/// on the bridge's own subjects). The bridge's own subject wants its answer
+/// in an inbox ([`INBOX_PREFIX`]); a partner's subject in exactly the reply
+/// subject a service import makes, nothing broader. Anything else is
+/// dropped: a JetStream message steered onto the endpoint by the reply
+/// subject of a pull request (it keeps its own subject), or a reply subject
+/// that would have the bridge publish its answer, with its own rights, onto
+/// a stream or the JetStream API (`softphone.cmd.<id>`,
+/// `$JS.API.STREAM.PURGE.<stream>`).
+fn addressed(request: &Request, route: Route) -> Option<Option<Guid>> {
     let message = &request.message;
     let reply = message.reply.as_ref().map(|reply| reply.as_str());
-    if message.subject.as_str() == subject && reply.is_some_and(|r| r.starts_with(INBOX_PREFIX)) {
-        return true;
+    let partner = match route {
+        Route::Own(subject) => (message.subject.as_str() == subject
+            && reply.is_some_and(|r| r.starts_with(INBOX_PREFIX)))
+        .then_some(None),
+        Route::Partner(rest) => tenant::partner_request(message.subject.as_str(), rest)
+            .filter(|_| reply.is_some_and(tenant::is_service_import_reply))
+            .map(Some),
+    };
+    if partner.is_none() {
+        tracing::warn!(
+            endpoint = ?route,
+            subject = %message.subject,
+            reply,
+            "Dropped a request that is not for this endpoint or wants its answer elsewhere than its requester."
+        );
     }
-    tracing::warn!(
-        endpoint = subject,
-        subject = %message.subject,
-        reply,
-        "Dropped a request that is not for this endpoint or wants its answer outside an inbox."
-    );
-    false
+    partner
+}
+
+/// A `load` from a partner's account: for that partner only (a body naming
+/// another is refused; one naming none is for this one), and for the
+/// softphone the server vouches sent it (its login's `sub`).
+async fn partner_load(
+    load: &Load,
+    partner: &Guid,
+    message: &async_nats::Message,
+) -> Result<LoadReply, Problem> {
+    let forbidden = |detail: String| {
+        tracing::warn!(partner = %partner, reason = %detail, "Refused a partner's load request.");
+        Err(Problem::new(403, "forbidden", "Forbidden", detail))
+    };
+    let mut loaded = match Event::decode(EventKind::Loaded, &message.payload) {
+        Ok(Event::Loaded(loaded)) => loaded,
+        Ok(_) => unreachable!("decode(Loaded) yields Event::Loaded"),
+        Err(e) => {
+            tracing::warn!(partner = %partner, reason = %e, "Refused a load request.");
+            return Err(Problem::new(
+                400,
+                "invalid-load",
+                "Invalid load request",
+                e.to_string(),
+            ));
+        }
+    };
+    if let Some(named) = loaded.partner_id.as_ref().filter(|named| *named != partner) {
+        return forbidden(format!(
+            "partnerId {named} is not the partner of this login ({partner})"
+        ));
+    }
+    let vouched = tenant::vouched_publisher(message.headers.as_ref());
+    match vouched {
+        Some(v)
+            if v.partner().as_ref() == Some(partner) && v.user == loaded.softphone_id.as_str() => {}
+        Some(v) if v.partner().as_ref() == Some(partner) => {
+            return forbidden(format!(
+                "softphoneId {} is not this login's ({})",
+                loaded.softphone_id, v.user
+            ));
+        }
+        _ => return forbidden("the server did not say who sent this request".to_owned()),
+    }
+    loaded.partner_id = Some(partner.clone());
+    Ok(LoadReply::for_loaded(&load.settings, &load.connections, loaded).await)
 }
 
 /// Replies with `reply`'s JSON, or with a service error carrying the problem.
@@ -279,7 +418,13 @@ async fn answer<T: serde::Serialize>(request: Request, reply: Result<T, Problem>
 
 /// `{"softphoneId": ..., "type": ..., "payload": ...}`, optionally with
 /// `"idempotencyKey"`: the HTTP route's path, header and body in one document.
-async fn command(dispatcher: &Dispatcher, body: &[u8]) -> Result<Accepted, DispatchError> {
+/// `partners`: the partner of the subject it came on, whose softphones alone
+/// it may command; `None` on the bridge's own subject.
+async fn command(
+    dispatcher: &Dispatcher,
+    partners: Option<&[Guid]>,
+    body: &[u8],
+) -> Result<Accepted, DispatchError> {
     let mut request: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| DispatchError::MalformedJson(e.to_string()))?;
     let softphone = match request.remove("softphoneId") {
@@ -293,9 +438,11 @@ async fn command(dispatcher: &Dispatcher, body: &[u8]) -> Result<Accepted, Dispa
         None => None,
     };
     let command = serde_json::to_vec(&request).expect("a JSON map serializes");
-    // NATS authenticated the caller and its permissions admit this subject.
+    // NATS authenticated the caller and its permissions admit this subject:
+    // on a partner's, the partner's softphones only.
+    let scope = partners.map_or(Scope::All, Scope::Partners);
     dispatcher
-        .dispatch(Scope::All, &softphone, &command, key.as_deref(), Via::Nats)
+        .dispatch(scope, &softphone, &command, key.as_deref(), Via::Nats)
         .await
 }
 
