@@ -278,7 +278,7 @@ impl Registry {
             partner: event.partner_id.clone(),
             at,
         };
-        self.record(&event.softphone_id, &sighting, true)
+        self.record(&event.softphone_id, &sighting, true, None)
             .await
             .map(|entry| entry.expect("created when missing"))
     }
@@ -290,7 +290,21 @@ impl Registry {
         softphone: &SoftphoneId,
         at: OffsetDateTime,
     ) -> Result<Option<Entry>, RegistryError> {
-        self.record(softphone, &Sighting::Alive { at }, false).await
+        self.record(softphone, &Sighting::Alive { at }, false, None)
+            .await
+    }
+
+    /// Records a heartbeat from a partner's account: like [`Registry::alive`],
+    /// for a softphone bound to `partner` only (`None` for any other, bound
+    /// to another partner or to none), checked on the value it writes over.
+    pub async fn alive_in(
+        &self,
+        partner: &Guid,
+        softphone: &SoftphoneId,
+        at: OffsetDateTime,
+    ) -> Result<Option<Entry>, RegistryError> {
+        self.record(softphone, &Sighting::Alive { at }, false, Some(partner))
+            .await
     }
 
     /// Records a presence change; `None` when the event names no softphone
@@ -310,17 +324,19 @@ impl Registry {
             partner: event.partner_id.clone(),
             at,
         };
-        self.record(softphone, &sighting, true).await
+        self.record(softphone, &sighting, true, None).await
     }
 
     /// Read, merge, write with the revision read: a replica that wrote in
     /// between makes the write fail, and the merge is redone on its value.
-    /// Without `create`, a missing entry stays missing (`None`).
+    /// Without `create`, a missing entry stays missing (`None`); with
+    /// `bound_to`, so does one not bound to that partner.
     async fn record(
         &self,
         softphone: &SoftphoneId,
         sighting: &Sighting,
         create: bool,
+        bound_to: Option<&Guid>,
     ) -> Result<Option<Entry>, RegistryError> {
         let store = self.store().await?;
         let key = key(softphone);
@@ -339,6 +355,11 @@ impl Registry {
                 None => (None, None),
             };
             if previous.is_none() && !create {
+                return Ok(None);
+            }
+            if let Some(partner) = bound_to
+                && previous.as_ref().and_then(|e| e.partner_id.as_ref()) != Some(partner)
+            {
                 return Ok(None);
             }
             let entry = sighting

@@ -149,6 +149,7 @@ impl Application {
             self.client.clone(),
             Registry::new(self.js.clone(), &self.settings.registry),
             self.settings.commands.clone(),
+            self.callout.is_some(),
             shutdown.clone(),
         ));
         let callout = self.callout.clone().map(|callout| {
