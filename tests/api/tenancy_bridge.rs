@@ -8,8 +8,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use softphone_bridge::Application;
 use softphone_bridge::contract::tenant::{REQUEST_INFO_HEADER, vouched_publisher};
-use softphone_bridge::contract::{EVENTS_STREAM, SoftphoneId};
+use softphone_bridge::contract::{EVENTS_STREAM, Loaded, SoftphoneId};
+use softphone_bridge::registry::{Entry, Registry};
 
 use crate::helpers::*;
 
@@ -130,8 +132,263 @@ async fn the_server_vouches_for_the_publishers_login_and_a_client_cannot_forge_i
     );
 }
 
-/// Keeps the compiler quiet until the tests below use them.
-#[allow(dead_code)]
-fn unused(_: Value, _: SoftphoneId) {
-    let _ = json!({});
+/// The bridge, in this process, on a tenancy deployment: its service,
+/// heartbeat listener and callout; stopped when dropped.
+struct App {
+    registry: Registry,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl App {
+    /// Starts the bridge with the deployment's settings; returns once its
+    /// command service answers on partner A's subject (`crm` may publish there).
+    async fn start(tenancy: &Tenancy, crm: &Login) -> App {
+        let mut settings = tenancy.settings.clone();
+        settings.nats.url = tenancy.url.clone();
+        let registry = Registry::new(jetstream::new(tenancy.bridge.clone()), &settings.registry);
+        let app = Application::build(settings)
+            .await
+            .expect("the bridge builds");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.run_until(stop.clone()));
+        eventually("the bridge's service to answer", || async {
+            crm.client
+                .request(format!("softphone.p.{A}.api.command"), "{}".into())
+                .await
+                .ok()
+        })
+        .await;
+        App { registry, stop }
+    }
+
+    /// Binds `softphone` to `partner` (`None`: to none) as a `loaded` at `at`
+    /// does (the intake's part: deploy/tenancy.md).
+    async fn loaded(&self, softphone: &str, partner: Option<&str>, at: time::OffsetDateTime) {
+        let loaded = Loaded {
+            softphone_id: softphone.parse().unwrap(),
+            partner_id: partner.map(|p| p.parse().unwrap()),
+        };
+        self.registry.loaded(&loaded, at).await.unwrap();
+    }
+
+    async fn entry(&self, softphone: &str) -> Option<Entry> {
+        let id: SoftphoneId = softphone.parse().unwrap();
+        self.registry.get(&id).await.unwrap()
+    }
+}
+
+/// A CRM login of `partners`, over TCP.
+async fn crm(tenancy: &Tenancy, name: &str, partners: &[&str]) -> Login {
+    let token = Tenancy::token(json!({
+        "sub": name, "role": "crm", "partners": partners, "exp": in_an_hour()
+    }));
+    Login::connect(&tenancy.url, name, &token).await.unwrap()
+}
+
+/// A request and its reply: the error code (if any) and the body or problem.
+async fn ask(client: &async_nats::Client, subject: String, body: Value) -> (Option<u16>, Value) {
+    let reply = tokio::time::timeout(PATIENCE, client.request(subject, body.to_string().into()))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    service_reply(&reply)
+}
+
+fn presence(softphone: &str) -> Value {
+    json!({"softphoneId": softphone, "type": "update_presence", "payload": {"softphoneId": SEGMENT}})
+}
+
+/// Nothing more has reached `commands` once its client has had a round trip.
+async fn nothing_more(softphone: &Login, commands: &mut async_nats::Subscriber) {
+    softphone.round_trip().await;
+    assert!(
+        futures::FutureExt::now_or_never(commands.next()).is_none(),
+        "{} received a command that was not its own",
+        softphone.name
+    );
+}
+
+#[tokio::test]
+async fn a_crm_command_reaches_its_partners_softphone_over_websocket_and_tcp_and_never_another() {
+    let tenancy = Tenancy::start(&[A, B], 1).await;
+    let crm_a = crm(&tenancy, "crm-a", &[A]).await;
+    let app = App::start(&tenancy, &crm_a).await;
+    let now = time::OffsetDateTime::now_utc();
+    app.loaded("agent-7", Some(A), now).await;
+    app.loaded("agent-9", Some(A), now).await;
+    app.loaded("agent-8", Some(B), now).await;
+    app.loaded("agent-3", None, now).await;
+    // A's agent-7 over WebSocket, A's agent-9 over TCP; B has an agent-7 too.
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .unwrap();
+    let a9 = Login::softphone(&tenancy.url, "agent-9", A).await.unwrap();
+    let b7 = Login::softphone(&tenancy.url, "agent-7", B).await.unwrap();
+    let b8 = Login::softphone(&tenancy.ws_url, "agent-8", B)
+        .await
+        .unwrap();
+    let mut inbox = Vec::new();
+    for softphone in [&a7, &a9, &b7, &b8] {
+        let commands = softphone
+            .client
+            .subscribe(format!("softphone.cmd.{}", softphone.name))
+            .await
+            .unwrap();
+        softphone.round_trip().await;
+        inbox.push(commands);
+    }
+    let [a7_commands, a9_commands, b7_commands, b8_commands] = &mut inbox[..] else {
+        unreachable!()
+    };
+    let a_service = format!("softphone.p.{A}.api.command");
+    for (softphone, commands) in [(&a7, &mut *a7_commands), (&a9, &mut *a9_commands)] {
+        let (code, accepted) =
+            ask(&crm_a.client, a_service.clone(), presence(&softphone.name)).await;
+        assert_eq!(code, None, "{accepted}");
+        assert_eq!(accepted["stream"], "SOFTPHONE_COMMANDS");
+        let (message, body, _) = next_command_body(commands).await;
+        assert_eq!(
+            message.subject.as_str(),
+            format!("softphone.cmd.{}", softphone.name)
+        );
+        assert_eq!(body["type"], "update_presence");
+    }
+    // B's softphones: out of A's CRM's reach, and nothing crossed to them.
+    let (code, problem) = ask(&crm_a.client, a_service.clone(), presence("agent-8")).await;
+    assert_eq!(code, Some(404), "{problem}");
+    tenancy.bridge_round_trip().await;
+    nothing_more(&b7, b7_commands).await;
+    nothing_more(&b8, b8_commands).await;
+    nothing_more(&a7, a7_commands).await;
+    // A command naming another partner in its body is refused.
+    let mut foreign = start_call();
+    foreign["payload"]["partnerId"] = json!(B);
+    foreign["softphoneId"] = json!("agent-7");
+    let (code, problem) = ask(&crm_a.client, a_service.clone(), foreign).await;
+    assert_eq!(code, Some(403), "{problem}");
+    // B's service subject is not A's CRM's to publish on.
+    crm_a
+        .client
+        .publish(
+            format!("softphone.p.{B}.api.command"),
+            presence("agent-8").to_string().into(),
+        )
+        .await
+        .unwrap();
+    crm_a.client.flush().await.unwrap();
+    crm_a
+        .refused("publish", &format!("softphone.p.{B}.api.command"))
+        .await;
+    nothing_more(&b8, b8_commands).await;
+    // A softphone bound to no partner has no account to be commanded in.
+    let (code, problem) = ask(
+        &tenancy.bridge,
+        softphone_bridge::contract::API_COMMAND_SUBJECT.to_owned(),
+        presence("agent-3"),
+    )
+    .await;
+    assert_eq!(code, Some(409), "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("softphone-without-partner"),
+        "{problem}"
+    );
+    for softphone in [&a7, &a9, &b7, &b8] {
+        softphone.refused_nothing();
+    }
+}
+
+#[tokio::test]
+async fn load_over_websocket_answers_for_the_logins_partner_and_softphone_only() {
+    let tenancy = Tenancy::start(&[A, B], 1).await;
+    let crm_a = crm(&tenancy, "crm-a", &[A]).await;
+    let _app = App::start(&tenancy, &crm_a).await;
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .unwrap();
+    let load = |body: Value| ask(&a7.client, "softphone.load".to_owned(), body);
+    for body in [
+        json!({"softphoneId": "agent-7"}),
+        json!({"softphoneId": "agent-7", "partnerId": A}),
+    ] {
+        let (code, reply) = load(body).await;
+        assert_eq!(code, None, "{reply}");
+        assert_eq!(reply["softphoneId"], "agent-7");
+        let callbacks = reply["callbacks"].as_array().unwrap();
+        assert_eq!(callbacks[0]["type"], "disposition", "{reply}");
+        assert_eq!(callbacks[1]["type"], "partner_config", "{reply}");
+        assert_eq!(callbacks[1]["payload"]["partnerId"], A, "{reply}");
+    }
+    // Another partner's callbacks, or another softphone's: refused.
+    for body in [
+        json!({"softphoneId": "agent-7", "partnerId": B}),
+        json!({"softphoneId": "agent-8"}),
+    ] {
+        let (code, problem) = load(body.clone()).await;
+        assert_eq!(code, Some(403), "{body}: {problem}");
+    }
+    let (code, _) = load(json!({"partnerId": A})).await;
+    assert_eq!(code, Some(400));
+    a7.refused_nothing();
+}
+
+#[tokio::test]
+async fn heartbeats_on_partners_subjects_refresh_only_that_partners_own_softphone() {
+    let tenancy = Tenancy::start(&[A, B], 1).await;
+    let crm_a = crm(&tenancy, "crm-a", &[A]).await;
+    let app = App::start(&tenancy, &crm_a).await;
+    let earlier = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    for softphone in ["agent-7", "agent-8", "agent-9"] {
+        app.loaded(softphone, Some(A), earlier).await;
+    }
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .unwrap();
+    let a9 = Login::softphone(&tenancy.url, "agent-9", A).await.unwrap();
+    // B's own agent-8 (A has one too) and agent-5 (nobody has loaded it).
+    let b8 = Login::softphone(&tenancy.url, "agent-8", B).await.unwrap();
+    let b5 = Login::softphone(&tenancy.ws_url, "agent-5", B)
+        .await
+        .unwrap();
+    let beat = |login: &Login| {
+        let client = login.client.clone();
+        let subject = format!("softphone.heartbeat.{}", login.name);
+        async move { client.publish(subject, "".into()).await.unwrap() }
+    };
+    // The listener is there once a beat of A's agent-9 is recorded.
+    eventually("agent-9's heartbeat to be recorded", || async {
+        beat(&a9).await;
+        let entry = app.entry("agent-9").await?;
+        (entry.last_seen > earlier).then_some(())
+    })
+    .await;
+    // B's beats, then A's agent-7's: once that one is recorded, B's were read.
+    beat(&b8).await;
+    beat(&b5).await;
+    b8.round_trip().await;
+    b5.round_trip().await;
+    beat(&a7).await;
+    let a7_entry = eventually("agent-7's heartbeat to be recorded", || async {
+        app.entry("agent-7").await.filter(|e| e.last_seen > earlier)
+    })
+    .await;
+    assert_eq!(a7_entry.partner_id.unwrap().as_str(), A);
+    let a8 = app.entry("agent-8").await.unwrap();
+    assert_eq!(Some(a8.last_seen), a8.loaded_at, "B's heartbeat touched A's agent-8");
+    assert_eq!(a8.partner_id.unwrap().as_str(), A);
+    assert!(
+        app.entry("agent-5").await.is_none(),
+        "a heartbeat bound agent-5"
+    );
+    for login in [&a7, &a9, &b8, &b5] {
+        login.refused_nothing();
+    }
 }
