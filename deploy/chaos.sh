@@ -21,7 +21,9 @@ DRAIN="${DRAIN:-300}"
 # worker.ack_wait (30s) + crm.timeout (10s), the defaults the cluster runs with.
 LIMIT="${LIMIT:-40}"
 STATE_DIR="target/cluster"
-NATS_URLS="nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+NATS_URLS="tls://127.0.0.1:4222,tls://127.0.0.1:4223,tls://127.0.0.1:4224"
+# The cluster's client listener speaks TLS only; publish.py trusts its local CA.
+export NATS_CA="$STATE_DIR/tls/ca.pem"
 cluster() { bash deploy/cluster.sh "$@"; }
 log() { echo "chaos $(date -u +%T) (+$((SECONDS - started))s): $*"; }
 

@@ -5,7 +5,9 @@
 #   bash deploy/cluster.sh status   # containers, health, the events stream's leader
 #   bash deploy/cluster.sh down     # stop and remove everything, data included
 #
-# Three NATS servers with JetStream as one cluster (deploy/cluster/nats.conf),
+# Three NATS servers with JetStream as one cluster (deploy/cluster/nats.conf;
+# TLS on the client listener and a wss:// WebSocket listener, certificates
+# made locally by openssl into target/cluster/tls),
 # a one-shot `softphone-bridge provision` (R3 streams and consumers), three
 # bridge replicas and Prometheus, with Docker Compose (`docker compose`, or
 # Debian's docker-compose 1.29); and the CRM, deploy/cluster/crm.py, on the
@@ -122,6 +124,8 @@ sys.exit(1)' <<<"$jsz" && return 0
 
 up() {
   mkdir -p "$STATE_DIR"
+  # TLS on the client and WebSocket listeners: a local CA and a certificate.
+  ensure_local_certs "$STATE_DIR/tls" nats1 nats2 nats3 localhost 127.0.0.1
   bash deploy/nats-image.sh
   bash deploy/image.sh
   prometheus_image
@@ -130,11 +134,12 @@ up() {
   wait_ready
   cat <<EOF
 cluster ready:
-  NATS          nats://127.0.0.1:4222 (also :4223, :4224); monitoring http://127.0.0.1:8222
+  NATS          tls://127.0.0.1:4222 (also :4223, :4224), trusting $STATE_DIR/tls/ca.pem
+  WebSocket     wss://127.0.0.1:8443 (also :8444, :8445); monitoring http://127.0.0.1:8222
   events leader $(events_leader || echo "unknown")
   Prometheus    http://127.0.0.1:9090 (alerts: deploy/prometheus/alerts.yml)
   CRM record    $CRM_RECORD (one JSON line per webhook call)
-try: SOFTPHONE_BRIDGE_NATS__URL=nats://127.0.0.1:4222 softphone-bridge emit call.accepted '{...}'
+try: SOFTPHONE_BRIDGE_NATS__URL=tls://127.0.0.1:4222 SOFTPHONE_BRIDGE_NATS__TLS__CA_FILE=$STATE_DIR/tls/ca.pem softphone-bridge emit call.accepted '{...}'
 EOF
 }
 

@@ -15,6 +15,8 @@ Usage: publish.py SERVERS RATE SECONDS OUT   (SERVERS comma separated)
 
 import asyncio
 import json
+import os
+import ssl
 import sys
 import time
 import uuid
@@ -38,8 +40,11 @@ MAX_OUTSTANDING = 20000
 async def main():
     servers, rate, seconds, out = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     run = uuid.uuid4().hex[:8]
+    # The cluster's client listener speaks TLS only (deploy/cluster/nats.conf).
+    tls = ssl.create_default_context(cafile=os.environ["NATS_CA"]) if os.environ.get("NATS_CA") else None
     nc = await nats.connect(
         servers=servers,
+        tls=tls,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,
         connect_timeout=2,
