@@ -205,10 +205,21 @@ mod tests {
             softphone_id: phone.clone(),
             partner_id: Some(a.clone()),
         };
-        let single = Settings::from_toml("").unwrap();
+        // As the softphone lane holds them: `Arc<Settings>`, `&Loaded`.
+        let single = std::sync::Arc::new(Settings::from_toml("").unwrap());
         assert_eq!(
-            Recipient::from((&single, &loaded)).subject().unwrap(),
+            Recipient::from((&*single, &loaded)).subject().unwrap(),
             "softphone.cmd.agent-7"
+        );
+        let tenancy = Settings::from_toml(&format!(
+            "[callout]\nissuer_seed = \"{}\"\ntoken_secret = \"{}\"\n",
+            nkeys::KeyPair::new_account().seed().unwrap(),
+            "s".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(
+            Recipient::from((&tenancy, &loaded)).subject().unwrap(),
+            format!("softphone.p.{a}.cmd.agent-7")
         );
     }
 

@@ -382,7 +382,11 @@ async fn heartbeats_on_partners_subjects_refresh_only_that_partners_own_softphon
     .await;
     assert_eq!(a7_entry.partner_id.unwrap().as_str(), A);
     let a8 = app.entry("agent-8").await.unwrap();
-    assert_eq!(Some(a8.last_seen), a8.loaded_at, "B's heartbeat touched A's agent-8");
+    assert_eq!(
+        Some(a8.last_seen),
+        a8.loaded_at,
+        "B's heartbeat touched A's agent-8"
+    );
     assert_eq!(a8.partner_id.unwrap().as_str(), A);
     assert!(
         app.entry("agent-5").await.is_none(),
