@@ -5,7 +5,9 @@
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::contract::{Callback, Event, EventKind, Loaded, PartnerConfig, SoftphoneId};
+use crate::contract::{
+    Callback, Event, EventKind, Guid, Loaded, PartnerConfig, SoftphoneId, tenant,
+};
 use crate::crm::Connections;
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
@@ -97,5 +99,111 @@ impl LoadReply {
                 error: e.to_string(),
             },
         }
+    }
+}
+
+/// Why a partner's `load` request gets no callbacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PartnerLoadError {
+    /// Not a `loaded` body.
+    #[error("{0}")]
+    Invalid(String),
+    /// For another partner, or another softphone than the login's.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// The `loaded` a `load` request from `partner`'s account stands for: for
+/// that partner only (a body naming another is refused; one naming none is
+/// for this one), and for the softphone the server vouches sent it, its
+/// login's `sub` ([`tenant::vouched_publisher`] of its `headers`).
+pub fn partner_loaded(
+    partner: &Guid,
+    body: &[u8],
+    headers: Option<&async_nats::HeaderMap>,
+) -> Result<Loaded, PartnerLoadError> {
+    let mut loaded = match Event::decode(EventKind::Loaded, body) {
+        Ok(Event::Loaded(loaded)) => loaded,
+        Ok(_) => unreachable!("decode(Loaded) yields Event::Loaded"),
+        Err(e) => return Err(PartnerLoadError::Invalid(e.to_string())),
+    };
+    if let Some(named) = loaded.partner_id.as_ref().filter(|named| *named != partner) {
+        return Err(PartnerLoadError::Forbidden(format!(
+            "partnerId {named} is not the partner of this login ({partner})"
+        )));
+    }
+    match tenant::vouched_publisher(headers) {
+        Some(v) if v.partner().as_ref() != Some(partner) => {
+            return Err(PartnerLoadError::Forbidden(
+                "the server vouches for another partner's login".to_owned(),
+            ));
+        }
+        Some(v) if v.user != loaded.softphone_id.as_str() => {
+            return Err(PartnerLoadError::Forbidden(format!(
+                "softphoneId {} is not this login's ({})",
+                loaded.softphone_id, v.user
+            )));
+        }
+        Some(_) => {}
+        None => {
+            return Err(PartnerLoadError::Forbidden(
+                "the server did not say who sent this request".to_owned(),
+            ));
+        }
+    }
+    loaded.partner_id = Some(partner.clone());
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+    const B: &str = "57053e21-0440-4689-a27a-513d7dceebde";
+
+    fn vouching(account: &str, user: &str) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        let info = serde_json::json!({"acc": account, "user": user}).to_string();
+        headers.insert(tenant::REQUEST_INFO_HEADER, info.as_str());
+        headers
+    }
+
+    #[test]
+    fn a_partners_load_is_for_that_partner_and_the_logins_softphone() {
+        let a: Guid = A.parse().unwrap();
+        let agent7 = vouching(A, "agent-7");
+        for body in [
+            r#"{"softphoneId":"agent-7"}"#.to_owned(),
+            format!(r#"{{"softphoneId":"agent-7","partnerId":"{A}"}}"#),
+        ] {
+            let loaded = partner_loaded(&a, body.as_bytes(), Some(&agent7)).unwrap();
+            assert_eq!(loaded.partner_id.as_ref(), Some(&a));
+            assert_eq!(loaded.softphone_id.as_str(), "agent-7");
+        }
+        let refused = |body: &str, headers: Option<&async_nats::HeaderMap>| {
+            partner_loaded(&a, body.as_bytes(), headers).unwrap_err()
+        };
+        let other_partner = format!(r#"{{"softphoneId":"agent-7","partnerId":"{B}"}}"#);
+        assert!(matches!(
+            refused(&other_partner, Some(&agent7)),
+            PartnerLoadError::Forbidden(_)
+        ));
+        let another = r#"{"softphoneId":"agent-8"}"#;
+        assert!(matches!(
+            refused(another, Some(&agent7)),
+            PartnerLoadError::Forbidden(_)
+        ));
+        let mine = r#"{"softphoneId":"agent-7"}"#;
+        for headers in [None, Some(&vouching(B, "agent-7"))] {
+            assert!(matches!(
+                refused(mine, headers),
+                PartnerLoadError::Forbidden(_)
+            ));
+        }
+        assert!(matches!(
+            refused("{}", Some(&agent7)),
+            PartnerLoadError::Invalid(_)
+        ));
     }
 }

@@ -32,14 +32,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::Settings;
 use crate::contract::tenant::{self, PARTNER_COMMAND_REQUESTS, PARTNER_LOAD_REQUESTS};
 use crate::contract::{
-    API_COMMAND_SUBJECT, Event, EventKind, Guid, INBOX_PREFIX, LOAD_QUEUE_GROUP,
-    LOAD_REQUEST_SUBJECT,
+    API_COMMAND_SUBJECT, Guid, INBOX_PREFIX, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT,
 };
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
 use crate::http::ops::Readiness;
 use crate::http::problem::Problem;
-use crate::load::LoadReply;
+use crate::load::{self, LoadReply, PartnerLoadError};
 use crate::pipeline::{GateView, Gates};
 
 /// Requests handled at once by one replica, per endpoint.
@@ -347,50 +346,26 @@ fn addressed(request: &Request, route: Route) -> Option<Option<Guid>> {
     partner
 }
 
-/// A `load` from a partner's account: for that partner only (a body naming
-/// another is refused; one naming none is for this one), and for the
-/// softphone the server vouches sent it (its login's `sub`).
+/// A `load` from a partner's account ([`load::partner_loaded`]).
 async fn partner_load(
     load: &Load,
     partner: &Guid,
     message: &async_nats::Message,
 ) -> Result<LoadReply, Problem> {
-    let forbidden = |detail: String| {
-        tracing::warn!(partner = %partner, reason = %detail, "Refused a partner's load request.");
-        Err(Problem::new(403, "forbidden", "Forbidden", detail))
-    };
-    let mut loaded = match Event::decode(EventKind::Loaded, &message.payload) {
-        Ok(Event::Loaded(loaded)) => loaded,
-        Ok(_) => unreachable!("decode(Loaded) yields Event::Loaded"),
+    match load::partner_loaded(partner, &message.payload, message.headers.as_ref()) {
+        Ok(loaded) => Ok(LoadReply::for_loaded(&load.settings, &load.connections, loaded).await),
         Err(e) => {
-            tracing::warn!(partner = %partner, reason = %e, "Refused a load request.");
-            return Err(Problem::new(
-                400,
-                "invalid-load",
-                "Invalid load request",
-                e.to_string(),
-            ));
+            tracing::warn!(partner = %partner, reason = %e, "Refused a partner's load request.");
+            Err(match e {
+                PartnerLoadError::Invalid(detail) => {
+                    Problem::new(400, "invalid-load", "Invalid load request", detail)
+                }
+                PartnerLoadError::Forbidden(detail) => {
+                    Problem::new(403, "forbidden", "Forbidden", detail)
+                }
+            })
         }
-    };
-    if let Some(named) = loaded.partner_id.as_ref().filter(|named| *named != partner) {
-        return forbidden(format!(
-            "partnerId {named} is not the partner of this login ({partner})"
-        ));
     }
-    let vouched = tenant::vouched_publisher(message.headers.as_ref());
-    match vouched {
-        Some(v)
-            if v.partner().as_ref() == Some(partner) && v.user == loaded.softphone_id.as_str() => {}
-        Some(v) if v.partner().as_ref() == Some(partner) => {
-            return forbidden(format!(
-                "softphoneId {} is not this login's ({})",
-                loaded.softphone_id, v.user
-            ));
-        }
-        _ => return forbidden("the server did not say who sent this request".to_owned()),
-    }
-    loaded.partner_id = Some(partner.clone());
-    Ok(LoadReply::for_loaded(&load.settings, &load.connections, loaded).await)
 }
 
 /// Replies with `reply`'s JSON, or with a service error carrying the problem.
