@@ -91,7 +91,7 @@ impl Work for SoftphoneWork {
                         let message_id = format!("{}:{}", event.id, callback.type_name());
                         let ack = self
                             .commands
-                            .publish(&loaded.softphone_id, &callback, &message_id)
+                            .publish((&*self.settings, loaded), &callback, &message_id)
                             .await?;
                         tracing::debug!(
                             callback = callback.type_name(),
