@@ -380,8 +380,8 @@ async fn original_time(js: &jetstream::Context, letter: &DeadLetter, subject: &s
         let seq: u64 = letter.header(dlq_header::SEQUENCE)?.parse().ok()?;
         let events = js.get_stream(EVENTS_STREAM).await.ok()?;
         let message = events.get_raw_message(seq).await.ok()?;
-        let stored_as = event_subject(&message.subject).map(|(kind, _)| kind.subject());
-        (stored_as == Some(subject)).then_some(message.time)
+        let stored_as = event_subject(&message.subject).map(|s| s.original);
+        (stored_as.as_deref() == Some(subject)).then_some(message.time)
     }
     .await;
     stored
@@ -418,7 +418,7 @@ async fn replay(
             skipped += 1;
             continue;
         }
-        let Some(kind) = EventKind::from_subject(subject) else {
+        let Some(on) = replay_subject(subject) else {
             bar.suspend(|| eprintln!("skipped {seq}: {subject} is not an event subject"));
             skipped += 1;
             continue;
@@ -437,8 +437,7 @@ async fn replay(
             .headers(headers)
             .message_id(format!("replay:{seq}:{event_id}"));
         // Only the bridge may publish on a replay subject, so only there are
-        // the original id headers believed.
-        let on = replay_subject(kind);
+        // the original id headers (and a partner's subject) believed.
         let acked = async { js.send_publish(on.clone(), publish).await?.await }.await;
         if let Err(e) = acked {
             bar.suspend(|| eprintln!("failed {seq}: cannot publish on {on}: {e}"));

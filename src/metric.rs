@@ -60,6 +60,11 @@ pub const BUILD_INFO: &str = "softphone_bridge_build_info";
 /// series, so it is not in [`ALL`].
 pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
 
+/// Events whose body names another partner than the account they were
+/// published from (dead-lettered with reason `partner mismatch`), by `type`.
+/// Only a mismatch creates the series, so it is not in [`ALL`].
+pub const PARTNER_MISMATCHES: &str = "softphone_bridge_partner_mismatches_total";
+
 /// Logins the auth callout answered, by `outcome` (`accepted`, `refused`)
 /// and `reason` (an accepted login's role, `softphone` or `crm`; a refusal's
 /// reason, e.g. `expired`, `signature`, `unknown_partner`: a bounded set, see
@@ -207,6 +212,10 @@ fn describe() {
     describe_counter!(
         PARTNER_CONFLICTS,
         "Softphone events refused for naming another partner than the softphone's bound one, by event type."
+    );
+    describe_counter!(
+        PARTNER_MISMATCHES,
+        "Events refused for naming another partner than the account they were published from, by event type."
     );
     describe_counter!(
         LOGINS,

@@ -151,23 +151,48 @@ pub fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
     SoftphoneId::try_from(id.to_owned()).ok()
 }
 
-/// The subject `dlq replay` publishes an event of `kind` on again.
-pub fn replay_subject(kind: EventKind) -> String {
-    format!("{SUBJECT_ROOT}.replay.{}", kind.name())
+/// What a subject of `SOFTPHONE_EVENTS` says about its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSubject {
+    pub kind: EventKind,
+    /// Published again by `dlq replay` (a [`REPLAY_SUBJECTS`] subject).
+    pub replayed: bool,
+    /// The partner the server vouches for: the account the event was
+    /// published from (`softphone.p.<partnerId>.<event>`, see
+    /// [`tenant`]); `None` for the contract's own subjects.
+    pub partner: Option<Guid>,
+    /// The subject as first published (a replay's without its prefix).
+    pub original: String,
 }
 
-/// The event a subject of `SOFTPHONE_EVENTS` carries, and whether it is a
-/// replay ([`REPLAY_SUBJECTS`]).
-pub fn event_subject(subject: &str) -> Option<(EventKind, bool)> {
-    if let Some(name) = subject
-        .strip_prefix(SUBJECT_ROOT)
-        .and_then(|rest| rest.strip_prefix(".replay."))
-    {
-        return EventKind::parse(name)
-            .filter(|kind| kind.name() == name)
-            .map(|kind| (kind, true));
-    }
-    EventKind::from_subject(subject).map(|kind| (kind, false))
+/// The event a subject of `SOFTPHONE_EVENTS` carries: a contract subject,
+/// a partner's (`softphone.p.<partnerId>.<event>`), or either replayed
+/// (`softphone.replay.<…>`).
+pub fn event_subject(subject: &str) -> Option<EventSubject> {
+    let replay = format!("{SUBJECT_ROOT}.replay.");
+    let (original, replayed) = match subject.strip_prefix(&replay) {
+        Some(rest) => (format!("{SUBJECT_ROOT}.{rest}"), true),
+        None => (subject.to_owned(), false),
+    };
+    let (kind, partner) = match tenant::partner_event(&original) {
+        Some((partner, kind)) => (kind, Some(partner)),
+        None => (EventKind::from_subject(&original)?, None),
+    };
+    Some(EventSubject {
+        kind,
+        replayed,
+        partner,
+        original,
+    })
+}
+
+/// The subject `dlq replay` publishes an event first published on
+/// `original` on again: `softphone.replay.<original without "softphone.">`,
+/// so a partner's event keeps the partner the server vouched for.
+pub fn replay_subject(original: &str) -> Option<String> {
+    let parsed = event_subject(original).filter(|s| !s.replayed)?;
+    let rest = parsed.original.strip_prefix(SUBJECT_ROOT)?;
+    Some(format!("{SUBJECT_ROOT}.replay{rest}"))
 }
 
 /// Whether `id` may be an event id: 1 to [`MAX_EVENT_ID`] bytes of printable
@@ -234,21 +259,33 @@ mod tests {
     }
 
     #[test]
-    fn replay_subjects_carry_their_event() {
+    fn replay_subjects_carry_their_event_and_partner() {
         assert_eq!(
-            replay_subject(EventKind::CallEnded),
-            "softphone.replay.call.ended"
+            replay_subject("softphone.call.ended").as_deref(),
+            Some("softphone.replay.call.ended")
         );
+        let replayed = event_subject("softphone.replay.call.ended").unwrap();
         assert_eq!(
-            event_subject("softphone.replay.call.ended"),
-            Some((EventKind::CallEnded, true))
+            (
+                replayed.kind,
+                replayed.replayed,
+                replayed.partner,
+                replayed.original.as_str()
+            ),
+            (EventKind::CallEnded, true, None, "softphone.call.ended")
         );
-        assert_eq!(
-            event_subject("softphone.call.ended"),
-            Some((EventKind::CallEnded, false))
-        );
+        let partner = "215fd887-39be-4935-981f-2670d6afeaa7";
+        let theirs = format!("softphone.p.{partner}.call.ended");
+        let replay = replay_subject(&theirs).unwrap();
+        assert_eq!(replay, format!("softphone.replay.p.{partner}.call.ended"));
+        let parsed = event_subject(&replay).unwrap();
+        assert_eq!(parsed.partner.unwrap().as_str(), partner);
+        assert_eq!(parsed.original, theirs);
+        assert!(parsed.replayed);
+        assert!(!event_subject("softphone.call.ended").unwrap().replayed);
         assert_eq!(event_subject("softphone.replay.callEnded"), None);
         assert_eq!(event_subject("softphone.replay.softphone.call.ended"), None);
+        assert_eq!(replay_subject("softphone.replay.call.ended"), None);
     }
 
     #[test]

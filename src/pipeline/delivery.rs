@@ -20,7 +20,7 @@ pub(crate) struct Delivery {
     /// What its copies to the lanes are de-duplicated by: the message's own
     /// id, so a replay (same event id, new message) is routed again.
     pub copy_key: String,
-    /// The contract subject it was published on (a replay's original one).
+    /// The subject it was first published on (a replay's original one).
     pub subject: String,
     /// Its sequence in `SOFTPHONE_EVENTS`.
     pub sequence: u64,
@@ -30,6 +30,9 @@ pub(crate) struct Delivery {
     pub delivered: u32,
     /// The event, from its subject (a replay's too).
     pub kind: Option<EventKind>,
+    /// The partner the server vouches for (the publisher's account), from a
+    /// partner's subject at the intake; `None` elsewhere.
+    pub partner: Option<crate::contract::Guid>,
     /// Why the publisher's `Nats-Msg-Id` cannot be an event id, if it cannot
     /// (the event is then dead-lettered at the intake under `seq:<sequence>`).
     pub invalid_id: Option<String>,
@@ -49,8 +52,8 @@ impl Delivery {
     pub fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let sequence = info.stream_sequence;
-        let (kind, replayed) = event_subject(&message.subject)
-            .map_or((None, false), |(kind, replayed)| (Some(kind), replayed));
+        let parsed = event_subject(&message.subject);
+        let replayed = parsed.as_ref().is_some_and(|s| s.replayed);
         let mut invalid_id = None;
         let copy_key = match header(message, async_nats::header::NATS_MESSAGE_ID.as_ref()) {
             Some(id) => match check_event_id(id) {
@@ -73,11 +76,12 @@ impl Delivery {
         Ok(Self {
             id,
             copy_key,
-            subject: kind.map_or_else(|| message.subject.to_string(), |k| k.subject().to_owned()),
+            kind: parsed.as_ref().map(|s| s.kind),
+            partner: parsed.as_ref().and_then(|s| s.partner.clone()),
+            subject: parsed.map_or_else(|| message.subject.to_string(), |s| s.original),
             sequence,
             published,
             delivered: info.delivered.max(1) as u32,
-            kind,
             invalid_id,
             stage: "intake",
             lane: None,
@@ -111,6 +115,7 @@ impl Delivery {
             published,
             delivered: info.delivered.max(1) as u32,
             kind,
+            partner: None,
             invalid_id: None,
             stage: "lane",
             lane: Some(lane.to_owned()),

@@ -43,6 +43,7 @@ use super::pull::{Next, Puller};
 use super::unreadable as unreadable_headers;
 use crate::config::Settings;
 use crate::contract::{ContractError, Event, EventKind, LaneTarget, lane_header};
+use crate::metric;
 
 pub(super) struct Intake {
     settings: Arc<Settings>,
@@ -210,13 +211,15 @@ impl Intake {
         // dropped as a duplicate.
         let decoded = match (&delivery.invalid_id, delivery.kind) {
             (Some(why), _) => Err(HandleError::EventId(why.clone())),
-            (None, Some(kind)) => Event::decode(kind, &message.payload).map_err(HandleError::from),
+            (None, Some(kind)) => Event::decode(kind, &message.payload)
+                .map_err(HandleError::from)
+                .and_then(|event| vouched(&delivery, event)),
             (None, None) => Err(ContractError::UnknownSubject(message.subject.to_string()).into()),
         }
         .map_err(|e| decide(Err(e), delivery.delivered, false, &self.settings.worker));
         let (routes, fate) = match decoded {
             Ok(event) => {
-                let routes = self.routes(&event, &delivery.copy_key);
+                let routes = self.routes(&event, &delivery);
                 let fate = self.copy(&message, &delivery, &routes).await;
                 (routes, fate)
             }
@@ -233,9 +236,12 @@ impl Intake {
     }
 
     /// The lanes an event goes to, with the message id of each copy.
-    fn routes(&self, event: &Event, id: &str) -> Vec<(String, String)> {
+    fn routes(&self, event: &Event, delivery: &Delivery) -> Vec<(String, String)> {
         let kind = event.kind();
-        let connection = self.settings.connection_for(event.partner_id());
+        let id = &delivery.copy_key;
+        // The partner the server vouches for, else (one account) the body's.
+        let partner = delivery.partner.as_ref().or(event.partner_id());
+        let connection = self.settings.connection_for(partner);
         let mut routes = vec![(LaneTarget::Crm(connection).subject(kind), id.to_owned())];
         if matches!(kind, EventKind::Loaded | EventKind::AgentStatusChanged) {
             routes.push((
@@ -342,6 +348,22 @@ impl Intake {
             }
             return;
         }
+    }
+}
+
+/// `event`, unless it names another partner than the one the server vouches
+/// for (the account it was published from): then a `partner mismatch`,
+/// counted, which reaches no CRM.
+fn vouched(delivery: &Delivery, event: Event) -> Result<Event, HandleError> {
+    match (&delivery.partner, event.partner_id()) {
+        (Some(vouched), Some(named)) if vouched != named => {
+            metrics::counter!(metric::PARTNER_MISMATCHES, "type" => event.kind().name())
+                .increment(1);
+            Err(HandleError::PartnerMismatch(format!(
+                "the body names partner {named}; it was published from partner {vouched}'s account"
+            )))
+        }
+        _ => Ok(event),
     }
 }
 

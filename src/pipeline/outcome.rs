@@ -69,6 +69,9 @@ pub enum HandleError {
     /// The publisher's `Nats-Msg-Id` cannot be an event id.
     #[error("invalid event id: {0}")]
     EventId(String),
+    /// The body names another partner than the account it was published from.
+    #[error("partner mismatch: {0}")]
+    PartnerMismatch(String),
 }
 
 /// JetStream's answers that refuse a message for what it is: message size
@@ -116,6 +119,13 @@ pub fn decide(
             return Outcome::DeadLetter {
                 reason: format!("invalid payload: {e}"),
                 detail: None,
+            };
+        }
+        // A body that claims another partner than the server vouches for.
+        Err(HandleError::PartnerMismatch(detail)) => {
+            return Outcome::DeadLetter {
+                reason: "partner mismatch".into(),
+                detail: Some(detail),
             };
         }
         // What NATS will never carry onward is the message's own failure:

@@ -408,25 +408,35 @@ async fn the_bridge_binary_serves_the_callout_and_takes_a_new_partner_on_sighup(
     .await
     .expect("its event is stored");
     stored(&tenancy.bridge, &format!("softphone.p.{B}.call.incoming")).await;
-    // The intake does not read partners' subjects yet: it sets the event
-    // aside, reaching no CRM (deploy/tenancy.md, "Not done yet").
+    // The intake takes the partner from the subject, as the server wrote it.
+    let request = crm.next_request().await;
+    let doc: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(doc["partnerId"], B, "B's event reached its CRM");
+
+    // A body naming another partner than the login's reaches no CRM: it is
+    // dead-lettered `partner mismatch`, and counted.
+    b9.store(
+        "softphone.call.incoming",
+        partner_call_body(A, &conversation(), ""),
+    )
+    .await
+    .expect("its event is stored");
     let dlq = jetstream::new(tenancy.bridge.clone())
         .get_stream(softphone_bridge::contract::DLQ_STREAM)
         .await
         .unwrap();
-    let dead = eventually("the partner's event to be set aside", || async {
+    let dead = eventually("the spoofing event to be dead-lettered", || async {
         dlq.get_last_raw_message_by_subject(&format!("softphone.dlq.p.{B}.call.incoming"))
             .await
             .ok()
     })
     .await;
-    let reason = dead
-        .headers
-        .get("Softphone-Dlq-Reason")
-        .unwrap()
-        .as_str()
-        .to_owned();
-    assert!(reason.contains("softphone.p."), "{reason}");
+    let header = |name: &str| dead.headers.get(name).unwrap().as_str().to_owned();
+    assert_eq!(header("Softphone-Dlq-Reason"), "partner mismatch");
+    assert!(
+        header("Softphone-Dlq-Detail").contains(A),
+        "the detail names the claim"
+    );
     assert!(crm.drain().await.is_empty(), "no CRM heard of it");
     bridge
         .logged_line(&["Login refused", "unknown_partner"])
