@@ -132,6 +132,7 @@ impl Plan {
             crate::registry::bucket_config(&settings.registry, settings.streams.replicas),
             crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas),
         ];
+        buckets.extend(broker::share_bucket_configs(settings));
         // The call memory serves Salesforce connections only.
         if settings.uses_salesforce() {
             buckets.push(crate::crm::salesforce::bucket_config(

@@ -16,7 +16,6 @@ use crate::dispatch::Dispatcher;
 use crate::http::auth::Tokens;
 use crate::http::ops::Readiness;
 use crate::http::{self, AppState, HttpServer};
-use crate::pipeline::Consumer;
 use crate::registry::Registry;
 use crate::{heartbeat, metric, pipeline, service};
 
@@ -155,16 +154,12 @@ impl Application {
         self.close().await
     }
 
-    async fn consume(
-        &self,
-        consumers: Vec<(Consumer, jetstream::consumer::PullConsumer)>,
-        shutdown: CancellationToken,
-    ) {
+    async fn consume(&self, bound: pipeline::Bound, shutdown: CancellationToken) {
         pipeline::run(
             Arc::clone(&self.settings),
             self.js.clone(),
             self.connections.clone(),
-            consumers,
+            bound,
             self.intake.connects.clone(),
             &self.gates,
             shutdown,
@@ -172,13 +167,10 @@ impl Application {
         .await;
     }
 
-    /// Provisions (unless configured off) and binds the pipeline's consumers,
-    /// retrying with backoff while NATS is unreachable. `None` when shutdown
-    /// came first.
-    async fn bind(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<(Consumer, jetstream::consumer::PullConsumer)>> {
+    /// Provisions (unless configured off) and binds the pipeline's consumers
+    /// and buckets, retrying with backoff while NATS is unreachable. `None`
+    /// when shutdown came first.
+    async fn bind(&self, shutdown: &CancellationToken) -> Option<pipeline::Bound> {
         let mut delay = Duration::from_millis(250);
         loop {
             let attempt = async {
@@ -187,7 +179,7 @@ impl Application {
                         .await?
                         .log();
                 }
-                broker::bind_consumers(&self.js, &self.intake_js, &self.settings).await
+                broker::bind(&self.js, &self.intake_js, &self.settings).await
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,

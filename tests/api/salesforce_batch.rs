@@ -364,10 +364,7 @@ async fn a_locked_record_is_retried_through_redelivery() {
     .await;
     assert_eq!(sf.task(&conv)["Description"], "n");
     let info = app.consumer_info().await;
-    assert!(
-        info.delivered.consumer_sequence > info.delivered.stream_sequence,
-        "one delivery spent"
-    );
+    assert!(info.deliveries > info.messages, "one delivery spent");
     assert_eq!(dead_letter_count(&app).await, 0);
     app.stop().await;
 }
