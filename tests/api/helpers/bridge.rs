@@ -80,6 +80,11 @@ impl Bridge {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGKILL: a crash, with no chance to give anything back.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("the bridge can be killed");
