@@ -346,7 +346,7 @@ impl Share {
 }
 
 /// The member that should own `key`: the highest rendezvous score.
-pub(crate) fn target<'a>(members: &'a BTreeSet<String>, key: &str) -> Option<&'a str> {
+pub fn target<'a>(members: &'a BTreeSet<String>, key: &str) -> Option<&'a str> {
     members
         .iter()
         .max_by_key(|member| score(member, key))

@@ -78,6 +78,15 @@ impl Arrivals {
             .len()
     }
 
+    /// Distinct events of `conversations` arrived.
+    fn distinct_in(&self, conversations: &[String]) -> usize {
+        self.0
+            .iter()
+            .filter(|(conv, _)| conversations.contains(conv))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
     /// Per conversation, its events in the order they first arrived.
     fn first_arrivals(&self) -> BTreeMap<&str, Vec<usize>> {
         let mut order = BTreeMap::<&str, Vec<usize>>::new();
@@ -104,6 +113,18 @@ impl Arrivals {
     /// Checks the three results: every conversation's first arrivals in
     /// publish order, nothing lost, the latest notes last.
     fn assert_in_order(&self, conversations: &[String]) {
+        let ours: std::collections::BTreeSet<&String> = conversations.iter().collect();
+        let this = Arrivals(
+            self.0
+                .iter()
+                .filter(|(conv, _)| ours.contains(conv))
+                .cloned()
+                .collect(),
+        );
+        this.assert_ours_in_order(conversations);
+    }
+
+    fn assert_ours_in_order(&self, conversations: &[String]) {
         let expected: Vec<usize> = (0..LIFECYCLE.len()).collect();
         let order = self.first_arrivals();
         let out_of_order: Vec<_> = order
@@ -355,30 +376,43 @@ async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
     let nats = start_nats().await;
     let js = provisioned(&nats).await;
     let crm = FakeCrm::start().await;
-    let settings = defaults();
+    // Eight partitions a lane, 17 units: the newcomer owns none with a
+    // chance of (2/3)^17.
+    let mut settings = defaults();
+    settings.lanes.partitions = 8;
+    let config = |crm: &FakeCrm| config(crm).replace("partitions = 2", "partitions = 8");
+    let members = js
+        .get_key_value(&settings.lanes.members_bucket)
+        .await
+        .unwrap();
     let mut replicas: Vec<Bridge> = (0..2)
         .map(|_| Bridge::start(&nats.url, &config(&crm)))
         .collect();
     replicas_pulling(&js, &settings, 2).await;
-    let before = owners(&js, &settings).await;
+    let before = live_members(&members, &settings).await;
 
     // A third replica joins: it takes units from the others, which go on
     // running (the same processes throughout).
     replicas.push(Bridge::start(&nats.url, &config(&crm)));
     replicas_pulling(&js, &settings, 3).await;
     let after = owners(&js, &settings).await;
-    let newcomer: Vec<&String> = after
-        .values()
-        .filter(|owner| !before.values().any(|b| b == *owner))
-        .collect();
+    let newcomer = live_members(&members, &settings)
+        .await
+        .difference(&before)
+        .next()
+        .cloned()
+        .expect("a new member");
     assert!(
-        !newcomer.is_empty(),
+        after.values().any(|owner| *owner == newcomer),
         "the new replica owns a share: {after:?}"
     );
     let conversations: Vec<String> = (0..50).map(|_| conversation()).collect();
     publish_interleaved(&js, &conversations).await;
     let mut arrivals = Arrivals(Vec::new());
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= 250).await;
+    receive_until(&crm, &mut arrivals, |a| {
+        a.distinct_in(&conversations) >= 250
+    })
+    .await;
     arrivals.assert_in_order(&conversations);
 
     // The newcomer dies (SIGKILL): its units move to the two others.
@@ -386,13 +420,13 @@ async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
     replicas_pulling(&js, &settings, 2).await;
     let moved = owners(&js, &settings).await;
     assert!(
-        moved.values().all(|owner| !newcomer.contains(&owner)),
+        moved.values().all(|owner| *owner != newcomer),
         "nothing is left with the dead replica: {moved:?}"
     );
     let later: Vec<String> = (0..50).map(|_| conversation()).collect();
     publish_interleaved(&js, &later).await;
     let mut arrivals = Arrivals(Vec::new());
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= 250).await;
+    receive_until(&crm, &mut arrivals, |a| a.distinct_in(&later) >= 250).await;
     arrivals.assert_in_order(&later);
     settled(&js, &settings).await;
     assert!(

@@ -152,8 +152,9 @@ timeout = "10s"
 }
 
 /// Waits until `count` replicas are members of the pool and every unit of
-/// the pipeline (the intake, each lane partition) is owned by one of them
-/// and pulled: that many replicas are consuming, each its share.
+/// the pipeline (the intake, each lane partition) is owned by the one
+/// rendezvous hashing names among them, and pulled: that many replicas are
+/// consuming, each its share.
 pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, count: usize) {
     let members = js
         .get_key_value(&settings.lanes.members_bucket)
@@ -170,7 +171,7 @@ pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, coun
         }
         for consumer in pipeline::consumers(settings) {
             let owner = owners.get(&consumer.name).await.ok()??;
-            if !live.contains(std::str::from_utf8(&owner).ok()?) {
+            if pipeline::target(&live, &consumer.name) != Some(std::str::from_utf8(&owner).ok()?) {
                 return None;
             }
             let stream = js.get_stream(consumer.stream).await.ok()?;
