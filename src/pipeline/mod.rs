@@ -41,7 +41,7 @@ pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::LaneSettings;
 pub use settings::WorkerSettings;
-pub use share::target;
+pub use share::{key_token, target};
 
 /// What a durable consumer of the pipeline does.
 #[derive(Debug, Clone, PartialEq, Eq)]

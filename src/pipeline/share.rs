@@ -362,7 +362,7 @@ fn score(member: &str, key: &str) -> u64 {
 }
 
 /// `text` with every character a key-value key cannot hold replaced by `_`.
-pub(crate) fn key_token(text: &str) -> String {
+pub fn key_token(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {

@@ -269,8 +269,8 @@ async fn a_lane_paused_by_its_crms_outage_keeps_each_conversations_order_when_it
     let nats = start_nats().await;
     let js = provisioned(&nats).await;
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
-    let config = bridge_config(&crm.url(), "").replace(
-        "[lanes]\n",
+    let config = bridge_config(
+        &crm.url(),
         "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
     );
     let replicas: Vec<Bridge> = (0..3).map(|_| Bridge::start(&nats.url, &config)).collect();

@@ -124,8 +124,19 @@ pub async fn provisioned(nats: &Nats) -> jetstream::Context {
     js
 }
 
-/// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended.
+/// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended
+/// (keys of a `[lanes]` table in it join the tests' lanes).
 pub fn bridge_config(crm_url: &str, extra: &str) -> String {
+    let (lanes, extra) = match extra.split_once("[lanes]\n") {
+        Some((before, after)) => {
+            let end = after.find("\n[").map_or(after.len(), |at| at + 1);
+            (
+                after[..end].to_owned(),
+                format!("{before}{}", &after[end..]),
+            )
+        }
+        None => (String::new(), extra.to_owned()),
+    };
     format!(
         r#"
 [worker]
@@ -138,6 +149,7 @@ shutdown_deadline = "10s"
 [lanes]
 partitions = {partitions}
 lease = "{lease}s"
+{lanes}
 
 [crm]
 kind = "webhook"
