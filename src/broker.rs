@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::{StreamExt as _, TryStreamExt as _};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
@@ -149,24 +150,28 @@ pub async fn bind(
     intake: &jetstream::Context,
     settings: &Settings,
 ) -> anyhow::Result<pipeline::Bound> {
-    let mut consumers = Vec::new();
-    for consumer in pipeline::consumers(settings) {
-        let via = if consumer.role == Role::Intake {
-            intake
-        } else {
-            js
-        };
-        let pull = via
-            .get_consumer_from_stream(&consumer.name, consumer.stream)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot bind to consumer {} on {} (run `softphone-bridge provision`?)",
-                    consumer.name, consumer.stream
-                )
-            })?;
-        consumers.push((consumer, pull));
-    }
+    // Bound many at once: hundreds of partitions take one round trip's time.
+    let consumers = futures::stream::iter(pipeline::consumers(settings))
+        .map(|consumer| async move {
+            let via = if consumer.role == Role::Intake {
+                intake
+            } else {
+                js
+            };
+            let pull = via
+                .get_consumer_from_stream(&consumer.name, consumer.stream)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot bind to consumer {} on {} (run `softphone-bridge provision`?)",
+                        consumer.name, consumer.stream
+                    )
+                })?;
+            anyhow::Ok((consumer, pull))
+        })
+        .buffered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
     let lanes = &settings.lanes;
     let bucket = |name: &String| {
         let name = name.clone();

@@ -226,9 +226,13 @@ impl Delivery {
         Ok(())
     }
 
-    /// Counts a fate decided and carried out in process (a retry).
+    /// Counts a fate decided and carried out in process (a retry, which is
+    /// an attempt after the first).
     pub fn count(&self, outcome: &Outcome) {
         count(self.kind_name(), self.stage, outcome.label());
+        if matches!(outcome, Outcome::Retry { .. }) {
+            metrics::counter!(metric::REDELIVERIES, "type" => self.kind_name()).increment(1);
+        }
     }
 }
 

@@ -151,9 +151,9 @@ impl Share {
         let slots: BTreeMap<String, Slot> = slots.into_iter().map(|s| (s.key.clone(), s)).collect();
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, Ended)>();
         tracing::info!(replica = %self.me, units = slots.len(), "Joining the pool.");
-        self.renew().await;
-        // A tick before the first claims: replicas starting together see each other.
-        let mut ticks = tokio::time::interval_at(Instant::now() + self.tick(), self.tick());
+        // The first round at once: replicas starting together claim what
+        // they see free, and hand over what they should not keep a tick later.
+        let mut ticks = tokio::time::interval(self.tick());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -183,10 +183,10 @@ impl Share {
                     continue;
                 }
             };
+            let mut claims = Vec::new();
             for (key, slot) in &slots {
                 let mine = target(&live, key).is_some_and(|t| t == self.me);
-                let state = states.get_mut(key).expect("a state per slot");
-                match state {
+                match states.get_mut(key).expect("a state per slot") {
                     State::Running {
                         stop, releasing, ..
                     } if !mine && !*releasing => {
@@ -194,13 +194,18 @@ impl Share {
                         *releasing = true;
                         stop.cancel();
                     }
-                    State::Idle if mine => {
-                        if let Some(running) = self.claim(slot, &live, &ended_tx).await {
-                            *state = running;
-                        }
-                    }
+                    State::Idle if mine => claims.push(self.claim(slot, &live, &ended_tx)),
                     _ => {}
                 }
+            }
+            // Claimed all at once: a replica starting with hundreds of
+            // partitions to take waits for one round trip, not hundreds.
+            for (key, running) in futures::future::join_all(claims)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                states.insert(key, running);
             }
         }
         // Shutdown: stop everything, wait for each unit, release.
@@ -232,7 +237,7 @@ impl Share {
         slot: &Slot,
         live: &BTreeSet<String>,
         ended: &mpsc::UnboundedSender<(String, Ended)>,
-    ) -> Option<State> {
+    ) -> Option<(String, State)> {
         let entry = match self.owners.entry(slot.key.clone()).await {
             Ok(entry) => entry.filter(|e| e.operation == kv::Operation::Put),
             Err(e) => {
@@ -293,11 +298,14 @@ impl Share {
             let result = run.await;
             let _ = ended.send((key, result));
         });
-        Some(State::Running {
-            stop,
-            revision,
-            releasing: false,
-        })
+        Some((
+            slot.key.clone(),
+            State::Running {
+                stop,
+                revision,
+                releasing: false,
+            },
+        ))
     }
 
     /// A unit stopped: release it (delete its key with the revision held)
