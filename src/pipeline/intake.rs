@@ -154,42 +154,40 @@ impl Stage for Intake {
     /// copies are stored; holds it (and those behind it) while NATS does not
     /// store them, copying again every backoff step and renewing the
     /// connection after `worker.intake_renew_after`.
-    fn work<'a>(
-        &'a self,
-        job: &'a mut Job,
-        message: &'a jetstream::Message,
-        stop: &'a CancellationToken,
-    ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
-        async move {
-            let fate = std::mem::replace(&mut job.fate, Fate::Decided(Outcome::Ack));
-            let mut fate = match fate {
+    async fn work(
+        &self,
+        job: &mut Job,
+        message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let fate = std::mem::replace(&mut job.fate, Fate::Decided(Outcome::Ack));
+        let mut fate = match fate {
+            Fate::Copied(acks) => stored(acks, &job.delivery, &self.settings).await,
+            Fate::Decided(fate) => fate,
+        };
+        let mut held_since = None;
+        while let Outcome::Hold { reason, .. } = &fate {
+            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+            let renew_after = self.settings.worker.intake_renew_after;
+            if since.elapsed() >= renew_after {
+                tracing::warn!(%reason, held_for_s = since.elapsed().as_secs(), "NATS has not stored the event's copies for worker.intake_renew_after; renewing the intake's connection.");
+                if let Err(e) = self.js.client().force_reconnect().await {
+                    tracing::warn!(error = %e, "Cannot renew the intake's connection.");
+                }
+                held_since = Some(tokio::time::Instant::now());
+            } else {
+                tracing::warn!(%reason, "Cannot route the event; holding it.");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return outcome::given_back(),
+                _ = tokio::time::sleep(self.settings.worker.backoff_after(1)) => {}
+            }
+            fate = match self.copy(message, &job.delivery, &job.routes).await {
                 Fate::Copied(acks) => stored(acks, &job.delivery, &self.settings).await,
                 Fate::Decided(fate) => fate,
             };
-            let mut held_since = None;
-            while let Outcome::Hold { reason, .. } = &fate {
-                let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
-                let renew_after = self.settings.worker.intake_renew_after;
-                if since.elapsed() >= renew_after {
-                    tracing::warn!(%reason, held_for_s = since.elapsed().as_secs(), "NATS has not stored the event's copies for worker.intake_renew_after; renewing the intake's connection.");
-                    if let Err(e) = self.js.client().force_reconnect().await {
-                        tracing::warn!(error = %e, "Cannot renew the intake's connection.");
-                    }
-                    held_since = Some(tokio::time::Instant::now());
-                } else {
-                    tracing::warn!(%reason, "Cannot route the event; holding it.");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return outcome::given_back(),
-                    _ = tokio::time::sleep(self.settings.worker.backoff_after(1)) => {}
-                }
-                fate = match self.copy(message, &job.delivery, &job.routes).await {
-                    Fate::Copied(acks) => stored(acks, &job.delivery, &self.settings).await,
-                    Fate::Decided(fate) => fate,
-                };
-            }
-            fate
         }
+        fate
     }
 
     fn delivery(job: &Job) -> &Delivery {

@@ -205,30 +205,28 @@ impl<W: Work> Stage for Lane<W> {
         })
     }
 
-    fn work<'a>(
-        &'a self,
-        job: &'a mut Job,
-        _message: &'a jetstream::Message,
-        stop: &'a CancellationToken,
-    ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
-        async move {
-            if let Some(fate) = outcome::exhausted(job.delivery.delivered, &self.settings) {
-                return fate;
-            }
-            match &job.event {
-                Ok(event) => {
-                    if let Some(conversation) = event.event.conversation_id() {
-                        tracing::Span::current().record("conversation_id", conversation.as_str());
-                    }
-                    self.attempt(event, &mut job.delivery, stop).await
+    async fn work(
+        &self,
+        job: &mut Job,
+        _message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        if let Some(fate) = outcome::exhausted(job.delivery.delivered, &self.settings) {
+            return fate;
+        }
+        match &job.event {
+            Ok(event) => {
+                if let Some(conversation) = event.event.conversation_id() {
+                    tracing::Span::current().record("conversation_id", conversation.as_str());
                 }
-                Err(e) => decide(
-                    Err(e.clone().into()),
-                    job.delivery.attempts,
-                    false,
-                    &self.settings,
-                ),
+                self.attempt(event, &mut job.delivery, stop).await
             }
+            Err(e) => decide(
+                Err(e.clone().into()),
+                job.delivery.attempts,
+                false,
+                &self.settings,
+            ),
         }
     }
 
