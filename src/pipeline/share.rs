@@ -121,13 +121,37 @@ impl Share {
     /// Renews this replica's membership; on success the fence reaches half
     /// a lease past the moment the renewal was sent.
     async fn renew(&self) {
-        let sent = Instant::now();
-        let put = self.members.put(self.member_key(), self.me.clone().into());
-        match tokio::time::timeout(self.tick(), put).await {
-            Ok(Ok(_)) => self.fence.extend(sent + self.lease / 2),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot renew this replica's membership."),
-            Err(_) => tracing::warn!("Renewing this replica's membership timed out."),
-        }
+        renew(
+            &self.members,
+            &self.member_key(),
+            &self.me,
+            self.lease,
+            &self.fence,
+        )
+        .await;
+    }
+
+    /// Renews the membership every quarter of a lease, on its own (claims
+    /// or a long shutdown never delay it), until `stop`.
+    fn keep_renewing(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (members, key, me, lease, fence) = (
+            self.members.clone(),
+            self.member_key(),
+            self.me.clone(),
+            self.lease,
+            self.fence.clone(),
+        );
+        let every = self.tick();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => renew(&members, &key, &me, lease, &fence).await,
+                }
+            }
+        })
     }
 
     /// The replicas of this pool whose membership lives.
@@ -151,6 +175,9 @@ impl Share {
         let slots: BTreeMap<String, Slot> = slots.into_iter().map(|s| (s.key.clone(), s)).collect();
         let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(String, Ended)>();
         tracing::info!(replica = %self.me, units = slots.len(), "Joining the pool.");
+        self.renew().await;
+        let renewing = CancellationToken::new();
+        let renewal = self.keep_renewing(renewing.clone());
         // The first round at once: replicas starting together claim what
         // they see free, and hand over what they should not keep a tick later.
         let mut ticks = tokio::time::interval(self.tick());
@@ -165,7 +192,6 @@ impl Share {
                 }
                 _ = ticks.tick() => {}
             }
-            self.renew().await;
             if !self.fence.valid() {
                 for (key, state) in states.iter_mut() {
                     if let State::Running { stop, .. } = state {
@@ -225,6 +251,8 @@ impl Share {
             let ack_wait = slots[&key].ack_wait;
             self.ended(&mut states, &key, ended, ack_wait).await;
         }
+        renewing.cancel();
+        let _ = renewal.await;
         if let Err(e) = self.members.delete(self.member_key()).await {
             tracing::warn!(error = %e, "Cannot leave the pool; the membership expires after the lease.");
         }
@@ -350,6 +378,18 @@ impl Share {
                 tracing::warn!(unit = %key, error = %e, "Cannot release the unit; its next owner takes it over after the lease.")
             }
         }
+    }
+}
+
+/// Puts this replica's membership; on success the fence reaches half a
+/// lease past the moment the renewal was sent.
+async fn renew(members: &kv::Store, key: &str, me: &str, lease: Duration, fence: &Fence) {
+    let sent = Instant::now();
+    let put = members.put(key, me.to_owned().into());
+    match tokio::time::timeout((lease / 4).max(Duration::from_millis(50)), put).await {
+        Ok(Ok(_)) => fence.extend(sent + lease / 2),
+        Ok(Err(e)) => tracing::warn!(error = %e, "Cannot renew this replica's membership."),
+        Err(_) => tracing::warn!("Renewing this replica's membership timed out."),
     }
 }
 

@@ -178,6 +178,22 @@ async fn receive_until(crm: &FakeCrm, arrivals: &mut Arrivals, done: impl Fn(&Ar
     }
 }
 
+/// Takes what the CRM received until every event of `conversations`
+/// arrived and the pipeline is settled, then what came last.
+async fn receive_all(
+    crm: &FakeCrm,
+    js: &async_nats::jetstream::Context,
+    arrivals: &mut Arrivals,
+    conversations: &[String],
+) {
+    let all = conversations.len() * LIFECYCLE.len();
+    receive_until(crm, arrivals, |a| a.distinct_in(conversations) >= all).await;
+    settled(js, &defaults()).await;
+    for request in crm.drain().await {
+        arrivals.record(&request);
+    }
+}
+
 async fn stop_all(replicas: Vec<Bridge>) {
     for bridge in &replicas {
         bridge.terminate();
@@ -201,12 +217,7 @@ async fn five_hundred_conversations_reach_the_webhook_in_publish_order_with_thre
     let conversations: Vec<String> = (0..500).map(|_| conversation()).collect();
     publish_interleaved(&js, &conversations).await;
     let mut arrivals = Arrivals(Vec::new());
-    let all = conversations.len() * LIFECYCLE.len();
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= all).await;
-    settled(&js, &defaults()).await;
-    for request in crm.drain().await {
-        arrivals.record(&request);
-    }
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
     arrivals.assert_in_order(&conversations);
     assert_eq!(
         stream_messages(&js, DLQ_STREAM).await,
@@ -248,11 +259,7 @@ async fn conversations_keep_their_order_while_replicas_are_killed_and_restarted(
         replicas.push(Bridge::start(&nats.url, &config(&crm)));
     }
     publisher.await.unwrap();
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= all).await;
-    settled(&js, &defaults()).await;
-    for request in crm.drain().await {
-        arrivals.record(&request);
-    }
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
     arrivals.assert_in_order(&conversations);
     assert_eq!(
         stream_messages(&js, DLQ_STREAM).await,
@@ -283,12 +290,7 @@ async fn a_lane_paused_by_its_crms_outage_keeps_each_conversations_order_when_it
     receive_until(&crm, &mut arrivals, |a| a.0.len() >= 20).await;
     assert_eq!(stream_messages(&js, DLQ_STREAM).await, 0);
     crm.answer(ResponseTemplate::new(200));
-    let all = conversations.len() * LIFECYCLE.len();
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= all).await;
-    settled(&js, &defaults()).await;
-    for request in crm.drain().await {
-        arrivals.record(&request);
-    }
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
     // Every attempt, failed or not, counts: a later event of a conversation
     // is never tried before an earlier one is settled.
     arrivals.assert_in_order(&conversations);
@@ -345,12 +347,7 @@ async fn a_poison_event_is_dead_lettered_once_and_its_conversations_later_events
         header(&letter, dlq_header::REASON),
         "CRM answered 422 Unprocessable Entity"
     );
-    let all = conversations.len() * LIFECYCLE.len();
-    receive_until(&crm, &mut arrivals, |a| a.distinct() >= all).await;
-    settled(&js, &defaults()).await;
-    for request in crm.drain().await {
-        arrivals.record(&request);
-    }
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
     arrivals.assert_in_order(&conversations);
     assert_eq!(
         stream_messages(&js, DLQ_STREAM).await,
