@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// Prefix of the durable consumers' names: `<consumer>-intake` on
-    /// `SOFTPHONE_EVENTS`, `<consumer>-softphones` and
-    /// `<consumer>-crm-<connection>` on `SOFTPHONE_LANES`. Replicas with the
-    /// same prefix share the work.
+    /// `SOFTPHONE_EVENTS`, `<consumer>-softphones-<p>` and
+    /// `<consumer>-crm-<connection>-<p>` on `SOFTPHONE_LANES`. Replicas with
+    /// the same prefix are one pool and share the work.
     pub consumer: String,
-    /// Events one replica handles at once in each lane.
+    /// Events one replica handles at once in each lane partition it works.
     pub concurrency: usize,
-    /// Events each lane may hold unacknowledged across the pool.
+    /// Events each lane partition may hold unacknowledged.
     pub max_ack_pending: i64,
     /// Events one replica's intake routes ahead of their publish acks.
     pub intake_window: usize,
@@ -40,10 +40,13 @@ pub struct WorkerSettings {
     /// node's restart, and a new connection gets them again.
     #[serde(with = "humantime_serde")]
     pub intake_renew_after: Duration,
-    /// Deliveries after which an event still failing for its own reasons is
-    /// dead-lettered. Its connection's trouble spends none of them.
+    /// Attempts (the delivery count, plus the retries made in process) after
+    /// which an event still failing for its own reasons is dead-lettered.
+    /// Its connection's trouble spends none of them.
     pub max_deliveries: u32,
-    /// Redelivery delays after the 1st, 2nd, ... failure; the last repeats.
+    /// Delays before retrying an event's own failure, after the 1st, 2nd, ...
+    /// attempt; the last repeats. The event is kept in progress meanwhile and
+    /// its conversation's later events wait for it.
     #[serde(with = "duration_list")]
     pub backoff: Vec<Duration>,
     /// Upper bound on a CRM's `Retry-After`.
