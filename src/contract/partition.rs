@@ -61,8 +61,10 @@ mod tests {
 
     #[test]
     fn a_conversation_keeps_its_partition_and_partitions_spread() {
+        // The example of subjects.md.
         let key = "57053e21-0440-4689-a27a-513d7dceebde";
-        assert_eq!(partition_of(key, 4), partition_of(key, 4));
+        assert_eq!(fnv1a64(key.as_bytes()), 0xda72_de4c_853f_2479);
+        assert_eq!(partition_of(key, 4), 1);
         assert_eq!(partition_of(key, 1), 0);
         let mut counts = [0usize; 4];
         for i in 0..4000 {
