@@ -150,20 +150,23 @@ impl Readiness {
     /// connections), each with one request.
     async fn consumer_gauges(&self) -> Result<(), String> {
         use futures::StreamExt as _;
-        let mut infos = futures::stream::iter(&self.consumers)
-            .map(|(stream, name)| async move {
+        let mut reads = Vec::with_capacity(self.consumers.len());
+        for (stream, name) in self.consumers.iter().cloned() {
+            let js = self.js.clone();
+            reads.push(async move {
                 let info = probe(async {
-                    let stream = self.js.get_stream_no_info(*stream).await?;
-                    Ok::<_, async_nats::Error>(stream.consumer_info(name).await?)
+                    let stream = js.get_stream_no_info(stream).await?;
+                    Ok::<_, async_nats::Error>(stream.consumer_info(&name).await?)
                 })
                 .await
                 .map_err(|e| format!("consumer {name}: {e}"))?;
                 Ok::<_, String>((name, info))
-            })
-            .buffer_unordered(32);
+            });
+        }
+        let mut infos = futures::stream::iter(reads).buffer_unordered(32);
         while let Some(read) = infos.next().await {
             let (name, info) = read?;
-            let label = [("consumer", name.clone())];
+            let label = [("consumer", name)];
             metrics::gauge!(metric::CONSUMER_PENDING, &label).set(info.num_pending as f64);
             metrics::gauge!(metric::CONSUMER_ACK_PENDING, &label).set(info.num_ack_pending as f64);
         }
