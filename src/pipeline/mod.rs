@@ -2,15 +2,21 @@
 //!
 //! 1. [`intake`]: one consumer on `SOFTPHONE_EVENTS` validates each event
 //!    once, dead-letters an invalid one, and routes a valid one once, to its
-//!    CRM connection's lane in `SOFTPHONE_LANES` (and `loaded` and
-//!    `status_changed` to the softphone lane as well).
-//! 2. [`lane`]: one consumer per lane, shared by every replica, each
-//!    replica working at most `worker.concurrency` of its events at once; a
+//!    partition of its CRM connection's lane in `SOFTPHONE_LANES` (and
+//!    `loaded` and `status_changed` to the softphone lane as well).
+//! 2. [`lane`]: each lane in `lanes.partitions` consumers (a hash of the
+//!    conversation); a partition's events decoded once, a conversation's
+//!    worked one at a time in order, its own failures retried in process; a
 //!    CRM lane's [`gate`] pauses it while its connection is in trouble.
 //! 3. [`work`]: the CRM connection's actions, or the registry and `load`
 //!    callbacks of the softphone lane.
-//! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter);
-//!    [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter, give
+//!    back); [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//!
+//! Every consumer (the intake, each partition) is a unit worked by one
+//! replica at a time: [`share`] decides which (membership and ownership
+//! leases in two key-value buckets), and [`unit`] is the one consume loop
+//! that works it, pulling no more than its room, in order ([`sequencer`]).
 
 mod dead_letter;
 mod delivery;
