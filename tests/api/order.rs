@@ -231,8 +231,11 @@ async fn five_hundred_conversations_reach_the_webhook_in_publish_order_with_thre
 async fn conversations_keep_their_order_while_replicas_are_killed_and_restarted() {
     let nats = start_nats().await;
     let js = provisioned(&nats).await;
+    // A CRM taking 50 ms and 4 events at a time per partition: the run lasts
+    // longer than the kills, which hit replicas with events in flight.
     let crm =
-        FakeCrm::answering(ResponseTemplate::new(200).set_delay(Duration::from_millis(5))).await;
+        FakeCrm::answering(ResponseTemplate::new(200).set_delay(Duration::from_millis(50))).await;
+    let config = |crm: &FakeCrm| bridge_config(&crm.url(), "");
     let mut replicas: Vec<Bridge> = (0..3)
         .map(|_| Bridge::start(&nats.url, &config(&crm)))
         .collect();
