@@ -396,15 +396,15 @@ async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
     replicas.push(Bridge::start(&nats.url, &config(&crm)));
     replicas_pulling(&js, &settings, 3).await;
     let after = owners(&js, &settings).await;
-    let newcomer = live_members(&members, &settings)
-        .await
+    let live = live_members(&members, &settings).await;
+    let newcomer = live
         .difference(&before)
         .next()
         .cloned()
         .expect("a new member");
     assert!(
         after.values().any(|owner| *owner == newcomer),
-        "the new replica owns a share: {after:?}"
+        "the new replica {newcomer} owns a share: {after:?} (members before {before:?}, now {live:?})"
     );
     let conversations: Vec<String> = (0..50).map(|_| conversation()).collect();
     publish_interleaved(&js, &conversations).await;
