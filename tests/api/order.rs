@@ -376,11 +376,12 @@ async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
     let nats = start_nats().await;
     let js = provisioned(&nats).await;
     let crm = FakeCrm::start().await;
-    // Eight partitions a lane, 17 units: the newcomer owns none with a
-    // chance of (2/3)^17.
+    // Sixteen partitions a lane, 33 units: the newcomer owns none with a
+    // chance of (2/3)^33, about 1.5 in a million (with 8, one in a thousand
+    // runs saw it).
     let mut settings = defaults();
-    settings.lanes.partitions = 8;
-    let config = |crm: &FakeCrm| config(crm).replace("partitions = 2", "partitions = 8");
+    settings.lanes.partitions = 16;
+    let config = |crm: &FakeCrm| config(crm).replace("partitions = 2", "partitions = 16");
     let members = js
         .get_key_value(&settings.lanes.members_bucket)
         .await

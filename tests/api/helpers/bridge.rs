@@ -176,7 +176,10 @@ pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, coun
         .get_key_value(&settings.lanes.owners_bucket)
         .await
         .expect("the owners bucket exists");
-    eventually(&format!("{count} replicas to pull"), || async {
+    // A dead replica's units move after the lease, and their new owner may
+    // wait out the ack wait before it pulls.
+    let patience = PATIENCE + settings.lanes.lease + settings.worker.ack_wait;
+    eventually_within(patience, &format!("{count} replicas to pull"), || async {
         let live = live_members(&members, settings).await;
         if live.len() != count {
             return None;
