@@ -240,8 +240,9 @@ impl Application {
 
 /// The longest a replica takes to stop once asked to, NATS slow or
 /// unreachable, as [`Application::run_until`] does it: in-flight events get
-/// `worker.shutdown_deadline` (then what is left is nak'd at once) while the
-/// HTTP server drains alongside, each request bounded by `http.request_timeout`;
+/// `worker.shutdown_deadline` while the HTTP server drains alongside, each
+/// request bounded by `http.request_timeout`; then what is left is given
+/// back and the partitions released, each within a quarter of `lanes.lease`;
 /// then the command service and the heartbeat listener get
 /// `nats.request_timeout`, together; then each of the two NATS connections is
 /// flushed and drained, each step within `nats.request_timeout`. An
@@ -253,9 +254,10 @@ pub fn stop_within(settings: &Settings) -> Duration {
         .worker
         .shutdown_deadline
         .max(settings.http.request_timeout);
+    let release = 2 * (settings.lanes.lease / 4);
     let tasks = nats;
     let connections = 2 * (nats + nats);
-    events + tasks + connections
+    events + release + tasks + connections
 }
 
 /// How a task that was asked to stop ended, or `Ok` after aborting it once

@@ -171,6 +171,7 @@ pub async fn run(
             ack_wait,
             shutdown_deadline: worker.shutdown_deadline,
             backoff: worker.backoff_after(1),
+            give_back_within: settings.lanes.lease / 4,
             fence: fence.clone(),
         };
         let start: share::Start = match &consumer.role {
@@ -255,6 +256,7 @@ struct Template {
     ack_wait: std::time::Duration,
     shutdown_deadline: std::time::Duration,
     backoff: std::time::Duration,
+    give_back_within: std::time::Duration,
     fence: share::Fence,
 }
 
@@ -268,6 +270,7 @@ impl Template {
             ack_wait: self.ack_wait,
             shutdown_deadline: self.shutdown_deadline,
             backoff: self.backoff,
+            give_back_within: self.give_back_within,
             fence: self.fence.clone(),
         }
     }

@@ -241,16 +241,20 @@ impl Share {
             }
         }
         drop(ended_tx);
-        while states
-            .values()
-            .any(|s| matches!(s, State::Running { .. } | State::Abandoned))
-        {
-            let Some((key, ended)) = ended_rx.recv().await else {
-                break;
-            };
-            let ack_wait = slots[&key].ack_wait;
-            self.ended(&mut states, &key, ended, ack_wait).await;
+        // Each unit ends within the shutdown deadline; then every release at
+        // once (hundreds of them take one round trip's time).
+        let mut ends = Vec::new();
+        while let Some(end) = ended_rx.recv().await {
+            ends.push(end);
         }
+        let share = &self;
+        let releases = ends.into_iter().map(|(key, ended)| {
+            let ack_wait = slots[&key].ack_wait;
+            let mut state =
+                BTreeMap::from([(key.clone(), states.remove(&key).unwrap_or(State::Idle))]);
+            async move { share.ended(&mut state, &key, ended, ack_wait).await }
+        });
+        futures::future::join_all(releases).await;
         renewing.cancel();
         let _ = renewal.await;
         if let Err(e) = self.members.delete(self.member_key()).await {
@@ -368,14 +372,16 @@ impl Share {
             });
             return;
         }
-        match self
-            .owners
-            .delete_expect_revision(key, Some(revision))
-            .await
-        {
-            Ok(()) => tracing::info!(unit = %key, "Released the unit."),
-            Err(e) => {
+        // Bounded: with NATS unreachable, the next owner takes the unit
+        // over after the lease instead.
+        let delete = self.owners.delete_expect_revision(key, Some(revision));
+        match tokio::time::timeout(self.tick(), delete).await {
+            Ok(Ok(())) => tracing::info!(unit = %key, "Released the unit."),
+            Ok(Err(e)) => {
                 tracing::warn!(unit = %key, error = %e, "Cannot release the unit; its next owner takes it over after the lease.")
+            }
+            Err(_) => {
+                tracing::warn!(unit = %key, "Releasing the unit timed out; its next owner takes it over after the lease.")
             }
         }
     }

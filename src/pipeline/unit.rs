@@ -84,6 +84,8 @@ pub(super) struct Unit<S> {
     pub ack_wait: Duration,
     pub shutdown_deadline: Duration,
     pub backoff: Duration,
+    /// How long giving back what is left may take (a quarter of the lease).
+    pub give_back_within: Duration,
     pub fence: Fence,
 }
 
@@ -221,8 +223,12 @@ impl<S: Stage> Unit<S> {
         }
     }
 
-    /// Gives back `messages` in stream order, each confirmed by the server;
-    /// whether every one was.
+    /// Gives back `messages` in stream order: a nak each, on the connection
+    /// each came on (the server takes them in that order), the last one
+    /// confirmed by the server (a consumer's acks are processed in order, so
+    /// the ones before it were too). Whether it was, within a quarter of the
+    /// lease (NATS slow or unreachable: they come back after the ack wait
+    /// instead, and the next owner waits for them).
     async fn give_back(&self, messages: &mut [jetstream::Message]) -> bool {
         messages.sort_by_key(|m| m.info().map_or(0, |i| i.stream_sequence));
         if !self.fence.valid() {
@@ -230,28 +236,32 @@ impl<S: Stage> Unit<S> {
             // could hand it an earlier event after a later one.
             return messages.is_empty();
         }
-        let mut clean = true;
-        for message in messages.iter() {
-            clean &= confirmed(&self.js, message, AckKind::Nak(None)).await;
-        }
-        clean
+        let Some((last, before)) = messages.split_last() else {
+            return true;
+        };
+        let naks = async {
+            for message in before {
+                if message.ack_with(AckKind::Nak(None)).await.is_err() {
+                    return false;
+                }
+            }
+            confirmed_nak(last).await
+        };
+        tokio::time::timeout(self.give_back_within, naks)
+            .await
+            .unwrap_or(false)
     }
 }
 
-/// Sends `kind` for `message` and waits for the server's confirmation.
-async fn confirmed(js: &jetstream::Context, message: &jetstream::Message, kind: AckKind) -> bool {
+/// Naks `message` on its own connection and waits for the server's answer.
+async fn confirmed_nak(message: &jetstream::Message) -> bool {
     let Some(reply) = message.reply.clone() else {
         return false;
     };
-    let payload: bytes::Bytes = match kind {
-        AckKind::Nak(None) => "-NAK".into(),
-        AckKind::Ack => "+ACK".into(),
-        _ => return message.ack_with(kind).await.is_ok(),
-    };
-    match js.client().request(reply, payload).await {
+    match message.context.client().request(reply, "-NAK".into()).await {
         Ok(_) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "The server did not confirm an event given back; it returns after the ack wait.");
+            tracing::warn!(error = %e, "The server did not confirm the events given back; they return after the ack wait.");
             false
         }
     }
