@@ -15,6 +15,9 @@
 //! 5. **Bridge, 50 connections**: `[crms.c0]` to `[crms.c49]` (all webhooks
 //!    to the same server, as is `[crm]`: 51 lanes), 50 partners each routed
 //!    to its own connection, every event for one of them.
+//! 6. **Bridge, 1 connection, 3 replicas**: as 4, with three replicas in
+//!    this process sharing the lane's partitions (`lanes.partitions`, 4),
+//!    each event of its own conversation.
 //!
 //! Each NATS measurement gets a fresh NATS container (testcontainers, its
 //! store on a tmpfs); every event is published before the clock starts, so
@@ -57,7 +60,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::value::RawValue;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
 use softphone_bridge::crm::CrmEvent;
@@ -94,7 +96,7 @@ fn body(kind: EventKind, partner: &str, i: usize) -> String {
 /// The CRM document the bridge would send for this event.
 fn document(kind: EventKind, payload: &str, sequence: u64) -> Vec<u8> {
     let event = Event::decode(kind, payload.as_bytes()).expect("valid");
-    let raw: Box<RawValue> = serde_json::from_str(payload).expect("json");
+    let raw = Bytes::copy_from_slice(payload.as_bytes());
     CrmEvent {
         id: "seq:1".into(),
         event,
@@ -648,8 +650,9 @@ fn bridge_settings(nats: &str, hook: &str, prefix: &str, extra: usize) -> Settin
     Settings::from_toml(&toml).unwrap()
 }
 
-/// The whole bridge, from a fresh NATS holding every event already.
-async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
+/// The whole bridge as `replicas` replicas (in this process), from a fresh
+/// NATS holding every event already.
+async fn bridge(webhook: &Webhook, events: usize, extra: usize, replicas: usize) -> Measured {
     let nats = Nats::start().await;
     let connections = extra.max(1);
     let prefix = format!("bench-{connections}");
@@ -668,10 +671,16 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
     let before = webhook.requests();
     let cpu = Cpu::now(webhook, Some(&nats));
     let started = Instant::now();
-    let app = Application::build(settings).await.unwrap();
+    let mut apps = Vec::new();
+    for _ in 0..replicas {
+        apps.push(Application::build(settings.clone()).await.unwrap());
+    }
     let built = started.elapsed();
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run_until(shutdown.clone()));
+    let running: Vec<_> = apps
+        .into_iter()
+        .map(|app| tokio::spawn(app.run_until(shutdown.clone())))
+        .collect();
     let (took, first_request, complete, redelivered) = nats
         .wait_drained(&consumers, started, || {
             let handled = webhook.requests() - before;
@@ -681,11 +690,16 @@ async fn bridge(webhook: &Webhook, events: usize, extra: usize) -> Measured {
     let cpu = Cpu::now(webhook, Some(&nats)).since(cpu);
     let requests = webhook.requests() - before;
     shutdown.cancel();
-    running.await.unwrap().unwrap();
+    for running in running {
+        running.await.unwrap().unwrap();
+    }
     let measured = Measured {
         name: format!(
-            "bridge, {connections} connection{}",
-            if connections == 1 { "" } else { "s" }
+            "bridge, {connections} conn{}",
+            match replicas {
+                1 => String::new(),
+                n => format!(", {n} repl."),
+            }
         ),
         events,
         took,
@@ -789,7 +803,7 @@ fn main() {
     let hot = hot_path();
     let webhook = Webhook::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut runs: Vec<[Measured; 4]> = Vec::new();
+    let mut runs: Vec<[Measured; 5]> = Vec::new();
     for round in 1..=rounds {
         let measured = runtime.block_on(async {
             println!("round {round}/{rounds}, raw POST:");
@@ -799,12 +813,15 @@ fn main() {
             let raw_consume = raw_consume(&webhook, events).await;
             raw_consume.print();
             println!("round {round}/{rounds}, bridge, 1 connection:");
-            let one = bridge(&webhook, events, 0).await;
+            let one = bridge(&webhook, events, 0, 1).await;
             one.print();
             println!("round {round}/{rounds}, bridge, 50 connections:");
-            let fifty = bridge(&webhook, events, 50).await;
+            let fifty = bridge(&webhook, events, 50, 1).await;
             fifty.print();
-            [raw_consume, raw_post, one, fifty]
+            println!("round {round}/{rounds}, bridge, 1 connection, 3 replicas:");
+            let three = bridge(&webhook, events, 0, 3).await;
+            three.print();
+            [raw_consume, raw_post, one, fifty, three]
         });
         for run in &measured[2..] {
             if run.requests != Some(events as u64) {
@@ -817,8 +834,8 @@ fn main() {
         runs.push(measured);
     }
     let of = |i: usize| runs.iter().map(|r| &r[i]).collect::<Vec<_>>();
-    let medians: Vec<&Measured> = (0..4).map(|i| median(&of(i))).collect();
-    let (raw_consume, one, fifty) = (medians[0], medians[2], medians[3]);
+    let medians: Vec<&Measured> = (0..5).map(|i| median(&of(i))).collect();
+    let (raw_consume, one, fifty, three) = (medians[0], medians[2], medians[3], medians[4]);
     println!();
     println!("median of {rounds} round(s) by events/s, each row one whole run:");
     table(
@@ -837,17 +854,29 @@ fn main() {
                 "  the same, from the first CRM request on (startup left out)",
                 fifty.running_rate().unwrap_or(f64::NAN) / one.running_rate().unwrap_or(f64::NAN),
             ),
+            (
+                "bridge 3-replica rate / 1-replica rate (1 connection)",
+                three.rate() / one.rate(),
+            ),
         ],
     );
     println!();
     println!("per round, events/s:");
     println!(
-        "{:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>16}",
-        "round", "raw consume", "raw POST", "bridge 1", "bridge 50", "50 / 1", "50 / 1 after 1st"
+        "{:<7} {:>12} {:>10} {:>10} {:>10} {:>10} {:>16} {:>12} {:>8}",
+        "round",
+        "raw consume",
+        "raw POST",
+        "bridge 1",
+        "bridge 50",
+        "50 / 1",
+        "50 / 1 after 1st",
+        "3 replicas",
+        "3r / 1"
     );
-    for (round, [raw_consume, raw_post, one, fifty]) in runs.iter().enumerate() {
+    for (round, [raw_consume, raw_post, one, fifty, three]) in runs.iter().enumerate() {
         println!(
-            "{:<7} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.3} {:>16.3}",
+            "{:<7} {:>12.0} {:>10.0} {:>10.0} {:>10.0} {:>10.3} {:>16.3} {:>12.0} {:>8.3}",
             round + 1,
             raw_consume.rate(),
             raw_post.rate(),
@@ -855,6 +884,8 @@ fn main() {
             fifty.rate(),
             fifty.rate() / one.rate(),
             fifty.running_rate().unwrap_or(f64::NAN) / one.running_rate().unwrap_or(f64::NAN),
+            three.rate(),
+            three.rate() / one.rate(),
         );
     }
     runtime.shutdown_timeout(Duration::from_secs(5));

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::{StreamExt as _, TryStreamExt as _};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
@@ -141,32 +142,79 @@ pub fn jetstream(client: async_nats::Client, settings: &NatsSettings) -> jetstre
         .build(client)
 }
 
-/// The pipeline's durable pull consumers every replica binds to: the intake
-/// through `intake` (its connection of its own), the lanes through `js`.
-pub async fn bind_consumers(
+/// The pipeline's durable pull consumers a replica may work (the intake
+/// through `intake`, its connection of its own; the lane partitions through
+/// `js`) and the buckets that share them out among replicas.
+pub async fn bind(
     js: &jetstream::Context,
     intake: &jetstream::Context,
     settings: &Settings,
-) -> anyhow::Result<Vec<(Consumer, consumer::PullConsumer)>> {
-    let mut bound = Vec::new();
-    for consumer in pipeline::consumers(settings) {
-        let via = if consumer.role == Role::Intake {
-            intake
-        } else {
-            js
-        };
-        let pull = via
-            .get_consumer_from_stream(&consumer.name, consumer.stream)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot bind to consumer {} on {} (run `softphone-bridge provision`?)",
-                    consumer.name, consumer.stream
-                )
-            })?;
-        bound.push((consumer, pull));
-    }
-    Ok(bound)
+) -> anyhow::Result<pipeline::Bound> {
+    // Bound many at once: hundreds of partitions take one round trip's time.
+    let consumers = futures::stream::iter(pipeline::consumers(settings))
+        .map(|consumer| async move {
+            let via = if consumer.role == Role::Intake {
+                intake
+            } else {
+                js
+            };
+            let pull = via
+                .get_consumer_from_stream(&consumer.name, consumer.stream)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot bind to consumer {} on {} (run `softphone-bridge provision`?)",
+                        consumer.name, consumer.stream
+                    )
+                })?;
+            anyhow::Ok((consumer, pull))
+        })
+        .buffered(64)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let lanes = &settings.lanes;
+    let bucket = |name: &String| {
+        let name = name.clone();
+        async move {
+            js.get_key_value(&name).await.with_context(|| {
+                format!("cannot open key-value bucket {name} (run `softphone-bridge provision`?)")
+            })
+        }
+    };
+    Ok(pipeline::Bound {
+        consumers,
+        members: bucket(&lanes.members_bucket).await?,
+        owners: bucket(&lanes.owners_bucket).await?,
+    })
+}
+
+/// The buckets that share the pipeline's consumers among replicas: the
+/// members (entries live a lease) and the owners (one value per consumer,
+/// kept until released).
+pub(crate) fn share_bucket_configs(settings: &Settings) -> [kv::Config; 2] {
+    let lanes = &settings.lanes;
+    [
+        kv::Config {
+            bucket: lanes.members_bucket.clone(),
+            description:
+                "softphone-bridge replicas alive: each renews its key every quarter of lanes.lease"
+                    .into(),
+            history: 1,
+            max_age: lanes.lease,
+            num_replicas: settings.streams.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: lanes.owners_bucket.clone(),
+            description: "softphone-bridge: which replica works the intake and each lane partition"
+                .into(),
+            history: 1,
+            num_replicas: settings.streams.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+    ]
 }
 
 pub(crate) fn stream_configs(settings: &Settings) -> [stream::Config; 4] {
@@ -236,7 +284,8 @@ pub(crate) fn consumer_config(settings: &Settings, consumer: &Consumer) -> consu
     let w = &settings.worker;
     let (description, max_ack_pending, ack_wait) = match &consumer.role {
         Role::Intake => (
-            "softphone-bridge intake: validates and routes each event once (shared by every replica)".to_owned(),
+            "softphone-bridge intake: validates and routes each event once (one replica at a time)"
+                .to_owned(),
             // Routing is quick: room for every replica's window.
             w.max_ack_pending.max(w.intake_window as i64),
             // The intake keeps what it holds alive with progress acks: a
@@ -244,12 +293,18 @@ pub(crate) fn consumer_config(settings: &Settings, consumer: &Consumer) -> consu
             w.intake_ack_wait,
         ),
         Role::Softphones => (
-            "softphone-bridge softphone lane: registry and load callbacks (shared by every replica)".to_owned(),
+            format!(
+                "softphone-bridge softphone lane, partition {} (registry and load callbacks; one replica at a time)",
+                consumer.partition.unwrap_or_default()
+            ),
             w.max_ack_pending,
             w.ack_wait,
         ),
         Role::Crm(connection) => (
-            format!("softphone-bridge lane of CRM connection {connection} (shared by every replica)"),
+            format!(
+                "softphone-bridge lane of CRM connection {connection}, partition {} (one replica at a time)",
+                consumer.partition.unwrap_or_default()
+            ),
             w.max_ack_pending,
             w.ack_wait,
         ),

@@ -237,11 +237,8 @@ impl Settings {
         if self.worker.intake_window == 0 {
             return fail("worker.intake_window", "must be at least 1".into());
         }
-        if self.lanes.pause_after == 0 {
-            return fail("lanes.pause_after", "must be at least 1".into());
-        }
-        if self.lanes.probe_every < Duration::from_millis(100) {
-            return fail("lanes.probe_every", "must be at least 100ms".into());
+        if let Err((key, why)) = self.lanes.check() {
+            return fail(key, why);
         }
         if self.worker.max_deliveries == 0 {
             return fail("worker.max_deliveries", "must be at least 1".into());
@@ -268,6 +265,8 @@ impl Settings {
             ("registry.bucket", &self.registry.bucket),
             ("commands.bucket", &self.commands.bucket),
             ("call_memory.bucket", &self.call_memory.bucket),
+            ("lanes.members_bucket", &self.lanes.members_bucket),
+            ("lanes.owners_bucket", &self.lanes.owners_bucket),
         ];
         for (i, (key, bucket)) in buckets.iter().enumerate() {
             if let Err(why) = bucket_name(bucket) {

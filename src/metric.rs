@@ -7,11 +7,11 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Deliveries settled, by `type` (e.g. `call.ended`), `stage` (`intake`: routed;
-/// `lane`: handled) and `outcome` (ack, retry, dead_letter).
+/// `lane`: handled) and `outcome` (ack, retry, dead_letter, give_back).
 pub const EVENTS: &str = "softphone_bridge_events_total";
 /// Events being handled right now by this replica.
 pub const IN_FLIGHT: &str = "softphone_bridge_events_in_flight";
-/// Deliveries after the first, by `type`.
+/// Attempts after an event's first: a redelivery, or a retry in process, by `type`.
 pub const REDELIVERIES: &str = "softphone_bridge_redeliveries_total";
 /// Events copied to the dead-letter queue, by `type`.
 pub const DEAD_LETTERED: &str = "softphone_bridge_dead_lettered_total";

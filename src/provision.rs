@@ -132,6 +132,7 @@ impl Plan {
             crate::registry::bucket_config(&settings.registry, settings.streams.replicas),
             crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas),
         ];
+        buckets.extend(broker::share_bucket_configs(settings));
         // The call memory serves Salesforce connections only.
         if settings.uses_salesforce() {
             buckets.push(crate::crm::salesforce::bucket_config(
@@ -267,7 +268,7 @@ impl Step {
                 },
                 _,
             ) => format!(
-                "kept, no configured connection uses it ({pending} pending, {unacknowledged} unacknowledged); its events wait there until the connection is configured again, or `nats consumer rm {} {}` deletes it",
+                "kept, no configured lane partition uses it ({pending} pending, {unacknowledged} unacknowledged); its events wait there until it is configured again, or `nats consumer rm {} {}` deletes it",
                 self.stream.as_deref().unwrap_or_default(),
                 self.name
             ),
@@ -305,13 +306,17 @@ async fn consumer_config(
     }
 }
 
-/// Lane consumers of this pool that no configured connection uses.
+/// Lane consumers of this pool that the settings do not call for: a
+/// connection no longer configured, a partition beyond `lanes.partitions`,
+/// or a lane of a version before partitions (`<pool>-crm-<name>`,
+/// `<pool>-softphones`), whose events wait there.
 async fn leftover_lanes(
     js: &jetstream::Context,
     settings: &Settings,
     expected: &[pipeline::Consumer],
 ) -> anyhow::Result<Vec<Step>> {
-    let prefix = format!("{}-crm-", settings.worker.consumer);
+    let crm = format!("{}-crm-", settings.worker.consumer);
+    let softphones = format!("{}-softphones", settings.worker.consumer);
     let lanes = match js.get_stream(LANES_STREAM).await {
         Ok(lanes) => lanes,
         Err(e) if broker::missing(&e) => return Ok(Vec::new()),
@@ -325,7 +330,8 @@ async fn leftover_lanes(
     Ok(infos
         .into_iter()
         .filter(|info| {
-            info.name.starts_with(&prefix) && !expected.iter().any(|c| c.name == info.name)
+            (info.name.starts_with(&crm) || info.name.starts_with(&softphones))
+                && !expected.iter().any(|c| c.name == info.name)
         })
         .map(|info| Step {
             kind: Kind::Consumer,

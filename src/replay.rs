@@ -270,7 +270,9 @@ async fn run(
                 bar.set_message(format!("{} listed", tally.replayed.values().sum::<u64>()));
             }
             Pass::Publish => {
-                let subject = LaneTarget::Crm(connection).subject(event.kind());
+                let lane = LaneTarget::Crm(connection);
+                let partition = lane.partition(&event, &delivery.id, settings.lanes.partitions);
+                let subject = lane.subject(partition, event.kind());
                 let id = format!("replay:{connection}:{seq}");
                 let copy = lane_copy(&delivery, message.payload.clone(), &id);
                 match js.send_publish(subject, copy).await {

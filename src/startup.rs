@@ -16,7 +16,6 @@ use crate::dispatch::Dispatcher;
 use crate::http::auth::Tokens;
 use crate::http::ops::Readiness;
 use crate::http::{self, AppState, HttpServer};
-use crate::pipeline::Consumer;
 use crate::registry::Registry;
 use crate::{heartbeat, metric, pipeline, service};
 
@@ -181,16 +180,12 @@ impl Application {
         self.close().await
     }
 
-    async fn consume(
-        &self,
-        consumers: Vec<(Consumer, jetstream::consumer::PullConsumer)>,
-        shutdown: CancellationToken,
-    ) {
+    async fn consume(&self, bound: pipeline::Bound, shutdown: CancellationToken) {
         pipeline::run(
             Arc::clone(&self.settings),
             self.js.clone(),
             self.connections.clone(),
-            consumers,
+            bound,
             self.intake.connects.clone(),
             &self.gates,
             shutdown,
@@ -198,13 +193,10 @@ impl Application {
         .await;
     }
 
-    /// Provisions (unless configured off) and binds the pipeline's consumers,
-    /// retrying with backoff while NATS is unreachable. `None` when shutdown
-    /// came first.
-    async fn bind(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<(Consumer, jetstream::consumer::PullConsumer)>> {
+    /// Provisions (unless configured off) and binds the pipeline's consumers
+    /// and buckets, retrying with backoff while NATS is unreachable. `None`
+    /// when shutdown came first.
+    async fn bind(&self, shutdown: &CancellationToken) -> Option<pipeline::Bound> {
         let mut delay = Duration::from_millis(250);
         loop {
             let attempt = async {
@@ -213,7 +205,7 @@ impl Application {
                         .await?
                         .log();
                 }
-                broker::bind_consumers(&self.js, &self.intake_js, &self.settings).await
+                broker::bind(&self.js, &self.intake_js, &self.settings).await
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -274,9 +266,10 @@ impl Application {
 
 /// The longest a replica takes to stop once asked to, NATS slow or
 /// unreachable, as [`Application::run_until`] does it: in-flight events get
-/// `worker.shutdown_deadline` (then what is left is nak'd at once) while the
-/// HTTP server stops alongside: idle and half-sent connections closed at once,
-/// requests being answered given `http.request_timeout`, then closed too;
+/// `worker.shutdown_deadline` while the HTTP server stops alongside: idle
+/// and half-sent connections closed at once, requests being answered given
+/// `http.request_timeout`, then closed too; then what is left is given
+/// back and the partitions released, each within a quarter of `lanes.lease`;
 /// then the command service and the heartbeat listener get
 /// `nats.request_timeout`, together; then each of the two NATS connections is
 /// flushed and drained, each step within `nats.request_timeout`. An
@@ -288,9 +281,10 @@ pub fn stop_within(settings: &Settings) -> Duration {
         .worker
         .shutdown_deadline
         .max(settings.http.request_timeout);
+    let release = 2 * (settings.lanes.lease / 4);
     let tasks = nats;
     let connections = 2 * (nats + nats);
-    events + tasks + connections
+    events + release + tasks + connections
 }
 
 /// How a task that was asked to stop ended, or `Ok` after aborting it once

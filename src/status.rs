@@ -44,6 +44,8 @@ pub struct StatusArgs {
 struct Status {
     /// Replicas of this pool that answered.
     replicas: usize,
+    /// Replicas whose membership lives (`lanes.members_bucket`), by id.
+    members: Vec<String>,
     lanes: Vec<Lane>,
     dead_letters: ReasonCounts,
     /// The highest usage any replica last saw, by connection.
@@ -54,17 +56,21 @@ struct Status {
     call_memory: Option<Bucket>,
 }
 
-/// One durable consumer of the pipeline.
+/// The intake, or a lane with its partitions.
 #[derive(Debug, Serialize)]
 struct Lane {
     /// `intake`, `softphones` or `crm`.
     role: &'static str,
     /// The CRM connection of a `crm` lane.
     connection: Option<String>,
+    /// The consumer (the intake), or the lane's consumers' common prefix
+    /// (`<name>-<p>` each partition).
     consumer: String,
     stream: &'static str,
-    /// From the consumer's info; `None` when the consumer does not exist.
+    /// Its consumers' numbers added up; `None` when none exists.
     consumer_info: Option<ConsumerNumbers>,
+    /// Each consumer (one for the intake): who works it, and its numbers.
+    partitions: Vec<Partition>,
     /// Replicas running this lane with a gate (CRM lanes only).
     replicas: usize,
     /// Of those, how many have it paused.
@@ -79,7 +85,18 @@ struct Lane {
     held: usize,
 }
 
+/// One consumer of a lane (or the intake), and the replica working it.
 #[derive(Debug, Serialize)]
+struct Partition {
+    /// `None` for the intake.
+    partition: Option<u16>,
+    consumer: String,
+    /// The replica that holds it (`lanes.owners_bucket`), if one does.
+    owner: Option<String>,
+    consumer_info: Option<ConsumerNumbers>,
+}
+
+#[derive(Debug, Default, Serialize)]
 struct ConsumerNumbers {
     pending: u64,
     ack_pending: usize,
@@ -101,6 +118,7 @@ pub async fn execute(settings: &Settings, args: StatusArgs) -> anyhow::Result<()
     let views = gather(&client, &settings.worker.consumer, args.wait).await?;
     let status = Status {
         replicas: views.len(),
+        members: members(&js, settings).await?,
         lanes: lanes(&js, settings, &views).await?,
         dead_letters: dead_letters(&js).await?,
         api_usage: api_usage(&views),
@@ -171,55 +189,122 @@ fn view_of(stats: &[u8]) -> Option<ReplicaView> {
     serde_json::from_value(data).ok()
 }
 
+/// The live members of the pool, by replica id.
+async fn members(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let bucket = &settings.lanes.members_bucket;
+    let members = match js.get_key_value(bucket).await {
+        Ok(members) => members,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let prefix = format!("{}.", pipeline::key_token(&settings.worker.consumer));
+    let mut live = Vec::new();
+    let mut keys = members
+        .keys()
+        .await
+        .with_context(|| format!("cannot read bucket {bucket}"))?;
+    while let Some(key) = keys.next().await {
+        if let Some(replica) = key?.strip_prefix(&prefix) {
+            live.push(replica.to_owned());
+        }
+    }
+    live.sort();
+    Ok(live)
+}
+
+async fn consumer_numbers(
+    js: &jetstream::Context,
+    consumer: &pipeline::Consumer,
+) -> anyhow::Result<Option<ConsumerNumbers>> {
+    let stream = js
+        .get_stream_no_info(consumer.stream)
+        .await
+        .with_context(|| format!("cannot look up stream {}", consumer.stream))?;
+    match stream.consumer_info(&consumer.name).await {
+        Ok(info) => Ok(Some(ConsumerNumbers {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+            waiting: info.num_waiting,
+        })),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::ConsumerInfoErrorKind::NotFound
+                    | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read consumer {}", consumer.name)),
+    }
+}
+
 async fn lanes(
     js: &jetstream::Context,
     settings: &Settings,
     views: &[ReplicaView],
 ) -> anyhow::Result<Vec<Lane>> {
-    let mut lanes = Vec::new();
+    let owners = js.get_key_value(&settings.lanes.owners_bucket).await.ok();
+    let mut lanes: Vec<Lane> = Vec::new();
     for consumer in pipeline::consumers(settings) {
         let (role, connection) = match &consumer.role {
             Role::Intake => ("intake", None),
             Role::Softphones => ("softphones", None),
             Role::Crm(name) => ("crm", Some(name.clone())),
         };
-        let stream = js
-            .get_stream_no_info(consumer.stream)
-            .await
-            .with_context(|| format!("cannot look up stream {}", consumer.stream))?;
-        let consumer_info = match stream.consumer_info(&consumer.name).await {
-            Ok(info) => Some(ConsumerNumbers {
-                pending: info.num_pending,
-                ack_pending: info.num_ack_pending,
-                redelivered: info.num_redelivered,
-                waiting: info.num_waiting,
-            }),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::ConsumerInfoErrorKind::NotFound
-                        | jetstream::context::ConsumerInfoErrorKind::StreamNotFound
-                ) =>
-            {
-                None
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read consumer {}", consumer.name));
-            }
+        let numbers = consumer_numbers(js, &consumer).await?;
+        let owner = match &owners {
+            Some(owners) => owners
+                .get(&consumer.name)
+                .await
+                .ok()
+                .flatten()
+                .map(|owner| String::from_utf8_lossy(&owner).into_owned()),
+            None => None,
         };
-        let mut lane = Lane {
-            role,
-            connection,
+        let same_lane = lanes
+            .last()
+            .is_some_and(|l| l.role == role && l.connection == connection);
+        if !same_lane {
+            let name = match consumer.partition {
+                Some(p) => consumer
+                    .name
+                    .strip_suffix(&format!("-{p}"))
+                    .unwrap_or(&consumer.name)
+                    .to_owned(),
+                None => consumer.name.clone(),
+            };
+            lanes.push(Lane {
+                role,
+                connection: connection.clone(),
+                consumer: name,
+                stream: consumer.stream,
+                consumer_info: None,
+                partitions: Vec::new(),
+                replicas: 0,
+                paused_in: 0,
+                circuit: None,
+                reason: None,
+                paused_since: None,
+                held: 0,
+            });
+        }
+        let lane = lanes.last_mut().expect("a lane was pushed");
+        if let Some(n) = &numbers {
+            let sum = lane.consumer_info.get_or_insert_with(Default::default);
+            sum.pending += n.pending;
+            sum.ack_pending += n.ack_pending;
+            sum.redelivered += n.redelivered;
+            sum.waiting += n.waiting;
+        }
+        lane.partitions.push(Partition {
+            partition: consumer.partition,
             consumer: consumer.name,
-            stream: consumer.stream,
-            consumer_info,
-            replicas: 0,
-            paused_in: 0,
-            circuit: None,
-            reason: None,
-            paused_since: None,
-            held: 0,
-        };
+            owner,
+            consumer_info: numbers,
+        });
+    }
+    for lane in &mut lanes {
         if let Some(name) = &lane.connection {
             for gate in views.iter().filter_map(|v| v.lanes.get(name)) {
                 lane.replicas += 1;
@@ -239,9 +324,26 @@ async fn lanes(
                 }
             }
         }
-        lanes.push(lane);
     }
     Ok(lanes)
+}
+
+/// Who works which share of a lane: `0,2 → replica-a; 1,3 → replica-b`
+/// (`-` for a share nobody holds).
+fn shares(lane: &Lane) -> String {
+    let mut by_owner: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for partition in &lane.partitions {
+        let owner = partition.owner.as_deref().unwrap_or("-");
+        let share = partition
+            .partition
+            .map_or_else(|| "all".to_owned(), |p| p.to_string());
+        by_owner.entry(owner).or_default().push(share);
+    }
+    by_owner
+        .into_iter()
+        .map(|(owner, shares)| format!("{} → {owner}", shares.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn severity(circuit: Circuit) -> u8 {
@@ -331,6 +433,23 @@ fn print_tables(out: &mut impl std::io::Write, status: &Status) -> std::io::Resu
             "{name:<24} {numbers}  {paused:<10} {circuit:<10} {:>6}  {reason}",
             lane.held
         )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Shares (partition → replica), members: {}",
+        if status.members.is_empty() {
+            "none".to_owned()
+        } else {
+            status.members.join(", ")
+        }
+    )?;
+    for lane in &status.lanes {
+        let name = match &lane.connection {
+            Some(connection) => format!("crm:{connection}"),
+            None => lane.role.to_owned(),
+        };
+        writeln!(out, "{name:<24} {}", shares(lane))?;
     }
     writeln!(out)?;
     let letters = &status.dead_letters;

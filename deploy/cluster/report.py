@@ -115,6 +115,7 @@ def main():
         "0 dead-lettered": dead == 0,
         "duplicates carry the same idempotency key": wrong_key == 0,
         f"no event waits longer than {limit:.0f} s (ack wait + one CRM call)": slowest <= limit,
+        "every conversation's events reached the CRM in publish order": reordered == 0,
     }
     print(f"events published (acknowledged by SOFTPHONE_EVENTS): {len(acked)} of {len(published)} sent"
           f" (publish retries: {sum(p['attempts'] - 1 for p in published)};"
@@ -128,7 +129,9 @@ def main():
           f"{'unknown' if redelivered is None else round(redelivered)}")
     print(f"CRM calls: {len(calls)}; duplicate calls: {duplicates} (events called more than once: {twice});"
           f" calls whose Idempotency-Key or webhook-id is not the event id: {wrong_key}")
-    print(f"conversations whose events reached the CRM out of order: {reordered} of {len(conversations)}")
+    in_order = 100.0 * (len(conversations) - reordered) / max(len(conversations), 1)
+    print(f"conversations whose events reached the CRM in publish order: {in_order:.1f} %"
+          f" ({reordered} of {len(conversations)} out of order)")
     print(f"delay, stored in SOFTPHONE_EVENTS -> first CRM receipt: p50 {percentile(bridge_delays, 50):.3f} s,"
           f" p99 {percentile(bridge_delays, 99):.3f} s, max {slowest:.3f} s")
     print(f"delay, first publish attempt -> first CRM receipt:      p50 {percentile(end_to_end, 50):.3f} s,"

@@ -3,6 +3,7 @@
 
 mod callback;
 mod event;
+mod partition;
 pub mod tenant;
 mod value;
 
@@ -12,6 +13,7 @@ pub use event::{
     CallType, ContractError, Event, EventKind, Loaded, OutboundCallInitiated, RecordingStatus,
     RejectReason,
 };
+pub use partition::{fnv1a64, order_key, partition_of, softphone_key};
 pub use value::{Guid, InvalidValue, PhoneNumber, SoftphoneId};
 
 /// The stream that captures every softphone event.
@@ -113,15 +115,39 @@ pub enum LaneTarget<'a> {
 }
 
 impl LaneTarget<'_> {
-    /// `softphone.lane.crm.<connection>.>` or `softphone.lane.softphone.>`:
-    /// what the lane's consumer reads.
-    pub fn filter(&self) -> String {
-        format!("{}.>", self.prefix())
+    /// `softphone.lane.crm.<connection>.<p>.>` or `softphone.lane.softphone.<p>.>`:
+    /// what the consumer of partition `partition` reads.
+    pub fn filter(&self, partition: u16) -> String {
+        format!("{}.{partition}.>", self.prefix())
     }
 
-    /// The subject an event of `kind` is routed on.
-    pub fn subject(&self, kind: EventKind) -> String {
-        format!("{}.{}", self.prefix(), kind.name())
+    /// The subject an event of `kind` in `partition` is routed on.
+    pub fn subject(&self, partition: u16, kind: EventKind) -> String {
+        format!("{}.{partition}.{}", self.prefix(), kind.name())
+    }
+
+    /// The partition of an event in this lane: of its order key (see
+    /// [`order_key`]; the softphone lane orders by softphone).
+    pub fn partition(&self, event: &Event, event_id: &str, partitions: u16) -> u16 {
+        let key = match self {
+            LaneTarget::Crm(_) => order_key(event, event_id),
+            LaneTarget::Softphone => softphone_key(event, event_id),
+        };
+        partition_of(key, partitions)
+    }
+
+    /// The order key of an event in this lane.
+    pub fn order_key<'e>(&self, event: &'e Event, event_id: &'e str) -> &'e str {
+        match self {
+            LaneTarget::Crm(_) => order_key(event, event_id),
+            LaneTarget::Softphone => softphone_key(event, event_id),
+        }
+    }
+
+    /// `softphone.lane.crm.<connection>.>`: every partition's subjects, and
+    /// the unpartitioned ones of earlier versions.
+    pub fn filter_all(&self) -> String {
+        format!("{}.>", self.prefix())
     }
 
     fn prefix(&self) -> String {
@@ -131,10 +157,13 @@ impl LaneTarget<'_> {
         }
     }
 
-    /// The event kind a routed subject of this lane carries.
-    pub fn kind_of(&self, subject: &str) -> Option<EventKind> {
-        let name = subject.strip_prefix(&self.prefix())?.strip_prefix('.')?;
-        EventKind::parse(name).filter(|kind| kind.name() == name)
+    /// The partition and the event kind a routed subject of this lane carries.
+    pub fn kind_of(&self, subject: &str) -> Option<(u16, EventKind)> {
+        let rest = subject.strip_prefix(&self.prefix())?.strip_prefix('.')?;
+        let (partition, name) = rest.split_once('.')?;
+        let partition = partition.parse().ok()?;
+        let kind = EventKind::parse(name).filter(|kind| kind.name() == name)?;
+        Some((partition, kind))
     }
 }
 
@@ -239,22 +268,23 @@ mod tests {
     }
 
     #[test]
-    fn lane_subjects_name_the_connection_and_the_event() {
+    fn lane_subjects_name_the_connection_the_partition_and_the_event() {
         let lane = LaneTarget::Crm("acme");
         assert_eq!(
-            lane.subject(EventKind::CallEnded),
-            "softphone.lane.crm.acme.call.ended"
+            lane.subject(3, EventKind::CallEnded),
+            "softphone.lane.crm.acme.3.call.ended"
         );
-        assert_eq!(lane.filter(), "softphone.lane.crm.acme.>");
+        assert_eq!(lane.filter(3), "softphone.lane.crm.acme.3.>");
         assert_eq!(
-            lane.kind_of("softphone.lane.crm.acme.call.ended"),
-            Some(EventKind::CallEnded)
+            lane.kind_of("softphone.lane.crm.acme.3.call.ended"),
+            Some((3, EventKind::CallEnded))
         );
-        assert_eq!(lane.kind_of("softphone.lane.crm.acme2.call.ended"), None);
-        assert_eq!(lane.kind_of("softphone.lane.crm.acme.callEnded"), None);
+        assert_eq!(lane.kind_of("softphone.lane.crm.acme2.3.call.ended"), None);
+        assert_eq!(lane.kind_of("softphone.lane.crm.acme.3.callEnded"), None);
+        assert_eq!(lane.kind_of("softphone.lane.crm.acme.call.ended"), None);
         assert_eq!(
-            LaneTarget::Softphone.kind_of(&LaneTarget::Softphone.subject(EventKind::Loaded)),
-            Some(EventKind::Loaded)
+            LaneTarget::Softphone.kind_of(&LaneTarget::Softphone.subject(0, EventKind::Loaded)),
+            Some((0, EventKind::Loaded))
         );
     }
 

@@ -97,7 +97,7 @@ mod tests {
         let event = CrmEvent {
             id: "e-1".into(),
             event: Event::decode(EventKind::AgentStatusChanged, body.as_bytes()).unwrap(),
-            raw: serde_json::from_str(body).unwrap(),
+            raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
             published: time::OffsetDateTime::UNIX_EPOCH,
             sequence: 9,
         };

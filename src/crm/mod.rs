@@ -15,7 +15,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::future::BoxFuture;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::config::{CallMemorySettings, CrmSettings, DEFAULT_CONNECTION, Settings};
 use crate::contract::{Event, EventKind, Guid};
@@ -31,8 +30,9 @@ pub struct CrmEvent {
     /// Stays the same across redeliveries and replicas (see subjects.md).
     pub id: String,
     pub event: Event,
-    /// The body exactly as the softphone published it.
-    pub raw: Box<RawValue>,
+    /// The body exactly as the softphone published it: one JSON value in
+    /// UTF-8 (the lane checked both when it decoded the event, once).
+    pub raw: bytes::Bytes,
     /// When JetStream stored the event: orders events of one call.
     pub published: time::OffsetDateTime,
     /// The event's sequence in `SOFTPHONE_EVENTS`.
@@ -58,22 +58,27 @@ impl CrmEvent {
             conversation_id: Option<&'a str>,
             published_at: String,
             sequence: u64,
-            data: &'a RawValue,
         }
         let published_at = self
             .published
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        serde_json::to_vec(&Document {
+        let mut document = serde_json::to_vec(&Document {
             event: self.kind().name(),
             id: &self.id,
             partner_id: self.event.partner_id().map(|g| g.as_str()),
             conversation_id: self.event.conversation_id().map(|g| g.as_str()),
             published_at,
             sequence: self.sequence,
-            data: &self.raw,
         })
-        .expect("a document of strings and raw JSON always serializes")
+        .expect("a document of strings always serializes");
+        // The body goes in verbatim as `data`, without parsing it again.
+        document.pop();
+        document.reserve(self.raw.len() + 9);
+        document.extend_from_slice(b",\"data\":");
+        document.extend_from_slice(&self.raw);
+        document.push(b'}');
+        document
     }
 }
 

@@ -145,21 +145,28 @@ impl Readiness {
         }
     }
 
-    /// Reads every lane consumer's counters into the pending gauges.
+    /// Reads every pipeline consumer's counters into the pending gauges,
+    /// many at once (a lane has a consumer per partition: hundreds with many
+    /// connections), each with one request.
     async fn consumer_gauges(&self) -> Result<(), String> {
-        for (stream, name) in &self.consumers {
-            let info = probe(async {
-                let mut consumer = self
-                    .js
-                    .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                        name, *stream,
-                    )
-                    .await?;
-                Ok::<_, async_nats::Error>(consumer.info().await?.clone())
-            })
-            .await
-            .map_err(|e| format!("consumer {name}: {e}"))?;
-            let label = [("consumer", name.clone())];
+        use futures::StreamExt as _;
+        let mut reads = Vec::with_capacity(self.consumers.len());
+        for (stream, name) in self.consumers.iter().cloned() {
+            let js = self.js.clone();
+            reads.push(async move {
+                let info = probe(async {
+                    let stream = js.get_stream_no_info(stream).await?;
+                    Ok::<_, async_nats::Error>(stream.consumer_info(&name).await?)
+                })
+                .await
+                .map_err(|e| format!("consumer {name}: {e}"))?;
+                Ok::<_, String>((name, info))
+            });
+        }
+        let mut infos = futures::stream::iter(reads).buffer_unordered(32);
+        while let Some(read) = infos.next().await {
+            let (name, info) = read?;
+            let label = [("consumer", name)];
             metrics::gauge!(metric::CONSUMER_PENDING, &label).set(info.num_pending as f64);
             metrics::gauge!(metric::CONSUMER_ACK_PENDING, &label).set(info.num_ack_pending as f64);
         }

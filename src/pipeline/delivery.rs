@@ -2,9 +2,6 @@
 //! fate [`outcome`](super::outcome) decided for it (ack, nak, or
 //! dead-letter then terminate).
 
-use std::future::Future;
-use std::time::Duration;
-
 use async_nats::jetstream::{self, AckKind};
 use time::OffsetDateTime;
 
@@ -28,6 +25,11 @@ pub(crate) struct Delivery {
     pub published: OffsetDateTime,
     /// This delivery's number, 1-based.
     pub delivered: u32,
+    /// Attempts so far: the delivery count, plus the retries made since in
+    /// process. What `worker.max_deliveries` bounds and a dead letter shows.
+    pub attempts: u32,
+    /// The message's sequence in the stream it was delivered from.
+    pub consumer_key: u64,
     /// The event, from its subject (a replay's too).
     pub kind: Option<EventKind>,
     /// The partner the server vouches for (the publisher's account), from a
@@ -40,6 +42,8 @@ pub(crate) struct Delivery {
     stage: &'static str,
     /// The lane (connection) that delivered it; `None` at the intake.
     lane: Option<String>,
+    /// Read from its stream by sequence, not delivered (set aside).
+    read_raw: bool,
 }
 
 impl Delivery {
@@ -82,9 +86,12 @@ impl Delivery {
             sequence,
             published,
             delivered: info.delivered.max(1) as u32,
+            attempts: info.delivered.max(1) as u32,
+            consumer_key: info.stream_sequence,
             invalid_id,
             stage: "intake",
             lane: None,
+            read_raw: false,
         })
     }
 
@@ -114,11 +121,14 @@ impl Delivery {
             sequence,
             published,
             delivered: info.delivered.max(1) as u32,
+            attempts: info.delivered.max(1) as u32,
+            consumer_key: info.stream_sequence,
             kind,
             partner: None,
             invalid_id: None,
             stage: "lane",
             lane: Some(lane.to_owned()),
+            read_raw: false,
         })
     }
 
@@ -126,12 +136,48 @@ impl Delivery {
         self.kind.map_or("unknown", EventKind::name)
     }
 
-    /// Applies a decided fate. `Err` holds the message when the fate could
-    /// not be carried out (the dead-letter stream did not take the copy).
+    /// A message read raw from `SOFTPHONE_EVENTS` by its sequence (its
+    /// headers unreadable to the client, see [`super::unreadable`]): no
+    /// delivery count, no publish time, the id `seq:<sequence>`.
+    pub fn set_aside(subject: &str, sequence: u64) -> Self {
+        let parsed = event_subject(subject);
+        Self {
+            id: format!("seq:{sequence}"),
+            copy_key: format!("seq:{sequence}"),
+            subject: subject.to_owned(),
+            sequence,
+            published: OffsetDateTime::UNIX_EPOCH,
+            delivered: 0,
+            attempts: 0,
+            consumer_key: sequence,
+            kind: parsed.as_ref().map(|s| s.kind),
+            partner: parsed.and_then(|s| s.partner),
+            invalid_id: None,
+            stage: "intake",
+            lane: None,
+            read_raw: true,
+        }
+    }
+
+    /// Applies a decided fate to a delivered message. `Err` holds the
+    /// message when the fate could not be carried out (the dead-letter
+    /// stream did not take the copy).
     pub async fn apply(
         &self,
         js: &jetstream::Context,
         message: &jetstream::Message,
+        outcome: &Outcome,
+    ) -> Result<(), Outcome> {
+        self.apply_to(js, Original::Delivered(message), outcome)
+            .await
+    }
+
+    /// Applies a decided fate to `original`: every fate of every message,
+    /// delivered or set aside, goes through here (logs and metrics alike).
+    pub async fn apply_to(
+        &self,
+        js: &jetstream::Context,
+        original: Original<'_>,
         outcome: &Outcome,
     ) -> Result<(), Outcome> {
         let kind = self.kind_name();
@@ -143,11 +189,15 @@ impl Delivery {
                     metrics::histogram!(metric::EVENT_AGE, "lane" => lane.clone(), "type" => kind)
                         .record(age.max(0.0));
                 }
-                message.ack().await
+                original.settle(AckKind::Ack).await
             }
             Outcome::Retry { delay, reason } => {
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Event failed; will retry.");
-                message.ack_with(AckKind::Nak(Some(*delay))).await
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Event failed; given back for a retry.");
+                original.settle(AckKind::Nak(Some(*delay))).await
+            }
+            Outcome::GiveBack { reason } => {
+                tracing::debug!(%reason, "Event given back.");
+                original.settle(AckKind::Nak(None)).await
             }
             // Held messages are handled again, not applied.
             Outcome::Hold { .. } => return Err(outcome.clone()),
@@ -155,29 +205,23 @@ impl Delivery {
                 let origin = dead_letter::Origin {
                     subject: &self.subject,
                     sequence: self.sequence,
-                    delivered: self.delivered,
+                    delivered: self.attempts,
                     event_id: &self.id,
-                    published: Some(self.published),
+                    published: (!self.read_raw).then_some(self.published),
                 };
-                let copied = dead_letter::publish(
-                    js,
-                    &origin,
-                    message.payload.clone(),
-                    reason,
-                    detail.as_deref(),
-                )
-                .await;
+                let copied =
+                    dead_letter::publish(js, &origin, original.body(), reason, detail.as_deref())
+                        .await;
                 if let Err(e) = copied {
                     tracing::warn!(%reason, error = %e, "Cannot dead-letter the event; holding it.");
                     return Err(outcome::dead_letter_failed(e));
                 }
                 tracing::error!(%reason, "Event dead-lettered.");
                 metrics::counter!(metric::DEAD_LETTERED, "type" => kind).increment(1);
-                message.ack_with(AckKind::Term).await
+                original.settle(AckKind::Term).await
             }
         };
-        metrics::counter!(metric::EVENTS, "type" => kind, "stage" => self.stage, "outcome" => outcome.label())
-            .increment(1);
+        count(kind, self.stage, outcome.label());
         if self.delivered > 1 {
             metrics::counter!(metric::REDELIVERIES, "type" => kind).increment(1);
         }
@@ -186,6 +230,59 @@ impl Delivery {
             tracing::warn!(outcome = outcome.label(), error = %e, "Cannot acknowledge the event.");
         }
         Ok(())
+    }
+
+    /// Counts a fate decided and carried out in process (a retry, which is
+    /// an attempt after the first).
+    pub fn count(&self, outcome: &Outcome) {
+        count(self.kind_name(), self.stage, outcome.label());
+        if matches!(outcome, Outcome::Retry { .. }) {
+            metrics::counter!(metric::REDELIVERIES, "type" => self.kind_name()).increment(1);
+        }
+    }
+}
+
+fn count(kind: &'static str, stage: &'static str, outcome: &'static str) {
+    metrics::counter!(metric::EVENTS, "type" => kind, "stage" => stage, "outcome" => outcome)
+        .increment(1);
+}
+
+/// What a fate is applied to.
+pub(crate) enum Original<'a> {
+    /// A delivery of a consumer: acked, nak'd or terminated.
+    Delivered(&'a jetstream::Message),
+    /// A message read from its stream, not delivered: a fate that ends it
+    /// (dead-lettered) deletes it from the stream.
+    Stored {
+        stream: &'a jetstream::stream::Stream,
+        sequence: u64,
+        body: bytes::Bytes,
+    },
+}
+
+impl Original<'_> {
+    fn body(&self) -> bytes::Bytes {
+        match self {
+            Original::Delivered(message) => message.payload.clone(),
+            Original::Stored { body, .. } => body.clone(),
+        }
+    }
+
+    async fn settle(&self, kind: AckKind) -> Result<(), async_nats::Error> {
+        match (self, kind) {
+            (Original::Delivered(message), kind) => message.ack_with(kind).await,
+            (
+                Original::Stored {
+                    stream, sequence, ..
+                },
+                AckKind::Term,
+            ) => {
+                stream.delete_message(*sequence).await?;
+                Ok(())
+            }
+            // Nothing else ends a message that was never delivered.
+            (Original::Stored { .. }, _) => Ok(()),
+        }
     }
 }
 
@@ -240,29 +337,6 @@ fn header<'a>(message: &'a jetstream::Message, name: &str) -> Option<&'a str> {
         .and_then(|h| h.get(name))
         .map(|v| v.as_str())
         .filter(|v| !v.is_empty())
-}
-
-/// Runs `work`, telling the server every third of the ack wait that the
-/// message is still being worked on, so a slow CRM or a held event is not
-/// mistaken for a crash.
-pub(super) async fn with_progress<T>(
-    message: &jetstream::Message,
-    ack_wait: Duration,
-    work: impl Future<Output = T>,
-) -> T {
-    let every = ack_wait / 3;
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = ticks.tick() => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "Cannot extend the ack wait.");
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,33 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use super::settings::LaneSettings;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::crm::CrmError;
 use crate::metric;
-
-/// How a lane holds back while its CRM connection is in trouble.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LaneSettings {
-    /// Connection failures in a row (unreachable, timeouts, 5xx, 429,
-    /// refused credentials, API allowance) that pause the lane in a replica.
-    pub pause_after: u32,
-    /// While a lane is paused, how often one event probes the connection (a
-    /// CRM's longer `Retry-After` wins, up to `worker.max_retry_after`).
-    #[serde(with = "humantime_serde")]
-    pub probe_every: Duration,
-}
-
-impl Default for LaneSettings {
-    fn default() -> Self {
-        Self {
-            pause_after: 3,
-            probe_every: Duration::from_secs(5),
-        }
-    }
-}
 
 /// One lane's gate in this replica.
 pub(super) struct Gate {
@@ -371,6 +351,7 @@ mod tests {
             &LaneSettings {
                 pause_after: 2,
                 probe_every: Duration::from_secs(5),
+                ..Default::default()
             },
             Duration::from_secs(60),
         )

@@ -1,30 +1,29 @@
-//! A lane: one durable consumer on `SOFTPHONE_LANES` and what handles its
-//! events, in every replica. Each CRM connection has its own lane, and the
-//! softphone lane keeps the registry and `load` callbacks apart from every
-//! CRM. A replica handles at most `worker.concurrency` events of a lane at
-//! once and pulls no more than it has room for (back-pressure, not an error),
-//! so every event it pulled is kept in progress until its fate.
-//! While its connection is in trouble the lane holds what it pulls without
-//! calling the CRM but to probe it (see [`super::gate`]), so it stops pulling
-//! once its room is full of held events.
+//! A lane partition's stage: what the one consume loop ([`super::unit`])
+//! does with each event of a CRM connection's lane (or of the softphone
+//! lane). Each body is decoded once, when the event is pulled: the decoded
+//! event gives its order key and goes to the CRM as it is.
+//!
+//! An event's own failure is retried here, in process: the event stays in
+//! progress, waits its backoff step and is tried again (attempts count from
+//! its delivery count on), so the next event of its conversation waits for
+//! it instead of overtaking it; at `worker.max_deliveries` it is
+//! dead-lettered. While its connection is in trouble the event is held
+//! without spending an attempt (see [`super::gate`]), and the lane pauses.
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream;
 use futures::future::BoxFuture;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use super::WorkerSettings;
-use super::delivery::{Delivery, unreadable, with_progress};
+use super::delivery::Delivery;
 use super::gate::Gate;
 use super::outcome::{self, HandleError, Outcome, decide};
-use super::pull::{Next, Puller};
-use crate::contract::{Event, LaneTarget};
+use super::share::Fence;
+use super::unit::{Accepted, Stage};
+use crate::contract::{ContractError, Event, LaneTarget};
 use crate::crm::{CrmError, CrmEvent};
-use crate::metric;
 
 /// What a lane does with each event.
 pub(super) trait Work: Send + Sync + 'static {
@@ -32,35 +31,41 @@ pub(super) trait Work: Send + Sync + 'static {
 }
 
 pub(super) struct Lane<W> {
-    /// `crm-<connection>` or `softphones`, for logs.
+    /// `crm-<connection>` or `softphones`, for logs and metrics.
     name: String,
     /// The CRM connection, for a CRM lane.
     connection: Option<String>,
     settings: WorkerSettings,
-    js: jetstream::Context,
     work: W,
-    /// The connection's health, for CRM lanes.
+    /// The connection's health in this replica, shared by its partitions.
     gate: Option<Arc<Gate>>,
+    fence: Fence,
+}
+
+/// An event of the lane, decoded once.
+pub(super) struct Job {
+    delivery: Delivery,
+    event: Result<CrmEvent, ContractError>,
 }
 
 impl<W: Work> Lane<W> {
     pub fn new(
         connection: Option<String>,
         settings: WorkerSettings,
-        js: jetstream::Context,
         work: W,
         gate: Option<Arc<Gate>>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+        fence: Fence,
+    ) -> Self {
+        Self {
             name: connection
                 .as_ref()
                 .map_or_else(|| "softphones".to_owned(), |c| format!("crm-{c}")),
             connection,
             settings,
-            js,
             work,
             gate,
-        })
+            fence,
+        }
     }
 
     fn target(&self) -> LaneTarget<'_> {
@@ -70,126 +75,36 @@ impl<W: Work> Lane<W> {
         }
     }
 
-    /// Consumes until `shutdown`, then stops pulling, gives back what it
-    /// had pulled but not started, lets in-flight events finish within the
-    /// shutdown deadline and gives back what is left.
-    pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        let abandon = CancellationToken::new();
-        // Room first: a replica never pulls more than it can work. A paused
-        // lane holds what it pulls, so it stops pulling once its room is
-        // full of held events, and has nothing else pulled meanwhile.
-        let mut puller = Puller::new(consumer, self.settings.concurrency);
-        let sequencer = Arc::new(Sequencer::default());
-        while let Next::Message(message, permit) = puller.next(&shutdown).await {
-            let turn = sequencer.enter(&message.payload);
-            let lane = Arc::clone(&self);
-            let abandon = abandon.clone();
-            tracker.spawn(async move {
-                lane.process(message, turn, abandon).await;
-                drop(permit);
-            });
-        }
-        tracker.close();
-        if tokio::time::timeout(self.settings.shutdown_deadline, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(lane = %self.name, in_flight = tracker.len(), "Shutdown deadline passed; giving back events still in flight.");
-            abandon.cancel();
-            tracker.wait().await;
-        }
-        tracing::info!(lane = %self.name, "Lane stopped.");
-    }
-
-    /// Handles one delivery and applies its fate. Never panics, never drops
-    /// a message without an ack, a nak or a dead-letter.
-    async fn process(
-        &self,
-        message: jetstream::Message,
-        mut turn: InOrder,
-        abandon: CancellationToken,
-    ) {
-        let delivery = match Delivery::from_lane(
-            &message,
-            self.target().kind_of(&message.subject),
-            &self.name,
-        ) {
-            Ok(delivery) => delivery,
-            Err(fate) => return unreadable(&message, fate).await,
-        };
-        let span = tracing::info_span!(
-            "event",
-            lane = %self.name,
-            subject = %delivery.subject,
-            event_id = %delivery.id,
-            conversation_id = tracing::field::Empty,
-            delivery = delivery.delivered,
-        );
-        let in_flight = metrics::gauge!(metric::IN_FLIGHT);
-        in_flight.increment(1.0);
-        async {
-            let settle = with_progress(&message, self.settings.ack_wait, async {
-                turn.wait().await;
-                self.settle(&message, &delivery).await;
-            });
-            tokio::select! {
-                () = settle => {}
-                _ = abandon.cancelled() => {
-                    // Nak only: a dead-letter is never half-applied.
-                    let _ = delivery.apply(&self.js, &message, &outcome::abandoned()).await;
-                }
-            }
-        }
-        .instrument(span)
-        .await;
-        in_flight.decrement(1.0);
-        drop(turn);
-    }
-
-    /// Decides the delivery's fate, holding it while its connection is in
-    /// trouble, and applies it.
-    async fn settle(&self, message: &jetstream::Message, delivery: &Delivery) {
-        let fate = match outcome::exhausted(delivery.delivered, &self.settings) {
-            Some(fate) => fate,
-            None => match self.decode(message, delivery) {
-                Ok(event) => {
-                    if let Some(conversation) = event.event.conversation_id() {
-                        tracing::Span::current().record("conversation_id", conversation.as_str());
-                    }
-                    self.attempt(&event, delivery.delivered).await
-                }
-                Err(e) => decide(Err(e.into()), delivery.delivered, false, &self.settings),
-            },
-        };
-        while let Err(held) = delivery.apply(&self.js, message, &fate).await {
-            self.wait(&held).await;
-        }
-    }
-
+    /// The event, decoded once; its body is kept verbatim for the CRM.
     fn decode(
         &self,
         message: &jetstream::Message,
         delivery: &Delivery,
-    ) -> Result<CrmEvent, crate::contract::ContractError> {
-        let kind = delivery.kind.ok_or_else(|| {
-            crate::contract::ContractError::UnknownSubject(message.subject.to_string())
-        })?;
+    ) -> Result<CrmEvent, ContractError> {
+        let kind = delivery
+            .kind
+            .ok_or_else(|| ContractError::UnknownSubject(message.subject.to_string()))?;
         let event = Event::decode(kind, &message.payload)?;
-        // decode succeeded, so the body is one JSON value.
-        let raw = serde_json::from_slice(&message.payload)
-            .map_err(|e| crate::contract::ContractError::Json(e.to_string()))?;
+        // Goes to the CRM verbatim inside a JSON document.
+        std::str::from_utf8(&message.payload)
+            .map_err(|e| ContractError::Json(format!("not UTF-8: {e}")))?;
         Ok(CrmEvent {
             id: delivery.id.clone(),
             event,
-            raw,
+            raw: message.payload.clone(),
             published: delivery.published,
             sequence: delivery.sequence,
         })
     }
 
-    /// Handles the event until it has a fate other than being held.
-    async fn attempt(&self, event: &CrmEvent, delivered: u32) -> Outcome {
+    /// Handles the event until it has a fate other than being held or
+    /// retried; [`Outcome::GiveBack`] when `stop` comes first.
+    async fn attempt(
+        &self,
+        event: &CrmEvent,
+        delivery: &mut Delivery,
+        stop: &CancellationToken,
+    ) -> Outcome {
         let mut held = None;
         let mut probe = None;
         let first_step = self.settings.backoff_after(1);
@@ -198,34 +113,54 @@ impl<W: Work> Lane<W> {
             && gate.paused()
         {
             held = Some((gate.hold(), gate.answered()));
-            probe = gate.turn(first_step).await.probe();
+            tokio::select! {
+                _ = stop.cancelled() => return outcome::given_back(),
+                turn = gate.turn(first_step) => probe = turn.probe(),
+            }
         }
         loop {
+            if !self.fence.valid() {
+                return outcome::given_back();
+            }
             if probe.is_some() {
                 tracing::info!(lane = %self.name, "Probing the CRM connection.");
             }
             let result = self.work.handle(event).await;
             let answered_since = self.record(&result, held.as_ref().map(|(_, at)| *at));
             drop(probe.take());
-            let fate = decide(result, delivered, answered_since, &self.settings);
-            let Outcome::Hold {
-                reason,
-                retry_after,
-            } = &fate
-            else {
-                return fate;
+            let fate = decide(result, delivery.attempts, answered_since, &self.settings);
+            let wait = match &fate {
+                Outcome::Retry { delay, reason } => {
+                    tracing::warn!(%reason, attempt = delivery.attempts, retry_in_ms = delay.as_millis() as u64, "Event failed; retrying it here, its conversation waits.");
+                    delivery.count(&fate);
+                    delivery.attempts += 1;
+                    *delay
+                }
+                Outcome::Hold {
+                    reason,
+                    retry_after,
+                } => {
+                    tracing::debug!(%reason, "Connection in trouble; event held.");
+                    if let Some(gate) = &self.gate {
+                        let answered = gate.answered();
+                        match &mut held {
+                            Some((_, at)) => *at = answered,
+                            None => held = Some((gate.hold(), answered)),
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => return outcome::given_back(),
+                            turn = gate.turn(retry_after.unwrap_or(first_step)) => probe = turn.probe(),
+                        }
+                        continue;
+                    }
+                    retry_after.map_or(first_step, |asked| asked.min(self.settings.max_retry_after))
+                }
+                _ => return fate,
             };
-            tracing::debug!(%reason, "Connection in trouble; event held.");
-            let Some(gate) = &self.gate else {
-                self.wait(&fate).await;
-                continue;
-            };
-            let answered = gate.answered();
-            match &mut held {
-                Some((_, at)) => *at = answered,
-                None => held = Some((gate.hold(), answered)),
+            tokio::select! {
+                _ = stop.cancelled() => return outcome::given_back(),
+                _ = tokio::time::sleep(wait) => {}
             }
-            probe = gate.turn(retry_after.unwrap_or(first_step)).await.probe();
         }
     }
 
@@ -244,85 +179,69 @@ impl<W: Work> Lane<W> {
         matches!(result, Err(HandleError::Crm(CrmError::Unavailable { .. })))
             && held_at.is_some_and(|at| answered_before > at)
     }
+}
 
-    /// Waits before trying a held fate again, where no gate says when.
-    async fn wait(&self, held: &Outcome) {
-        let delay = match held {
-            Outcome::Hold {
-                retry_after: Some(asked),
-                ..
-            } => (*asked).min(self.settings.max_retry_after),
-            _ => self.settings.backoff_after(1),
+impl<W: Work> Stage for Lane<W> {
+    type Job = Job;
+
+    async fn accept(&self, message: &jetstream::Message) -> Result<Accepted<Job>, Outcome> {
+        let kind = self
+            .target()
+            .kind_of(&message.subject)
+            .map(|(_, kind)| kind);
+        let delivery = Delivery::from_lane(message, kind, &self.name)?;
+        let event = self.decode(message, &delivery);
+        let key = match &event {
+            Ok(event) => self
+                .target()
+                .order_key(&event.event, &delivery.id)
+                .to_owned(),
+            // It goes to the dead letters at once, holding nothing back.
+            Err(_) => format!("event:{}", delivery.id),
         };
-        tokio::time::sleep(delay).await;
+        Ok(Accepted {
+            job: Job { delivery, event },
+            key,
+        })
     }
-}
 
-/// Keeps a replica's events of one conversation in the order the lane
-/// delivered them: each waits for the one before it to settle.
-#[derive(Default)]
-struct Sequencer {
-    last: std::sync::Mutex<std::collections::HashMap<String, (u64, oneshot::Receiver<()>)>>,
-    entered: std::sync::atomic::AtomicU64,
-}
-
-/// An event's place in its conversation's order.
-struct InOrder {
-    before: Option<oneshot::Receiver<()>>,
-    done: Option<(Arc<Sequencer>, String, u64, oneshot::Sender<()>)>,
-}
-
-impl Sequencer {
-    fn enter(self: &Arc<Self>, body: &[u8]) -> InOrder {
-        #[derive(serde::Deserialize)]
-        struct Key<'a> {
-            #[serde(rename = "conversationId", borrow)]
-            conversation_id: Option<std::borrow::Cow<'a, str>>,
+    async fn work(
+        &self,
+        job: &mut Job,
+        _message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        if let Some(fate) = outcome::exhausted(job.delivery.delivered, &self.settings) {
+            return fate;
         }
-        let Some(key) = serde_json::from_slice::<Key>(body)
-            .ok()
-            .and_then(|k| k.conversation_id)
-        else {
-            return InOrder {
-                before: None,
-                done: None,
-            };
-        };
-        let key = key.into_owned();
-        let entered = self
-            .entered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (done, after) = oneshot::channel();
-        let before = self
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), (entered, after))
-            .map(|(_, before)| before);
-        InOrder {
-            before,
-            done: Some((Arc::clone(self), key, entered, done)),
-        }
-    }
-}
-
-impl InOrder {
-    /// Until the conversation's previous event has settled (or was dropped).
-    async fn wait(&mut self) {
-        if let Some(before) = self.before.take() {
-            let _ = before.await;
-        }
-    }
-}
-
-impl Drop for InOrder {
-    fn drop(&mut self) {
-        if let Some((sequencer, key, entered, done)) = self.done.take() {
-            let _ = done.send(());
-            let mut last = sequencer.last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.get(&key).is_some_and(|(latest, _)| *latest == entered) {
-                last.remove(&key);
+        match &job.event {
+            Ok(event) => {
+                if let Some(conversation) = event.event.conversation_id() {
+                    tracing::Span::current().record("conversation_id", conversation.as_str());
+                }
+                self.attempt(event, &mut job.delivery, stop).await
             }
+            Err(e) => decide(
+                Err(e.clone().into()),
+                job.delivery.attempts,
+                false,
+                &self.settings,
+            ),
         }
+    }
+
+    fn delivery(job: &Job) -> &Delivery {
+        &job.delivery
+    }
+
+    fn span(&self, job: &Job) -> tracing::Span {
+        tracing::info_span!(
+            "event",
+            lane = %self.name,
+            subject = %job.delivery.subject,
+            event_id = %job.delivery.id,
+            conversation_id = tracing::field::Empty,
+            delivery = job.delivery.delivered,
+        )
     }
 }

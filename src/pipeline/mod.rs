@@ -2,15 +2,21 @@
 //!
 //! 1. [`intake`]: one consumer on `SOFTPHONE_EVENTS` validates each event
 //!    once, dead-letters an invalid one, and routes a valid one once, to its
-//!    CRM connection's lane in `SOFTPHONE_LANES` (and `loaded` and
-//!    `status_changed` to the softphone lane as well).
-//! 2. [`lane`]: one consumer per lane, shared by every replica, each
-//!    replica working at most `worker.concurrency` of its events at once; a
+//!    partition of its CRM connection's lane in `SOFTPHONE_LANES` (and
+//!    `loaded` and `status_changed` to the softphone lane as well).
+//! 2. [`lane`]: each lane in `lanes.partitions` consumers (a hash of the
+//!    conversation); a partition's events decoded once, a conversation's
+//!    worked one at a time in order, its own failures retried in process; a
 //!    CRM lane's [`gate`] pauses it while its connection is in trouble.
 //! 3. [`work`]: the CRM connection's actions, or the registry and `load`
 //!    callbacks of the softphone lane.
-//! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter);
-//!    [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter, give
+//!    back); [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//!
+//! Every consumer (the intake, each partition) is a unit worked by one
+//! replica at a time: [`share`] decides which (membership and ownership
+//! leases in two key-value buckets), and [`unit`] is the one consume loop
+//! that works it, pulling no more than its room, in order ([`sequencer`]).
 
 mod dead_letter;
 mod delivery;
@@ -19,13 +25,16 @@ mod intake;
 mod lane;
 mod outcome;
 mod pull;
+mod sequencer;
 mod settings;
+mod share;
+mod unit;
 mod unreadable;
 mod work;
 
 use std::sync::Arc;
 
-use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, kv};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -33,10 +42,12 @@ use crate::contract::{EVENTS_STREAM, LANES_STREAM, LaneTarget};
 use crate::crm::Connections;
 
 pub(crate) use delivery::Delivery;
-pub use gate::{Circuit, GateView, Gates, LaneSettings};
+pub use gate::{Circuit, GateView, Gates};
 pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
+pub use settings::LaneSettings;
 pub use settings::WorkerSettings;
+pub use share::{key_token, target};
 
 /// What a durable consumer of the pipeline does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,102 +60,218 @@ pub enum Role {
     Crm(String),
 }
 
-/// One durable consumer every replica shares.
+/// One durable consumer of the pipeline: the intake, or one partition of a
+/// lane. Each is worked by one replica at a time (see [`share`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
     pub role: Role,
     pub stream: &'static str,
     pub name: String,
+    /// The lane partition it reads; `None` for the intake.
+    pub partition: Option<u16>,
     /// The subjects it reads (all of its stream's when `None`).
     pub filter: Option<String>,
 }
 
+impl Consumer {
+    /// The lane this consumer is a partition of; `None` for the intake.
+    pub fn lane(&self) -> Option<LaneTarget<'_>> {
+        match &self.role {
+            Role::Intake => None,
+            Role::Softphones => Some(LaneTarget::Softphone),
+            Role::Crm(connection) => Some(LaneTarget::Crm(connection)),
+        }
+    }
+}
+
 /// The pipeline's consumers for these settings: the intake, the softphone
-/// lane, then one lane per CRM connection.
+/// lane's partitions, then each CRM connection's partitions
+/// (`<worker.consumer>-softphones-<p>`, `<worker.consumer>-crm-<name>-<p>`).
 pub fn consumers(settings: &Settings) -> Vec<Consumer> {
     let prefix = &settings.worker.consumer;
-    let mut consumers = vec![
-        Consumer {
-            role: Role::Intake,
-            stream: EVENTS_STREAM,
-            name: format!("{prefix}-intake"),
-            filter: None,
-        },
-        Consumer {
-            role: Role::Softphones,
-            stream: LANES_STREAM,
-            name: format!("{prefix}-softphones"),
-            filter: Some(LaneTarget::Softphone.filter()),
-        },
-    ];
-    consumers.extend(settings.connections().map(|(name, _)| Consumer {
-        role: Role::Crm(name.to_owned()),
-        stream: LANES_STREAM,
-        name: format!("{prefix}-crm-{name}"),
-        filter: Some(LaneTarget::Crm(name).filter()),
-    }));
+    let partitions = settings.lanes.partitions;
+    let mut consumers = vec![Consumer {
+        role: Role::Intake,
+        stream: EVENTS_STREAM,
+        name: format!("{prefix}-intake"),
+        partition: None,
+        filter: None,
+    }];
+    let lanes = std::iter::once((Role::Softphones, format!("{prefix}-softphones"))).chain(
+        settings
+            .connections()
+            .map(|(name, _)| (Role::Crm(name.to_owned()), format!("{prefix}-crm-{name}"))),
+    );
+    for (role, lane) in lanes {
+        for partition in 0..partitions {
+            let filter = match &role {
+                Role::Crm(name) => LaneTarget::Crm(name).filter(partition),
+                _ => LaneTarget::Softphone.filter(partition),
+            };
+            consumers.push(Consumer {
+                role: role.clone(),
+                stream: LANES_STREAM,
+                name: format!("{lane}-{partition}"),
+                partition: Some(partition),
+                filter: Some(filter),
+            });
+        }
+    }
     consumers
 }
 
-/// Runs every consumer of the pipeline until `shutdown`, then lets each
-/// finish what it holds within the shutdown deadline. `intake_connects`
-/// changes on every (re)connect of the intake's own connection; each CRM
-/// lane's gate joins `gates`, for views.
+/// What a replica works with: the pipeline's consumers, bound, and the
+/// buckets that share them out.
+pub struct Bound {
+    pub consumers: Vec<(Consumer, PullConsumer)>,
+    /// The live replicas (`lanes.members_bucket`).
+    pub members: kv::Store,
+    /// Who works each consumer (`lanes.owners_bucket`).
+    pub owners: kv::Store,
+}
+
+/// Runs this replica's share of the pipeline until `shutdown`: joins the
+/// pool, works the units it owns (the intake, lane partitions), hands over
+/// those that move, and on shutdown settles or gives back what it holds
+/// within the shutdown deadline, releases its units and leaves the pool.
+/// `intake_connects` changes on every (re)connect of the intake's own
+/// connection; each CRM lane's gate joins `gates`, for views.
 pub async fn run(
     settings: Arc<Settings>,
     js: jetstream::Context,
     connections: Connections,
-    bound: Vec<(Consumer, PullConsumer)>,
+    bound: Bound,
     intake_connects: tokio::sync::watch::Receiver<u64>,
     gates: &Gates,
     shutdown: CancellationToken,
 ) {
-    let mut running = tokio::task::JoinSet::new();
-    for (consumer, pull) in bound {
-        tracing::info!(
-            consumer = %consumer.name,
-            stream = consumer.stream,
-            concurrency = settings.worker.concurrency,
-            "Consuming."
-        );
-        let shutdown = shutdown.clone();
-        match consumer.role {
+    let share = share::Share::new(
+        &settings.worker.consumer,
+        bound.members,
+        bound.owners,
+        settings.lanes.lease,
+    );
+    let fence = share.fence.clone();
+    let worker = &settings.worker;
+    let softphones = Arc::new(lane::Lane::new(
+        None,
+        worker.clone(),
+        work::SoftphoneWork::new(Arc::clone(&settings), connections.clone(), js.clone()),
+        None,
+        fence.clone(),
+    ));
+    let mut crm_lanes = std::collections::BTreeMap::new();
+    let intake = Arc::new(intake::Intake::new(Arc::clone(&settings), js.clone()));
+    let mut slots = Vec::new();
+    for (consumer, pull) in bound.consumers {
+        let settings_for = |room: usize, ack_wait| Template {
+            name: consumer.name.clone(),
+            js: js.clone(),
+            room,
+            ack_wait,
+            shutdown_deadline: worker.shutdown_deadline,
+            backoff: worker.backoff_after(1),
+            give_back_within: settings.lanes.lease / 4,
+            fence: fence.clone(),
+        };
+        let start: share::Start = match &consumer.role {
             Role::Intake => {
-                let intake = intake::Intake::new(Arc::clone(&settings), js.clone());
-                running.spawn(intake.run(pull, intake_connects.clone(), shutdown));
+                let template = settings_for(worker.intake_window, worker.intake_ack_wait);
+                let (intake, connects) = (Arc::clone(&intake), intake_connects.clone());
+                let js = js.clone();
+                Box::new(move |consumer, wait, stop| {
+                    let unit = template.unit(Arc::clone(&intake));
+                    let info = consumer.cached_info();
+                    let sweeper = unreadable::sweep_until(
+                        js.clone(),
+                        info.stream_name.clone(),
+                        info.name.clone(),
+                        connects.clone(),
+                        stop.clone(),
+                    );
+                    Box::pin(async move {
+                        let sweeper = tokio::spawn(sweeper);
+                        let ended = unit.run_after(wait, consumer, stop).await;
+                        let _ = sweeper.await;
+                        ended
+                    })
+                })
             }
             Role::Softphones => {
-                let work = work::SoftphoneWork::new(
-                    Arc::clone(&settings),
-                    connections.clone(),
-                    js.clone(),
-                );
-                let lane = lane::Lane::new(None, settings.worker.clone(), js.clone(), work, None);
-                running.spawn(lane.run(pull, shutdown));
+                let template = settings_for(worker.concurrency, worker.ack_wait);
+                let lane = Arc::clone(&softphones);
+                Box::new(move |consumer, wait, stop| {
+                    let unit = template.unit(Arc::clone(&lane));
+                    Box::pin(unit.run_after(wait, consumer, stop))
+                })
             }
             Role::Crm(connection) => {
-                let Some(crm) = connections.get(&connection) else {
+                let Some(crm) = connections.get(connection) else {
                     tracing::error!(%connection, "No adapter for a configured connection; its lane is not consumed.");
                     continue;
                 };
-                let gate = gate::Gate::new(
-                    &connection,
-                    &settings.lanes,
-                    settings.worker.max_retry_after,
-                );
-                gates.insert(&connection, &gate);
-                let work = work::CrmWork::new(&connection, Arc::clone(crm));
                 // An adapter that batches (Salesforce) asks for room to fill a batch.
-                let mut worker = settings.worker.clone();
-                worker.concurrency = worker.concurrency.max(crm.concurrency().unwrap_or(0));
-                let lane = lane::Lane::new(Some(connection), worker, js.clone(), work, Some(gate));
-                running.spawn(lane.run(pull, shutdown));
+                let room = worker.concurrency.max(crm.concurrency().unwrap_or(0));
+                let lane = crm_lanes
+                    .entry(connection.clone())
+                    .or_insert_with(|| {
+                        let gate =
+                            gate::Gate::new(connection, &settings.lanes, worker.max_retry_after);
+                        gates.insert(connection, &gate);
+                        Arc::new(lane::Lane::new(
+                            Some(connection.clone()),
+                            worker.clone(),
+                            work::CrmWork::new(connection, Arc::clone(crm)),
+                            Some(gate),
+                            fence.clone(),
+                        ))
+                    })
+                    .clone();
+                let template = settings_for(room, worker.ack_wait);
+                Box::new(move |consumer, wait, stop| {
+                    let unit = template.unit(Arc::clone(&lane));
+                    Box::pin(unit.run_after(wait, consumer, stop))
+                })
             }
-        }
+        };
+        slots.push(share::Slot {
+            key: consumer.name.clone(),
+            consumer: pull,
+            ack_wait: match consumer.role {
+                Role::Intake => worker.intake_ack_wait,
+                _ => worker.ack_wait,
+            },
+            start,
+        });
     }
-    while let Some(ended) = running.join_next().await {
-        if let Err(e) = ended {
-            tracing::error!(error = %e, "A consumer task panicked.");
+    share.run(slots, shutdown).await;
+}
+
+/// What a unit of one consumer is made of, but its stage.
+#[derive(Clone)]
+struct Template {
+    name: String,
+    js: jetstream::Context,
+    room: usize,
+    ack_wait: std::time::Duration,
+    shutdown_deadline: std::time::Duration,
+    backoff: std::time::Duration,
+    give_back_within: std::time::Duration,
+    fence: share::Fence,
+}
+
+impl Template {
+    fn unit<S: unit::Stage>(&self, stage: Arc<S>) -> unit::Unit<S> {
+        unit::Unit {
+            name: self.name.clone(),
+            stage,
+            js: self.js.clone(),
+            room: self.room,
+            ack_wait: self.ack_wait,
+            shutdown_deadline: self.shutdown_deadline,
+            backoff: self.backoff,
+            give_back_within: self.give_back_within,
+            fence: self.fence.clone(),
         }
     }
 }

@@ -19,8 +19,10 @@ use crate::registry::RegistryError;
 pub enum Outcome {
     /// Handled (or routed): acknowledge.
     Ack,
-    /// Failed for its own reasons, for now: nak with a delay so JetStream
-    /// redelivers it later. Spends one delivery.
+    /// Failed for its own reasons, for now: kept in progress and tried
+    /// again after `delay`, in this replica, so no later event of its
+    /// conversation passes it. Spends one attempt (attempts count from the
+    /// delivery count on).
     Retry { delay: Duration, reason: String },
     /// Its connection (or NATS) is in trouble: keep it in progress and handle
     /// it again once the lane may go on. Spends nothing.
@@ -34,6 +36,10 @@ pub enum Outcome {
         reason: String,
         detail: Option<String>,
     },
+    /// Not worked here after all (shutting down, the partition moving to
+    /// another replica, a delivery without metadata): given back at once
+    /// (`-NAK`), for whichever replica works the partition next.
+    GiveBack { reason: String },
 }
 
 impl Outcome {
@@ -44,6 +50,7 @@ impl Outcome {
             Outcome::Retry { .. } => "retry",
             Outcome::Hold { .. } => "hold",
             Outcome::DeadLetter { .. } => "dead_letter",
+            Outcome::GiveBack { .. } => "give_back",
         }
     }
 }
@@ -103,8 +110,8 @@ pub fn copy_failed(error: &async_nats::jetstream::context::PublishError) -> Hand
     }
 }
 
-/// Decides the fate of delivery number `delivered` (1-based) given how
-/// handling went. `connection_answered` says whether the event's connection
+/// Decides the fate of attempt number `delivered` (1-based: the delivery
+/// count, plus the attempts made since in process) given how handling went. `connection_answered` says whether the event's connection
 /// answered other events since this one was last held: a connection that
 /// works for others cannot be blamed for this event's failures any more.
 pub fn decide(
@@ -206,18 +213,17 @@ pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
 /// A delivery without JetStream metadata (which a JetStream consumer never
 /// sends): given back at once.
 pub fn unreadable_metadata(error: impl std::fmt::Display) -> Outcome {
-    Outcome::Retry {
-        delay: Duration::ZERO,
+    Outcome::GiveBack {
         reason: format!("delivery without JetStream metadata: {error}"),
     }
 }
 
-/// An event still in flight when the shutdown deadline passed: given back at
-/// once, so another replica takes it.
-pub fn abandoned() -> Outcome {
-    Outcome::Retry {
-        delay: Duration::ZERO,
-        reason: "shutting down".into(),
+/// An event not worked here after all: the unit stops (shutdown, or its
+/// partition moves to another replica). Given back at once, so whoever works
+/// the partition next takes it, before anything newer.
+pub fn given_back() -> Outcome {
+    Outcome::GiveBack {
+        reason: "the partition stops here".into(),
     }
 }
 

@@ -9,7 +9,9 @@
 //! outlive the ack wait and come back as a second delivery. A pull request
 //! stays open until it is filled or expires, so messages that arrive while
 //! it is open are delivered at once; a new one is made, after a pause that
-//! grows while pulling fails, as soon as the last one ends.
+//! grows while pulling fails, as soon as the last one ends. When asked to
+//! stop, it hands over what the open request had delivered, for the unit to
+//! give back with the rest in stream order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +32,9 @@ const EXPIRES: Duration = Duration::from_secs(5);
 pub(super) enum Next {
     /// A message, and its place in the room until its fate.
     Message(jetstream::Message, OwnedSemaphorePermit),
-    Shutdown,
+    /// Asked to stop: what the open pull request had already delivered, to
+    /// be given back with the rest, in stream order.
+    Shutdown(Vec<jetstream::Message>),
 }
 
 /// One pull request that is open: what it may still deliver, and the permits
@@ -62,23 +66,20 @@ impl Puller {
     }
 
     /// The next message with its permit: waits for room first, then for a
-    /// message. `Shutdown` when `shutdown` came first; what an open pull
-    /// request already delivered is given back then.
+    /// message. `Shutdown` when `shutdown` came first, with what an open
+    /// pull request had already delivered.
     pub async fn next(&mut self, shutdown: &CancellationToken) -> Next {
         loop {
             let open = match self.open.as_mut() {
                 Some(open) => open,
                 None => match self.request(shutdown).await {
                     Some(open) => self.open.insert(open),
-                    None => return Next::Shutdown,
+                    None => return Next::Shutdown(Vec::new()),
                 },
             };
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    self.give_back().await;
-                    return Next::Shutdown;
-                }
+                _ = shutdown.cancelled() => return Next::Shutdown(self.delivered()),
                 next = open.batch.next() => next,
             };
             match next {
@@ -145,16 +146,14 @@ impl Puller {
         }
     }
 
-    /// Naks what the open pull request already delivered, so another replica
-    /// (or this one, later) gets it now instead of after the ack wait.
-    async fn give_back(&mut self) {
-        let Some(mut open) = self.open.take() else {
-            return;
-        };
-        while let Some(Some(Ok(message))) = open.batch.next().now_or_never() {
-            if let Err(e) = message.ack_with(jetstream::AckKind::Nak(None)).await {
-                tracing::warn!(error = %e, "Cannot nak a pulled event; it returns after the ack wait.");
+    /// What the open pull request already delivered and was not taken.
+    fn delivered(&mut self) -> Vec<jetstream::Message> {
+        let mut delivered = Vec::new();
+        if let Some(mut open) = self.open.take() {
+            while let Some(Some(Ok(message))) = open.batch.next().now_or_never() {
+                delivered.push(message);
             }
         }
+        delivered
     }
 }

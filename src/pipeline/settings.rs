@@ -1,5 +1,6 @@
 //! Settings of the event pipeline: the durable consumers every replica
-//! shares (intake and lanes), and how each replica works them.
+//! shares (intake and lanes), how each replica works them, and how lanes are
+//! split into partitions and shared out.
 
 use std::time::Duration;
 
@@ -10,13 +11,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
     /// Prefix of the durable consumers' names: `<consumer>-intake` on
-    /// `SOFTPHONE_EVENTS`, `<consumer>-softphones` and
-    /// `<consumer>-crm-<connection>` on `SOFTPHONE_LANES`. Replicas with the
-    /// same prefix share the work.
+    /// `SOFTPHONE_EVENTS`, `<consumer>-softphones-<p>` and
+    /// `<consumer>-crm-<connection>-<p>` on `SOFTPHONE_LANES`. Replicas with
+    /// the same prefix are one pool and share the work.
     pub consumer: String,
-    /// Events one replica handles at once in each lane.
+    /// Events one replica handles at once in each lane partition it works.
     pub concurrency: usize,
-    /// Events each lane may hold unacknowledged across the pool.
+    /// Events each lane partition may hold unacknowledged.
     pub max_ack_pending: i64,
     /// Events one replica's intake routes ahead of their publish acks.
     pub intake_window: usize,
@@ -39,10 +40,13 @@ pub struct WorkerSettings {
     /// node's restart, and a new connection gets them again.
     #[serde(with = "humantime_serde")]
     pub intake_renew_after: Duration,
-    /// Deliveries after which an event still failing for its own reasons is
-    /// dead-lettered. Its connection's trouble spends none of them.
+    /// Attempts (the delivery count, plus the retries made in process) after
+    /// which an event still failing for its own reasons is dead-lettered.
+    /// Its connection's trouble spends none of them.
     pub max_deliveries: u32,
-    /// Redelivery delays after the 1st, 2nd, ... failure; the last repeats.
+    /// Delays before retrying an event's own failure, after the 1st, 2nd, ...
+    /// attempt; the last repeats. The event is kept in progress meanwhile and
+    /// its conversation's later events wait for it.
     #[serde(with = "duration_list")]
     pub backoff: Vec<Duration>,
     /// Upper bound on a CRM's `Retry-After`.
@@ -97,5 +101,67 @@ mod duration_list {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         let list = Vec::<Serde<Duration>>::deserialize(d)?;
         Ok(list.into_iter().map(Serde::into_inner).collect())
+    }
+}
+
+/// How lanes are split and shared among replicas, and how a lane holds back
+/// while its CRM connection is in trouble.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LaneSettings {
+    /// Connection failures in a row (unreachable, timeouts, 5xx, 429,
+    /// refused credentials, API allowance) that pause the lane in a replica.
+    pub pause_after: u32,
+    /// While a lane is paused, how often one event probes the connection (a
+    /// CRM's longer `Retry-After` wins, up to `worker.max_retry_after`).
+    #[serde(with = "humantime_serde")]
+    pub probe_every: Duration,
+    /// Partitions of every lane (1 to 64): a conversation's events go to
+    /// one partition (a hash of its id), each partition is a durable consumer
+    /// worked by one replica at a time, in order. More partitions spread a
+    /// busy lane over more replicas and cost NATS a consumer each. Changing
+    /// it re-partitions the lanes: drain them first (README, "Partitions").
+    pub partitions: u16,
+    /// How long a replica that stops renewing its membership stays a member:
+    /// its partitions move to others after this, and their events come back
+    /// after `worker.ack_wait` more. A replica renews every quarter of it and
+    /// stops pulling when it could not for half of it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// The key-value bucket of the live replicas (entries live `lease`).
+    pub members_bucket: String,
+    /// The key-value bucket of who works each partition (and the intake).
+    pub owners_bucket: String,
+}
+
+impl Default for LaneSettings {
+    fn default() -> Self {
+        Self {
+            pause_after: 3,
+            probe_every: Duration::from_secs(5),
+            partitions: 4,
+            lease: Duration::from_secs(10),
+            members_bucket: "SOFTPHONE_MEMBERS".into(),
+            owners_bucket: "SOFTPHONE_PARTITIONS".into(),
+        }
+    }
+}
+
+impl LaneSettings {
+    /// What serde cannot check: `(key, why)` of the first problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.pause_after == 0 {
+            return Err(("lanes.pause_after", "must be at least 1".into()));
+        }
+        if self.probe_every < Duration::from_millis(100) {
+            return Err(("lanes.probe_every", "must be at least 100ms".into()));
+        }
+        if !(1..=64).contains(&self.partitions) {
+            return Err(("lanes.partitions", "must be between 1 and 64".into()));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(("lanes.lease", "must be at least 1s".into()));
+        }
+        Ok(())
     }
 }

@@ -21,9 +21,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letter;
-use crate::contract::EventKind;
-use crate::metric;
+use tracing::Instrument as _;
+
+use super::delivery::{Delivery, Original};
+use super::outcome::Outcome;
 
 /// Events one sweep reads at most, from the consumer's ack floor up.
 const LOOKUPS: u64 = 1024;
@@ -233,57 +234,41 @@ async fn raw_message(
     }
 }
 
-/// Dead-letters the message, then deletes it from the stream; `false` when
-/// it stays (the dead-letter stream did not take it: the next sweep tries
-/// again) or another replica set it aside first.
+/// Dead-letters the message, then deletes it from the stream, through the
+/// same fate application as every delivery (logs and metrics alike);
+/// `false` when it stays (the dead-letter stream did not take it: the next
+/// sweep tries again).
 async fn put_aside(js: &jetstream::Context, stream: &Stream, message: &Raw, why: &str) -> bool {
     let sequence = message.sequence;
-    let reason = format!("unreadable NATS headers: {why}");
     let headers = message.headers.as_deref().unwrap_or_default();
-    let origin = dead_letter::Origin {
-        subject: &message.subject,
-        sequence,
-        // The server does not tell how many times it delivered the event.
-        delivered: 0,
-        event_id: &format!("seq:{sequence}"),
-        published: None,
+    let fate = Outcome::DeadLetter {
+        reason: format!("unreadable NATS headers: {why}"),
+        detail: Some(headers.escape_ascii().to_string()),
     };
-    let copied = dead_letter::publish(
-        js,
-        &origin,
-        message.payload.clone().into(),
-        &reason,
-        Some(&headers.escape_ascii().to_string()),
-    )
-    .await;
-    if let Err(e) = copied {
-        tracing::warn!(sequence, %reason, error = %e, "Cannot dead-letter an event whose headers the client cannot read; it stays until the next sweep.");
-        return false;
-    }
-    match stream.delete_message(sequence).await {
-        Ok(_) => {}
-        Err(e) => {
-            use async_nats::jetstream::stream::DeleteMessageErrorKind as Kind;
-            if let Kind::JetStream(error) = e.kind()
-                && error.error_code().0 == NO_MESSAGE
-            {
-                tracing::debug!(sequence, "Another replica set the event aside first.");
-                return false;
-            }
-            tracing::warn!(sequence, error = %e, "Dead-lettered an event whose headers the client cannot read, but cannot delete it; the next sweep tries again.");
-            return false;
+    let delivery = Delivery::set_aside(&message.subject, sequence);
+    let original = Original::Stored {
+        stream,
+        sequence,
+        body: message.payload.clone().into(),
+    };
+    let span = tracing::warn_span!("set_aside", sequence, subject = %message.subject);
+    match delivery
+        .apply_to(js, original, &fate)
+        .instrument(span)
+        .await
+    {
+        Ok(()) => {
+            tracing::warn!(sequence, subject = %message.subject, "Set aside an event whose headers the client cannot read.");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(
+                sequence,
+                "Cannot dead-letter an event whose headers the client cannot read; it stays until the next sweep."
+            );
+            false
         }
     }
-    tracing::warn!(
-        sequence,
-        subject = %message.subject,
-        %reason,
-        "Set aside an event whose headers the client cannot read."
-    );
-    let kind = EventKind::from_subject(&message.subject).map_or("unknown", EventKind::name);
-    metrics::counter!(metric::DEAD_LETTERED, "type" => kind).increment(1);
-    metrics::counter!(metric::EVENTS, "type" => kind, "outcome" => "dead_letter").increment(1);
-    true
 }
 
 #[cfg(test)]

@@ -502,12 +502,15 @@ async fn provision_reports_the_lane_of_a_connection_no_longer_configured() {
     );
     assert!(first.status.success(), "{}", stderr(&first));
     let printed = String::from_utf8_lossy(&first.stdout).into_owned();
-    assert!(!printed.contains("no configured connection"), "{printed}");
+    assert!(
+        !printed.contains("no configured lane partition"),
+        "{printed}"
+    );
 
     // An older replica routed an event there before the connection went.
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.publish("softphone.lane.crm.gone.call.ended", "{}".into())
+    js.publish("softphone.lane.crm.gone.0.call.ended", "{}".into())
         .await
         .unwrap()
         .await
@@ -522,17 +525,17 @@ async fn provision_reports_the_lane_of_a_connection_no_longer_configured() {
     let printed = String::from_utf8_lossy(&second.stdout).into_owned();
     let line = printed
         .lines()
-        .find(|line| line.contains("softphone-bridge-crm-gone"))
+        .find(|line| line.contains("softphone-bridge-crm-gone-0"))
         .unwrap_or_else(|| panic!("the leftover lane is reported: {printed}"));
     assert!(
-        line.contains("kept, no configured connection uses it (1 pending"),
+        line.contains("kept, no configured lane partition uses it (1 pending"),
         "{line}"
     );
     // Kept, not deleted: its event waits there.
     let lanes = js.get_stream(LANES_STREAM).await.unwrap();
     assert_eq!(
         lanes
-            .consumer_info("softphone-bridge-crm-gone")
+            .consumer_info("softphone-bridge-crm-gone-0")
             .await
             .expect("kept")
             .num_pending,

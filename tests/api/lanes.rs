@@ -308,10 +308,13 @@ async fn replicas_with_old_and_new_routing_deliver_each_event_exactly_once() {
             .unwrap()
             .run_until(stop_new.clone()),
     );
-    let intake = pipeline_consumer(&app.settings, |r| *r == Role::Intake);
-    eventually("both replicas to pull from the intake", || async {
-        let info = consumer_info(&app.js, intake.stream, &intake.name).await;
-        (info.num_waiting >= 2).then_some(())
+    let members = app
+        .js
+        .get_key_value(&app.settings.lanes.members_bucket)
+        .await
+        .unwrap();
+    eventually("both replicas to be members of the pool", || async {
+        (live_members(&members, &app.settings).await.len() == 2).then_some(())
     })
     .await;
 

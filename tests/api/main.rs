@@ -18,6 +18,7 @@ mod http_delivery;
 mod lanes;
 mod load;
 mod ops;
+mod order;
 mod outcomes;
 mod permissions;
 mod provision;

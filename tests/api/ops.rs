@@ -168,7 +168,7 @@ async fn metrics_show_every_documented_series_after_traffic() {
             metric::CONSUMER_PENDING
         ),
         format!(
-            r#"{}{{consumer="softphone-bridge-crm-crm"}}"#,
+            r#"{}{{consumer="softphone-bridge-crm-crm-0"}}"#,
             metric::CONSUMER_ACK_PENDING
         ),
         format!(r#"{}{{lane="crm"}}"#, metric::LANE_PAUSED),

@@ -56,9 +56,11 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
         "nothing created"
     );
 
-    // Then for real: the same lines, done; nine things in all.
+    // Then for real: the same lines, done: four streams, the intake, four
+    // partitions of the softphone lane and of the default connection's, and
+    // four buckets (registry, command keys, members, owners).
     let created = provision(&[], &env);
-    assert_eq!(created.len(), 9, "{created:#?}");
+    assert_eq!(created.len(), 17, "{created:#?}");
     assert!(
         created.iter().all(|l| l.ends_with(": created")),
         "{created:#?}"
@@ -67,13 +69,15 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
         ("stream", "SOFTPHONE_DLQ".to_owned()),
         (
             "consumer",
-            format!("softphone-bridge-crm-crm on {LANES_STREAM}"),
+            format!("softphone-bridge-crm-crm-3 on {LANES_STREAM}"),
         ),
         (
             "consumer",
-            format!("softphone-bridge-softphones on {LANES_STREAM}"),
+            format!("softphone-bridge-softphones-0 on {LANES_STREAM}"),
         ),
         ("bucket", "SOFTPHONE_REGISTRY".to_owned()),
+        ("bucket", "SOFTPHONE_MEMBERS".to_owned()),
+        ("bucket", "SOFTPHONE_PARTITIONS".to_owned()),
     ] {
         assert!(
             created.contains(&format!("{what} {name}: created")),
@@ -83,7 +87,7 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
 
     // Again: the server has everything as the settings say.
     let again = provision(&[], &env);
-    assert_eq!(again.len(), 9, "{again:#?}");
+    assert_eq!(again.len(), 17, "{again:#?}");
     assert!(
         again.iter().all(|l| l.ends_with(": unchanged")),
         "{again:#?}"
@@ -105,7 +109,7 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
     }
     assert!(
         planned.contains(&format!(
-            "consumer softphone-bridge-crm-extra on {LANES_STREAM}: would be created"
+            "consumer softphone-bridge-crm-extra-0 on {LANES_STREAM}: would be created"
         )),
         "{planned:#?}"
     );
@@ -122,7 +126,7 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
     let lanes = js.get_stream(LANES_STREAM).await.unwrap();
     assert!(
         lanes
-            .consumer_info("softphone-bridge-crm-extra")
+            .consumer_info("softphone-bridge-crm-extra-0")
             .await
             .is_err(),
         "no consumer created by a dry run"
@@ -138,13 +142,13 @@ async fn provision_prints_what_it_did_and_dry_run_changes_nothing() {
     );
     assert!(
         applied.contains(&format!(
-            "consumer softphone-bridge-crm-extra on {LANES_STREAM}: created"
+            "consumer softphone-bridge-crm-extra-0 on {LANES_STREAM}: created"
         )),
         "{applied:#?}"
     );
     assert_eq!(max_age(&js, EVENTS_STREAM).await, week * 3 / 7);
     lanes
-        .consumer_info("softphone-bridge-crm-extra")
+        .consumer_info("softphone-bridge-crm-extra-0")
         .await
         .expect("the new lane's consumer exists");
 }

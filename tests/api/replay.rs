@@ -29,7 +29,11 @@ impl Setup {
         let extra = partner_b_on_connection_b(&webhook_crm(&b.url()));
         let nats = start_nats().await;
         let settings = settings_with(&nats.url, &webhook_crm(&a.url()), None, &extra);
-        let config = config_file(&format!("[crm]\n{}\n{extra}", webhook_crm(&a.url())));
+        // The pool's lanes: replay copies to the partitions the app works.
+        let config = config_file(&format!(
+            "[lanes]\npartitions = {TEST_PARTITIONS}\n[crm]\n{}\n{extra}",
+            webhook_crm(&a.url())
+        ));
         let app = spawn_app(nats, settings).await;
         Setup { a, b, app, config }
     }

@@ -16,7 +16,7 @@ fn event(kind: EventKind, body: &str, at: i64, sequence: u64) -> CrmEvent {
     CrmEvent {
         id: format!("e{sequence}"),
         event: Event::decode(kind, body.as_bytes()).unwrap(),
-        raw: serde_json::from_str(body).unwrap(),
+        raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
         published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
         sequence,
     }
@@ -351,7 +351,7 @@ async fn a_task_first_written_by_accepted_is_a_call_and_refused_values_are_cut()
 }
 
 #[tokio::test]
-async fn a_locked_record_is_retried_through_redelivery() {
+async fn a_locked_record_is_retried_in_process_spending_an_attempt_not_a_delivery() {
     let sf = FakeSalesforce::start().await;
     let app = spawn(&sf, "client_credentials", "").await;
     let conv = conversation();
@@ -363,11 +363,18 @@ async fn a_locked_record_is_retried_through_redelivery() {
     )
     .await;
     assert_eq!(sf.task(&conv)["Description"], "n");
+    // Tried again where it was held, its conversation waiting: no redelivery,
+    // and the retry counted.
     let info = app.consumer_info().await;
-    assert!(
-        info.delivered.consumer_sequence > info.delivered.stream_sequence,
-        "one delivery spent"
-    );
+    assert_eq!(info.deliveries, info.messages, "no redelivery");
+    let retried = softphone_bridge::metric::handle()
+        .render()
+        .lines()
+        .any(|line| {
+            line.starts_with("softphone_bridge_events_total{")
+                && line.contains(r#"outcome="retry""#)
+        });
+    assert!(retried, "the retry is counted");
     assert_eq!(dead_letter_count(&app).await, 0);
     app.stop().await;
 }

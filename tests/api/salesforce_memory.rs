@@ -42,7 +42,7 @@ fn event(kind: EventKind, conversation: &str, extra: &str, at: i64) -> CrmEvent 
     CrmEvent {
         id: format!("e{at}-{kind}"),
         event: Event::decode(kind, body.as_bytes()).unwrap(),
-        raw: serde_json::from_str(&body).unwrap(),
+        raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
         published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
         sequence: at as u64,
     }

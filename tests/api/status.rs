@@ -9,11 +9,22 @@ use crate::cli::{bridge, stderr};
 use crate::fake_salesforce::FakeSalesforce;
 use crate::helpers::*;
 
+/// The tests' lanes, as `status` must be told them.
+const PARTITIONS: (&str, &str) = ("SOFTPHONE_BRIDGE_LANES__PARTITIONS", "2");
+
 /// `status --json`, parsed.
 fn status_json(nats_url: &str) -> Value {
+    status_json_with(nats_url, PARTITIONS.1)
+}
+
+/// `status --json` with `partitions` partitions a lane, parsed.
+fn status_json_with(nats_url: &str, partitions: &str) -> Value {
     let out = bridge(
         &["status", "--json", "--wait", "1s"],
-        &[("SOFTPHONE_BRIDGE_NATS__URL", nats_url)],
+        &[
+            ("SOFTPHONE_BRIDGE_NATS__URL", nats_url),
+            (PARTITIONS.0, partitions),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("status --json prints one JSON document")
@@ -49,6 +60,19 @@ async fn status_shows_a_paused_lane_its_reason_and_held_events() {
     let crm_lane = lane(&status, "crm");
     assert_eq!(crm_lane["connection"], "crm");
     assert_eq!(crm_lane["consumer"], "softphone-bridge-crm-crm");
+    // Which replica holds which share: the only member holds every partition.
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{status}");
+    let partitions = crm_lane["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 2, "{crm_lane}");
+    for (p, partition) in partitions.iter().enumerate() {
+        assert_eq!(partition["partition"], p);
+        assert_eq!(
+            partition["consumer"],
+            format!("softphone-bridge-crm-crm-{p}")
+        );
+        assert_eq!(partition["owner"], members[0], "{partition}");
+    }
     assert_eq!(crm_lane["stream"], "SOFTPHONE_LANES");
     assert_eq!(crm_lane["replicas"], 1);
     assert!(
@@ -85,11 +109,16 @@ async fn status_shows_a_paused_lane_its_reason_and_held_events() {
     // The same on a screen.
     let out = bridge(
         &["status", "--wait", "1s"],
-        &[("SOFTPHONE_BRIDGE_NATS__URL", &app.nats.url)],
+        &[("SOFTPHONE_BRIDGE_NATS__URL", &app.nats.url), PARTITIONS],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("Replicas answering: 1"), "{screen}");
+    let member = members[0].as_str().unwrap();
+    assert!(
+        screen.contains(&format!("0,1 → {member}")),
+        "the shares on screen: {screen}"
+    );
     let row = screen
         .lines()
         .find(|line| line.starts_with("crm:crm"))
@@ -162,10 +191,13 @@ async fn status_gathers_every_replicas_answer() {
     let provision = bridge(&["provision"], &env);
     assert!(provision.status.success(), "{}", stderr(&provision));
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
+    // Sixteen partitions: each replica works some of the lane (both but
+    // with a chance of 2 in 65 536).
     let config = bridge_config(
         &crm.url(),
         "\n[lanes]\npause_after = 1\nprobe_every = \"300ms\"\n",
-    );
+    )
+    .replace("partitions = 2", "partitions = 16");
     let _replicas = [
         Bridge::start(&nats.url, &config),
         Bridge::start(&nats.url, &config),
@@ -184,7 +216,7 @@ async fn status_gathers_every_replicas_answer() {
         .await;
     }
     let status = eventually("both replicas to report the lane paused", || async {
-        let status = status_json(&nats.url);
+        let status = status_json_with(&nats.url, "16");
         (status["replicas"] == 2 && lane(&status, "crm")["paused_in"] == 2).then_some(status)
     })
     .await;
@@ -192,7 +224,7 @@ async fn status_gathers_every_replicas_answer() {
     assert_eq!(crm_lane["replicas"], 2, "{crm_lane}");
     let held = crm_lane["held"].as_u64().unwrap();
     assert!(
-        (2..=8).contains(&held),
-        "each holds what it has room for: {crm_lane}"
+        (2..=20).contains(&held),
+        "each holds what it pulled, nothing twice: {crm_lane}"
     );
 }

@@ -34,7 +34,7 @@ fn event() -> CrmEvent {
     CrmEvent {
         id: "e".into(),
         event: Event::decode(crate::contract::EventKind::CallNotesSubmitted, body).unwrap(),
-        raw: serde_json::from_slice(body).unwrap(),
+        raw: bytes::Bytes::copy_from_slice(body.as_ref()),
         published: time::OffsetDateTime::UNIX_EPOCH,
         sequence: 1,
     }

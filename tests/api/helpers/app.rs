@@ -54,8 +54,28 @@ dispositions = ["Booked", "Cancelled", "Callback"]
 {extra}
 "#
     ))
+    .map(|mut settings| {
+        small_lanes(&mut settings);
+        settings
+    })
     .expect("test settings are valid")
 }
+
+/// The tests' lanes: two partitions each, a short lease (unless set).
+pub fn small_lanes(settings: &mut Settings) {
+    let defaults = softphone_bridge::config::LaneSettings::default();
+    if settings.lanes.partitions == defaults.partitions {
+        settings.lanes.partitions = TEST_PARTITIONS;
+    }
+    if settings.lanes.lease == defaults.lease {
+        settings.lanes.lease = TEST_LEASE;
+    }
+}
+
+/// Partitions per lane in tests.
+pub const TEST_PARTITIONS: u16 = 2;
+/// The membership lease in tests.
+pub const TEST_LEASE: Duration = Duration::from_secs(4);
 
 /// The app, running in this process against a container NATS.
 pub struct TestApp {
@@ -173,8 +193,8 @@ impl TestApp {
         self.nats
     }
 
-    /// The default CRM connection's lane consumer.
-    pub async fn consumer_info(&self) -> consumer::Info {
+    /// The default CRM connection's lane consumers.
+    pub async fn consumer_info(&self) -> LaneInfo {
         lane_info(&self.js, &self.settings, "crm").await
     }
 
@@ -185,8 +205,8 @@ impl TestApp {
     }
 
     /// Waits until the intake and every lane have nothing pending or
-    /// unacknowledged; returns the default CRM lane's consumer.
-    pub async fn settled(&self) -> consumer::Info {
+    /// unacknowledged; returns the default CRM lane's consumers.
+    pub async fn settled(&self) -> LaneInfo {
         settled(&self.js, &self.settings).await
     }
 

@@ -2,7 +2,6 @@
 
 use async_nats::jetstream;
 use softphone_bridge::config::Settings;
-use softphone_bridge::contract::LANES_STREAM;
 use softphone_bridge::pipeline;
 
 use super::*;
@@ -98,6 +97,11 @@ impl Bridge {
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGKILL: a crash, with no chance to give anything back.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("the bridge can be killed");
@@ -118,9 +122,12 @@ impl Bridge {
     }
 }
 
-/// The defaults the replicas' pipeline consumers are named by.
+/// The defaults the replicas' pipeline consumers are named by, with the
+/// tests' lanes ([`small_lanes`]), as [`bridge_config`] sets them.
 pub fn defaults() -> Settings {
-    Settings::from_toml("").unwrap()
+    let mut settings = Settings::from_toml("").unwrap();
+    small_lanes(&mut settings);
+    settings
 }
 
 /// A JetStream context on `nats` with the defaults' streams, consumers and
@@ -134,8 +141,19 @@ pub async fn provisioned(nats: &Nats) -> jetstream::Context {
     js
 }
 
-/// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended.
+/// A config file for a `Bridge` posting to `crm_url`, with extra TOML appended
+/// (keys of a `[lanes]` table in it join the tests' lanes).
 pub fn bridge_config(crm_url: &str, extra: &str) -> String {
+    let (lanes, extra) = match extra.split_once("[lanes]\n") {
+        Some((before, after)) => {
+            let end = after.find("\n[").map_or(after.len(), |at| at + 1);
+            (
+                after[..end].to_owned(),
+                format!("{before}{}", &after[end..]),
+            )
+        }
+        None => (String::new(), extra.to_owned()),
+    };
     format!(
         r#"
 [worker]
@@ -145,24 +163,92 @@ max_deliveries = 3
 backoff = ["200ms"]
 shutdown_deadline = "10s"
 
+[lanes]
+partitions = {partitions}
+lease = "{lease}s"
+{lanes}
+
 [crm]
 kind = "webhook"
 url = "{crm_url}"
 secret = "{WEBHOOK_SECRET}"
 timeout = "10s"
 {extra}
-"#
+"#,
+        partitions = TEST_PARTITIONS,
+        lease = TEST_LEASE.as_secs(),
     )
 }
 
-/// Waits until `count` pull requests wait on the default CRM lane: that many
-/// replicas are consuming.
+/// Waits until `count` replicas are members of the pool and every unit of
+/// the pipeline (the intake, each lane partition) is owned by the one
+/// rendezvous hashing names among them, and pulled: that many replicas are
+/// consuming, each its share.
 pub async fn replicas_pulling(js: &jetstream::Context, settings: &Settings, count: usize) {
-    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm("crm".into()));
-    eventually(&format!("{count} replicas to pull"), || async {
-        let stream = js.get_stream(LANES_STREAM).await.ok()?;
-        let info = stream.consumer_info(&lane.name).await.ok()?;
-        (info.num_waiting >= count).then_some(())
+    let members = js
+        .get_key_value(&settings.lanes.members_bucket)
+        .await
+        .expect("the members bucket exists");
+    let owners = js
+        .get_key_value(&settings.lanes.owners_bucket)
+        .await
+        .expect("the owners bucket exists");
+    // A dead replica's units move after the lease, and their new owner may
+    // wait out the ack wait before it pulls.
+    let patience = PATIENCE + settings.lanes.lease + settings.worker.ack_wait;
+    eventually_within(patience, &format!("{count} replicas to pull"), || async {
+        let live = live_members(&members, settings).await;
+        if live.len() != count {
+            return None;
+        }
+        for consumer in pipeline::consumers(settings) {
+            let owner = owners.get(&consumer.name).await.ok()??;
+            if pipeline::target(&live, &consumer.name) != Some(std::str::from_utf8(&owner).ok()?) {
+                return None;
+            }
+            let stream = js.get_stream(consumer.stream).await.ok()?;
+            let info = stream.consumer_info(&consumer.name).await.ok()?;
+            if info.num_waiting == 0 {
+                return None;
+            }
+        }
+        Some(())
     })
     .await
+}
+
+/// The replicas of the pool whose membership lives.
+pub async fn live_members(
+    members: &async_nats::jetstream::kv::Store,
+    settings: &Settings,
+) -> std::collections::BTreeSet<String> {
+    use futures::StreamExt;
+    let prefix = format!("{}.", settings.worker.consumer);
+    let mut live = std::collections::BTreeSet::new();
+    if let Ok(mut keys) = members.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Some(replica) = key.strip_prefix(&prefix) {
+                live.insert(replica.to_owned());
+            }
+        }
+    }
+    live
+}
+
+/// Which replica owns each unit, by consumer name.
+pub async fn owners(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> std::collections::BTreeMap<String, String> {
+    let owners = js
+        .get_key_value(&settings.lanes.owners_bucket)
+        .await
+        .expect("the owners bucket exists");
+    let mut found = std::collections::BTreeMap::new();
+    for consumer in pipeline::consumers(settings) {
+        if let Ok(Some(owner)) = owners.get(&consumer.name).await {
+            found.insert(consumer.name, String::from_utf8_lossy(&owner).into_owned());
+        }
+    }
+    found
 }

@@ -122,6 +122,12 @@ impl FakeCrm {
             .expect("the recorder is alive")
     }
 
+    /// The next request the CRM receives, `None` if the recorder is gone
+    /// (no deadline: the caller bounds the wait).
+    pub async fn next_request_quietly(&self) -> Option<Request> {
+        self.requests.lock().await.recv().await
+    }
+
     /// Whatever has arrived and not been taken yet.
     pub async fn drain(&self) -> Vec<Request> {
         let mut rx = self.requests.lock().await;

@@ -107,14 +107,57 @@ pub fn pipeline_consumer(
         .expect("the pipeline has that consumer")
 }
 
-/// The lane consumer of CRM connection `connection`.
-pub async fn lane_info(
-    js: &jetstream::Context,
-    settings: &Settings,
-    connection: &str,
-) -> consumer::Info {
-    let lane = pipeline_consumer(settings, |r| *r == pipeline::Role::Crm(connection.into()));
-    consumer_info(js, LANES_STREAM, &lane.name).await
+/// A lane's partition consumers taken together.
+#[derive(Debug, Default)]
+pub struct LaneInfo {
+    pub num_pending: u64,
+    pub num_ack_pending: usize,
+    pub num_redelivered: usize,
+    pub num_waiting: usize,
+    /// Deliveries made, every partition's together.
+    pub deliveries: u64,
+    /// Messages the lane stream holds for the lane: deliveries beyond them
+    /// were redeliveries (once every one was delivered).
+    pub messages: u64,
+    /// The highest stream sequence any partition has acknowledged up to.
+    pub ack_floor: u64,
+    /// Each partition's consumer.
+    pub partitions: Vec<consumer::Info>,
+}
+
+/// The lane of CRM connection `connection`: its partitions' consumers.
+pub async fn lane_info(js: &jetstream::Context, settings: &Settings, connection: &str) -> LaneInfo {
+    let mut lane = LaneInfo::default();
+    for partition in pipeline::consumers(settings)
+        .into_iter()
+        .filter(|c| c.role == pipeline::Role::Crm(connection.into()))
+    {
+        let info = consumer_info(js, LANES_STREAM, &partition.name).await;
+        lane.num_pending += info.num_pending;
+        lane.num_ack_pending += info.num_ack_pending;
+        lane.num_redelivered += info.num_redelivered;
+        lane.num_waiting += info.num_waiting;
+        lane.deliveries += info.delivered.consumer_sequence;
+        lane.ack_floor = lane.ack_floor.max(info.ack_floor.stream_sequence);
+        lane.messages +=
+            subject_messages(js, LANES_STREAM, partition.filter.as_deref().unwrap()).await;
+        lane.partitions.push(info);
+    }
+    lane
+}
+
+/// How many messages `stream` holds on subjects matching `filter`.
+pub async fn subject_messages(js: &jetstream::Context, stream: &str, filter: &str) -> u64 {
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let mut subjects = stream
+        .info_with_subjects(filter)
+        .await
+        .expect("stream info");
+    let mut total = 0;
+    while let Some(Ok((_, count))) = subjects.next().await {
+        total += count as u64;
+    }
+    total
 }
 
 /// Polls one consumer until nothing is pending or in flight (with a deadline).
@@ -129,9 +172,9 @@ pub async fn consumer_settled(js: &jetstream::Context, stream: &str, name: &str)
     .await
 }
 
-/// Waits until the intake, then every lane, has acknowledged every message
-/// its stream holds for it; returns the default CRM lane's consumer.
-pub async fn settled(js: &jetstream::Context, settings: &Settings) -> consumer::Info {
+/// Waits until the intake, then every lane partition, has acknowledged every
+/// message its stream holds for it; returns the default CRM lane's consumers.
+pub async fn settled(js: &jetstream::Context, settings: &Settings) -> LaneInfo {
     // The intake acks an event once its copies are stored: caught up first, it
     // leaves nothing more for the lanes.
     for consumer in pipeline::consumers(settings) {

@@ -1,0 +1,438 @@
+//! Order per conversation with any number of replicas: the real binary as
+//! three replicas, a webhook CRM that records arrival order, conversations
+//! of five events (incoming, accepted, ended, two notes) published
+//! interleaved at full speed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
+use wiremock::ResponseTemplate;
+
+use crate::helpers::*;
+
+/// A conversation's events, in publish order.
+const LIFECYCLE: [(EventKind, &str); 5] = [
+    (EventKind::CallIncoming, r#""callerANI":"+18883973342""#),
+    (EventKind::CallAccepted, r#""callerANI":"+18883973342""#),
+    (
+        EventKind::CallEnded,
+        r#""duration":42,"callType":"inbound""#,
+    ),
+    (EventKind::CallNotesSubmitted, r#""notes":"first""#),
+    (EventKind::CallNotesSubmitted, r#""notes":"latest""#),
+];
+
+/// How long a whole run may take at most.
+const RUN: Duration = Duration::from_secs(180);
+
+/// The replicas' configuration: three replicas' worth of room.
+fn config(crm: &FakeCrm) -> String {
+    bridge_config(&crm.url(), "").replace("concurrency = 4", "concurrency = 16")
+}
+
+/// Publishes each conversation's events, round by round across all of them
+/// (every conversation's first event, then every second one ...), without
+/// waiting for each ack; event ids `<conversation>-<index>`.
+async fn publish_interleaved(js: &async_nats::jetstream::Context, conversations: &[String]) {
+    for (index, (kind, extra)) in LIFECYCLE.iter().enumerate() {
+        for chunk in conversations.chunks(250) {
+            let mut acks = Vec::new();
+            for conv in chunk {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{conv}-{index}").as_str(),
+                );
+                acks.push(
+                    js.publish_with_headers(kind.subject(), headers, call_body(conv, extra).into())
+                        .await
+                        .expect("published"),
+                );
+            }
+            for ack in acks {
+                ack.await.expect("the events stream acknowledges");
+            }
+        }
+    }
+}
+
+/// Every request's (conversation, event index), in arrival order.
+struct Arrivals(Vec<(String, usize)>);
+
+impl Arrivals {
+    fn record(&mut self, request: &wiremock::Request) {
+        let key = idempotency_key(request);
+        if let Some((conv, index)) = key.rsplit_once('-')
+            && let Ok(index) = index.parse()
+        {
+            self.0.push((conv.to_owned(), index));
+        }
+    }
+
+    /// Distinct events arrived.
+    fn distinct(&self) -> usize {
+        self.0
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
+    /// Distinct events of `conversations` arrived.
+    fn distinct_in(&self, conversations: &[String]) -> usize {
+        self.0
+            .iter()
+            .filter(|(conv, _)| conversations.contains(conv))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
+    /// Per conversation, its events in the order they first arrived.
+    fn first_arrivals(&self) -> BTreeMap<&str, Vec<usize>> {
+        let mut order = BTreeMap::<&str, Vec<usize>>::new();
+        for (conv, index) in &self.0 {
+            let seen = order.entry(conv).or_default();
+            if !seen.contains(index) {
+                seen.push(*index);
+            }
+        }
+        order
+    }
+
+    /// Per conversation, the notes that arrived last.
+    fn last_notes(&self) -> BTreeMap<&str, usize> {
+        let mut last = BTreeMap::new();
+        for (conv, index) in &self.0 {
+            if *index >= 3 {
+                last.insert(conv.as_str(), *index);
+            }
+        }
+        last
+    }
+
+    /// Checks the three results: every conversation's first arrivals in
+    /// publish order, nothing lost, the latest notes last.
+    fn assert_in_order(&self, conversations: &[String]) {
+        let ours: std::collections::BTreeSet<&String> = conversations.iter().collect();
+        let this = Arrivals(
+            self.0
+                .iter()
+                .filter(|(conv, _)| ours.contains(conv))
+                .cloned()
+                .collect(),
+        );
+        this.assert_ours_in_order(conversations);
+    }
+
+    fn assert_ours_in_order(&self, conversations: &[String]) {
+        let expected: Vec<usize> = (0..LIFECYCLE.len()).collect();
+        let order = self.first_arrivals();
+        let out_of_order: Vec<_> = order
+            .iter()
+            .filter(|(_, seen)| **seen != expected)
+            .collect();
+        assert_eq!(
+            order.len(),
+            conversations.len(),
+            "every conversation arrived"
+        );
+        assert!(
+            out_of_order.is_empty(),
+            "{} of {} conversations out of order, e.g. {:?}",
+            out_of_order.len(),
+            conversations.len(),
+            out_of_order.iter().take(3).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            self.distinct(),
+            conversations.len() * LIFECYCLE.len(),
+            "none lost"
+        );
+        let stale: Vec<_> = self
+            .last_notes()
+            .into_iter()
+            .filter(|(_, n)| *n != 4)
+            .collect();
+        assert!(stale.is_empty(), "older notes arrived last: {stale:?}");
+    }
+}
+
+/// Takes what the CRM received until `done` says the arrivals are complete
+/// or `RUN` has passed.
+async fn receive_until(crm: &FakeCrm, arrivals: &mut Arrivals, done: impl Fn(&Arrivals) -> bool) {
+    let deadline = tokio::time::Instant::now() + RUN;
+    while !done(arrivals) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} distinct events arrived in {RUN:?}",
+            arrivals.distinct()
+        );
+        let next =
+            tokio::time::timeout(Duration::from_millis(200), crm.next_request_quietly()).await;
+        if let Ok(Some(request)) = next {
+            arrivals.record(&request);
+        }
+    }
+    for request in crm.drain().await {
+        arrivals.record(&request);
+    }
+}
+
+/// Takes what the CRM received until every event of `conversations`
+/// arrived and the pipeline is settled, then what came last.
+async fn receive_all(
+    crm: &FakeCrm,
+    js: &async_nats::jetstream::Context,
+    arrivals: &mut Arrivals,
+    conversations: &[String],
+) {
+    let all = conversations.len() * LIFECYCLE.len();
+    receive_until(crm, arrivals, |a| a.distinct_in(conversations) >= all).await;
+    settled(js, &defaults()).await;
+    for request in crm.drain().await {
+        arrivals.record(&request);
+    }
+}
+
+async fn stop_all(replicas: Vec<Bridge>) {
+    for bridge in &replicas {
+        bridge.terminate();
+    }
+    for bridge in replicas {
+        let (status, stderr) = bridge.wait().await;
+        assert!(status.success(), "clean exit: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn five_hundred_conversations_reach_the_webhook_in_publish_order_with_three_replicas() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    let replicas: Vec<Bridge> = (0..3)
+        .map(|_| Bridge::start(&nats.url, &config(&crm)))
+        .collect();
+    replicas_pulling(&js, &defaults(), 3).await;
+
+    let conversations: Vec<String> = (0..500).map(|_| conversation()).collect();
+    publish_interleaved(&js, &conversations).await;
+    let mut arrivals = Arrivals(Vec::new());
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
+    arrivals.assert_in_order(&conversations);
+    assert_eq!(
+        stream_messages(&js, DLQ_STREAM).await,
+        0,
+        "nothing dead-lettered"
+    );
+    stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn conversations_keep_their_order_while_replicas_are_killed_and_restarted() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    // A CRM taking 50 ms and 4 events at a time per partition: the run lasts
+    // longer than the kills, which hit replicas with events in flight.
+    let crm =
+        FakeCrm::answering(ResponseTemplate::new(200).set_delay(Duration::from_millis(50))).await;
+    let config = |crm: &FakeCrm| bridge_config(&crm.url(), "");
+    let mut replicas: Vec<Bridge> = (0..3)
+        .map(|_| Bridge::start(&nats.url, &config(&crm)))
+        .collect();
+    replicas_pulling(&js, &defaults(), 3).await;
+
+    let conversations: Vec<String> = (0..500).map(|_| conversation()).collect();
+    let publisher = {
+        let (js, conversations) = (js.clone(), conversations.clone());
+        tokio::spawn(async move { publish_interleaved(&js, &conversations).await })
+    };
+    let mut arrivals = Arrivals(Vec::new());
+    let all = conversations.len() * LIFECYCLE.len();
+    // A replica killed (SIGKILL) every 3 s and started again, four times.
+    for kill in 0..4 {
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            if let Ok(Some(request)) =
+                tokio::time::timeout(Duration::from_millis(100), crm.next_request_quietly()).await
+            {
+                arrivals.record(&request);
+            }
+        }
+        replicas.remove(kill % replicas.len()).kill().await;
+        replicas.push(Bridge::start(&nats.url, &config(&crm)));
+    }
+    publisher.await.unwrap();
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
+    arrivals.assert_in_order(&conversations);
+    assert_eq!(
+        stream_messages(&js, DLQ_STREAM).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let repeated = arrivals.0.len() - arrivals.distinct();
+    eprintln!("{repeated} of {all} events reached the CRM more than once (in flight at a kill)");
+    stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn a_lane_paused_by_its_crms_outage_keeps_each_conversations_order_when_it_resumes() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
+    let config = bridge_config(
+        &crm.url(),
+        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
+    );
+    let replicas: Vec<Bridge> = (0..3).map(|_| Bridge::start(&nats.url, &config)).collect();
+    replicas_pulling(&js, &defaults(), 3).await;
+
+    let conversations: Vec<String> = (0..40).map(|_| conversation()).collect();
+    publish_interleaved(&js, &conversations).await;
+    let mut arrivals = Arrivals(Vec::new());
+    // The outage lasts: probes fail for a while.
+    receive_until(&crm, &mut arrivals, |a| a.0.len() >= 20).await;
+    assert_eq!(stream_messages(&js, DLQ_STREAM).await, 0);
+    crm.answer(ResponseTemplate::new(200));
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
+    // Every attempt, failed or not, counts: a later event of a conversation
+    // is never tried before an earlier one is settled.
+    arrivals.assert_in_order(&conversations);
+    assert_eq!(
+        stream_messages(&js, DLQ_STREAM).await,
+        0,
+        "nothing dead-lettered"
+    );
+    let info = lane_info(&js, &defaults(), "crm").await;
+    assert_eq!(info.num_redelivered, 0, "the outage spent no delivery");
+    stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_once_and_its_conversations_later_events_go_on_in_order() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    // The CRM refuses the first notes of one conversation (422).
+    crm.refuse(r#""notes":"first""#, ResponseTemplate::new(422));
+    let replicas: Vec<Bridge> = (0..3)
+        .map(|_| Bridge::start(&nats.url, &config(&crm)))
+        .collect();
+    replicas_pulling(&js, &defaults(), 3).await;
+    let mut letters = DeadLetters::open(&js).await;
+
+    let poisoned = conversation();
+    let mut conversations: Vec<String> = (0..20).map(|_| conversation()).collect();
+    conversations.push(poisoned.clone());
+    // Only the poisoned conversation's first notes say "first".
+    let mut arrivals = Arrivals(Vec::new());
+    for (index, (kind, extra)) in LIFECYCLE.iter().enumerate() {
+        for conv in &conversations {
+            let extra = if index == 3 && *conv != poisoned {
+                r#""notes":"one""#
+            } else {
+                extra
+            };
+            publish(
+                &js,
+                *kind,
+                &call_body(conv, extra),
+                Some(&format!("{conv}-{index}")),
+            )
+            .await;
+        }
+    }
+    let letter = letters.next().await;
+    assert_eq!(
+        header(&letter, dlq_header::EVENT_ID),
+        format!("{poisoned}-3")
+    );
+    assert_eq!(
+        header(&letter, dlq_header::REASON),
+        "CRM answered 422 Unprocessable Entity"
+    );
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
+    arrivals.assert_in_order(&conversations);
+    assert_eq!(
+        stream_messages(&js, DLQ_STREAM).await,
+        1,
+        "dead-lettered once"
+    );
+    let poisoned_arrivals: Vec<usize> = arrivals
+        .0
+        .iter()
+        .filter(|(conv, _)| *conv == poisoned)
+        .map(|(_, index)| *index)
+        .collect();
+    assert_eq!(
+        poisoned_arrivals,
+        [0, 1, 2, 3, 4],
+        "tried once, then the latest notes"
+    );
+    stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    // Sixteen partitions a lane, 33 units: the newcomer owns none with a
+    // chance of (2/3)^33, about 1.5 in a million (with 8, one in a thousand
+    // runs saw it).
+    let mut settings = defaults();
+    settings.lanes.partitions = 16;
+    let config = |crm: &FakeCrm| config(crm).replace("partitions = 2", "partitions = 16");
+    let members = js
+        .get_key_value(&settings.lanes.members_bucket)
+        .await
+        .unwrap();
+    let mut replicas: Vec<Bridge> = (0..2)
+        .map(|_| Bridge::start(&nats.url, &config(&crm)))
+        .collect();
+    replicas_pulling(&js, &settings, 2).await;
+    let before = live_members(&members, &settings).await;
+
+    // A third replica joins: it takes units from the others, which go on
+    // running (the same processes throughout).
+    replicas.push(Bridge::start(&nats.url, &config(&crm)));
+    replicas_pulling(&js, &settings, 3).await;
+    let after = owners(&js, &settings).await;
+    let live = live_members(&members, &settings).await;
+    let newcomer = live
+        .difference(&before)
+        .next()
+        .cloned()
+        .expect("a new member");
+    assert!(
+        after.values().any(|owner| *owner == newcomer),
+        "the new replica {newcomer} owns a share: {after:?} (members before {before:?}, now {live:?})"
+    );
+    let conversations: Vec<String> = (0..50).map(|_| conversation()).collect();
+    publish_interleaved(&js, &conversations).await;
+    let mut arrivals = Arrivals(Vec::new());
+    receive_until(&crm, &mut arrivals, |a| {
+        a.distinct_in(&conversations) >= 250
+    })
+    .await;
+    arrivals.assert_in_order(&conversations);
+
+    // The newcomer dies (SIGKILL): its units move to the two others.
+    replicas.pop().unwrap().kill().await;
+    replicas_pulling(&js, &settings, 2).await;
+    let moved = owners(&js, &settings).await;
+    assert!(
+        moved.values().all(|owner| *owner != newcomer),
+        "nothing is left with the dead replica: {moved:?}"
+    );
+    let later: Vec<String> = (0..50).map(|_| conversation()).collect();
+    publish_interleaved(&js, &later).await;
+    let mut arrivals = Arrivals(Vec::new());
+    receive_until(&crm, &mut arrivals, |a| a.distinct_in(&later) >= 250).await;
+    arrivals.assert_in_order(&later);
+    settled(&js, &settings).await;
+    assert!(
+        replicas.iter_mut().all(|r| r.running()),
+        "no replica was restarted"
+    );
+    stop_all(replicas).await;
+}
