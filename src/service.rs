@@ -94,6 +94,20 @@ pub struct Load {
     pub connections: Connections,
 }
 
+/// The service's endpoint `name` on `subject`.
+async fn endpoint(
+    service: &async_nats::service::Service,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<async_nats::service::endpoint::Endpoint> {
+    service
+        .endpoint_builder()
+        .name(name)
+        .add(subject.to_owned())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot add the {subject} endpoint: {e}"))
+}
+
 /// Serves both endpoints until `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
@@ -122,18 +136,8 @@ pub async fn serve(
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the NATS service: {e}"))?;
-    let commands = service
-        .endpoint_builder()
-        .name(VIEW_ENDPOINT)
-        .add(API_COMMAND_SUBJECT)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot add the {API_COMMAND_SUBJECT} endpoint: {e}"))?;
-    let loads = service
-        .endpoint_builder()
-        .name("load")
-        .add(LOAD_REQUEST_SUBJECT)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot add the {LOAD_REQUEST_SUBJECT} endpoint: {e}"))?;
+    let commands = endpoint(&service, VIEW_ENDPOINT, API_COMMAND_SUBJECT).await?;
+    let loads = endpoint(&service, "load", LOAD_REQUEST_SUBJECT).await?;
     // Partners' subjects, where their accounts' imports arrive.
     let tenancy = load.settings.callout.is_some();
     let mut partner_endpoints = Vec::new();
@@ -142,13 +146,7 @@ pub async fn serve(
             ("partner-command", PARTNER_COMMAND_REQUESTS),
             ("partner-load", PARTNER_LOAD_REQUESTS),
         ] {
-            let endpoint = service
-                .endpoint_builder()
-                .name(name)
-                .add(subject)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot add the {subject} endpoint: {e}"))?;
-            partner_endpoints.push(endpoint);
+            partner_endpoints.push(endpoint(&service, name, subject).await?);
         }
     }
     let mut partner_endpoints = partner_endpoints.into_iter();
