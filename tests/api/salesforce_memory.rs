@@ -266,8 +266,22 @@ async fn words_racing_across_replicas_leave_the_latest_on_the_task() {
             .map(|(i, w)| replicas[i % replicas.len()].handle(w)),
     )
     .await;
-    for result in &results {
-        assert!(result.is_ok(), "{results:?}");
+    // A write that later words kept overtaking fails as transient, and its
+    // lane retries it, as here, on the replica that held it: every word is
+    // then handled, and no failure is of another kind.
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(()) => {}
+            Err(softphone_bridge::crm::CrmError::Transient { reason, .. })
+                if reason.contains("later words kept coming") =>
+            {
+                replicas[i % replicas.len()]
+                    .handle(&words[i])
+                    .await
+                    .expect("the retry of a word overtaken by later ones");
+            }
+            Err(other) => panic!("word {}: {other:?}", i + 1),
+        }
     }
     let remembered = facts(&store, &conv).await;
     assert_eq!(remembered["agent"]["wordAt"], 1_800_000_016_000_i64);
