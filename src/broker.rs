@@ -174,12 +174,8 @@ pub async fn bind(
         .await?;
     let lanes = &settings.lanes;
     let bucket = |name: &String| {
-        let name = name.clone();
-        async move {
-            js.get_key_value(&name).await.with_context(|| {
-                format!("cannot open key-value bucket {name} (run `softphone-bridge provision`?)")
-            })
-        }
+        let bucket = crate::bucket::Bucket::new(js.clone(), name);
+        async move { anyhow::Ok(bucket.open().await?.clone()) }
     };
     Ok(pipeline::Bound {
         consumers,
@@ -193,27 +189,21 @@ pub async fn bind(
 /// kept until released).
 pub(crate) fn share_bucket_configs(settings: &Settings) -> [kv::Config; 2] {
     let lanes = &settings.lanes;
+    let replicas = settings.streams.replicas;
     [
-        kv::Config {
-            bucket: lanes.members_bucket.clone(),
-            description:
-                "softphone-bridge replicas alive: each renews its key every quarter of lanes.lease"
-                    .into(),
-            history: 1,
-            max_age: lanes.lease,
-            num_replicas: settings.streams.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        },
-        kv::Config {
-            bucket: lanes.owners_bucket.clone(),
-            description: "softphone-bridge: which replica works the intake and each lane partition"
-                .into(),
-            history: 1,
-            num_replicas: settings.streams.replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        },
+        crate::bucket::config(
+            &lanes.members_bucket,
+            "replicas alive: each renews its key every quarter of lanes.lease",
+            lanes.lease,
+            replicas,
+        ),
+        // Kept until released: no max age.
+        crate::bucket::config(
+            &lanes.owners_bucket,
+            "which replica works the intake and each lane partition",
+            std::time::Duration::ZERO,
+            replicas,
+        ),
     ]
 }
 

@@ -112,8 +112,10 @@ pub enum CrmError {
     },
 }
 
-/// A CRM connection. Implementations must be idempotent per event id: the
-/// same event may arrive more than once, from several replicas, out of order.
+/// A CRM connection. Implementations must be idempotent per event id: a
+/// conversation's events come one at a time in publish order, but the same
+/// event may come again (redelivered after a replica died mid-call, or
+/// replayed by an operator).
 pub trait Crm: Send + Sync + 'static {
     /// The adapter's kind (`log`, `webhook`, `salesforce`).
     fn name(&self) -> &str;
