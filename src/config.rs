@@ -28,12 +28,11 @@ pub use nats::{NatsSettings, NatsTls, StreamSettings};
 use redact::redact_url;
 pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};
-pub use salesforce::{
-    CallMemorySettings, DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction,
-    PresenceSettings, SalesforceAuth, SalesforceSettings,
+pub use crate::crm::activity::{BatchSettings, CallMemorySettings};
+pub use crate::crm::salesforce::{
+    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
+    SalesforceAuth, SalesforceSettings,
 };
-
-mod salesforce;
 
 /// Prefix of the environment variables read as settings.
 pub const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";

@@ -78,13 +78,13 @@ pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
 /// The org's daily API call limit, per connection (`crm`).
 pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 
-/// How a Salesforce connection knew a call's Task before writing, per
-/// connection (`crm`) and `outcome`: `remembered` (the call memory knew it),
-/// `read` (the Task was read: a call the memory did not know), `conflict`
-/// (another replica claimed first: decided again), `rewritten` (a later word
-/// written again after this write). Only Salesforce connections count it, so
-/// it is not in [`ALL`].
-pub const SALESFORCE_TASK_KNOWLEDGE: &str = "softphone_bridge_salesforce_task_knowledge_total";
+/// How a `salesforce` or `dynamics` connection knew a call's record before
+/// writing, per connection (`crm`) and `outcome`: `remembered` (the call
+/// memory knew it), `read` (the record was read: a call the memory did not
+/// know), `conflict` (another replica claimed first: decided again),
+/// `rewritten` (a later word written again after this write). Only those
+/// connections count it, so it is not in [`ALL`].
+pub const CALL_KNOWLEDGE: &str = "softphone_bridge_call_knowledge_total";
 
 /// Every documented series (the metrics test checks that each one shows up).
 pub const ALL: [&str; 17] = [

@@ -3,6 +3,7 @@
 //! connection's trouble (the lane holds its events) and the event's own
 //! (retry or dead-letter), and the configured connections by name.
 
+pub(crate) mod activity;
 mod http;
 mod log;
 pub mod salesforce;
@@ -16,7 +17,8 @@ use async_nats::jetstream;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::config::{CallMemorySettings, CrmSettings, DEFAULT_CONNECTION, Settings};
+use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
+use self::activity::CallMemorySettings;
 use crate::contract::{Event, EventKind, Guid};
 
 pub use self::http::{classify_response, client as http_client};

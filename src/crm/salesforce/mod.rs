@@ -1,20 +1,22 @@
 //! The `salesforce` CRM: call activity as Tasks upserted on an external id,
-//! batched per org (sObject Collections) and decided against the call memory
-//! the replicas share (memory.rs), caller lookup for screen pop, presence,
-//! over the org's REST API.
+//! caller lookup for screen pop, presence, over the org's REST API. This
+//! module is the API client (tokens: auth.rs, the usage governor: limits.rs,
+//! requests: here and composite.rs, errors: error.rs) and what each event
+//! writes (task.rs); the batch window, the call memory and the agent's last
+//! word are the machinery every batched CRM shares (`crm::activity`), which
+//! reads and writes through read.rs and write.rs.
 
 mod auth;
-mod batch;
 mod check;
 mod composite;
 mod error;
 mod limits;
 mod lookup;
-mod memory;
 mod org;
 mod read;
 #[cfg(test)]
 mod secrets_tests;
+mod settings;
 mod task;
 mod write;
 
@@ -28,19 +30,19 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use self::auth::TokenSource;
-use self::batch::Batcher;
 use self::error::{classify, error_code};
 use self::limits::Governor;
-use self::memory::Memory;
-use self::write::{Known, Pending};
+use super::activity::{Cache, Calls, Memory, Words};
 use super::http::{retry_after, transport_error};
 use super::{Crm, CrmError, CrmEvent};
-use crate::config::SalesforceSettings;
 use crate::contract::{Event, Guid};
 
 pub use self::auth::JWT_BEARER_GRANT;
 pub use self::limits::HEADER as LIMIT_INFO_HEADER;
-pub use self::memory::bucket_config;
+pub use self::settings::{
+    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
+    SalesforceAuth, SalesforceSettings,
+};
 
 /// A connection to one Salesforce org.
 pub struct SalesforceCrm {
@@ -50,14 +52,11 @@ pub struct SalesforceCrm {
     tokens: TokenSource,
     governor: Governor,
     /// Shared by every connection to the same org.
-    lookups: Arc<lookup::Cache>,
-    /// Task writes of concurrent events, gathered into one request.
-    batcher: Batcher<Pending>,
-    /// Tasks this process has seen in the org.
-    known: Known,
-    /// What every replica has written to each call's Task; without it, the
-    /// Tasks are read.
-    memory: Option<Memory>,
+    lookups: Arc<Cache>,
+    /// Task writes, batched and decided against the call memory.
+    calls: Calls,
+    /// The names of a Task's agent fields.
+    words: Words,
     dispositions: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     /// When reading the picklist last failed.
     describe_failed: std::sync::Mutex<Option<Instant>>,
@@ -91,10 +90,9 @@ impl SalesforceCrm {
             name: name.to_owned(),
             tokens: TokenSource::new(settings, client.clone())?,
             governor: Governor::new(name, settings.max_api_usage, settings.limit_retry_after),
-            lookups: lookup::shared(&memory::org_key(settings), settings.lookup.cache_for),
-            batcher: Batcher::new(settings.batch.max_records, settings.batch.max_wait),
-            known: Known::new(),
-            memory: None,
+            lookups: super::activity::shared_cache(&org_key(settings), settings.lookup.cache_for),
+            calls: Calls::new(&settings.batch),
+            words: task::words(settings),
             settings: settings.clone(),
             client,
             dispositions: tokio::sync::Mutex::new(None),
@@ -110,7 +108,8 @@ impl SalesforceCrm {
         js: async_nats::jetstream::Context,
         settings: &crate::config::CallMemorySettings,
     ) -> Self {
-        self.memory = Some(Memory::new(js, settings, &memory::org_key(&self.settings)));
+        let memory = Memory::new(js, settings, &org_key(&self.settings));
+        self.calls.remember(memory);
         self
     }
 
@@ -196,30 +195,61 @@ impl SalesforceCrm {
         let conversation = event
             .event
             .conversation_id()
-            .expect("task writes are for call events")
-            .as_str()
-            .to_owned();
-        for (field, length) in &write.cut {
-            tracing::warn!(crm = %self.name, conversation, field, length, "Value longer than Salesforce accepts; cut, the call is logged.");
-        }
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let pending = Pending {
-            conversation,
-            order: (event.published, event.sequence),
-            ringing: matches!(event.event, Event::CallIncoming(_)),
-            write,
-            reply,
-        };
-        if let Some(leader) = self.batcher.join(pending) {
-            let batch = leader.gather().await;
-            self.flush(batch).await;
-        }
-        result.await.unwrap_or_else(|_| {
-            Err(CrmError::Unavailable {
-                reason: "the batch holding this write was abandoned".into(),
-                retry_after: None,
-            })
-        })
+            .expect("task writes are for call events");
+        let ringing = matches!(event.event, Event::CallIncoming(_));
+        self.calls
+            .submit(
+                self,
+                conversation.as_str(),
+                (event.published, event.sequence),
+                ringing,
+                write,
+            )
+            .await
+    }
+}
+
+/// The org a connection writes to: its login URL, connected app and user (a
+/// packaged app can be used by several orgs; a username belongs to one).
+fn org_key(settings: &SalesforceSettings) -> String {
+    super::activity::org_key(&format!(
+        "{} {} {}",
+        settings.login_url.as_url().as_str().trim_end_matches('/'),
+        settings.client_id,
+        settings.username.as_deref().unwrap_or_default()
+    ))
+}
+
+impl super::activity::Org for SalesforceCrm {
+    fn connection(&self) -> &str {
+        &self.name
+    }
+
+    fn words(&self) -> &Words {
+        &self.words
+    }
+
+    fn read<'a>(
+        &'a self,
+        groups: &'a mut [super::activity::Group],
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        self.read(groups)
+    }
+
+    fn write(
+        &self,
+        groups: Vec<super::activity::Group>,
+    ) -> impl std::future::Future<Output = Vec<super::activity::Written>> + Send + '_ {
+        self.write_batch(groups)
+    }
+
+    fn rewrite<'a>(
+        &'a self,
+        conversation: &'a str,
+        word: serde_json::Map<String, Value>,
+        _facts: &'a super::activity::Facts,
+    ) -> impl std::future::Future<Output = Result<(), CrmError>> + Send + 'a {
+        self.rewrite_word(conversation, word)
     }
 }
 

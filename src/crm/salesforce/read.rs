@@ -12,18 +12,15 @@ use serde_json::{Map, Value, json};
 
 use super::SalesforceCrm;
 use super::composite::{Sub, SubResult};
-use super::lookup::{self, Match};
-use super::task::{AgentFields, TaskWrite};
-use super::write::{Group, request_failure};
+use super::lookup;
 use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
-use crate::metric;
+use crate::crm::activity::{AgentFields, Group, Match, Write, knew, request_failure};
 
 impl SalesforceCrm {
     /// Caller lookups and the Task reads, at once; fills in matches,
     /// screen pops and each group's current record (or its failure).
     pub(super) async fn read(&self, groups: &mut [Group]) {
-        let notes_at = self.settings.notes_at_field.as_str();
         let mut numbers: Vec<PhoneNumber> = Vec::new();
         let mut cached: HashMap<String, Vec<Match>> = HashMap::new();
         if self.settings.lookup.enabled {
@@ -46,10 +43,10 @@ impl SalesforceCrm {
         let fills_read = self.settings.read_before_fill;
         let (to_read, remembered): (Vec<&Group>, Vec<&Group>) = groups
             .iter()
-            .filter(|g| g.items.iter().any(|i| i.write.needs_read(notes_at)))
-            .partition(|g| !g.complete || (fills_read && g.items.iter().any(|i| i.write.fills())));
-        self.knew("remembered", remembered.len());
-        self.knew("read", to_read.len());
+            .filter(|g| g.needs_read(&self.words))
+            .partition(|g| !g.complete || (fills_read && g.fills()));
+        knew(&self.name, "remembered", remembered.len());
+        knew(&self.name, "read", to_read.len());
         let to_read: Vec<&str> = to_read.iter().map(|g| g.conversation.as_str()).collect();
         let searches: Vec<&[PhoneNumber]> = numbers.chunks(lookup::NUMBERS_PER_SEARCH).collect();
         let mut subs: Vec<Sub> = searches
@@ -122,7 +119,7 @@ impl SalesforceCrm {
                         // Read, the Task's agent fields are known in full.
                         group.complete = true;
                         if let Some(record) = records.get(&group.conversation) {
-                            group.agent = AgentFields::of_record(record, notes_at)
+                            group.agent = AgentFields::of_record(record, &self.words)
                                 .join(&std::mem::take(&mut group.agent));
                             group.exists = true;
                         }
@@ -161,14 +158,6 @@ impl SalesforceCrm {
         }
     }
 
-    /// Counts `count` Tasks known one way (`outcome`) before writing.
-    pub(super) fn knew(&self, outcome: &'static str, count: usize) {
-        if count > 0 {
-            metrics::counter!(metric::SALESFORCE_TASK_KNOWLEDGE, "crm" => self.name.clone(), "outcome" => outcome)
-                .increment(count as u64);
-        }
-    }
-
     /// `SELECT <ext>, CallDisposition, Description, <notes_at> FROM Task WHERE <ext> IN (...)`.
     fn soql(&self, conversations: &[&str]) -> String {
         let ext = &self.settings.external_id_field;
@@ -201,7 +190,7 @@ impl SalesforceCrm {
             .collect()
     }
 
-    fn apply_matches(&self, conversation: &str, w: &mut TaskWrite, matches: &[Match]) {
+    fn apply_matches(&self, conversation: &str, w: &mut Write, matches: &[Match]) {
         match matches {
             [one] => {
                 w.fields

@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Guid, HttpUrl, redact_opt};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+
+use crate::config::{HttpUrl, redact_opt};
+use crate::contract::Guid;
+use crate::crm::activity::BatchSettings;
 
 /// A Salesforce org reached through its REST API.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -78,7 +81,8 @@ pub struct SalesforceSettings {
     /// decides alone, and such a value is replaced by `ended`'s.
     #[serde(default)]
     pub read_before_fill: bool,
-    /// How Task writes of concurrent events are gathered into one request.
+    /// How Task writes of concurrent events are gathered into one request
+    /// (sObject Collections: at most 200 records).
     #[serde(default)]
     pub batch: BatchSettings,
     /// Whole-request timeout of one API call.
@@ -114,59 +118,6 @@ pub enum SalesforceAuth {
     JwtBearer,
     /// Consumer key and secret, against the My Domain host.
     ClientCredentials,
-}
-
-/// Batched writes: the Task writes of events handled at the same moment go
-/// to the org as one sObject Collections request.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BatchSettings {
-    /// Most records in one request (Salesforce allows 200). Twice this is the
-    /// lane's concurrency for this connection, if higher than
-    /// `worker.concurrency`, so that a batch can fill while the previous one
-    /// is written.
-    pub max_records: usize,
-    /// Longest a write waits for others to join its request; a write to an
-    /// org that had no request within this time goes at once. A flush costs
-    /// a search (new callers) and the writes, plus a query for calls the call
-    /// memory does not know, so this bounds an org's rate to about two
-    /// requests per `max_wait` (deploy/salesforce.md has what each setting
-    /// costs).
-    #[serde(with = "humantime_serde")]
-    pub max_wait: Duration,
-}
-
-impl Default for BatchSettings {
-    fn default() -> Self {
-        Self {
-            max_records: 200,
-            max_wait: Duration::from_millis(500),
-        }
-    }
-}
-
-/// What the bridge has written to each call's Task, shared by every replica
-/// in a JetStream key-value bucket: the agent's word and the `ended` fill are
-/// decided against it instead of a read of the Task (provisioned when a
-/// `salesforce` connection is configured; without the bucket, Tasks are read).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CallMemorySettings {
-    /// Key-value bucket name (letters, digits, `-`, `_`).
-    pub bucket: String,
-    /// An entry not written for this long expires (the bucket's max age);
-    /// an event of a call forgotten reads the Task again.
-    #[serde(with = "humantime_serde")]
-    pub remember_for: Duration,
-}
-
-impl Default for CallMemorySettings {
-    fn default() -> Self {
-        Self {
-            bucket: "SOFTPHONE_CALLS".into(),
-            remember_for: Duration::from_secs(3 * 24 * 3600),
-        }
-    }
 }
 
 /// SOSL lookup of the caller over phone fields.
@@ -304,7 +255,7 @@ fn is_api_name(name: &str) -> bool {
 
 impl SalesforceSettings {
     /// Cross-key checks: `Err((field, why))`.
-    pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
         use secrecy::ExposeSecret;
         if self.client_id.is_empty() {
             return Err(("client_id", "must not be empty".into()));

@@ -1,23 +1,24 @@
-//! What the bridge has written to each call's Task, shared by every replica
-//! through a JetStream key-value bucket (`call_memory.bucket`), so that a
-//! batch decides the agent's word and `ended`'s fill without reading the
-//! Tasks from the org.
+//! What the bridge has written to each call's record (a Salesforce Task, a
+//! Dataverse phone call), shared by every replica through a JetStream
+//! key-value bucket (`call_memory.bucket`), so that a batch decides the
+//! agent's word and `ended`'s fill without reading the records from the CRM.
 //!
-//! One entry per org and call holds [`Facts`]: whether the Task exists, and
+//! One entry per org and call holds [`Facts`]: whether the record exists
+//! (and how it was closed), and
 //! who wrote the agent's fields (the latest word by `publishedAt`, or the fill
 //! of `ended`/`rejected`). A batch loads the entries of its calls, decides
 //! its writes against them, *claims* what it is about to write (written with
 //! the revision it read, so a replica that claimed in between makes the
 //! claim fail and the decision is made again on its facts), then writes to
-//! the org. A claim whose write fails stays: the event's retry holds the same
+//! the CRM. A claim whose write fails stays: the event's retry holds the same
 //! claim and writes again.
 //!
 //! Facts are `complete` when they hold every write of the agent's fields
-//! since the Task was created: the bridge created the Task, or read it from
-//! the org. A call the memory does not know in full (written before the
-//! bucket existed, or forgotten after `remember_for`) is read from the org
-//! once, as without the bucket; a bridge that cannot open the bucket reads
-//! Tasks as before and tries the bucket again a minute later.
+//! since the record was created: the bridge created it, or read it from the
+//! CRM. A call the memory does not know in full (written before the bucket
+//! existed, or forgotten after `remember_for`) is read from the CRM once, as
+//! without the bucket; a bridge that cannot open the bucket reads records
+//! as before and tries the bucket again a minute later.
 
 use std::time::Duration;
 
@@ -25,11 +26,12 @@ use crate::bucket::Bucket;
 use async_nats::jetstream::{self, kv};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::task::AgentFields;
-use crate::config::{CallMemorySettings, SalesforceSettings};
+use super::word::AgentFields;
+use super::CallMemorySettings;
 use crate::crm::CrmError;
 
 /// How long a bucket that could not be opened is left alone.
@@ -37,26 +39,35 @@ const REOPEN_AFTER: Duration = Duration::from_secs(60);
 /// Entries read at once by one batch.
 const CONCURRENT: usize = 64;
 
-/// What the bridge knows of one call's Task.
+/// What the bridge knows of one call's record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Facts {
-    /// The Task exists in the org.
-    #[serde(default)]
-    pub task: bool,
-    /// `agent` holds every write of the agent's fields since the Task was
+    /// The record exists in the CRM (`task`: the name entries have had
+    /// since the Salesforce Tasks).
+    #[serde(default, rename = "task")]
+    pub exists: bool,
+    /// `agent` holds every write of the agent's fields since the record was
     /// created (the bridge created it, or read it).
     #[serde(default)]
     pub complete: bool,
     #[serde(default)]
     pub agent: AgentFields,
+    /// The state the record was closed with, for CRMs whose closed records
+    /// must be reopened to be written (Dataverse's activities); empty while
+    /// open or unknown.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub closed: Map<String, Value>,
 }
 
 impl Facts {
     /// These facts and `other`'s, as one: what either knows.
     pub fn join(mut self, other: &Facts) -> Facts {
-        self.task |= other.task;
+        self.exists |= other.exists;
         self.complete |= other.complete;
         self.agent = self.agent.join(&other.agent);
+        if !other.closed.is_empty() {
+            self.closed = other.closed.clone();
+        }
         self
     }
 }
@@ -94,7 +105,7 @@ impl Memory {
         }
     }
 
-    /// The bucket; `None` while it does not exist (the Tasks are read; asked
+    /// The bucket; `None` while it does not exist (the records are read; asked
     /// again a minute later), an error while NATS cannot say.
     async fn store(&self) -> Result<Option<&kv::Store>, CrmError> {
         if let Some(store) = self.bucket.opened() {
@@ -109,7 +120,7 @@ impl Memory {
         match self.bucket.open().await {
             Ok(store) => Ok(Some(store)),
             Err(e) if e.is_missing() => {
-                tracing::warn!(bucket = %self.bucket.name(), "No call memory bucket (run `softphone-bridge provision`); Tasks are read from the org instead.");
+                tracing::warn!(bucket = %self.bucket.name(), "No call memory bucket (run `softphone-bridge provision`); call records are read from the CRM instead.");
                 *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 Ok(None)
             }
@@ -156,7 +167,7 @@ impl Memory {
             .map_err(|e| unavailable(self.bucket.name(), &e.to_string()))?;
         Ok(match found {
             Some(found) if found.operation == kv::Operation::Put => Entry {
-                // An entry of another shape is no knowledge: the Task is read.
+                // An entry of another shape is no knowledge: the record is read.
                 facts: serde_json::from_slice(&found.value).ok(),
                 revision: Some(found.revision),
             },
@@ -232,16 +243,11 @@ fn unavailable(bucket: &str, why: &str) -> CrmError {
     }
 }
 
-/// The org a connection writes to, as a key token: its login URL, connected
-/// app and user (a packaged app can be used by several orgs; a username
-/// belongs to one).
-pub(crate) fn org_key(settings: &SalesforceSettings) -> String {
-    let identity = format!(
-        "{} {} {}",
-        settings.login_url.as_url().as_str().trim_end_matches('/'),
-        settings.client_id,
-        settings.username.as_deref().unwrap_or_default()
-    );
+/// The org a connection writes to, as a key token: a hash of what
+/// identifies it (`identity`: its URL, the integration's client and user),
+/// so that connections to one org share their entries and the org's names
+/// stay out of the bucket.
+pub(crate) fn org_key(identity: &str) -> String {
     hex::encode(&Sha256::digest(identity.as_bytes())[..8])
 }
 
@@ -249,7 +255,7 @@ pub(crate) fn org_key(settings: &SalesforceSettings) -> String {
 pub fn bucket_config(settings: &CallMemorySettings, replicas: usize) -> kv::Config {
     crate::bucket::config(
         &settings.bucket,
-        "what each call's Salesforce Task holds (exists, the agent's word, ended's fill)",
+        "what each call's CRM record holds (exists, the agent's word, ended's fill, closed)",
         settings.remember_for,
         replicas,
     )
