@@ -18,6 +18,12 @@ mod redact;
 mod secret;
 
 pub use crate::callout::CalloutSettings;
+pub use crate::crm::activity::{BatchSettings, CallMemorySettings};
+pub use crate::crm::dynamics::{DynamicsLookup, DynamicsSettings};
+pub use crate::crm::salesforce::{
+    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
+    SalesforceAuth, SalesforceSettings,
+};
 pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
@@ -28,11 +34,6 @@ pub use nats::{NatsSettings, NatsTls, StreamSettings};
 use redact::redact_url;
 pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};
-pub use crate::crm::activity::{BatchSettings, CallMemorySettings};
-pub use crate::crm::salesforce::{
-    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
-    SalesforceAuth, SalesforceSettings,
-};
 
 /// Prefix of the environment variables read as settings.
 pub const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";

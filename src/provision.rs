@@ -134,7 +134,7 @@ impl Plan {
         ];
         buckets.extend(broker::share_bucket_configs(settings));
         // The call memory serves Salesforce connections only.
-        if settings.uses_salesforce() {
+        if settings.uses_call_memory() {
             buckets.push(crate::crm::activity::bucket_config(
                 &settings.call_memory,
                 settings.streams.replicas,

@@ -393,7 +393,7 @@ async fn call_memory(
     settings: &Settings,
 ) -> anyhow::Result<Option<Bucket>> {
     let memory = bucket(js, &settings.call_memory.bucket).await?;
-    Ok((memory.entries.is_some() || settings.uses_salesforce()).then_some(memory))
+    Ok((memory.entries.is_some() || settings.uses_call_memory()).then_some(memory))
 }
 
 fn print_tables(out: &mut impl std::io::Write, status: &Status) -> std::io::Result<()> {

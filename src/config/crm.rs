@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{SalesforceSettings, Settings, redacted_url};
+use super::{DynamicsSettings, SalesforceSettings, Settings, redacted_url};
 use crate::contract::Guid;
 
 /// Which CRM receives events.
@@ -21,6 +21,8 @@ pub enum CrmSettings {
     Webhook(WebhookSettings),
     /// Write call activity to a Salesforce org through its REST API.
     Salesforce(Box<SalesforceSettings>),
+    /// Write call activity to a Dynamics 365 environment (Dataverse Web API).
+    Dynamics(Box<DynamicsSettings>),
 }
 
 /// Name of the default CRM connection (`[crm]`).
@@ -42,10 +44,11 @@ impl Settings {
             .chain(self.crms.iter().map(|(name, crm)| (name.as_str(), crm)))
     }
 
-    /// Whether a connection writes to Salesforce (then the call memory is used).
-    pub fn uses_salesforce(&self) -> bool {
+    /// Whether a connection logs calls as records (Salesforce, Dynamics):
+    /// then the call memory is used.
+    pub fn uses_call_memory(&self) -> bool {
         self.connections()
-            .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_)))
+            .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_) | CrmSettings::Dynamics(_)))
     }
 }
 
@@ -191,6 +194,7 @@ impl CrmSettings {
             CrmSettings::Log => Ok(()),
             CrmSettings::Webhook(webhook) => webhook.secret.check().map_err(|why| ("secret", why)),
             CrmSettings::Salesforce(salesforce) => salesforce.check(),
+            CrmSettings::Dynamics(dynamics) => dynamics.check(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The CRM side: a trait every adapter implements (`log`, `webhook`,
-//! `salesforce`), the record it receives, the split of failures into the
+//! `salesforce`, `dynamics`), the record it receives, the split of failures into the
 //! connection's trouble (the lane holds its events) and the event's own
 //! (retry or dead-letter), and the configured connections by name.
 
 pub(crate) mod activity;
+pub mod dynamics;
 mod http;
 mod log;
 pub mod salesforce;
+mod tokens;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -17,10 +19,12 @@ use async_nats::jetstream;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
 use self::activity::CallMemorySettings;
+use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
 use crate::contract::{Event, EventKind, Guid};
 
+pub use self::activity::bucket_config;
+pub use self::dynamics::DynamicsCrm;
 pub use self::http::{classify_response, client as http_client};
 pub use self::log::LogCrm;
 pub use self::salesforce::SalesforceCrm;
@@ -119,7 +123,7 @@ pub enum CrmError {
 /// event may come again (redelivered after a replica died mid-call, or
 /// replayed by an operator).
 pub trait Crm: Send + Sync + 'static {
-    /// The adapter's kind (`log`, `webhook`, `salesforce`).
+    /// The adapter's kind (`log`, `webhook`, `salesforce`, `dynamics`).
     fn name(&self) -> &str;
 
     /// Performs whatever the CRM does for this event.
@@ -131,8 +135,9 @@ pub trait Crm: Send + Sync + 'static {
         None
     }
 
-    /// The org's daily API usage `(used, limit)` as last reported, for CRMs
-    /// that report one (Salesforce).
+    /// The API usage `(used, limit)` as last reported, for CRMs that report
+    /// one (Salesforce: the org's daily requests; Dataverse: the requests of
+    /// the service protection window).
     fn api_usage(&self) -> Option<(u64, u64)> {
         None
     }
@@ -216,6 +221,13 @@ fn build(
         CrmSettings::Webhook(webhook) => Arc::new(WebhookCrm::new(webhook, client.clone())),
         CrmSettings::Salesforce(salesforce) => {
             let crm = SalesforceCrm::new(name, salesforce, client.clone())?;
+            Arc::new(match memory {
+                Some((js, settings)) => crm.with_memory(js.clone(), settings),
+                None => crm,
+            })
+        }
+        CrmSettings::Dynamics(dynamics) => {
+            let crm = DynamicsCrm::new(name, dynamics, client.clone())?;
             Arc::new(match memory {
                 Some((js, settings)) => crm.with_memory(js.clone(), settings),
                 None => crm,

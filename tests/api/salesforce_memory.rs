@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv};
 use serde_json::Value;
 use softphone_bridge::config::{CallMemorySettings, Settings};
 use softphone_bridge::contract::{Event, EventKind};
-use softphone_bridge::crm::{Crm, CrmError, CrmEvent, SalesforceCrm, salesforce};
+use softphone_bridge::crm::{Crm, CrmError, CrmEvent, SalesforceCrm};
 use wiremock::ResponseTemplate;
 
 use crate::fake_salesforce::*;
@@ -21,7 +21,10 @@ async fn memory_nats() -> (Nats, jetstream::Context, kv::Store) {
         .timeout(std::time::Duration::from_secs(2))
         .build(client);
     let store = js
-        .create_key_value(salesforce::bucket_config(&CallMemorySettings::default(), 1))
+        .create_key_value(softphone_bridge::crm::bucket_config(
+            &CallMemorySettings::default(),
+            1,
+        ))
         .await
         .unwrap();
     (nats, js, store)

@@ -19,10 +19,10 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::BatchSettings;
 use super::batch::Batcher;
 use super::memory::{ClaimError, Entry, Facts, Memory};
 use super::word::{AgentFields, Words, Write};
-use super::BatchSettings;
 use crate::crm::CrmError;
 use crate::metric;
 
@@ -386,10 +386,7 @@ impl Calls {
             };
             let conversation = w.group.conversation.clone();
             memory.learn(&conversation, entry, &learnt).await;
-            let worded = org
-                .words()
-                .fields()
-                .any(|f| w.group.record.contains_key(f));
+            let worded = org.words().fields().any(|f| w.group.record.contains_key(f));
             let result = if worded {
                 let decided = std::mem::take(&mut w.group.decided);
                 self.keep_latest_word(org, memory, &conversation, decided)

@@ -30,8 +30,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::word::AgentFields;
 use super::CallMemorySettings;
+use super::word::AgentFields;
 use crate::crm::CrmError;
 
 /// How long a bucket that could not be opened is left alone.

@@ -8,6 +8,7 @@
 
 mod batch;
 mod calls;
+mod fields;
 mod lookup;
 mod memory;
 mod word;
@@ -17,10 +18,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use calls::{Calls, Group, Org, Written, knew, request_failure};
+pub use fields::MAPPABLE_FIELDS;
+pub(crate) use fields::mappable;
 pub(crate) use lookup::{Cache, Match, holds, national_form, shared as shared_cache};
-pub(crate) use memory::{Facts, Memory, org_key};
 pub use memory::bucket_config;
-pub(crate) use word::{AgentFields, CUT_MARKER, Words, Write, cut, format_at, parse_at};
+pub(crate) use memory::{Facts, Memory, org_key};
+pub(crate) use word::{AgentFields, Words, Write, format_at};
+#[cfg(test)]
+pub(crate) use word::{CUT_MARKER, parse_at};
 
 /// Batched writes: the record writes of events handled at the same moment
 /// go to the CRM as one request.

@@ -34,9 +34,12 @@ pub(crate) struct Words {
 }
 
 impl Words {
-    /// The disposition and the notes.
+    /// The disposition and the notes (a CRM without a disposition column
+    /// has only the notes).
     pub fn fields(&self) -> impl Iterator<Item = &str> {
-        [self.disposition.as_str(), self.notes.as_str()].into_iter()
+        [self.disposition.as_str(), self.notes.as_str()]
+            .into_iter()
+            .filter(|name| !name.is_empty())
     }
 }
 
@@ -82,7 +85,9 @@ impl Write {
         disposition: Option<&str>,
         notes: Option<&str>,
     ) {
-        self.set_some(&words.disposition, disposition);
+        if !words.disposition.is_empty() {
+            self.set_some(&words.disposition, disposition);
+        }
         self.set_some(&words.notes, notes);
         self.word_at = Some(published);
     }
@@ -179,19 +184,17 @@ impl Write {
     }
 }
 
-
 /// Appended to a value cut to fit its field.
 pub(crate) const CUT_MARKER: &str = "…[truncated]";
 
 /// `value` cut to `max` characters, the marker included.
-pub(crate) fn cut(value: &str, max: usize) -> String {
+fn cut(value: &str, max: usize) -> String {
     let marker = CUT_MARKER.chars().count();
     let keep = max.saturating_sub(marker);
     let mut out: String = value.chars().take(keep).collect();
     out.push_str(&CUT_MARKER.chars().take(max - keep).collect::<String>());
     out
 }
-
 
 /// What is known of a call record's agent fields (its disposition and
 /// notes): from the call memory, or read from the CRM.

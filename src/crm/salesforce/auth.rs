@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{SalesforceAuth, SalesforceSettings};
+use super::{SalesforceAuth, SalesforceSettings};
 use crate::crm::CrmError;
-use crate::crm::http::{retry_after, transport_error};
+use crate::crm::http::transport_error;
+use crate::crm::tokens::{self, Issued, Tokens};
 
 /// The JWT bearer grant type (RFC 7523).
 pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -24,8 +24,6 @@ pub(crate) struct Token {
     pub access: SecretString,
     /// Every API call goes here, never to `login_url`.
     pub instance_url: Url,
-    /// Tells tokens apart, so a 401 only invalidates the token it was seen with.
-    pub generation: u64,
 }
 
 enum Grant {
@@ -63,10 +61,7 @@ pub(crate) struct TokenSource {
     token_url: Url,
     grant: Grant,
     ttl: Duration,
-    /// Held across the token request: whoever finds the token missing fetches
-    /// it, and everyone else waits for that one answer.
-    current: tokio::sync::Mutex<Option<(Arc<Token>, Instant)>>,
-    generations: std::sync::atomic::AtomicU64,
+    current: Tokens<Token>,
 }
 
 impl TokenSource {
@@ -112,33 +107,20 @@ impl TokenSource {
             token_url: settings.login_url.as_url().join("/services/oauth2/token")?,
             grant,
             ttl: settings.token_ttl,
-            current: tokio::sync::Mutex::new(None),
-            generations: Default::default(),
+            current: Tokens::default(),
         })
     }
 
     /// The cached token, or a new one if there is none or it is older than the TTL.
-    pub async fn get(&self) -> Result<Arc<Token>, CrmError> {
-        let mut current = self.current.lock().await;
-        if let Some((token, at)) = current.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Arc::clone(token));
-        }
-        let token = Arc::new(self.request().await?);
-        *current = Some((Arc::clone(&token), Instant::now()));
-        Ok(token)
+    pub async fn get(&self) -> Result<Arc<Issued<Token>>, CrmError> {
+        self.current
+            .get(|| async { Ok((self.request().await?, self.ttl)) })
+            .await
     }
 
     /// Forgets `stale` (refused with 401), unless another caller already replaced it.
-    pub async fn invalidate(&self, stale: &Token) {
-        let mut current = self.current.lock().await;
-        if current
-            .as_ref()
-            .is_some_and(|(t, _)| t.generation == stale.generation)
-        {
-            *current = None;
-        }
+    pub async fn invalidate(&self, stale: &Issued<Token>) {
+        self.current.invalidate(stale).await;
     }
 
     async fn request(&self) -> Result<Token, CrmError> {
@@ -169,42 +151,21 @@ impl TokenSource {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
-            let retry = retry_after(response.headers());
-            // OAuth error bodies (`{"error":"invalid_grant",...}`) hold no secrets.
-            let body = response.text().await.unwrap_or_default();
-            // Whatever the token endpoint says, it is the org's trouble, not an
-            // event's: the lane holds its events until a token is had again.
-            let error = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned));
-            let hint = if status.is_client_error() {
-                " (check the connected app and user)"
-            } else {
-                ""
-            };
-            return Err(CrmError::Unavailable {
-                reason: match error {
-                    Some(error) => {
-                        format!("Salesforce token request answered {status} {error}{hint}")
-                    }
-                    None => format!("Salesforce token request answered {status}{hint}"),
-                },
-                retry_after: retry,
-            });
+            return Err(tokens::refused(
+                "Salesforce",
+                response,
+                " (check the connected app and user)",
+            )
+            .await);
         }
         let body: TokenResponse = response.json().await.map_err(|e| CrmError::Unavailable {
             reason: format!("unreadable Salesforce token response: {}", e.without_url()),
             retry_after: None,
         })?;
-        let generation = self
-            .generations
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        tracing::info!(instance_url = %body.instance_url, generation, "Salesforce token obtained.");
+        tracing::info!(instance_url = %body.instance_url, "Salesforce token obtained.");
         Ok(Token {
             access: body.access_token,
             instance_url: body.instance_url,
-            generation,
         })
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{HttpUrl, redact_opt};
 use crate::contract::Guid;
 use crate::crm::activity::BatchSettings;
+pub use crate::crm::activity::MAPPABLE_FIELDS;
 
 /// A Salesforce org reached through its REST API.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -197,20 +198,6 @@ pub struct DispositionSource {
     #[serde(default = "default_disposition_cache", with = "humantime_serde")]
     pub cache_for: Duration,
 }
-
-/// Contract fields that `task_fields` may map.
-pub const MAPPABLE_FIELDS: [&str; 10] = [
-    "language",
-    "ivrExitPath",
-    "channelName",
-    "reservationStartDate",
-    "specialEvent",
-    "escalationType",
-    "recordingStatus",
-    "partnerId",
-    "callerANI",
-    "dialledTo",
-];
 
 fn default_api_version() -> String {
     "67.0".into()

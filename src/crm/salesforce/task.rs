@@ -17,8 +17,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::config::SalesforceSettings;
-use crate::contract::{CallType, Event, PhoneNumber, RecordingStatus, RejectReason};
-use crate::crm::activity::{Words, Write};
+use crate::contract::{CallType, Event, RejectReason};
+use crate::crm::activity::{Words, Write, mappable};
 
 pub(crate) const DISPOSITION: &str = "CallDisposition";
 pub(crate) const NOTES: &str = "Description";
@@ -31,13 +31,6 @@ pub(crate) fn words(s: &SalesforceSettings) -> Words {
         disposition: DISPOSITION.into(),
         notes: NOTES.into(),
         notes_at: s.notes_at_field.clone(),
-    }
-}
-
-/// A contract field, under the Task field the settings map it to (if any).
-fn map(w: &mut Write, s: &SalesforceSettings, contract_field: &str, value: Option<&str>) {
-    if let Some(task_field) = s.task_fields.get(contract_field) {
-        w.set_some(task_field, value);
     }
 }
 
@@ -63,9 +56,13 @@ pub(crate) fn task_write(
     s: &SalesforceSettings,
 ) -> Option<Write> {
     let mut w = Write::new(published, sequence);
+    for (field, value) in mappable(event) {
+        if let Some(task_field) = s.task_fields.get(field) {
+            w.set(task_field, value);
+        }
+    }
     let conversation = event.conversation_id()?;
     w.set("CallObject", conversation.as_str());
-    map(&mut w, s, "partnerId", event.partner_id().map(|p| p.as_str()));
     let date = published.date().to_string();
     // Any call event may be the first the org sees (replicas race, or the
     // softphone never sent the opening one): each creates the Task as a call.
@@ -74,39 +71,15 @@ pub(crate) fn task_write(
     match event {
         Event::CallIncoming(e) => {
             open(&mut w, CallType::Inbound, &date);
-            map(&mut w, s, "language", Some(&e.language));
-            map(&mut w, s,
-                "callerANI",
-                e.caller_ani.as_ref().map(PhoneNumber::as_str),
-            );
             w.lookup = e.caller_ani.clone();
         }
         Event::CallAccepted(e) => {
             direction(&mut w, CallType::Inbound);
             w.set("ActivityDate", &date);
-            map(&mut w, s, "language", Some(&e.language));
-            map(&mut w, s,
-                "callerANI",
-                e.caller_ani.as_ref().map(PhoneNumber::as_str),
-            );
-            map(&mut w, s, "ivrExitPath", e.ivr_exit_path.as_deref());
-            map(&mut w, s, "channelName", e.channel_name.as_deref());
-            map(&mut w, s,
-                "reservationStartDate",
-                e.reservation_start_date.as_deref(),
-            );
-            map(&mut w, s, "specialEvent", e.special_event.as_deref());
-            map(&mut w, s, "escalationType", e.escalation_type.as_deref());
-            let recording = e.recording_status.map(|r| match r {
-                RecordingStatus::On => "ON",
-                RecordingStatus::Off => "OFF",
-            });
-            map(&mut w, s, "recordingStatus", recording);
             w.lookup = e.caller_ani.clone();
         }
         Event::CallOutboundInitiated(e) => {
             open(&mut w, CallType::Outbound, &date);
-            map(&mut w, s, "dialledTo", Some(e.dialled_to.as_str()));
             w.lookup = Some(e.dialled_to.clone());
         }
         Event::CallRejected(e) => {
@@ -217,7 +190,10 @@ mod tests {
     fn apply(writes: Vec<Write>) -> Map<String, Value> {
         let mut task = Map::new();
         for mut w in writes {
-            w.resolve(&mut AgentFields::of_record(&task, &test_words()), &test_words());
+            w.resolve(
+                &mut AgentFields::of_record(&task, &test_words()),
+                &test_words(),
+            );
             if task.is_empty() {
                 task.extend(w.create_only);
             }
