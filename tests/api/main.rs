@@ -10,7 +10,10 @@ mod deploy;
 mod dlq;
 mod docs;
 mod doctor;
+mod dynamics_fake;
 mod events;
+#[allow(dead_code)]
+mod fake_dataverse;
 mod fake_salesforce;
 mod helpers;
 mod http;

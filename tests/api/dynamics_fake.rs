@@ -1,0 +1,1 @@
+//! The fake Dataverse itself, driven with raw HTTP.
