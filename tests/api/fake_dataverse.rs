@@ -502,7 +502,9 @@ fn no_property(entity: &str, property: &str) -> Reply {
     odata_error(
         400,
         "0x80060888",
-        &format!("Could not find a property named '{property}' on type 'Microsoft.Dynamics.CRM.{entity}'."),
+        &format!(
+            "Could not find a property named '{property}' on type 'Microsoft.Dynamics.CRM.{entity}'."
+        ),
     )
 }
 
@@ -1066,9 +1068,12 @@ impl Org {
             None => None,
         };
         match (method, set, key, tail) {
-            ("GET", "systemusers", Some(user), "/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()") => {
-                self.user_privileges(&user)
-            }
+            (
+                "GET",
+                "systemusers",
+                Some(user),
+                "/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()",
+            ) => self.user_privileges(&user),
             ("GET", "systemusers", _, _) => resource_not_found(tail.trim_start_matches('/')),
             ("GET", set, None, "") => self.query(set, &params),
             ("GET", set, Some(id), "") => self.retrieve(set, &id, &params),
@@ -1197,12 +1202,18 @@ impl Org {
     ) -> Value {
         let (_, key, ..) = Org::table(set);
         let mut out = Map::new();
-        let version = row.get("versionnumber").and_then(Value::as_u64).unwrap_or(1);
+        let version = row
+            .get("versionnumber")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
         out.insert("@odata.etag".into(), json!(format!("W/\"{version}\"")));
         match select {
             Some(columns) => {
                 for column in columns {
-                    out.insert(column.clone(), row.get(column).cloned().unwrap_or(Value::Null));
+                    out.insert(
+                        column.clone(),
+                        row.get(column).cloned().unwrap_or(Value::Null),
+                    );
                 }
                 out.insert(key.into(), row.get(key).cloned().unwrap_or(Value::Null));
             }
@@ -1226,7 +1237,9 @@ impl Org {
     }
 
     fn context(&self, set: &str, select: Option<&[String]>, entity: bool) -> String {
-        let columns = select.map(|c| format!("({})", c.join(","))).unwrap_or_default();
+        let columns = select
+            .map(|c| format!("({})", c.join(",")))
+            .unwrap_or_default();
         let suffix = if entity { "/$entity" } else { "" };
         format!("{}{API_PATH}$metadata#{set}{columns}{suffix}", self.base)
     }
@@ -1316,9 +1329,9 @@ impl Org {
             Ok(select) => select,
             Err(error) => return error,
         };
-        let expand_parties = params
-            .iter()
-            .any(|(k, v)| k == "$expand" && set == "phonecalls" && v.starts_with("phonecall_activity_parties"));
+        let expand_parties = params.iter().any(|(k, v)| {
+            k == "$expand" && set == "phonecalls" && v.starts_with("phonecall_activity_parties")
+        });
         let row = self
             .rows(set)
             .into_iter()
@@ -1343,7 +1356,11 @@ impl Org {
                 self.check_filter(set, a)?;
                 self.check_filter(set, b)
             }
-            Filter::Cmp { column, ne, literal } => {
+            Filter::Cmp {
+                column,
+                ne,
+                literal,
+            } => {
                 let Some(kind) = self.kind(set, column) else {
                     return Err(no_property(entity, column));
                 };
@@ -1407,7 +1424,10 @@ impl Org {
         match (&existing, if_match) {
             (None, Some(_)) => return not_exist("phonecall", id),
             (Some(record), Some(tag)) if tag != "*" => {
-                let version = record.get("versionnumber").and_then(Value::as_u64).unwrap_or(0);
+                let version = record
+                    .get("versionnumber")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 if tag != format!("W/\"{version}\"") {
                     return odata_error(
                         412,
@@ -1618,8 +1638,8 @@ impl Org {
                     }
                 }
                 name => {
-                    let Some(column) = standard_column(name)
-                        .or_else(|| self.custom_columns.get(name).copied())
+                    let Some(column) =
+                        standard_column(name).or_else(|| self.custom_columns.get(name).copied())
                     else {
                         return Err(invalid_property("phonecall", name));
                     };
@@ -1695,7 +1715,11 @@ impl Org {
         let mut parties = Vec::new();
         for item in items {
             let Value::Object(fields) = item else {
-                return Err(cannot_convert(set, item, "Microsoft.Dynamics.CRM.activityparty"));
+                return Err(cannot_convert(
+                    set,
+                    item,
+                    "Microsoft.Dynamics.CRM.activityparty",
+                ));
             };
             let mut party = Party::default();
             for (key, value) in fields {
@@ -1928,7 +1952,12 @@ impl Org {
                     let reply = match request {
                         Ok(inner) => {
                             self.operations += 1;
-                            self.route(&inner.method, &inner.target, &inner.headers, inner.body.as_bytes())
+                            self.route(
+                                &inner.method,
+                                &inner.target,
+                                &inner.headers,
+                                inner.body.as_bytes(),
+                            )
                         }
                         Err(detail) => bad_request(&detail),
                     };
@@ -1977,7 +2006,10 @@ impl Org {
     fn change_set(
         &mut self,
         requests: Vec<(Option<String>, Result<Inner, String>)>,
-    ) -> (Option<(Option<String>, Reply)>, Vec<(Option<String>, Reply)>) {
+    ) -> (
+        Option<(Option<String>, Reply)>,
+        Vec<(Option<String>, Reply)>,
+    ) {
         self.journal = Some(Vec::new());
         let mut replies = Vec::new();
         let mut created: HashMap<String, String> = HashMap::new();
@@ -1991,11 +2023,18 @@ impl Org {
                     Err(reference) => Reply::raw(
                         400,
                         "text/plain",
-                        format!("Content-ID Reference: '{reference}' does not exist in the batch context."),
+                        format!(
+                            "Content-ID Reference: '{reference}' does not exist in the batch context."
+                        ),
                     ),
                     Ok(()) => {
                         self.operations += 1;
-                        self.route(&inner.method, &inner.target, &inner.headers, inner.body.as_bytes())
+                        self.route(
+                            &inner.method,
+                            &inner.target,
+                            &inner.headers,
+                            inner.body.as_bytes(),
+                        )
                     }
                 },
             };
@@ -2003,7 +2042,9 @@ impl Org {
                 self.rollback();
                 return (Some((content_id, reply)), Vec::new());
             }
-            if let (Some(content_id), Some(entity)) = (&content_id, reply.header_value("OData-EntityId")) {
+            if let (Some(content_id), Some(entity)) =
+                (&content_id, reply.header_value("OData-EntityId"))
+            {
                 if let Some(at) = entity.find(API_PATH) {
                     created.insert(content_id.clone(), entity[at + API_PATH.len()..].to_owned());
                 }
@@ -2109,7 +2150,9 @@ fn parse_parts(body: &str, boundary: &str) -> Result<Vec<Part>, String> {
         }
         let piece = piece.trim_start_matches([' ', '\t']);
         let Some(content) = piece.strip_prefix("\r\n") else {
-            return Err(format!("A boundary delimiter of '{boundary}' isn't followed by CRLF."));
+            return Err(format!(
+                "A boundary delimiter of '{boundary}' isn't followed by CRLF."
+            ));
         };
         let (head, body) = split_head(content);
         parts.push(Part {
@@ -2117,7 +2160,9 @@ fn parse_parts(body: &str, boundary: &str) -> Result<Vec<Part>, String> {
             body: body.to_owned(),
         });
     }
-    Err(format!("The multipart body has no close delimiter '--{boundary}--'."))
+    Err(format!(
+        "The multipart body has no close delimiter '--{boundary}--'."
+    ))
 }
 
 fn split_head(content: &str) -> (&str, &str) {

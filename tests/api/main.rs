@@ -10,6 +10,7 @@ mod deploy;
 mod dlq;
 mod docs;
 mod doctor;
+mod dynamics;
 mod dynamics_fake;
 mod events;
 #[allow(dead_code)]

@@ -30,6 +30,7 @@ use super::http::{retry_after, transport_error};
 use super::{Crm, CrmError, CrmEvent};
 use crate::contract::Event;
 
+pub use self::phonecall::activity_id as phonecall_id;
 pub use self::settings::{DynamicsLookup, DynamicsSettings};
 
 /// Requests one user may make in a five-minute window (Dataverse's service

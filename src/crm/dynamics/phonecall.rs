@@ -33,8 +33,8 @@ const MAX_DURATION: f64 = i32::MAX as f64;
 /// conversation): fixed forever, or calls would be logged twice.
 const NAMESPACE: Uuid = Uuid::from_u128(0x5b1d_6c0e_93a4_4f0b_9a57_2d4e_8c61_f3a2);
 
-/// The phone call of `conversation` in the environment at `url`.
-pub(super) fn activity_id(url: &str, conversation: &str) -> Uuid {
+/// The id of `conversation`'s phone call in the environment at `url`.
+pub fn activity_id(url: &str, conversation: &str) -> Uuid {
     let name = format!("{}/{conversation}", url.trim_end_matches('/'));
     Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }

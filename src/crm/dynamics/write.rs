@@ -271,7 +271,7 @@ impl DynamicsCrm {
                 };
                 let bind = format!("/{set}({})", one.id);
                 w.fields.insert(
-                    format!("regardingobjectid_{}@odata.bind", one.object),
+                    format!("regardingobjectid_{}_phonecall@odata.bind", one.object),
                     Value::String(bind.clone()),
                 );
                 // 1: the sender (From) of an inbound call; 2: the recipient (To).
