@@ -22,6 +22,25 @@
 //! - Microsoft identity platform and the OAuth 2.0 client credentials flow;
 //!   Microsoft Entra authentication and authorization error codes.
 //!
+//! What a client must expect, as Dataverse does it:
+//! - `statecode` isn't valid for create: an upsert that creates a phone call
+//!   creates it Open whatever `statecode` it carries, and refuses a
+//!   `statuscode` that isn't an Open one (`0x80048408`). Create, then close
+//!   with `{"statecode": 1, "statuscode": 2|4}` (or `2`/`3` to cancel).
+//! - A Completed or Canceled phone call refuses any write but a state change
+//!   (`0x80040230`), even one that reopens it in the same body: reopen with
+//!   `{"statecode": 0, "statuscode": 1}`, write, close again, as three
+//!   requests of one change set.
+//! - A `statuscode` alone must belong to the record's current state.
+//! - A `$batch` that stops at an error (no `Prefer: odata.continue-on-error`)
+//!   takes that error's HTTP status, its body still multipart. A failed
+//!   change set answers with the one failing response (`application/http`,
+//!   its `Content-ID`), not a nested multipart; its writes are rolled back.
+//! - `$batch` bodies must use CRLF line endings throughout, request lines a
+//!   percent-encoded URL. In query strings `+` reads as a space: encode it.
+//! - Dates come back in UTC to the second; strings compare case-insensitively
+//!   in `$filter`; lengths count UTF-16 units.
+//!
 //! This file stands alone (the benchmarks include it by path).
 
 use std::collections::{HashMap, HashSet};
@@ -697,7 +716,11 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// `If-Match`/`If-None-Match`, where `null` (sent on every request, as the
 /// docs advise) means none.
 fn condition<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    header(headers, name).filter(|v| !v.eq_ignore_ascii_case("null"))
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .find(|v| !v.eq_ignore_ascii_case("null"))
 }
 
 fn wants_representation(headers: &[(String, String)]) -> bool {
@@ -705,6 +728,12 @@ fn wants_representation(headers: &[(String, String)]) -> bool {
         p.split(',')
             .any(|v| v.trim().eq_ignore_ascii_case("return=representation"))
     })
+}
+
+/// `Prefer: odata.include-annotations=...`: lookups come with their
+/// `@Microsoft.Dynamics.CRM.lookuplogicalname`.
+fn annotations(headers: &[(String, String)]) -> bool {
+    header(headers, "prefer").is_some_and(|p| p.contains("odata.include-annotations"))
 }
 
 fn continue_on_error(headers: &[(String, String)]) -> bool {
@@ -1075,8 +1104,8 @@ impl Org {
                 "/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()",
             ) => self.user_privileges(&user),
             ("GET", "systemusers", _, _) => resource_not_found(tail.trim_start_matches('/')),
-            ("GET", set, None, "") => self.query(set, &params),
-            ("GET", set, Some(id), "") => self.retrieve(set, &id, &params),
+            ("GET", set, None, "") => self.query(set, &params, annotations(headers)),
+            ("GET", set, Some(id), "") => self.retrieve(set, &id, &params, annotations(headers)),
             ("PATCH", "phonecalls", Some(id), "") => {
                 self.upsert(&id, &params, headers, body, false)
             }
@@ -1199,6 +1228,7 @@ impl Org {
         row: &Map<String, Value>,
         select: Option<&[String]>,
         expand_parties: bool,
+        annotations: bool,
     ) -> Value {
         let (_, key, ..) = Org::table(set);
         let mut out = Map::new();
@@ -1214,12 +1244,18 @@ impl Org {
                         column.clone(),
                         row.get(column).cloned().unwrap_or(Value::Null),
                     );
+                    if annotations {
+                        let prefix = format!("{column}@");
+                        for (k, v) in row.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                            out.insert(k.clone(), v.clone());
+                        }
+                    }
                 }
                 out.insert(key.into(), row.get(key).cloned().unwrap_or(Value::Null));
             }
             None => {
                 for (k, v) in row {
-                    if !k.contains('@') && k != "phonecall_activity_parties" {
+                    if (annotations || !k.contains('@')) && k != "phonecall_activity_parties" {
                         out.insert(k.clone(), v.clone());
                     }
                 }
@@ -1245,7 +1281,7 @@ impl Org {
     }
 
     /// `GET <set>?$select=..&$filter=..&$top=..`.
-    fn query(&mut self, set: &str, params: &[(String, String)]) -> Reply {
+    fn query(&mut self, set: &str, params: &[(String, String)], annotations: bool) -> Reply {
         let (entity, _, privilege, otc) = Org::table(set);
         if let Some(denied) = self.missing_privilege(privilege, entity, otc) {
             return denied;
@@ -1305,7 +1341,7 @@ impl Org {
         }
         let value: Vec<Value> = rows
             .iter()
-            .map(|row| Org::render(set, row, select.as_deref(), expand_parties))
+            .map(|row| Org::render(set, row, select.as_deref(), expand_parties, annotations))
             .collect();
         let mut body = Map::new();
         body.insert(
@@ -1320,7 +1356,13 @@ impl Org {
     }
 
     /// `GET <set>(<id>)?$select=..`.
-    fn retrieve(&mut self, set: &str, id: &str, params: &[(String, String)]) -> Reply {
+    fn retrieve(
+        &mut self,
+        set: &str,
+        id: &str,
+        params: &[(String, String)],
+        annotations: bool,
+    ) -> Reply {
         let (entity, key, privilege, otc) = Org::table(set);
         if let Some(denied) = self.missing_privilege(privilege, entity, otc) {
             return denied;
@@ -1332,13 +1374,15 @@ impl Org {
         let expand_parties = params.iter().any(|(k, v)| {
             k == "$expand" && set == "phonecalls" && v.starts_with("phonecall_activity_parties")
         });
-        let row = self
-            .rows(set)
-            .into_iter()
-            .find(|row| row.get(key).and_then(Value::as_str) == Some(id));
+        let row = self.rows(set).into_iter().find(|row| {
+            row.get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.eq_ignore_ascii_case(id))
+        });
         match row {
             Some(row) => {
-                let mut value = Org::render(set, &row, select.as_deref(), expand_parties);
+                let mut value =
+                    Org::render(set, &row, select.as_deref(), expand_parties, annotations);
                 value.as_object_mut().unwrap().insert(
                     "@odata.context".into(),
                     json!(self.context(set, select.as_deref(), true)),
@@ -1527,7 +1571,7 @@ impl Org {
                 return not_exist(logical, target);
             }
         }
-        if self.refuse.contains(id) {
+        if self.refuse.iter().any(|r| r.eq_ignore_ascii_case(id)) {
             return odata_error(400, "0x80040265", REFUSAL);
         }
         self.apply(id, object, parsed, new_state, creating);
@@ -1537,7 +1581,13 @@ impl Org {
                 Ok(select) => select,
                 Err(error) => return error,
             };
-            let mut value = Org::render(set, &self.phonecalls[id], select.as_deref(), false);
+            let mut value = Org::render(
+                set,
+                &self.phonecalls[id],
+                select.as_deref(),
+                false,
+                annotations(headers),
+            );
             value.as_object_mut().unwrap().insert(
                 "@odata.context".into(),
                 json!(self.context(set, select.as_deref(), true)),
@@ -1558,14 +1608,16 @@ impl Org {
 
     fn exists(&self, logical: &str, id: &str) -> bool {
         match logical {
-            "contact" => self
-                .contacts
-                .iter()
-                .any(|c| c.get("contactid").and_then(Value::as_str) == Some(id)),
-            "account" => self
-                .accounts
-                .iter()
-                .any(|c| c.get("accountid").and_then(Value::as_str) == Some(id)),
+            "contact" => self.contacts.iter().any(|c| {
+                c.get("contactid")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.eq_ignore_ascii_case(id))
+            }),
+            "account" => self.accounts.iter().any(|c| {
+                c.get("accountid")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.eq_ignore_ascii_case(id))
+            }),
             "systemuser" => id == USER_ID,
             _ => false,
         }
@@ -2044,10 +2096,9 @@ impl Org {
             }
             if let (Some(content_id), Some(entity)) =
                 (&content_id, reply.header_value("OData-EntityId"))
+                && let Some(at) = entity.find(API_PATH)
             {
-                if let Some(at) = entity.find(API_PATH) {
-                    created.insert(content_id.clone(), entity[at + API_PATH.len()..].to_owned());
-                }
+                created.insert(content_id.clone(), entity[at + API_PATH.len()..].to_owned());
             }
             replies.push((content_id, reply));
         }
@@ -2270,11 +2321,11 @@ fn resolve_references(inner: &mut Inner, created: &HashMap<String, String>) -> R
             inner.target = format!("{API_PATH}{entity}{}", &reference[id.len()..]);
         }
     }
-    if inner.body.contains("\"$") {
-        if let Ok(mut json) = serde_json::from_str::<Value>(&inner.body) {
-            resolve_binds(&mut json, created)?;
-            inner.body = json.to_string();
-        }
+    if inner.body.contains("\"$")
+        && let Ok(mut json) = serde_json::from_str::<Value>(&inner.body)
+    {
+        resolve_binds(&mut json, created)?;
+        inner.body = json.to_string();
     }
     Ok(())
 }
