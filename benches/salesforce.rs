@@ -34,15 +34,9 @@ use fake_salesforce::FakeSalesforce;
 
 mod common;
 
-const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
+use common::percentile;
 
-/// The four events of a call, and when each is published after the call starts.
-const LIFECYCLE: [(EventKind, u64); 4] = [
-    (EventKind::CallIncoming, 0),
-    (EventKind::CallAccepted, 500),
-    (EventKind::CallEnded, 1000),
-    (EventKind::CallNotesSubmitted, 1500),
-];
+const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
 
 /// `batch.max_wait` of the runs.
 fn max_wait() -> Duration {
@@ -70,17 +64,7 @@ fn settings(nats: &str, sf: &FakeSalesforce, max_records: usize) -> Settings {
 }
 
 fn body(kind: EventKind, conversation: &str, call: usize) -> String {
-    let extra = match kind {
-        EventKind::CallIncoming => format!(r#","callerANI":"+1888{call:07}""#),
-        EventKind::CallAccepted => {
-            format!(r#","callerANI":"+1888{call:07}","ivrExitPath":"billing""#)
-        }
-        EventKind::CallEnded => {
-            r#","duration":61,"disposition":"Booked","notes":"ok","callType":"inbound""#.into()
-        }
-        _ => r#","disposition":"Callback","notes":"call back at 5""#.into(),
-    };
-    format!(r#"{{"partnerId":"{PARTNER}","conversationId":"{conversation}"{extra}}}"#)
+    common::body(PARTNER, kind, conversation, call)
 }
 
 /// The field only that kind of event writes: how its write is recognised.
@@ -99,13 +83,6 @@ struct Row {
     requests: usize,
     latencies: Vec<(EventKind, Duration)>,
     missing: usize,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 async fn run(rate: f64, calls: usize, max_records: usize) -> Row {
@@ -134,15 +111,7 @@ async fn run(rate: f64, calls: usize, max_records: usize) -> Row {
     let conversations: Vec<String> = (0..calls)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
-    let mut schedule: Vec<(Duration, usize, EventKind)> = (0..calls)
-        .flat_map(|call| {
-            let start = Duration::from_secs_f64(call as f64 / rate);
-            LIFECYCLE
-                .iter()
-                .map(move |(kind, after)| (start + Duration::from_millis(*after), call, *kind))
-        })
-        .collect();
-    schedule.sort_by_key(|(at, call, _)| (*at, *call));
+    let schedule = common::schedule(rate, calls);
     let started = tokio::time::Instant::now();
     let mut published = Vec::with_capacity(schedule.len());
     let mut acks = Vec::new();

@@ -1,8 +1,9 @@
 //! `softphone-bridge status`: each lane's consumer (JetStream consumer info)
 //! and what every replica says of it (its service stats: paused, why, held
-//! events, the circuit), dead letters by reason, Salesforce API usage per
-//! connection, the sizes of the registry and of the call memory (when there is one
-//! or Salesforce connections need it); a table, or one JSON document.
+//! events, the circuit), dead letters by reason, CRM API usage per
+//! connection (Salesforce's daily requests, Dataverse's five-minute window),
+//! the sizes of the registry and of the call memory (when there is one or
+//! Salesforce or Dynamics connections need it); a table, or one JSON document.
 //!
 //! Replicas answer `$SRV.STATS.softphone-bridge` (see [`crate::service`]),
 //! each on its own: the command gathers answers until none has come for a
@@ -387,7 +388,7 @@ async fn bucket(js: &jetstream::Context, bucket: &str) -> anyhow::Result<Bucket>
     })
 }
 
-/// The call memory, when it exists or Salesforce connections need it.
+/// The call memory, when it exists or Salesforce or Dynamics connections need it.
 async fn call_memory(
     js: &jetstream::Context,
     settings: &Settings,
@@ -464,7 +465,10 @@ fn print_tables(out: &mut impl std::io::Write, status: &Status) -> std::io::Resu
     }
     if !status.api_usage.is_empty() {
         writeln!(out)?;
-        writeln!(out, "Salesforce API usage:")?;
+        writeln!(
+            out,
+            "CRM API usage (Salesforce: today; Dynamics: the 5-minute window):"
+        )?;
         for (connection, usage) in &status.api_usage {
             let share = usage.used as f64 * 100.0 / usage.limit.max(1) as f64;
             writeln!(

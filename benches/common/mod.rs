@@ -1,4 +1,11 @@
-//! What the benchmarks share: a NATS server with JetStream in a container.
+//! What the benchmarks share: a NATS server with JetStream in a container,
+//! and the calls the CRM benchmarks publish.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use softphone_bridge::contract::EventKind;
 
 use testcontainers::core::{ContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -21,4 +28,53 @@ pub async fn start_nats() -> (ContainerAsync<GenericImage>, String) {
         .expect("NATS starts (run deploy/nats-image.sh)");
     let port = container.get_host_port_ipv4(4222).await.unwrap();
     (container, format!("nats://127.0.0.1:{port}"))
+}
+
+/// The four events of a call, and when each is published after the call
+/// starts: `incoming` at its start, `accepted` 0.5 s later, `ended` at 1 s,
+/// `notes_submitted` at 1.5 s.
+pub const LIFECYCLE: [(EventKind, u64); 4] = [
+    (EventKind::CallIncoming, 0),
+    (EventKind::CallAccepted, 500),
+    (EventKind::CallEnded, 1000),
+    (EventKind::CallNotesSubmitted, 1500),
+];
+
+/// When each event of `calls` calls starting at `rate` per second is
+/// published: (after the start, call, kind), in time order.
+pub fn schedule(rate: f64, calls: usize) -> Vec<(Duration, usize, EventKind)> {
+    let mut schedule: Vec<(Duration, usize, EventKind)> = (0..calls)
+        .flat_map(|call| {
+            let start = Duration::from_secs_f64(call as f64 / rate);
+            LIFECYCLE
+                .iter()
+                .map(move |(kind, after)| (start + Duration::from_millis(*after), call, *kind))
+        })
+        .collect();
+    schedule.sort_by_key(|(at, call, _)| (*at, *call));
+    schedule
+}
+
+/// The body of `call`'s `kind` event: every caller has a number of their
+/// own (no lookup is saved by the cache across calls).
+pub fn body(partner: &str, kind: EventKind, conversation: &str, call: usize) -> String {
+    let extra = match kind {
+        EventKind::CallIncoming => format!(r#","callerANI":"+1888{call:07}""#),
+        EventKind::CallAccepted => {
+            format!(r#","callerANI":"+1888{call:07}","ivrExitPath":"billing""#)
+        }
+        EventKind::CallEnded => {
+            r#","duration":61,"disposition":"Booked","notes":"ok","callType":"inbound""#.into()
+        }
+        _ => r#","disposition":"Callback","notes":"call back at 5""#.into(),
+    };
+    format!(r#"{{"partnerId":"{partner}","conversationId":"{conversation}"{extra}}}"#)
+}
+
+/// The `p` quantile of `sorted`.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }

@@ -23,7 +23,8 @@ use super::BatchSettings;
 use super::batch::Batcher;
 use super::memory::{ClaimError, Entry, Facts, Memory};
 use super::word::{AgentFields, Words, Write};
-use crate::crm::CrmError;
+use crate::contract::Event;
+use crate::crm::{CrmError, CrmEvent};
 use crate::metric;
 
 /// What an adapter does for the shared machinery: its CRM's reads and writes.
@@ -216,16 +217,21 @@ impl Calls {
         self.memory = Some(memory);
     }
 
-    /// Writes one event's `write` to the record of its call (with the
-    /// writes of concurrent events, in one batch): its own result.
+    /// Writes `event`'s `write` to the record of its call (with the writes
+    /// of concurrent events, in one batch): its own result.
     pub async fn submit(
         &self,
         org: &impl Org,
-        conversation: &str,
-        order: (OffsetDateTime, u64),
-        ringing: bool,
+        event: &CrmEvent,
         write: Write,
     ) -> Result<(), CrmError> {
+        let conversation = event
+            .event
+            .conversation_id()
+            .expect("record writes are for call events")
+            .as_str();
+        let order = (event.published, event.sequence);
+        let ringing = matches!(event.event, Event::CallIncoming(_));
         for (field, length) in &write.cut {
             tracing::warn!(crm = %org.connection(), conversation, field, length, "Value longer than the CRM accepts; cut, the call is logged.");
         }

@@ -2,11 +2,13 @@
 //! `salesforce` and `dynamics` adapters): the per-org batch window
 //! (batch.rs), the agent's last word (word.rs), the call memory the replicas
 //! share (memory.rs), one batch's flush from grouping to answers (calls.rs),
-//! and the caller lookup's number forms and cache (lookup.rs). An adapter
+//! and the caller lookup's number forms and cache (lookup.rs) and a batch's
+//! callers (callers.rs). An adapter
 //! adds its API client and what each event writes, and implements
 //! [`Org`]: its reads and its batch write.
 
 mod batch;
+mod callers;
 mod calls;
 mod fields;
 mod lookup;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use callers::Callers;
 pub(crate) use calls::{Calls, Group, Org, Written, knew, request_failure};
 pub use fields::MAPPABLE_FIELDS;
 pub(crate) use fields::mappable;

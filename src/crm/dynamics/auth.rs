@@ -38,13 +38,8 @@ pub(super) struct TokenSource {
 
 impl TokenSource {
     pub fn new(settings: &DynamicsSettings, client: reqwest::Client) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let secret = match (&settings.client_secret, &settings.client_secret_file) {
-            (Some(secret), _) => secret.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the client secret {}", path.display()))
-                .map(|s| SecretString::from(s.trim().to_owned()))?,
-            (None, None) => anyhow::bail!("needs client_secret or client_secret_file"),
+        let Some(secret) = settings.client_secret.clone() else {
+            anyhow::bail!("needs client_secret (or client_secret_file)");
         };
         let authority = settings.authority.as_url().as_str().trim_end_matches('/');
         Ok(Self {

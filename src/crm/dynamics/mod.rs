@@ -28,7 +28,6 @@ use self::batch::{Answer, Part};
 use super::activity::{Cache, Calls, Facts, Group, Memory, Org, Words, Written};
 use super::http::{retry_after, transport_error};
 use super::{Crm, CrmError, CrmEvent};
-use crate::contract::Event;
 
 pub use self::phonecall::activity_id as phonecall_id;
 pub use self::settings::{DynamicsLookup, DynamicsSettings};
@@ -193,20 +192,7 @@ impl DynamicsCrm {
             // Presence is not written to Dataverse.
             return Ok(());
         };
-        let conversation = event
-            .event
-            .conversation_id()
-            .expect("phone call writes are for call events");
-        let ringing = matches!(event.event, Event::CallIncoming(_));
-        self.calls
-            .submit(
-                self,
-                conversation.as_str(),
-                (event.published, event.sequence),
-                ringing,
-                write,
-            )
-            .await
+        self.calls.submit(self, event, write).await
     }
 }
 

@@ -1,7 +1,6 @@
 //! Settings of the `dynamics` CRM connection (Dataverse Web API).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -22,12 +21,10 @@ pub struct DynamicsSettings {
     pub tenant_id: String,
     /// The app registration's application (client) id.
     pub client_id: String,
-    /// The app registration's client secret.
+    /// The app registration's client secret (or `client_secret_file`, the
+    /// path of a file holding it, as for every secret).
     #[serde(default, serialize_with = "redact_opt")]
     pub client_secret: Option<SecretString>,
-    /// A file holding the client secret (instead of `client_secret`).
-    #[serde(default)]
-    pub client_secret_file: Option<PathBuf>,
     /// Where tokens are requested: `{authority}/{tenant_id}/oauth2/v2.0/token`.
     #[serde(default = "default_authority")]
     pub authority: HttpUrl,
@@ -148,14 +145,14 @@ impl DynamicsSettings {
                 return Err((field, format!("{value:?} is not a GUID")));
             }
         }
-        let secret = self
+        if self
             .client_secret
             .as_ref()
-            .is_some_and(|s| !s.expose_secret().is_empty());
-        if secret == self.client_secret_file.is_some() {
+            .is_none_or(|s| s.expose_secret().is_empty())
+        {
             return Err((
                 "client_secret",
-                "needs exactly one of client_secret and client_secret_file".into(),
+                "needs the app registration's client secret (or client_secret_file)".into(),
             ));
         }
         let version_ok = self

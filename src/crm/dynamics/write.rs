@@ -17,7 +17,8 @@ use super::phonecall::{STATECODE, STATUSCODE, activity_id, open_columns, split_s
 use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
 use crate::crm::activity::{
-    AgentFields, Facts, Group, Match, Write, Written, holds, knew, national_form, request_failure,
+    AgentFields, Callers, Facts, Group, Match, Write, Written, holds, knew, national_form,
+    request_failure,
 };
 
 /// Numbers in one lookup query: each in two forms over three (contacts) or
@@ -102,25 +103,8 @@ impl DynamicsCrm {
     /// Caller lookups and the phone call reads, in one `$batch`; fills in
     /// matches and each group's current record (or its failure).
     pub(super) async fn read_batch(&self, groups: &mut [Group]) {
-        let mut numbers: Vec<PhoneNumber> = Vec::new();
-        let mut cached: HashMap<String, Vec<Match>> = HashMap::new();
-        if self.settings.lookup.enabled {
-            for number in groups
-                .iter()
-                .flat_map(|g| &g.items)
-                .filter_map(|i| i.write.lookup.as_ref())
-            {
-                if cached.contains_key(number.as_str()) || numbers.contains(number) {
-                    continue;
-                }
-                match self.lookups.get(number) {
-                    Some(found) => {
-                        cached.insert(number.as_str().to_owned(), found);
-                    }
-                    None => numbers.push(number.clone()),
-                }
-            }
-        }
+        let mut callers = Callers::of(groups, &self.lookups, self.settings.lookup.enabled);
+        let numbers = std::mem::take(&mut callers.unknown);
         // A call the memory does not know in full is read: its agent fields
         // decide the word and the fills, its state whether writes must
         // reopen it.
@@ -170,36 +154,17 @@ impl DynamicsCrm {
             }
         };
         let mut answers = answers.into_iter();
-        // Lookups: a refused query leaves the caller unmatched; other
-        // failures are the events' (held or retried with them).
-        let mut lookup_failures: HashMap<String, CrmError> = HashMap::new();
         for chunk in &chunks {
             let contacts = read_result(answers.next().expect("one per part"));
             let accounts = read_result(answers.next().expect("one per part"));
-            match contacts.and_then(|c| Ok((c, accounts?))) {
-                Ok((contacts, accounts)) => {
-                    let mut found = matches_of(&contacts, chunk, "contact");
-                    for (number, more) in matches_of(&accounts, chunk, "account") {
-                        found.entry(number).or_default().extend(more);
-                    }
-                    for number in chunk.iter() {
-                        let matches = found.remove(number.as_str()).unwrap_or_default();
-                        self.lookups.put(number, matches.clone());
-                        cached.insert(number.as_str().to_owned(), matches);
-                    }
+            let found = contacts.and_then(|contacts| {
+                let mut found = matches_of(&contacts, chunk, "contact");
+                for (number, more) in matches_of(&accounts?, chunk, "account") {
+                    found.entry(number).or_default().extend(more);
                 }
-                Err(CrmError::Permanent { reason, .. }) => {
-                    tracing::warn!(crm = %self.name, numbers = chunk.len(), %reason, "Caller lookup refused; phone calls written without a regarding record.");
-                    for number in chunk.iter() {
-                        cached.insert(number.as_str().to_owned(), Vec::new());
-                    }
-                }
-                Err(e) => {
-                    for number in chunk.iter() {
-                        lookup_failures.insert(number.as_str().to_owned(), e.clone());
-                    }
-                }
-            }
+                Ok(found)
+            });
+            callers.learn(&self.name, &self.lookups, chunk, found);
         }
         for chunk in &reads {
             match read_result(answers.next().expect("one per part")) {
@@ -239,23 +204,10 @@ impl DynamicsCrm {
                 }
             }
         }
-        for group in groups.iter_mut() {
-            for item in &mut group.items {
-                let Some(number) = item.write.lookup.take() else {
-                    continue;
-                };
-                if !self.settings.lookup.enabled {
-                    continue;
-                }
-                if let Some(e) = lookup_failures.get(number.as_str()) {
-                    group.failure.get_or_insert_with(|| e.clone());
-                    continue;
-                }
-                let matches = cached.get(number.as_str()).cloned().unwrap_or_default();
-                let outbound = item.write.fields.get("directioncode") == Some(&Value::Bool(true));
-                self.apply_matches(&group.conversation, &mut item.write, &matches, outbound);
-            }
-        }
+        callers.apply(groups, |conversation, write, _, _, matches| {
+            let outbound = write.fields.get("directioncode") == Some(&Value::Bool(true));
+            self.apply_matches(conversation, write, matches, outbound);
+        });
     }
 
     /// One match is the call's regarding record and its other party (the

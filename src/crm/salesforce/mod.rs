@@ -192,20 +192,7 @@ impl SalesforceCrm {
         ) else {
             return Ok(());
         };
-        let conversation = event
-            .event
-            .conversation_id()
-            .expect("task writes are for call events");
-        let ringing = matches!(event.event, Event::CallIncoming(_));
-        self.calls
-            .submit(
-                self,
-                conversation.as_str(),
-                (event.published, event.sequence),
-                ringing,
-                write,
-            )
-            .await
+        self.calls.submit(self, event, write).await
     }
 }
 

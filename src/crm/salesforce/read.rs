@@ -15,31 +15,14 @@ use super::composite::{Sub, SubResult};
 use super::lookup;
 use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
-use crate::crm::activity::{AgentFields, Group, Match, Write, knew, request_failure};
+use crate::crm::activity::{AgentFields, Callers, Group, Match, Write, knew, request_failure};
 
 impl SalesforceCrm {
     /// Caller lookups and the Task reads, at once; fills in matches,
     /// screen pops and each group's current record (or its failure).
     pub(super) async fn read(&self, groups: &mut [Group]) {
-        let mut numbers: Vec<PhoneNumber> = Vec::new();
-        let mut cached: HashMap<String, Vec<Match>> = HashMap::new();
-        if self.settings.lookup.enabled {
-            for number in groups
-                .iter()
-                .flat_map(|g| &g.items)
-                .filter_map(|i| i.write.lookup.as_ref())
-            {
-                if cached.contains_key(number.as_str()) || numbers.contains(number) {
-                    continue;
-                }
-                match self.lookups.get(number) {
-                    Some(matches) => {
-                        cached.insert(number.as_str().to_owned(), matches);
-                    }
-                    None => numbers.push(number.clone()),
-                }
-            }
-        }
+        let mut callers = Callers::of(groups, &self.lookups, self.settings.lookup.enabled);
+        let numbers = std::mem::take(&mut callers.unknown);
         let fills_read = self.settings.read_before_fill;
         let (to_read, remembered): (Vec<&Group>, Vec<&Group>) = groups
             .iter()
@@ -74,11 +57,8 @@ impl SalesforceCrm {
             self.send(subs).await
         };
         let read: Option<SubResult> = reading.then(|| results.pop().expect("one per sub"));
-        // Lookups: a refused search leaves WhoId empty; other failures are
-        // the events' (held or retried with them).
-        let mut lookup_failures: HashMap<String, CrmError> = HashMap::new();
         for (numbers, result) in searches.iter().zip(results) {
-            let parsed = result.and_then(|body| {
+            let found = result.and_then(|body| {
                 serde_json::from_value::<lookup::SearchResponse>(body)
                     .map(|answer| answer.matches(numbers))
                     .map_err(|e| CrmError::Permanent {
@@ -86,26 +66,7 @@ impl SalesforceCrm {
                         detail: None,
                     })
             });
-            match parsed {
-                Ok(found) => {
-                    for number in numbers.iter() {
-                        let matches = found.get(number.as_str()).cloned().unwrap_or_default();
-                        self.lookups.put(number, matches.clone());
-                        cached.insert(number.as_str().to_owned(), matches);
-                    }
-                }
-                Err(CrmError::Permanent { reason, .. }) => {
-                    tracing::warn!(crm = %self.name, numbers = numbers.len(), %reason, "Caller lookup refused; Tasks written without WhoId.");
-                    for number in numbers.iter() {
-                        cached.insert(number.as_str().to_owned(), Vec::new());
-                    }
-                }
-                Err(e) => {
-                    for number in numbers.iter() {
-                        lookup_failures.insert(number.as_str().to_owned(), e.clone());
-                    }
-                }
-            }
+            callers.learn(&self.name, &self.lookups, numbers, found);
         }
         let records: Result<HashMap<String, Map<String, Value>>, CrmError> = match read {
             None => Ok(HashMap::new()),
@@ -127,32 +88,19 @@ impl SalesforceCrm {
                     Err(e) => group.failure = Some(request_failure(e.clone(), to_read.len())),
                 }
             }
-            for item in &mut group.items {
-                let Some(number) = item.write.lookup.take() else {
-                    continue;
-                };
-                if !self.settings.lookup.enabled {
-                    continue;
-                }
-                if let Some(e) = lookup_failures.get(number.as_str()) {
-                    group.failure.get_or_insert_with(|| e.clone());
-                    continue;
-                }
-                let matches = cached.get(number.as_str()).cloned().unwrap_or_default();
-                self.apply_matches(&group.conversation, &mut item.write, &matches);
-                if item.ringing
-                    && let Some(api_name) = &self.settings.lookup.screen_pop_event
-                {
-                    pops.push(json!({
-                        "attributes": {"type": api_name},
-                        "Conversation_Id__c": group.conversation,
-                        "Caller_Number__c": number.as_str(),
-                        "Match_Count__c": matches.len(),
-                        "Matches__c": serde_json::to_string(&matches).unwrap_or_default(),
-                    }));
-                }
-            }
         }
+        callers.apply(groups, |conversation, write, ringing, number, matches| {
+            self.apply_matches(conversation, write, matches);
+            if ringing && let Some(api_name) = &self.settings.lookup.screen_pop_event {
+                pops.push(json!({
+                    "attributes": {"type": api_name},
+                    "Conversation_Id__c": conversation,
+                    "Caller_Number__c": number.as_str(),
+                    "Match_Count__c": matches.len(),
+                    "Matches__c": serde_json::to_string(&matches).unwrap_or_default(),
+                }));
+            }
+        });
         if !pops.is_empty() {
             self.screen_pops(pops).await;
         }
