@@ -25,14 +25,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
 use softphone_bridge::crm::dynamics::phonecall_id;
-use softphone_bridge::{provision, startup::Application};
-use tokio_util::sync::CancellationToken;
 
-use common::percentile;
 use fake_dataverse::FakeDataverse;
 
 const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
@@ -76,11 +72,7 @@ async fn run(rate: f64, calls: usize, max_records: usize) -> Row {
     let (container, url) = common::start_nats().await;
     let dv = FakeDataverse::start().await;
     let settings = settings(&url, &dv, max_records);
-    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
-    provision::apply(&js, &settings).await.unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(app.run_until(shutdown.clone()));
+    let (js, shutdown, running) = common::spawn_bridge(&url, settings).await;
     // The token is had before the clock starts (one request an hour).
     let warm = uuid::Uuid::new_v4().to_string();
     js.publish(
@@ -185,19 +177,8 @@ fn print(rows: &[Row]) {
         "missing"
     );
     for row in rows {
-        let mut all: Vec<Duration> = row.latencies.iter().map(|(_, d)| *d).collect();
-        all.sort();
-        let of = |kind: EventKind| {
-            let mut d: Vec<Duration> = row
-                .latencies
-                .iter()
-                .filter(|(k, _)| *k == kind)
-                .map(|(_, d)| *d)
-                .collect();
-            d.sort();
-            percentile(&d, 0.99)
-        };
-        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        let [p50, p99, incoming, accepted, ended, notes] =
+            <[String; 6]>::try_from(common::latency_columns(&row.latencies)).expect("six columns");
         println!(
             "{:<24} {:>6} {:>9} {:>9.2} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
             row.name,
@@ -205,12 +186,12 @@ fn print(rows: &[Row]) {
             row.requests,
             row.requests as f64 / row.calls as f64,
             row.operations as f64 / row.calls as f64,
-            ms(percentile(&all, 0.5)),
-            ms(percentile(&all, 0.99)),
-            ms(of(EventKind::CallIncoming)),
-            ms(of(EventKind::CallAccepted)),
-            ms(of(EventKind::CallEnded)),
-            ms(of(EventKind::CallNotesSubmitted)),
+            p50,
+            p99,
+            incoming,
+            accepted,
+            ended,
+            notes,
             row.missing
         );
     }

@@ -78,3 +78,46 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
+
+/// The latency columns of a CRM bench's row: p50 and p99 over every event,
+/// then the p99 of each kind of [`LIFECYCLE`], in milliseconds.
+pub fn latency_columns(latencies: &[(EventKind, Duration)]) -> Vec<String> {
+    let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+    let sorted = |kind: Option<EventKind>| {
+        let mut d: Vec<Duration> = latencies
+            .iter()
+            .filter(|(k, _)| kind.is_none_or(|kind| *k == kind))
+            .map(|(_, d)| *d)
+            .collect();
+        d.sort();
+        d
+    };
+    let all = sorted(None);
+    let mut columns = vec![ms(percentile(&all, 0.5)), ms(percentile(&all, 0.99))];
+    columns.extend(
+        LIFECYCLE
+            .iter()
+            .map(|(kind, _)| ms(percentile(&sorted(Some(*kind)), 0.99))),
+    );
+    columns
+}
+
+/// The bridge as a replica runs it, on the NATS at `url` with `settings`
+/// (provisioned first): its JetStream context, and how to stop it.
+pub async fn spawn_bridge(
+    url: &str,
+    settings: softphone_bridge::config::Settings,
+) -> (
+    async_nats::jetstream::Context,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    softphone_bridge::provision::apply(&js, &settings).await.unwrap();
+    let app = softphone_bridge::startup::Application::build(settings)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until(shutdown.clone()));
+    (js, shutdown, running)
+}

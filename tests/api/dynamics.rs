@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 use softphone_bridge::config::{CrmSettings, Settings};
-use softphone_bridge::contract::{DLQ_STREAM, Event, EventKind, dlq_header};
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
 use softphone_bridge::crm::dynamics::phonecall_id;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, DynamicsCrm};
 
@@ -13,17 +13,6 @@ use crate::helpers::*;
 
 const ANI: &str = "+18883973342";
 const COLUMNS: &str = "disposition_column = \"new_disposition\"\nnotes_at_column = \"new_notesat\"\nduration_seconds_column = \"new_durationseconds\"";
-
-/// A call event as the lane hands it over, published `at` seconds in.
-fn event(kind: EventKind, body: &str, at: i64, sequence: u64) -> CrmEvent {
-    CrmEvent {
-        id: format!("e{sequence}"),
-        event: Event::decode(kind, body.as_bytes()).unwrap(),
-        raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
-        sequence,
-    }
-}
 
 /// The `dynamics` adapter alone on the fake, with the extra `[crm]` keys.
 fn adapter(dv: &FakeDataverse, extra: &str) -> DynamicsCrm {
@@ -43,13 +32,13 @@ fn adapter(dv: &FakeDataverse, extra: &str) -> DynamicsCrm {
 /// The four events of an answered inbound call, in publish order.
 fn lifecycle(conv: &str) -> Vec<CrmEvent> {
     vec![
-        event(
+        crm_event(
             EventKind::CallIncoming,
             &call_body(conv, &format!(r#""callerANI":"{ANI}""#)),
             0,
             1,
         ),
-        event(
+        crm_event(
             EventKind::CallAccepted,
             &call_body(
                 conv,
@@ -58,7 +47,7 @@ fn lifecycle(conv: &str) -> Vec<CrmEvent> {
             1,
             2,
         ),
-        event(
+        crm_event(
             EventKind::CallEnded,
             &call_body(
                 conv,
@@ -67,7 +56,7 @@ fn lifecycle(conv: &str) -> Vec<CrmEvent> {
             62,
             3,
         ),
-        event(
+        crm_event(
             EventKind::CallNotesSubmitted,
             &call_body(conv, r#""disposition":"Callback","notes":"final""#),
             90,
@@ -167,7 +156,7 @@ async fn a_late_accepted_never_reopens_a_completed_call_and_an_older_word_never_
     assert_eq!(call["statecode"], 1, "{call:?}");
     assert_eq!(text(&call, "description"), "final");
     // An older word retried after the latest writes the latest again.
-    let older = event(
+    let older = crm_event(
         EventKind::CallNotesSubmitted,
         &call_body(&conv, r#""disposition":"Draft","notes":"draft""#),
         80,
@@ -193,7 +182,7 @@ async fn an_outbound_call_is_made_and_several_matches_are_kept_for_the_screen_po
         &format!("{COLUMNS}\n[crm.lookup]\nmatches_column = \"new_callermatches\""),
     );
     let conv = conversation();
-    crm.handle(&event(
+    crm.handle(&crm_event(
         EventKind::CallOutboundInitiated,
         &call_body(&conv, r#""dialledTo":"+18449401117""#),
         0,
@@ -201,7 +190,7 @@ async fn an_outbound_call_is_made_and_several_matches_are_kept_for_the_screen_po
     ))
     .await
     .unwrap();
-    crm.handle(&event(
+    crm.handle(&crm_event(
         EventKind::CallEnded,
         &call_body(&conv, r#""duration":30,"callType":"outbound""#),
         30,
@@ -240,7 +229,7 @@ async fn one_refused_call_in_a_batch_costs_only_its_own_events() {
         .enumerate()
         .map(|(i, conv)| {
             let body = call_body(conv, &format!(r#""callerANI":"+1888555{i:04}""#));
-            event(EventKind::CallIncoming, &body, i as i64, i as u64)
+            crm_event(EventKind::CallIncoming, &body, i as i64, i as u64)
         })
         .collect();
     let results = futures::future::join_all(events.iter().map(|e| crm.handle(e))).await;

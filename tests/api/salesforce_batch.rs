@@ -3,24 +3,13 @@
 //! order of attempts matters, the whole bridge where fates do.
 
 use serde_json::Value;
-use softphone_bridge::contract::{Event, EventKind};
+use softphone_bridge::contract::EventKind;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent};
 use wiremock::ResponseTemplate;
 
 use crate::fake_salesforce::*;
 use crate::helpers::*;
 use crate::salesforce::{dead_letter_count, deliver, spawn};
-
-/// A call event as the lane hands it over, published `at` seconds in.
-fn event(kind: EventKind, body: &str, at: i64, sequence: u64) -> CrmEvent {
-    CrmEvent {
-        id: format!("e{sequence}"),
-        event: Event::decode(kind, body.as_bytes()).unwrap(),
-        raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
-        published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
-        sequence,
-    }
-}
 
 #[tokio::test]
 async fn concurrent_writes_go_as_a_few_requests_each_event_with_its_own_result() {
@@ -35,7 +24,7 @@ async fn concurrent_writes_go_as_a_few_requests_each_event_with_its_own_result()
         .enumerate()
         .map(|(i, (conv, ani))| {
             let body = call_body(conv, &format!(r#""callerANI":"{ani}""#));
-            event(EventKind::CallIncoming, &body, i as i64, i as u64)
+            crm_event(EventKind::CallIncoming, &body, i as i64, i as u64)
         })
         .collect();
     // Warm the token, then let the org be busy for a while.
@@ -65,7 +54,7 @@ async fn concurrent_writes_go_as_a_few_requests_each_event_with_its_own_result()
         .skip(1)
         .map(|(i, (conv, _))| {
             let body = call_body(conv, r#""duration":30,"disposition":"Booked","notes":"n""#);
-            event(EventKind::CallEnded, &body, 100 + i as i64, 100 + i as u64)
+            crm_event(EventKind::CallEnded, &body, 100 + i as i64, 100 + i as u64)
         })
         .collect();
     let results = futures::future::join_all(ended.iter().map(|e| crm.handle(e))).await;
@@ -88,21 +77,26 @@ async fn a_retried_older_notes_never_overwrites_newer_notes() {
     let sf = FakeSalesforce::start().await;
     let crm = sf.adapter("");
     let conv = conversation();
-    let older = event(
+    let older = crm_event(
         EventKind::CallNotesSubmitted,
         &call_body(&conv, r#""disposition":"Callback","notes":"older""#),
         10,
         10,
     );
-    let newer = event(
+    let newer = crm_event(
         EventKind::CallNotesSubmitted,
         &call_body(&conv, r#""disposition":"Booked","notes":"newer""#),
         20,
         20,
     );
-    crm.handle(&event(EventKind::CallIncoming, &call_body(&conv, ""), 0, 1))
-        .await
-        .unwrap();
+    crm.handle(&crm_event(
+        EventKind::CallIncoming,
+        &call_body(&conv, ""),
+        0,
+        1,
+    ))
+    .await
+    .unwrap();
     // The older one meets the org's trouble; meanwhile (another replica)
     // the newer one is written; then the older one is retried.
     sf.org().script.push_back(ResponseTemplate::new(503));
@@ -116,7 +110,7 @@ async fn a_retried_older_notes_never_overwrites_newer_notes() {
     assert_eq!(sf.word(&conv), word("newer", "Booked", ":20.000Z"));
     // A late ended fills nothing the agent wrote.
     let ended = call_body(&conv, r#""disposition":"No answer","notes":"ended""#);
-    crm.handle(&event(EventKind::CallEnded, &ended, 5, 5))
+    crm.handle(&crm_event(EventKind::CallEnded, &ended, 5, 5))
         .await
         .unwrap();
     assert_eq!(sf.task(&conv)["Description"], "newer");
@@ -127,25 +121,30 @@ async fn writes_of_one_call_in_one_batch_are_merged_in_event_order() {
     let sf = FakeSalesforce::start().await;
     let crm = sf.adapter("");
     let conv = conversation();
-    crm.handle(&event(EventKind::CallIncoming, &call_body(&conv, ""), 0, 1))
-        .await
-        .unwrap();
+    crm.handle(&crm_event(
+        EventKind::CallIncoming,
+        &call_body(&conv, ""),
+        0,
+        1,
+    ))
+    .await
+    .unwrap();
     sf.drain().await;
     // Handed over newest first, in one batch.
     let events = [
-        event(
+        crm_event(
             EventKind::CallNotesSubmitted,
             &call_body(&conv, r#""notes":"last""#),
             30,
             4,
         ),
-        event(
+        crm_event(
             EventKind::CallNotesSubmitted,
             &call_body(&conv, r#""notes":"first""#),
             20,
             3,
         ),
-        event(
+        crm_event(
             EventKind::CallEnded,
             &call_body(&conv, r#""duration":5,"notes":"ended""#),
             10,
@@ -170,19 +169,24 @@ async fn an_upsert_racing_a_create_is_written_again_as_an_update() {
     let sf = FakeSalesforce::start().await;
     let crm = sf.adapter("");
     let conv = conversation();
-    crm.handle(&event(EventKind::CallIncoming, &call_body(&conv, ""), 0, 1))
-        .await
-        .unwrap();
+    crm.handle(&crm_event(
+        EventKind::CallIncoming,
+        &call_body(&conv, ""),
+        0,
+        1,
+    ))
+    .await
+    .unwrap();
     sf.org().item_errors.push_back("DUPLICATE_VALUE");
     let accepted = call_body(&conv, r#""ivrExitPath":"billing""#);
-    crm.handle(&event(EventKind::CallAccepted, &accepted, 1, 2))
+    crm.handle(&crm_event(EventKind::CallAccepted, &accepted, 1, 2))
         .await
         .unwrap();
     assert_eq!(sf.org().tasks.len(), 1);
     // A record locked by another write is that event's trouble, for now.
     sf.org().item_errors.push_back("UNABLE_TO_LOCK_ROW");
     let result = crm
-        .handle(&event(EventKind::CallAccepted, &accepted, 1, 2))
+        .handle(&crm_event(EventKind::CallAccepted, &accepted, 1, 2))
         .await;
     assert!(
         matches!(result, Err(CrmError::Transient { .. })),
@@ -198,7 +202,7 @@ async fn token_endpoint_failures_are_the_connections_trouble_in_a_batch() {
     let events: Vec<CrmEvent> = (0..5)
         .map(|i| {
             let body = call_body(&conversation(), r#""notes":"n""#);
-            event(EventKind::CallNotesSubmitted, &body, i, i as u64)
+            crm_event(EventKind::CallNotesSubmitted, &body, i, i as u64)
         })
         .collect();
     let results = futures::future::join_all(events.iter().map(|e| crm.handle(e))).await;
@@ -231,7 +235,7 @@ async fn a_value_too_long_for_a_custom_field_costs_only_that_value() {
     );
     let conv = conversation();
     let body = call_body(&conv, r#""language":"fr_FR_x","ivrExitPath":"billing""#);
-    crm.handle(&event(EventKind::CallAccepted, &body, 0, 1))
+    crm.handle(&crm_event(EventKind::CallAccepted, &body, 0, 1))
         .await
         .unwrap();
     let task = sf.task(&conv);
@@ -253,13 +257,13 @@ async fn callers_are_found_in_their_own_countrys_national_form() {
     );
     let (uk, fr) = (conversation(), conversation());
     let events = [
-        event(
+        crm_event(
             EventKind::CallIncoming,
             &call_body(&uk, r#""callerANI":"+442071234567""#),
             0,
             1,
         ),
-        event(
+        crm_event(
             EventKind::CallIncoming,
             &call_body(&fr, r#""callerANI":"+33142685300""#),
             0,
@@ -267,7 +271,7 @@ async fn callers_are_found_in_their_own_countrys_national_form() {
         ),
     ];
     // An org just written to gathers the next writes into one batch.
-    let warm_up = event(
+    let warm_up = crm_event(
         EventKind::CallNotesSubmitted,
         &call_body(&conversation(), r#""notes":"warm-up""#),
         0,

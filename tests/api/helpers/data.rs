@@ -53,3 +53,20 @@ pub fn start_call() -> serde_json::Value {
         }
     })
 }
+
+/// A call event as a lane hands it to a CRM adapter, published `at` seconds
+/// after 2027-01-15T08:00:00Z, with stream sequence `sequence`.
+pub fn crm_event(
+    kind: softphone_bridge::contract::EventKind,
+    body: &str,
+    at: i64,
+    sequence: u64,
+) -> softphone_bridge::crm::CrmEvent {
+    softphone_bridge::crm::CrmEvent {
+        id: format!("e{sequence}"),
+        event: softphone_bridge::contract::Event::decode(kind, body.as_bytes()).unwrap(),
+        raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
+        sequence,
+    }
+}
