@@ -437,3 +437,37 @@ async fn each_partner_writes_only_to_its_own_environment() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn through_the_bridge_a_call_published_in_reverse_is_one_closed_call_decided_by_the_call_memory()
+ {
+    let dv = FakeDataverse::start().await;
+    let contact = dv.add_contact("Ada Lovelace", ANI);
+    let app = spawn(&dv, COLUMNS).await;
+    let conv = conversation();
+    let mut events = lifecycle(&conv);
+    events.reverse();
+    for e in events.iter().chain(events.iter()) {
+        // Each twice, under new ids: a replay of the whole call.
+        app.publish(e.kind(), std::str::from_utf8(&e.raw).unwrap(), None)
+            .await;
+    }
+    app.settled().await;
+    assert_logged(&dv, &conv, &contact);
+    assert_eq!(dv.phonecalls(), 1);
+    assert_eq!(
+        dv.org().rollbacks,
+        0,
+        "no write met a closed call unprepared"
+    );
+    // The call memory knew the call after its first write: one read at most.
+    let reads = dv
+        .org()
+        .queries
+        .iter()
+        .filter(|(set, _)| set == "phonecalls")
+        .count();
+    assert!(reads <= 1, "{reads} reads of the phone call");
+    assert_eq!(dead_letter_count(&app).await, 0);
+    app.stop().await;
+}
