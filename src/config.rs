@@ -11,9 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::Guid;
 
-mod crm;
-mod http;
-mod nats;
 mod redact;
 mod secret;
 
@@ -28,10 +25,10 @@ pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
 pub use crate::registry::RegistrySettings;
-pub use crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
-pub use http::{HttpSettings, HttpTls, TokenSettings};
-pub use nats::{NatsSettings, NatsTls, StreamSettings};
-use redact::redact_url;
+pub use crate::broker::{NatsSettings, NatsTls, StreamSettings};
+pub use crate::crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
+pub use crate::http::{HttpSettings, HttpTls, TokenSettings};
+pub(crate) use redact::redact_url;
 pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};
 
@@ -258,7 +255,7 @@ impl Settings {
         if self.streams.replicas == 0 || self.streams.replicas > 5 {
             return fail("streams.replicas", "must be between 1 and 5".into());
         }
-        http::check(self, &|key, why| {
+        crate::http::check_settings(self, &|key, why| {
             ConfigError(format!("{key}: {why}{}", origin(figment, key)))
         })?;
         let buckets = [

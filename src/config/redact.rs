@@ -90,7 +90,7 @@ fn secret_name(name: &str) -> bool {
 }
 
 /// Serializes a URL (list) redacted.
-pub(super) fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redacted_url(url))
 }
 

@@ -8,6 +8,7 @@ pub mod dynamics;
 mod http;
 mod log;
 pub mod salesforce;
+mod settings;
 mod tokens;
 mod webhook;
 
@@ -20,7 +21,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use self::activity::CallMemorySettings;
-use crate::config::{CrmSettings, DEFAULT_CONNECTION, Settings};
+use crate::config::Settings;
 use crate::contract::{Event, EventKind, Guid};
 
 pub use self::activity::bucket_config;
@@ -28,6 +29,7 @@ pub use self::dynamics::DynamicsCrm;
 pub use self::http::{classify_response, client as http_client};
 pub use self::log::LogCrm;
 pub use self::salesforce::SalesforceCrm;
+pub use self::settings::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use self::webhook::{WebhookCrm, sign};
 
 /// An event as the CRM sees it: stable id, decoded payload, verbatim body.

@@ -7,6 +7,7 @@ pub mod ops;
 pub mod problem;
 mod routes;
 mod serve;
+mod settings;
 mod table;
 
 use std::net::SocketAddr;
@@ -20,10 +21,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
+
+pub(crate) use self::settings::check as check_settings;
+pub use self::settings::{HttpSettings, HttpTls, TokenSettings};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HttpSettings;
 use crate::dispatch::Dispatcher;
 use crate::metric;
 use auth::Tokens;

@@ -7,7 +7,9 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{DynamicsSettings, SalesforceSettings, Settings, redacted_url};
+use super::dynamics::DynamicsSettings;
+use super::salesforce::SalesforceSettings;
+use crate::config::{Settings, redacted_url};
 use crate::contract::Guid;
 
 /// Which CRM receives events.
@@ -189,7 +191,7 @@ fn default_crm_timeout() -> Duration {
 
 impl CrmSettings {
     /// Checks one connection: `Err((field, why))`.
-    pub(super) fn check(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
         match self {
             CrmSettings::Log => Ok(()),
             CrmSettings::Webhook(webhook) => webhook.secret.check().map_err(|why| ("secret", why)),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{ConfigError, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::contract::Guid;
 use crate::dispatch::UnknownSoftphones;
 
@@ -106,7 +106,7 @@ fn redact_str<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Checks the `[http]` keys; `error` words a message naming the key.
-pub(super) fn check(
+pub(crate) fn check(
     settings: &Settings,
     error: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {

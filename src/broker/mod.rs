@@ -2,6 +2,8 @@
 //! the pipeline's durable consumers, the registry bucket and the commands'
 //! idempotency bucket should be (provisioned by [`crate::provision`]).
 
+mod settings;
+
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,12 +12,14 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 
-use crate::config::{NatsSettings, Settings, redacted_url};
+use crate::config::{Settings, redacted_url};
 use crate::contract::{
     COMMAND_SUBJECTS, COMMANDS_STREAM, DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM, EventKind,
     LANE_SUBJECTS, LANES_STREAM, REPLAY_SUBJECTS, tenant,
 };
 use crate::pipeline::{self, Consumer, Role};
+
+pub use self::settings::{NatsSettings, NatsTls, StreamSettings};
 
 /// How the first connection attempt behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
