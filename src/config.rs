@@ -14,6 +14,7 @@ use crate::contract::Guid;
 mod redact;
 mod secret;
 
+pub use crate::broker::{NatsSettings, NatsTls, StreamSettings};
 pub use crate::callout::CalloutSettings;
 pub use crate::crm::activity::{BatchSettings, CallMemorySettings};
 pub use crate::crm::dynamics::{DynamicsLookup, DynamicsSettings};
@@ -21,13 +22,12 @@ pub use crate::crm::salesforce::{
     DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
     SalesforceAuth, SalesforceSettings,
 };
+pub use crate::crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
+pub use crate::http::{HttpSettings, HttpTls, TokenSettings};
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
 pub use crate::registry::RegistrySettings;
-pub use crate::broker::{NatsSettings, NatsTls, StreamSettings};
-pub use crate::crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
-pub use crate::http::{HttpSettings, HttpTls, TokenSettings};
 pub(crate) use redact::redact_url;
 pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};

@@ -213,3 +213,51 @@ impl DynamicsSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+
+    const GOOD: &str = "[crm]\nkind = \"dynamics\"\nurl = \"https://contoso.crm.dynamics.com\"\ntenant_id = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\nclient_id = \"51f81489-12ee-4a9e-aaae-a2591f45987d\"\nclient_secret = \"s3cr3t-value\"\n";
+
+    #[test]
+    fn a_connection_is_checked_and_its_secret_never_shown() {
+        let settings = Settings::from_toml(GOOD).unwrap();
+        let shown = settings.to_redacted_toml();
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(!format!("{settings:?}").contains("s3cr3t-value"));
+        for (change, key) in [
+            (
+                ("tenant_id = \"72f988bf", "tenant_id = \"contoso"),
+                "tenant_id",
+            ),
+            (
+                ("client_secret = \"s3cr3t-value\"", "client_secret = \"\""),
+                "client_secret",
+            ),
+            (
+                ("\nurl", "\nnotes_at_column = \"New Notes\"\nurl"),
+                "notes_at_column",
+            ),
+            (
+                (
+                    "s3cr3t-value\"\n",
+                    "s3cr3t-value\"\n[crm.columns]\nfavouriteColour = \"new_colour\"\n",
+                ),
+                "columns",
+            ),
+            (
+                (
+                    "s3cr3t-value\"\n",
+                    "s3cr3t-value\"\n[crm.batch]\nmax_records = 301\n",
+                ),
+                "batch.max_records",
+            ),
+        ] {
+            let toml = GOOD.replacen(change.0, change.1, 1);
+            let error = Settings::from_toml(&toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{key}: {error}");
+            assert!(!error.contains("s3cr3t-value"), "{error}");
+        }
+    }
+}
