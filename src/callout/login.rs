@@ -102,12 +102,30 @@ impl Refusal {
 
 /// Verifies login tokens against the configured keys and partners.
 pub struct Verifier {
-    keys: Vec<Key>,
+    /// Replaced when the settings are read again (SIGHUP): keys rotate
+    /// without a restart.
+    keys: RwLock<Vec<Key>>,
     validation: Validation,
     /// Clock skew allowed on `exp`, in seconds.
     leeway: i64,
     /// The configured partners; replaced when the settings are read again.
     partners: RwLock<BTreeSet<Guid>>,
+}
+
+/// The keys the settings name: the HS256 secret, the key file's keys.
+fn keys(settings: &CalloutSettings) -> anyhow::Result<Vec<Key>> {
+    let mut keys = Vec::new();
+    if let Some(secret) = &settings.token_secret {
+        keys.push(Key {
+            kid: None,
+            algorithm: Algorithm::HS256,
+            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+        });
+    }
+    if let Some(file) = &settings.token_public_key_file {
+        keys.extend(read_public_keys(file)?);
+    }
+    Ok(keys)
 }
 
 /// The claims read from a token.
@@ -128,17 +146,7 @@ impl Verifier {
         settings: &CalloutSettings,
         partners: impl IntoIterator<Item = Guid>,
     ) -> anyhow::Result<Self> {
-        let mut keys = Vec::new();
-        if let Some(secret) = &settings.token_secret {
-            keys.push(Key {
-                kid: None,
-                algorithm: Algorithm::HS256,
-                key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
-            });
-        }
-        if let Some(file) = &settings.token_public_key_file {
-            keys.extend(read_public_keys(file)?);
-        }
+        let keys = RwLock::new(keys(settings)?);
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is checked against the caller's clock (see `verify`).
         validation.validate_exp = false;
@@ -165,6 +173,16 @@ impl Verifier {
         *self.partners.write().expect("never poisoned") = partners.into_iter().collect();
     }
 
+    /// Reads the keys again (the secret, the key file): a key added to the
+    /// file verifies from now on, one removed no longer does. Keys that
+    /// cannot be used leave the current ones in place, with the reason.
+    pub fn set_keys(&self, settings: &CalloutSettings) -> anyhow::Result<usize> {
+        let keys = keys(settings)?;
+        let count = keys.len();
+        *self.keys.write().expect("never poisoned") = keys;
+        Ok(count)
+    }
+
     /// Verifies `token` at `now` (Unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Login, Refusal> {
         if token.is_empty() {
@@ -184,8 +202,8 @@ impl Verifier {
             return Err(Refusal::AlgNone);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Algorithm)?;
-        let candidates: Vec<&Key> = self
-            .keys
+        let keys = self.keys.read().expect("never poisoned");
+        let candidates: Vec<&Key> = keys
             .iter()
             .filter(|k| k.algorithm == header.alg)
             .filter(|k| match (&header.kid, &k.kid) {
@@ -194,7 +212,7 @@ impl Verifier {
             })
             .collect();
         if candidates.is_empty() {
-            let algorithm_known = self.keys.iter().any(|k| k.algorithm == header.alg);
+            let algorithm_known = keys.iter().any(|k| k.algorithm == header.alg);
             return Err(if algorithm_known {
                 Refusal::UnknownKey
             } else {
@@ -499,6 +517,33 @@ mod tests {
         std::fs::write(&bad, "not a key").unwrap();
         assert!(
             Verifier::new(&settings(&format!("token_public_key_file = {bad:?}\n")), []).is_err()
+        );
+        // The file rotated (a third key in, the oldest out) and read again
+        // without a restart; an unreadable file leaves the keys as they were.
+        let newest = rcgen::KeyPair::generate().unwrap();
+        let rotated = json!({"keys": [jwk(&new, "2026-02"), jwk(&newest, "2026-03")]});
+        std::fs::write(&jwks, rotated.to_string()).unwrap();
+        let from_file = settings(&format!("token_public_key_file = {jwks:?}\n"));
+        assert_eq!(
+            from_set.set_keys(&from_file).unwrap(),
+            3,
+            "the secret and two keys"
+        );
+        assert!(
+            from_set
+                .verify(&es256(&newest, Some("2026-03")), now())
+                .is_ok()
+        );
+        assert_eq!(
+            from_set.verify(&es256(&old, Some("2026-01")), now()),
+            Err(Refusal::UnknownKey)
+        );
+        std::fs::write(&jwks, "{").unwrap();
+        assert!(from_set.set_keys(&from_file).is_err());
+        assert!(
+            from_set
+                .verify(&es256(&newest, Some("2026-03")), now())
+                .is_ok()
         );
     }
 }

@@ -101,11 +101,22 @@ impl Callout {
         }))
     }
 
-    /// Takes the partners of settings read again: logins of a partner added
-    /// since start-up come in, those of a removed one no longer do.
+    /// Takes the partners and the login keys of settings read again: logins
+    /// of a partner added since start-up come in, those of a removed one no
+    /// longer do; a key added to the key file verifies, one removed no
+    /// longer does (keys that cannot be read leave the current ones).
     pub fn reload(&self, settings: &Settings) {
         self.verifier
             .set_partners(settings.partners.keys().cloned());
+        let Some(callout) = &settings.callout else {
+            return;
+        };
+        match self.verifier.set_keys(callout) {
+            Ok(keys) => tracing::info!(keys, "Login keys read again."),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "Login keys cannot be read again; the current ones stay.")
+            }
+        }
     }
 
     /// The answer to one authorization request (`payload`, with the server's

@@ -1,7 +1,7 @@
 //! The callout as a service: every replica in one queue group on
 //! [`SUBJECT`], answering each request on a task of its own, at most
 //! [`MAX_IN_FLIGHT`] at once; the answer's outcome is logged and counted,
-//! never the token. SIGHUP reads the settings' partners again.
+//! never the token. SIGHUP reads the settings' partners and login keys again.
 
 use std::sync::Arc;
 
@@ -71,8 +71,9 @@ pub async fn serve_requests(
     tracker.wait().await;
 }
 
-/// Reads the settings again on every SIGHUP and takes their partners: a
-/// partner added (or removed) is logged in (or no longer) without a restart.
+/// Reads the settings again on every SIGHUP and takes their partners and
+/// login keys: a partner added (or removed) is logged in (or no longer), and
+/// a rotated key file is used, without a restart.
 #[cfg(unix)]
 pub async fn reload_on_hangup(config: Option<std::path::PathBuf>, callout: Arc<Callout>) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -86,12 +87,12 @@ pub async fn reload_on_hangup(config: Option<std::path::PathBuf>, callout: Arc<C
                 callout.reload(&settings);
                 tracing::info!(
                     partners = settings.partners.len(),
-                    "Settings read again on SIGHUP: the auth callout takes their partners."
+                    "Settings read again on SIGHUP: the auth callout takes their partners and keys."
                 );
             }
             Err(e) => tracing::error!(
                 error = %e,
-                "Settings read again on SIGHUP are invalid; the auth callout keeps its partners."
+                "Settings read again on SIGHUP are invalid; the auth callout keeps its partners and keys."
             ),
         }
     }
