@@ -68,18 +68,18 @@ pub enum Command {
     /// Dead letters in SOFTPHONE_DLQ: list, show, replay, purge.
     Dlq {
         #[command(subcommand)]
-        command: crate::dlq::DlqCommand,
+        command: crate::ops::dlq::DlqCommand,
     },
     /// Send events SOFTPHONE_EVENTS still keeps through a CRM connection again,
     /// with their original event id and publish time (the CRM de-duplicates).
-    Replay(crate::replay::ReplayArgs),
+    Replay(crate::ops::replay::ReplayArgs),
     /// Lanes, replicas, dead letters, API usage and the registry, on one screen.
-    Status(crate::status::StatusArgs),
+    Status(crate::ops::status::StatusArgs),
     /// Check the configuration end to end: NATS, streams and consumers, each CRM connection.
     Doctor,
     /// Print the nats-server configuration for these settings: the bridge's
     /// account, one account per partner, the auth callout, the listeners.
-    NatsConfig(crate::nats_config::Listeners),
+    NatsConfig(crate::ops::nats_config::Listeners),
 }
 
 impl Cli {
@@ -104,12 +104,14 @@ impl Cli {
             }
             Command::Emit { event, payload, id } => emit(&settings, &event, &payload, id).await,
             Command::HashToken { generate } => hash_token(generate).await,
-            Command::Dlq { command } => crate::dlq::execute(&settings, command).await,
-            Command::Replay(args) => crate::replay::execute(&settings, args).await,
-            Command::Status(args) => crate::status::execute(&settings, args).await,
-            Command::Doctor => crate::doctor::execute(&settings).await,
-            Command::NatsConfig(listeners) => crate::nats_config::execute(&settings, &listeners),
-            Command::Health { url } => crate::health::check(&settings.http, url).await,
+            Command::Dlq { command } => crate::ops::dlq::execute(&settings, command).await,
+            Command::Replay(args) => crate::ops::replay::execute(&settings, args).await,
+            Command::Status(args) => crate::ops::status::execute(&settings, args).await,
+            Command::Doctor => crate::ops::doctor::execute(&settings).await,
+            Command::NatsConfig(listeners) => {
+                crate::ops::nats_config::execute(&settings, &listeners)
+            }
+            Command::Health { url } => crate::ops::health::check(&settings.http, url).await,
         }
     }
 }

@@ -16,8 +16,9 @@
 //! - [`broker`]: NATS connection; the streams and consumers it should have.
 //! - [`provision`]: those compared with the server's, then created or updated.
 //! - [`pipeline`]: intake → lane → CRM → outcome, in that order.
-//! - [`crm`]: the CRM trait, the `log`, `webhook` and `salesforce` adapters,
-//!   and the configured connections by name (see deploy/salesforce.md).
+//! - [`crm`]: the CRM trait, the `log`, `webhook`, `salesforce` and
+//!   `dynamics` adapters (the last two on the machinery they share), and the
+//!   configured connections by name (deploy/salesforce.md, deploy/dynamics.md).
 //! - [`http`]: the command API for CRMs, health, readiness, metrics.
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
 //! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
@@ -25,14 +26,15 @@
 //! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV);
 //!   `bucket` opens it and every other key-value bucket the bridge keeps.
 //! - [`callout`]: the NATS auth callout: platform logins become users of their
-//!   partner's account; [`nats_config`] renders the server's configuration
+//!   partner's account; `ops::nats_config` renders the server's configuration
 //!   (deploy/tenancy.md).
 //! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
 //! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
 //! - [`tls`]: the rustls crypto provider every TLS user installs first.
-//! - [`cli`]: the `softphone-bridge` subcommands; [`dlq`], [`replay`],
-//!   [`status`] and [`doctor`] are the operators' ([`dlq`] and [`replay`]
-//!   share `console` and `scan`); [`health`] the container health check.
+//! - [`cli`]: the `softphone-bridge` subcommands; `ops` holds the
+//!   operators' commands (`dlq`, `replay`, `status`, `doctor`, `nats-config`,
+//!   `health` the container health check) and what only they use (`console`,
+//!   `scan`).
 
 pub mod broker;
 mod bucket;
@@ -40,28 +42,22 @@ pub mod callout;
 pub mod cli;
 mod command;
 pub mod config;
-mod console;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
-mod dlq;
-mod doctor;
-mod health;
 mod heartbeat;
 pub mod http;
 mod load;
 pub mod metric;
-pub mod nats_config;
+mod ops;
 pub mod pipeline;
 pub mod provision;
 pub mod registry;
-mod replay;
-mod scan;
 mod service;
 pub mod startup;
-mod status;
 pub mod telemetry;
 mod text;
 pub mod tls;
 
+pub use ops::nats_config;
 pub use startup::Application;

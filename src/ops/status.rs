@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
 use crate::contract::DLQ_STREAM;
-use crate::dlq::ReasonCounts;
+use crate::ops::dlq::ReasonCounts;
 use crate::pipeline::{self, Circuit, Role};
 use crate::service::{ApiUsage, ReplicaView, SERVICE_NAME, VIEW_ENDPOINT};
 
@@ -361,7 +361,7 @@ async fn dead_letters(js: &jetstream::Context) -> anyhow::Result<ReasonCounts> {
         .get_stream(DLQ_STREAM)
         .await
         .with_context(|| format!("no {DLQ_STREAM} stream (run `softphone-bridge provision`?)"))?;
-    crate::dlq::count_by_reason(&stream).await
+    crate::ops::dlq::count_by_reason(&stream).await
 }
 
 fn api_usage(views: &[ReplicaView]) -> BTreeMap<String, ApiUsage> {

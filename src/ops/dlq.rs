@@ -1,7 +1,7 @@
 //! `softphone-bridge dlq`: list, show, replay and purge the dead letters in
 //! `SOFTPHONE_DLQ` (format in subjects.md).
 //!
-//! Dead letters are read in order ([`scan`](crate::scan)), one batch at a
+//! Dead letters are read in order ([`scan`](crate::ops::scan)), one batch at a
 //! time, so memory stays bounded however many there are.
 
 use std::io::Write as _;
@@ -16,12 +16,12 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
-use crate::console::{self, parse_when};
 use crate::contract::{
     DLQ_STREAM, EVENTS_STREAM, EventKind, SUBJECT_ROOT, dlq_header, dlq_subject, event_subject,
     replay_header, replay_subject,
 };
-use crate::scan::Scan;
+use crate::ops::console::{self, parse_when};
+use crate::ops::scan::Scan;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {

@@ -31,10 +31,10 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
-use crate::console::{self, parse_when};
 use crate::contract::{EVENTS_STREAM, Event, Guid, LaneTarget};
+use crate::ops::console::{self, parse_when};
+use crate::ops::scan::{Scan, Stored};
 use crate::pipeline::{Delivery, lane_copy};
-use crate::scan::{Scan, Stored};
 
 /// Copies awaiting their publish acks at most.
 const IN_FLIGHT: usize = 64;
