@@ -124,7 +124,9 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
     router
         .route_layer(middleware::from_fn(count))
         .fallback(no_route)
-        .layer(DefaultBodyLimit::max(state.body_limit))
+        // The body limit is the command route's own (routes::read_body, the
+        // one body any route reads): no second limit here.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         .with_state(state)
 }
