@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use softphone_bridge::crm::dynamics::phonecall_id;
+use softphone_bridge::crm::phonecall_id;
 
 use fake_dataverse::FakeDataverse;
 

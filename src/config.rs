@@ -16,11 +16,10 @@ mod secret;
 
 pub use crate::broker::{NatsSettings, NatsTls, StreamSettings};
 pub use crate::callout::CalloutSettings;
-pub use crate::crm::activity::{BatchSettings, CallMemorySettings};
-pub use crate::crm::dynamics::{DynamicsLookup, DynamicsSettings};
-pub use crate::crm::salesforce::{
-    DispositionSource, LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings,
-    SalesforceAuth, SalesforceSettings,
+pub use crate::crm::{
+    BatchSettings, CallMemorySettings, DispositionSource, DynamicsLookup, DynamicsSettings,
+    LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings, SalesforceAuth,
+    SalesforceSettings,
 };
 pub use crate::crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use crate::dispatch::CommandSettings;

@@ -135,7 +135,7 @@ impl Plan {
         buckets.extend(broker::share_bucket_configs(settings));
         // The call memory serves Salesforce connections only.
         if settings.uses_call_memory() {
-            buckets.push(crate::crm::activity::bucket_config(
+            buckets.push(crate::crm::bucket_config(
                 &settings.call_memory,
                 settings.streams.replicas,
             ));

@@ -4,10 +4,10 @@
 //! (retry or dead-letter), and the configured connections by name.
 
 pub(crate) mod activity;
-pub mod dynamics;
+mod dynamics;
 mod http;
 mod log;
-pub mod salesforce;
+mod salesforce;
 mod settings;
 mod tokens;
 mod webhook;
@@ -20,15 +20,18 @@ use async_nats::jetstream;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
-use self::activity::CallMemorySettings;
 use crate::config::Settings;
 use crate::contract::{Event, EventKind, Guid};
 
 pub use self::activity::bucket_config;
-pub use self::dynamics::DynamicsCrm;
+pub use self::activity::{BatchSettings, CallMemorySettings};
+pub use self::dynamics::{DynamicsCrm, DynamicsLookup, DynamicsSettings, phonecall_id};
 pub use self::http::{classify_response, client as http_client};
 pub use self::log::LogCrm;
-pub use self::salesforce::SalesforceCrm;
+pub use self::salesforce::{
+    DispositionSource, JWT_BEARER_GRANT, LIMIT_INFO_HEADER, LookupSettings, MAPPABLE_FIELDS,
+    PresenceAction, PresenceSettings, SalesforceAuth, SalesforceCrm, SalesforceSettings,
+};
 pub use self::settings::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
 pub use self::webhook::{WebhookCrm, sign};
 

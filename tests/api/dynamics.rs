@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 use softphone_bridge::config::{CrmSettings, Settings};
 use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
-use softphone_bridge::crm::dynamics::phonecall_id;
+use softphone_bridge::crm::phonecall_id;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, DynamicsCrm};
 
 use crate::fake_dataverse::*;
