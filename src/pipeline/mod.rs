@@ -11,12 +11,15 @@
 //! 3. [`work`]: the CRM connection's actions, or the registry and `load`
 //!    callbacks of the softphone lane.
 //! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter, give
-//!    back); [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//!    back); the unit carries each one out, through [`delivery`] (and
+//!    [`dead_letter`], which keeps the copy).
 //!
 //! Every consumer (the intake, each partition) is a unit worked by one
 //! replica at a time: [`share`] decides which (membership and ownership
 //! leases in two key-value buckets), and [`unit`] is the one consume loop
-//! that works it, pulling no more than its room, in order ([`sequencer`]).
+//! that works it, pulling no more than its room, in order ([`sequencer`]),
+//! and carries out every fate: a stage ([`intake`], [`lane`]) only says what
+//! one attempt is and how a held event waits for its turn.
 
 mod dead_letter;
 mod delivery;
@@ -158,10 +161,13 @@ pub async fn run(
         worker.clone(),
         work::SoftphoneWork::new(Arc::clone(&settings), connections.clone(), js.clone()),
         None,
-        fence.clone(),
     ));
     let mut crm_lanes = std::collections::BTreeMap::new();
-    let intake = Arc::new(intake::Intake::new(Arc::clone(&settings), js.clone()));
+    let intake = Arc::new(intake::Intake::new(
+        Arc::clone(&settings),
+        js.clone(),
+        intake_connects,
+    ));
     let mut slots = Vec::new();
     for (consumer, pull) in bound.consumers {
         let settings_for = |room: usize, ack_wait| Template {
@@ -169,32 +175,17 @@ pub async fn run(
             js: js.clone(),
             room,
             ack_wait,
-            shutdown_deadline: worker.shutdown_deadline,
-            backoff: worker.backoff_after(1),
+            settings: worker.clone(),
             give_back_within: settings.lanes.lease / 4,
             fence: fence.clone(),
         };
         let start: share::Start = match &consumer.role {
             Role::Intake => {
                 let template = settings_for(worker.intake_window, worker.intake_ack_wait);
-                let (intake, connects) = (Arc::clone(&intake), intake_connects.clone());
-                let js = js.clone();
+                let intake = Arc::clone(&intake);
                 Box::new(move |consumer, wait, stop| {
                     let unit = template.unit(Arc::clone(&intake));
-                    let info = consumer.cached_info();
-                    let sweeper = unreadable::sweep_until(
-                        js.clone(),
-                        info.stream_name.clone(),
-                        info.name.clone(),
-                        connects.clone(),
-                        stop.clone(),
-                    );
-                    Box::pin(async move {
-                        let sweeper = tokio::spawn(sweeper);
-                        let ended = unit.run_after(wait, consumer, stop).await;
-                        let _ = sweeper.await;
-                        ended
-                    })
+                    Box::pin(unit.run_after(wait, consumer, stop))
                 })
             }
             Role::Softphones => {
@@ -223,7 +214,6 @@ pub async fn run(
                             worker.clone(),
                             work::CrmWork::new(connection, Arc::clone(crm)),
                             Some(gate),
-                            fence.clone(),
                         ))
                     })
                     .clone();
@@ -254,8 +244,7 @@ struct Template {
     js: jetstream::Context,
     room: usize,
     ack_wait: std::time::Duration,
-    shutdown_deadline: std::time::Duration,
-    backoff: std::time::Duration,
+    settings: WorkerSettings,
     give_back_within: std::time::Duration,
     fence: share::Fence,
 }
@@ -268,8 +257,7 @@ impl Template {
             js: self.js.clone(),
             room: self.room,
             ack_wait: self.ack_wait,
-            shutdown_deadline: self.shutdown_deadline,
-            backoff: self.backoff,
+            settings: self.settings.clone(),
             give_back_within: self.give_back_within,
             fence: self.fence.clone(),
         }

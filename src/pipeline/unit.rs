@@ -1,7 +1,8 @@
 //! The one consume loop. A unit is one durable consumer worked by this
 //! replica (the intake, or one partition of a lane) while it holds it; the
-//! [`Stage`] says what to do with each message, the unit does the rest for
-//! every stage alike:
+//! [`Stage`] says what one attempt at a message is and how a held one waits
+//! for its turn, [`outcome`] decides every fate, and the unit carries out
+//! every one, for every stage alike:
 //!
 //! - pulls no more than its room (each message travels with its permit);
 //! - reads each delivery in pull order ([`Stage::accept`]) and enters it
@@ -9,8 +10,14 @@
 //!   conversation's events are worked one at a time, in stream order;
 //! - keeps every delivery it holds alive with progress acks, while this
 //!   replica's membership is valid ([`Fence`]);
-//! - applies each fate ([`Delivery::apply`]), holding a delivery whose
-//!   dead letter NATS did not take;
+//! - attempts each job, has [`outcome::decide`] its fate and carries it out:
+//!   a retry waits its delay here (the event stays in progress, its
+//!   conversation waits), a hold waits for the stage's turn (a paused lane's
+//!   probe, the intake's NATS trouble), an ack or a dead letter goes to
+//!   [`Delivery::apply_to`], tried again while NATS does not take it;
+//! - sets aside, through the same fates, the messages of its consumer the
+//!   client cannot read, when the stage sweeps for them (the intake, see
+//!   [`super::unreadable`]);
 //! - when asked to stop (shutdown, or the partition moving): pulls no more,
 //!   gives back at once what has not begun (and, in a lane, what waits for a
 //!   retry or a paused connection), lets what is under way finish within the
@@ -23,20 +30,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::delivery::{Delivery, unreadable};
-use super::outcome::{self, Outcome};
+use super::WorkerSettings;
+use super::delivery::{Delivery, Original};
+use super::outcome::{self, HandleError, Outcome};
 use super::pull::{Next, Puller};
 use super::sequencer::Sequencer;
 use super::share::Fence;
+use super::unreadable;
 use crate::metric;
 
 /// What a unit does with each message of its consumer.
 pub(super) trait Stage: Send + Sync + 'static {
     type Job: Send + Sync + 'static;
+
+    /// `intake` or `lane`, for the metrics of a delivery without metadata.
+    const STAGE: &'static str;
+    /// Whether a delivery past `worker.max_deliveries` is dead-lettered
+    /// without another attempt (a lane; the intake has no such limit:
+    /// routing fails only for NATS's trouble or an invalid body).
+    const DELIVERY_LIMIT: bool;
 
     /// Reads a delivery, in pull order: its job and order key, or the fate
     /// it has without one (a delivery without metadata).
@@ -45,20 +62,34 @@ pub(super) trait Stage: Send + Sync + 'static {
         message: &jetstream::Message,
     ) -> impl Future<Output = Result<Accepted<Self::Job>, Outcome>> + Send;
 
-    /// Works the job once its turn came, until its fate; a wait in it ends
-    /// with [`Outcome::GiveBack`] once `stop` is cancelled.
-    fn work<'a>(
+    /// Waits until the job may be attempted; `false` when `stop` came first.
+    fn ready<'a>(
+        &'a self,
+        job: &'a mut Self::Job,
+        wait: Wait,
+        stop: &'a CancellationToken,
+    ) -> impl Future<Output = bool> + Send + 'a;
+
+    /// One attempt at the job.
+    fn attempt<'a>(
         &'a self,
         job: &'a mut Self::Job,
         message: &'a jetstream::Message,
-        stop: &'a CancellationToken,
-    ) -> impl Future<Output = Outcome> + Send + 'a;
+    ) -> impl Future<Output = Tried> + Send + 'a;
 
     /// The delivery a job's fate is applied to.
     fn delivery(job: &Self::Job) -> &Delivery;
 
+    fn delivery_mut(job: &mut Self::Job) -> &mut Delivery;
+
     /// The span the job is worked in.
     fn span(&self, job: &Self::Job) -> tracing::Span;
+
+    /// What wakes the unit to sweep its consumer for messages the client
+    /// cannot read (the intake's (re)connects); `None`: no sweep.
+    fn sweeps(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A delivery read by its stage.
@@ -66,6 +97,26 @@ pub(super) struct Accepted<J> {
     pub job: J,
     /// What orders it: the next message with the same key waits for it.
     pub key: String,
+}
+
+/// What a job waits for before its next attempt.
+pub(super) enum Wait {
+    /// Nothing but the stage's own (a paused lane): its first attempt, or
+    /// the next one after a retry's delay.
+    Go,
+    /// Its turn after a hold (the connection's, or NATS's, trouble).
+    Held {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How one attempt went.
+pub(super) struct Tried {
+    pub result: Result<(), HandleError>,
+    /// Whether the job's connection answered other events since the job was
+    /// last held (its failures are then its own).
+    pub answered: bool,
 }
 
 /// How a unit ended.
@@ -82,8 +133,8 @@ pub(super) struct Unit<S> {
     /// Messages worked at once, at most.
     pub room: usize,
     pub ack_wait: Duration,
-    pub shutdown_deadline: Duration,
-    pub backoff: Duration,
+    /// What fates are decided with (and `shutdown_deadline`).
+    pub settings: WorkerSettings,
     /// How long giving back what is left may take (a quarter of the lease).
     pub give_back_within: Duration,
     pub fence: Fence,
@@ -117,6 +168,11 @@ impl<S: Stage> Unit<S> {
         ));
         let sequencer = Arc::new(Sequencer::default());
         let tracker = TaskTracker::new();
+        if let Some(connects) = unit.stage.sweeps() {
+            let info = consumer.cached_info();
+            let (stream, name) = (info.stream_name.clone(), info.name.clone());
+            tracker.spawn(Arc::clone(&unit).set_aside_until(stream, name, connects, stop.clone()));
+        }
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
         let mut puller = Puller::new(consumer, unit.room);
@@ -131,7 +187,10 @@ impl<S: Stage> Unit<S> {
             let Accepted { mut job, key } = match unit.stage.accept(&message).await {
                 Ok(accepted) => accepted,
                 Err(fate) => {
-                    unreadable(&message, fate).await;
+                    tracing::error!(subject = %message.subject, ?fate, "Delivery without JetStream metadata.");
+                    let delivery = Delivery::unread(&message, S::STAGE);
+                    unit.carry_out(&delivery, &Original::Delivered(&message), fate, &stop)
+                        .await;
                     continue;
                 }
             };
@@ -158,8 +217,7 @@ impl<S: Stage> Unit<S> {
                             _ = stop.cancelled() => return outcome::given_back(),
                             () = turn.wait() => {}
                         }
-                        let fate = unit.stage.work(&mut job, &message, &stop).await;
-                        unit.settle(&job, &message, fate, &stop).await
+                        unit.work(&mut job, &message, &stop).await
                     };
                     let fate = tokio::select! {
                         fate = worked => fate,
@@ -177,7 +235,7 @@ impl<S: Stage> Unit<S> {
             );
         }
         tracker.close();
-        if tokio::time::timeout(unit.shutdown_deadline, tracker.wait())
+        if tokio::time::timeout(unit.settings.shutdown_deadline, tracker.wait())
             .await
             .is_err()
         {
@@ -193,38 +251,146 @@ impl<S: Stage> Unit<S> {
         Ended { clean }
     }
 
-    /// Applies a fate; a dead letter NATS did not take is tried again after
-    /// a backoff step, until it is taken or the unit stops.
-    async fn settle(
+    /// Works a job until its fate is carried out: attempts it, has
+    /// [`outcome::decide`] what became of it, and waits a retry's delay or a
+    /// hold's turn before the next attempt. Given back when `stop` comes
+    /// first, or when this replica's membership lapsed.
+    async fn work(
         &self,
-        job: &S::Job,
+        job: &mut S::Job,
         message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let original = Original::Delivered(message);
+        if S::DELIVERY_LIMIT
+            && let Some(fate) = outcome::exhausted(S::delivery(job).delivered, &self.settings)
+        {
+            return self
+                .carry_out(S::delivery(job), &original, fate, stop)
+                .await;
+        }
+        let mut wait = Wait::Go;
+        loop {
+            if !self.stage.ready(job, wait, stop).await || !self.fence.valid() {
+                return outcome::given_back();
+            }
+            let Tried { result, answered } = self.stage.attempt(job, message).await;
+            let delivery = S::delivery_mut(job);
+            let fate = outcome::decide(result, delivery.attempts, answered, &self.settings);
+            wait = match fate {
+                Outcome::Retry { delay, ref reason } => {
+                    tracing::warn!(%reason, attempt = delivery.attempts, retry_in_ms = delay.as_millis() as u64, "Event failed; retrying it here, its conversation waits.");
+                    delivery.count(&fate);
+                    delivery.attempts += 1;
+                    if !pause(delay, stop).await {
+                        return outcome::given_back();
+                    }
+                    Wait::Go
+                }
+                Outcome::Hold {
+                    reason,
+                    retry_after,
+                } => {
+                    tracing::debug!(%reason, "Event held.");
+                    Wait::Held {
+                        reason,
+                        retry_after,
+                    }
+                }
+                Outcome::GiveBack { .. } => return fate,
+                Outcome::Ack | Outcome::DeadLetter { .. } => {
+                    return self.carry_out(delivery, &original, fate, stop).await;
+                }
+            };
+        }
+    }
+
+    /// Carries out a fate that ends a message (ack, dead letter, a give-back
+    /// of a delivery without metadata); one NATS could not carry out (a dead
+    /// letter not stored) is held and carried out again after a backoff
+    /// step, never replaced by the hold that says so, until it is or the
+    /// unit stops.
+    async fn carry_out(
+        &self,
+        delivery: &Delivery,
+        original: &Original<'_>,
         fate: Outcome,
         stop: &CancellationToken,
     ) -> Outcome {
         loop {
-            if matches!(fate, Outcome::GiveBack { .. }) {
-                return fate;
-            }
             if !self.fence.valid() && !matches!(fate, Outcome::Ack) {
                 // Declared dead, perhaps: another replica may work the
                 // partition now. Only an ack is harmless.
                 tracing::warn!(unit = %self.name, "Membership not renewed; leaving the event to the ack wait.");
                 return outcome::given_back();
             }
-            // A fate NATS could not carry out is carried out again, never
-            // replaced by the hold that says so.
-            match S::delivery(job).apply(&self.js, message, &fate).await {
+            match delivery.apply_to(&self.js, original, &fate).await {
                 Ok(()) => return fate,
-                Err(held) => {
-                    if let Outcome::Hold { reason, .. } = &held {
-                        tracing::warn!(%reason, "Cannot carry out the event's fate; holding it.");
+                Err(Outcome::Hold { reason, .. }) => {
+                    tracing::warn!(%reason, "Cannot carry out the event's fate; holding it.");
+                }
+                Err(_) => {}
+            }
+            if !pause(self.settings.backoff_after(1), stop).await {
+                return outcome::given_back();
+            }
+        }
+    }
+
+    /// Sweeps the consumer for messages the client cannot read when the unit
+    /// starts and after each (re)connect of its connection, until `stop`,
+    /// and carries out each one's fate (dead-lettered, then deleted from the
+    /// stream); one not carried out stays for the next sweep.
+    async fn set_aside_until(
+        self: Arc<Self>,
+        stream: String,
+        consumer: String,
+        mut connects: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) {
+        // The sweep below covers the connects so far.
+        connects.mark_unchanged();
+        loop {
+            let found = tokio::select! {
+                _ = stop.cancelled() => return,
+                found = unreadable::find(&self.js, &stream, &consumer) => found,
+            };
+            match found {
+                Ok((stream, found)) => {
+                    for aside in found {
+                        let original = Original::Stored {
+                            stream: &stream,
+                            sequence: aside.delivery.sequence,
+                            body: aside.body,
+                        };
+                        let span = tracing::warn_span!("set_aside", sequence = aside.delivery.sequence, subject = %aside.delivery.subject);
+                        let fate = self
+                            .carry_out(&aside.delivery, &original, aside.fate, &stop)
+                            .instrument(span)
+                            .await;
+                        if matches!(fate, Outcome::GiveBack { .. }) {
+                            tracing::warn!(
+                                sequence = aside.delivery.sequence,
+                                "An event whose headers the client cannot read stays until the next sweep."
+                            );
+                        } else {
+                            tracing::warn!(sequence = aside.delivery.sequence, subject = %aside.delivery.subject, "Set aside an event whose headers the client cannot read.");
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Cannot look for events whose headers the client cannot read; looking again after the next reconnect."
+                ),
             }
             tokio::select! {
-                _ = stop.cancelled() => return outcome::given_back(),
-                _ = tokio::time::sleep(self.backoff) => {}
+                _ = stop.cancelled() => return,
+                changed = connects.changed() => {
+                    if changed.is_err() {
+                        // The client is gone, and its deliveries with it.
+                        return;
+                    }
+                }
             }
         }
     }
@@ -256,6 +422,14 @@ impl<S: Stage> Unit<S> {
         tokio::time::timeout(self.give_back_within, naks)
             .await
             .unwrap_or(false)
+    }
+}
+
+/// Waits `delay`; `false` when `stop` came first.
+async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
