@@ -20,7 +20,8 @@ use super::WorkerSettings;
 use super::delivery::Delivery;
 use super::gate::{Gate, HeldGuard, ProbeGuard};
 use super::outcome::{HandleError, Outcome};
-use super::unit::{Accepted, Stage, Tried, Wait};
+use super::unit::{Accepted, Stage, StoredKey, Tried, Wait};
+use super::unreadable;
 use crate::contract::{ContractError, Event, LaneTarget};
 use crate::crm::{CrmError, CrmEvent};
 
@@ -201,6 +202,22 @@ impl<W: Work> Stage for Lane<W> {
         let answered = self.record(&result, job.held.as_ref().map(|(_, at)| *at));
         job.probe = None;
         Tried { result, answered }
+    }
+
+    /// A stored event's conversation (or softphone); an event without one,
+    /// or one that does not decode, orders nothing after it.
+    fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey {
+        let decoded = self
+            .target()
+            .kind_of(&raw.subject)
+            .and_then(|(_, kind)| Event::decode(kind, &raw.payload).ok());
+        match decoded
+            .as_ref()
+            .map(|event| self.target().order_key(event, ""))
+        {
+            Some(key) if !key.is_empty() => StoredKey::Key(key.to_owned()),
+            _ => StoredKey::Alone,
+        }
     }
 
     fn delivery(job: &Job) -> &Delivery {

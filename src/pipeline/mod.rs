@@ -183,17 +183,17 @@ pub async fn run(
             Role::Intake => {
                 let template = settings_for(worker.intake_window, worker.intake_ack_wait);
                 let intake = Arc::clone(&intake);
-                Box::new(move |consumer, wait, stop| {
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&intake));
-                    Box::pin(unit.run_after(wait, consumer, stop))
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
             Role::Softphones => {
                 let template = settings_for(worker.concurrency, worker.ack_wait);
                 let lane = Arc::clone(&softphones);
-                Box::new(move |consumer, wait, stop| {
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run_after(wait, consumer, stop))
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
             Role::Crm(connection) => {
@@ -218,9 +218,9 @@ pub async fn run(
                     })
                     .clone();
                 let template = settings_for(room, worker.ack_wait);
-                Box::new(move |consumer, wait, stop| {
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run_after(wait, consumer, stop))
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
         };

@@ -16,12 +16,18 @@
 //!   it and every event it had pulled is settled or given back (confirmed by
 //!   the server), then deletes the key with the revision it holds, so the
 //!   next owner pulls at once.
-//! - taking over from a dead owner whose deliveries are still out
-//!   (`num_ack_pending > 0`), waits the unit's ack wait before its first
-//!   pull: those come back, and are delivered first, before anything newer.
+//! - takes a unit over from a dead owner (its key still there, its owner no
+//!   member) as soon as the owner's membership lapsed, and pulls at once:
+//!   the events the dead owner may still hold are the consumer's
+//!   deliveries between its ack floor and its last delivered sequence (it
+//!   is delivered nothing after its lease: see [`super::pull`]), and each of
+//!   their conversations waits for its event to come back (after the ack
+//!   wait) or be known settled, while the others go on at once (see
+//!   [`super::unit`]).
 //! - stops pulling everything when it could not renew its membership for
-//!   half a lease (before anyone may declare it dead), and sends no progress
-//!   ack, nak or dead letter meanwhile ([`Fence`]).
+//!   half a lease (before anyone may declare it dead), lets no pull request
+//!   outlive that, and sends no progress ack, nak or dead letter meanwhile
+//!   ([`Fence`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -49,10 +55,16 @@ impl Fence {
     }
 
     pub fn valid(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// How long this replica may still act as an owner, if it may.
+    pub fn remaining(&self) -> Option<Duration> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
     }
 
     fn extend(&self, until: Instant) {
@@ -60,11 +72,10 @@ impl Fence {
     }
 }
 
-/// Starts a unit: waits the given time first (a dead owner's deliveries
-/// coming back), then works its consumer until the token is cancelled.
-pub(super) type Start = Box<
-    dyn Fn(PullConsumer, Duration, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync,
->;
+/// Starts a unit, taken over from a dead owner or not, and works its
+/// consumer until the token is cancelled.
+pub(super) type Start =
+    Box<dyn Fn(PullConsumer, bool, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync>;
 
 /// A unit this replica can work.
 pub(super) struct Slot {
@@ -306,24 +317,16 @@ impl Share {
                 return None;
             }
         };
-        // Taking over from an owner that did not release it: its deliveries
-        // come back after the ack wait, and go first.
-        let mut wait = Duration::ZERO;
-        if let Some(owner) = &from {
-            let mut consumer = slot.consumer.clone();
-            let pending = match consumer.info().await {
-                Ok(info) => info.num_ack_pending,
-                Err(_) => 1,
-            };
-            if pending > 0 {
-                wait = slot.ack_wait;
+        // Taking over from an owner that did not release it: the deliveries
+        // it may still hold are waited for (see `unit`).
+        match &from {
+            Some(owner) => {
+                tracing::info!(unit = %slot.key, previous = %owner, "Took over the unit from a replica that left without releasing it.");
             }
-            tracing::info!(unit = %slot.key, previous = %owner, unacknowledged = pending, wait_ms = wait.as_millis() as u64, "Took over the unit from a replica that left without releasing it.");
-        } else {
-            tracing::info!(unit = %slot.key, "Claimed the unit.");
+            None => tracing::info!(unit = %slot.key, "Claimed the unit."),
         }
         let stop = CancellationToken::new();
-        let run = (slot.start)(slot.consumer.clone(), wait, stop.clone());
+        let run = (slot.start)(slot.consumer.clone(), from.is_some(), stop.clone());
         let key = slot.key.clone();
         let ended = ended.clone();
         tokio::spawn(async move {

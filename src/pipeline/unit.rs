@@ -39,7 +39,7 @@ use super::WorkerSettings;
 use super::delivery::{Delivery, Original};
 use super::outcome::{self, HandleError, Outcome};
 use super::pull::{Next, Puller};
-use super::sequencer::Sequencer;
+use super::sequencer::{Sequencer, Turn};
 use super::share::Fence;
 use super::unreadable;
 use crate::metric;
@@ -85,6 +85,12 @@ pub(super) trait Stage: Send + Sync + 'static {
     /// The span the job is worked in.
     fn span(&self, job: &Self::Job) -> tracing::Span;
 
+    /// The order key of a message read from the stream (the deliveries a
+    /// dead owner may still hold, see [`Unit::take_over`]).
+    fn stored_key(&self, _raw: &unreadable::Raw) -> StoredKey {
+        StoredKey::Unknown
+    }
+
     /// What wakes the unit to sweep its consumer for messages the client
     /// cannot read (the intake's (re)connects); `None`: no sweep.
     fn sweeps(&self) -> Option<watch::Receiver<u64>> {
@@ -97,6 +103,17 @@ pub(super) struct Accepted<J> {
     pub job: J,
     /// What orders it: the next message with the same key waits for it.
     pub key: String,
+}
+
+/// A stored message's order key, as its stage reads it.
+pub(super) enum StoredKey {
+    /// Orders no other message (an event of its own).
+    Alone,
+    Key(String),
+    /// The stage cannot work a newer message before an older one is settled
+    /// (the intake, which copies as it pulls): a take-over waits out the ack
+    /// wait instead.
+    Unknown,
 }
 
 /// What a job waits for before its next attempt.
@@ -141,24 +158,30 @@ pub(super) struct Unit<S> {
 }
 
 impl<S: Stage> Unit<S> {
-    /// Waits `wait` (a previous owner's deliveries coming back), then runs.
-    pub async fn run_after(
+    /// Works `consumer` until `stop`, then settles or gives back everything
+    /// it pulled. Taken over from a dead owner, each conversation the dead
+    /// owner may still hold an event of waits for it first (see
+    /// [`Unit::take_over`]).
+    pub async fn run(
         self,
-        wait: Duration,
-        consumer: PullConsumer,
+        mut consumer: PullConsumer,
+        takeover: bool,
         stop: CancellationToken,
     ) -> Ended {
-        tokio::select! {
-            _ = stop.cancelled() => return Ended { clean: true },
-            _ = tokio::time::sleep(wait) => {}
-        }
-        self.run(consumer, stop).await
-    }
-
-    /// Works `consumer` until `stop`, then settles or gives back everything
-    /// it pulled.
-    pub async fn run(self, consumer: PullConsumer, stop: CancellationToken) -> Ended {
         let unit = Arc::new(self);
+        let sequencer = Arc::new(Sequencer::default());
+        let reserved = Arc::new(Reserved::default());
+        if takeover {
+            match unit.take_over(&mut consumer, &sequencer).await {
+                Some(found) => *reserved.0.lock().expect("lock") = found,
+                None => {
+                    tracing::info!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Waiting out the ack wait before the first pull.");
+                    if !pause(unit.ack_wait, &stop).await {
+                        return Ended { clean: true };
+                    }
+                }
+            }
+        }
         let holding = Arc::new(Holding::default());
         let settled = CancellationToken::new();
         let keep_alive = tokio::spawn(Arc::clone(&holding).keep_alive(
@@ -166,16 +189,23 @@ impl<S: Stage> Unit<S> {
             unit.fence.clone(),
             settled.clone(),
         ));
-        let sequencer = Arc::new(Sequencer::default());
         let tracker = TaskTracker::new();
         if let Some(connects) = unit.stage.sweeps() {
             let info = consumer.cached_info();
             let (stream, name) = (info.stream_name.clone(), info.name.clone());
             tracker.spawn(Arc::clone(&unit).set_aside_until(stream, name, connects, stop.clone()));
         }
+        if !reserved.is_empty() {
+            tracker.spawn(resolve(
+                consumer.clone(),
+                Arc::clone(&reserved),
+                stop.clone(),
+            ));
+        }
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
-        let mut puller = Puller::new(consumer, unit.room);
+        let mut puller = Puller::new(consumer, unit.room, unit.fence.clone());
+        let room = puller.room();
         loop {
             let (message, permit) = match puller.next(&stop).await {
                 Next::Message(message, permit) => (message, permit),
@@ -196,14 +226,24 @@ impl<S: Stage> Unit<S> {
             };
             let sequence = S::delivery(&job).consumer_key;
             holding.hold(sequence, &message);
-            let mut turn = sequencer.enter(&key);
+            // A delivery a dead owner held takes the place kept for it; a
+            // newer event of its conversation waits behind it, and gives
+            // its room back while it waits (the consumer's
+            // `max_ack_pending` bounds those), so the older ones can be
+            // pulled when they come back.
+            let (mut turn, mut permit) = match reserved.take(sequence) {
+                Some(turn) => (turn, Some(permit)),
+                None if reserved.has(&key) => (sequencer.enter(&key), None),
+                None => (sequencer.enter(&key), Some(permit)),
+            };
             let span = unit.stage.span(&job);
-            let (unit, stop, abandon, holding, given_back) = (
+            let (unit, stop, abandon, holding, given_back, room) = (
                 Arc::clone(&unit),
                 stop.clone(),
                 abandon.clone(),
                 Arc::clone(&holding),
                 Arc::clone(&given_back),
+                Arc::clone(&room),
             );
             tracker.spawn(
                 async move {
@@ -216,6 +256,13 @@ impl<S: Stage> Unit<S> {
                             biased;
                             _ = stop.cancelled() => return outcome::given_back(),
                             () = turn.wait() => {}
+                        }
+                        if permit.is_none() {
+                            tokio::select! {
+                                biased;
+                                _ = stop.cancelled() => return outcome::given_back(),
+                                taken = room.acquire_owned() => permit = taken.ok(),
+                            }
                         }
                         unit.work(&mut job, &message, &stop).await
                     };
@@ -249,6 +296,64 @@ impl<S: Stage> Unit<S> {
         let clean = unit.give_back(&mut back).await;
         tracing::info!(unit = %unit.name, given_back = back.len(), clean, "Stopped working the consumer.");
         Ended { clean }
+    }
+
+    /// Taking `consumer` over from an owner that died: the deliveries it may
+    /// still hold are the consumer's between its ack floor and the last
+    /// sequence it delivered (none is delivered to the dead owner after its
+    /// lease lapsed, see [`super::pull`]). Read from the stream, each keeps
+    /// a place in its order key's line ([`Sequencer`]) until it comes back
+    /// (after the ack wait) or is known settled (the ack floor passed it),
+    /// so that no newer event of its conversation overtakes it, while every
+    /// other conversation goes on at once. `None`: wait out the ack wait
+    /// before the first pull instead (the stage cannot tell keys, too many
+    /// to read, or NATS did not answer).
+    async fn take_over(
+        &self,
+        consumer: &mut PullConsumer,
+        sequencer: &Arc<Sequencer>,
+    ) -> Option<BTreeMap<u64, (String, Turn)>> {
+        let info = match consumer.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                tracing::warn!(unit = %self.name, error = %e, "Cannot read the consumer taken over.");
+                return None;
+            }
+        };
+        let mut reserved = BTreeMap::new();
+        if info.num_ack_pending == 0 {
+            tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
+            return Some(reserved);
+        }
+        let filter = info.config.filter_subject.clone();
+        let last = info.delivered.stream_sequence;
+        let mut next = info.ack_floor.stream_sequence + 1;
+        let mut read = 0;
+        while next <= last {
+            let raw = match unreadable::next_raw(&self.js, &info.stream_name, next, &filter).await {
+                Ok(Some(raw)) if raw.sequence <= last => raw,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(unit = %self.name, error = %e, "Cannot read the deliveries the previous owner may hold.");
+                    return None;
+                }
+            };
+            read += 1;
+            if read > TAKE_OVER_READS {
+                return None;
+            }
+            match self.stage.stored_key(&raw) {
+                StoredKey::Alone => {}
+                StoredKey::Key(key) => {
+                    let turn = sequencer.enter(&key);
+                    reserved.insert(raw.sequence, (key, turn));
+                }
+                StoredKey::Unknown => return None,
+            }
+            next = raw.sequence + 1;
+        }
+        tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
+        Some(reserved)
     }
 
     /// Works a job until its fate is carried out: attempts it, has
@@ -422,6 +527,60 @@ impl<S: Stage> Unit<S> {
         tokio::time::timeout(self.give_back_within, naks)
             .await
             .unwrap_or(false)
+    }
+}
+
+/// Deliveries a take-over reads from the stream at most (else it waits out
+/// the ack wait).
+const TAKE_OVER_READS: usize = 1024;
+/// How often a take-over looks for the ack floor passing the places it keeps.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The places a take-over keeps, by stream sequence, for the deliveries a
+/// dead owner may still hold, with their order keys.
+#[derive(Default)]
+struct Reserved(Mutex<BTreeMap<u64, (String, Turn)>>);
+
+impl Reserved {
+    fn is_empty(&self) -> bool {
+        self.0.lock().expect("lock").is_empty()
+    }
+
+    /// The place kept for the delivery of `sequence`, which came back.
+    fn take(&self, sequence: u64) -> Option<Turn> {
+        let mut kept = self.0.lock().expect("lock");
+        if kept.is_empty() {
+            return None;
+        }
+        kept.remove(&sequence).map(|(_, turn)| turn)
+    }
+
+    /// Whether a place is kept with `key`.
+    fn has(&self, key: &str) -> bool {
+        let kept = self.0.lock().expect("lock");
+        !kept.is_empty() && kept.values().any(|(k, _)| k == key)
+    }
+
+    /// Gives up the places at or below the ack floor: settled by the dead
+    /// owner, they never come back.
+    fn settled_up_to(&self, floor: u64) {
+        let mut kept = self.0.lock().expect("lock");
+        let above = kept.split_off(&(floor + 1));
+        *kept = above;
+    }
+}
+
+/// Watches the ack floor of a consumer taken over until every place kept is
+/// given up or taken, or `stop`.
+async fn resolve(mut consumer: PullConsumer, reserved: Arc<Reserved>, stop: CancellationToken) {
+    while !reserved.is_empty() {
+        if !pause(RESOLVE_EVERY, &stop).await {
+            return;
+        }
+        match consumer.info().await {
+            Ok(info) => reserved.settled_up_to(info.ack_floor.stream_sequence),
+            Err(e) => tracing::debug!(error = %e, "Cannot read the consumer's ack floor."),
+        }
     }
 }
 

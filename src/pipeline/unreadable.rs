@@ -131,11 +131,11 @@ pub(super) async fn find(
 }
 
 /// One stored message, headers and all, as the stream holds it.
-struct Raw {
-    subject: String,
-    sequence: u64,
-    headers: Option<Vec<u8>>,
-    payload: Vec<u8>,
+pub(super) struct Raw {
+    pub subject: String,
+    pub sequence: u64,
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
 /// The answer of `$JS.API.STREAM.MSG.GET.<stream>`.
@@ -170,11 +170,29 @@ async fn raw_message(
     stream: &str,
     sequence: u64,
 ) -> Result<Option<Raw>, async_nats::Error> {
+    raw_get(js, stream, sequence, serde_json::json!({ "seq": sequence })).await
+}
+
+/// The first message at or after `sequence` on a subject `filter` matches,
+/// raw; `None` when there is none.
+pub(super) async fn next_raw(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    filter: &str,
+) -> Result<Option<Raw>, async_nats::Error> {
+    let request = serde_json::json!({ "seq": sequence, "next_by_subj": filter });
+    raw_get(js, stream, sequence, request).await
+}
+
+async fn raw_get(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    request: serde_json::Value,
+) -> Result<Option<Raw>, async_nats::Error> {
     let answer: MsgGet = js
-        .request(
-            format!("STREAM.MSG.GET.{stream}"),
-            &serde_json::json!({ "seq": sequence }),
-        )
+        .request(format!("STREAM.MSG.GET.{stream}"), &request)
         .await?;
     match (answer.message, answer.error) {
         (Some(stored), _) => {
