@@ -50,7 +50,7 @@ pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::LaneSettings;
 pub use settings::WorkerSettings;
-pub use share::{key_token, target};
+pub use share::{Owned, key_token, target};
 
 /// What a durable consumer of the pipeline does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +123,14 @@ pub fn consumers(settings: &Settings) -> Vec<Consumer> {
     consumers
 }
 
+/// What a replica shows of its pipeline, as it runs.
+pub struct Views<'a> {
+    /// Each CRM lane's gate, for `status` and the NATS service.
+    pub gates: &'a Gates,
+    /// The units it works, for readiness and the consumers' gauges.
+    pub owned: &'a Owned,
+}
+
 /// What a replica works with: the pipeline's consumers, bound, and the
 /// buckets that share them out.
 pub struct Bound {
@@ -138,21 +146,24 @@ pub struct Bound {
 /// those that move, and on shutdown settles or gives back what it holds
 /// within the shutdown deadline, releases its units and leaves the pool.
 /// `intake_connects` changes on every (re)connect of the intake's own
-/// connection; each CRM lane's gate joins `gates`, for views.
+/// connection; each CRM lane's gate joins `views.gates`, and the units it
+/// works are kept in `views.owned`.
 pub async fn run(
     settings: Arc<Settings>,
     js: jetstream::Context,
     connections: Connections,
     bound: Bound,
     intake_connects: tokio::sync::watch::Receiver<u64>,
-    gates: &Gates,
+    views: Views<'_>,
     shutdown: CancellationToken,
 ) {
+    let Views { gates, owned } = views;
     let share = share::Share::new(
         &settings.worker.consumer,
         bound.members,
         bound.owners,
         settings.lanes.lease,
+        owned.clone(),
     );
     let fence = share.fence.clone();
     let worker = &settings.worker;
@@ -226,6 +237,7 @@ pub async fn run(
         };
         slots.push(share::Slot {
             key: consumer.name.clone(),
+            stream: consumer.stream,
             consumer: pull,
             ack_wait: match consumer.role {
                 Role::Intake => worker.intake_ack_wait,

@@ -72,6 +72,25 @@ impl Fence {
     }
 }
 
+/// The units this replica works now (consumer name → its stream), for what
+/// it reports of them: readiness and the consumers' gauges read only these.
+#[derive(Clone, Default)]
+pub struct Owned(Arc<Mutex<BTreeMap<String, &'static str>>>);
+
+impl Owned {
+    /// `(stream, consumer)` of every unit this replica works now.
+    pub fn units(&self) -> Vec<(&'static str, String)> {
+        self.lock()
+            .iter()
+            .map(|(name, stream)| (*stream, name.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, &'static str>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Starts a unit, taken over from a dead owner or not, and works its
 /// consumer until the token is cancelled.
 pub(super) type Start =
@@ -81,6 +100,8 @@ pub(super) type Start =
 pub(super) struct Slot {
     /// Its key in the owners bucket: its consumer's name.
     pub key: String,
+    /// Its consumer's stream.
+    pub stream: &'static str,
     pub consumer: PullConsumer,
     /// How long the server waits for its acks.
     pub ack_wait: Duration,
@@ -107,10 +128,17 @@ pub(super) struct Share {
     owners: kv::Store,
     lease: Duration,
     pub fence: Fence,
+    owned: Owned,
 }
 
 impl Share {
-    pub fn new(pool: &str, members: kv::Store, owners: kv::Store, lease: Duration) -> Self {
+    pub fn new(
+        pool: &str,
+        members: kv::Store,
+        owners: kv::Store,
+        lease: Duration,
+        owned: Owned,
+    ) -> Self {
         Self {
             me: replica_id(),
             pool: key_token(pool),
@@ -118,6 +146,7 @@ impl Share {
             owners,
             lease,
             fence: Fence::new(),
+            owned,
         }
     }
 
@@ -209,6 +238,7 @@ impl Share {
                         tracing::warn!(unit = %key, "Membership not renewed for half a lease; stopping.");
                         stop.cancel();
                         *state = State::Abandoned;
+                        self.owned.lock().remove(key);
                     }
                 }
                 continue;
@@ -325,6 +355,7 @@ impl Share {
             }
             None => tracing::info!(unit = %slot.key, "Claimed the unit."),
         }
+        self.owned.lock().insert(slot.key.clone(), slot.stream);
         let stop = CancellationToken::new();
         let run = (slot.start)(slot.consumer.clone(), from.is_some(), stop.clone());
         let key = slot.key.clone();
@@ -359,6 +390,7 @@ impl Share {
             State::Running { revision, .. } => revision,
             _ => return,
         };
+        self.owned.lock().remove(key);
         if !self.fence.valid() {
             // Perhaps declared dead: whoever takes the unit over waits the ack wait.
             return;
