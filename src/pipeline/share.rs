@@ -392,7 +392,8 @@ impl Share {
         };
         self.owned.lock().remove(key);
         if !self.fence.valid() {
-            // Perhaps declared dead: whoever takes the unit over waits the ack wait.
+            // Perhaps declared dead: whoever takes the unit over waits for
+            // what it may still hold.
             return;
         }
         if !ended.clean {

@@ -271,6 +271,7 @@ impl<S: Stage> Unit<S> {
                         _ = abandon.cancelled() => outcome::given_back(),
                     };
                     if matches!(fate, Outcome::GiveBack { .. }) {
+                        S::delivery(&job).count(&fate);
                         given_back.lock().expect("lock").push(message);
                     }
                     holding.release(sequence);
