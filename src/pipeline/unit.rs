@@ -173,7 +173,7 @@ impl<S: Stage> Unit<S> {
         let reserved = Arc::new(Reserved::default());
         if takeover {
             match unit.take_over(&mut consumer, &sequencer).await {
-                Some(found) => *reserved.0.lock().expect("lock") = found,
+                Some(found) => reserved.keep(found),
                 None => {
                     tracing::info!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Waiting out the ack wait before the first pull.");
                     if !pause(unit.ack_wait, &stop).await {
@@ -231,10 +231,12 @@ impl<S: Stage> Unit<S> {
             // its room back while it waits (the consumer's
             // `max_ack_pending` bounds those), so the older ones can be
             // pulled when they come back.
-            let (mut turn, mut permit) = match reserved.take(sequence) {
-                Some(turn) => (turn, Some(permit)),
-                None if reserved.has(&key) => (sequencer.enter(&key), None),
-                None => (sequencer.enter(&key), Some(permit)),
+            let (mut turn, mut permit, mut roomless) = match reserved.take(sequence) {
+                Some(turn) => (turn, Some(permit), None),
+                None => match Reserved::roomless(&reserved, &key) {
+                    Some(roomless) => (sequencer.enter(&key), None, Some(roomless)),
+                    None => (sequencer.enter(&key), Some(permit), None),
+                },
             };
             let span = unit.stage.span(&job);
             let (unit, stop, abandon, holding, given_back, room) = (
@@ -263,6 +265,7 @@ impl<S: Stage> Unit<S> {
                                 _ = stop.cancelled() => return outcome::given_back(),
                                 taken = room.acquire_owned() => permit = taken.ok(),
                             }
+                            roomless = None;
                         }
                         unit.work(&mut job, &message, &stop).await
                     };
@@ -276,6 +279,7 @@ impl<S: Stage> Unit<S> {
                     }
                     holding.release(sequence);
                     in_flight.decrement(1.0);
+                    drop(roomless);
                     drop(turn);
                     drop(permit);
                 }
@@ -314,6 +318,8 @@ impl<S: Stage> Unit<S> {
         consumer: &mut PullConsumer,
         sequencer: &Arc<Sequencer>,
     ) -> Option<BTreeMap<u64, (String, Turn)>> {
+        // Places are kept in `sequencer` as they are read; given up
+        // (dropped) when `None` is returned.
         let info = match consumer.info().await {
             Ok(info) => info.clone(),
             Err(e) => {
@@ -538,36 +544,83 @@ const TAKE_OVER_READS: usize = 1024;
 const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The places a take-over keeps, by stream sequence, for the deliveries a
-/// dead owner may still hold, with their order keys.
+/// dead owner may still hold, with their order keys; and, per order key, the
+/// places and the newer events waiting without room behind them. A newer
+/// event of a key with any of those waits without room too, so no event that
+/// holds room ever waits behind one that has none (the room cannot fill with
+/// events waiting for one that waits for room).
 #[derive(Default)]
-struct Reserved(Mutex<BTreeMap<u64, (String, Turn)>>);
+struct Reserved(Mutex<Places>);
+
+#[derive(Default)]
+struct Places {
+    kept: BTreeMap<u64, (String, Turn)>,
+    roomless: std::collections::HashMap<String, usize>,
+}
+
+impl Places {
+    fn leave(&mut self, key: &str) {
+        if let Some(count) = self.roomless.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.roomless.remove(key);
+            }
+        }
+    }
+}
 
 impl Reserved {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, kept: BTreeMap<u64, (String, Turn)>) {
+        let mut places = self.lock();
+        for (key, _) in kept.values() {
+            *places.roomless.entry(key.clone()).or_default() += 1;
+        }
+        places.kept = kept;
+    }
+
     fn is_empty(&self) -> bool {
-        self.0.lock().expect("lock").is_empty()
+        self.lock().kept.is_empty()
     }
 
     /// The place kept for the delivery of `sequence`, which came back.
     fn take(&self, sequence: u64) -> Option<Turn> {
-        let mut kept = self.0.lock().expect("lock");
-        if kept.is_empty() {
-            return None;
-        }
-        kept.remove(&sequence).map(|(_, turn)| turn)
+        let mut places = self.lock();
+        let (key, turn) = places.kept.remove(&sequence)?;
+        places.leave(&key);
+        Some(turn)
     }
 
-    /// Whether a place is kept with `key`.
-    fn has(&self, key: &str) -> bool {
-        let kept = self.0.lock().expect("lock");
-        !kept.is_empty() && kept.values().any(|(k, _)| k == key)
+    /// Whether an event with `key` waits without room: while it does, the
+    /// guard counts it.
+    fn roomless(this: &Arc<Self>, key: &str) -> Option<Roomless> {
+        let mut places = this.lock();
+        let count = places.roomless.get_mut(key)?;
+        *count += 1;
+        Some(Roomless(Arc::clone(this), key.to_owned()))
     }
 
     /// Gives up the places at or below the ack floor: settled by the dead
     /// owner, they never come back.
     fn settled_up_to(&self, floor: u64) {
-        let mut kept = self.0.lock().expect("lock");
-        let above = kept.split_off(&(floor + 1));
-        *kept = above;
+        let mut places = self.lock();
+        let above = places.kept.split_off(&(floor + 1));
+        let settled = std::mem::replace(&mut places.kept, above);
+        for (key, _) in settled.values() {
+            places.leave(key);
+        }
+    }
+}
+
+/// An event waiting without room, counted until dropped.
+struct Roomless(Arc<Reserved>, String);
+
+impl Drop for Roomless {
+    fn drop(&mut self) {
+        self.0.lock().leave(&self.1);
     }
 }
 
@@ -659,5 +712,45 @@ impl Holding {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn events_behind_a_kept_place_wait_without_room_until_none_is_left() {
+        let sequencer = Arc::new(Sequencer::default());
+        let reserved = Arc::new(Reserved::default());
+        reserved.keep(BTreeMap::from([
+            (5, ("a".to_owned(), sequencer.enter("a"))),
+            (7, ("b".to_owned(), sequencer.enter("b"))),
+        ]));
+        assert!(
+            Reserved::roomless(&reserved, "c").is_none(),
+            "no place kept"
+        );
+        // A newer event of `a` waits without room behind the place.
+        let newer = Reserved::roomless(&reserved, "a").expect("waits without room");
+        let mut behind = sequencer.enter("a");
+        assert!(behind.wait().now_or_never().is_none(), "behind the place");
+        // The dead owner's event comes back and takes the place...
+        let mut back = reserved.take(5).expect("its place");
+        assert!(back.wait().now_or_never().is_some(), "first in its line");
+        // ...but a still newer one waits without room too, behind `newer`.
+        let newest = Reserved::roomless(&reserved, "a").expect("still without room");
+        drop(back);
+        assert!(behind.wait().now_or_never().is_some());
+        drop((newer, newest));
+        assert!(Reserved::roomless(&reserved, "a").is_none(), "none left");
+        // The ack floor passing a place gives it up.
+        let mut after_b = sequencer.enter("b");
+        assert!(after_b.wait().now_or_never().is_none());
+        reserved.settled_up_to(7);
+        assert!(reserved.is_empty());
+        assert!(after_b.wait().now_or_never().is_some());
+        assert!(Reserved::roomless(&reserved, "b").is_none());
     }
 }
