@@ -197,6 +197,7 @@ impl<S: Stage> Unit<S> {
         }
         if !reserved.is_empty() {
             tracker.spawn(resolve(
+                unit.js.clone(),
                 consumer.clone(),
                 Arc::clone(&reserved),
                 stop.clone(),
@@ -586,6 +587,10 @@ impl Reserved {
         self.lock().kept.is_empty()
     }
 
+    fn lowest(&self) -> Option<u64> {
+        self.lock().kept.keys().next().copied()
+    }
+
     /// The place kept for the delivery of `sequence`, which came back.
     fn take(&self, sequence: u64) -> Option<Turn> {
         let mut places = self.lock();
@@ -606,8 +611,13 @@ impl Reserved {
     /// Gives up the places at or below the ack floor: settled by the dead
     /// owner, they never come back.
     fn settled_up_to(&self, floor: u64) {
+        self.gone_below(floor.saturating_add(1));
+    }
+
+    /// Gives up the places below `sequence`, whose messages are gone.
+    fn gone_below(&self, sequence: u64) {
         let mut places = self.lock();
-        let above = places.kept.split_off(&(floor + 1));
+        let above = places.kept.split_off(&sequence);
         let settled = std::mem::replace(&mut places.kept, above);
         for (key, _) in settled.values() {
             places.leave(key);
@@ -626,14 +636,28 @@ impl Drop for Roomless {
 
 /// Watches the ack floor of a consumer taken over until every place kept is
 /// given up or taken, or `stop`.
-async fn resolve(mut consumer: PullConsumer, reserved: Arc<Reserved>, stop: CancellationToken) {
-    while !reserved.is_empty() {
+/// A place is also given up once its message is no longer in the stream
+/// (deleted, or aged out): it cannot come back.
+async fn resolve(
+    js: jetstream::Context,
+    mut consumer: PullConsumer,
+    reserved: Arc<Reserved>,
+    stop: CancellationToken,
+) {
+    let info = consumer.cached_info();
+    let (stream, filter) = (info.stream_name.clone(), info.config.filter_subject.clone());
+    while let Some(lowest) = reserved.lowest() {
         if !pause(RESOLVE_EVERY, &stop).await {
             return;
         }
         match consumer.info().await {
             Ok(info) => reserved.settled_up_to(info.ack_floor.stream_sequence),
             Err(e) => tracing::debug!(error = %e, "Cannot read the consumer's ack floor."),
+        }
+        match unreadable::next_raw(&js, &stream, lowest, &filter).await {
+            Ok(Some(raw)) => reserved.gone_below(raw.sequence),
+            Ok(None) => reserved.gone_below(u64::MAX),
+            Err(e) => tracing::debug!(error = %e, "Cannot read the stream."),
         }
     }
 }
