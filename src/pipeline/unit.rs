@@ -635,8 +635,7 @@ impl Drop for Roomless {
 }
 
 /// Watches the ack floor of a consumer taken over until every place kept is
-/// given up or taken, or `stop`.
-/// A place is also given up once its message is no longer in the stream
+/// given up or taken, or `stop`. A place is also given up once its message is no longer in the stream
 /// (deleted, or aged out): it cannot come back.
 async fn resolve(
     js: jetstream::Context,
