@@ -10,8 +10,10 @@
 //! moves only its own share), and:
 //! - claims a unit it should own with a compare-and-set only: created when
 //!   nobody holds it, updated with the revision it read when its recorded
-//!   owner is no member any more. Exclusive by construction: two replicas
-//!   cannot both win.
+//!   owner is no member any more (its own key read again to confirm it: a
+//!   listing of the bucket can miss a key renewed while it is made, which
+//!   would hand a live replica's unit to a second one). Exclusive by
+//!   construction: two replicas cannot both win.
 //! - releases a unit it should no longer own only after it stopped pulling
 //!   it and every event it had pulled is settled or given back (confirmed by
 //!   the server), then deletes the key with the revision it holds, so the
@@ -194,8 +196,11 @@ impl Share {
         })
     }
 
-    /// The replicas of this pool whose membership lives.
-    async fn live(&self) -> Result<BTreeSet<String>, async_nats::Error> {
+    /// The replicas of this pool whose membership lives. A listing of the
+    /// bucket can miss a key renewed while it is made (seen on a loaded R3
+    /// cluster): a replica of `before` that it misses is asked for by its
+    /// own key.
+    async fn live(&self, before: &BTreeSet<String>) -> Result<BTreeSet<String>, async_nats::Error> {
         let prefix = format!("{}.", self.pool);
         let mut keys = self.members.keys().await?;
         let mut live = BTreeSet::new();
@@ -204,7 +209,26 @@ impl Share {
                 live.insert(replica.to_owned());
             }
         }
+        let missed: Vec<String> = before.difference(&live).cloned().collect();
+        for replica in missed {
+            if self.member(&replica).await {
+                live.insert(replica);
+            }
+        }
         Ok(live)
+    }
+
+    /// Whether `replica`'s membership lives, read from its own key (the last
+    /// value of one subject, which no concurrent renewal can hide). Unknown
+    /// (NATS did not answer) counts as alive: nothing is taken from it.
+    async fn member(&self, replica: &str) -> bool {
+        match self.members.entry(format!("{}.{replica}", self.pool)).await {
+            Ok(entry) => entry.is_some_and(|e| e.operation == kv::Operation::Put),
+            Err(e) => {
+                tracing::warn!(%replica, error = %e, "Cannot read a replica's membership; taking nothing from it.");
+                true
+            }
+        }
     }
 
     /// Works the units it should own until `shutdown`; then stops them,
@@ -221,6 +245,7 @@ impl Share {
         // The first round at once: replicas starting together claim what
         // they see free, and hand over what they should not keep a tick later.
         let mut ticks = tokio::time::interval(self.tick());
+        let mut live = BTreeSet::new();
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -243,7 +268,7 @@ impl Share {
                 }
                 continue;
             }
-            let live = match self.live().await {
+            live = match self.live(&live).await {
                 Ok(live) => live,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot list the pool's members.");
@@ -328,7 +353,8 @@ impl Share {
             ),
             Some(entry) => {
                 let owner = String::from_utf8_lossy(&entry.value).into_owned();
-                if owner != self.me && live.contains(&owner) {
+                // Its own key confirms a member the listing missed.
+                if owner != self.me && (live.contains(&owner) || self.member(&owner).await) {
                     // Its owner lives: it releases the unit once settled.
                     return None;
                 }
