@@ -19,10 +19,10 @@ cd "$(dirname "$0")/.."
 RATE="${RATE:-500}"
 DURATION="${DURATION:-120}"
 DRAIN="${DRAIN:-300}"
-# lanes.lease (10s: a killed replica's partitions move) + worker.ack_wait (30s:
-# its events in flight come back) + crm.timeout (10s), the defaults the
-# cluster runs with.
-LIMIT="${LIMIT:-50}"
+# worker.ack_wait (30s: a killed replica's events in flight come back; its
+# partitions move within it, after lanes.lease, and every other conversation
+# goes on then) + crm.timeout (10s), the defaults the cluster runs with.
+LIMIT="${LIMIT:-40}"
 STATE_DIR="target/cluster"
 NATS_URLS="tls://127.0.0.1:4222,tls://127.0.0.1:4223,tls://127.0.0.1:4224"
 # The cluster's client listener speaks TLS only; publish.py trusts its local CA.

@@ -187,7 +187,10 @@ impl Application {
             self.connections.clone(),
             bound,
             self.intake.connects.clone(),
-            &self.gates,
+            pipeline::Views {
+                gates: &self.gates,
+                owned: &self.readiness.owned(),
+            },
             shutdown,
         )
         .await;

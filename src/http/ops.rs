@@ -1,8 +1,8 @@
 //! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State as Connection;
@@ -32,8 +32,11 @@ pub struct Readiness {
     /// The intake pulls on a connection of its own.
     intake: async_nats::Client,
     js: jetstream::Context,
-    /// `(stream, consumer)` of every pipeline consumer.
-    consumers: Vec<(&'static str, String)>,
+    /// The pipeline's units this replica works: only theirs are read, so a
+    /// probe costs one replica's share, however many replicas there are.
+    owned: crate::pipeline::Owned,
+    /// The consumers whose gauges this replica set last.
+    reported: Arc<Mutex<BTreeSet<String>>>,
     bucket: String,
     /// The commands' idempotency bucket: without it every command gets 503.
     keys: String,
@@ -61,15 +64,18 @@ impl Readiness {
             client,
             intake,
             js,
-            consumers: crate::pipeline::consumers(settings)
-                .into_iter()
-                .map(|consumer| (consumer.stream, consumer.name))
-                .collect(),
+            owned: crate::pipeline::Owned::default(),
+            reported: Arc::default(),
             bucket: settings.registry.bucket.clone(),
             keys: settings.commands.bucket.clone(),
             bound: Arc::default(),
             serving: Arc::default(),
         }
+    }
+
+    /// Where the pipeline keeps the units this replica works.
+    pub fn owned(&self) -> crate::pipeline::Owned {
+        self.owned.clone()
     }
 
     /// Marks the pipeline's consumers as bound (or not).
@@ -145,13 +151,28 @@ impl Readiness {
         }
     }
 
-    /// Reads every pipeline consumer's counters into the pending gauges,
-    /// many at once (a lane has a consumer per partition: hundreds with many
-    /// connections), each with one request.
+    /// Reads the counters of the consumers this replica works into the
+    /// pending gauges, many at once (a lane has a consumer per partition:
+    /// a replica works its share of hundreds with many connections), each
+    /// with one request. A consumer it no longer works is set to 0 here (its
+    /// owner reports it: dashboards take the maximum over replicas).
     async fn consumer_gauges(&self) -> Result<(), String> {
         use futures::StreamExt as _;
-        let mut reads = Vec::with_capacity(self.consumers.len());
-        for (stream, name) in self.consumers.iter().cloned() {
+        let units = self.owned.units();
+        let now: BTreeSet<String> = units.iter().map(|(_, name)| name.clone()).collect();
+        let gone: Vec<String> = {
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = reported.difference(&now).cloned().collect();
+            *reported = now;
+            gone
+        };
+        for name in gone {
+            let label = [("consumer", name)];
+            metrics::gauge!(metric::CONSUMER_PENDING, &label).set(0.0);
+            metrics::gauge!(metric::CONSUMER_ACK_PENDING, &label).set(0.0);
+        }
+        let mut reads = Vec::with_capacity(units.len());
+        for (stream, name) in units {
             let js = self.js.clone();
             reads.push(async move {
                 let info = probe(async {

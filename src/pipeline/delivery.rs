@@ -159,25 +159,36 @@ impl Delivery {
         }
     }
 
-    /// Applies a decided fate to a delivered message. `Err` holds the
-    /// message when the fate could not be carried out (the dead-letter
-    /// stream did not take the copy).
-    pub async fn apply(
-        &self,
-        js: &jetstream::Context,
-        message: &jetstream::Message,
-        outcome: &Outcome,
-    ) -> Result<(), Outcome> {
-        self.apply_to(js, Original::Delivered(message), outcome)
-            .await
+    /// A delivery whose JetStream metadata cannot be read (which a
+    /// JetStream consumer never sends): only its subject is known.
+    pub fn unread(message: &jetstream::Message, stage: &'static str) -> Self {
+        Self {
+            id: "unread".into(),
+            copy_key: "unread".into(),
+            subject: message.subject.to_string(),
+            sequence: 0,
+            published: OffsetDateTime::UNIX_EPOCH,
+            delivered: 0,
+            attempts: 0,
+            consumer_key: 0,
+            kind: None,
+            partner: None,
+            invalid_id: None,
+            stage,
+            lane: None,
+            read_raw: false,
+        }
     }
 
-    /// Applies a decided fate to `original`: every fate of every message,
-    /// delivered or set aside, goes through here (logs and metrics alike).
+    /// Applies a fate that ends a message to `original`: every such fate of
+    /// every message, delivered or set aside, goes through here (logs and
+    /// metrics alike), from the one consume loop. `Err` when it was not
+    /// carried out: a dead letter the dead-letter stream did not take (held,
+    /// and carried out again), or a fate worked in process (retry, hold).
     pub async fn apply_to(
         &self,
         js: &jetstream::Context,
-        original: Original<'_>,
+        original: &Original<'_>,
         outcome: &Outcome,
     ) -> Result<(), Outcome> {
         let kind = self.kind_name();
@@ -191,16 +202,12 @@ impl Delivery {
                 }
                 original.settle(AckKind::Ack).await
             }
-            Outcome::Retry { delay, reason } => {
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "Event failed; given back for a retry.");
-                original.settle(AckKind::Nak(Some(*delay))).await
-            }
             Outcome::GiveBack { reason } => {
                 tracing::debug!(%reason, "Event given back.");
                 original.settle(AckKind::Nak(None)).await
             }
-            // Held messages are handled again, not applied.
-            Outcome::Hold { .. } => return Err(outcome.clone()),
+            // Worked again in process, not applied.
+            Outcome::Retry { .. } | Outcome::Hold { .. } => return Err(outcome.clone()),
             Outcome::DeadLetter { reason, detail } => {
                 let origin = dead_letter::Origin {
                     subject: &self.subject,
@@ -232,8 +239,8 @@ impl Delivery {
         Ok(())
     }
 
-    /// Counts a fate decided and carried out in process (a retry, which is
-    /// an attempt after the first).
+    /// Counts a fate carried out in process (a retry, which is an attempt
+    /// after the first).
     pub fn count(&self, outcome: &Outcome) {
         count(self.kind_name(), self.stage, outcome.label());
         if matches!(outcome, Outcome::Retry { .. }) {
@@ -283,18 +290,6 @@ impl Original<'_> {
             // Nothing else ends a message that was never delivered.
             (Original::Stored { .. }, _) => Ok(()),
         }
-    }
-}
-
-/// Gives back a delivery whose metadata cannot be read, as `fate` says.
-pub(super) async fn unreadable(message: &jetstream::Message, fate: Outcome) {
-    tracing::error!(subject = %message.subject, ?fate, "Delivery without JetStream metadata.");
-    let delay = match fate {
-        Outcome::Retry { delay, .. } => Some(delay),
-        _ => None,
-    };
-    if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {
-        tracing::warn!(error = %e, "Cannot give the delivery back; it returns after the ack wait.");
     }
 }
 

@@ -23,8 +23,9 @@
 //! large) is dead-lettered at once, and those behind it go on.
 //!
 //! The intake pulls on a NATS connection of its own: a message whose headers
-//! the client cannot read drops that connection (see [`super::unreadable`], which
-//! sets such messages aside), and only that one. While NATS does not store
+//! the client cannot read drops that connection (see [`super::unreadable`]:
+//! its unit sweeps for such messages after every reconnect and sets them
+//! aside), and only that one. While NATS does not store
 //! an event's copies, the intake holds it (and those behind it); after
 //! `worker.intake_renew_after` of that it renews its connection, since
 //! publish acks can stop reaching a connection that still looks healthy
@@ -35,9 +36,11 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::watch;
+
 use super::delivery::Delivery;
-use super::outcome::{self, HandleError, Outcome, decide};
-use super::unit::{Accepted, Stage};
+use super::outcome::{self, HandleError, Outcome};
+use super::unit::{Accepted, Stage, Tried, Wait};
 use crate::config::Settings;
 use crate::contract::{ContractError, Event, EventKind, LaneTarget, lane_header};
 use crate::metric;
@@ -45,6 +48,9 @@ use crate::metric;
 pub(super) struct Intake {
     settings: Arc<Settings>,
     js: jetstream::Context,
+    /// Changes on every (re)connect of the intake's own connection: the unit
+    /// sweeps for messages the client cannot read then.
+    connects: watch::Receiver<u64>,
 }
 
 /// A delivery on its way to its fate.
@@ -52,21 +58,27 @@ pub(super) struct Job {
     delivery: Delivery,
     /// Where its copies go: `(subject, message id)`.
     routes: Vec<(String, String)>,
-    fate: Fate,
-}
-
-enum Fate {
-    /// Copies published; their acks are awaited in order.
-    Copied(Vec<PublishAckFuture>),
-    Decided(Outcome),
+    /// What its first attempt awaits: the copies published when it was
+    /// pulled, or why it has none. Later attempts copy again.
+    first: Option<Result<Vec<PublishAckFuture>, HandleError>>,
+    /// Since when NATS has not stored its copies.
+    held_since: Option<tokio::time::Instant>,
 }
 
 /// Every event of the intake is ordered after the one before it.
 const IN_ARRIVAL_ORDER: &str = "";
 
 impl Intake {
-    pub fn new(settings: Arc<Settings>, js: jetstream::Context) -> Self {
-        Self { settings, js }
+    pub fn new(
+        settings: Arc<Settings>,
+        js: jetstream::Context,
+        connects: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            settings,
+            js,
+            connects,
+        }
     }
 
     /// The lanes an event goes to, with the message id of each copy.
@@ -98,28 +110,26 @@ impl Intake {
         message: &jetstream::Message,
         delivery: &Delivery,
         routes: &[(String, String)],
-    ) -> Fate {
+    ) -> Result<Vec<PublishAckFuture>, HandleError> {
         let mut acks = Vec::with_capacity(routes.len());
         for (subject, id) in routes {
             let copy = lane_copy(delivery, message.payload.clone(), id);
-            match self.js.send_publish(subject.clone(), copy).await {
-                Ok(ack) => acks.push(ack),
-                Err(e) => {
-                    return Fate::Decided(decide(
-                        Err(outcome::copy_failed(&e)),
-                        delivery.delivered,
-                        false,
-                        &self.settings.worker,
-                    ));
-                }
-            }
+            let ack = self
+                .js
+                .send_publish(subject.clone(), copy)
+                .await
+                .map_err(|e| outcome::copy_failed(&e))?;
+            acks.push(ack);
         }
-        Fate::Copied(acks)
+        Ok(acks)
     }
 }
 
 impl Stage for Intake {
     type Job = Job;
+
+    const STAGE: &'static str = "intake";
+    const DELIVERY_LIMIT: bool = false;
 
     /// Validates the event and publishes its copies, in pull order.
     async fn accept(&self, message: &jetstream::Message) -> Result<Accepted<Job>, Outcome> {
@@ -135,68 +145,71 @@ impl Stage for Intake {
                 .map_err(HandleError::from)
                 .and_then(|event| vouched(&delivery, event)),
             (None, None) => Err(ContractError::UnknownSubject(message.subject.to_string()).into()),
-        }
-        .map_err(|e| decide(Err(e), delivery.delivered, false, &self.settings.worker));
-        let (routes, fate) = match decoded {
+        };
+        let (routes, first) = match decoded {
             Ok(event) => {
                 let routes = self.routes(&event, &delivery);
-                let fate = self.copy(message, &delivery, &routes).await;
-                (routes, fate)
+                let copied = self.copy(message, &delivery, &routes).await;
+                (routes, copied)
             }
-            Err(fate) => (Vec::new(), Fate::Decided(fate)),
+            Err(e) => (Vec::new(), Err(e)),
         };
         Ok(Accepted {
             job: Job {
                 delivery,
                 routes,
-                fate,
+                first: Some(first),
+                held_since: None,
             },
             key: IN_ARRIVAL_ORDER.to_owned(),
         })
     }
 
-    /// Once the events before it are settled: acks the original once its
-    /// copies are stored; holds it (and those behind it) while NATS does not
-    /// store them, copying again every backoff step and renewing the
-    /// connection after `worker.intake_renew_after`.
-    async fn work(
-        &self,
-        job: &mut Job,
-        message: &jetstream::Message,
-        stop: &CancellationToken,
-    ) -> Outcome {
-        let fate = std::mem::replace(&mut job.fate, Fate::Decided(Outcome::Ack));
-        let mut fate = match fate {
-            Fate::Copied(acks) => stored(acks, &job.delivery, &self.settings).await,
-            Fate::Decided(fate) => fate,
+    /// Held while NATS does not store the copies: after a backoff step, and
+    /// after `worker.intake_renew_after` of that with a renewed connection.
+    async fn ready(&self, job: &mut Job, wait: Wait, stop: &CancellationToken) -> bool {
+        let Wait::Held { reason, .. } = wait else {
+            return true;
         };
-        let mut held_since = None;
-        while let Outcome::Hold { reason, .. } = &fate {
-            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
-            let renew_after = self.settings.worker.intake_renew_after;
-            if since.elapsed() >= renew_after {
-                tracing::warn!(%reason, held_for_s = since.elapsed().as_secs(), "NATS has not stored the event's copies for worker.intake_renew_after; renewing the intake's connection.");
-                if let Err(e) = self.js.client().force_reconnect().await {
-                    tracing::warn!(error = %e, "Cannot renew the intake's connection.");
-                }
-                held_since = Some(tokio::time::Instant::now());
-            } else {
-                tracing::warn!(%reason, "Cannot route the event; holding it.");
+        let since = *job.held_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= self.settings.worker.intake_renew_after {
+            tracing::warn!(%reason, held_for_s = since.elapsed().as_secs(), "NATS has not stored the event's copies for worker.intake_renew_after; renewing the intake's connection.");
+            if let Err(e) = self.js.client().force_reconnect().await {
+                tracing::warn!(error = %e, "Cannot renew the intake's connection.");
             }
-            tokio::select! {
-                _ = stop.cancelled() => return outcome::given_back(),
-                _ = tokio::time::sleep(self.settings.worker.backoff_after(1)) => {}
-            }
-            fate = match self.copy(message, &job.delivery, &job.routes).await {
-                Fate::Copied(acks) => stored(acks, &job.delivery, &self.settings).await,
-                Fate::Decided(fate) => fate,
-            };
+            job.held_since = Some(tokio::time::Instant::now());
+        } else {
+            tracing::warn!(%reason, "Cannot route the event; holding it.");
         }
-        fate
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(self.settings.worker.backoff_after(1)) => true,
+        }
+    }
+
+    /// Once the events before it are settled: its copies stored (the ones
+    /// published when it was pulled, else copied again).
+    async fn attempt(&self, job: &mut Job, message: &jetstream::Message) -> Tried {
+        let copied = match job.first.take() {
+            Some(first) => first,
+            None => self.copy(message, &job.delivery, &job.routes).await,
+        };
+        let result = match copied {
+            Ok(acks) => stored(acks).await,
+            Err(e) => Err(e),
+        };
+        Tried {
+            result,
+            answered: false,
+        }
     }
 
     fn delivery(job: &Job) -> &Delivery {
         &job.delivery
+    }
+
+    fn delivery_mut(job: &mut Job) -> &mut Delivery {
+        &mut job.delivery
     }
 
     fn span(&self, job: &Job) -> tracing::Span {
@@ -206,6 +219,10 @@ impl Stage for Intake {
             event_id = %job.delivery.id,
             delivery = job.delivery.delivered,
         )
+    }
+
+    fn sweeps(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.connects.clone())
     }
 }
 
@@ -249,17 +266,10 @@ pub(crate) fn lane_copy(delivery: &Delivery, payload: bytes::Bytes, id: &str) ->
         .message_id(id)
 }
 
-/// `Ack` once every copy is stored, else the held fate.
-async fn stored(acks: Vec<PublishAckFuture>, delivery: &Delivery, settings: &Settings) -> Outcome {
+/// Once every copy is stored; else how storing failed.
+async fn stored(acks: Vec<PublishAckFuture>) -> Result<(), HandleError> {
     for ack in acks {
-        if let Err(e) = ack.await {
-            return decide(
-                Err(outcome::copy_failed(&e)),
-                delivery.delivered,
-                false,
-                &settings.worker,
-            );
-        }
+        ack.await.map_err(|e| outcome::copy_failed(&e))?;
     }
-    Outcome::Ack
+    Ok(())
 }

@@ -3,12 +3,12 @@
 //! lane). Each body is decoded once, when the event is pulled: the decoded
 //! event gives its order key and goes to the CRM as it is.
 //!
-//! An event's own failure is retried here, in process: the event stays in
-//! progress, waits its backoff step and is tried again (attempts count from
-//! its delivery count on), so the next event of its conversation waits for
-//! it instead of overtaking it; at `worker.max_deliveries` it is
-//! dead-lettered. While its connection is in trouble the event is held
-//! without spending an attempt (see [`super::gate`]), and the lane pauses.
+//! One attempt is one CRM call (or the softphone lane's work); the unit
+//! retries an event's own failure in process (the event stays in progress,
+//! so the next event of its conversation waits for it instead of overtaking
+//! it). While its connection is in trouble the event is held without
+//! spending an attempt, and waits here for its turn on the lane's
+//! [`super::gate`] (which pauses the lane in this replica).
 
 use std::sync::Arc;
 
@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::WorkerSettings;
 use super::delivery::Delivery;
-use super::gate::Gate;
-use super::outcome::{self, HandleError, Outcome, decide};
-use super::share::Fence;
-use super::unit::{Accepted, Stage};
+use super::gate::{Gate, HeldGuard, ProbeGuard};
+use super::outcome::{HandleError, Outcome};
+use super::unit::{Accepted, Stage, StoredKey, Tried, Wait};
+use super::unreadable;
 use crate::contract::{ContractError, Event, LaneTarget};
 use crate::crm::{CrmError, CrmEvent};
 
@@ -39,13 +39,17 @@ pub(super) struct Lane<W> {
     work: W,
     /// The connection's health in this replica, shared by its partitions.
     gate: Option<Arc<Gate>>,
-    fence: Fence,
 }
 
 /// An event of the lane, decoded once.
 pub(super) struct Job {
     delivery: Delivery,
     event: Result<CrmEvent, ContractError>,
+    /// While its connection is in trouble: counted as held, and how many
+    /// times the connection had answered when it was last held.
+    held: Option<(HeldGuard, u64)>,
+    /// Its right to probe the paused connection, for its next attempt.
+    probe: Option<ProbeGuard>,
 }
 
 impl<W: Work> Lane<W> {
@@ -54,7 +58,6 @@ impl<W: Work> Lane<W> {
         settings: WorkerSettings,
         work: W,
         gate: Option<Arc<Gate>>,
-        fence: Fence,
     ) -> Self {
         Self {
             name: connection
@@ -64,7 +67,6 @@ impl<W: Work> Lane<W> {
             settings,
             work,
             gate,
-            fence,
         }
     }
 
@@ -97,73 +99,6 @@ impl<W: Work> Lane<W> {
         })
     }
 
-    /// Handles the event until it has a fate other than being held or
-    /// retried; [`Outcome::GiveBack`] when `stop` comes first.
-    async fn attempt(
-        &self,
-        event: &CrmEvent,
-        delivery: &mut Delivery,
-        stop: &CancellationToken,
-    ) -> Outcome {
-        let mut held = None;
-        let mut probe = None;
-        let first_step = self.settings.backoff_after(1);
-        // A lane that paused after this event was pulled: wait before calling.
-        if let Some(gate) = &self.gate
-            && gate.paused()
-        {
-            held = Some((gate.hold(), gate.answered()));
-            tokio::select! {
-                _ = stop.cancelled() => return outcome::given_back(),
-                turn = gate.turn(first_step) => probe = turn.probe(),
-            }
-        }
-        loop {
-            if !self.fence.valid() {
-                return outcome::given_back();
-            }
-            if probe.is_some() {
-                tracing::info!(lane = %self.name, "Probing the CRM connection.");
-            }
-            let result = self.work.handle(event).await;
-            let answered_since = self.record(&result, held.as_ref().map(|(_, at)| *at));
-            drop(probe.take());
-            let fate = decide(result, delivery.attempts, answered_since, &self.settings);
-            let wait = match &fate {
-                Outcome::Retry { delay, reason } => {
-                    tracing::warn!(%reason, attempt = delivery.attempts, retry_in_ms = delay.as_millis() as u64, "Event failed; retrying it here, its conversation waits.");
-                    delivery.count(&fate);
-                    delivery.attempts += 1;
-                    *delay
-                }
-                Outcome::Hold {
-                    reason,
-                    retry_after,
-                } => {
-                    tracing::debug!(%reason, "Connection in trouble; event held.");
-                    if let Some(gate) = &self.gate {
-                        let answered = gate.answered();
-                        match &mut held {
-                            Some((_, at)) => *at = answered,
-                            None => held = Some((gate.hold(), answered)),
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => return outcome::given_back(),
-                            turn = gate.turn(retry_after.unwrap_or(first_step)) => probe = turn.probe(),
-                        }
-                        continue;
-                    }
-                    retry_after.map_or(first_step, |asked| asked.min(self.settings.max_retry_after))
-                }
-                _ => return fate,
-            };
-            tokio::select! {
-                _ = stop.cancelled() => return outcome::given_back(),
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
     /// Tells the gate how the CRM call went; whether the connection had
     /// answered others since `held_at`.
     fn record(&self, result: &Result<(), HandleError>, held_at: Option<u64>) -> bool {
@@ -184,6 +119,9 @@ impl<W: Work> Lane<W> {
 impl<W: Work> Stage for Lane<W> {
     type Job = Job;
 
+    const STAGE: &'static str = "lane";
+    const DELIVERY_LIMIT: bool = true;
+
     async fn accept(&self, message: &jetstream::Message) -> Result<Accepted<Job>, Outcome> {
         let kind = self
             .target()
@@ -200,33 +138,85 @@ impl<W: Work> Stage for Lane<W> {
             Err(_) => format!("event:{}", delivery.id),
         };
         Ok(Accepted {
-            job: Job { delivery, event },
+            job: Job {
+                delivery,
+                event,
+                held: None,
+                probe: None,
+            },
             key,
         })
     }
 
-    async fn work(
-        &self,
-        job: &mut Job,
-        _message: &jetstream::Message,
-        stop: &CancellationToken,
-    ) -> Outcome {
-        if let Some(fate) = outcome::exhausted(job.delivery.delivered, &self.settings) {
-            return fate;
+    /// A lane that paused waits for its turn before calling the CRM (its
+    /// probe, or its resumption); a held event waits for its turn on the
+    /// gate (the softphone lane, without one: the CRM's `Retry-After`, capped,
+    /// else the first backoff step).
+    async fn ready(&self, job: &mut Job, wait: Wait, stop: &CancellationToken) -> bool {
+        let first_step = self.settings.backoff_after(1);
+        let retry_after = match wait {
+            Wait::Go => match &self.gate {
+                Some(gate) if gate.paused() => None,
+                _ => return true,
+            },
+            Wait::Held { retry_after, .. } => retry_after,
+        };
+        let Some(gate) = &self.gate else {
+            let delay =
+                retry_after.map_or(first_step, |asked| asked.min(self.settings.max_retry_after));
+            return tokio::select! {
+                _ = stop.cancelled() => false,
+                _ = tokio::time::sleep(delay) => true,
+            };
+        };
+        let answered = gate.answered();
+        match &mut job.held {
+            Some((_, at)) => *at = answered,
+            None => job.held = Some((gate.hold(), answered)),
         }
-        match &job.event {
-            Ok(event) => {
-                if let Some(conversation) = event.event.conversation_id() {
-                    tracing::Span::current().record("conversation_id", conversation.as_str());
-                }
-                self.attempt(event, &mut job.delivery, stop).await
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            turn = gate.turn(retry_after.unwrap_or(first_step)) => {
+                job.probe = turn.probe();
+                true
             }
-            Err(e) => decide(
-                Err(e.clone().into()),
-                job.delivery.attempts,
-                false,
-                &self.settings,
-            ),
+        }
+    }
+
+    /// Calls the CRM (or the softphone lane's work) once and tells the gate
+    /// how it went.
+    async fn attempt(&self, job: &mut Job, _message: &jetstream::Message) -> Tried {
+        let event = match &job.event {
+            Ok(event) => event,
+            Err(e) => {
+                return Tried {
+                    result: Err(e.clone().into()),
+                    answered: false,
+                };
+            }
+        };
+        if job.probe.is_some() {
+            tracing::info!(lane = %self.name, "Probing the CRM connection.");
+        }
+        let result = self.work.handle(event).await;
+        let answered = self.record(&result, job.held.as_ref().map(|(_, at)| *at));
+        job.probe = None;
+        Tried { result, answered }
+    }
+
+    /// A stored event's conversation (or softphone); an event without one,
+    /// or one that does not decode, orders nothing after it.
+    fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey {
+        let decoded = self
+            .target()
+            .kind_of(&raw.subject)
+            .and_then(|(_, kind)| Event::decode(kind, &raw.payload).ok());
+        match decoded
+            .as_ref()
+            .map(|event| self.target().order_key(event, ""))
+        {
+            Some(key) if !key.is_empty() => StoredKey::Key(key.to_owned()),
+            _ => StoredKey::Alone,
         }
     }
 
@@ -234,13 +224,23 @@ impl<W: Work> Stage for Lane<W> {
         &job.delivery
     }
 
+    fn delivery_mut(job: &mut Job) -> &mut Delivery {
+        &mut job.delivery
+    }
+
     fn span(&self, job: &Job) -> tracing::Span {
+        let conversation = job
+            .event
+            .as_ref()
+            .ok()
+            .and_then(|event| event.event.conversation_id())
+            .map(|c| c.as_str().to_owned());
         tracing::info_span!(
             "event",
             lane = %self.name,
             subject = %job.delivery.subject,
             event_id = %job.delivery.id,
-            conversation_id = tracing::field::Empty,
+            conversation_id = conversation.as_deref().unwrap_or_default(),
             delivery = job.delivery.delivered,
         )
     }

@@ -11,12 +11,15 @@
 //! 3. [`work`]: the CRM connection's actions, or the registry and `load`
 //!    callbacks of the softphone lane.
 //! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter, give
-//!    back); [`delivery`] applies it, [`dead_letter`] keeps the copy.
+//!    back); the unit carries each one out, through [`delivery`] (and
+//!    [`dead_letter`], which keeps the copy).
 //!
 //! Every consumer (the intake, each partition) is a unit worked by one
 //! replica at a time: [`share`] decides which (membership and ownership
 //! leases in two key-value buckets), and [`unit`] is the one consume loop
-//! that works it, pulling no more than its room, in order ([`sequencer`]).
+//! that works it, pulling no more than its room, in order ([`sequencer`]),
+//! and carries out every fate: a stage ([`intake`], [`lane`]) only says what
+//! one attempt is and how a held event waits for its turn.
 
 mod dead_letter;
 mod delivery;
@@ -47,7 +50,7 @@ pub(crate) use intake::lane_copy;
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::LaneSettings;
 pub use settings::WorkerSettings;
-pub use share::{key_token, target};
+pub use share::{Owned, key_token, target};
 
 /// What a durable consumer of the pipeline does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +123,14 @@ pub fn consumers(settings: &Settings) -> Vec<Consumer> {
     consumers
 }
 
+/// What a replica shows of its pipeline, as it runs.
+pub struct Views<'a> {
+    /// Each CRM lane's gate, for `status` and the NATS service.
+    pub gates: &'a Gates,
+    /// The units it works, for readiness and the consumers' gauges.
+    pub owned: &'a Owned,
+}
+
 /// What a replica works with: the pipeline's consumers, bound, and the
 /// buckets that share them out.
 pub struct Bound {
@@ -135,21 +146,24 @@ pub struct Bound {
 /// those that move, and on shutdown settles or gives back what it holds
 /// within the shutdown deadline, releases its units and leaves the pool.
 /// `intake_connects` changes on every (re)connect of the intake's own
-/// connection; each CRM lane's gate joins `gates`, for views.
+/// connection; each CRM lane's gate joins `views.gates`, and the units it
+/// works are kept in `views.owned`.
 pub async fn run(
     settings: Arc<Settings>,
     js: jetstream::Context,
     connections: Connections,
     bound: Bound,
     intake_connects: tokio::sync::watch::Receiver<u64>,
-    gates: &Gates,
+    views: Views<'_>,
     shutdown: CancellationToken,
 ) {
+    let Views { gates, owned } = views;
     let share = share::Share::new(
         &settings.worker.consumer,
         bound.members,
         bound.owners,
         settings.lanes.lease,
+        owned.clone(),
     );
     let fence = share.fence.clone();
     let worker = &settings.worker;
@@ -158,10 +172,13 @@ pub async fn run(
         worker.clone(),
         work::SoftphoneWork::new(Arc::clone(&settings), connections.clone(), js.clone()),
         None,
-        fence.clone(),
     ));
     let mut crm_lanes = std::collections::BTreeMap::new();
-    let intake = Arc::new(intake::Intake::new(Arc::clone(&settings), js.clone()));
+    let intake = Arc::new(intake::Intake::new(
+        Arc::clone(&settings),
+        js.clone(),
+        intake_connects,
+    ));
     let mut slots = Vec::new();
     for (consumer, pull) in bound.consumers {
         let settings_for = |room: usize, ack_wait| Template {
@@ -169,40 +186,25 @@ pub async fn run(
             js: js.clone(),
             room,
             ack_wait,
-            shutdown_deadline: worker.shutdown_deadline,
-            backoff: worker.backoff_after(1),
+            settings: worker.clone(),
             give_back_within: settings.lanes.lease / 4,
             fence: fence.clone(),
         };
         let start: share::Start = match &consumer.role {
             Role::Intake => {
                 let template = settings_for(worker.intake_window, worker.intake_ack_wait);
-                let (intake, connects) = (Arc::clone(&intake), intake_connects.clone());
-                let js = js.clone();
-                Box::new(move |consumer, wait, stop| {
+                let intake = Arc::clone(&intake);
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&intake));
-                    let info = consumer.cached_info();
-                    let sweeper = unreadable::sweep_until(
-                        js.clone(),
-                        info.stream_name.clone(),
-                        info.name.clone(),
-                        connects.clone(),
-                        stop.clone(),
-                    );
-                    Box::pin(async move {
-                        let sweeper = tokio::spawn(sweeper);
-                        let ended = unit.run_after(wait, consumer, stop).await;
-                        let _ = sweeper.await;
-                        ended
-                    })
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
             Role::Softphones => {
                 let template = settings_for(worker.concurrency, worker.ack_wait);
                 let lane = Arc::clone(&softphones);
-                Box::new(move |consumer, wait, stop| {
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run_after(wait, consumer, stop))
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
             Role::Crm(connection) => {
@@ -223,19 +225,19 @@ pub async fn run(
                             worker.clone(),
                             work::CrmWork::new(connection, Arc::clone(crm)),
                             Some(gate),
-                            fence.clone(),
                         ))
                     })
                     .clone();
                 let template = settings_for(room, worker.ack_wait);
-                Box::new(move |consumer, wait, stop| {
+                Box::new(move |consumer, takeover, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run_after(wait, consumer, stop))
+                    Box::pin(unit.run(consumer, takeover, stop))
                 })
             }
         };
         slots.push(share::Slot {
             key: consumer.name.clone(),
+            stream: consumer.stream,
             consumer: pull,
             ack_wait: match consumer.role {
                 Role::Intake => worker.intake_ack_wait,
@@ -254,8 +256,7 @@ struct Template {
     js: jetstream::Context,
     room: usize,
     ack_wait: std::time::Duration,
-    shutdown_deadline: std::time::Duration,
-    backoff: std::time::Duration,
+    settings: WorkerSettings,
     give_back_within: std::time::Duration,
     fence: share::Fence,
 }
@@ -268,8 +269,7 @@ impl Template {
             js: self.js.clone(),
             room: self.room,
             ack_wait: self.ack_wait,
-            shutdown_deadline: self.shutdown_deadline,
-            backoff: self.backoff,
+            settings: self.settings.clone(),
             give_back_within: self.give_back_within,
             fence: self.fence.clone(),
         }

@@ -1,5 +1,7 @@
 //! The one place that decides every fate of a delivered message, at the
-//! intake and in the lanes; the consume loops only apply it.
+//! intake and in the lanes (and of a message set aside for headers the
+//! client cannot read); the one consume loop ([`super::unit`]) carries each
+//! one out.
 //!
 //! The rule: a delivery counts against an event only when the failure is the
 //! event's own. Trouble that belongs to the CRM connection or to NATS holds
@@ -208,6 +210,16 @@ pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
         ),
         detail: None,
     })
+}
+
+/// A message of `SOFTPHONE_EVENTS` whose headers the client cannot read
+/// (found by the intake's sweep, see [`super::unreadable`]): dead-lettered
+/// with the headers as they are stored, then deleted from the stream.
+pub fn unreadable_headers(why: &str, headers: &[u8]) -> Outcome {
+    Outcome::DeadLetter {
+        reason: format!("unreadable NATS headers: {why}"),
+        detail: Some(headers.escape_ascii().to_string()),
+    }
 }
 
 /// A delivery without JetStream metadata (which a JetStream consumer never

@@ -9,9 +9,13 @@
 //! outlive the ack wait and come back as a second delivery. A pull request
 //! stays open until it is filled or expires, so messages that arrive while
 //! it is open are delivered at once; a new one is made, after a pause that
-//! grows while pulling fails, as soon as the last one ends. When asked to
-//! stop, it hands over what the open request had delivered, for the unit to
-//! give back with the rest in stream order.
+//! grows while pulling fails, as soon as the last one ends. No request
+//! outlives this replica's membership ([`Fence`]): a replica declared dead
+//! is delivered nothing after its lease lapsed, so whoever takes its
+//! partitions over knows every event it may still hold (see
+//! [`super::share`]). When asked to stop, it hands over what the open
+//! request had delivered, for the unit to give back with the rest in stream
+//! order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +25,15 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// How long one pull request stays open on the server.
+use super::share::Fence;
+
+/// How long one pull request stays open on the server, at most.
 /// Short, so that a request lost with a connection (the client gives up
 /// on it 5 s after it expires) is soon made again.
 const EXPIRES: Duration = Duration::from_secs(5);
+/// The shortest request worth making: with less of its membership left, a
+/// replica waits for the renewal (or for its units to be stopped).
+const SHORTEST: Duration = Duration::from_millis(100);
 
 /// What the next pull gave.
 // Moved once per message; boxing the message would allocate once per message.
@@ -46,6 +55,7 @@ struct Open {
 
 pub(super) struct Puller {
     consumer: PullConsumer,
+    fence: Fence,
     room: Arc<Semaphore>,
     size: usize,
     open: Option<Open>,
@@ -54,15 +64,22 @@ pub(super) struct Puller {
 }
 
 impl Puller {
-    /// Pulls at most `room` messages at a time for work not yet done.
-    pub fn new(consumer: PullConsumer, room: usize) -> Self {
+    /// Pulls at most `room` messages at a time for work not yet done, while
+    /// `fence` holds.
+    pub fn new(consumer: PullConsumer, room: usize, fence: Fence) -> Self {
         Self {
             consumer,
+            fence,
             room: Arc::new(Semaphore::new(room)),
             size: room,
             open: None,
             failures: 0,
         }
+    }
+
+    /// The room its permits come from.
+    pub fn room(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.room)
     }
 
     /// The next message with its permit: waits for room first, then for a
@@ -129,11 +146,21 @@ impl Puller {
                     Err(_) => break,
                 }
             }
+            let expires = match self.fence.remaining() {
+                Some(left) if left >= SHORTEST => left.min(EXPIRES),
+                _ => {
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(SHORTEST) => continue,
+                    }
+                }
+            };
             let requested = self
                 .consumer
                 .batch()
                 .max_messages(permits.len())
-                .expires(EXPIRES)
+                .expires(expires)
                 .messages()
                 .await;
             match requested {

@@ -23,7 +23,8 @@ pub struct WorkerSettings {
     pub intake_window: usize,
     /// How long the server waits for a lane's ack before redelivering. A lane
     /// signals progress while a CRM call runs or an event is held, so this
-    /// only bounds crashes.
+    /// only bounds crashes: a dead replica's events in flight come back after
+    /// it, and their conversations wait for them.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// How long the server waits for the intake's ack before redelivering an
@@ -123,9 +124,11 @@ pub struct LaneSettings {
     /// it re-partitions the lanes: drain them first (README, "Partitions").
     pub partitions: u16,
     /// How long a replica that stops renewing its membership stays a member:
-    /// its partitions move to others after this, and their events come back
-    /// after `worker.ack_wait` more. A replica renews every quarter of it and
-    /// stops pulling when it could not for half of it.
+    /// its partitions move to others after this (keep it well under
+    /// `worker.ack_wait`), which pull at once; a conversation it held an event
+    /// of waits for that event to come back, after the ack wait. A replica
+    /// renews every quarter of it, and stops pulling (no pull request of its
+    /// outlives it) when it could not for half of it.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// The key-value bucket of the live replicas (entries live `lease`).

@@ -10,18 +10,26 @@
 //! moves only its own share), and:
 //! - claims a unit it should own with a compare-and-set only: created when
 //!   nobody holds it, updated with the revision it read when its recorded
-//!   owner is no member any more. Exclusive by construction: two replicas
-//!   cannot both win.
+//!   owner is no member any more (its own key read again to confirm it: a
+//!   listing of the bucket can miss a key renewed while it is made, which
+//!   would hand a live replica's unit to a second one). Exclusive by
+//!   construction: two replicas cannot both win.
 //! - releases a unit it should no longer own only after it stopped pulling
 //!   it and every event it had pulled is settled or given back (confirmed by
 //!   the server), then deletes the key with the revision it holds, so the
 //!   next owner pulls at once.
-//! - taking over from a dead owner whose deliveries are still out
-//!   (`num_ack_pending > 0`), waits the unit's ack wait before its first
-//!   pull: those come back, and are delivered first, before anything newer.
+//! - takes a unit over from a dead owner (its key still there, its owner no
+//!   member) as soon as the owner's membership lapsed, and pulls at once:
+//!   the events the dead owner may still hold are the consumer's
+//!   deliveries between its ack floor and its last delivered sequence (it
+//!   is delivered nothing after its lease: see [`super::pull`]), and each of
+//!   their conversations waits for its event to come back (after the ack
+//!   wait) or be known settled, while the others go on at once (see
+//!   [`super::unit`]).
 //! - stops pulling everything when it could not renew its membership for
-//!   half a lease (before anyone may declare it dead), and sends no progress
-//!   ack, nak or dead letter meanwhile ([`Fence`]).
+//!   half a lease (before anyone may declare it dead), lets no pull request
+//!   outlive that, and sends no progress ack, nak or dead letter meanwhile
+//!   ([`Fence`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -49,10 +57,16 @@ impl Fence {
     }
 
     pub fn valid(&self) -> bool {
+        self.remaining().is_some()
+    }
+
+    /// How long this replica may still act as an owner, if it may.
+    pub fn remaining(&self) -> Option<Duration> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until)
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
     }
 
     fn extend(&self, until: Instant) {
@@ -60,16 +74,36 @@ impl Fence {
     }
 }
 
-/// Starts a unit: waits the given time first (a dead owner's deliveries
-/// coming back), then works its consumer until the token is cancelled.
-pub(super) type Start = Box<
-    dyn Fn(PullConsumer, Duration, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync,
->;
+/// The units this replica works now (consumer name → its stream), for what
+/// it reports of them: readiness and the consumers' gauges read only these.
+#[derive(Clone, Default)]
+pub struct Owned(Arc<Mutex<BTreeMap<String, &'static str>>>);
+
+impl Owned {
+    /// `(stream, consumer)` of every unit this replica works now.
+    pub fn units(&self) -> Vec<(&'static str, String)> {
+        self.lock()
+            .iter()
+            .map(|(name, stream)| (*stream, name.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, &'static str>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Starts a unit, taken over from a dead owner or not, and works its
+/// consumer until the token is cancelled.
+pub(super) type Start =
+    Box<dyn Fn(PullConsumer, bool, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync>;
 
 /// A unit this replica can work.
 pub(super) struct Slot {
     /// Its key in the owners bucket: its consumer's name.
     pub key: String,
+    /// Its consumer's stream.
+    pub stream: &'static str,
     pub consumer: PullConsumer,
     /// How long the server waits for its acks.
     pub ack_wait: Duration,
@@ -96,10 +130,17 @@ pub(super) struct Share {
     owners: kv::Store,
     lease: Duration,
     pub fence: Fence,
+    owned: Owned,
 }
 
 impl Share {
-    pub fn new(pool: &str, members: kv::Store, owners: kv::Store, lease: Duration) -> Self {
+    pub fn new(
+        pool: &str,
+        members: kv::Store,
+        owners: kv::Store,
+        lease: Duration,
+        owned: Owned,
+    ) -> Self {
         Self {
             me: replica_id(),
             pool: key_token(pool),
@@ -107,6 +148,7 @@ impl Share {
             owners,
             lease,
             fence: Fence::new(),
+            owned,
         }
     }
 
@@ -154,8 +196,11 @@ impl Share {
         })
     }
 
-    /// The replicas of this pool whose membership lives.
-    async fn live(&self) -> Result<BTreeSet<String>, async_nats::Error> {
+    /// The replicas of this pool whose membership lives. A listing of the
+    /// bucket can miss a key renewed while it is made (seen on a loaded R3
+    /// cluster): a replica of `before` that it misses is asked for by its
+    /// own key.
+    async fn live(&self, before: &BTreeSet<String>) -> Result<BTreeSet<String>, async_nats::Error> {
         let prefix = format!("{}.", self.pool);
         let mut keys = self.members.keys().await?;
         let mut live = BTreeSet::new();
@@ -164,7 +209,26 @@ impl Share {
                 live.insert(replica.to_owned());
             }
         }
+        let missed: Vec<String> = before.difference(&live).cloned().collect();
+        for replica in missed {
+            if self.member(&replica).await {
+                live.insert(replica);
+            }
+        }
         Ok(live)
+    }
+
+    /// Whether `replica`'s membership lives, read from its own key (the last
+    /// value of one subject, which no concurrent renewal can hide). Unknown
+    /// (NATS did not answer) counts as alive: nothing is taken from it.
+    async fn member(&self, replica: &str) -> bool {
+        match self.members.entry(format!("{}.{replica}", self.pool)).await {
+            Ok(entry) => entry.is_some_and(|e| e.operation == kv::Operation::Put),
+            Err(e) => {
+                tracing::warn!(%replica, error = %e, "Cannot read a replica's membership; taking nothing from it.");
+                true
+            }
+        }
     }
 
     /// Works the units it should own until `shutdown`; then stops them,
@@ -181,6 +245,7 @@ impl Share {
         // The first round at once: replicas starting together claim what
         // they see free, and hand over what they should not keep a tick later.
         let mut ticks = tokio::time::interval(self.tick());
+        let mut live = BTreeSet::new();
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -198,11 +263,12 @@ impl Share {
                         tracing::warn!(unit = %key, "Membership not renewed for half a lease; stopping.");
                         stop.cancel();
                         *state = State::Abandoned;
+                        self.owned.lock().remove(key);
                     }
                 }
                 continue;
             }
-            let live = match self.live().await {
+            live = match self.live(&live).await {
                 Ok(live) => live,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot list the pool's members.");
@@ -287,7 +353,8 @@ impl Share {
             ),
             Some(entry) => {
                 let owner = String::from_utf8_lossy(&entry.value).into_owned();
-                if owner != self.me && live.contains(&owner) {
+                // Its own key confirms a member the listing missed.
+                if owner != self.me && (live.contains(&owner) || self.member(&owner).await) {
                     // Its owner lives: it releases the unit once settled.
                     return None;
                 }
@@ -306,24 +373,17 @@ impl Share {
                 return None;
             }
         };
-        // Taking over from an owner that did not release it: its deliveries
-        // come back after the ack wait, and go first.
-        let mut wait = Duration::ZERO;
-        if let Some(owner) = &from {
-            let mut consumer = slot.consumer.clone();
-            let pending = match consumer.info().await {
-                Ok(info) => info.num_ack_pending,
-                Err(_) => 1,
-            };
-            if pending > 0 {
-                wait = slot.ack_wait;
+        // Taking over from an owner that did not release it: the deliveries
+        // it may still hold are waited for (see `unit`).
+        match &from {
+            Some(owner) => {
+                tracing::info!(unit = %slot.key, previous = %owner, "Took over the unit from a replica that left without releasing it.");
             }
-            tracing::info!(unit = %slot.key, previous = %owner, unacknowledged = pending, wait_ms = wait.as_millis() as u64, "Took over the unit from a replica that left without releasing it.");
-        } else {
-            tracing::info!(unit = %slot.key, "Claimed the unit.");
+            None => tracing::info!(unit = %slot.key, "Claimed the unit."),
         }
+        self.owned.lock().insert(slot.key.clone(), slot.stream);
         let stop = CancellationToken::new();
-        let run = (slot.start)(slot.consumer.clone(), wait, stop.clone());
+        let run = (slot.start)(slot.consumer.clone(), from.is_some(), stop.clone());
         let key = slot.key.clone();
         let ended = ended.clone();
         tokio::spawn(async move {
@@ -356,8 +416,10 @@ impl Share {
             State::Running { revision, .. } => revision,
             _ => return,
         };
+        self.owned.lock().remove(key);
         if !self.fence.valid() {
-            // Perhaps declared dead: whoever takes the unit over waits the ack wait.
+            // Perhaps declared dead: whoever takes the unit over waits for
+            // what it may still hold.
             return;
         }
         if !ended.clean {

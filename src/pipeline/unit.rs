@@ -1,7 +1,8 @@
 //! The one consume loop. A unit is one durable consumer worked by this
 //! replica (the intake, or one partition of a lane) while it holds it; the
-//! [`Stage`] says what to do with each message, the unit does the rest for
-//! every stage alike:
+//! [`Stage`] says what one attempt at a message is and how a held one waits
+//! for its turn, [`outcome`] decides every fate, and the unit carries out
+//! every one, for every stage alike:
 //!
 //! - pulls no more than its room (each message travels with its permit);
 //! - reads each delivery in pull order ([`Stage::accept`]) and enters it
@@ -9,8 +10,14 @@
 //!   conversation's events are worked one at a time, in stream order;
 //! - keeps every delivery it holds alive with progress acks, while this
 //!   replica's membership is valid ([`Fence`]);
-//! - applies each fate ([`Delivery::apply`]), holding a delivery whose
-//!   dead letter NATS did not take;
+//! - attempts each job, has [`outcome::decide`] its fate and carries it out:
+//!   a retry waits its delay here (the event stays in progress, its
+//!   conversation waits), a hold waits for the stage's turn (a paused lane's
+//!   probe, the intake's NATS trouble), an ack or a dead letter goes to
+//!   [`Delivery::apply_to`], tried again while NATS does not take it;
+//! - sets aside, through the same fates, the messages of its consumer the
+//!   client cannot read, when the stage sweeps for them (the intake, see
+//!   [`super::unreadable`]);
 //! - when asked to stop (shutdown, or the partition moving): pulls no more,
 //!   gives back at once what has not begun (and, in a lane, what waits for a
 //!   retry or a paused connection), lets what is under way finish within the
@@ -23,20 +30,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::delivery::{Delivery, unreadable};
-use super::outcome::{self, Outcome};
+use super::WorkerSettings;
+use super::delivery::{Delivery, Original};
+use super::outcome::{self, HandleError, Outcome};
 use super::pull::{Next, Puller};
-use super::sequencer::Sequencer;
+use super::sequencer::{Sequencer, Turn};
 use super::share::Fence;
+use super::unreadable;
 use crate::metric;
 
 /// What a unit does with each message of its consumer.
 pub(super) trait Stage: Send + Sync + 'static {
     type Job: Send + Sync + 'static;
+
+    /// `intake` or `lane`, for the metrics of a delivery without metadata.
+    const STAGE: &'static str;
+    /// Whether a delivery past `worker.max_deliveries` is dead-lettered
+    /// without another attempt (a lane; the intake has no such limit:
+    /// routing fails only for NATS's trouble or an invalid body).
+    const DELIVERY_LIMIT: bool;
 
     /// Reads a delivery, in pull order: its job and order key, or the fate
     /// it has without one (a delivery without metadata).
@@ -45,20 +62,40 @@ pub(super) trait Stage: Send + Sync + 'static {
         message: &jetstream::Message,
     ) -> impl Future<Output = Result<Accepted<Self::Job>, Outcome>> + Send;
 
-    /// Works the job once its turn came, until its fate; a wait in it ends
-    /// with [`Outcome::GiveBack`] once `stop` is cancelled.
-    fn work<'a>(
+    /// Waits until the job may be attempted; `false` when `stop` came first.
+    fn ready<'a>(
+        &'a self,
+        job: &'a mut Self::Job,
+        wait: Wait,
+        stop: &'a CancellationToken,
+    ) -> impl Future<Output = bool> + Send + 'a;
+
+    /// One attempt at the job.
+    fn attempt<'a>(
         &'a self,
         job: &'a mut Self::Job,
         message: &'a jetstream::Message,
-        stop: &'a CancellationToken,
-    ) -> impl Future<Output = Outcome> + Send + 'a;
+    ) -> impl Future<Output = Tried> + Send + 'a;
 
     /// The delivery a job's fate is applied to.
     fn delivery(job: &Self::Job) -> &Delivery;
 
+    fn delivery_mut(job: &mut Self::Job) -> &mut Delivery;
+
     /// The span the job is worked in.
     fn span(&self, job: &Self::Job) -> tracing::Span;
+
+    /// The order key of a message read from the stream (the deliveries a
+    /// dead owner may still hold, see [`Unit::take_over`]).
+    fn stored_key(&self, _raw: &unreadable::Raw) -> StoredKey {
+        StoredKey::Unknown
+    }
+
+    /// What wakes the unit to sweep its consumer for messages the client
+    /// cannot read (the intake's (re)connects); `None`: no sweep.
+    fn sweeps(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A delivery read by its stage.
@@ -66,6 +103,37 @@ pub(super) struct Accepted<J> {
     pub job: J,
     /// What orders it: the next message with the same key waits for it.
     pub key: String,
+}
+
+/// A stored message's order key, as its stage reads it.
+pub(super) enum StoredKey {
+    /// Orders no other message (an event of its own).
+    Alone,
+    Key(String),
+    /// The stage cannot work a newer message before an older one is settled
+    /// (the intake, which copies as it pulls): a take-over waits out the ack
+    /// wait instead.
+    Unknown,
+}
+
+/// What a job waits for before its next attempt.
+pub(super) enum Wait {
+    /// Nothing but the stage's own (a paused lane): its first attempt, or
+    /// the next one after a retry's delay.
+    Go,
+    /// Its turn after a hold (the connection's, or NATS's, trouble).
+    Held {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How one attempt went.
+pub(super) struct Tried {
+    pub result: Result<(), HandleError>,
+    /// Whether the job's connection answered other events since the job was
+    /// last held (its failures are then its own).
+    pub answered: bool,
 }
 
 /// How a unit ended.
@@ -82,32 +150,38 @@ pub(super) struct Unit<S> {
     /// Messages worked at once, at most.
     pub room: usize,
     pub ack_wait: Duration,
-    pub shutdown_deadline: Duration,
-    pub backoff: Duration,
+    /// What fates are decided with (and `shutdown_deadline`).
+    pub settings: WorkerSettings,
     /// How long giving back what is left may take (a quarter of the lease).
     pub give_back_within: Duration,
     pub fence: Fence,
 }
 
 impl<S: Stage> Unit<S> {
-    /// Waits `wait` (a previous owner's deliveries coming back), then runs.
-    pub async fn run_after(
+    /// Works `consumer` until `stop`, then settles or gives back everything
+    /// it pulled. Taken over from a dead owner, each conversation the dead
+    /// owner may still hold an event of waits for it first (see
+    /// [`Unit::take_over`]).
+    pub async fn run(
         self,
-        wait: Duration,
-        consumer: PullConsumer,
+        mut consumer: PullConsumer,
+        takeover: bool,
         stop: CancellationToken,
     ) -> Ended {
-        tokio::select! {
-            _ = stop.cancelled() => return Ended { clean: true },
-            _ = tokio::time::sleep(wait) => {}
-        }
-        self.run(consumer, stop).await
-    }
-
-    /// Works `consumer` until `stop`, then settles or gives back everything
-    /// it pulled.
-    pub async fn run(self, consumer: PullConsumer, stop: CancellationToken) -> Ended {
         let unit = Arc::new(self);
+        let sequencer = Arc::new(Sequencer::default());
+        let reserved = Arc::new(Reserved::default());
+        if takeover {
+            match unit.take_over(&mut consumer, &sequencer).await {
+                Some(found) => reserved.keep(found),
+                None => {
+                    tracing::info!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Waiting out the ack wait before the first pull.");
+                    if !pause(unit.ack_wait, &stop).await {
+                        return Ended { clean: true };
+                    }
+                }
+            }
+        }
         let holding = Arc::new(Holding::default());
         let settled = CancellationToken::new();
         let keep_alive = tokio::spawn(Arc::clone(&holding).keep_alive(
@@ -115,11 +189,24 @@ impl<S: Stage> Unit<S> {
             unit.fence.clone(),
             settled.clone(),
         ));
-        let sequencer = Arc::new(Sequencer::default());
         let tracker = TaskTracker::new();
+        if let Some(connects) = unit.stage.sweeps() {
+            let info = consumer.cached_info();
+            let (stream, name) = (info.stream_name.clone(), info.name.clone());
+            tracker.spawn(Arc::clone(&unit).set_aside_until(stream, name, connects, stop.clone()));
+        }
+        if !reserved.is_empty() {
+            tracker.spawn(resolve(
+                unit.js.clone(),
+                consumer.clone(),
+                Arc::clone(&reserved),
+                stop.clone(),
+            ));
+        }
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
-        let mut puller = Puller::new(consumer, unit.room);
+        let mut puller = Puller::new(consumer, unit.room, unit.fence.clone());
+        let room = puller.room();
         loop {
             let (message, permit) = match puller.next(&stop).await {
                 Next::Message(message, permit) => (message, permit),
@@ -131,20 +218,35 @@ impl<S: Stage> Unit<S> {
             let Accepted { mut job, key } = match unit.stage.accept(&message).await {
                 Ok(accepted) => accepted,
                 Err(fate) => {
-                    unreadable(&message, fate).await;
+                    tracing::error!(subject = %message.subject, ?fate, "Delivery without JetStream metadata.");
+                    let delivery = Delivery::unread(&message, S::STAGE);
+                    unit.carry_out(&delivery, &Original::Delivered(&message), fate, &stop)
+                        .await;
                     continue;
                 }
             };
             let sequence = S::delivery(&job).consumer_key;
             holding.hold(sequence, &message);
-            let mut turn = sequencer.enter(&key);
+            // A delivery a dead owner held takes the place kept for it; a
+            // newer event of its conversation waits behind it, and gives
+            // its room back while it waits (the consumer's
+            // `max_ack_pending` bounds those), so the older ones can be
+            // pulled when they come back.
+            let (mut turn, mut permit, mut roomless) = match reserved.take(sequence) {
+                Some(turn) => (turn, Some(permit), None),
+                None => match Reserved::roomless(&reserved, &key) {
+                    Some(roomless) => (sequencer.enter(&key), None, Some(roomless)),
+                    None => (sequencer.enter(&key), Some(permit), None),
+                },
+            };
             let span = unit.stage.span(&job);
-            let (unit, stop, abandon, holding, given_back) = (
+            let (unit, stop, abandon, holding, given_back, room) = (
                 Arc::clone(&unit),
                 stop.clone(),
                 abandon.clone(),
                 Arc::clone(&holding),
                 Arc::clone(&given_back),
+                Arc::clone(&room),
             );
             tracker.spawn(
                 async move {
@@ -158,18 +260,27 @@ impl<S: Stage> Unit<S> {
                             _ = stop.cancelled() => return outcome::given_back(),
                             () = turn.wait() => {}
                         }
-                        let fate = unit.stage.work(&mut job, &message, &stop).await;
-                        unit.settle(&job, &message, fate, &stop).await
+                        if permit.is_none() {
+                            tokio::select! {
+                                biased;
+                                _ = stop.cancelled() => return outcome::given_back(),
+                                taken = room.acquire_owned() => permit = taken.ok(),
+                            }
+                            roomless = None;
+                        }
+                        unit.work(&mut job, &message, &stop).await
                     };
                     let fate = tokio::select! {
                         fate = worked => fate,
                         _ = abandon.cancelled() => outcome::given_back(),
                     };
                     if matches!(fate, Outcome::GiveBack { .. }) {
+                        S::delivery(&job).count(&fate);
                         given_back.lock().expect("lock").push(message);
                     }
                     holding.release(sequence);
                     in_flight.decrement(1.0);
+                    drop(roomless);
                     drop(turn);
                     drop(permit);
                 }
@@ -177,7 +288,7 @@ impl<S: Stage> Unit<S> {
             );
         }
         tracker.close();
-        if tokio::time::timeout(unit.shutdown_deadline, tracker.wait())
+        if tokio::time::timeout(unit.settings.shutdown_deadline, tracker.wait())
             .await
             .is_err()
         {
@@ -193,38 +304,206 @@ impl<S: Stage> Unit<S> {
         Ended { clean }
     }
 
-    /// Applies a fate; a dead letter NATS did not take is tried again after
-    /// a backoff step, until it is taken or the unit stops.
-    async fn settle(
+    /// Taking `consumer` over from an owner that died: the deliveries it may
+    /// still hold are the consumer's between its ack floor and the last
+    /// sequence it delivered (none is delivered to the dead owner after its
+    /// lease lapsed, see [`super::pull`]). Read from the stream, each keeps
+    /// a place in its order key's line ([`Sequencer`]) until it comes back
+    /// (after the ack wait) or is known settled (the ack floor passed it),
+    /// so that no newer event of its conversation overtakes it, while every
+    /// other conversation goes on at once. `None`: wait out the ack wait
+    /// before the first pull instead (the stage cannot tell keys, too many
+    /// to read, or NATS did not answer).
+    async fn take_over(
         &self,
-        job: &S::Job,
+        consumer: &mut PullConsumer,
+        sequencer: &Arc<Sequencer>,
+    ) -> Option<BTreeMap<u64, (String, Turn)>> {
+        // Places are kept in `sequencer` as they are read; given up
+        // (dropped) when `None` is returned.
+        let info = match consumer.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                tracing::warn!(unit = %self.name, error = %e, "Cannot read the consumer taken over.");
+                return None;
+            }
+        };
+        let mut reserved = BTreeMap::new();
+        if info.num_ack_pending == 0 {
+            tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
+            return Some(reserved);
+        }
+        let filter = info.config.filter_subject.clone();
+        let last = info.delivered.stream_sequence;
+        let mut next = info.ack_floor.stream_sequence + 1;
+        let mut read = 0;
+        while next <= last {
+            let raw = match unreadable::next_raw(&self.js, &info.stream_name, next, &filter).await {
+                Ok(Some(raw)) if raw.sequence <= last => raw,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(unit = %self.name, error = %e, "Cannot read the deliveries the previous owner may hold.");
+                    return None;
+                }
+            };
+            read += 1;
+            if read > TAKE_OVER_READS {
+                return None;
+            }
+            match self.stage.stored_key(&raw) {
+                StoredKey::Alone => {}
+                StoredKey::Key(key) => {
+                    let turn = sequencer.enter(&key);
+                    reserved.insert(raw.sequence, (key, turn));
+                }
+                StoredKey::Unknown => return None,
+            }
+            next = raw.sequence + 1;
+        }
+        tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
+        Some(reserved)
+    }
+
+    /// Works a job until its fate is carried out: attempts it, has
+    /// [`outcome::decide`] what became of it, and waits a retry's delay or a
+    /// hold's turn before the next attempt. Given back when `stop` comes
+    /// first, or when this replica's membership lapsed.
+    async fn work(
+        &self,
+        job: &mut S::Job,
         message: &jetstream::Message,
+        stop: &CancellationToken,
+    ) -> Outcome {
+        let original = Original::Delivered(message);
+        if S::DELIVERY_LIMIT
+            && let Some(fate) = outcome::exhausted(S::delivery(job).delivered, &self.settings)
+        {
+            return self
+                .carry_out(S::delivery(job), &original, fate, stop)
+                .await;
+        }
+        let mut wait = Wait::Go;
+        loop {
+            if !self.stage.ready(job, wait, stop).await || !self.fence.valid() {
+                return outcome::given_back();
+            }
+            let Tried { result, answered } = self.stage.attempt(job, message).await;
+            let delivery = S::delivery_mut(job);
+            let fate = outcome::decide(result, delivery.attempts, answered, &self.settings);
+            wait = match fate {
+                Outcome::Retry { delay, ref reason } => {
+                    tracing::warn!(%reason, attempt = delivery.attempts, retry_in_ms = delay.as_millis() as u64, "Event failed; retrying it here, its conversation waits.");
+                    delivery.count(&fate);
+                    delivery.attempts += 1;
+                    if !pause(delay, stop).await {
+                        return outcome::given_back();
+                    }
+                    Wait::Go
+                }
+                Outcome::Hold {
+                    reason,
+                    retry_after,
+                } => {
+                    tracing::debug!(%reason, "Event held.");
+                    Wait::Held {
+                        reason,
+                        retry_after,
+                    }
+                }
+                Outcome::GiveBack { .. } => return fate,
+                Outcome::Ack | Outcome::DeadLetter { .. } => {
+                    return self.carry_out(delivery, &original, fate, stop).await;
+                }
+            };
+        }
+    }
+
+    /// Carries out a fate that ends a message (ack, dead letter, a give-back
+    /// of a delivery without metadata); one NATS could not carry out (a dead
+    /// letter not stored) is held and carried out again after a backoff
+    /// step, never replaced by the hold that says so, until it is or the
+    /// unit stops.
+    async fn carry_out(
+        &self,
+        delivery: &Delivery,
+        original: &Original<'_>,
         fate: Outcome,
         stop: &CancellationToken,
     ) -> Outcome {
         loop {
-            if matches!(fate, Outcome::GiveBack { .. }) {
-                return fate;
-            }
             if !self.fence.valid() && !matches!(fate, Outcome::Ack) {
                 // Declared dead, perhaps: another replica may work the
                 // partition now. Only an ack is harmless.
                 tracing::warn!(unit = %self.name, "Membership not renewed; leaving the event to the ack wait.");
                 return outcome::given_back();
             }
-            // A fate NATS could not carry out is carried out again, never
-            // replaced by the hold that says so.
-            match S::delivery(job).apply(&self.js, message, &fate).await {
+            match delivery.apply_to(&self.js, original, &fate).await {
                 Ok(()) => return fate,
-                Err(held) => {
-                    if let Outcome::Hold { reason, .. } = &held {
-                        tracing::warn!(%reason, "Cannot carry out the event's fate; holding it.");
+                Err(Outcome::Hold { reason, .. }) => {
+                    tracing::warn!(%reason, "Cannot carry out the event's fate; holding it.");
+                }
+                Err(_) => {}
+            }
+            if !pause(self.settings.backoff_after(1), stop).await {
+                return outcome::given_back();
+            }
+        }
+    }
+
+    /// Sweeps the consumer for messages the client cannot read when the unit
+    /// starts and after each (re)connect of its connection, until `stop`,
+    /// and carries out each one's fate (dead-lettered, then deleted from the
+    /// stream); one not carried out stays for the next sweep.
+    async fn set_aside_until(
+        self: Arc<Self>,
+        stream: String,
+        consumer: String,
+        mut connects: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) {
+        // The sweep below covers the connects so far.
+        connects.mark_unchanged();
+        loop {
+            let found = tokio::select! {
+                _ = stop.cancelled() => return,
+                found = unreadable::find(&self.js, &stream, &consumer) => found,
+            };
+            match found {
+                Ok((stream, found)) => {
+                    for aside in found {
+                        let original = Original::Stored {
+                            stream: &stream,
+                            sequence: aside.delivery.sequence,
+                            body: aside.body,
+                        };
+                        let span = tracing::warn_span!("set_aside", sequence = aside.delivery.sequence, subject = %aside.delivery.subject);
+                        let fate = self
+                            .carry_out(&aside.delivery, &original, aside.fate, &stop)
+                            .instrument(span)
+                            .await;
+                        if matches!(fate, Outcome::GiveBack { .. }) {
+                            tracing::warn!(
+                                sequence = aside.delivery.sequence,
+                                "An event whose headers the client cannot read stays until the next sweep."
+                            );
+                        } else {
+                            tracing::warn!(sequence = aside.delivery.sequence, subject = %aside.delivery.subject, "Set aside an event whose headers the client cannot read.");
+                        }
                     }
                 }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "Cannot look for events whose headers the client cannot read; looking again after the next reconnect."
+                ),
             }
             tokio::select! {
-                _ = stop.cancelled() => return outcome::given_back(),
-                _ = tokio::time::sleep(self.backoff) => {}
+                _ = stop.cancelled() => return,
+                changed = connects.changed() => {
+                    if changed.is_err() {
+                        // The client is gone, and its deliveries with it.
+                        return;
+                    }
+                }
             }
         }
     }
@@ -256,6 +535,137 @@ impl<S: Stage> Unit<S> {
         tokio::time::timeout(self.give_back_within, naks)
             .await
             .unwrap_or(false)
+    }
+}
+
+/// Deliveries a take-over reads from the stream at most (else it waits out
+/// the ack wait).
+const TAKE_OVER_READS: usize = 1024;
+/// How often a take-over looks for the ack floor passing the places it keeps.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// The places a take-over keeps, by stream sequence, for the deliveries a
+/// dead owner may still hold, with their order keys; and, per order key, the
+/// places and the newer events waiting without room behind them. A newer
+/// event of a key with any of those waits without room too, so no event that
+/// holds room ever waits behind one that has none (the room cannot fill with
+/// events waiting for one that waits for room).
+#[derive(Default)]
+struct Reserved(Mutex<Places>);
+
+#[derive(Default)]
+struct Places {
+    kept: BTreeMap<u64, (String, Turn)>,
+    roomless: std::collections::HashMap<String, usize>,
+}
+
+impl Places {
+    fn leave(&mut self, key: &str) {
+        if let Some(count) = self.roomless.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.roomless.remove(key);
+            }
+        }
+    }
+}
+
+impl Reserved {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keep(&self, kept: BTreeMap<u64, (String, Turn)>) {
+        let mut places = self.lock();
+        for (key, _) in kept.values() {
+            *places.roomless.entry(key.clone()).or_default() += 1;
+        }
+        places.kept = kept;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().kept.is_empty()
+    }
+
+    fn lowest(&self) -> Option<u64> {
+        self.lock().kept.keys().next().copied()
+    }
+
+    /// The place kept for the delivery of `sequence`, which came back.
+    fn take(&self, sequence: u64) -> Option<Turn> {
+        let mut places = self.lock();
+        let (key, turn) = places.kept.remove(&sequence)?;
+        places.leave(&key);
+        Some(turn)
+    }
+
+    /// Whether an event with `key` waits without room: while it does, the
+    /// guard counts it.
+    fn roomless(this: &Arc<Self>, key: &str) -> Option<Roomless> {
+        let mut places = this.lock();
+        let count = places.roomless.get_mut(key)?;
+        *count += 1;
+        Some(Roomless(Arc::clone(this), key.to_owned()))
+    }
+
+    /// Gives up the places at or below the ack floor: settled by the dead
+    /// owner, they never come back.
+    fn settled_up_to(&self, floor: u64) {
+        self.gone_below(floor.saturating_add(1));
+    }
+
+    /// Gives up the places below `sequence`, whose messages are gone.
+    fn gone_below(&self, sequence: u64) {
+        let mut places = self.lock();
+        let above = places.kept.split_off(&sequence);
+        let settled = std::mem::replace(&mut places.kept, above);
+        for (key, _) in settled.values() {
+            places.leave(key);
+        }
+    }
+}
+
+/// An event waiting without room, counted until dropped.
+struct Roomless(Arc<Reserved>, String);
+
+impl Drop for Roomless {
+    fn drop(&mut self) {
+        self.0.lock().leave(&self.1);
+    }
+}
+
+/// Watches the ack floor of a consumer taken over until every place kept is
+/// given up or taken, or `stop`. A place is also given up once its message is no longer in the stream
+/// (deleted, or aged out): it cannot come back.
+async fn resolve(
+    js: jetstream::Context,
+    mut consumer: PullConsumer,
+    reserved: Arc<Reserved>,
+    stop: CancellationToken,
+) {
+    let info = consumer.cached_info();
+    let (stream, filter) = (info.stream_name.clone(), info.config.filter_subject.clone());
+    while let Some(lowest) = reserved.lowest() {
+        if !pause(RESOLVE_EVERY, &stop).await {
+            return;
+        }
+        match consumer.info().await {
+            Ok(info) => reserved.settled_up_to(info.ack_floor.stream_sequence),
+            Err(e) => tracing::debug!(error = %e, "Cannot read the consumer's ack floor."),
+        }
+        match unreadable::next_raw(&js, &stream, lowest, &filter).await {
+            Ok(Some(raw)) => reserved.gone_below(raw.sequence),
+            Ok(None) => reserved.gone_below(u64::MAX),
+            Err(e) => tracing::debug!(error = %e, "Cannot read the stream."),
+        }
+    }
+}
+
+/// Waits `delay`; `false` when `stop` came first.
+async fn pause(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -325,5 +735,45 @@ impl Holding {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn events_behind_a_kept_place_wait_without_room_until_none_is_left() {
+        let sequencer = Arc::new(Sequencer::default());
+        let reserved = Arc::new(Reserved::default());
+        reserved.keep(BTreeMap::from([
+            (5, ("a".to_owned(), sequencer.enter("a"))),
+            (7, ("b".to_owned(), sequencer.enter("b"))),
+        ]));
+        assert!(
+            Reserved::roomless(&reserved, "c").is_none(),
+            "no place kept"
+        );
+        // A newer event of `a` waits without room behind the place.
+        let newer = Reserved::roomless(&reserved, "a").expect("waits without room");
+        let mut behind = sequencer.enter("a");
+        assert!(behind.wait().now_or_never().is_none(), "behind the place");
+        // The dead owner's event comes back and takes the place...
+        let mut back = reserved.take(5).expect("its place");
+        assert!(back.wait().now_or_never().is_some(), "first in its line");
+        // ...but a still newer one waits without room too, behind `newer`.
+        let newest = Reserved::roomless(&reserved, "a").expect("still without room");
+        drop(back);
+        assert!(behind.wait().now_or_never().is_some());
+        drop((newer, newest));
+        assert!(Reserved::roomless(&reserved, "a").is_none(), "none left");
+        // The ack floor passing a place gives it up.
+        let mut after_b = sequencer.enter("b");
+        assert!(after_b.wait().now_or_never().is_none());
+        reserved.settled_up_to(7);
+        assert!(reserved.is_empty());
+        assert!(after_b.wait().now_or_never().is_some());
+        assert!(Reserved::roomless(&reserved, "b").is_none());
     }
 }

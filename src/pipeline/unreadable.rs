@@ -6,25 +6,22 @@
 //! connection for the stream's whole retention, and take the events
 //! delivered in the same batch with it each time.
 //!
-//! So the intake sweeps its consumer once when it starts and after every
-//! (re)connect of its connection: it reads each event delivered and not
-//! acknowledged yet raw, through the stream's message-get API (which returns
-//! headers as data), and sets aside each one the client cannot read:
-//! dead-lettered with the reason, then deleted from `SOFTPHONE_EVENTS`,
-//! which takes it out of the consumer's way. The events lost with the
-//! connection come back after `worker.intake_ack_wait`.
+//! So the intake's unit sweeps its consumer once when it starts and after
+//! every (re)connect of its connection ([`find`]): it reads each event
+//! delivered and not acknowledged yet raw, through the stream's message-get
+//! API (which returns headers as data), and sets aside each one the client
+//! cannot read, through the one consume loop's fates
+//! ([`super::unit`]): dead-lettered with the reason, then deleted from
+//! `SOFTPHONE_EVENTS`, which takes it out of the consumer's way. The events
+//! lost with the connection come back after `worker.intake_ack_wait`.
 
 use async_nats::jetstream::{self, stream::Stream};
 use base64::Engine as _;
 use futures::StreamExt;
 use serde::Deserialize;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use tracing::Instrument as _;
-
-use super::delivery::{Delivery, Original};
-use super::outcome::Outcome;
+use super::delivery::Delivery;
+use super::outcome::{self, Outcome};
 
 /// Events one sweep reads at most, from the consumer's ack floor up.
 const LOOKUPS: u64 = 1024;
@@ -85,59 +82,28 @@ pub(crate) fn headers_readable(raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Sweeps when the intake starts and after each (re)connect of its
-/// connection, until `shutdown`.
-pub(super) async fn sweep_until(
-    js: jetstream::Context,
-    stream: String,
-    consumer: String,
-    mut connects: watch::Receiver<u64>,
-    shutdown: CancellationToken,
-) {
-    // The sweep below covers the connects so far.
-    connects.mark_unchanged();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = set_aside(&js, &stream, &consumer) => {}
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = connects.changed() => {
-                if changed.is_err() {
-                    // The client is gone, and its deliveries with it.
-                    return;
-                }
-            }
-        }
-    }
+/// A message the client cannot read, read raw from its stream, with the
+/// fate [`outcome`] gives it.
+pub(super) struct SetAside {
+    pub delivery: Delivery,
+    pub body: bytes::Bytes,
+    pub fate: Outcome,
 }
 
-/// Sets aside the events `consumer` has delivered, not had acknowledged, and
-/// whose headers the client cannot read; returns how many.
-pub(super) async fn set_aside(js: &jetstream::Context, stream: &str, consumer: &str) -> usize {
-    match sweep(js, stream, consumer).await {
-        Ok(count) => count,
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "Cannot look for events whose headers the client cannot read; looking again after the next reconnect."
-            );
-            0
-        }
-    }
-}
-
-async fn sweep(
+/// The events `consumer` has delivered, not had acknowledged, and whose
+/// headers the client cannot read, each with its fate, and the stream they
+/// are in (which carrying out a fate deletes them from).
+pub(super) async fn find(
     js: &jetstream::Context,
     stream_name: &str,
     consumer: &str,
-) -> Result<usize, async_nats::Error> {
+) -> Result<(Stream, Vec<SetAside>), async_nats::Error> {
     let stream = js.get_stream(stream_name).await?;
     let first = stream.cached_info().state.first_sequence;
     let info = stream.consumer_info(consumer).await?;
+    let mut found = Vec::new();
     if info.num_ack_pending == 0 {
-        return Ok(0);
+        return Ok((stream, found));
     }
     let from = (info.ack_floor.stream_sequence + 1).max(first);
     let to = info
@@ -148,27 +114,28 @@ async fn sweep(
     let mut stored = futures::stream::iter(from..=to)
         .map(|sequence| raw_message(js, stream_name, sequence))
         .buffered(AT_ONCE);
-    let mut set_aside = 0;
-    while let Some(found) = stored.next().await {
-        let Some(message) = found? else { continue };
+    while let Some(message) = stored.next().await {
+        let Some(message) = message? else { continue };
         let Some(headers) = &message.headers else {
             continue;
         };
-        if let Err(why) = headers_readable(headers)
-            && put_aside(js, &stream, &message, &why).await
-        {
-            set_aside += 1;
+        if let Err(why) = headers_readable(headers) {
+            found.push(SetAside {
+                fate: outcome::unreadable_headers(&why, headers),
+                delivery: Delivery::set_aside(&message.subject, message.sequence),
+                body: message.payload.into(),
+            });
         }
     }
-    Ok(set_aside)
+    Ok((stream, found))
 }
 
 /// One stored message, headers and all, as the stream holds it.
-struct Raw {
-    subject: String,
-    sequence: u64,
-    headers: Option<Vec<u8>>,
-    payload: Vec<u8>,
+pub(super) struct Raw {
+    pub subject: String,
+    pub sequence: u64,
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
 /// The answer of `$JS.API.STREAM.MSG.GET.<stream>`.
@@ -203,11 +170,29 @@ async fn raw_message(
     stream: &str,
     sequence: u64,
 ) -> Result<Option<Raw>, async_nats::Error> {
+    raw_get(js, stream, sequence, serde_json::json!({ "seq": sequence })).await
+}
+
+/// The first message at or after `sequence` on a subject `filter` matches,
+/// raw; `None` when there is none.
+pub(super) async fn next_raw(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    filter: &str,
+) -> Result<Option<Raw>, async_nats::Error> {
+    let request = serde_json::json!({ "seq": sequence, "next_by_subj": filter });
+    raw_get(js, stream, sequence, request).await
+}
+
+async fn raw_get(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+    request: serde_json::Value,
+) -> Result<Option<Raw>, async_nats::Error> {
     let answer: MsgGet = js
-        .request(
-            format!("STREAM.MSG.GET.{stream}"),
-            &serde_json::json!({ "seq": sequence }),
-        )
+        .request(format!("STREAM.MSG.GET.{stream}"), &request)
         .await?;
     match (answer.message, answer.error) {
         (Some(stored), _) => {
@@ -230,43 +215,6 @@ async fn raw_message(
         .into()),
         (None, None) => {
             Err(format!("cannot read message {sequence} of {stream}: empty answer").into())
-        }
-    }
-}
-
-/// Dead-letters the message, then deletes it from the stream, through the
-/// same fate application as every delivery (logs and metrics alike);
-/// `false` when it stays (the dead-letter stream did not take it: the next
-/// sweep tries again).
-async fn put_aside(js: &jetstream::Context, stream: &Stream, message: &Raw, why: &str) -> bool {
-    let sequence = message.sequence;
-    let headers = message.headers.as_deref().unwrap_or_default();
-    let fate = Outcome::DeadLetter {
-        reason: format!("unreadable NATS headers: {why}"),
-        detail: Some(headers.escape_ascii().to_string()),
-    };
-    let delivery = Delivery::set_aside(&message.subject, sequence);
-    let original = Original::Stored {
-        stream,
-        sequence,
-        body: message.payload.clone().into(),
-    };
-    let span = tracing::warn_span!("set_aside", sequence, subject = %message.subject);
-    match delivery
-        .apply_to(js, original, &fate)
-        .instrument(span)
-        .await
-    {
-        Ok(()) => {
-            tracing::warn!(sequence, subject = %message.subject, "Set aside an event whose headers the client cannot read.");
-            true
-        }
-        Err(_) => {
-            tracing::warn!(
-                sequence,
-                "Cannot dead-letter an event whose headers the client cannot read; it stays until the next sweep."
-            );
-            false
         }
     }
 }

@@ -338,3 +338,61 @@ async fn a_worker_only_replica_serves_its_probes_and_metrics_on_ops_listen_alone
         "no API, no warning about its tokens: {stderr}"
     );
 }
+
+/// Each replica's probes read only the consumers it works: with three
+/// replicas, each scrape shows its own units' gauges, and every unit is
+/// shown by its owner.
+#[tokio::test]
+async fn each_replica_reports_only_the_consumers_it_works() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::start().await;
+    let settings = defaults();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let replicas: Vec<Bridge> = ports
+        .iter()
+        .map(|port| {
+            let extra = format!("[http]\nops_listen = \"127.0.0.1:{port}\"\n");
+            Bridge::start(&nats.url, &bridge_config(&crm.url(), &extra))
+        })
+        .collect();
+    replicas_pulling(&js, &settings, 3).await;
+    let owners = owners(&js, &settings).await;
+    let http = reqwest::Client::new();
+    let mut shown = BTreeSet::new();
+    for (bridge, port) in replicas.iter().zip(&ports) {
+        let text = eventually("the replica's metrics", || async {
+            let response = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .ok()?;
+            response.text().await.ok()
+        })
+        .await;
+        let prefix = format!("{}{{consumer=\"", metric::CONSUMER_PENDING);
+        let reported: BTreeSet<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix)?.split_once('"'))
+            .map(|(consumer, _)| consumer.to_owned())
+            .collect();
+        let works: BTreeSet<String> = owners
+            .iter()
+            .filter(|(_, owner)| bridge.has_logged(owner))
+            .map(|(consumer, _)| consumer.clone())
+            .collect();
+        assert_eq!(reported, works, "a replica reads only its own units");
+        shown.extend(reported);
+    }
+    assert_eq!(
+        shown.len(),
+        softphone_bridge::pipeline::consumers(&settings).len(),
+        "every unit is shown by its owner"
+    );
+    for bridge in &replicas {
+        bridge.terminate();
+    }
+    for bridge in replicas {
+        assert!(bridge.wait().await.0.success());
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
+use softphone_bridge::contract::{DLQ_STREAM, EventKind, LANES_STREAM, dlq_header};
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
@@ -433,6 +433,83 @@ async fn a_new_replica_takes_its_share_and_a_dead_ones_share_moves() {
     assert!(
         replicas.iter_mut().all(|r| r.running()),
         "no replica was restarted"
+    );
+    stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn a_killed_replicas_partitions_move_within_the_ack_wait_and_every_conversation_keeps_its_order()
+ {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    // A CRM taking 300 ms: the replica killed holds events in flight.
+    let crm =
+        FakeCrm::answering(ResponseTemplate::new(200).set_delay(Duration::from_millis(300))).await;
+    // The default ack wait; the tests' lease (4 s).
+    let ack_wait = Duration::from_secs(30);
+    let config = bridge_config(&crm.url(), "").replace(r#"ack_wait = "5s""#, r#"ack_wait = "30s""#);
+    let mut settings = defaults();
+    settings.worker.ack_wait = ack_wait;
+    let mut replicas: Vec<Bridge> = (0..3).map(|_| Bridge::start(&nats.url, &config)).collect();
+    replicas_pulling(&js, &settings, 3).await;
+
+    let before: Vec<String> = (0..40).map(|_| conversation()).collect();
+    publish_interleaved(&js, &before).await;
+    let mut arrivals = Arrivals(Vec::new());
+    receive_until(&crm, &mut arrivals, |a| a.distinct_in(&before) >= 8).await;
+
+    // The replica working the CRM lane's partition 0 dies, holding events.
+    let lane = format!("{}-crm-crm-0", settings.worker.consumer);
+    let victim = owners(&js, &settings).await[&lane].clone();
+    let index = replicas
+        .iter()
+        .position(|bridge| bridge.has_logged(&victim))
+        .expect("the owner is one of the replicas");
+    let held = consumer_info(&js, LANES_STREAM, &lane)
+        .await
+        .num_ack_pending;
+    assert!(held > 0, "events are in flight when the replica dies");
+    replicas.remove(index).kill().await;
+    let killed = tokio::time::Instant::now();
+
+    // New conversations after the kill: on the dead replica's partitions
+    // they go as soon as those moved.
+    let after: Vec<String> = (0..20).map(|_| conversation()).collect();
+    publish_interleaved(&js, &after).await;
+    let members = js
+        .get_key_value(&settings.lanes.members_bucket)
+        .await
+        .unwrap();
+    eventually_within(ack_wait, "the dead replica's units to move", || async {
+        let live = live_members(&members, &settings).await;
+        let owned = owners(&js, &settings).await;
+        (!live.contains(&victim) && owned.values().all(|owner| live.contains(owner))).then_some(())
+    })
+    .await;
+    let moved = killed.elapsed();
+    receive_until(&crm, &mut arrivals, |a| {
+        a.distinct_in(&after) >= after.len() * LIFECYCLE.len()
+    })
+    .await;
+    let flowing = killed.elapsed();
+    eprintln!(
+        "after SIGKILL ({held} events unacknowledged): units moved in {moved:?}, \
+         every new conversation delivered in {flowing:?} (ack wait {ack_wait:?})"
+    );
+    assert!(
+        flowing < ack_wait,
+        "the dead replica's partitions went on within the ack wait: {flowing:?}"
+    );
+
+    // Every conversation, those the dead replica held an event of too,
+    // reaches the CRM whole and in order.
+    let all: Vec<String> = before.iter().chain(&after).cloned().collect();
+    receive_all(&crm, &js, &mut arrivals, &all).await;
+    arrivals.assert_in_order(&all);
+    assert_eq!(
+        stream_messages(&js, DLQ_STREAM).await,
+        0,
+        "nothing dead-lettered"
     );
     stop_all(replicas).await;
 }

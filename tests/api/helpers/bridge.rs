@@ -73,6 +73,11 @@ impl Bridge {
         .await;
     }
 
+    /// Whether the process has logged a line containing `needle` so far.
+    pub fn has_logged(&self, needle: &str) -> bool {
+        self.stderr.lock().unwrap().contains(needle)
+    }
+
     /// The process id, to read its `/proc` entries.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
