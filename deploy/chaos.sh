@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proof under faults (README, "Run a cluster"), against the cluster of
+# Proof under faults (docs/cluster.md, "Proof under faults"), against the cluster of
 # `bash deploy/cluster.sh up`:
 #   - a steady RATE events/s (500) for DURATION seconds (120) from the host
 #     (deploy/cluster/publish.py, nats-py in a venv under target/cluster);

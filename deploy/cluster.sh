@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local softphone-bridge cluster in one command (README, "Run a cluster"):
+# A local softphone-bridge cluster in one command (docs/cluster.md):
 #
 #   bash deploy/cluster.sh up       # build what is missing, start, wait until ready
 #   bash deploy/cluster.sh status   # containers, health, the events stream's leader

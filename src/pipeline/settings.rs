@@ -121,7 +121,8 @@ pub struct LaneSettings {
     /// one partition (a hash of its id), each partition is a durable consumer
     /// worked by one replica at a time, in order. More partitions spread a
     /// busy lane over more replicas and cost NATS a consumer each. Changing
-    /// it re-partitions the lanes: drain them first (README, "Partitions").
+    /// it re-partitions the lanes: drain them first (docs/partitions.md,
+    /// "Changing `lanes.partitions`").
     pub partitions: u16,
     /// How long a replica that stops renewing its membership stays a member:
     /// its partitions move to others after this (keep it well under
