@@ -3,14 +3,15 @@
 //!
 //! Softphones publish contract events on `softphone.*` subjects. A pool of
 //! replicas shares the [`pipeline`]'s durable consumers: an intake that
-//! validates each event once ([`contract`]) and routes it once, to the lane of
-//! its partner's CRM connection, where the CRM's actions are performed
-//! ([`crm`]); a connection in trouble pauses its own lane and holds its
-//! events, one module decides every fate (ack, hold, retry, dead-letter), and
-//! a softphone lane answers `load` with callbacks on `softphone.cmd.<id>`
-//! ([`load`], [`command`]). CRMs send callbacks the other way (click-to-dial,
-//! presence) through an HTTP API or a NATS service ([`http`], [`service`],
-//! both via [`dispatch`]), authorised against the softphone [`registry`].
+//! validates each event ([`contract`]) and routes it to the lane of its
+//! partner's CRM connection (the pipeline's one place that lane is picked),
+//! where the CRM's actions are performed ([`crm`]); a connection in trouble
+//! pauses its own lane and holds its events, one module decides every fate
+//! (ack, hold, retry, dead-letter), and a softphone lane answers `load` with
+//! callbacks on `softphone.cmd.<id>` ([`load`], [`command`]). CRMs send
+//! callbacks the other way (click-to-dial, presence) through an HTTP API or
+//! a NATS service ([`http`], [`service`], both via [`dispatch`]), authorised
+//! against the softphone [`registry`].
 //!
 //! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
 //! - [`broker`]: NATS connection; the streams and consumers it should have.

@@ -1,13 +1,19 @@
 //! The intake's stage: one durable consumer on `SOFTPHONE_EVENTS`, worked by
 //! one replica at a time (a unit of its own, see [`super::share`]), so lane
-//! copies are stored in the order events were published. Each event is
-//! validated once and routed once: an invalid body is dead-lettered here; a
-//! valid one is copied, verbatim, to its partition of the lane of the CRM
-//! connection its partner uses (and `loaded`/`status_changed` to the
-//! softphone lane too), with `Nats-Msg-Id` set from the event id so that a
-//! crash between the copy and the ack cannot make two copies. The routing
-//! decision is made once, by whichever replica takes the event: a routing
-//! change rolled out replica by replica never loses or doubles an event.
+//! copies are stored in the order events were published. Here an event is
+//! judged and routed: an invalid body is dead-lettered; a valid one is
+//! copied, verbatim, to its partition of the lane of the CRM connection its
+//! partner uses (and `loaded`/`status_changed` to the softphone lane too),
+//! with `Nats-Msg-Id` set from the event id so that a crash between the copy
+//! and the ack cannot make two copies. (The lane decodes its copy again, and
+//! decoding runs the contract's checks: see [`super::lane`].) Which CRM lane
+//! an event goes to is decided here and nowhere else in the pipeline, by
+//! whichever replica copies it: a routing change rolled out replica by
+//! replica never loses or doubles an event. The softphone lane looks the
+//! partner's connection up again, by its own replica's settings and the
+//! body's `partnerId`, only to ask it for dispositions when it answers
+//! `loaded` (as the `softphone.load` reply does); `softphone-bridge replay`
+//! routes kept events afresh.
 //!
 //! Routing is cheap and ordered: the unit reads its deliveries in order,
 //! publishes each copy without waiting ([`Stage::accept`]), and acks the

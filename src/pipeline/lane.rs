@@ -1,7 +1,10 @@
 //! A lane partition's stage: what the one consume loop ([`super::unit`])
 //! does with each event of a CRM connection's lane (or of the softphone
-//! lane). Each body is decoded once, when the event is pulled: the decoded
-//! event gives its order key and goes to the CRM as it is.
+//! lane). Each body is decoded when the event is pulled, and the decoded
+//! event is kept for every attempt: it gives its order key and goes to the
+//! CRM as it is. Decoding runs the contract's checks, so an event the
+//! intake judged valid is checked a second time here (a body that fails,
+//! e.g. under a newer contract mid-upgrade, is dead-lettered at once).
 //!
 //! One attempt is one CRM call (or the softphone lane's work); the unit
 //! retries an event's own failure in process (the event stays in progress,
@@ -41,7 +44,7 @@ pub(super) struct Lane<W> {
     gate: Option<Arc<Gate>>,
 }
 
-/// An event of the lane, decoded once.
+/// An event of the lane, decoded when pulled and kept for every attempt.
 pub(super) struct Job {
     delivery: Delivery,
     event: Result<CrmEvent, ContractError>,
@@ -77,7 +80,7 @@ impl<W: Work> Lane<W> {
         }
     }
 
-    /// The event, decoded once; its body is kept verbatim for the CRM.
+    /// The event, decoded; its body is kept verbatim for the CRM.
     fn decode(
         &self,
         message: &jetstream::Message,

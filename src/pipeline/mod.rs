@@ -1,13 +1,16 @@
 //! The event pipeline, in the order an event travels it:
 //!
-//! 1. [`intake`]: one consumer on `SOFTPHONE_EVENTS` validates each event
-//!    once, dead-letters an invalid one, and routes a valid one once, to its
-//!    partition of its CRM connection's lane in `SOFTPHONE_LANES` (and
-//!    `loaded` and `status_changed` to the softphone lane as well).
+//! 1. [`intake`]: one consumer on `SOFTPHONE_EVENTS` validates each event,
+//!    dead-letters an invalid one, and routes a valid one to its partition
+//!    of its CRM connection's lane in `SOFTPHONE_LANES` (and `loaded` and
+//!    `status_changed` to the softphone lane as well): the only place the
+//!    pipeline picks an event's CRM lane.
 //! 2. [`lane`]: each lane in `lanes.partitions` consumers (a hash of the
-//!    conversation); a partition's events decoded once, a conversation's
-//!    worked one at a time in order, its own failures retried in process; a
-//!    CRM lane's [`gate`] pauses it while its connection is in trouble.
+//!    conversation); each event decoded when it is pulled (decoding repeats
+//!    the contract's checks the intake made) and kept for every attempt, a
+//!    conversation's worked one at a time in order, its own failures
+//!    retried in process; a CRM lane's [`gate`] pauses it while its
+//!    connection is in trouble.
 //! 3. [`work`]: the CRM connection's actions, or the registry and `load`
 //!    callbacks of the softphone lane.
 //! 4. [`outcome`]: decides every fate (ack, retry, hold, dead-letter, give
