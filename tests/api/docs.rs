@@ -1,5 +1,5 @@
-//! The documents stay true to the code: subjects.md, the README's commands and
-//! the example configuration.
+//! The documents stay true to the code: subjects.md, the README's commands,
+//! its layout and its links, and the example configuration.
 
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{self, Callback, EventKind, dlq_header, replay_header};
@@ -98,7 +98,7 @@ fn the_example_configuration_is_valid_and_holds_the_defaults() {
 
 #[test]
 fn the_readme_configuration_examples_are_valid() {
-    for document in ["README.md", "deploy/dynamics.md"] {
+    for document in ["README.md", "docs/crm-adapters.md", "deploy/dynamics.md"] {
         let text = read(document);
         let blocks: Vec<&str> = text
             .split("```toml\n")
@@ -113,6 +113,70 @@ fn the_readme_configuration_examples_are_valid() {
                 "client_secret = \"s\"",
             );
             Settings::from_toml(&block).unwrap_or_else(|e| panic!("{document}: {e}\n{block}"));
+        }
+    }
+}
+
+#[test]
+fn the_readme_layout_names_every_module() {
+    let readme = read("README.md");
+    let layout = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .expect("the README has a layout");
+    fn names(dir: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                out.push(format!("{name}/"));
+                names(&path, out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    names(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut all,
+    );
+    let missing: Vec<_> = all
+        .iter()
+        .filter(|n| !layout.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "the README's layout omits {missing:?}");
+}
+
+#[test]
+fn the_documents_links_resolve() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut documents = vec![root.join("README.md"), root.join("subjects.md")];
+    for dir in ["docs", "deploy"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "md") {
+                documents.push(path);
+            }
+        }
+    }
+    for document in documents {
+        let text = std::fs::read_to_string(&document).unwrap();
+        for target in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            if target.contains("://") || target.starts_with('#') {
+                continue;
+            }
+            let file = target.split('#').next().unwrap();
+            assert!(
+                document.parent().unwrap().join(file).exists(),
+                "{}: link to {target} resolves to nothing",
+                document.display()
+            );
         }
     }
 }
