@@ -8,7 +8,7 @@ use std::process::Command;
 use reqwest::StatusCode;
 use softphone_bridge::contract::EventKind;
 
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 const DASHBOARD: &str = "deploy/grafana/softphone-bridge.json";

@@ -8,7 +8,7 @@ use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
 use softphone_bridge::crm::dynamics::phonecall_id;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, DynamicsCrm};
 
-use crate::fake_dataverse::*;
+use crate::helpers::fakes::dataverse::*;
 use crate::helpers::*;
 
 const ANI: &str = "+18883973342";

@@ -10,7 +10,7 @@ use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
 use softphone_bridge::pipeline::Role;
 use wiremock::ResponseTemplate;
 
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 /// `[crms.<name>]` webhook sections for `names`, all posting to `url`.

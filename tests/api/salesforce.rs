@@ -7,7 +7,7 @@ use serde_json::Value;
 use softphone_bridge::contract::{DLQ_STREAM, EventKind};
 use wiremock::{Request, ResponseTemplate};
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 
 pub const ANI: &str = "+18883973342";

@@ -8,7 +8,7 @@ use softphone_bridge::config::{CrmSettings, Settings};
 use softphone_bridge::contract::{EventKind, dlq_header};
 use wiremock::{Request, ResponseTemplate};
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 use crate::salesforce::{dead_letter_count, deliver, spawn};
 

@@ -6,7 +6,7 @@ use softphone_bridge::contract::EventKind;
 use wiremock::ResponseTemplate;
 
 use crate::cli::{bridge, stderr};
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 /// The tests' lanes, as `status` must be told them.

@@ -1,5 +1,5 @@
 //! Shared test plumbing, by concern: a NATS server ([`nats`]), fake CRMs over
-//! real HTTP ([`crm`]), the app in this process ([`app`], [`http`]), the real
+//! real HTTP ([`fakes`]), the app in this process ([`app`], [`http`]), the real
 //! binary ([`bridge`]), clients driven by hand and `/proc` ([`raw`]) and the
 //! test data ([`data`]).
 
@@ -7,8 +7,8 @@
 
 mod app;
 mod bridge;
-mod crm;
 mod data;
+pub mod fakes;
 mod http;
 mod nats;
 mod nats_process;
@@ -20,16 +20,14 @@ use std::time::Duration;
 
 pub use app::*;
 pub use bridge::*;
-pub use crm::*;
 pub use data::*;
+pub use fakes::PATIENCE;
+pub use fakes::webhook::*;
 pub use http::*;
 pub use nats::*;
 pub use nats_process::*;
 pub use raw::*;
 pub use tenancy::*;
-
-/// How long a test waits for something that should happen promptly.
-pub const PATIENCE: Duration = Duration::from_secs(20);
 
 static LOGS: Once = Once::new();
 
