@@ -1,7 +1,8 @@
-//! Shared test plumbing, by concern: a NATS server ([`nats`]), fake CRMs over
-//! real HTTP ([`fakes`]), the app in this process ([`app`], [`http`]), the real
-//! binary ([`bridge`]), clients driven by hand and `/proc` ([`raw`]) and the
-//! test data ([`data`]).
+//! Shared test plumbing, by concern: a NATS server ([`nats`], [`nats_process`]),
+//! fake CRMs over real HTTP ([`fakes`]), the app in this process started one
+//! way ([`app`]: `App::builder`) and its HTTP API ([`http`]), the real binary
+//! ([`bridge`]), a tenancy deployment and its logins ([`tenancy`], [`login`]),
+//! clients driven by hand and `/proc` ([`raw`]) and the test data ([`data`]).
 
 #![allow(dead_code)]
 
