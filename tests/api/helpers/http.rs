@@ -44,32 +44,29 @@ impl App {
         format!("http://{}{path}", self.ops())
     }
 
+    /// `GET path` on the health and metrics address.
+    async fn get_ops(&self, path: &str) -> reqwest::Response {
+        match self.http.get(self.ops_url(path)).send().await {
+            Ok(response) => response,
+            Err(e) => panic!("{path} answers: {e}"),
+        }
+    }
+
     /// What `/metrics` shows now.
     pub async fn metrics(&self) -> String {
-        let response = self.http.get(self.ops_url("/metrics")).send().await;
-        response
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("metrics text")
+        let response = self.get_ops("/metrics").await;
+        response.text().await.expect("metrics text")
     }
 
     /// What `/readyz` reports: readiness and each check.
     pub async fn readyz_report(&self) -> serde_json::Value {
-        let response = self.http.get(self.ops_url("/readyz")).send().await;
-        response
-            .expect("readyz answers")
-            .json()
-            .await
-            .expect("a readiness report")
+        let response = self.get_ops("/readyz").await;
+        response.json().await.expect("a readiness report")
     }
 
     /// The readiness status code.
     pub async fn readyz(&self) -> u16 {
-        match self.http.get(self.ops_url("/readyz")).send().await {
-            Ok(response) => response.status().as_u16(),
-            Err(e) => panic!("readyz answers: {e}"),
-        }
+        self.get_ops("/readyz").await.status().as_u16()
     }
 
     /// Stops NATS, then waits until `/readyz` says 503.

@@ -75,6 +75,28 @@ impl Requests {
     }
 }
 
+/// A fake's state, which answers each request (behind a lock, as requests
+/// come concurrently).
+pub trait Answer: Send + 'static {
+    fn answer(&mut self, request: &Request) -> ResponseTemplate;
+}
+
+/// Has `server` answer every request from `org`, recording each first.
+pub async fn serve_org<O: Answer>(
+    server: &MockServer,
+    org: &std::sync::Arc<std::sync::Mutex<O>>,
+) -> Requests {
+    serve(server, Shared(std::sync::Arc::clone(org))).await
+}
+
+struct Shared<O>(std::sync::Arc<std::sync::Mutex<O>>);
+
+impl<O: Answer> Respond for Shared<O> {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        self.0.lock().unwrap().answer(request)
+    }
+}
+
 /// `answer`, after `delay` when there is one.
 pub fn delayed(answer: ResponseTemplate, delay: Option<Duration>) -> ResponseTemplate {
     match delay {

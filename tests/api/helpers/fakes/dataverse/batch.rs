@@ -4,6 +4,17 @@
 use super::*;
 
 impl Org {
+    /// One request of the batch, counted as an operation.
+    fn operation(&mut self, inner: &Inner) -> Reply {
+        self.operations += 1;
+        self.route(
+            &inner.method,
+            &inner.target,
+            &inner.headers,
+            inner.body.as_bytes(),
+        )
+    }
+
     pub(super) fn batch(&mut self, headers: &[(String, String)], body: &[u8]) -> Reply {
         self.batches += 1;
         let Some(boundary) = header(headers, "content-type").and_then(boundary_of) else {
@@ -59,15 +70,7 @@ impl Org {
             match item {
                 Item::Single(request) => {
                     let reply = match request {
-                        Ok(inner) => {
-                            self.operations += 1;
-                            self.route(
-                                &inner.method,
-                                &inner.target,
-                                &inner.headers,
-                                inner.body.as_bytes(),
-                            )
-                        }
+                        Ok(inner) => self.operation(&inner),
                         Err(detail) => bad_request(&detail),
                     };
                     push_part(&mut out, &response_boundary, None, &reply);
@@ -136,15 +139,7 @@ impl Org {
                             "Content-ID Reference: '{reference}' does not exist in the batch context."
                         ),
                     ),
-                    Ok(()) => {
-                        self.operations += 1;
-                        self.route(
-                            &inner.method,
-                            &inner.target,
-                            &inner.headers,
-                            inner.body.as_bytes(),
-                        )
-                    }
+                    Ok(()) => self.operation(&inner),
                 },
             };
             if reply.status >= 400 {

@@ -49,9 +49,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{MockServer, Request, ResponseTemplate};
 
-use super::{Requests, delayed};
+use super::{Answer, Requests, delayed};
 
 mod api;
 mod batch;
@@ -208,19 +208,14 @@ pub struct FakeDataverse {
     requests: Requests,
 }
 
-struct Responder {
-    org: Arc<Mutex<Org>>,
-}
-
-impl Respond for Responder {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let mut org = self.org.lock().unwrap();
+impl Answer for Org {
+    fn answer(&mut self, request: &Request) -> ResponseTemplate {
         if request.url.path().starts_with("/login/") {
-            let answer = org.token(request).template();
-            return delayed(answer, org.token_delay);
+            let answer = self.token(request).template();
+            return delayed(answer, self.token_delay);
         }
-        let answer = org.api(request).template();
-        delayed(answer, org.delay)
+        let answer = self.api(request).template();
+        delayed(answer, self.delay)
     }
 }
 
@@ -228,11 +223,8 @@ impl FakeDataverse {
     pub async fn start() -> FakeDataverse {
         let server = MockServer::start().await;
         let org = Arc::new(Mutex::new(Org::new(server.uri())));
-        let responder = Responder {
-            org: Arc::clone(&org),
-        };
         FakeDataverse {
-            requests: super::serve(&server, responder).await,
+            requests: super::serve_org(&server, &org).await,
             server,
             org,
         }

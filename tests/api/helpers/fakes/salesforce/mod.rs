@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use wiremock::{MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{MockServer, Request, ResponseTemplate};
 
-use super::{Requests, delayed};
+use super::{Answer, Requests, delayed};
 
 mod api;
 mod records;
@@ -77,22 +77,17 @@ pub struct FakeSalesforce {
     requests: Requests,
 }
 
-struct Responder {
-    org: Arc<Mutex<Org>>,
-}
-
-impl Respond for Responder {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let mut org = self.org.lock().unwrap();
+impl Answer for Org {
+    fn answer(&mut self, request: &Request) -> ResponseTemplate {
         if request.url.path() == "/services/oauth2/token" {
-            let answer = org.token(request);
-            return delayed(answer, org.token_delay);
+            let answer = self.token(request);
+            return delayed(answer, self.token_delay);
         }
-        let mut answer = org.api(request);
-        if let Some(limit) = &org.limit_info {
+        let mut answer = self.api(request);
+        if let Some(limit) = &self.limit_info {
             answer = answer.insert_header("Sforce-Limit-Info", limit.as_str());
         }
-        delayed(answer, org.api_delay)
+        delayed(answer, self.api_delay)
     }
 }
 
@@ -111,11 +106,8 @@ impl FakeSalesforce {
             instance,
             ..Org::default()
         }));
-        let responder = Responder {
-            org: Arc::clone(&org),
-        };
         FakeSalesforce {
-            requests: super::serve(&server, responder).await,
+            requests: super::serve_org(&server, &org).await,
             server,
             org,
         }
