@@ -2,7 +2,7 @@
 //! batching adds to its latency: the real bridge (intake, lane, the
 //! `dynamics` adapter, the call memory) through a real NATS
 //! (testcontainers), against the fake Dataverse of the tests
-//! (`tests/api/fake_dataverse.rs`) over real HTTP.
+//! (`tests/api/helpers/fakes/dataverse/`) over real HTTP.
 //!
 //! Each call is four events, published at the call's pace (benches/common);
 //! every caller has a number of their own. Calls start at 1, 10 and 100 per
@@ -18,8 +18,8 @@
 //! `cargo bench --bench dynamics` (needs the NATS image: deploy/nats-image.sh).
 
 #[allow(dead_code)]
-#[path = "../tests/api/fake_dataverse.rs"]
-mod fake_dataverse;
+#[path = "../tests/api/helpers/fakes/mod.rs"]
+mod fakes;
 
 mod common;
 
@@ -29,7 +29,7 @@ use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
 use softphone_bridge::crm::phonecall_id;
 
-use fake_dataverse::FakeDataverse;
+use fakes::dataverse::FakeDataverse;
 
 const PARTNER: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
 const MAX_WAIT: Duration = Duration::from_millis(500);

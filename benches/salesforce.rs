@@ -1,7 +1,7 @@
 //! What a call costs a Salesforce org in API requests, and what batching
 //! adds to its latency: the real bridge (intake, lane, the `salesforce`
 //! adapter) through a real NATS (testcontainers), against the fake org of the
-//! tests (`tests/api/fake_salesforce.rs`) over real HTTP.
+//! tests (`tests/api/helpers/fakes/salesforce/`) over real HTTP.
 //!
 //! Each call is four events, published at the call's pace: `incoming` at its
 //! start, `accepted` 0.5 s later, `ended` at 1 s, `notes_submitted` at 1.5 s;
@@ -19,15 +19,15 @@
 //! BENCH_MAX_WAIT_MS sets `batch.max_wait` (default 500, the setting's default).
 
 #[allow(dead_code)]
-#[path = "../tests/api/fake_salesforce.rs"]
-mod fake_salesforce;
+#[path = "../tests/api/helpers/fakes/mod.rs"]
+mod fakes;
 
 use std::time::{Duration, Instant};
 
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
 
-use fake_salesforce::FakeSalesforce;
+use fakes::salesforce::FakeSalesforce;
 
 mod common;
 

@@ -30,8 +30,7 @@ fn repo() -> &'static Path {
 #[tokio::test]
 async fn health_exits_0_while_the_replica_is_ready_and_1_once_it_is_not() {
     let nats = start_nats_pinned().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     let readyz = app.ops_url("/readyz");
 
     let ok = bridge(&["health", "--url", &readyz], &[]).await;
@@ -39,7 +38,7 @@ async fn health_exits_0_while_the_replica_is_ready_and_1_once_it_is_not() {
     assert!(text(&ok.stdout).contains("200"), "{}", text(&ok.stdout));
     // Without --url: /readyz on the configured ops listener, an unspecified
     // address probed over loopback.
-    let own = format!("0.0.0.0:{}", app.ops.port());
+    let own = format!("0.0.0.0:{}", app.ops().port());
     let derived = bridge(
         &["health"],
         &[
@@ -50,7 +49,7 @@ async fn health_exits_0_while_the_replica_is_ready_and_1_once_it_is_not() {
     .await;
     assert!(derived.status.success(), "{}", text(&derived.stderr));
     assert!(
-        text(&derived.stdout).contains(&format!("http://127.0.0.1:{}/readyz", app.ops.port())),
+        text(&derived.stdout).contains(&format!("http://127.0.0.1:{}/readyz", app.ops().port())),
         "{}",
         text(&derived.stdout)
     );
@@ -90,9 +89,11 @@ async fn the_image_built_offline_runs_the_binary_as_nonroot() {
         .and_then(|cidr| cidr.split('/').next().map(String::from))
         .expect("docker0 has an IPv4 address");
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.http.listen = Some(format!("{gateway}:0"));
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(move |s| s.http.listen = Some(format!("{gateway}:0")))
+        .spawn()
+        .await;
     let tag = "softphone-bridge:test-offline";
     let build = tokio::process::Command::new("bash")
         .current_dir(repo())
@@ -123,7 +124,7 @@ async fn the_image_built_offline_runs_the_binary_as_nonroot() {
         text(&inspect.stdout).trim(),
         r#"65532:65532 ["CMD","/usr/local/bin/softphone-bridge","health"]"#
     );
-    let readyz = format!("http://host.docker.internal:{}/readyz", app.ops.port());
+    let readyz = format!("http://host.docker.internal:{}/readyz", app.ops().port());
     let run = tokio::process::Command::new("docker")
         .args([
             "run",

@@ -8,7 +8,7 @@ use std::process::Command;
 use reqwest::StatusCode;
 use softphone_bridge::contract::EventKind;
 
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 const DASHBOARD: &str = "deploy/grafana/softphone-bridge.json";
@@ -85,7 +85,7 @@ async fn every_series_the_dashboard_and_alerts_use_exists_on_metrics() {
     .unwrap()
     .crm;
     settings.http.ops_listen = Some("127.0.0.1:0".into());
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     app.load("agent-1", Some(PARTNER)).await;
     let mut letters = app.dead_letters().await;
     // A locked record is the event's own trouble: retried, so redelivered.

@@ -24,7 +24,7 @@ fn stdout(out: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn list_show_and_purge_with_filters() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let env = [("SOFTPHONE_BRIDGE_NATS__URL", app.nats.url.as_str())];
 
     // One event the CRM refuses, one the contract refuses.
@@ -167,7 +167,7 @@ async fn list_show_and_purge_with_filters() {
 async fn replay_sends_the_event_again_with_its_original_id() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(422)]);
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let env = [("SOFTPHONE_BRIDGE_NATS__URL", app.nats.url.as_str())];
     let call = conversation();
     let body = partner_call_body(PARTNER, &call, "");

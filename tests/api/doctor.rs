@@ -4,7 +4,7 @@
 use wiremock::ResponseTemplate;
 
 use crate::cli::{bridge, config_file, stderr};
-use crate::fake_salesforce::{CLIENT_SECRET, EXTERNAL_ID, FakeSalesforce};
+use crate::helpers::fakes::salesforce::{CLIENT_SECRET, EXTERNAL_ID, FakeSalesforce};
 use crate::helpers::*;
 
 /// A configuration with a webhook `[crm]` and a Salesforce `[crms.sf]`.

@@ -8,7 +8,7 @@ use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
 use softphone_bridge::crm::phonecall_id;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, DynamicsCrm};
 
-use crate::fake_dataverse::*;
+use crate::helpers::fakes::dataverse::*;
 use crate::helpers::*;
 
 const ANI: &str = "+18883973342";
@@ -286,21 +286,22 @@ async fn tokens_are_refreshed_once_on_401_and_doctor_checks_the_privileges() {
 }
 
 /// The whole bridge on one environment.
-async fn spawn(dv: &FakeDataverse, extra: &str) -> TestApp {
-    let nats = start_nats().await;
-    let mut settings = settings(&nats.url, &dv.crm_toml(extra));
-    // A paused lane probes its environment often: the outages below are short.
-    settings.lanes.probe_every = std::time::Duration::from_millis(300);
-    spawn_app(nats, settings).await
+async fn spawn(dv: &FakeDataverse, extra: &str) -> App {
+    App::builder(start_nats().await)
+        .crm(&dv.crm_toml(extra))
+        // A paused lane probes its environment often: the outages below are short.
+        .settings(|s| s.lanes.probe_every = std::time::Duration::from_millis(300))
+        .spawn()
+        .await
 }
 
-async fn dead_letter_count(app: &TestApp) -> u64 {
+async fn dead_letter_count(app: &App) -> u64 {
     let mut stream = app.js.get_stream(DLQ_STREAM).await.unwrap();
     stream.info().await.unwrap().state.messages
 }
 
 /// Publishes the lifecycle of `conv` as a softphone would.
-async fn publish_call(app: &TestApp, conv: &str) {
+async fn publish_call(app: &App, conv: &str) {
     for e in lifecycle(conv) {
         app.publish(e.kind(), std::str::from_utf8(&e.raw).unwrap(), None)
             .await;
@@ -400,13 +401,11 @@ async fn each_partner_writes_only_to_its_own_environment() {
     let a = FakeDataverse::start().await;
     let b = FakeDataverse::start().await;
     let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        &a.crm_toml(COLUMNS),
-        None,
-        &partner_b_on_connection_b(&b.crm_toml(COLUMNS)),
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .crm(&a.crm_toml(COLUMNS))
+        .toml(&partner_b_on_connection_b(&b.crm_toml(COLUMNS)))
+        .spawn()
+        .await;
     let mine = conversation();
     let theirs = conversation();
     app.publish(

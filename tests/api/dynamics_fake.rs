@@ -4,7 +4,7 @@
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::fake_dataverse::{
+use crate::helpers::fakes::dataverse::{
     API_PATH, CLIENT_ID, CLIENT_SECRET, FakeDataverse, Limit, REFUSAL, TENANT_ID, USER_ID,
 };
 

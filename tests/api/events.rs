@@ -61,7 +61,7 @@ pub(crate) fn verify_signature(request: &wiremock::Request) {
 #[tokio::test]
 async fn every_event_reaches_the_webhook_signed_and_verbatim() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let conv = conversation();
 
     for (kind, body) in eight_events(&conv) {
@@ -119,7 +119,7 @@ async fn every_event_reaches_the_webhook_signed_and_verbatim() {
 #[tokio::test]
 async fn publisher_message_id_is_the_event_id_and_duplicates_are_dropped() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let body = call_body(&conversation(), r#""reason":"active""#);
 
     let first = app
@@ -151,8 +151,7 @@ async fn webhook_signatures_verify_with_every_secret_while_rotating() {
         &format!("secret = \"{WEBHOOK_SECRET}\""),
         &format!("secret = [\"{NEW}\", \"{WEBHOOK_SECRET}\"]"),
     );
-    let settings = settings(&nats.url, &section);
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats).crm(&section).spawn().await;
 
     let ack = app
         .publish(

@@ -8,10 +8,9 @@ use softphone_bridge::contract::COMMANDS_STREAM;
 
 use crate::helpers::*;
 
-async fn app() -> HttpApp {
+async fn app() -> App {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    spawn_http_app(nats, settings).await
+    App::builder(nats).http().spawn().await
 }
 
 #[tokio::test]
@@ -245,16 +244,7 @@ async fn every_error_is_a_precise_problem() {
         doc["detail"].as_str().unwrap().contains("agent-never"),
         "{doc}"
     );
-    problem(
-        app.http
-            .get(app.url("/v1/softphones/agent-never"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    problem(app.softphone("agent-never", TOKEN).await, 404).await;
     problem(
         app.http.get(app.url("/v2/nothing")).send().await.unwrap(),
         404,
@@ -294,16 +284,7 @@ async fn every_error_is_a_precise_problem() {
         403,
     )
     .await;
-    problem(
-        app.http
-            .get(app.url("/v1/softphones/agent-b"))
-            .bearer_auth(PARTNER_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    problem(app.softphone("agent-b", PARTNER_TOKEN).await, 404).await;
 
     // 400: a bad Idempotency-Key.
     problem(
@@ -352,16 +333,7 @@ async fn softphone_ids_that_are_not_one_token_are_refused_before_publishing() {
     ] {
         let doc = problem(app.command(raw, &start_call(), TOKEN, None).await, 400).await;
         assert_eq!(doc["title"], "Invalid softphone id", "{raw}: {doc}");
-        let doc = problem(
-            app.http
-                .get(app.url(&format!("/v1/softphones/{raw}")))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let doc = problem(app.softphone(raw, TOKEN).await, 400).await;
         assert_eq!(doc["title"], "Invalid softphone id", "{raw}: {doc}");
     }
     // Extra path segments (or dot segments the client resolves) are another
@@ -399,7 +371,7 @@ async fn without_tokens_the_command_routes_are_off() {
     let nats = start_nats().await;
     let mut settings = http_settings(&nats.url);
     settings.http.tokens.clear();
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     let doc = problem(
         app.command("agent-1", &start_call(), TOKEN, None).await,
         404,
@@ -424,9 +396,13 @@ async fn without_tokens_the_command_routes_are_off() {
 #[tokio::test]
 async fn unknown_softphones_can_be_allowed() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.http.unknown_softphones = softphone_bridge::config::UnknownSoftphones::Allow;
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| {
+            s.http.unknown_softphones = softphone_bridge::config::UnknownSoftphones::Allow
+        })
+        .spawn()
+        .await;
     assert_eq!(
         app.command("agent-new", &start_call(), TOKEN, None)
             .await

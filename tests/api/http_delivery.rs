@@ -9,10 +9,9 @@ use softphone_bridge::contract::COMMANDS_STREAM;
 
 use crate::helpers::*;
 
-async fn app() -> HttpApp {
+async fn app() -> App {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    spawn_http_app(nats, settings).await
+    App::builder(nats).http().spawn().await
 }
 
 /// Posts `body` with `key` three times at once, spread over the replicas at
@@ -64,18 +63,18 @@ async fn one_key_is_one_command_for_every_subscriber_across_replicas_until_its_t
     // Nats-Msg-Id window, which would still drop the repeat, too).
     settings.commands.idempotency_ttl = std::time::Duration::from_secs(3);
     settings.streams.duplicate_window = std::time::Duration::from_secs(1);
-    let app = spawn_http_app(nats, settings.clone()).await;
-    let (replica, replica_task, replica_addr, _) = start_replica(settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
+    let replica = app.replica().await;
     app.load("agent-1", Some(PARTNER)).await;
     let mut plain = app.client.subscribe("softphone.cmd.agent-1").await.unwrap();
     app.client.flush().await.unwrap();
     let mut consumer = command_consumer(&app.js, "agent-1").await;
-    let addrs = [app.addr, replica_addr];
+    let addrs = [app.addr(), replica.addr];
     // The replica answers once it is ready, like the first app.
     eventually("the replica to answer", || async {
         let status = app
             .http
-            .get(format!("http://{replica_addr}/readyz"))
+            .get(format!("http://{}/readyz", replica.addr))
             .send()
             .await
             .ok()?
@@ -111,8 +110,7 @@ async fn one_key_is_one_command_for_every_subscriber_across_replicas_until_its_t
     assert_eq!(core_received(&app.client, &mut plain).await.len(), 1);
     assert_eq!(consumer_total(&mut consumer).await, loaded + 2);
 
-    replica.cancel();
-    replica_task.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }
 
@@ -130,9 +128,11 @@ fn once_more(answers: &[(u16, Value)]) -> u64 {
 #[tokio::test]
 async fn an_expired_start_call_is_never_delivered() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.commands.start_call_ttl = std::time::Duration::from_secs(1);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.commands.start_call_ttl = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
     app.load("agent-1", Some(PARTNER)).await;
     // The load's callbacks, which live the stream's max age.
     let loaded = commands_for(&app.js, "agent-1").await;
@@ -174,9 +174,11 @@ async fn an_expired_start_call_is_never_delivered() {
 #[tokio::test]
 async fn an_offline_softphone_gets_409_until_it_beats_again() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.commands.offline_after = std::time::Duration::from_secs(2);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.commands.offline_after = std::time::Duration::from_secs(2))
+        .spawn()
+        .await;
     app.load("agent-1", Some(PARTNER)).await;
     let last_seen = |entry: Value| {
         time::OffsetDateTime::parse(

@@ -10,7 +10,7 @@ use softphone_bridge::contract::{DLQ_STREAM, EventKind, dlq_header};
 use softphone_bridge::pipeline::Role;
 use wiremock::ResponseTemplate;
 
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 /// `[crms.<name>]` webhook sections for `names`, all posting to `url`.
@@ -26,7 +26,7 @@ fn doc(request: &wiremock::Request) -> Value {
     serde_json::from_slice(&request.body).expect("a JSON document")
 }
 
-async fn dead_letter_count(app: &TestApp) -> u64 {
+async fn dead_letter_count(app: &App) -> u64 {
     stream_messages(&app.js, DLQ_STREAM).await
 }
 
@@ -45,8 +45,11 @@ async fn a_hanging_crm_does_not_hold_back_another_partners_events() {
         "{}\n[crms.a]\n{a}\n",
         partner_b_on_connection_b(&webhook_crm(&webhook.url()))
     );
-    let settings = settings_with(&nats.url, "kind = \"log\"", Some("a"), &extra);
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .partner_crm("a")
+        .toml(&extra)
+        .spawn()
+        .await;
 
     // A burst for A, more than the worker's 8 slots, then B's events.
     app.publish_calls(EventKind::CallNotesSubmitted, PARTNER, r#""notes":"a""#, 16)
@@ -96,8 +99,11 @@ async fn fifty_connections_and_a_burst_through_a_busy_crm_dead_letter_nothing() 
         FakeCrm::answering(ResponseTemplate::new(200).set_delay(Duration::from_millis(100))).await;
     let nats = start_nats().await;
     let extra = webhook_connections((0..50).map(|i| format!("c{i}")), &crm.url());
-    let settings = settings_with(&nats.url, "kind = \"log\"", Some("c0"), &extra);
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .partner_crm("c0")
+        .toml(&extra)
+        .spawn()
+        .await;
 
     const BURST: usize = 200;
     app.publish_calls(EventKind::CallEnded, PARTNER, r#""duration":5"#, BURST)
@@ -133,7 +139,7 @@ async fn a_crm_down_longer_than_the_retry_schedule_loses_nothing_and_keeps_each_
     );
     settings.worker.max_deliveries = 2;
     settings.worker.backoff = vec![Duration::from_secs(30)];
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
 
     let calls: Vec<String> = (0..5).map(|_| conversation()).collect();
     let lifecycle = [
@@ -202,7 +208,11 @@ async fn a_crm_down_longer_than_the_retry_schedule_loses_nothing_and_keeps_each_
 #[tokio::test]
 async fn a_refused_event_held_on_a_paused_connection_is_dead_lettered_once_when_it_resumes() {
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
-    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&webhook_crm(&crm.url()))
+        .spawn()
+        .await;
     let bad = conversation();
     let good: Vec<String> = (0..4).map(|_| conversation()).collect();
     app.publish(EventKind::CallEnded, &call_body(&good[0], ""), None)
@@ -253,9 +263,11 @@ async fn a_refused_event_held_on_a_paused_connection_is_dead_lettered_once_when_
 async fn a_token_endpoint_refusing_grants_for_a_while_dead_letters_nothing() {
     let sf = FakeSalesforce::start().await;
     sf.org().refuse_grants = true;
-    let app =
-        spawn_pausing_app(&sf.crm_toml("client_credentials", "[crm.lookup]\nenabled = false"))
-            .await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&sf.crm_toml("client_credentials", "[crm.lookup]\nenabled = false"))
+        .spawn()
+        .await;
     let calls: Vec<String> = (0..20).map(|_| conversation()).collect();
     for conv in &calls {
         app.publish(
@@ -300,7 +312,7 @@ async fn replicas_with_old_and_new_routing_deliver_each_event_exactly_once() {
     );
     let old = settings_with(&nats.url, "kind = \"log\"", Some("a"), &connections);
     let new = settings_with(&nats.url, "kind = \"log\"", Some("b"), &connections);
-    let app = spawn_app(nats, old).await;
+    let app = App::builder(nats).with(old).spawn().await;
     let stop_new = tokio_util::sync::CancellationToken::new();
     let new_replica = tokio::spawn(
         softphone_bridge::Application::build(new.clone())
@@ -359,7 +371,7 @@ async fn one_partners_backlog_does_not_delay_another_connection() {
     );
     let mut settings = settings_with(&nats.url, "kind = \"log\"", Some("a"), &extra);
     settings.worker.max_ack_pending = 20_000;
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     // In chunks: the client bounds the publish acks it awaits at once.
     for _ in 0..20 {
         let mut acks = Vec::new();
@@ -412,7 +424,11 @@ async fn a_webhook_redirect_is_never_followed_and_holds_the_event() {
             .insert_header("Location", "https://elsewhere.example/hook?token=x"),
     )
     .await;
-    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&webhook_crm(&crm.url()))
+        .spawn()
+        .await;
     app.publish(
         EventKind::CallEnded,
         &call_body(&conversation(), ""),
@@ -446,7 +462,7 @@ async fn a_loading_softphone_never_waits_on_its_crm() {
     let mut settings = settings(&nats.url, &webhook_crm(&crm.url()));
     settings.http.listen = Some("127.0.0.1:0".into());
     settings.http.tokens = vec![token_settings("crm-all", TOKEN, None)];
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     app.publish_calls(EventKind::CallEnded, PARTNER, "", 5)
         .await;
     lane_paused(true).await;
@@ -486,7 +502,11 @@ async fn an_event_the_crm_keeps_failing_does_not_hold_its_lane_for_ever() {
     let crm = FakeCrm::start().await;
     let stuck = conversation();
     crm.refuse(&stuck, ResponseTemplate::new(503));
-    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&webhook_crm(&crm.url()))
+        .spawn()
+        .await;
     let mut letters = app.dead_letters().await;
     app.publish(EventKind::CallEnded, &call_body(&stuck, ""), None)
         .await;

@@ -28,7 +28,7 @@ fn msg_id(message: &async_nats::Message) -> String {
 #[tokio::test]
 async fn loaded_event_sends_the_partners_dispositions_and_config() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let mut commands = app.client.subscribe("softphone.cmd.agent-7").await.unwrap();
     app.client.flush().await.unwrap();
 
@@ -68,7 +68,7 @@ async fn loaded_event_sends_the_partners_dispositions_and_config() {
 #[tokio::test]
 async fn unknown_partners_get_the_default_list_and_no_partner_config() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let mut commands = app.client.subscribe("softphone.cmd.>").await.unwrap();
     app.client.flush().await.unwrap();
 
@@ -98,7 +98,7 @@ async fn unknown_partners_get_the_default_list_and_no_partner_config() {
 async fn a_redelivered_load_does_not_send_its_callbacks_twice() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(500)]);
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     app.publish(
         EventKind::Loaded,
         &format!(r#"{{"softphoneId":"agent-9","partnerId":"{PARTNER}"}}"#),
@@ -122,7 +122,7 @@ async fn a_redelivered_load_does_not_send_its_callbacks_twice() {
 #[tokio::test]
 async fn a_load_request_gets_both_callbacks_in_one_reply() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     // The responder subscribes once the app is up; retry until it answers.
     let body = format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#);
     let reply = request_until_answered(&app.client, body).await;

@@ -13,9 +13,6 @@ mod doctor;
 mod dynamics;
 mod dynamics_fake;
 mod events;
-#[allow(dead_code)]
-mod fake_dataverse;
-mod fake_salesforce;
 mod helpers;
 mod http;
 mod http_delivery;

@@ -15,22 +15,13 @@ use crate::helpers::*;
 #[tokio::test]
 async fn readyz_follows_nats_down_and_back_up() {
     let nats = start_nats_pinned().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     app.load("agent-1", Some(PARTNER)).await;
     let health = app.http.get(app.ops_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 
     app.stop_nats_until_unready().await;
-    let report: Value = app
-        .http
-        .get(app.ops_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = app.readyz_report().await;
     assert_eq!(report["ready"], false);
     assert!(
         report["checks"]["nats"]
@@ -60,15 +51,7 @@ async fn readyz_follows_nats_down_and_back_up() {
 
     app.nats.container.start().await.expect("NATS starts again");
     app.ready().await;
-    let report: Value = app
-        .http
-        .get(app.ops_url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = app.readyz_report().await;
     assert_eq!(
         report,
         json!({"ready": true, "checks": {"nats": "ok", "intake": "ok", "streams": "ok", "registry": "ok", "idempotency": "ok", "consumer": "ok", "service": "ok"}})
@@ -101,8 +84,12 @@ async fn metrics_show_every_documented_series_after_traffic() {
     .unwrap()
     .crm;
     settings.http.ops_listen = Some("127.0.0.1:0".into());
-    let app = spawn_http_app(nats, settings).await;
-    assert_ne!(app.addr, app.ops, "health and metrics on their own address");
+    let app = App::builder(nats).with(settings).spawn().await;
+    assert_ne!(
+        app.addr(),
+        app.ops(),
+        "health and metrics on their own address"
+    );
 
     app.load("agent-1", Some(PARTNER)).await;
     let mut letters = app.dead_letters().await;
@@ -230,8 +217,7 @@ async fn the_openapi_document_matches_the_routes() {
     // Every documented operation is served (not the fallback), and other
     // methods on its path are refused with 405.
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     let served = app.http.get(app.url(OPENAPI_PATH)).send().await.unwrap();
     assert_eq!(served.headers()["content-type"], "application/yaml");
     assert_eq!(

@@ -13,7 +13,7 @@ use crate::helpers::*;
 async fn a_connection_blip_holds_the_event_and_spends_no_delivery() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(503)]);
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     app.publish(
         EventKind::CallEnded,
         &call_body(&conversation(), r#""duration":3"#),
@@ -45,7 +45,7 @@ async fn a_connection_blip_holds_the_event_and_spends_no_delivery() {
 async fn retry_after_from_the_crm_is_honoured() {
     let crm = FakeCrm::start().await;
     crm.script([ResponseTemplate::new(429).insert_header("Retry-After", "1")]);
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     app.publish(
         EventKind::CallRejected,
         &call_body(&conversation(), r#""reason":"active""#),
@@ -69,7 +69,7 @@ async fn timeouts_hold_the_event_and_it_is_tried_again() {
     let crm = FakeCrm::start().await;
     // The webhook timeout in tests is 2s.
     crm.script([ResponseTemplate::new(200).set_delay(Duration::from_secs(4))]);
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     app.publish(
         EventKind::CallIncoming,
         &call_body(&conversation(), ""),
@@ -88,7 +88,7 @@ async fn timeouts_hold_the_event_and_it_is_tried_again() {
 #[tokio::test]
 async fn invalid_payloads_are_dead_lettered_verbatim_with_the_reason() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let mut dlq = app.dead_letters().await;
     let cases = [
         (
@@ -152,7 +152,7 @@ async fn permanent_crm_refusals_are_dead_lettered_with_the_crm_error() {
         ResponseTemplate::new(422).set_body_string(r#"{"error":"unknown partner"}"#),
     )
     .await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let mut dlq = app.dead_letters().await;
     let body = call_body(&conversation(), r#""disposition":"x""#);
     app.publish(EventKind::CallNotesSubmitted, &body, Some("notes-1"))
@@ -186,7 +186,7 @@ async fn an_event_failing_where_others_pass_is_dead_lettered_after_max_deliverie
     let crm = FakeCrm::start().await;
     let bad = conversation();
     crm.refuse(&bad, ResponseTemplate::new(503));
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let mut dlq = app.dead_letters().await;
     app.publish(EventKind::CallAccepted, &call_body(&bad, ""), None)
         .await;
@@ -213,7 +213,11 @@ async fn an_unreachable_crm_holds_its_events_until_it_listens() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = listener.local_addr().unwrap();
     drop(listener);
-    let app = spawn_pausing_app(&webhook_crm(&format!("http://{closed}/events"))).await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&webhook_crm(&format!("http://{closed}/events")))
+        .spawn()
+        .await;
     app.publish(
         EventKind::CallEnded,
         &call_body(&conversation(), ""),
@@ -236,7 +240,7 @@ async fn an_unreachable_crm_holds_its_events_until_it_listens() {
 #[tokio::test]
 async fn webhook_documents_carry_the_ids_people_search_by() {
     let crm = FakeCrm::start().await;
-    let app = spawn_webhook_app(&crm).await;
+    let app = App::builder(start_nats().await).webhook(&crm).spawn().await;
     let conv = conversation();
     app.publish(
         EventKind::CallOutboundInitiated,

@@ -19,9 +19,8 @@ const STATUSES: [&str; 4] = [
 #[tokio::test]
 async fn two_replicas_fill_the_registry_without_losing_updates() {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings.clone()).await;
-    let (replica, replica_task, _, _) = start_replica(settings).await;
+    let app = App::builder(nats).http().spawn().await;
+    let replica = app.replica().await;
 
     // Per softphone: a load, then every status change; all published at once
     // so both replicas work on the same entries concurrently.
@@ -54,13 +53,7 @@ async fn two_replicas_fill_the_registry_without_losing_updates() {
 
     let last = STATUSES[STATUSES.len() - 1];
     for phone in &softphones {
-        let response = app
-            .http
-            .get(app.url(&format!("/v1/softphones/{phone}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = app.softphone(phone, TOKEN).await;
         assert_eq!(response.status(), StatusCode::OK);
         let entry: Value = response.json().await.unwrap();
         assert_eq!(entry["softphoneId"], phone.as_str());
@@ -74,25 +67,17 @@ async fn two_replicas_fill_the_registry_without_losing_updates() {
         assert!(seen >= loaded, "{entry}");
     }
     // The partner-scoped token sees its partner's softphones too.
-    let scoped = app
-        .http
-        .get(app.url("/v1/softphones/agent-0"))
-        .bearer_auth(PARTNER_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let scoped = app.softphone("agent-0", PARTNER_TOKEN).await;
     assert_eq!(scoped.status(), StatusCode::OK);
 
-    replica.cancel();
-    replica_task.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_status_change_without_an_instance_touches_no_entry() {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     app.publish(
         EventKind::AgentStatusChanged,
         &format!(r#"{{"softphoneId":"{STATUS}"}}"#),
@@ -100,13 +85,7 @@ async fn a_status_change_without_an_instance_touches_no_entry() {
     )
     .await;
     app.settled().await;
-    let response = app
-        .http
-        .get(app.url(&format!("/v1/softphones/{STATUS}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.softphone(STATUS, TOKEN).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
@@ -186,7 +165,7 @@ async fn a_spoofed_load_cannot_widen_a_tokens_reach() {
         OTHER_TOKEN,
         Some(vec![OTHER_PARTNER]),
     ));
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     app.load("agent-7", Some(PARTNER)).await;
     let mut dead_letters = app.dead_letters().await;
 
@@ -204,12 +183,7 @@ async fn a_spoofed_load_cannot_widen_a_tokens_reach() {
     for response in [
         app.command("agent-7", &start_call(), OTHER_TOKEN, None)
             .await,
-        app.http
-            .get(app.url("/v1/softphones/agent-7"))
-            .bearer_auth(OTHER_TOKEN)
-            .send()
-            .await
-            .unwrap(),
+        app.softphone("agent-7", OTHER_TOKEN).await,
     ] {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
@@ -241,8 +215,7 @@ fn status_change(status: &str, softphone: &str, partner: &str) -> String {
 #[tokio::test]
 async fn another_partners_status_change_is_refused_and_heartbeats_bind_nothing() {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     app.load("agent-a", Some(PARTNER)).await;
     let mut dead_letters = app.dead_letters().await;
 

@@ -18,7 +18,7 @@ use crate::helpers::*;
 struct Setup {
     a: FakeCrm,
     b: FakeCrm,
-    app: TestApp,
+    app: App,
     /// The same connections and partners, for the command line.
     config: tempfile::NamedTempFile,
 }
@@ -34,7 +34,7 @@ impl Setup {
             "[lanes]\npartitions = {TEST_PARTITIONS}\n[crm]\n{}\n{extra}",
             webhook_crm(&a.url())
         ));
-        let app = spawn_app(nats, settings).await;
+        let app = App::builder(nats).with(settings).spawn().await;
         Setup { a, b, app, config }
     }
 

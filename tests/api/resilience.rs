@@ -26,8 +26,10 @@ async fn publish_when_back(js: &jetstream::Context, kind: EventKind, body: &str,
 async fn the_worker_carries_on_after_nats_restarts() {
     let crm = FakeCrm::start().await;
     let nats = start_nats_pinned().await;
-    let settings = settings(&nats.url, &webhook_crm(&crm.url()));
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .crm(&webhook_crm(&crm.url()))
+        .spawn()
+        .await;
 
     app.publish(
         EventKind::CallIncoming,

@@ -7,24 +7,26 @@ use serde_json::Value;
 use softphone_bridge::contract::{DLQ_STREAM, EventKind};
 use wiremock::{Request, ResponseTemplate};
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 
 pub const ANI: &str = "+18883973342";
 
-pub async fn spawn(sf: &FakeSalesforce, auth: &str, extra: &str) -> TestApp {
+pub async fn spawn(sf: &FakeSalesforce, auth: &str, extra: &str) -> App {
     let nats = start_nats().await;
-    let settings = settings(&nats.url, &sf.crm_toml(auth, extra));
-    spawn_app(nats, settings).await
+    App::builder(nats)
+        .crm(&sf.crm_toml(auth, extra))
+        .spawn()
+        .await
 }
 
 /// Publishes one event and waits until the bridge is done with it.
-pub async fn deliver(app: &TestApp, kind: EventKind, body: &str) {
+pub async fn deliver(app: &App, kind: EventKind, body: &str) {
     app.publish(kind, body, None).await;
     app.settled().await;
 }
 
-pub async fn dead_letter_count(app: &TestApp) -> u64 {
+pub async fn dead_letter_count(app: &App) -> u64 {
     let mut stream = app.js.get_stream(DLQ_STREAM).await.unwrap();
     stream.info().await.unwrap().state.messages
 }

@@ -7,7 +7,7 @@ use softphone_bridge::contract::EventKind;
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent};
 use wiremock::ResponseTemplate;
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 use crate::salesforce::{dead_letter_count, deliver, spawn};
 

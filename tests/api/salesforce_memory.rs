@@ -9,7 +9,7 @@ use softphone_bridge::contract::{Event, EventKind};
 use softphone_bridge::crm::{Crm, CrmError, CrmEvent, SalesforceCrm};
 use wiremock::ResponseTemplate;
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 
 /// A NATS with the call memory's bucket, as `provision` makes it.

@@ -8,7 +8,7 @@ use softphone_bridge::config::{CrmSettings, Settings};
 use softphone_bridge::contract::{EventKind, dlq_header};
 use wiremock::{Request, ResponseTemplate};
 
-use crate::fake_salesforce::*;
+use crate::helpers::fakes::salesforce::*;
 use crate::helpers::*;
 use crate::salesforce::{dead_letter_count, deliver, spawn};
 
@@ -230,7 +230,7 @@ async fn dispositions_are_read_from_the_picklist_and_cached() {
 }
 
 /// Asks `softphone.load` (retrying while the responder is not subscribed yet).
-async fn load(app: &TestApp, body: String) -> Value {
+async fn load(app: &App, body: String) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         match app
@@ -258,13 +258,11 @@ async fn softphones_load_the_orgs_picklist_as_their_dispositions() {
         "client_credentials",
         "[crms.acme.dispositions]\nfield = \"Call_Result__c\"",
     );
-    let settings = settings_with(
-        &nats.url,
-        "kind = \"log\"",
-        Some("acme"),
-        &format!("[crms.acme]\n{acme}"),
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .partner_crm("acme")
+        .toml(&format!("[crms.acme]\n{acme}"))
+        .spawn()
+        .await;
 
     let routed = load(
         &app,
@@ -386,13 +384,11 @@ async fn a_hanging_org_delays_loading_softphones_once_then_not_at_all() {
         "client_credentials",
         "[crms.acme.dispositions]\nfield = \"Call_Result__c\"",
     );
-    let settings = settings_with(
-        &nats.url,
-        "kind = \"log\"",
-        Some("acme"),
-        &format!("[crms.acme]\n{acme}"),
-    );
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats)
+        .partner_crm("acme")
+        .toml(&format!("[crms.acme]\n{acme}"))
+        .spawn()
+        .await;
     let body = format!(r#"{{"softphoneId":"agent-1","partnerId":"{PARTNER}"}}"#);
 
     let started = tokio::time::Instant::now();

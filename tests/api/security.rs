@@ -25,7 +25,8 @@ async fn the_api_can_be_served_over_tls() {
         key_file: key_file.path().into(),
     });
 
-    let (shutdown, task, addr, _) = start_replica(settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
+    let addr = app.addr();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
         .build()
@@ -50,18 +51,18 @@ async fn the_api_can_be_served_over_tls() {
     // Plain HTTP on the TLS port gets no answer.
     let plain = reqwest::get(format!("http://{addr}/healthz")).await;
     assert!(!plain.is_ok_and(|r| r.status().is_success()));
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    drop(nats);
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_body_that_never_arrives_gets_a_408_problem() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.http.request_timeout = std::time::Duration::from_millis(300);
-    let app = spawn_http_app(nats, settings).await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.http.request_timeout = std::time::Duration::from_millis(300))
+        .spawn()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
     let head = format!(
         "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"type\""
@@ -152,8 +153,7 @@ async fn tokens_never_reach_the_logs() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     app.load("agent-1", Some(PARTNER)).await;
     assert_eq!(
         app.command("agent-1", &start_call(), TOKEN, None)
@@ -230,13 +230,15 @@ fn hash_token_prints_the_sha256_configured_in_http_tokens() {
 #[tokio::test]
 async fn requests_beyond_max_in_flight_are_shed_with_503() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.http.max_in_flight = 1;
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.http.max_in_flight = 1)
+        .spawn()
+        .await;
     app.load("agent-1", Some(PARTNER)).await;
 
     // One request holds the only slot: its body never finishes arriving.
-    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
     let head = format!(
         "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
@@ -278,8 +280,7 @@ async fn requests_beyond_max_in_flight_are_shed_with_503() {
 #[tokio::test]
 async fn a_4_mib_body_gets_a_413_the_client_reads() {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats).http().spawn().await;
     let body = vec![b' '; 4 * 1024 * 1024];
     let response = app
         .http
@@ -303,9 +304,11 @@ async fn a_4_mib_body_gets_a_413_the_client_reads() {
 #[tokio::test]
 async fn slow_unauthenticated_uploads_do_not_starve_authenticated_requests() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.http.max_in_flight = 2;
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.http.max_in_flight = 2)
+        .spawn()
+        .await;
     app.load("agent-1", Some(PARTNER)).await;
 
     // More slow uploads than there are slots, none with a valid token, each
@@ -317,7 +320,7 @@ async fn slow_unauthenticated_uploads_do_not_starve_authenticated_requests() {
             1 => "Authorization: Bearer guessed\r\n".into(),
             _ => "Authorization: Basic x\r\n".into(),
         };
-        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(app.addr()).await.unwrap();
         let head = format!(
             "POST /v1/softphones/agent-1/commands HTTP/1.1\r\nHost: x\r\n{auth}\
              Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"type\""

@@ -6,14 +6,13 @@ use softphone_bridge::contract::{API_COMMAND_SUBJECT, COMMANDS_STREAM, LOAD_REQU
 
 use crate::helpers::*;
 
-async fn app() -> HttpApp {
+async fn app() -> App {
     let nats = start_nats().await;
-    let settings = http_settings(&nats.url);
-    spawn_http_app(nats, settings).await
+    App::builder(nats).http().spawn().await
 }
 
 /// Sends a request to the service; returns the error code header (if any) and the body.
-async fn request(app: &HttpApp, body: Value) -> (Option<u16>, Value) {
+async fn request(app: &App, body: Value) -> (Option<u16>, Value) {
     let reply = tokio::time::timeout(
         PATIENCE,
         app.client
@@ -90,9 +89,11 @@ async fn a_nats_request_publishes_the_command_like_http() {
 #[tokio::test]
 async fn refusals_are_the_same_problems_as_over_http() {
     let nats = start_nats().await;
-    let mut settings = http_settings(&nats.url);
-    settings.commands.offline_after = std::time::Duration::from_secs(1);
-    let app = spawn_http_app(nats, settings).await;
+    let app = App::builder(nats)
+        .http()
+        .settings(|s| s.commands.offline_after = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
     app.load("agent-off", Some(PARTNER)).await;
     eventually("agent-off to count as offline", || async {
         let seen = app.entry("agent-off").await["lastSeen"]

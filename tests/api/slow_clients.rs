@@ -457,7 +457,8 @@ async fn tls_handshakes_that_never_finish_are_closed_within_the_header_timeout()
         cert_file,
         key_file,
     });
-    let (shutdown, task, addr, _) = start_replica(settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
+    let addr = app.addr();
 
     // Connections that say nothing, and others that start a ClientHello
     // (a handshake record's header) and stop.
@@ -488,9 +489,7 @@ async fn tls_handshakes_that_never_finish_are_closed_within_the_header_timeout()
         2 * SILENT
     );
     assert!(latest <= Duration::from_secs(2), "{latest:?}");
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-    drop(nats);
+    app.stop().await;
 }
 
 #[test]

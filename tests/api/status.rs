@@ -6,7 +6,7 @@ use softphone_bridge::contract::EventKind;
 use wiremock::ResponseTemplate;
 
 use crate::cli::{bridge, stderr};
-use crate::fake_salesforce::FakeSalesforce;
+use crate::helpers::fakes::salesforce::FakeSalesforce;
 use crate::helpers::*;
 
 /// The tests' lanes, as `status` must be told them.
@@ -42,7 +42,11 @@ fn lane<'a>(status: &'a Value, role: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_a_paused_lane_its_reason_and_held_events() {
     let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
-    let app = spawn_pausing_app(&webhook_crm(&crm.url())).await;
+    let app = App::builder(start_nats().await)
+        .pausing()
+        .crm(&webhook_crm(&crm.url()))
+        .spawn()
+        .await;
     app.publish_calls(EventKind::CallAccepted, PARTNER, "", 3)
         .await;
     lane_paused(true).await;

@@ -109,7 +109,7 @@ async fn crm_receives(crm: &FakeCrm, conversations: &[String]) {
 /// The bad event is dead-lettered once, with its body and the reason, and
 /// gone from the stream; the others reached the CRM; nothing is left over.
 async fn set_aside_once(
-    app: &TestApp,
+    app: &App,
     crm: &FakeCrm,
     sequence: u64,
     (conversation, body): &(String, String),
@@ -179,7 +179,7 @@ async fn an_unreadable_event_in_the_intakes_first_batch_is_set_aside() {
         conversations.push(conversation);
     }
 
-    let app = spawn_app(nats, settings).await;
+    let app = App::builder(nats).with(settings).spawn().await;
     crm_receives(&crm, &conversations).await;
     set_aside_once(&app, &crm, sequence, &bad).await;
     app.stop().await;
@@ -190,7 +190,7 @@ async fn an_unreadable_event_published_while_running_is_set_aside() {
     let crm = FakeCrm::start().await;
     let nats = start_nats().await;
     let url = nats.url.clone();
-    let app = spawn_app(nats, settings(&url, &webhook_crm(&crm.url()))).await;
+    let app = App::builder(nats).webhook(&crm).spawn().await;
     let bad = ended();
     let sequence = publish_raw(&url, EventKind::CallEnded.subject(), BAD_HEADERS, &bad.1).await;
     let mut conversations = Vec::new();

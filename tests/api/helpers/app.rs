@@ -1,5 +1,7 @@
-//! The app, running in this process against a container NATS.
+//! The app, running in this process against a container NATS: its test
+//! settings, the one way to start it ([`App::builder`]), and replicas of it.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
@@ -77,55 +79,181 @@ pub const TEST_PARTITIONS: u16 = 2;
 /// The membership lease in tests.
 pub const TEST_LEASE: Duration = Duration::from_secs(4);
 
-/// The app, running in this process against a container NATS.
-pub struct TestApp {
+/// The app, running in this process against a container NATS, with an HTTP
+/// client for its API when it serves one. Started by [`App::builder`].
+pub struct App {
     pub nats: Nats,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub settings: Settings,
+    /// An HTTP client for the app's API.
+    pub http: reqwest::Client,
+    running: Running,
+}
+
+/// One app task in this process: what stops it, its HTTP addresses.
+struct Running {
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The API's and the health/metrics addresses, when `http.listen` is set.
-    pub(super) http_addrs: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    http_addrs: Option<(SocketAddr, SocketAddr)>,
 }
 
-/// Provisions the streams (so tests can publish at once), then starts the app.
-pub async fn spawn_app(nats: Nats, settings: Settings) -> TestApp {
-    let client = async_nats::connect(&nats.url)
-        .await
-        .expect("test client connects");
-    let js = jetstream::new(client.clone());
-    provision::apply(&js, &settings)
-        .await
-        .expect("provisioning works");
-    let shutdown = CancellationToken::new();
-    let app = Application::build(settings.clone())
-        .await
-        .expect("app builds");
-    let http_addrs = app.http_addr().zip(app.ops_addr());
-    let handle = tokio::spawn(app.run_until(shutdown.clone()));
-    TestApp {
-        nats,
-        client,
-        js,
-        settings,
-        shutdown,
-        handle,
-        http_addrs,
+impl Running {
+    async fn start(settings: Settings) -> Running {
+        let app = Application::build(settings).await.expect("app builds");
+        let http_addrs = app.http_addr().zip(app.ops_addr());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until(shutdown.clone()));
+        Running {
+            shutdown,
+            handle,
+            http_addrs,
+        }
+    }
+
+    /// Stops the app as SIGTERM would and waits for it.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("app task joins")
+            .expect("app stops cleanly");
     }
 }
 
-/// NATS, then the app with `crm_toml` as `[crm]`, whose lane pauses after two
-/// connection failures and then probes every 300 ms.
-pub async fn spawn_pausing_app(crm_toml: &str) -> TestApp {
-    let nats = start_nats().await;
-    let settings = settings_with(
-        &nats.url,
-        crm_toml,
-        None,
-        "[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n",
-    );
-    spawn_app(nats, settings).await
+/// How an [`App`] is set up: the test settings ([`settings_with`]) with a
+/// `[crm]` section (`kind = "log"` unless told), or settings given whole
+/// ([`AppBuilder::with`]), then the edits, in order.
+pub struct AppBuilder {
+    nats: Nats,
+    crm: String,
+    partner_crm: Option<String>,
+    toml: String,
+    settings: Option<Settings>,
+    edits: Vec<Edit>,
+}
+
+/// A change to the settings, made before the app starts.
+type Edit = Box<dyn FnOnce(&mut Settings)>;
+
+impl App {
+    /// Starts describing an app on `nats`.
+    pub fn builder(nats: Nats) -> AppBuilder {
+        AppBuilder {
+            nats,
+            crm: "kind = \"log\"".into(),
+            partner_crm: None,
+            toml: String::new(),
+            settings: None,
+            edits: Vec::new(),
+        }
+    }
+}
+
+impl AppBuilder {
+    /// The `[crm]` section's body.
+    pub fn crm(mut self, crm_toml: &str) -> Self {
+        self.crm = crm_toml.to_owned();
+        self
+    }
+
+    /// A webhook `[crm]` posting to `crm`.
+    pub fn webhook(self, crm: &FakeCrm) -> Self {
+        self.crm(&webhook_crm(&crm.url()))
+    }
+
+    /// The first partner's `crm` key.
+    pub fn partner_crm(mut self, name: &str) -> Self {
+        self.partner_crm = Some(name.to_owned());
+        self
+    }
+
+    /// More TOML appended to the settings (`[crms.x]`, `[routing]`, `[lanes]` ...).
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml.push_str(toml);
+        self
+    }
+
+    /// A lane that pauses after two connection failures and then probes
+    /// every 300 ms.
+    pub fn pausing(self) -> Self {
+        self.toml("[lanes]\npause_after = 2\nprobe_every = \"300ms\"\n")
+    }
+
+    /// These settings, instead of the test settings made from the `[crm]`,
+    /// the partner's connection and the TOML.
+    pub fn with(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The HTTP API on a free port with [`TOKEN`] and [`PARTNER_TOKEN`]
+    /// ([`serve_http`]).
+    pub fn http(self) -> Self {
+        self.settings(serve_http)
+    }
+
+    /// Edits the settings (after the ones above, in order).
+    pub fn settings(mut self, edit: impl FnOnce(&mut Settings) + 'static) -> Self {
+        self.edits.push(Box::new(edit));
+        self
+    }
+
+    /// NATS and the settings as described, without starting anything.
+    pub fn build(self) -> (Nats, Settings) {
+        let mut settings = self.settings.unwrap_or_else(|| {
+            settings_with(
+                &self.nats.url,
+                &self.crm,
+                self.partner_crm.as_deref(),
+                &self.toml,
+            )
+        });
+        for edit in self.edits {
+            edit(&mut settings);
+        }
+        (self.nats, settings)
+    }
+
+    /// Provisions the streams (so tests can publish at once), then starts
+    /// the app; with its HTTP API served (plain HTTP), waits until it is ready.
+    pub async fn spawn(self) -> App {
+        let (nats, settings) = self.build();
+        let client = async_nats::connect(&nats.url)
+            .await
+            .expect("test client connects");
+        let js = jetstream::new(client.clone());
+        provision::apply(&js, &settings)
+            .await
+            .expect("provisioning works");
+        let app = App {
+            running: Running::start(settings.clone()).await,
+            nats,
+            client,
+            js,
+            settings,
+            http: reqwest::Client::new(),
+        };
+        if app.running.http_addrs.is_some() && app.settings.http.tls.is_none() {
+            app.ready().await;
+        }
+        app
+    }
+}
+
+/// Another replica of an [`App`] in this process, with the same settings.
+pub struct Replica {
+    /// Its API's address.
+    pub addr: SocketAddr,
+    running: Running,
+}
+
+impl Replica {
+    /// Stops the replica as SIGTERM would and waits for it.
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
 }
 
 /// Waits until the default connection's lane is paused (or not) in the app,
@@ -144,14 +272,7 @@ pub async fn lane_paused(paused: bool) {
     .await;
 }
 
-/// NATS, then the app with a webhook CRM pointing at `crm`.
-pub async fn spawn_webhook_app(crm: &FakeCrm) -> TestApp {
-    let nats = start_nats().await;
-    let settings = settings(&nats.url, &webhook_crm(&crm.url()));
-    spawn_app(nats, settings).await
-}
-
-impl TestApp {
+impl App {
     /// Publishes an event body through JetStream, optionally with a Nats-Msg-Id.
     pub async fn publish(&self, kind: EventKind, body: &str, msg_id: Option<&str>) -> PublishAck {
         publish(&self.js, kind, body, msg_id).await
@@ -185,12 +306,30 @@ impl TestApp {
 
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(self) -> Nats {
-        self.shutdown.cancel();
-        self.handle
-            .await
-            .expect("app task joins")
-            .expect("app stops cleanly");
+        self.running.stop().await;
         self.nats
+    }
+
+    /// Starts another replica with the same settings.
+    pub async fn replica(&self) -> Replica {
+        let running = Running::start(self.settings.clone()).await;
+        let (addr, _) = running.http_addrs.expect("http.listen is set");
+        Replica { addr, running }
+    }
+
+    /// The API's and the health/metrics addresses.
+    fn http_addrs(&self) -> (SocketAddr, SocketAddr) {
+        self.running.http_addrs.expect("http.listen is set")
+    }
+
+    /// The API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.http_addrs().0
+    }
+
+    /// The health and metrics address (the API's, unless `http.ops_listen` is set).
+    pub fn ops(&self) -> SocketAddr {
+        self.http_addrs().1
     }
 
     /// The default CRM connection's lane consumers.

@@ -1,21 +1,24 @@
-//! The app with its HTTP command API, and replicas of it.
+//! The app's HTTP command API and health endpoints, as a CRM and a probe use them.
 
-use softphone_bridge::Application;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 
-/// [`settings`] with the HTTP API on a free port and [`TOKEN`], [`PARTNER_TOKEN`].
+/// [`settings`] with the HTTP API on a free port ([`serve_http`]).
 pub fn http_settings(nats_url: &str) -> Settings {
     let mut settings = settings(nats_url, "kind = \"log\"");
+    serve_http(&mut settings);
+    settings
+}
+
+/// The HTTP API on a free port, with [`TOKEN`] and [`PARTNER_TOKEN`].
+pub fn serve_http(settings: &mut Settings) {
     settings.http.listen = Some("127.0.0.1:0".into());
     settings.http.tokens = vec![
         token_settings("crm-all", TOKEN, None),
         token_settings("crm-partner-a", PARTNER_TOKEN, Some(vec![PARTNER])),
     ];
-    settings
 }
 
 pub fn token_settings(
@@ -30,77 +33,40 @@ pub fn token_settings(
     }
 }
 
-/// The app with its HTTP addresses, and an HTTP client for it.
-pub struct HttpApp {
-    pub app: TestApp,
-    pub addr: std::net::SocketAddr,
-    pub ops: std::net::SocketAddr,
-    pub http: reqwest::Client,
-}
-
-impl std::ops::Deref for HttpApp {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.app
-    }
-}
-
-/// Like [`spawn_app`], keeping the bound HTTP addresses; waits until ready.
-pub async fn spawn_http_app(nats: Nats, settings: Settings) -> HttpApp {
-    let app = spawn_app(nats, settings).await;
-    let (addr, ops) = app.http_addrs.expect("http.listen is set");
-    let app = HttpApp {
-        app,
-        addr,
-        ops,
-        http: reqwest::Client::new(),
-    };
-    app.ready().await;
-    app
-}
-
-/// Starts one more app in this process (a replica); stops when the token is cancelled.
-pub async fn start_replica(
-    settings: Settings,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    std::net::SocketAddr,
-    std::net::SocketAddr,
-) {
-    let app = Application::build(settings).await.expect("app builds");
-    let addr = app.http_addr().expect("http.listen is set");
-    let ops = app.ops_addr().expect("http.listen is set");
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(app.run_until(shutdown.clone()));
-    (shutdown, handle, addr, ops)
-}
-
-impl HttpApp {
+impl App {
+    /// `path` on the API.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("http://{}{path}", self.addr())
     }
 
+    /// `path` on the health and metrics address.
     pub fn ops_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.ops)
+        format!("http://{}{path}", self.ops())
+    }
+
+    /// `GET path` on the health and metrics address.
+    async fn get_ops(&self, path: &str) -> reqwest::Response {
+        match self.http.get(self.ops_url(path)).send().await {
+            Ok(response) => response,
+            Err(e) => panic!("{path} answers: {e}"),
+        }
     }
 
     /// What `/metrics` shows now.
     pub async fn metrics(&self) -> String {
-        let response = self.http.get(self.ops_url("/metrics")).send().await;
-        response
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("metrics text")
+        let response = self.get_ops("/metrics").await;
+        response.text().await.expect("metrics text")
+    }
+
+    /// What `/readyz` reports: readiness and each check.
+    pub async fn readyz_report(&self) -> serde_json::Value {
+        let response = self.get_ops("/readyz").await;
+        response.json().await.expect("a readiness report")
     }
 
     /// The readiness status code.
     pub async fn readyz(&self) -> u16 {
-        match self.http.get(self.ops_url("/readyz")).send().await {
-            Ok(response) => response.status().as_u16(),
-            Err(e) => panic!("readyz answers: {e}"),
-        }
+        self.get_ops("/readyz").await.status().as_u16()
     }
 
     /// Stops NATS, then waits until `/readyz` says 503.
@@ -132,18 +98,22 @@ impl HttpApp {
         token: &str,
         key: Option<&str>,
     ) -> reqwest::Response {
-        post_command(&self.http, self.addr, softphone, body, token, key).await
+        post_command(&self.http, self.addr(), softphone, body, token, key).await
+    }
+
+    /// `GET /v1/softphones/{softphone}` with `token`.
+    pub async fn softphone(&self, softphone: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(&format!("/v1/softphones/{softphone}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the API answers")
     }
 
     /// The registry's entry of `softphone` as the unscoped token sees it.
     pub async fn entry(&self, softphone: &str) -> serde_json::Value {
-        let response = self
-            .http
-            .get(self.url(&format!("/v1/softphones/{softphone}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("the API answers");
+        let response = self.softphone(softphone, TOKEN).await;
         assert_eq!(response.status(), 200, "{softphone} is in the registry");
         response.json().await.expect("an entry")
     }
@@ -156,10 +126,6 @@ impl HttpApp {
         };
         self.publish(EventKind::Loaded, &body, None).await;
         self.settled().await;
-    }
-
-    pub async fn stop(self) -> Nats {
-        self.app.stop().await
     }
 }
 

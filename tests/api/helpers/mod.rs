@@ -1,15 +1,17 @@
-//! Shared test plumbing, by concern: a NATS server ([`nats`]), fake CRMs over
-//! real HTTP ([`crm`]), the app in this process ([`app`], [`http`]), the real
-//! binary ([`bridge`]), clients driven by hand and `/proc` ([`raw`]) and the
-//! test data ([`data`]).
+//! Shared test plumbing, by concern: a NATS server ([`nats`], [`nats_process`]),
+//! fake CRMs over real HTTP ([`fakes`]), the app in this process started one
+//! way ([`app`]: `App::builder`) and its HTTP API ([`http`]), the real binary
+//! ([`bridge`]), a tenancy deployment and its logins ([`tenancy`], [`login`]),
+//! clients driven by hand and `/proc` ([`raw`]) and the test data ([`data`]).
 
 #![allow(dead_code)]
 
 mod app;
 mod bridge;
-mod crm;
 mod data;
+pub mod fakes;
 mod http;
+mod login;
 mod nats;
 mod nats_process;
 mod raw;
@@ -20,16 +22,15 @@ use std::time::Duration;
 
 pub use app::*;
 pub use bridge::*;
-pub use crm::*;
 pub use data::*;
+pub use fakes::PATIENCE;
+pub use fakes::webhook::*;
 pub use http::*;
+pub use login::*;
 pub use nats::*;
 pub use nats_process::*;
 pub use raw::*;
 pub use tenancy::*;
-
-/// How long a test waits for something that should happen promptly.
-pub const PATIENCE: Duration = Duration::from_secs(20);
 
 static LOGS: Once = Once::new();
 

@@ -2,10 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+use wiremock::{MockServer, Request, Respond, ResponseTemplate};
 
-use super::PATIENCE;
+use super::{PATIENCE, Requests};
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 
@@ -18,23 +17,21 @@ pub fn webhook_crm(url: &str) -> String {
 /// reports every request on a channel.
 pub struct FakeCrm {
     pub server: MockServer,
-    requests: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
+    requests: Requests,
     script: Arc<Mutex<Vec<ResponseTemplate>>>,
     default: Arc<Mutex<ResponseTemplate>>,
     /// Answers for requests whose body names a conversation, before anything else.
     refusals: Arc<Mutex<Vec<(String, ResponseTemplate)>>>,
 }
 
-struct Recorder {
-    sent: mpsc::UnboundedSender<Request>,
+struct Responder {
     script: Arc<Mutex<Vec<ResponseTemplate>>>,
     default: Arc<Mutex<ResponseTemplate>>,
     refusals: Arc<Mutex<Vec<(String, ResponseTemplate)>>>,
 }
 
-impl Respond for Recorder {
+impl Respond for Responder {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let _ = self.sent.send(request.clone());
         let body = String::from_utf8_lossy(&request.body);
         let refusals = self.refusals.lock().unwrap();
         if let Some((_, answer)) = refusals
@@ -69,22 +66,17 @@ impl FakeCrm {
     }
 
     async fn serve(server: MockServer, default: ResponseTemplate) -> FakeCrm {
-        let (sent, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Vec::new()));
         let default = Arc::new(Mutex::new(default));
         let refusals = Arc::new(Mutex::new(Vec::new()));
-        Mock::given(wiremock::matchers::any())
-            .respond_with(Recorder {
-                sent,
-                script: Arc::clone(&script),
-                default: Arc::clone(&default),
-                refusals: Arc::clone(&refusals),
-            })
-            .mount(&server)
-            .await;
+        let responder = Responder {
+            script: Arc::clone(&script),
+            default: Arc::clone(&default),
+            refusals: Arc::clone(&refusals),
+        };
         FakeCrm {
+            requests: super::serve(&server, responder).await,
             server,
-            requests: tokio::sync::Mutex::new(requests),
             script,
             default,
             refusals,
@@ -116,7 +108,7 @@ impl FakeCrm {
 
     /// The next request the CRM receives.
     pub async fn next_request(&self) -> Request {
-        tokio::time::timeout(PATIENCE, self.requests.lock().await.recv())
+        tokio::time::timeout(PATIENCE, self.requests.next())
             .await
             .expect("the CRM received a request in time")
             .expect("the recorder is alive")
@@ -125,17 +117,12 @@ impl FakeCrm {
     /// The next request the CRM receives, `None` if the recorder is gone
     /// (no deadline: the caller bounds the wait).
     pub async fn next_request_quietly(&self) -> Option<Request> {
-        self.requests.lock().await.recv().await
+        self.requests.next().await
     }
 
     /// Whatever has arrived and not been taken yet.
     pub async fn drain(&self) -> Vec<Request> {
-        let mut rx = self.requests.lock().await;
-        let mut out = Vec::new();
-        while let Ok(r) = rx.try_recv() {
-            out.push(r);
-        }
-        out
+        self.requests.drain().await
     }
 }
 
