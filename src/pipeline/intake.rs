@@ -19,9 +19,12 @@
 //! publishes each copy without waiting ([`Stage::accept`]), and acks the
 //! originals in the same order as their copies are stored (every event is
 //! entered under one order key), with up to `worker.intake_window` events
-//! pulled and not yet settled (it pulls no more). Every delivery it holds,
-//! from its pull to its fate, is kept alive with progress acks:
-//! `worker.intake_ack_wait` is short.
+//! pulled and not yet settled (it pulls no more). An event whose
+//! conversation (or softphone) has an earlier event whose copies are not
+//! stored yet is copied at its turn instead, after them: a copy NATS loses
+//! (a lanes stream changing leader) and the intake stores again can never
+//! land behind its successor. Every delivery it holds, from its pull to its
+//! fate, is kept alive with progress acks: `worker.intake_ack_wait` is short.
 //!
 //! Bad input costs only itself: an event whose `Nats-Msg-Id` cannot be an
 //! event id (see [`check_event_id`](crate::contract::check_event_id)), whose
@@ -37,7 +40,9 @@
 //! publish acks can stop reaching a connection that still looks healthy
 //! (seen after a cluster node's restart), and goes on.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use tokio_util::sync::CancellationToken;
@@ -54,6 +59,11 @@ use crate::metric;
 pub(super) struct Intake {
     settings: Arc<Settings>,
     js: jetstream::Context,
+    /// Per order key (a conversation, a softphone), whether the copies of
+    /// its latest event pulled are stored: a later event of the same key is
+    /// copied when its turn comes, after them, never ahead of them (a copy
+    /// NATS lost and stored again would otherwise land behind its successor).
+    copied: std::sync::Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Changes on every (re)connect of the intake's own connection: the unit
     /// sweeps for messages the client cannot read then.
     connects: watch::Receiver<u64>,
@@ -65,10 +75,13 @@ pub(super) struct Job {
     /// Where its copies go: `(subject, message id)`.
     routes: Vec<(String, String)>,
     /// What its first attempt awaits: the copies published when it was
-    /// pulled, or why it has none. Later attempts copy again.
+    /// pulled, or why it has none; none when it waited for an earlier event
+    /// of its key (its first attempt copies). Later attempts copy again.
     first: Option<Result<Vec<PublishAckFuture>, HandleError>>,
     /// Since when NATS has not stored its copies.
     held_since: Option<tokio::time::Instant>,
+    /// Set once its copies are stored (see [`Intake::copied`]).
+    stored: Arc<AtomicBool>,
 }
 
 /// Every event of the intake is ordered after the one before it.
@@ -84,7 +97,21 @@ impl Intake {
             settings,
             js,
             connects,
+            copied: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Enters the event of `key` whose copies `stored` tells: whether the
+    /// copies of the key's event before it may still be on their way (then
+    /// this one is copied at its turn, not now).
+    fn behind_unstored(&self, key: &str, stored: &Arc<AtomicBool>) -> bool {
+        let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
+        let earlier = copied.insert(key.to_owned(), Arc::clone(stored));
+        // Keys whose copies are stored are forgotten as the window moves on.
+        if copied.len() > 4 * self.settings.worker.intake_window.max(64) {
+            copied.retain(|_, stored| !stored.load(Ordering::Acquire));
+        }
+        earlier.is_some_and(|earlier| !earlier.load(Ordering::Acquire))
     }
 
     /// The lanes an event goes to, with the message id of each copy.
@@ -152,20 +179,27 @@ impl Stage for Intake {
                 .and_then(|event| vouched(&delivery, event)),
             (None, None) => Err(ContractError::UnknownSubject(message.subject.to_string()).into()),
         };
+        let stored = Arc::new(AtomicBool::new(false));
         let (routes, first) = match decoded {
             Ok(event) => {
                 let routes = self.routes(&event, &delivery);
-                let copied = self.copy(message, &delivery, &routes).await;
-                (routes, copied)
+                let key = crate::contract::order_key(&event, &delivery.id);
+                let first = if self.behind_unstored(key, &stored) {
+                    None
+                } else {
+                    Some(self.copy(message, &delivery, &routes).await)
+                };
+                (routes, first)
             }
-            Err(e) => (Vec::new(), Err(e)),
+            Err(e) => (Vec::new(), Some(Err(e))),
         };
         Ok(Accepted {
             job: Job {
                 delivery,
                 routes,
-                first: Some(first),
+                first,
                 held_since: None,
+                stored,
             },
             key: IN_ARRIVAL_ORDER.to_owned(),
         })
@@ -204,6 +238,9 @@ impl Stage for Intake {
             Ok(acks) => stored(acks).await,
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            job.stored.store(true, Ordering::Release);
+        }
         Tried {
             result,
             answered: false,
