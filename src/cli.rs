@@ -177,7 +177,7 @@ async fn hash_token(generate: bool) -> anyhow::Result<()> {
         }
         token
     };
-    let hash = hex::encode(crate::http::auth::hash_token(&token));
+    let hash = hex::encode(crate::http::hash_token(&token));
     if generate {
         println!("sha256: {hash}");
     } else {

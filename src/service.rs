@@ -36,8 +36,8 @@ use crate::contract::{
 };
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
-use crate::http::ops::Readiness;
-use crate::http::problem::Problem;
+use crate::http::Problem;
+use crate::http::Readiness;
 use crate::load::{self, LoadReply, PartnerLoadError};
 use crate::pipeline::{GateView, Gates};
 

@@ -1,10 +1,10 @@
 //! The HTTP server: the command API for CRMs (bearer tokens, problem+json
 //! errors), health, readiness, metrics and the OpenAPI document.
 
-pub mod auth;
+mod auth;
 mod connection;
-pub mod ops;
-pub mod problem;
+mod ops;
+mod problem;
 mod routes;
 mod serve;
 mod settings;
@@ -22,6 +22,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+pub(crate) use self::auth::Tokens;
+pub use self::auth::hash_token;
+pub use self::ops::OPENAPI;
+pub(crate) use self::ops::Readiness;
+pub(crate) use self::problem::Problem;
 pub(crate) use self::settings::check as check_settings;
 pub use self::settings::{HttpSettings, HttpTls, TokenSettings};
 use tokio_rustls::TlsAcceptor;
@@ -29,8 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::metric;
-use auth::Tokens;
-use ops::Readiness;
 use problem::ApiError;
 
 /// Where a CRM posts a command.

@@ -182,7 +182,7 @@ async fn metrics_show_every_documented_series_after_traffic() {
 
 /// (METHOD, path) pairs of the OpenAPI document.
 fn documented() -> BTreeSet<(String, String)> {
-    let doc: serde_norway::Value = serde_norway::from_str(softphone_bridge::http::ops::OPENAPI)
+    let doc: serde_norway::Value = serde_norway::from_str(softphone_bridge::http::OPENAPI)
         .expect("the OpenAPI document is YAML");
     assert_eq!(doc["openapi"].as_str(), Some("3.1.0"));
     let paths = doc["paths"].as_mapping().expect("paths");
@@ -222,7 +222,7 @@ async fn the_openapi_document_matches_the_routes() {
     assert_eq!(served.headers()["content-type"], "application/yaml");
     assert_eq!(
         served.text().await.unwrap(),
-        softphone_bridge::http::ops::OPENAPI
+        softphone_bridge::http::OPENAPI
     );
     for (method, path) in &routes {
         let url = app.url(&path.replace("{softphoneId}", "agent-1"));

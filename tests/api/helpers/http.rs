@@ -28,7 +28,7 @@ pub fn token_settings(
 ) -> softphone_bridge::config::TokenSettings {
     softphone_bridge::config::TokenSettings {
         name: name.into(),
-        sha256: hex::encode(softphone_bridge::http::auth::hash_token(token)),
+        sha256: hex::encode(softphone_bridge::http::hash_token(token)),
         partners: partners.map(|list| list.into_iter().map(|p| p.parse().unwrap()).collect()),
     }
 }
