@@ -103,6 +103,10 @@ pub mod replay_header {
 pub mod lane_header {
     /// `PUBLISHED`: when `SOFTPHONE_EVENTS` stored the event (RFC 3339).
     pub use super::dlq_header::{EVENT_ID, PUBLISHED, SEQUENCE, SUBJECT};
+    /// The CRM connection the event was routed to (decided once, by the
+    /// intake; `replay`'s chosen connection): what the softphone lane asks
+    /// for a `loaded`'s dispositions.
+    pub const CONNECTION: &str = "Softphone-Connection";
 }
 
 /// The lane an event is routed to.

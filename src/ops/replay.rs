@@ -274,7 +274,7 @@ async fn run(
                 let partition = lane.partition(&event, &delivery.id, settings.lanes.partitions);
                 let subject = lane.subject(partition, event.kind());
                 let id = format!("replay:{connection}:{seq}");
-                let copy = lane_copy(&delivery, message.payload.clone(), &id);
+                let copy = lane_copy(&delivery, message.payload.clone(), &id, connection);
                 match js.send_publish(subject, copy).await {
                     Ok(ack) => in_flight.push_back(InFlight {
                         seq,

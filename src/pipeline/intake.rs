@@ -72,8 +72,8 @@ pub(super) struct Intake {
 /// A delivery on its way to its fate.
 pub(super) struct Job {
     delivery: Delivery,
-    /// Where its copies go: `(subject, message id)`.
-    routes: Vec<(String, String)>,
+    /// Where its copies go.
+    routes: Routes,
     /// What its first attempt awaits: the copies published when it was
     /// pulled, or why it has none; none when it waited for an earlier event
     /// of its key (its first attempt copies). Later attempts copy again.
@@ -82,6 +82,14 @@ pub(super) struct Job {
     held_since: Option<tokio::time::Instant>,
     /// Set once its copies are stored (see [`Intake::copied`]).
     stored: Arc<AtomicBool>,
+}
+
+/// Where an event's copies go: the CRM connection it is routed to, and each
+/// copy's `(subject, message id)`.
+#[derive(Default)]
+struct Routes {
+    connection: String,
+    copies: Vec<(String, String)>,
 }
 
 /// Every event of the intake is ordered after the one before it.
@@ -115,26 +123,26 @@ impl Intake {
     }
 
     /// The lanes an event goes to, with the message id of each copy.
-    fn routes(&self, event: &Event, delivery: &Delivery) -> Vec<(String, String)> {
+    fn routes(&self, event: &Event, delivery: &Delivery) -> Routes {
         let kind = event.kind();
         let partitions = self.settings.lanes.partitions;
         // The partner the server vouches for, else (one account) the body's.
         let partner = delivery.partner.as_ref().or(event.partner_id());
-        let connection = self.settings.connection_for(partner);
-        let lane = LaneTarget::Crm(connection);
+        let connection = self.settings.connection_for(partner).to_owned();
+        let lane = LaneTarget::Crm(&connection);
         let id = &delivery.copy_key;
-        let mut routes = vec![(
+        let mut copies = vec![(
             lane.subject(lane.partition(event, &delivery.id, partitions), kind),
             id.to_owned(),
         )];
         if matches!(kind, EventKind::Loaded | EventKind::AgentStatusChanged) {
             let lane = LaneTarget::Softphone;
-            routes.push((
+            copies.push((
                 lane.subject(lane.partition(event, &delivery.id, partitions), kind),
                 format!("{id}:softphones"),
             ));
         }
-        routes
+        Routes { connection, copies }
     }
 
     /// Publishes the copies without waiting for their acks.
@@ -142,11 +150,11 @@ impl Intake {
         &self,
         message: &jetstream::Message,
         delivery: &Delivery,
-        routes: &[(String, String)],
+        routes: &Routes,
     ) -> Result<Vec<PublishAckFuture>, HandleError> {
-        let mut acks = Vec::with_capacity(routes.len());
-        for (subject, id) in routes {
-            let copy = lane_copy(delivery, message.payload.clone(), id);
+        let mut acks = Vec::with_capacity(routes.copies.len());
+        for (subject, id) in &routes.copies {
+            let copy = lane_copy(delivery, message.payload.clone(), id, &routes.connection);
             let ack = self
                 .js
                 .send_publish(subject.clone(), copy)
@@ -191,7 +199,7 @@ impl Stage for Intake {
                 };
                 (routes, first)
             }
-            Err(e) => (Vec::new(), Some(Err(e))),
+            Err(e) => (Routes::default(), Some(Err(e))),
         };
         Ok(Accepted {
             job: Job {
@@ -287,10 +295,15 @@ fn vouched(delivery: &Delivery, event: Event) -> Result<Event, HandleError> {
 
 /// A valid event's copy for a lane: its body verbatim, with the headers that
 /// tell the lane what the event was in `SOFTPHONE_EVENTS` (id, subject,
-/// sequence, publish time), stored once in `SOFTPHONE_LANES` per `id` (its
+/// sequence, publish time) and the CRM connection it was routed to, stored once in `SOFTPHONE_LANES` per `id` (its
 /// `Nats-Msg-Id`) within the duplicate window. `softphone-bridge replay`
 /// sends events again through it.
-pub(crate) fn lane_copy(delivery: &Delivery, payload: bytes::Bytes, id: &str) -> PublishMessage {
+pub(crate) fn lane_copy(
+    delivery: &Delivery,
+    payload: bytes::Bytes,
+    id: &str,
+    connection: &str,
+) -> PublishMessage {
     let published = delivery
         .published
         .format(&time::format_description::well_known::Rfc3339)
@@ -303,6 +316,7 @@ pub(crate) fn lane_copy(delivery: &Delivery, payload: bytes::Bytes, id: &str) ->
         delivery.sequence.to_string().as_str(),
     );
     headers.insert(lane_header::PUBLISHED, published.as_str());
+    headers.insert(lane_header::CONNECTION, connection);
     PublishMessage::build()
         .payload(payload)
         .headers(headers)

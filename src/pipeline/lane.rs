@@ -25,12 +25,18 @@ use super::gate::{Gate, HeldGuard, ProbeGuard};
 use super::outcome::{HandleError, Outcome};
 use super::unit::{Accepted, Stage, StoredKey, Tried, Wait};
 use super::unreadable;
-use crate::contract::{ContractError, Event, LaneTarget};
+use crate::contract::{ContractError, Event, LaneTarget, lane_header};
 use crate::crm::{CrmError, CrmEvent};
 
 /// What a lane does with each event.
 pub(super) trait Work: Send + Sync + 'static {
-    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), HandleError>>;
+    /// Does the lane's work for `event`, which the intake routed to the CRM
+    /// connection `routed_to` (its copy's `Softphone-Connection`, if any).
+    fn handle<'a>(
+        &'a self,
+        event: &'a CrmEvent,
+        routed_to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), HandleError>>;
 }
 
 pub(super) struct Lane<W> {
@@ -48,6 +54,8 @@ pub(super) struct Lane<W> {
 pub(super) struct Job {
     delivery: Delivery,
     event: Result<CrmEvent, ContractError>,
+    /// The CRM connection the intake routed the event to.
+    routed_to: Option<String>,
     /// While its connection is in trouble: counted as held, and how many
     /// times the connection had answered when it was last held.
     held: Option<(HeldGuard, u64)>,
@@ -140,10 +148,16 @@ impl<W: Work> Stage for Lane<W> {
             // It goes to the dead letters at once, holding nothing back.
             Err(_) => format!("event:{}", delivery.id),
         };
+        let routed_to = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(lane_header::CONNECTION))
+            .map(|v| v.as_str().to_owned());
         Ok(Accepted {
             job: Job {
                 delivery,
                 event,
+                routed_to,
                 held: None,
                 probe: None,
             },
@@ -201,7 +215,7 @@ impl<W: Work> Stage for Lane<W> {
         if job.probe.is_some() {
             tracing::info!(lane = %self.name, "Probing the CRM connection.");
         }
-        let result = self.work.handle(event).await;
+        let result = self.work.handle(event, job.routed_to.as_deref()).await;
         let answered = self.record(&result, job.held.as_ref().map(|(_, at)| *at));
         job.probe = None;
         Tried { result, answered }

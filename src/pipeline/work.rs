@@ -32,7 +32,11 @@ impl CrmWork {
 }
 
 impl Work for CrmWork {
-    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), HandleError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a CrmEvent,
+        _routed_to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
             let started = Instant::now();
             let result = self.crm.handle(event).await;
@@ -74,16 +78,25 @@ impl SoftphoneWork {
 }
 
 impl Work for SoftphoneWork {
-    fn handle<'a>(&'a self, event: &'a CrmEvent) -> BoxFuture<'a, Result<(), HandleError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a CrmEvent,
+        routed_to: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), HandleError>> {
         Box::pin(async move {
             match &event.event {
                 Event::Loaded(loaded) => {
                     // The registry first: the command API may authorise this softphone at once.
                     self.registry.loaded(loaded, event.published).await?;
-                    let from_crm = match self
-                        .connections
-                        .for_partner(&self.settings, loaded.partner_id.as_ref())
-                    {
+                    // The connection the intake routed the event to (copies
+                    // made before it said so: decided as it would).
+                    let crm = match routed_to {
+                        Some(connection) => self.connections.get(connection),
+                        None => self
+                            .connections
+                            .for_partner(&self.settings, loaded.partner_id.as_ref()),
+                    };
+                    let from_crm = match crm {
                         Some(crm) => crm.dispositions(loaded.partner_id.as_ref()).await,
                         None => None,
                     };

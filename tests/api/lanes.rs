@@ -535,3 +535,50 @@ async fn an_event_the_crm_keeps_failing_does_not_hold_its_lane_for_ever() {
     app.settled().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn each_copy_names_the_connection_the_intake_routed_it_to() {
+    let nats = start_nats().await;
+    let b = FakeCrm::start().await;
+    let app = App::builder(nats)
+        .toml(&partner_b_on_connection_b(&webhook_crm(&b.url())))
+        .spawn()
+        .await;
+    let loaded = format!(r#"{{"softphoneId":"agent-b","partnerId":"{PARTNER_B}"}}"#);
+    app.publish(EventKind::Loaded, &loaded, None).await;
+    app.settled().await;
+    // Both copies of B's `loaded` (its CRM lane's and the softphone lane's)
+    // name connection `b`: the softphone lane asks it for the dispositions
+    // instead of routing the event again.
+    let lanes = app
+        .js
+        .get_stream(softphone_bridge::contract::LANES_STREAM)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for seq in 1..=2 {
+        let message = lanes.get_raw_message(seq).await.unwrap();
+        let headers = message.headers;
+        seen.push((
+            message.subject.to_string(),
+            headers
+                .get(softphone_bridge::contract::lane_header::CONNECTION)
+                .map(|v| v.as_str().to_owned()),
+        ));
+    }
+    assert!(
+        seen.iter()
+            .any(|(s, _)| s.starts_with("softphone.lane.crm.b.")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(s, _)| s.starts_with("softphone.lane.softphone.")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, c)| c.as_deref() == Some("b")),
+        "{seen:?}"
+    );
+    app.stop().await;
+}
