@@ -13,15 +13,16 @@
 //! outlives this replica's membership ([`Fence`]): a replica declared dead
 //! is delivered nothing after its lease lapsed, so whoever takes its
 //! partitions over knows every event it may still hold (see
-//! [`super::share`]). When asked to stop, it hands over what the open
-//! request had delivered, for the unit to give back with the rest in stream
-//! order.
+//! [`super::share`]). When asked to stop, it reads the open request to its
+//! end and hands over all it delivered, for the unit to give back with the
+//! rest in stream order: nothing it pulled can come back later, after the
+//! unit's next owner went on with newer events.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ use super::share::Fence;
 /// Short, so that a request lost with a connection (the client gives up
 /// on it 5 s after it expires) is soon made again.
 const EXPIRES: Duration = Duration::from_secs(5);
+/// How long after its expiry a request's end may take to reach the client.
+const ENDS_WITHIN: Duration = Duration::from_secs(2);
 /// The shortest request worth making: with less of its membership left, a
 /// replica waits for the renewal (or for its units to be stopped).
 const SHORTEST: Duration = Duration::from_millis(100);
@@ -41,9 +44,11 @@ const SHORTEST: Duration = Duration::from_millis(100);
 pub(super) enum Next {
     /// A message, and its place in the room until its fate.
     Message(jetstream::Message, OwnedSemaphorePermit),
-    /// Asked to stop: what the open pull request had already delivered, to
-    /// be given back with the rest, in stream order.
-    Shutdown(Vec<jetstream::Message>),
+    /// Asked to stop: everything the open pull request delivered until it
+    /// ended, to be given back with the rest, in stream order; `false` when
+    /// it did not end in time (it may still deliver: what it delivers comes
+    /// back only after the ack wait).
+    Shutdown(Vec<jetstream::Message>, bool),
 }
 
 /// One pull request that is open: what it may still deliver, and the permits
@@ -91,12 +96,15 @@ impl Puller {
                 Some(open) => open,
                 None => match self.request(shutdown).await {
                     Some(open) => self.open.insert(open),
-                    None => return Next::Shutdown(Vec::new()),
+                    None => return Next::Shutdown(Vec::new(), true),
                 },
             };
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Next::Shutdown(self.delivered()),
+                _ = shutdown.cancelled() => {
+                    let (delivered, ended) = self.delivered().await;
+                    return Next::Shutdown(delivered, ended);
+                }
                 next = open.batch.next() => next,
             };
             match next {
@@ -174,13 +182,26 @@ impl Puller {
     }
 
     /// What the open pull request already delivered and was not taken.
-    fn delivered(&mut self) -> Vec<jetstream::Message> {
+    ///
+    /// The open request stays open on the server until it is filled or
+    /// expires (at most [`EXPIRES`]): a message the server sends it after
+    /// the unit stopped reading would be delivered to nobody and come back
+    /// only after the ack wait, behind newer events of its conversation
+    /// already worked by the unit's next owner. So the request is read to
+    /// its end, and whether it ended is said.
+    async fn delivered(&mut self) -> (Vec<jetstream::Message>, bool) {
         let mut delivered = Vec::new();
-        if let Some(mut open) = self.open.take() {
-            while let Some(Some(Ok(message))) = open.batch.next().now_or_never() {
-                delivered.push(message);
+        let Some(mut open) = self.open.take() else {
+            return (delivered, true);
+        };
+        let until = tokio::time::Instant::now() + EXPIRES + ENDS_WITHIN;
+        loop {
+            match tokio::time::timeout_at(until, open.batch.next()).await {
+                Ok(Some(Ok(message))) => delivered.push(message),
+                // Ended: expired, or failed (the server ends the request).
+                Ok(Some(Err(_)) | None) => return (delivered, true),
+                Err(_) => return (delivered, false),
             }
         }
-        delivered
     }
 }

@@ -206,12 +206,16 @@ impl<S: Stage> Unit<S> {
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
         let mut puller = Puller::new(consumer, unit.room, unit.fence.clone());
+        // Whether the last pull request ended before the unit stopped: if
+        // not, it may still deliver, and the unit is not released clean.
+        let pull_ended: bool;
         let room = puller.room();
         loop {
             let (message, permit) = match puller.next(&stop).await {
                 Next::Message(message, permit) => (message, permit),
-                Next::Shutdown(delivered) => {
+                Next::Shutdown(delivered, ended) => {
                     given_back.lock().expect("lock").extend(delivered);
+                    pull_ended = ended;
                     break;
                 }
             };
@@ -299,7 +303,7 @@ impl<S: Stage> Unit<S> {
         settled.cancel();
         let _ = keep_alive.await;
         let mut back = std::mem::take(&mut *given_back.lock().expect("lock"));
-        let clean = unit.give_back(&mut back).await;
+        let clean = unit.give_back(&mut back).await && pull_ended;
         tracing::info!(unit = %unit.name, given_back = back.len(), clean, "Stopped working the consumer.");
         Ended { clean }
     }
