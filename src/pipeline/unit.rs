@@ -303,8 +303,12 @@ impl<S: Stage> Unit<S> {
         settled.cancel();
         let _ = keep_alive.await;
         let mut back = std::mem::take(&mut *given_back.lock().expect("lock"));
-        let clean = unit.give_back(&mut back).await && pull_ended;
-        tracing::info!(unit = %unit.name, given_back = back.len(), clean, "Stopped working the consumer.");
+        // Places still kept for a dead previous owner's deliveries: those
+        // come back only after their ack wait, and the unit's next owner
+        // must not pull before (the release waits it out).
+        let kept = !reserved.is_empty();
+        let clean = unit.give_back(&mut back).await && pull_ended && !kept;
+        tracing::info!(unit = %unit.name, given_back = back.len(), kept, clean, "Stopped working the consumer.");
         Ended { clean }
     }
 
