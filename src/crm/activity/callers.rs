@@ -111,3 +111,28 @@ impl Callers {
         }
     }
 }
+
+/// Several records match a call's caller: logged, and written to `column`
+/// (when the connection names one) as `type:id, …` for the screen pop; the
+/// call's `link` to a record (Salesforce's `WhoId`, Dataverse's regarding
+/// record) is left for the agent.
+pub(crate) fn several(
+    connection: &str,
+    conversation: &str,
+    write: &mut Write,
+    matches: &[Match],
+    column: Option<&String>,
+    link: &str,
+) {
+    let listed: Vec<String> = matches
+        .iter()
+        .map(|m| format!("{}:{}", m.object, m.id))
+        .collect();
+    let listed = listed.join(", ");
+    tracing::info!(crm = %connection, conversation, matches = %listed, left_for_the_agent = link, "Several records match the caller.");
+    if let Some(column) = column {
+        write
+            .fields
+            .insert(column.clone(), serde_json::Value::String(listed));
+    }
+}

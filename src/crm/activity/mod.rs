@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use callers::Callers;
+pub(crate) use callers::{Callers, several};
 pub(crate) use calls::{Calls, Group, Org, Written, knew, request_failure};
 pub use fields::MAPPABLE_FIELDS;
 pub(crate) use fields::mappable;

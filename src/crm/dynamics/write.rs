@@ -18,7 +18,7 @@ use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
 use crate::crm::activity::{
     AgentFields, Callers, Facts, Group, Match, Write, Written, holds, knew, national_form,
-    request_failure,
+    request_failure, several,
 };
 
 /// Numbers in one lookup query: each in two forms over three (contacts) or
@@ -234,17 +234,14 @@ impl DynamicsCrm {
                 );
             }
             [] => tracing::debug!(crm = %self.name, conversation, "No record matches the caller."),
-            many => {
-                let listed: Vec<String> = many
-                    .iter()
-                    .map(|m| format!("{}:{}", m.object, m.id))
-                    .collect();
-                tracing::info!(crm = %self.name, conversation, matches = %listed.join(", "), "Several records match the caller; the regarding record is left for the agent.");
-                if let Some(column) = &self.settings.lookup.matches_column {
-                    w.fields
-                        .insert(column.clone(), Value::String(listed.join(", ")));
-                }
-            }
+            many => several(
+                &self.name,
+                conversation,
+                w,
+                many,
+                self.settings.lookup.matches_column.as_ref(),
+                "the regarding record",
+            ),
         }
     }
 

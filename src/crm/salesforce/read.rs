@@ -15,7 +15,9 @@ use super::composite::{Sub, SubResult};
 use super::lookup;
 use crate::contract::PhoneNumber;
 use crate::crm::CrmError;
-use crate::crm::activity::{AgentFields, Callers, Group, Match, Write, knew, request_failure};
+use crate::crm::activity::{
+    AgentFields, Callers, Group, Match, Write, knew, request_failure, several,
+};
 
 impl SalesforceCrm {
     /// Caller lookups and the Task reads, at once; fills in matches,
@@ -145,17 +147,14 @@ impl SalesforceCrm {
                     .insert("WhoId".into(), Value::String(one.id.clone()));
             }
             [] => tracing::debug!(crm = %self.name, conversation, "No record matches the caller."),
-            many => {
-                let listed: Vec<String> = many
-                    .iter()
-                    .map(|m| format!("{}:{}", m.object, m.id))
-                    .collect();
-                tracing::info!(crm = %self.name, conversation, matches = %listed.join(", "), "Several records match the caller; WhoId left for the agent.");
-                if let Some(field) = &self.settings.lookup.matches_field {
-                    w.fields
-                        .insert(field.clone(), Value::String(listed.join(", ")));
-                }
-            }
+            many => several(
+                &self.name,
+                conversation,
+                w,
+                many,
+                self.settings.lookup.matches_field.as_ref(),
+                "WhoId",
+            ),
         }
     }
 
