@@ -47,8 +47,8 @@ pub(super) enum Next {
     /// Asked to stop: everything the open pull request delivered until it
     /// ended, to be given back with the rest, in stream order; `false` when
     /// it did not end in time (it may still deliver: what it delivers comes
-    /// back only after the ack wait).
-    Shutdown(Vec<jetstream::Message>, bool),
+    /// back only after the ack wait); and when the stop was seen.
+    Shutdown(Vec<jetstream::Message>, bool, tokio::time::Instant),
 }
 
 /// One pull request that is open: what it may still deliver, and the permits
@@ -96,14 +96,15 @@ impl Puller {
                 Some(open) => open,
                 None => match self.request(shutdown).await {
                     Some(open) => self.open.insert(open),
-                    None => return Next::Shutdown(Vec::new(), true),
+                    None => return Next::Shutdown(Vec::new(), true, tokio::time::Instant::now()),
                 },
             };
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    let at = tokio::time::Instant::now();
                     let (delivered, ended) = self.delivered().await;
-                    return Next::Shutdown(delivered, ended);
+                    return Next::Shutdown(delivered, ended, at);
                 }
                 next = open.batch.next() => next,
             };

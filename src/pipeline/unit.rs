@@ -209,11 +209,15 @@ impl<S: Stage> Unit<S> {
         // Whether the last pull request ended before the unit stopped: if
         // not, it may still deliver, and the unit is not released clean.
         let pull_ended: bool;
+        // In-flight work gets `shutdown_deadline` from the stop, the time
+        // spent reading the open pull request to its end included.
+        let stopped_at: tokio::time::Instant;
         let room = puller.room();
         loop {
             let (message, permit) = match puller.next(&stop).await {
                 Next::Message(message, permit) => (message, permit),
-                Next::Shutdown(delivered, ended) => {
+                Next::Shutdown(delivered, ended, at) => {
+                    stopped_at = at;
                     given_back.lock().expect("lock").extend(delivered);
                     pull_ended = ended;
                     break;
@@ -292,7 +296,7 @@ impl<S: Stage> Unit<S> {
             );
         }
         tracker.close();
-        if tokio::time::timeout(unit.settings.shutdown_deadline, tracker.wait())
+        if tokio::time::timeout_at(stopped_at + unit.settings.shutdown_deadline, tracker.wait())
             .await
             .is_err()
         {
