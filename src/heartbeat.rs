@@ -4,8 +4,8 @@
 //! `commands.offline_after / 4`, so a softphone may beat as often as it likes.
 //! With `[callout]`, a partner's softphones beat on
 //! `softphone.p.<partnerId>.heartbeat.<softphoneId>` (the server writes the
-//! partner): such a beat refreshes only a softphone bound to that partner,
-//! sent by that softphone's own login, and never binds one.
+//! partner): such a beat refreshes only that partner's entry of the softphone,
+//! sent by that softphone's own login, and never creates one.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use crate::contract::{
     Guid, HEARTBEAT_SUBJECTS, LOAD_QUEUE_GROUP, SoftphoneId, heartbeat_softphone,
 };
 use crate::dispatch::CommandSettings;
-use crate::registry::Registry;
+use crate::registry::{Phone, Registry};
 
 /// Softphones whose last write a replica remembers before forgetting the stale ones.
 const REMEMBERED: usize = 100_000;
@@ -73,10 +73,11 @@ pub async fn serve(
         }
         written.insert(key.clone(), now);
         let at = time::OffsetDateTime::now_utc();
-        let recorded = match &partner {
-            None => registry.alive(&softphone, at).await,
-            Some(partner) => registry.alive_in(partner, &softphone, at).await,
+        let phone = Phone {
+            partner: partner.as_ref(),
+            softphone: &softphone,
         };
+        let recorded = registry.alive(phone, at).await;
         match recorded {
             Ok(Some(_)) => tracing::debug!(softphone = %softphone, "Heartbeat recorded."),
             // A heartbeat binds nothing: the softphone must load first.

@@ -23,8 +23,11 @@
 //! - [`http`]: the command API for CRMs, health, readiness, metrics.
 //! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
 //! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
+//! - `door`: with `[callout]`, partners' `loaded` and `agent.status_changed`
+//!   stored with the login the server vouches sent them.
 //! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
-//! - [`registry`]: softphone id -> partner, presence, last seen (JetStream KV);
+//! - [`registry`]: softphone (with `[callout]`, per partner) -> partner,
+//!   presence, last seen (JetStream KV);
 //!   `bucket` opens it and every other key-value bucket the bridge keeps.
 //! - [`callout`]: the NATS auth callout: platform logins become users of their
 //!   partner's account; `ops::nats_config` renders the server's configuration
@@ -46,6 +49,7 @@ pub mod config;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
+mod door;
 mod heartbeat;
 pub mod http;
 mod load;

@@ -65,6 +65,11 @@ pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
 /// Only a mismatch creates the series, so it is not in [`ALL`].
 pub const PARTNER_MISMATCHES: &str = "softphone_bridge_partner_mismatches_total";
 
+/// A partner's `loaded` or `agent.status_changed` about another softphone
+/// than the login the server vouches sent it (dead-lettered with reason
+/// `softphone mismatch`), by `type`. Only a mismatch creates the series.
+pub const SOFTPHONE_MISMATCHES: &str = "softphone_bridge_softphone_mismatches_total";
+
 /// Logins the auth callout answered, by `outcome` (`accepted`, `refused`)
 /// and `reason` (an accepted login's role, `softphone` or `crm`; a refusal's
 /// reason, e.g. `expired`, `signature`, `unknown_partner`: a bounded set, see
@@ -216,6 +221,10 @@ fn describe() {
     describe_counter!(
         PARTNER_MISMATCHES,
         "Events refused for naming another partner than the account they were published from, by event type."
+    );
+    describe_counter!(
+        SOFTPHONE_MISMATCHES,
+        "Partners' loaded and status changes refused for being about another softphone than the login that sent them, by event type."
     );
     describe_counter!(
         LOGINS,

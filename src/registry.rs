@@ -1,17 +1,23 @@
-//! The softphone registry: a JetStream key-value bucket of softphone id ->
+//! The softphone registry: a JetStream key-value bucket of softphone ->
 //! partner, load time, presence status and last sign of life, written by the
 //! worker (and heartbeats) and read by the command API.
 //!
-//! A softphone's partner is bound by the first `loaded` that names one and
-//! stays bound while the entry lives. Every later fact obeys the binding: a
-//! `loaded` or a `status_changed` naming another partner changes nothing and
-//! is refused ([`RegistryError::is_partner_conflict`]), so one partner's
-//! events can neither move a live softphone into its reach nor touch another
-//! partner's softphone. Heartbeats name no partner: they never bind, never
-//! create an entry, and only refresh the last sign of life of a softphone the
-//! registry knows. (Until softphones log in with credentials of their own,
-//! the partner an event names is the publisher's word; with logins, the
-//! binding and the heartbeat's partner will come from the login.)
+//! Which entry a fact goes to is a [`Phone`]:
+//! - with `[callout]`, a softphone of a partner's account is keyed by the
+//!   partner the server vouches for (the account its login is in) and its id,
+//!   `<partnerId>.<softphoneId>`: two partners' `agent-7` are two entries,
+//!   each bound to its partner from its first fact, and no other partner's
+//!   event can reach it (deploy/tenancy.md);
+//! - in the single account, a softphone is keyed by its id alone, and its
+//!   partner is the publisher's word: bound by the first `loaded` that names
+//!   one, it stays bound while the entry lives. Every later fact obeys the
+//!   binding: a `loaded` or a `status_changed` naming another partner
+//!   changes nothing and is refused ([`RegistryError::is_partner_conflict`]),
+//!   so one partner's events can neither move a live softphone into its
+//!   reach nor touch another partner's softphone.
+//!
+//! Heartbeats never create an entry: they only refresh the last sign of life
+//! of a softphone the registry knows.
 
 use std::time::Duration;
 
@@ -45,12 +51,70 @@ impl Default for RegistrySettings {
 /// How often a write retries after another replica updated the same entry first.
 const MAX_CONFLICTS: u32 = 32;
 
+/// Whose entry: a softphone id, and with `[callout]` the partner the server
+/// vouches for (the account the softphone's login is in).
+#[derive(Debug, Clone, Copy)]
+pub struct Phone<'a> {
+    pub partner: Option<&'a Guid>,
+    pub softphone: &'a SoftphoneId,
+}
+
+impl<'a> Phone<'a> {
+    /// A softphone of the single account.
+    pub fn shared(softphone: &'a SoftphoneId) -> Self {
+        Self {
+            partner: None,
+            softphone,
+        }
+    }
+
+    /// A softphone of `partner`'s account.
+    pub fn of(partner: &'a Guid, softphone: &'a SoftphoneId) -> Self {
+        Self {
+            partner: Some(partner),
+            softphone,
+        }
+    }
+
+    /// Its key in the bucket: `<partnerId>.<softphone>` for a partner's,
+    /// `<softphone>` for the single account's, the softphone id escaped
+    /// (keys allow fewer characters than subject tokens: any other byte, and
+    /// the escape `=` itself, is written `=XX`). Injective: an escaped id
+    /// never holds a `.`, a GUID never a `=`.
+    pub fn key(&self) -> String {
+        let id = self.softphone.as_str();
+        let mut key = String::with_capacity(id.len() + 37);
+        if let Some(partner) = self.partner {
+            key.push_str(partner.as_str());
+            key.push('.');
+        }
+        for b in id.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                key.push(b as char);
+            } else {
+                key.push_str(&format!("={b:02X}"));
+            }
+        }
+        key
+    }
+}
+
+impl std::fmt::Display for Phone<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.partner {
+            Some(partner) => write!(f, "{} of partner {partner}", self.softphone),
+            None => write!(f, "{}", self.softphone),
+        }
+    }
+}
+
 /// What the registry knows of one softphone instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
     pub softphone_id: SoftphoneId,
-    /// The partner bound by the first `load` that named one.
+    /// Its partner: the one its login is in (with `[callout]`), else the
+    /// one the first `load` that named one named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partner_id: Option<Guid>,
     /// When the latest `load` was published.
@@ -76,6 +140,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry that knows nothing yet but that `softphone` was seen `at`.
+    fn new(softphone: &SoftphoneId, at: OffsetDateTime) -> Self {
+        Self {
+            softphone_id: softphone.clone(),
+            partner_id: None,
+            loaded_at: None,
+            presence_status: None,
+            presence_changed_at: None,
+            last_seen: at,
+        }
+    }
+
     /// Whether the softphone's last sign of life is older than `offline_after`.
     pub fn offline(&self, now: OffsetDateTime, offline_after: std::time::Duration) -> bool {
         now - self.last_seen > offline_after
@@ -167,14 +243,7 @@ impl Sighting {
         if let Some(conflict) = self.conflict(entry.as_ref()) {
             return Err(conflict);
         }
-        let mut entry = entry.unwrap_or_else(|| Entry {
-            softphone_id: softphone.clone(),
-            partner_id: None,
-            loaded_at: None,
-            presence_status: None,
-            presence_changed_at: None,
-            last_seen: self.at(),
-        });
+        let mut entry = entry.unwrap_or_else(|| Entry::new(softphone, self.at()));
         entry.last_seen = entry.last_seen.max(self.at());
         match self {
             Sighting::Loaded { partner, at } => {
@@ -249,36 +318,41 @@ impl Registry {
             .map_err(|e| RegistryError::new(e.to_string()))
     }
 
-    /// The registry's entry for `softphone`, if it has a live one.
-    pub async fn get(&self, softphone: &SoftphoneId) -> Result<Option<Entry>, RegistryError> {
-        Ok(self.entry(softphone).await?.map(|(entry, _)| entry))
-    }
-
-    async fn entry(&self, softphone: &SoftphoneId) -> Result<Option<(Entry, u64)>, RegistryError> {
+    /// The registry's entry for `phone`, if it has a live one.
+    pub async fn get(&self, phone: Phone<'_>) -> Result<Option<Entry>, RegistryError> {
         let store = self.store().await?;
         let found = store
-            .entry(key(softphone))
+            .entry(phone.key())
             .await
-            .map_err(|e| RegistryError::new(format!("cannot read {softphone}: {e}")))?;
-        let Some(found) = found else { return Ok(None) };
-        if found.operation != kv::Operation::Put {
+            .map_err(|e| RegistryError::new(format!("cannot read {phone}: {e}")))?;
+        let Some(found) = found.filter(|found| found.operation == kv::Operation::Put) else {
             return Ok(None);
-        }
-        let entry = serde_json::from_slice(&found.value).map_err(|e| {
-            RegistryError::new(format!("entry of {softphone} is not readable: {e}"))
-        })?;
-        Ok(Some((entry, found.revision)))
+        };
+        let entry = serde_json::from_slice(&found.value)
+            .map_err(|e| RegistryError::new(format!("entry of {phone} is not readable: {e}")))?;
+        Ok(Some(entry))
     }
 
-    /// Records a `load`. A `load` naming another partner than the bound one
-    /// changes nothing, is counted, and fails with a partner conflict; the
-    /// first one naming a partner binds it.
-    pub async fn loaded(&self, event: &Loaded, at: OffsetDateTime) -> Result<Entry, RegistryError> {
+    /// Records a `load`, published from `vouched`'s account when the server
+    /// vouches for one (the entry is then that partner's). In the single
+    /// account, a `load` naming another partner than the bound one changes
+    /// nothing, is counted, and fails with a partner conflict; the first one
+    /// naming a partner binds it.
+    pub async fn loaded(
+        &self,
+        event: &Loaded,
+        vouched: Option<&Guid>,
+        at: OffsetDateTime,
+    ) -> Result<Entry, RegistryError> {
         let sighting = Sighting::Loaded {
-            partner: event.partner_id.clone(),
+            partner: vouched.or(event.partner_id.as_ref()).cloned(),
             at,
         };
-        self.record(&event.softphone_id, &sighting, true, None)
+        let phone = Phone {
+            partner: vouched,
+            softphone: &event.softphone_id,
+        };
+        self.record(phone, &sighting, true)
             .await
             .map(|entry| entry.expect("created when missing"))
     }
@@ -287,33 +361,21 @@ impl Registry {
     /// registry knows (`None` for one it does not: a heartbeat binds nothing).
     pub async fn alive(
         &self,
-        softphone: &SoftphoneId,
+        phone: Phone<'_>,
         at: OffsetDateTime,
     ) -> Result<Option<Entry>, RegistryError> {
-        self.record(softphone, &Sighting::Alive { at }, false, None)
-            .await
+        self.record(phone, &Sighting::Alive { at }, false).await
     }
 
-    /// Records a heartbeat from a partner's account: like [`Registry::alive`],
-    /// for a softphone bound to `partner` only (`None` for any other, bound
-    /// to another partner or to none), checked on the value it writes over.
-    pub async fn alive_in(
-        &self,
-        partner: &Guid,
-        softphone: &SoftphoneId,
-        at: OffsetDateTime,
-    ) -> Result<Option<Entry>, RegistryError> {
-        self.record(softphone, &Sighting::Alive { at }, false, Some(partner))
-            .await
-    }
-
-    /// Records a presence change; `None` when the event names no softphone
-    /// instance. Like a `load`, one naming another partner than the bound one
-    /// changes nothing (neither presence nor last sign of life), is counted,
-    /// and fails with a partner conflict; it never binds a partner.
+    /// Records a presence change (published from `vouched`'s account, as for
+    /// [`Registry::loaded`]); `None` when the event names no softphone
+    /// instance. In the single account, one naming another partner than the
+    /// bound one changes nothing (neither presence nor last sign of life), is
+    /// counted, and fails with a partner conflict; it never binds a partner.
     pub async fn status_changed(
         &self,
         event: &AgentStatusChanged,
+        vouched: Option<&Guid>,
         at: OffsetDateTime,
     ) -> Result<Option<Entry>, RegistryError> {
         let Some(softphone) = &event.instance_id else {
@@ -321,30 +383,34 @@ impl Registry {
         };
         let sighting = Sighting::Status {
             status: event.softphone_id.clone(),
-            partner: event.partner_id.clone(),
+            partner: vouched.or(event.partner_id.as_ref()).cloned(),
             at,
         };
-        self.record(softphone, &sighting, true, None).await
+        let phone = Phone {
+            partner: vouched,
+            softphone,
+        };
+        self.record(phone, &sighting, true).await
     }
 
     /// Read, merge, write with the revision read: a replica that wrote in
     /// between makes the write fail, and the merge is redone on its value.
-    /// Without `create`, a missing entry stays missing (`None`); with
-    /// `bound_to`, so does one not bound to that partner.
+    /// Without `create`, a missing entry stays missing (`None`). A partner's
+    /// entry is bound to that partner from its first fact.
     async fn record(
         &self,
-        softphone: &SoftphoneId,
+        phone: Phone<'_>,
         sighting: &Sighting,
         create: bool,
-        bound_to: Option<&Guid>,
     ) -> Result<Option<Entry>, RegistryError> {
         let store = self.store().await?;
-        let key = key(softphone);
+        let key = phone.key();
+        let softphone = phone.softphone;
         for attempt in 0..MAX_CONFLICTS {
             let current = store
                 .entry(key.clone())
                 .await
-                .map_err(|e| RegistryError::new(format!("cannot read {softphone}: {e}")))?;
+                .map_err(|e| RegistryError::new(format!("cannot read {phone}: {e}")))?;
             let (previous, revision) = match current {
                 Some(found) if found.operation == kv::Operation::Put => (
                     serde_json::from_slice::<Entry>(&found.value).ok(),
@@ -357,11 +423,13 @@ impl Registry {
             if previous.is_none() && !create {
                 return Ok(None);
             }
-            if let Some(partner) = bound_to
-                && previous.as_ref().and_then(|e| e.partner_id.as_ref()) != Some(partner)
-            {
-                return Ok(None);
-            }
+            let stored = previous.is_some();
+            let previous = previous.or_else(|| {
+                phone.partner.map(|partner| Entry {
+                    partner_id: Some(partner.clone()),
+                    ..Entry::new(softphone, sighting.at())
+                })
+            });
             let entry = sighting
                 .try_merge(softphone, previous.clone())
                 .map_err(|conflict| {
@@ -380,7 +448,7 @@ impl Registry {
                         conflict.bound, conflict.named
                     ))
                 })?;
-            if previous.as_ref() == Some(&entry) {
+            if stored && previous.as_ref() == Some(&entry) {
                 // An older fact than the entry's: nothing to write.
                 return Ok(Some(entry));
             }
@@ -404,17 +472,17 @@ impl Registry {
             match written {
                 Ok(_) => return Ok(Some(entry)),
                 Err((true, _)) => {
-                    tracing::debug!(softphone = %softphone, attempt, "Registry entry changed meanwhile; merging again.");
+                    tracing::debug!(softphone = %phone, attempt, "Registry entry changed meanwhile; merging again.");
                     // Random pause so writers that collided do not collide again in lockstep.
                     tokio::time::sleep(jitter(attempt)).await;
                 }
                 Err((false, e)) => {
-                    return Err(RegistryError::new(format!("cannot write {softphone}: {e}")));
+                    return Err(RegistryError::new(format!("cannot write {phone}: {e}")));
                 }
             }
         }
         Err(RegistryError::new(format!(
-            "{softphone} kept changing; gave up after {MAX_CONFLICTS} attempts"
+            "{phone} kept changing; gave up after {MAX_CONFLICTS} attempts"
         )))
     }
 }
@@ -438,21 +506,6 @@ pub fn bucket_config(settings: &RegistrySettings, replicas: usize) -> kv::Config
     )
 }
 
-/// The KV key of a softphone. Keys allow fewer characters than subject tokens,
-/// so any other byte (and the escape `=` itself) is written `=XX`: injective,
-/// so two softphones never share an entry.
-pub fn key(softphone: &SoftphoneId) -> String {
-    let mut key = String::with_capacity(softphone.as_str().len());
-    for b in softphone.as_str().bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            key.push(b as char);
-        } else {
-            key.push_str(&format!("={b:02X}"));
-        }
-    }
-    key
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,9 +524,20 @@ mod tests {
 
     #[test]
     fn keys_are_valid_and_distinct() {
-        assert_eq!(key(&id("agent-7_x")), "agent-7_x");
-        assert_eq!(key(&id("a:b")), "a=3Ab");
-        assert_ne!(key(&id("a=3Ab")), key(&id("a:b")));
+        let key = |s| Phone::shared(&id(s)).key();
+        assert_eq!(key("agent-7_x"), "agent-7_x");
+        assert_eq!(key("a:b"), "a=3Ab");
+        assert_ne!(key("a=3Ab"), key("a:b"));
+        // Two partners' `agent-7` and the single account's are three entries.
+        let (a, b): (Guid, Guid) = (A.parse().unwrap(), S2.parse().unwrap());
+        let phone = id("agent-7");
+        let keys = [
+            Phone::of(&a, &phone).key(),
+            Phone::of(&b, &phone).key(),
+            Phone::shared(&phone).key(),
+        ];
+        assert_eq!(keys[0], format!("{A}.agent-7"));
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   `partner-command` on `softphone.p.*.api.command` (a CRM commands only
 //!   softphones bound to the partner in the subject) and `partner-load` on
 //!   `softphone.p.*.load` (for that partner only, and only for the softphone
-//!   the server vouches sent it).
+//!   the server vouches sent it), and `partner-event` on
+//!   `softphone.p.*.vouch.>`, the door of partners' `loaded` and
+//!   `agent.status_changed` ([`door`]).
 //!
 //! Each replica's stats (`nats micro stats softphone-bridge`, and what
 //! `softphone-bridge status` gathers) carry its [`ReplicaView`] as the
@@ -36,6 +38,7 @@ use crate::contract::{
 };
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
+use crate::door::{self, PARTNER_DOORS};
 use crate::http::Problem;
 use crate::http::Readiness;
 use crate::load::{self, LoadReply, PartnerLoadError};
@@ -145,12 +148,17 @@ pub async fn serve(
         for (name, subject) in [
             ("partner-command", PARTNER_COMMAND_REQUESTS),
             ("partner-load", PARTNER_LOAD_REQUESTS),
+            ("partner-event", PARTNER_DOORS),
         ] {
             partner_endpoints.push(endpoint(&service, name, subject).await?);
         }
     }
     let mut partner_endpoints = partner_endpoints.into_iter();
-    let (partner_commands, partner_loads) = (partner_endpoints.next(), partner_endpoints.next());
+    let (partner_commands, partner_loads, partner_events) = (
+        partner_endpoints.next(),
+        partner_endpoints.next(),
+        partner_endpoints.next(),
+    );
     // Ready once the server has the subscriptions, not merely the client.
     while let Err(e) = client.flush().await {
         tracing::debug!(error = %e, "NATS service not subscribed yet; retrying.");
@@ -190,7 +198,27 @@ pub async fn serve(
             }
         }
     };
+    let door_handler = {
+        let client = client.clone();
+        move |request: Request, partner: Option<Guid>| {
+            let client = client.clone();
+            async move {
+                let partner = partner.expect("a partner's route");
+                let answer = door::pass(&client, &partner, &request.message).await;
+                if let Err(e) = request.respond(Ok(answer)).await {
+                    tracing::warn!(endpoint = "partner-event", error = %e, "Cannot answer a NATS request.");
+                }
+            }
+        }
+    };
     tokio::join!(
+        maybe(partner_events, |endpoint| each(
+            endpoint,
+            Route::Door,
+            &tracker,
+            &shutdown,
+            door_handler,
+        )),
         each(
             commands,
             Route::Own(API_COMMAND_SUBJECT),
@@ -273,6 +301,9 @@ enum Route {
     /// `softphone.p.<partnerId>.` then this, with the reply subject the
     /// server made for the import ([`tenant::is_service_import_reply`]).
     Partner(&'static str),
+    /// A partner's account through a service import, on its door
+    /// (`softphone.p.<partnerId>.vouch.…`), as for `Partner`.
+    Door,
 }
 
 /// Hands each request of `endpoint` to a task of its own (a slow publish ack
@@ -332,6 +363,10 @@ fn addressed(request: &Request, route: Route) -> Option<Option<Guid>> {
         Route::Partner(rest) => tenant::partner_request(message.subject.as_str(), rest)
             .filter(|_| reply.is_some_and(tenant::is_service_import_reply))
             .map(Some),
+        Route::Door => tenant::split_partner(message.subject.as_str())
+            .filter(|(_, rest)| rest.starts_with(door::DOOR_TOKEN))
+            .filter(|_| reply.is_some_and(tenant::is_service_import_reply))
+            .map(|(partner, _)| Some(partner)),
     };
     if partner.is_none() {
         tracing::warn!(
@@ -390,7 +425,8 @@ async fn answer<T: serde::Serialize>(request: Request, reply: Result<T, Problem>
 }
 
 /// `{"softphoneId": ..., "type": ..., "payload": ...}`, optionally with
-/// `"idempotencyKey"`: the HTTP route's path, header and body in one document.
+/// `"idempotencyKey"` and `"partnerId"`: the HTTP route's path, header,
+/// query and body in one document.
 /// `partners`: the partner of the subject it came on, whose softphones alone
 /// it may command; `None` on the bridge's own subject.
 async fn command(
@@ -405,17 +441,26 @@ async fn command(
         Some(_) => return Err(contract("softphoneId", "expected a string")),
         None => return Err(contract("softphoneId", "missing field `softphoneId`")),
     };
-    let key = match request.remove("idempotencyKey") {
-        Some(Value::String(key)) => Some(key),
-        Some(_) => return Err(contract("idempotencyKey", "expected a string")),
-        None => None,
+    let mut text = |field: &str| match request.remove(field) {
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(contract(field, "expected a string")),
+        None => Ok(None),
     };
+    let key = text("idempotencyKey")?;
+    let partner = text("partnerId")?;
     let command = serde_json::to_vec(&request).expect("a JSON map serializes");
     // NATS authenticated the caller and its permissions admit this subject:
     // on a partner's, the partner's softphones only.
     let scope = partners.map_or(Scope::All, Scope::Partners);
     dispatcher
-        .dispatch(scope, &softphone, &command, key.as_deref(), Via::Nats)
+        .dispatch(
+            scope,
+            &softphone,
+            partner.as_deref(),
+            &command,
+            key.as_deref(),
+            Via::Nats,
+        )
         .await
 }
 

@@ -114,6 +114,7 @@ fn document(kind: EventKind, payload: &str, sequence: u64) -> Vec<u8> {
         raw,
         published: time::OffsetDateTime::UNIX_EPOCH,
         sequence,
+        vouched: None,
     }
     .to_json()
 }

@@ -28,8 +28,9 @@ pub struct Mapping {
     pub flow: Flow,
     /// Whether the import shares its requester (`share: true`): the server
     /// then writes the publisher's user into [`REQUEST_INFO_HEADER`]. Only
-    /// where the bridge reads it on a core subscription: a stream removes
-    /// the header before it stores a message, so events gain nothing by it.
+    /// where the bridge reads it on a core subscription (the door, `load`,
+    /// heartbeats): a stream removes the header before it stores a message,
+    /// so events stored straight gain nothing by it.
     pub share: bool,
 }
 
@@ -53,17 +54,19 @@ pub const MAPPINGS: [Mapping; 6] = [
         flow: Flow::ToBridge,
         share: false,
     },
+    // The two events that say which softphone they are about go through the
+    // door (src/door.rs), which stores them with the login the server vouches for.
     Mapping {
         local: "softphone.loaded",
-        rest: "loaded",
+        rest: "vouch.loaded",
         flow: Flow::ToBridge,
-        share: false,
+        share: true,
     },
     Mapping {
         local: "softphone.agent.>",
-        rest: "agent.>",
+        rest: "vouch.agent.>",
         flow: Flow::ToBridge,
-        share: false,
+        share: true,
     },
     Mapping {
         local: "softphone.load",
@@ -193,6 +196,12 @@ pub fn is_service_import_reply(reply: &str) -> bool {
 /// this name the client sent.
 pub const REQUEST_INFO_HEADER: &str = "Nats-Request-Info";
 
+/// The header the door (src/door.rs) stores a partner's `loaded` and
+/// `agent.status_changed` with: the login the server vouched sent it, its
+/// `sub`. Trusted on partners' subjects only, which only the bridge's
+/// account publishes to; the door drops any the client sent.
+pub const LOGIN_HEADER: &str = "Softphone-Login";
+
 /// What the server vouches for about a request's publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vouched {
@@ -274,9 +283,15 @@ mod tests {
                     .nth(PARTNER_TOKEN_POSITION - 1),
                 Some("*")
             );
-            // The contract's subject and the bridge's end alike.
+            // The contract's subject and the bridge's end alike (through
+            // the door for the two that the door stores, and only those).
             let local_rest = mapping.local.strip_prefix("softphone.").unwrap();
-            assert_eq!(local_rest, mapping.rest);
+            let rest = mapping.rest.strip_prefix("vouch.");
+            assert_eq!(rest.unwrap_or(mapping.rest), local_rest);
+            assert_eq!(
+                rest.is_some(),
+                ["softphone.loaded", "softphone.agent.>"].contains(&mapping.local)
+            );
         }
         let to_partner: Vec<_> = MAPPINGS
             .iter()

@@ -100,6 +100,7 @@ mod tests {
             raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
             published: time::OffsetDateTime::UNIX_EPOCH,
             sequence: 9,
+            vouched: None,
         };
         crm.handle(&event).await.unwrap();
         let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();

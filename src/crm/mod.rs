@@ -48,11 +48,21 @@ pub struct CrmEvent {
     pub published: time::OffsetDateTime,
     /// The event's sequence in `SOFTPHONE_EVENTS`.
     pub sequence: u64,
+    /// With `[callout]`: the partner the server vouches for, the account the
+    /// event was published from (its body names no other: the intake
+    /// dead-lettered any that did).
+    pub vouched: Option<Guid>,
 }
 
 impl CrmEvent {
     pub fn kind(&self) -> EventKind {
         self.event.kind()
+    }
+
+    /// The event's partner: the one the server vouches for, else the one its
+    /// body names.
+    pub fn partner(&self) -> Option<&Guid> {
+        self.vouched.as_ref().or(self.event.partner_id())
     }
 
     /// The JSON document adapters send or write: `{"event", "id", "partnerId",
@@ -77,7 +87,7 @@ impl CrmEvent {
         let mut document = serde_json::to_vec(&Document {
             event: self.kind().name(),
             id: &self.id,
-            partner_id: self.event.partner_id().map(|g| g.as_str()),
+            partner_id: self.partner().map(|g| g.as_str()),
             conversation_id: self.event.conversation_id().map(|g| g.as_str()),
             published_at,
             sequence: self.sequence,

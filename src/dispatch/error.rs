@@ -32,6 +32,20 @@ pub enum DispatchError {
     /// With `[callout]`, a softphone bound to no partner: no account to publish to.
     #[error("{0}")]
     NoPartner(crate::command::NoPartner),
+    /// With `[callout]`, an unscoped caller named no partner: softphone ids
+    /// are per partner.
+    #[error(
+        "with [callout] a softphone id is its partner's: name the partner of softphone {0} (`partnerId`)"
+    )]
+    PartnerRequired(SoftphoneId),
+    /// With `[callout]`, the id is loaded in several of the caller's partners.
+    #[error(
+        "softphone {softphone} is loaded for several of this caller's partners ({partners}): name one (`partnerId`)"
+    )]
+    Ambiguous {
+        softphone: SoftphoneId,
+        partners: String,
+    },
     #[error("this Idempotency-Key was used for a different command to this softphone")]
     KeyReused,
     #[error("a request with this Idempotency-Key is still being published; retry shortly")]
@@ -46,11 +60,13 @@ impl DispatchError {
         match self {
             DispatchError::InvalidSoftphone(_)
             | DispatchError::InvalidIdempotencyKey(_)
-            | DispatchError::MalformedJson(_) => 400,
+            | DispatchError::MalformedJson(_)
+            | DispatchError::PartnerRequired(_) => 400,
             DispatchError::Forbidden(_) => 403,
             DispatchError::UnknownSoftphone(_) => 404,
             DispatchError::Offline { .. }
             | DispatchError::NoPartner(_)
+            | DispatchError::Ambiguous { .. }
             | DispatchError::KeyReused
             | DispatchError::InProgress => 409,
             DispatchError::Contract { .. } => 422,
@@ -69,6 +85,8 @@ impl DispatchError {
             DispatchError::Forbidden(_) => "forbidden",
             DispatchError::Offline { .. } => "softphone-offline",
             DispatchError::NoPartner(_) => "softphone-without-partner",
+            DispatchError::PartnerRequired(_) => "partner-required",
+            DispatchError::Ambiguous { .. } => "ambiguous-softphone",
             DispatchError::KeyReused => "idempotency-key-reused",
             DispatchError::InProgress => "in-progress",
             DispatchError::Unavailable(_) => "nats-unavailable",
@@ -85,6 +103,8 @@ impl DispatchError {
             DispatchError::Forbidden(_) => "Forbidden",
             DispatchError::Offline { .. } => "Softphone offline",
             DispatchError::NoPartner(_) => "Softphone without a partner",
+            DispatchError::PartnerRequired(_) => "Partner required",
+            DispatchError::Ambiguous { .. } => "Ambiguous softphone",
             DispatchError::KeyReused => "Idempotency-Key reused",
             DispatchError::InProgress => "In progress",
             DispatchError::Unavailable(_) => "NATS unavailable",

@@ -20,7 +20,7 @@ pub use settings::{CommandSettings, UnknownSoftphones, check as check_settings};
 use crate::command::{CommandPublisher, Recipient};
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
 use crate::metric;
-use crate::registry::{Entry, Registry};
+use crate::registry::{Entry, Phone, Registry};
 use idempotency::{Claim, Decision, Keys};
 
 /// Longest `Idempotency-Key` accepted, in bytes.
@@ -114,6 +114,7 @@ impl Dispatcher {
         &self,
         scope: Scope<'_>,
         softphone: &str,
+        partner: Option<&str>,
         body: &[u8],
         idempotency_key: Option<&str>,
         via: Via,
@@ -127,15 +128,21 @@ impl Dispatcher {
             ContractError::Invalid { field, reason } => DispatchError::Contract { field, reason },
             other => DispatchError::MalformedJson(other.to_string()),
         })?;
-        let entry = self.lookup(&softphone).await?;
+        let chosen = chosen(partner, callback.partner_id())?;
+        let (entry, candidate) = self.lookup(scope, &softphone, chosen.as_ref()).await?;
         if entry.is_none() && self.unknown == UnknownSoftphones::Reject {
             return Err(DispatchError::UnknownSoftphone(softphone));
         }
         authorise(scope, &softphone, entry.as_ref(), callback.partner_id())?;
+        // A softphone the registry does not know (`allow`) gets the command
+        // in the one partner's account it can be in, if there is one.
         let recipient = Recipient::bound(
             self.tenancy,
             &softphone,
-            entry.as_ref().and_then(|e| e.partner_id.as_ref()),
+            entry
+                .as_ref()
+                .and_then(|e| e.partner_id.as_ref())
+                .or(candidate.as_ref()),
         );
         recipient.subject().map_err(DispatchError::NoPartner)?;
         let now = OffsetDateTime::now_utc();
@@ -249,9 +256,11 @@ impl Dispatcher {
         &self,
         scope: Scope<'_>,
         softphone: &str,
+        partner: Option<&str>,
     ) -> Result<Entry, DispatchError> {
         let softphone = Self::softphone(softphone)?;
-        let entry = self.lookup(&softphone).await?;
+        let chosen = chosen(partner, None)?;
+        let (entry, _) = self.lookup(scope, &softphone, chosen.as_ref()).await?;
         let Some(entry) = entry else {
             return Err(DispatchError::UnknownSoftphone(softphone));
         };
@@ -259,15 +268,96 @@ impl Dispatcher {
         Ok(entry)
     }
 
-    async fn lookup(&self, softphone: &SoftphoneId) -> Result<Option<Entry>, DispatchError> {
+    /// What the registry knows of `softphone`. In the single account its one
+    /// entry. With `[callout]` a softphone id is its partner's: the entry in
+    /// the `chosen` partner, else in the one of the caller's partners that
+    /// has it (several: [`DispatchError::Ambiguous`]); an unscoped caller
+    /// must choose. Also the partner it can only be in, when there is one
+    /// (chosen, or the scope's only one), for a softphone the registry does
+    /// not know.
+    async fn lookup(
+        &self,
+        scope: Scope<'_>,
+        softphone: &SoftphoneId,
+        chosen: Option<&Guid>,
+    ) -> Result<(Option<Entry>, Option<Guid>), DispatchError> {
         // Fail fast: a disconnected client would wait out the request timeout.
         if self.client.connection_state() != State::Connected {
             return Err(DispatchError::Unavailable("not connected to NATS".into()));
         }
+        if !self.tenancy {
+            return Ok((self.entry(Phone::shared(softphone)).await?, None));
+        }
+        let partners: &[Guid] = match (chosen, scope) {
+            // Never a look at another partner's softphones.
+            (Some(chosen), Scope::Partners(allowed)) if !in_scope(allowed, chosen) => {
+                return Err(DispatchError::Forbidden(format!(
+                    "this token may not send commands for partner {chosen}"
+                )));
+            }
+            (Some(chosen), _) => std::slice::from_ref(chosen),
+            (None, Scope::Partners(partners)) => partners,
+            (None, Scope::All) => return Err(DispatchError::PartnerRequired(softphone.clone())),
+        };
+        let mut found = Vec::new();
+        for some in partners.chunks(LOOKUPS_AT_ONCE) {
+            let entries = futures::future::try_join_all(
+                some.iter()
+                    .map(|partner| self.entry(Phone::of(partner, softphone))),
+            )
+            .await?;
+            found.extend(entries.into_iter().flatten());
+        }
+        let only = match partners {
+            [only] => Some(only.clone()),
+            _ => None,
+        };
+        match found.len() {
+            0 | 1 => Ok((found.pop(), only)),
+            _ => Err(DispatchError::Ambiguous {
+                softphone: softphone.clone(),
+                partners: found
+                    .iter()
+                    .filter_map(|e| e.partner_id.as_ref().map(Guid::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn entry(&self, phone: Phone<'_>) -> Result<Option<Entry>, DispatchError> {
         self.registry
-            .get(softphone)
+            .get(phone)
             .await
             .map_err(|e| DispatchError::Unavailable(e.to_string()))
+    }
+}
+
+/// Registry reads one lookup makes at once, over a caller's partners.
+const LOOKUPS_AT_ONCE: usize = 32;
+
+/// The partner a caller chose for a softphone: the one it gave (`partnerId`
+/// beside the softphone id), else the one its command names; both must agree.
+fn chosen(given: Option<&str>, named: Option<&Guid>) -> Result<Option<Guid>, DispatchError> {
+    let given = given
+        .map(|raw| {
+            Guid::try_from(raw.to_owned()).map_err(|e| DispatchError::Contract {
+                field: "partnerId".into(),
+                reason: e.0,
+            })
+        })
+        .transpose()?;
+    match (given, named) {
+        (Some(given), Some(named)) if !given.as_str().eq_ignore_ascii_case(named.as_str()) => {
+            Err(DispatchError::Contract {
+                field: "partnerId".into(),
+                reason: format!("the command names partner {named}, not {given}"),
+            })
+        }
+        (Some(given), _) => Ok(Some(given)),
+        (None, named) => Ok(named.cloned()),
     }
 }
 

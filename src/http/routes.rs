@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -45,16 +45,26 @@ pub async fn authenticate(
     }
 }
 
+/// `?partnerId=`: which partner's softphone the path's id is (with
+/// `[callout]` a softphone id is its partner's).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chosen {
+    partner_id: Option<String>,
+}
+
 /// `POST /v1/softphones/{softphoneId}/commands`: 202 when published, 200 with
 /// the original answer for a repeated `Idempotency-Key`.
 pub async fn post_command(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
+    chosen: Result<Query<Chosen>, QueryRejection>,
     headers: HeaderMap,
     request: Request,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let token = caller(&state, &request)?;
     let softphone = path(softphone)?;
+    let chosen = query(chosen)?;
     if !is_json(&headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
@@ -68,7 +78,14 @@ pub async fn post_command(
     tracing::debug!(token = %token.name, softphone = %softphone, "Command request.");
     let accepted = state
         .dispatcher
-        .dispatch(token.scope(), &softphone, &body, key, Via::Http)
+        .dispatch(
+            token.scope(),
+            &softphone,
+            chosen.partner_id.as_deref(),
+            &body,
+            key,
+            Via::Http,
+        )
         .await?;
     let status = if accepted.duplicate {
         StatusCode::OK
@@ -82,13 +99,28 @@ pub async fn post_command(
 pub async fn get_softphone(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
+    chosen: Result<Query<Chosen>, QueryRejection>,
     request: Request,
 ) -> Result<Json<Entry>, ApiError> {
     let token = caller(&state, &request)?;
     let softphone = path(softphone)?;
+    let chosen = query(chosen)?;
     Ok(Json(
-        state.dispatcher.describe(token.scope(), &softphone).await?,
+        state
+            .dispatcher
+            .describe(token.scope(), &softphone, chosen.partner_id.as_deref())
+            .await?,
     ))
+}
+
+/// The query string, or a 400 naming what is wrong with it.
+fn query(chosen: Result<Query<Chosen>, QueryRejection>) -> Result<Chosen, DispatchError> {
+    chosen
+        .map(|Query(chosen)| chosen)
+        .map_err(|e| DispatchError::Contract {
+            field: "partnerId".into(),
+            reason: e.body_text(),
+        })
 }
 
 fn caller<'a>(state: &'a AppState, request: &Request) -> Result<&'a Token, ApiError> {

@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::broker::{self, FirstConnect};
 use crate::config::Settings;
+use crate::contract::tenant::LOGIN_HEADER;
 use crate::contract::{
     DLQ_STREAM, EVENTS_STREAM, EventKind, SUBJECT_ROOT, dlq_header, dlq_subject, event_subject,
     replay_header, replay_subject,
@@ -432,12 +433,15 @@ async fn replay(
         let mut headers = HeaderMap::new();
         headers.insert(replay_header::EVENT_ID, event_id.as_str());
         headers.insert(replay_header::PUBLISHED, published.as_str());
+        if let Some(login) = letter.header(LOGIN_HEADER) {
+            headers.insert(LOGIN_HEADER, login);
+        }
         let publish = PublishMessage::build()
             .payload(letter.body.clone())
             .headers(headers)
             .message_id(format!("replay:{seq}:{event_id}"));
         // Only the bridge may publish on a replay subject, so only there are
-        // the original id headers (and a partner's subject) believed.
+        // the original id headers (and a partner's subject and login) believed.
         let acked = async { js.send_publish(on.clone(), publish).await?.await }.await;
         if let Err(e) = acked {
             bar.suspend(|| eprintln!("failed {seq}: cannot publish on {on}: {e}"));

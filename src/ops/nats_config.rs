@@ -251,9 +251,12 @@ mod tests {
             assert!(conf.contains(&format!("  \"{partner}\" {{")), "{conf}");
             for (shared, local) in [
                 (format!("softphone.p.{partner}.call.>"), "softphone.call.>"),
-                (format!("softphone.p.{partner}.loaded"), "softphone.loaded"),
                 (
-                    format!("softphone.p.{partner}.agent.>"),
+                    format!("softphone.p.{partner}.vouch.loaded"),
+                    "softphone.loaded",
+                ),
+                (
+                    format!("softphone.p.{partner}.vouch.agent.>"),
                     "softphone.agent.>",
                 ),
                 (format!("softphone.p.{partner}.load"), "softphone.load"),
@@ -262,13 +265,13 @@ mod tests {
                     "softphone.heartbeat.>",
                 ),
             ] {
-                // The bridge reads who sent a `load` or a heartbeat; a stream
-                // would drop the header of an event.
-                let share = if local == "softphone.load" || local.starts_with("softphone.heartbeat")
-                {
-                    ", share: true"
-                } else {
+                // The bridge reads who sent a `load`, a heartbeat, or an
+                // event through the door; a stream would drop the header of
+                // an event stored straight.
+                let share = if local == "softphone.call.>" {
                     ""
+                } else {
+                    ", share: true"
                 };
                 let line = format!(
                     "{{ service: {{ account: \"SOFTPHONE\", subject: \"{shared}\" }}, to: \"{local}\"{share} }}"

@@ -34,7 +34,7 @@ use crate::config::Settings;
 use crate::contract::{EVENTS_STREAM, Event, Guid, LaneTarget};
 use crate::ops::console::{self, parse_when};
 use crate::ops::scan::{Scan, Stored};
-use crate::pipeline::{Delivery, lane_copy};
+use crate::pipeline::{Delivery, lane_copy, vouched};
 
 /// Copies awaiting their publish acks at most.
 const IN_FLIGHT: usize = 64;
@@ -87,10 +87,12 @@ impl ReplayArgs {
 
     /// The connection `event` is replayed through, `None` when the
     /// selection leaves it out.
-    fn target<'a>(&'a self, settings: &'a Settings, event: &Event) -> Option<&'a str> {
-        let routed = settings.connection_for(event.partner_id());
-        if let Some(partner) = &self.partner
-            && event.partner_id() != Some(partner)
+    /// `partner` is the event's: the one the server vouched for, else the
+    /// one its body names (as the intake routes it).
+    fn target<'a>(&'a self, settings: &'a Settings, partner: Option<&Guid>) -> Option<&'a str> {
+        let routed = settings.connection_for(partner);
+        if let Some(chosen) = &self.partner
+            && partner != Some(chosen)
         {
             return None;
         }
@@ -227,23 +229,26 @@ async fn run(
             tally.failed += 1;
             continue;
         };
-        // What the intake dead-letters (an invalid id or body) is not replayed.
+        // What the intake dead-letters (an invalid id or body, a mismatch
+        // with what the server vouched for) is not replayed.
         let decoded = delivery
             .kind
             .filter(|_| delivery.invalid_id.is_none())
-            .and_then(|kind| Event::decode(kind, &message.payload).ok());
+            .and_then(|kind| Event::decode(kind, &message.payload).ok())
+            .and_then(|event| vouched(&delivery, event).ok());
         let Some(event) = decoded else {
             tally.invalid += 1;
             continue;
         };
-        let Some(connection) = args.target(settings, &event) else {
+        let partner = delivery.partner.as_ref().or(event.partner_id());
+        let Some(connection) = args.target(settings, partner) else {
             tally.filtered_out += 1;
             continue;
         };
         match pass {
             Pass::Count => *tally.replayed.entry(connection.to_owned()).or_default() += 1,
             Pass::DryRun => {
-                let partner = event.partner_id().map_or("-", |p| p.as_str());
+                let partner = partner.map_or("-", |p| p.as_str());
                 bar.suspend(|| {
                     if args.json {
                         let line = serde_json::json!({
@@ -251,7 +256,7 @@ async fn run(
                             "time": time.format(&Rfc3339).unwrap_or_default(),
                             "subject": delivery.subject,
                             "event_id": delivery.id,
-                            "partner": event.partner_id(),
+                            "partner": partner,
                             "connection": connection,
                         });
                         writeln!(out, "{line}")
@@ -405,8 +410,8 @@ crm = "b"
         let target = |partner, connection| {
             let args = args(partner, connection);
             [
-                args.target(&settings, &a).map(str::to_owned),
-                args.target(&settings, &b).map(str::to_owned),
+                args.target(&settings, a.partner_id()).map(str::to_owned),
+                args.target(&settings, b.partner_id()).map(str::to_owned),
             ]
         };
         let some = |name: &str| Some(name.to_owned());

@@ -5,6 +5,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishError, message::PublishMessage};
 
 use super::outcome;
+use crate::contract::tenant::LOGIN_HEADER;
 use crate::contract::{dlq_header, dlq_subject};
 
 /// Where a dead-lettered event came from.
@@ -15,6 +16,9 @@ pub struct Origin<'a> {
     pub event_id: &'a str,
     /// When `SOFTPHONE_EVENTS` stored it, when known.
     pub published: Option<time::OffsetDateTime>,
+    /// The login the door stored a partner's event with, kept (as
+    /// [`LOGIN_HEADER`]) so that `dlq replay` stores it with it again.
+    pub login: Option<&'a str>,
 }
 
 /// Header values are one line; NATS headers are not the place for a novel.
@@ -50,6 +54,9 @@ pub async fn publish(
         origin.delivered.to_string().as_str(),
     );
     headers.insert(dlq_header::EVENT_ID, origin.event_id);
+    if let Some(login) = origin.login {
+        headers.insert(LOGIN_HEADER, login);
+    }
     if let Some(at) = origin.published.and_then(|at| {
         at.format(&time::format_description::well_known::Rfc3339)
             .ok()

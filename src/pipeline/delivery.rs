@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::dead_letter;
 use super::outcome::{self, Outcome};
+use crate::contract::tenant::LOGIN_HEADER;
 use crate::contract::{EventKind, check_event_id, event_subject, lane_header, replay_header};
 use crate::metric;
 
@@ -33,8 +34,12 @@ pub(crate) struct Delivery {
     /// The event, from its subject (a replay's too).
     pub kind: Option<EventKind>,
     /// The partner the server vouches for (the publisher's account), from a
-    /// partner's subject at the intake; `None` elsewhere.
+    /// partner's subject (at a lane, the one its copy says it was first
+    /// published on); `None` in the single account.
     pub partner: Option<crate::contract::Guid>,
+    /// On a partner's subject at the intake: the login the door stored the
+    /// event with ([`LOGIN_HEADER`], the server's word on who sent it).
+    pub login: Option<String>,
     /// Why the publisher's `Nats-Msg-Id` cannot be an event id, if it cannot
     /// (the event is then dead-lettered at the intake under `seq:<sequence>`).
     pub invalid_id: Option<String>,
@@ -77,11 +82,16 @@ impl Delivery {
             &copy_key,
             info.published,
         );
+        let partner = parsed.as_ref().and_then(|s| s.partner.clone());
         Ok(Self {
             id,
             copy_key,
             kind: parsed.as_ref().map(|s| s.kind),
-            partner: parsed.as_ref().and_then(|s| s.partner.clone()),
+            login: partner
+                .as_ref()
+                .and_then(|_| header(message, LOGIN_HEADER))
+                .map(str::to_owned),
+            partner,
             subject: parsed.map_or_else(|| message.subject.to_string(), |s| s.original),
             sequence,
             published,
@@ -113,18 +123,20 @@ impl Delivery {
             || format!("lane-seq:{}", info.stream_sequence),
             str::to_owned,
         );
+        let subject = header(message, lane_header::SUBJECT)
+            .map_or_else(|| message.subject.to_string(), str::to_owned);
         Ok(Self {
             copy_key: id.clone(),
             id,
-            subject: header(message, lane_header::SUBJECT)
-                .map_or_else(|| message.subject.to_string(), str::to_owned),
+            partner: event_subject(&subject).and_then(|s| s.partner),
+            subject,
             sequence,
             published,
             delivered: info.delivered.max(1) as u32,
             attempts: info.delivered.max(1) as u32,
             consumer_key: info.stream_sequence,
             kind,
-            partner: None,
+            login: None,
             invalid_id: None,
             stage: "lane",
             lane: Some(lane.to_owned()),
@@ -152,6 +164,7 @@ impl Delivery {
             consumer_key: sequence,
             kind: parsed.as_ref().map(|s| s.kind),
             partner: parsed.and_then(|s| s.partner),
+            login: None,
             invalid_id: None,
             stage: "intake",
             lane: None,
@@ -173,6 +186,7 @@ impl Delivery {
             consumer_key: 0,
             kind: None,
             partner: None,
+            login: None,
             invalid_id: None,
             stage,
             lane: None,
@@ -215,6 +229,7 @@ impl Delivery {
                     delivered: self.attempts,
                     event_id: &self.id,
                     published: (!self.read_raw).then_some(self.published),
+                    login: self.login.as_deref(),
                 };
                 let copied =
                     dead_letter::publish(js, &origin, original.body(), reason, detail.as_deref())

@@ -278,19 +278,37 @@ impl Stage for Intake {
 }
 
 /// `event`, unless it names another partner than the one the server vouches
-/// for (the account it was published from): then a `partner mismatch`,
-/// counted, which reaches no CRM.
-fn vouched(delivery: &Delivery, event: Event) -> Result<Event, HandleError> {
-    match (&delivery.partner, event.partner_id()) {
-        (Some(vouched), Some(named)) if vouched != named => {
-            metrics::counter!(metric::PARTNER_MISMATCHES, "type" => event.kind().name())
-                .increment(1);
-            Err(HandleError::PartnerMismatch(format!(
-                "the body names partner {named}; it was published from partner {vouched}'s account"
-            )))
-        }
-        _ => Ok(event),
+/// for (the account it was published from): then a `partner mismatch`; or,
+/// a partner's `loaded` or `agent.status_changed`, it is about another
+/// softphone than the login the door stored it with (or came without one):
+/// then a `softphone mismatch`. Counted; neither reaches a CRM.
+pub(crate) fn vouched(delivery: &Delivery, event: Event) -> Result<Event, HandleError> {
+    let Some(vouched) = &delivery.partner else {
+        return Ok(event);
+    };
+    let kind = event.kind().name();
+    if let Some(named) = event.partner_id().filter(|named| *named != vouched) {
+        metrics::counter!(metric::PARTNER_MISMATCHES, "type" => kind).increment(1);
+        return Err(HandleError::PartnerMismatch(format!(
+            "the body names partner {named}; it was published from partner {vouched}'s account"
+        )));
     }
+    let about = match &event {
+        Event::Loaded(loaded) => Some(&loaded.softphone_id),
+        Event::AgentStatusChanged(changed) => changed.instance_id.as_ref(),
+        _ => return Ok(event),
+    };
+    let mismatch = match (&delivery.login, about) {
+        (None, _) => format!(
+            "it came on partner {vouched}'s subject without the login the server vouched sent it; a partner's `{kind}` is stored through the door (softphone.p.<partnerId>.vouch.{kind}: re-render the NATS configuration)"
+        ),
+        (Some(login), Some(about)) if login != about.as_str() => format!(
+            "the body is about softphone {about}; it was published by softphone {login}'s login"
+        ),
+        _ => return Ok(event),
+    };
+    metrics::counter!(metric::SOFTPHONE_MISMATCHES, "type" => kind).increment(1);
+    Err(HandleError::SoftphoneMismatch(mismatch))
 }
 
 /// A valid event's copy for a lane: its body verbatim, with the headers that

@@ -107,6 +107,7 @@ impl<W: Work> Lane<W> {
             raw: message.payload.clone(),
             published: delivery.published,
             sequence: delivery.sequence,
+            vouched: delivery.partner.clone(),
         })
     }
 

@@ -49,7 +49,7 @@ use crate::crm::Connections;
 
 pub(crate) use delivery::Delivery;
 pub use gate::{Circuit, GateView, Gates};
-pub(crate) use intake::lane_copy;
+pub(crate) use intake::{lane_copy, vouched};
 pub use outcome::{HandleError, Outcome, decide};
 pub use settings::LaneSettings;
 pub use settings::WorkerSettings;

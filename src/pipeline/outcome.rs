@@ -81,6 +81,10 @@ pub enum HandleError {
     /// The body names another partner than the account it was published from.
     #[error("partner mismatch: {0}")]
     PartnerMismatch(String),
+    /// A partner's `loaded` or `agent.status_changed` about another softphone
+    /// than the login the server vouches sent it, or without that login.
+    #[error("softphone mismatch: {0}")]
+    SoftphoneMismatch(String),
 }
 
 /// JetStream's answers that refuse a message for what it is: message size
@@ -130,10 +134,17 @@ pub fn decide(
                 detail: None,
             };
         }
-        // A body that claims another partner than the server vouches for.
+        // A body that claims another partner, or another softphone, than
+        // the server vouches for.
         Err(HandleError::PartnerMismatch(detail)) => {
             return Outcome::DeadLetter {
                 reason: "partner mismatch".into(),
+                detail: Some(detail),
+            };
+        }
+        Err(HandleError::SoftphoneMismatch(detail)) => {
+            return Outcome::DeadLetter {
+                reason: "softphone mismatch".into(),
                 detail: Some(detail),
             };
         }

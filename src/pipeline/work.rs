@@ -10,7 +10,7 @@ use super::lane::Work;
 use super::outcome::HandleError;
 use crate::command::CommandPublisher;
 use crate::config::Settings;
-use crate::contract::Event;
+use crate::contract::{Event, Loaded};
 use crate::crm::{Connections, Crm, CrmError, CrmEvent};
 use crate::registry::Registry;
 use crate::{load, metric};
@@ -86,8 +86,17 @@ impl Work for SoftphoneWork {
         Box::pin(async move {
             match &event.event {
                 Event::Loaded(loaded) => {
+                    let vouched = event.vouched.as_ref();
                     // The registry first: the command API may authorise this softphone at once.
-                    self.registry.loaded(loaded, event.published).await?;
+                    self.registry
+                        .loaded(loaded, vouched, event.published)
+                        .await?;
+                    // Answered as its partner's: the one the server vouches
+                    // for (the body names no other), else the one it names.
+                    let loaded = &Loaded {
+                        partner_id: event.partner().cloned(),
+                        ..loaded.clone()
+                    };
                     // The connection the intake routed the event to (copies
                     // made before it said so: decided as it would).
                     let crm = match routed_to {
@@ -116,7 +125,7 @@ impl Work for SoftphoneWork {
                 }
                 Event::AgentStatusChanged(changed) => {
                     self.registry
-                        .status_changed(changed, event.published)
+                        .status_changed(changed, event.vouched.as_ref(), event.published)
                         .await?;
                 }
                 // The intake routes nothing else here.

@@ -93,7 +93,7 @@ async fn a_status_change_without_an_instance_touches_no_entry() {
 #[tokio::test]
 async fn concurrent_writers_on_one_entry_lose_nothing() {
     use softphone_bridge::contract::{AgentStatusChanged, Loaded};
-    use softphone_bridge::registry::Registry;
+    use softphone_bridge::registry::{Phone, Registry};
 
     let nats = start_nats().await;
     let settings = http_settings(&nats.url);
@@ -127,9 +127,14 @@ async fn concurrent_writers_on_one_entry_lose_nothing() {
             partner_id: None,
         };
         let when = at(i as i64 + 1);
-        async move { registry.status_changed(&event, when).await.map(|_| ()) }
+        async move {
+            registry
+                .status_changed(&event, None, when)
+                .await
+                .map(|_| ())
+        }
     });
-    let load = async { replicas[1].loaded(&loaded, at(0)).await.map(|_| ()) };
+    let load = async { replicas[1].loaded(&loaded, None, at(0)).await.map(|_| ()) };
     let (statuses_written, load_written) = tokio::join!(futures::future::join_all(writes), load);
     load_written.expect("the load is recorded");
     for written in statuses_written {
@@ -137,7 +142,7 @@ async fn concurrent_writers_on_one_entry_lose_nothing() {
     }
 
     let entry = replicas[0]
-        .get(&"agent-x".parse().unwrap())
+        .get(Phone::shared(&"agent-x".parse().unwrap()))
         .await
         .unwrap()
         .expect("an entry");

@@ -48,6 +48,7 @@ fn event(kind: EventKind, conversation: &str, extra: &str, at: i64) -> CrmEvent 
         raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
         published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
         sequence: at as u64,
+        vouched: None,
     }
 }
 

@@ -51,12 +51,34 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
         assert_eq!(message.payload, body.as_bytes());
         softphone.refused_nothing();
     }
-    // `loaded`, status changes, heartbeats and `load` requests cross too.
-    let loaded = json!({"softphoneId": "agent-7", "partnerId": A});
-    a7.store("softphone.loaded", loaded.to_string())
+    // `loaded` and status changes cross to their door (src/door.rs), with
+    // the server's word on who sent them; heartbeats and `load` requests cross too.
+    let mut doors = tenancy
+        .bridge
+        .subscribe("softphone.p.*.vouch.>")
         .await
-        .expect("loaded is stored");
-    stored(&tenancy.bridge, &format!("softphone.p.{A}.loaded")).await;
+        .unwrap();
+    tenancy.bridge_round_trip().await;
+    for (subject, rest) in [
+        ("softphone.loaded", "loaded"),
+        ("softphone.agent.status_changed", "agent.status_changed"),
+    ] {
+        a7.client.publish(subject, "{}".into()).await.unwrap();
+        let door = tokio::time::timeout(PATIENCE, doors.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            door.subject.as_str(),
+            format!("softphone.p.{A}.vouch.{rest}")
+        );
+        let vouched =
+            softphone_bridge::contract::tenant::vouched_publisher(door.headers.as_ref()).unwrap();
+        assert_eq!(
+            (vouched.account.as_str(), vouched.user.as_str()),
+            (A, "agent-7")
+        );
+    }
     let mut beats = tenancy
         .bridge
         .subscribe(format!("softphone.p.{A}.heartbeat.*"))

@@ -9,9 +9,9 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use softphone_bridge::Application;
-use softphone_bridge::contract::tenant::{REQUEST_INFO_HEADER, vouched_publisher};
-use softphone_bridge::contract::{EVENTS_STREAM, Loaded, SoftphoneId};
-use softphone_bridge::registry::{Entry, Registry};
+use softphone_bridge::contract::tenant::{LOGIN_HEADER, REQUEST_INFO_HEADER, vouched_publisher};
+use softphone_bridge::contract::{EVENTS_STREAM, Guid, Loaded, SoftphoneId};
+use softphone_bridge::registry::{Entry, Phone, Registry};
 
 use crate::helpers::*;
 
@@ -167,19 +167,25 @@ impl App {
         App { registry, stop }
     }
 
-    /// Binds `softphone` to `partner` (`None`: to none) as a `loaded` at `at`
-    /// does (the intake's part: deploy/tenancy.md).
-    async fn loaded(&self, softphone: &str, partner: Option<&str>, at: time::OffsetDateTime) {
+    /// Records `partner`'s `softphone` as a `loaded` from its account at
+    /// `at` does (the softphone lane's part: deploy/tenancy.md).
+    async fn loaded(&self, softphone: &str, partner: &str, at: time::OffsetDateTime) {
         let loaded = Loaded {
             softphone_id: softphone.parse().unwrap(),
-            partner_id: partner.map(|p| p.parse().unwrap()),
+            partner_id: None,
         };
-        self.registry.loaded(&loaded, at).await.unwrap();
+        let partner: Guid = partner.parse().unwrap();
+        self.registry
+            .loaded(&loaded, Some(&partner), at)
+            .await
+            .unwrap();
     }
 
-    async fn entry(&self, softphone: &str) -> Option<Entry> {
+    /// `partner`'s entry of `softphone`.
+    async fn entry(&self, softphone: &str, partner: &str) -> Option<Entry> {
         let id: SoftphoneId = softphone.parse().unwrap();
-        self.registry.get(&id).await.unwrap()
+        let partner: Guid = partner.parse().unwrap();
+        self.registry.get(Phone::of(&partner, &id)).await.unwrap()
     }
 }
 
@@ -220,10 +226,10 @@ async fn a_crm_command_reaches_its_partners_softphone_over_websocket_and_tcp_and
     let crm_a = crm(&tenancy, "crm-a", &[A]).await;
     let app = App::start(&tenancy, &crm_a).await;
     let now = time::OffsetDateTime::now_utc();
-    app.loaded("agent-7", Some(A), now).await;
-    app.loaded("agent-9", Some(A), now).await;
-    app.loaded("agent-8", Some(B), now).await;
-    app.loaded("agent-3", None, now).await;
+    app.loaded("agent-7", A, now).await;
+    app.loaded("agent-9", A, now).await;
+    app.loaded("agent-8", B, now).await;
+    app.loaded("agent-7", B, now).await;
     // A's agent-7 over WebSocket, A's agent-9 over TCP; B has an agent-7 too.
     let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
         .await
@@ -286,21 +292,27 @@ async fn a_crm_command_reaches_its_partners_softphone_over_websocket_and_tcp_and
         .refused("publish", &format!("softphone.p.{B}.api.command"))
         .await;
     nothing_more(&b8, b8_commands).await;
-    // A softphone bound to no partner has no account to be commanded in.
-    let (code, problem) = ask(
-        &tenancy.bridge,
-        softphone_bridge::contract::API_COMMAND_SUBJECT.to_owned(),
-        presence("agent-3"),
-    )
-    .await;
-    assert_eq!(code, Some(409), "{problem}");
+    // Two partners' agent-7 are two softphones: a caller of every partner
+    // (the bridge's own subject) must say whose, and reaches only that one.
+    let own = softphone_bridge::contract::API_COMMAND_SUBJECT.to_owned();
+    let (code, problem) = ask(&tenancy.bridge, own.clone(), presence("agent-7")).await;
+    assert_eq!(code, Some(400), "{problem}");
     assert!(
         problem["type"]
             .as_str()
             .unwrap()
-            .ends_with("softphone-without-partner"),
+            .ends_with("partner-required"),
         "{problem}"
     );
+    let mut to_b = presence("agent-7");
+    to_b["partnerId"] = json!(B);
+    let (code, accepted) = ask(&tenancy.bridge, own, to_b).await;
+    assert_eq!(code, None, "{accepted}");
+    let (message, body, _) = next_command_body(b7_commands).await;
+    assert_eq!(message.subject.as_str(), "softphone.cmd.agent-7");
+    assert_eq!(body["type"], "update_presence");
+    tenancy.bridge_round_trip().await;
+    nothing_more(&a7, a7_commands).await;
     for softphone in [&a7, &a9, &b7, &b8] {
         softphone.refused_nothing();
     }
@@ -347,7 +359,7 @@ async fn heartbeats_on_partners_subjects_refresh_only_that_partners_own_softphon
     let app = App::start(&tenancy, &crm_a).await;
     let earlier = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
     for softphone in ["agent-7", "agent-8", "agent-9"] {
-        app.loaded(softphone, Some(A), earlier).await;
+        app.loaded(softphone, A, earlier).await;
     }
     let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
         .await
@@ -366,7 +378,7 @@ async fn heartbeats_on_partners_subjects_refresh_only_that_partners_own_softphon
     // The listener is there once a beat of A's agent-9 is recorded.
     eventually("agent-9's heartbeat to be recorded", || async {
         beat(&a9).await;
-        let entry = app.entry("agent-9").await?;
+        let entry = app.entry("agent-9", A).await?;
         (entry.last_seen > earlier).then_some(())
     })
     .await;
@@ -377,22 +389,165 @@ async fn heartbeats_on_partners_subjects_refresh_only_that_partners_own_softphon
     b5.round_trip().await;
     beat(&a7).await;
     let a7_entry = eventually("agent-7's heartbeat to be recorded", || async {
-        app.entry("agent-7").await.filter(|e| e.last_seen > earlier)
+        app.entry("agent-7", A)
+            .await
+            .filter(|e| e.last_seen > earlier)
     })
     .await;
     assert_eq!(a7_entry.partner_id.unwrap().as_str(), A);
-    let a8 = app.entry("agent-8").await.unwrap();
+    let a8 = app.entry("agent-8", A).await.unwrap();
     assert_eq!(
         Some(a8.last_seen),
         a8.loaded_at,
         "B's heartbeat touched A's agent-8"
     );
     assert_eq!(a8.partner_id.unwrap().as_str(), A);
-    assert!(
-        app.entry("agent-5").await.is_none(),
-        "a heartbeat bound agent-5"
-    );
+    for (softphone, partner) in [("agent-5", B), ("agent-8", B)] {
+        assert!(
+            app.entry(softphone, partner).await.is_none(),
+            "a heartbeat made {softphone} B's"
+        );
+    }
     for login in [&a7, &a9, &b8, &b5] {
         login.refused_nothing();
     }
+}
+
+/// The dead letter `SOFTPHONE_DLQ` holds for `subject` after `after` (a
+/// stream sequence), once it holds one.
+async fn dead_letter(
+    bridge: &async_nats::Client,
+    subject: String,
+    after: u64,
+) -> jetstream::message::StreamMessage {
+    let dlq = jetstream::new(bridge.clone())
+        .get_stream(softphone_bridge::contract::DLQ_STREAM)
+        .await
+        .unwrap();
+    eventually(&format!("a dead letter on {subject}"), || async {
+        dlq.get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()
+            .filter(|m| m.sequence > after)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_partners_loaded_and_status_changes_carry_the_login_the_server_vouches_for() {
+    let tenancy = Tenancy::start(&[A, B], 1).await;
+    let crm_a = crm(&tenancy, "crm-a", &[A]).await;
+    let app = App::start(&tenancy, &crm_a).await;
+    // A's agent-7 over WebSocket; B has an agent-7 too.
+    let a7 = Login::softphone(&tenancy.ws_url, "agent-7", A)
+        .await
+        .unwrap();
+    let b7 = Login::softphone(&tenancy.url, "agent-7", B).await.unwrap();
+    let mut a7_commands = a7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
+    let mut b7_commands = b7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
+    a7.round_trip().await;
+    b7.round_trip().await;
+
+    // Its own `loaded`, naming no partner: an ordinary JetStream publish to
+    // the softphone, stored through the door with its login, recorded as
+    // A's agent-7 and answered in A's account only.
+    let ack = a7
+        .store(
+            "softphone.loaded",
+            json!({"softphoneId": "agent-7"}).to_string(),
+        )
+        .await
+        .expect("the door passes the stream's ack back");
+    assert_eq!(ack.stream, EVENTS_STREAM);
+    let js = jetstream::new(tenancy.bridge.clone());
+    let stored = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .get_raw_message(ack.sequence)
+        .await
+        .unwrap();
+    assert_eq!(stored.subject.as_str(), format!("softphone.p.{A}.loaded"));
+    assert_eq!(
+        stored.headers.get(LOGIN_HEADER).unwrap().as_str(),
+        "agent-7"
+    );
+    let mut callback = async || -> Value {
+        serde_json::from_slice(&next(&mut a7_commands).await.payload).unwrap()
+    };
+    assert_eq!(callback().await["type"], "disposition");
+    let config = callback().await;
+    assert_eq!(config["type"], "partner_config");
+    assert_eq!(config["payload"]["partnerId"], A);
+    let entry = eventually("A's agent-7 in the registry", || async {
+        app.entry("agent-7", A).await
+    })
+    .await;
+    assert_eq!(entry.partner_id.unwrap().as_str(), A);
+    assert!(
+        app.entry("agent-7", B).await.is_none(),
+        "B's agent-7 was claimed"
+    );
+
+    // A `loaded` or a status change about another softphone, even with a
+    // login header of the client's own making: stored, then dead-lettered
+    // `softphone mismatch` with the login that sent it, and counted.
+    let mut forged = HeaderMap::new();
+    forged.insert(LOGIN_HEADER, "agent-9");
+    let claims = [
+        ("loaded", json!({"softphoneId": "agent-9"})),
+        (
+            "agent.status_changed",
+            json!({"softphoneId": "9b2f3c4d-1e2f-4a5b-8c9d-0e1f2a3b4c5d", "instanceId": "agent-9"}),
+        ),
+    ];
+    let before = js
+        .get_stream(softphone_bridge::contract::DLQ_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    for (event, body) in claims {
+        jetstream::new(a7.client.clone())
+            .publish_with_headers(
+                format!("softphone.{event}"),
+                forged.clone(),
+                body.to_string().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .expect("the claim is stored");
+        let dead = dead_letter(
+            &tenancy.bridge,
+            format!("softphone.dlq.p.{A}.{event}"),
+            before,
+        )
+        .await;
+        let header = |name: &str| dead.headers.get(name).unwrap().as_str().to_owned();
+        assert_eq!(header("Softphone-Dlq-Reason"), "softphone mismatch");
+        let detail = header("Softphone-Dlq-Detail");
+        assert!(
+            detail.contains("agent-9") && detail.contains("agent-7"),
+            "{detail}"
+        );
+        assert_eq!(header(LOGIN_HEADER), "agent-7");
+    }
+    assert!(
+        app.entry("agent-9", A).await.is_none(),
+        "agent-9 was claimed"
+    );
+    let metrics = softphone_bridge::metric::handle().render();
+    assert!(
+        metrics.contains(r#"softphone_bridge_softphone_mismatches_total{type="loaded"}"#),
+        "{metrics}"
+    );
+    tenancy.bridge_round_trip().await;
+    nothing_more(&b7, &mut b7_commands).await;
+    nothing_more(&a7, &mut a7_commands).await;
+    a7.refused_nothing();
+    b7.refused_nothing();
 }

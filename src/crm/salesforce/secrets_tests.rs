@@ -37,6 +37,7 @@ fn event() -> CrmEvent {
         raw: bytes::Bytes::copy_from_slice(body.as_ref()),
         published: time::OffsetDateTime::UNIX_EPOCH,
         sequence: 1,
+        vouched: None,
     }
 }
 

@@ -68,5 +68,6 @@ pub fn crm_event(
         raw: bytes::Bytes::copy_from_slice(body.as_bytes()),
         published: time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_800_000_000 + at),
         sequence,
+        vouched: None,
     }
 }
