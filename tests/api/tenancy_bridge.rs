@@ -136,8 +136,14 @@ async fn the_server_vouches_for_the_publishers_login_and_a_client_cannot_forge_i
 /// heartbeat listener and callout; stopped when dropped.
 struct App {
     registry: Registry,
+    /// Its HTTP command API: [`TOKEN`] (every partner), [`PARTNER_TOKEN`]
+    /// (A) and [`AB_TOKEN`] (A and B).
+    http: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
 }
+
+/// An HTTP token of partners A and B.
+const AB_TOKEN: &str = "test-token-partners-a-and-b";
 
 impl Drop for App {
     fn drop(&mut self) {
@@ -151,10 +157,16 @@ impl App {
     async fn start(tenancy: &Tenancy, crm: &Login) -> App {
         let mut settings = tenancy.settings.clone();
         settings.nats.url = tenancy.url.clone();
+        serve_http(&mut settings);
+        settings
+            .http
+            .tokens
+            .push(token_settings("crm-ab", AB_TOKEN, Some(vec![A, B])));
         let registry = Registry::new(jetstream::new(tenancy.bridge.clone()), &settings.registry);
         let app = Application::build(settings)
             .await
             .expect("the bridge builds");
+        let http = app.http_addr().expect("an HTTP listener");
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(app.run_until(stop.clone()));
         eventually("the bridge's service to answer", || async {
@@ -164,7 +176,11 @@ impl App {
                 .ok()
         })
         .await;
-        App { registry, stop }
+        App {
+            registry,
+            http,
+            stop,
+        }
     }
 
     /// Records `partner`'s `softphone` as a `loaded` from its account at
@@ -189,6 +205,20 @@ impl App {
     }
 }
 
+/// `GET /v1/softphones/{softphone}` (`?partnerId=`) with `token`: the status
+/// and the entry or problem.
+async fn describe(app: &App, token: &str, softphone: &str, partner: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .get(format!("http://{}/v1/softphones/{softphone}", app.http))
+        .bearer_auth(token);
+    if let Some(partner) = partner {
+        request = request.query(&[("partnerId", partner)]);
+    }
+    let response = request.send().await.expect("the API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
 /// A CRM login of `partners`, over TCP.
 async fn crm(tenancy: &Tenancy, name: &str, partners: &[&str]) -> Login {
     let token = Tenancy::token(json!({
@@ -208,6 +238,11 @@ async fn ask(client: &async_nats::Client, subject: String, body: Value) -> (Opti
 
 fn presence(softphone: &str) -> Value {
     json!({"softphoneId": softphone, "type": "update_presence", "payload": {"softphoneId": SEGMENT}})
+}
+
+/// The same command as the HTTP route takes it (the softphone in the path).
+fn presence_command() -> Value {
+    json!({"type": "update_presence", "payload": {"softphoneId": SEGMENT}})
 }
 
 /// Nothing more has reached `commands` once its client has had a round trip.
@@ -550,4 +585,101 @@ async fn a_partners_loaded_and_status_changes_carry_the_login_the_server_vouches
     nothing_more(&a7, &mut a7_commands).await;
     a7.refused_nothing();
     b7.refused_nothing();
+}
+
+#[tokio::test]
+async fn over_http_a_softphone_id_is_its_partners_and_a_caller_of_several_chooses() {
+    let tenancy = Tenancy::start(&[A, B], 1).await;
+    let crm_a = crm(&tenancy, "crm-a", &[A]).await;
+    let app = App::start(&tenancy, &crm_a).await;
+    let now = time::OffsetDateTime::now_utc();
+    app.loaded("agent-7", A, now).await;
+    app.loaded("agent-7", B, now).await;
+    app.loaded("agent-8", B, now).await;
+    let partner = |(status, entry): (u16, Value)| {
+        assert_eq!(status, 200, "{entry}");
+        entry["partnerId"].as_str().unwrap().to_owned()
+    };
+    let refused = |(status, problem): (u16, Value), code: u16, slug: &str| {
+        assert_eq!(status, code, "{problem}");
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(slug),
+            "{problem}"
+        );
+    };
+    // A token of one partner sees its own agent-7; of every partner, it
+    // must choose; of A and B, it must choose where both have one.
+    assert_eq!(
+        partner(describe(&app, PARTNER_TOKEN, "agent-7", None).await),
+        A
+    );
+    refused(
+        describe(&app, TOKEN, "agent-7", None).await,
+        400,
+        "partner-required",
+    );
+    assert_eq!(partner(describe(&app, TOKEN, "agent-7", Some(B)).await), B);
+    refused(
+        describe(&app, AB_TOKEN, "agent-7", None).await,
+        409,
+        "ambiguous-softphone",
+    );
+    assert_eq!(
+        partner(describe(&app, AB_TOKEN, "agent-7", Some(A)).await),
+        A
+    );
+    assert_eq!(partner(describe(&app, AB_TOKEN, "agent-8", None).await), B);
+    // Choosing another partner than the token's is refused before any look.
+    refused(
+        describe(&app, PARTNER_TOKEN, "agent-7", Some(B)).await,
+        403,
+        "forbidden",
+    );
+    refused(
+        describe(&app, PARTNER_TOKEN, "agent-8", None).await,
+        404,
+        "unknown-softphone",
+    );
+    refused(
+        describe(&app, TOKEN, "agent-7", Some("not-a-guid")).await,
+        422,
+        "contract-violation",
+    );
+
+    // A command chooses the same way, and reaches only the chosen softphone.
+    let a7 = Login::softphone(&tenancy.url, "agent-7", A).await.unwrap();
+    let b7 = Login::softphone(&tenancy.ws_url, "agent-7", B)
+        .await
+        .unwrap();
+    let mut a7_commands = a7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
+    let mut b7_commands = b7.client.subscribe("softphone.cmd.agent-7").await.unwrap();
+    a7.round_trip().await;
+    b7.round_trip().await;
+    let http = reqwest::Client::new();
+    let ambiguous = post_command(
+        &http,
+        app.http,
+        "agent-7",
+        &presence_command(),
+        AB_TOKEN,
+        None,
+    )
+    .await;
+    problem(ambiguous, 409).await;
+    let accepted = http
+        .post(format!(
+            "http://{}/v1/softphones/agent-7/commands?partnerId={B}",
+            app.http
+        ))
+        .bearer_auth(AB_TOKEN)
+        .json(&presence_command())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let (message, body, _) = next_command_body(&mut b7_commands).await;
+    assert_eq!(message.subject.as_str(), "softphone.cmd.agent-7");
+    assert_eq!(body["type"], "update_presence");
+    tenancy.bridge_round_trip().await;
+    nothing_more(&a7, &mut a7_commands).await;
 }
