@@ -1,8 +1,12 @@
 //! What the benchmarks share: a NATS server with JetStream in a container,
-//! and the calls the CRM benchmarks publish.
+//! the calls the CRM benchmarks publish, the instant webhook CRM and the
+//! bridge's settings for it, the bridge in-process or as the real binary.
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use softphone_bridge::contract::EventKind;
@@ -122,4 +126,127 @@ pub async fn spawn_bridge(
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(app.run_until(shutdown.clone()));
     (js, shutdown, running)
+}
+
+/// The bridge's `worker.concurrency` in the webhook benches.
+pub const CONCURRENCY: usize = 32;
+
+/// The `[worker]` table of the webhook benches: consumers named by
+/// `consumer`, [`CONCURRENCY`], 10 000 events awaiting their ack.
+pub fn worker_toml(consumer: &str) -> String {
+    format!(
+        "[worker]\nconsumer = \"{consumer}\"\nconcurrency = {CONCURRENCY}\nmax_ack_pending = 10000\n"
+    )
+}
+
+/// The keys of a webhook connection to `hook` (under `[crm]` or `[crms.<name>]`).
+pub fn webhook_toml(hook: &str) -> String {
+    format!("kind = \"webhook\"\nurl = \"{hook}\"\nsecret = \"bench-secret\"\n")
+}
+
+/// The instant CRM: answers every POST to `/hook` with 200 at once and
+/// counts it, on a thread of its own so that its CPU time can be told apart.
+pub struct Webhook {
+    pub url: String,
+    pub requests: Arc<AtomicU64>,
+    /// The server thread's id (a pid to /proc).
+    pub tid: i64,
+}
+
+impl Webhook {
+    pub fn start() -> Self {
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&requests);
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("webhook".into())
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    ready.send((listener.local_addr().unwrap(), tid)).unwrap();
+                    let app = axum::Router::new()
+                        .route("/hook", axum::routing::post(answer))
+                        .with_state(counter);
+                    axum::serve(listener, app).await.unwrap();
+                });
+            })
+            .unwrap();
+        let (addr, tid): (SocketAddr, i64) = started.recv().unwrap();
+        Self {
+            url: format!("http://{addr}/hook"),
+            requests,
+            tid,
+        }
+    }
+
+    /// The requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+async fn answer(
+    axum::extract::State(requests): axum::extract::State<Arc<AtomicU64>>,
+    _body: bytes::Bytes,
+) -> axum::http::StatusCode {
+    requests.fetch_add(1, Ordering::Relaxed);
+    axum::http::StatusCode::OK
+}
+
+/// User+system CPU time of another process (all its threads), when it can be read.
+pub fn other_process_cpu(pid: i64) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    if fields.len() != 2 {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_micros(
+        fields.iter().sum::<u64>() * 1_000_000 / hz,
+    ))
+}
+
+/// The real `softphone-bridge run` binary, as a replica runs it: `config`
+/// (TOML) written to `dir`, on the NATS at `url`, its standard error in
+/// `dir`'s `bridge.log` ([`log_tail`]). Killed when dropped.
+pub fn spawn_bridge_process(
+    dir: &std::path::Path,
+    config: &str,
+    url: &str,
+) -> tokio::process::Child {
+    let file = dir.join("bridge.toml");
+    std::fs::write(&file, config).unwrap();
+    let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_softphone-bridge"))
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .env("SOFTPHONE_BRIDGE_NATS__URL", url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the softphone-bridge binary starts")
+}
+
+/// The last `lines` lines the binary [`spawn_bridge_process`] started in
+/// `dir` logged.
+pub fn log_tail(dir: &std::path::Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -137,11 +137,10 @@ impl Nats {
 /// The bridge's settings: `[crm]` and `extra` more connections, all webhooks
 /// to `hook`, and a partner per connection (partner 0 on the last one).
 pub(super) fn bridge_settings(nats: &str, hook: &str, prefix: &str, extra: usize) -> Settings {
-    let webhook = format!("kind = \"webhook\"\nurl = \"{hook}\"\nsecret = \"bench-secret\"\n");
+    let webhook = common::webhook_toml(hook);
     let mut toml = format!(
-        "[nats]\nurl = \"{nats}\"\n\
-         [worker]\nconsumer = \"{prefix}\"\nconcurrency = {CONCURRENCY}\nmax_ack_pending = 10000\n\
-         [crm]\n{webhook}"
+        "[nats]\nurl = \"{nats}\"\n{}[crm]\n{webhook}",
+        common::worker_toml(prefix)
     );
     for c in 0..extra {
         toml += &format!("[crms.c{c}]\n{webhook}");

@@ -26,56 +26,6 @@ pub(super) fn hot_path() -> Vec<(EventKind, Duration)> {
     results
 }
 
-/// The in-process CRM: answers every POST with 200 at once, on a thread of
-/// its own so that its CPU time can be told apart.
-pub(super) struct Webhook {
-    pub(super) url: String,
-    pub(super) requests: Arc<AtomicU64>,
-    pub(super) tid: i64,
-}
-
-impl Webhook {
-    pub(super) fn start() -> Self {
-        let requests = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&requests);
-        let (ready, started) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("webhook".into())
-            .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                    ready.send((listener.local_addr().unwrap(), tid)).unwrap();
-                    let app = axum::Router::new()
-                        .route("/hook", axum::routing::post(answer))
-                        .with_state(counter);
-                    axum::serve(listener, app).await.unwrap();
-                });
-            })
-            .unwrap();
-        let (addr, tid): (SocketAddr, i64) = started.recv().unwrap();
-        Self {
-            url: format!("http://{addr}/hook"),
-            requests,
-            tid,
-        }
-    }
-
-    pub(super) fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-}
-
-pub(super) async fn answer(State(requests): State<Arc<AtomicU64>>, _body: Bytes) -> StatusCode {
-    requests.fetch_add(1, Ordering::Relaxed);
-    StatusCode::OK
-}
-
 /// A plain durable pull consumer on the events, acking each one.
 pub(super) async fn raw_consume(webhook: &Webhook, events: usize) -> Measured {
     let nats = Nats::start().await;

@@ -8,7 +8,7 @@
 //!    JetStream delivery and ack.
 //! 3. **Raw POST**: a pooled `reqwest` client POSTing a CRM document, 32 at a
 //!    time, to an in-process axum server on 127.0.0.1 that answers 200 at
-//!    once: the floor for one CRM call.
+//!    once (`common::Webhook`): the floor for one CRM call.
 //! 4. **Bridge, 1 connection**: the whole pipeline (intake, then the CRM
 //!    lane) with `[crm] kind = "webhook"` pointing at that same server, every
 //!    event for one partner.
@@ -53,14 +53,11 @@
 //! (default 20000).
 
 use std::hint::black_box;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use axum::extract::State;
-use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::StreamExt;
 use softphone_bridge::config::Settings;
@@ -77,11 +74,11 @@ mod floors;
 mod measure;
 
 use bridge::*;
+// `CONCURRENCY`: the bridge's `worker.concurrency`, and the raw POST's.
+use common::{CONCURRENCY, Webhook, other_process_cpu};
 use floors::*;
 use measure::*;
 
-/// The bridge's `worker.concurrency`, and the raw POST's.
-const CONCURRENCY: usize = 32;
 /// How long one measurement may take before it is reported as stalled.
 const STALL_AFTER: Duration = Duration::from_secs(90);
 /// How often a measurement looks at its progress.

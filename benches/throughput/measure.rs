@@ -42,26 +42,6 @@ pub(super) fn thread_cpu(tid: i64) -> Duration {
     other_process_cpu(tid).unwrap_or_default()
 }
 
-/// User+system CPU time of another process (all its threads), when it can be read.
-pub(super) fn other_process_cpu(pid: i64) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    if fields.len() != 2 {
-        return None;
-    }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_micros(
-        fields.iter().sum::<u64>() * 1_000_000 / hz,
-    ))
-}
-
 /// The `docker-proxy` processes forwarding `host_port` on this machine.
 pub(super) fn docker_proxies(host_port: u16) -> Vec<i64> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
