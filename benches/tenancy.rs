@@ -208,7 +208,7 @@ impl Deployment {
             .is_err()
         {}
         let bridge = bridge_user().await.unwrap();
-        softphone_bridge::provision::apply(&jetstream::new(bridge.clone()), settings)
+        softphone_bridge::broker::provision::apply(&jetstream::new(bridge.clone()), settings)
             .await
             .unwrap();
         Deployment {

@@ -90,7 +90,9 @@ impl Cli {
                 print!("{}", settings.to_redacted_toml());
                 Ok(())
             }
-            Command::Provision { dry_run } => crate::provision::execute(&settings, dry_run).await,
+            Command::Provision { dry_run } => {
+                crate::broker::provision::execute(&settings, dry_run).await
+            }
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 let stop_within = crate::startup::stop_within(&settings);

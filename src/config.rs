@@ -26,7 +26,7 @@ pub use crate::dispatch::CommandSettings;
 pub use crate::dispatch::UnknownSoftphones;
 pub use crate::http::{HttpSettings, HttpTls, TokenSettings};
 pub use crate::pipeline::{LaneSettings, WorkerSettings};
-pub use crate::registry::RegistrySettings;
+pub use crate::softphones::registry::RegistrySettings;
 pub(crate) use redact::redact_url;
 pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};

@@ -8,57 +8,44 @@
 //! where the CRM's actions are performed ([`crm`]); a connection in trouble
 //! pauses its own lane and holds its events, one module decides every fate
 //! (ack, hold, retry, dead-letter), and a softphone lane answers `load` with
-//! callbacks on `softphone.cmd.<id>` ([`load`], [`command`]). CRMs send
-//! callbacks the other way (click-to-dial, presence) through an HTTP API or
-//! a NATS service ([`http`], [`service`], both via [`dispatch`]), authorised
-//! against the softphone [`registry`].
+//! callbacks on `softphone.cmd.<id>` ([`softphones`]). CRMs send callbacks
+//! the other way (click-to-dial, presence) through an HTTP API or a NATS
+//! service ([`http`], `service`, both via [`dispatch`]), authorised against
+//! the softphone registry.
 //!
-//! - [`config`]: layered settings (defaults, TOML file, `SOFTPHONE_BRIDGE_*`).
-//! - [`broker`]: NATS connection; the streams and consumers it should have.
-//! - [`provision`]: those compared with the server's, then created or updated.
-//! - [`pipeline`]: intake → lane → CRM → outcome, in that order.
-//! - [`crm`]: the CRM trait, the `log`, `webhook`, `salesforce` and
-//!   `dynamics` adapters (the last two on the machinery they share), and the
-//!   configured connections by name (deploy/salesforce.md, deploy/dynamics.md).
-//! - [`http`]: the command API for CRMs, health, readiness, metrics.
-//! - [`dispatch`]: validate, authorise, publish: the command path of HTTP and the NATS service.
-//! - [`service`]: the same command path as a NATS micro service, and `softphone.load`.
-//! - `door`: with `[callout]`, partners' `loaded` and `agent.status_changed`
-//!   stored with the login the server vouches sent them.
-//! - [`heartbeat`]: softphone heartbeats that keep a softphone's last sign of life fresh.
-//! - [`registry`]: softphone (with `[callout]`, per partner) -> partner,
-//!   presence, last seen (JetStream KV);
-//!   `bucket` opens it and every other key-value bucket the bridge keeps.
-//! - [`callout`]: the NATS auth callout: platform logins become users of their
-//!   partner's account; `ops::nats_config` renders the server's configuration
-//!   (deploy/tenancy.md).
-//! - [`metric`]: Prometheus series and the recorder behind `/metrics`.
-//! - [`startup`]: the [`Application`] that wires it together and shuts down cleanly.
-//! - [`tls`]: the rustls crypto provider every TLS user installs first.
-//! - [`cli`]: the `softphone-bridge` subcommands; `ops` holds the
-//!   operators' commands (`dlq`, `replay`, `status`, `doctor`, `nats-config`,
-//!   `health` the container health check) and what only they use (`console`,
-//!   `scan`).
+//! The rooms:
+//! - the event's path: [`contract`] (what softphones say), [`pipeline`]
+//!   (intake → lane → CRM → outcome, in that order), [`crm`] (the CRM trait,
+//!   the `log`, `webhook`, `salesforce` and `dynamics` adapters on the
+//!   machinery they share, and the connections by name);
+//! - what the bridge keeps and sends for softphones besides their events:
+//!   [`softphones`] (the registry, heartbeats, `load` callbacks, the door of
+//!   partners' `loaded` and status changes, publishing callbacks);
+//! - the command path from CRMs: [`dispatch`], behind [`http`] (the command
+//!   API, health, readiness, metrics) and `service` (the NATS micro service);
+//! - tenancy: [`callout`] (the NATS auth callout: platform logins become
+//!   users of their partner's account; `ops::nats_config` renders the
+//!   server's configuration, deploy/tenancy.md);
+//! - the ground: [`broker`] (NATS connections, the streams, consumers and
+//!   buckets it should have, provisioning), [`config`] (layered settings),
+//!   [`telemetry`] (logs and metrics), [`tls`], `text`;
+//! - running it: [`startup`] (the [`Application`] that wires it together and
+//!   shuts down cleanly), [`cli`] (the subcommands), `ops` (the operators'
+//!   commands: `dlq`, `replay`, `status`, `doctor`, `nats-config`, `health`,
+//!   and what only they use).
 
 pub mod broker;
-mod bucket;
 pub mod callout;
 pub mod cli;
-mod command;
 pub mod config;
 pub mod contract;
 pub mod crm;
 pub mod dispatch;
-mod door;
-mod heartbeat;
 pub mod http;
-mod load;
-pub mod metric;
 mod ops;
 pub mod pipeline;
-pub mod provision;
-pub mod registry;
 mod service;
+pub mod softphones;
 pub mod startup;
 pub mod telemetry;
 mod text;

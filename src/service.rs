@@ -38,11 +38,11 @@ use crate::contract::{
 };
 use crate::crm::Connections;
 use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
-use crate::door::{self, PARTNER_DOORS};
 use crate::http::Problem;
 use crate::http::Readiness;
-use crate::load::{self, LoadReply, PartnerLoadError};
 use crate::pipeline::{GateView, Gates};
+use crate::softphones::door::{self, PARTNER_DOORS};
+use crate::softphones::load::{self, LoadReply, PartnerLoadError};
 
 /// Requests handled at once by one replica, per endpoint.
 const MAX_IN_FLIGHT: usize = 256;

@@ -16,8 +16,10 @@ use crate::dispatch::Dispatcher;
 use crate::http::Readiness;
 use crate::http::Tokens;
 use crate::http::{self, AppState, HttpServer};
-use crate::registry::Registry;
-use crate::{heartbeat, metric, pipeline, service};
+use crate::softphones::heartbeat;
+use crate::softphones::registry::Registry;
+use crate::telemetry::metric;
+use crate::{pipeline, service};
 
 /// A configured bridge, connected (or connecting) to NATS.
 pub struct Application {
@@ -204,7 +206,7 @@ impl Application {
         loop {
             let attempt = async {
                 if self.settings.streams.provision_on_start {
-                    crate::provision::apply(&self.js, &self.settings)
+                    crate::broker::provision::apply(&self.js, &self.settings)
                         .await?
                         .log();
                 }

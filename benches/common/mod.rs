@@ -117,7 +117,7 @@ pub async fn spawn_bridge(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
     let app = softphone_bridge::startup::Application::build(settings)

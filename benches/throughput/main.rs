@@ -60,10 +60,11 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 use futures::StreamExt;
+use softphone_bridge::broker::provision;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::{EVENTS_STREAM, Event, EventKind, Guid};
 use softphone_bridge::crm::CrmEvent;
-use softphone_bridge::{Application, pipeline, provision};
+use softphone_bridge::{Application, pipeline};
 use testcontainers::{ContainerAsync, GenericImage};
 use tokio_util::sync::CancellationToken;
 

@@ -1,7 +1,9 @@
 //! NATS: connecting with the configured credentials, and what the streams,
 //! the pipeline's durable consumers, the registry bucket and the commands'
-//! idempotency bucket should be (provisioned by [`crate::provision`]).
+//! idempotency bucket should be (provisioned by [`provision`]).
 
+pub(crate) mod bucket;
+pub mod provision;
 mod settings;
 
 use std::sync::Arc;
@@ -178,7 +180,7 @@ pub async fn bind(
         .await?;
     let lanes = &settings.lanes;
     let bucket = |name: &String| {
-        let bucket = crate::bucket::Bucket::new(js.clone(), name);
+        let bucket = crate::broker::bucket::Bucket::new(js.clone(), name);
         async move { anyhow::Ok(bucket.open().await?.clone()) }
     };
     Ok(pipeline::Bound {
@@ -195,14 +197,14 @@ pub(crate) fn share_bucket_configs(settings: &Settings) -> [kv::Config; 2] {
     let lanes = &settings.lanes;
     let replicas = settings.streams.replicas;
     [
-        crate::bucket::config(
+        crate::broker::bucket::config(
             &lanes.members_bucket,
             "replicas alive: each renews its key every quarter of lanes.lease",
             lanes.lease,
             replicas,
         ),
         // Kept until released: no max age.
-        crate::bucket::config(
+        crate::broker::bucket::config(
             &lanes.owners_bucket,
             "which replica works the intake and each lane partition",
             std::time::Duration::ZERO,

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{Callout, Outcome, QUEUE_GROUP, SERVER_XKEY_HEADER, SUBJECT};
 use crate::config::Settings;
-use crate::metric::LOGINS;
+use crate::telemetry::metric::LOGINS;
 
 /// Requests answered at once by one replica.
 const MAX_IN_FLIGHT: usize = 256;

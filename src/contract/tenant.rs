@@ -55,7 +55,7 @@ pub const MAPPINGS: [Mapping; 6] = [
         share: false,
     },
     // The two events that say which softphone they are about go through the
-    // door (src/door.rs), which stores them with the login the server vouches for.
+    // door (src/softphones/door.rs), which stores them with the login the server vouches for.
     Mapping {
         local: "softphone.loaded",
         rest: "vouch.loaded",
@@ -196,7 +196,7 @@ pub fn is_service_import_reply(reply: &str) -> bool {
 /// this name the client sent.
 pub const REQUEST_INFO_HEADER: &str = "Nats-Request-Info";
 
-/// The header the door (src/door.rs) stores a partner's `loaded` and
+/// The header the door (src/softphones/door.rs) stores a partner's `loaded` and
 /// `agent.status_changed` with: the login the server vouched sent it, its
 /// `sub`. Trusted on partners' subjects only, which only the bridge's
 /// account publishes to; the door drops any the client sent.

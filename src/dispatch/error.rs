@@ -31,7 +31,7 @@ pub enum DispatchError {
     },
     /// With `[callout]`, a softphone bound to no partner: no account to publish to.
     #[error("{0}")]
-    NoPartner(crate::command::NoPartner),
+    NoPartner(crate::softphones::command::NoPartner),
     /// With `[callout]`, an unscoped caller named no partner: softphone ids
     /// are per partner.
     #[error(

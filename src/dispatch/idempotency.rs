@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::CommandSettings;
-use crate::bucket::Bucket;
+use crate::broker::bucket::Bucket;
 use crate::contract::{Callback, SoftphoneId};
 
 /// How long a request waits for an earlier one with the same key that is
@@ -181,7 +181,7 @@ pub fn command_hash(callback: &Callback) -> String {
 
 /// The bucket's configuration, for provisioning.
 pub fn bucket_config(settings: &CommandSettings, replicas: usize) -> kv::Config {
-    crate::bucket::config(
+    crate::broker::bucket::config(
         &settings.bucket,
         "idempotency decisions of commands (softphone, key) -> body hash, stream, seq",
         settings.idempotency_ttl,

@@ -17,10 +17,10 @@ pub use error::DispatchError;
 pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash};
 pub use settings::{CommandSettings, UnknownSoftphones, check as check_settings};
 
-use crate::command::{CommandPublisher, Recipient};
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
-use crate::metric;
-use crate::registry::{Entry, Phone, Registry};
+use crate::softphones::command::{CommandPublisher, Recipient};
+use crate::softphones::registry::{Entry, Phone, Registry};
+use crate::telemetry::metric;
 use idempotency::{Claim, Decision, Keys};
 
 /// Longest `Idempotency-Key` accepted, in bytes.
@@ -409,7 +409,7 @@ fn check_key(key: &str) -> Result<&str, DispatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Sighting;
+    use crate::softphones::registry::Sighting;
 
     const A: &str = "215fd887-39be-4935-981f-2670d6afeaa7";
     const B: &str = "d6afeaa7-39be-4935-981f-2670215fd887";

@@ -35,7 +35,7 @@ pub enum Expiry {
 }
 
 impl Expiry {
-    /// The `reason` label of [`crate::metric::HTTP_CONNECTIONS_DROPPED`]; `None` for
+    /// The `reason` label of [`crate::telemetry::metric::HTTP_CONNECTIONS_DROPPED`]; `None` for
     /// the ordinary end of a kept-alive connection.
     pub fn reason(self) -> Option<&'static str> {
         match self {

@@ -33,7 +33,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
-use crate::metric;
+use crate::telemetry::metric;
 use problem::ApiError;
 
 /// Where a CRM posts a command.

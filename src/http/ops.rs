@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::AppState;
 use crate::config::Settings;
 use crate::contract::{COMMANDS_STREAM, DLQ_STREAM, EVENTS_STREAM, LANES_STREAM};
-use crate::metric;
+use crate::telemetry::metric;
 
 /// The OpenAPI document of the HTTP API.
 pub const OPENAPI: &str = include_str!("openapi.yaml");

@@ -15,7 +15,7 @@ use super::auth::Token;
 use super::connection::ConnectionMark;
 use super::problem::ApiError;
 use crate::dispatch::{Accepted, DispatchError, Via};
-use crate::registry::Entry;
+use crate::softphones::registry::Entry;
 
 /// Bytes of an oversized body read (and dropped) so the client, done
 /// sending, reads the 413; past this the connection is closed instead.

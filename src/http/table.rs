@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::connection::Connection;
-use crate::metric;
+use crate::telemetry::metric;
 
 /// A listener's open connections, oldest first, at most `max`.
 pub struct Table {

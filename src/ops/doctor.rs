@@ -1,15 +1,15 @@
 //! `softphone-bridge doctor`: checks a configuration end to end, one line per
 //! check (✓ or ✗ and the reason), and fails if any check does: NATS with the
 //! configured credentials and JetStream, the streams, consumers and buckets
-//! (the [`provision`](crate::provision) plan: up to date, or what differs),
+//! (the [`provision`](crate::broker::provision) plan: up to date, or what differs),
 //! then each CRM connection ([`crate::crm::Crm::check`]). Never prints a secret.
 
 use std::io::Write as _;
 
+use crate::broker::provision::Plan;
 use crate::broker::{self, FirstConnect};
 use crate::config::{Settings, redacted_url};
 use crate::crm::Connections;
-use crate::provision::Plan;
 
 /// Prints each check's line as it ends; counts the failures.
 #[derive(Default)]

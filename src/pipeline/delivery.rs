@@ -9,7 +9,7 @@ use super::dead_letter;
 use super::outcome::{self, Outcome};
 use crate::contract::tenant::LOGIN_HEADER;
 use crate::contract::{EventKind, check_event_id, event_subject, lane_header, replay_header};
-use crate::metric;
+use crate::telemetry::metric;
 
 /// An event as one delivery presents it.
 pub(crate) struct Delivery {

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::crm::CrmError;
-use crate::metric;
+use crate::telemetry::metric;
 
 /// One lane's gate in this replica.
 pub(super) struct Gate {

@@ -54,7 +54,7 @@ use super::outcome::{self, HandleError, Outcome};
 use super::unit::{Accepted, Stage, Tried, Wait};
 use crate::config::Settings;
 use crate::contract::{ContractError, Event, EventKind, LaneTarget, lane_header};
-use crate::metric;
+use crate::telemetry::metric;
 
 pub(super) struct Intake {
     settings: Arc<Settings>,

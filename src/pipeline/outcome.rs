@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use super::WorkerSettings;
-use crate::command::CommandError;
 use crate::contract::ContractError;
 use crate::crm::CrmError;
-use crate::registry::RegistryError;
+use crate::softphones::command::CommandError;
+use crate::softphones::registry::RegistryError;
 
 /// What becomes of a delivered message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,12 +404,12 @@ mod tests {
     fn a_partner_conflict_is_dead_lettered_at_once() {
         let s = settings();
         let phone: crate::contract::SoftphoneId = "agent-1".parse().unwrap();
-        let bound = crate::registry::Sighting::Loaded {
+        let bound = crate::softphones::registry::Sighting::Loaded {
             partner: Some("215fd887-39be-4935-981f-2670d6afeaa7".parse().unwrap()),
             at: time::OffsetDateTime::UNIX_EPOCH,
         }
         .merge(&phone, None);
-        let spoof = crate::registry::Sighting::Loaded {
+        let spoof = crate::softphones::registry::Sighting::Loaded {
             partner: Some("d6afeaa7-39be-4935-981f-2670215fd887".parse().unwrap()),
             at: time::OffsetDateTime::UNIX_EPOCH,
         };

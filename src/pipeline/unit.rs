@@ -42,7 +42,7 @@ use super::pull::{Next, Puller};
 use super::sequencer::{Sequencer, Turn};
 use super::share::Fence;
 use super::unreadable;
-use crate::metric;
+use crate::telemetry::metric;
 
 /// What a unit does with each message of its consumer.
 pub(super) trait Stage: Send + Sync + 'static {

@@ -8,12 +8,13 @@ use futures::future::BoxFuture;
 
 use super::lane::Work;
 use super::outcome::HandleError;
-use crate::command::CommandPublisher;
 use crate::config::Settings;
 use crate::contract::{Event, Loaded};
 use crate::crm::{Connections, Crm, CrmError, CrmEvent};
-use crate::registry::Registry;
-use crate::{load, metric};
+use crate::softphones::command::CommandPublisher;
+use crate::softphones::load;
+use crate::softphones::registry::Registry;
+use crate::telemetry::metric;
 
 /// A CRM connection's lane: the adapter's call, timed.
 pub(super) struct CrmWork {

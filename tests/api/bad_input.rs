@@ -266,7 +266,7 @@ async fn a_dead_letter_nats_cannot_store_yet_is_held_and_never_routed_instead() 
         .logged("Cannot dead-letter the event; holding it.")
         .await;
 
-    softphone_bridge::provision::apply(&js, &defaults())
+    softphone_bridge::broker::provision::apply(&js, &defaults())
         .await
         .unwrap();
     let letter = DeadLetters::open(&js).await.next().await;

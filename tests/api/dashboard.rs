@@ -120,7 +120,7 @@ async fn every_series_the_dashboard_and_alerts_use_exists_on_metrics() {
         );
         assert!(
             exposed.contains(&format!("# HELP {base} ")),
-            "{base} is not described in src/metric.rs"
+            "{base} is not described in src/telemetry/metric.rs"
         );
     }
     app.stop().await;

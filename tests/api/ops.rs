@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use softphone_bridge::contract::EventKind;
 use softphone_bridge::http::{OPENAPI_PATH, ROUTES};
-use softphone_bridge::metric;
+use softphone_bridge::telemetry::metric;
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;

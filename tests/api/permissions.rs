@@ -153,7 +153,7 @@ async fn each_user_may_do_what_it_needs_and_nothing_more() {
 
     // The bridge provisions the streams, buckets and consumers.
     let settings = Settings::from_toml("").unwrap();
-    softphone_bridge::provision::apply(&bridge.js(), &settings)
+    softphone_bridge::broker::provision::apply(&bridge.js(), &settings)
         .await
         .expect("the bridge user provisions");
 

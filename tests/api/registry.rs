@@ -93,13 +93,13 @@ async fn a_status_change_without_an_instance_touches_no_entry() {
 #[tokio::test]
 async fn concurrent_writers_on_one_entry_lose_nothing() {
     use softphone_bridge::contract::{AgentStatusChanged, Loaded};
-    use softphone_bridge::registry::{Phone, Registry};
+    use softphone_bridge::softphones::registry::{Phone, Registry};
 
     let nats = start_nats().await;
     let settings = http_settings(&nats.url);
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
     // Two handles, as two replicas would have.

@@ -239,7 +239,7 @@ async fn an_intake_whose_copies_are_never_acknowledged_renews_its_connection() {
 
     // NATS stores copies again: the event held all along is handled once.
     drop(listener);
-    softphone_bridge::provision::apply(&js, &defaults())
+    softphone_bridge::broker::provision::apply(&js, &defaults())
         .await
         .unwrap();
     assert_eq!(idempotency_key(&crm.next_request().await), "during");

@@ -82,7 +82,7 @@ async fn token_authentication_is_used_and_never_shown() {
         .await
         .expect("token accepted");
     let js = broker::jetstream(client, &settings.nats);
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
 
@@ -122,9 +122,12 @@ async fn user_and_password_authentication_is_used_and_never_shown() {
     let client = broker::connect(&settings.nats, broker::FirstConnect::FailFast)
         .await
         .expect("user and password accepted");
-    softphone_bridge::provision::apply(&broker::jetstream(client, &settings.nats), &settings)
-        .await
-        .expect("provisioning works over the authenticated connection");
+    softphone_bridge::broker::provision::apply(
+        &broker::jetstream(client, &settings.nats),
+        &settings,
+    )
+    .await
+    .expect("provisioning works over the authenticated connection");
 }
 
 #[tokio::test]
@@ -166,7 +169,7 @@ async fn tls_to_nats_verifies_the_server_with_the_configured_ca() {
         .await
         .expect("TLS with the configured CA");
     let js = broker::jetstream(client, &settings.nats);
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
     let ack = publish(

@@ -371,7 +371,7 @@ async fn a_locked_record_is_retried_in_process_spending_an_attempt_not_a_deliver
     // and the retry counted.
     let info = app.consumer_info().await;
     assert_eq!(info.deliveries, info.messages, "no redelivery");
-    let retried = softphone_bridge::metric::handle()
+    let retried = softphone_bridge::telemetry::metric::handle()
         .render()
         .lines()
         .any(|line| {

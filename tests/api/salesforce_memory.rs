@@ -397,7 +397,7 @@ shutdown_deadline = "10s"
     );
     let settings = Settings::from_toml(&config).unwrap();
     let js = jetstream::new(async_nats::connect(&nats.url).await.unwrap());
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
     let replicas: Vec<Bridge> = (0..3).map(|_| Bridge::start(&nats.url, &config)).collect();

@@ -72,7 +72,7 @@ async fn salesforce_errors_are_retried_or_dead_lettered_with_the_body() {
 
 #[tokio::test]
 async fn api_usage_past_the_share_postpones_calls() {
-    let metrics = softphone_bridge::metric::handle();
+    let metrics = softphone_bridge::telemetry::metric::handle();
     let sf = FakeSalesforce::start().await;
     sf.org().limit_info = Some("api-usage=95/100".into());
     let app = spawn(

@@ -51,7 +51,7 @@ async fn a_softphone_publishes_the_contract_subjects_and_the_server_writes_in_it
         assert_eq!(message.payload, body.as_bytes());
         softphone.refused_nothing();
     }
-    // `loaded` and status changes cross to their door (src/door.rs), with
+    // `loaded` and status changes cross to their door (src/softphones/door.rs), with
     // the server's word on who sent them; heartbeats and `load` requests cross too.
     let mut doors = tenancy
         .bridge
@@ -302,7 +302,7 @@ async fn bad_logins_are_refused_with_their_reason_and_a_good_one_connects() {
         tenancy.nats.logged(reason).await;
         assert!(!tenancy.nats.log().contains(token.as_str()));
     }
-    let metrics = softphone_bridge::metric::handle().render();
+    let metrics = softphone_bridge::telemetry::metric::handle().render();
     for reason in [
         "expired",
         "signature",

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use softphone_bridge::Application;
 use softphone_bridge::contract::tenant::{LOGIN_HEADER, REQUEST_INFO_HEADER, vouched_publisher};
 use softphone_bridge::contract::{EVENTS_STREAM, Guid, Loaded, SoftphoneId};
-use softphone_bridge::registry::{Entry, Phone, Registry};
+use softphone_bridge::softphones::registry::{Entry, Phone, Registry};
 
 use crate::helpers::*;
 
@@ -575,7 +575,7 @@ async fn a_partners_loaded_and_status_changes_carry_the_login_the_server_vouches
         app.entry("agent-9", A).await.is_none(),
         "agent-9 was claimed"
     );
-    let metrics = softphone_bridge::metric::handle().render();
+    let metrics = softphone_bridge::telemetry::metric::handle().render();
     assert!(
         metrics.contains(r#"softphone_bridge_softphone_mismatches_total{type="loaded"}"#),
         "{metrics}"

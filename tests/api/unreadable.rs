@@ -161,7 +161,7 @@ async fn an_unreadable_event_in_the_intakes_first_batch_is_set_aside() {
     // and the good ones behind it come in the intake's first batch.
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    softphone_bridge::provision::apply(&js, &settings)
+    softphone_bridge::broker::provision::apply(&js, &settings)
         .await
         .unwrap();
     let bad = ended();

@@ -25,7 +25,7 @@ use super::memory::{ClaimError, Entry, Facts, Memory};
 use super::word::{AgentFields, Words, Write};
 use crate::contract::Event;
 use crate::crm::{CrmError, CrmEvent};
-use crate::metric;
+use crate::telemetry::metric;
 
 /// What an adapter does for the shared machinery: its CRM's reads and writes.
 pub(crate) trait Org: Send + Sync {

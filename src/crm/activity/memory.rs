@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use crate::bucket::Bucket;
+use crate::broker::bucket::Bucket;
 use async_nats::jetstream::{self, kv};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -253,7 +253,7 @@ pub(crate) fn org_key(identity: &str) -> String {
 
 /// The bucket as provisioning creates it.
 pub fn bucket_config(settings: &CallMemorySettings, replicas: usize) -> kv::Config {
-    crate::bucket::config(
+    crate::broker::bucket::config(
         &settings.bucket,
         "what each call's CRM record holds (exists, the agent's word, ended's fill, closed)",
         settings.remember_for,

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use reqwest::header::HeaderMap;
 
 use crate::crm::CrmError;
-use crate::metric;
+use crate::telemetry::metric;
 
 /// `Sforce-Limit-Info: api-usage=18/5000`.
 pub const HEADER: &str = "Sforce-Limit-Info";

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use softphone_bridge::broker::provision;
 use softphone_bridge::config::Settings;
 use softphone_bridge::contract::EventKind;
-use softphone_bridge::{Application, pipeline, provision};
+use softphone_bridge::{Application, pipeline};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -264,7 +265,7 @@ pub async fn lane_paused(paused: bool) {
         u8::from(paused)
     );
     eventually(&sample, || async {
-        softphone_bridge::metric::handle()
+        softphone_bridge::telemetry::metric::handle()
             .render()
             .contains(&sample)
             .then_some(())

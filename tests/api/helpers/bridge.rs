@@ -140,7 +140,7 @@ pub fn defaults() -> Settings {
 pub async fn provisioned(nats: &Nats) -> jetstream::Context {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = jetstream::new(client);
-    softphone_bridge::provision::apply(&js, &defaults())
+    softphone_bridge::broker::provision::apply(&js, &defaults())
         .await
         .unwrap();
     js

@@ -142,11 +142,14 @@ impl Tenancy {
         let ws_url = format!("{ws_scheme}://{}", listeners.websocket);
         let ca = listeners.tls_cert.clone();
         // The callout counts logins in the process's recorder.
-        softphone_bridge::metric::handle();
+        softphone_bridge::telemetry::metric::handle();
         let bridge = bridge_client(&url, ca.as_deref()).await;
-        softphone_bridge::provision::apply(&async_nats::jetstream::new(bridge.clone()), &settings)
-            .await
-            .expect("the bridge provisions its account");
+        softphone_bridge::broker::provision::apply(
+            &async_nats::jetstream::new(bridge.clone()),
+            &settings,
+        )
+        .await
+        .expect("the bridge provisions its account");
         let callout = Arc::new(Callout::new(&settings).unwrap().expect("[callout] is set"));
         let mut tenancy = Tenancy {
             nats,

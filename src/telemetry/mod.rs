@@ -1,4 +1,7 @@
-//! Logs: a tracing subscriber writing to standard error, human or JSON.
+//! What the bridge tells its operators: logs (here: a tracing subscriber
+//! writing to standard error, human or JSON) and [`metric`]s.
+
+pub mod metric;
 
 use tracing_subscriber::EnvFilter;
 

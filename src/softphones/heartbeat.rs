@@ -18,7 +18,7 @@ use crate::contract::{
     Guid, HEARTBEAT_SUBJECTS, LOAD_QUEUE_GROUP, SoftphoneId, heartbeat_softphone,
 };
 use crate::dispatch::CommandSettings;
-use crate::registry::{Phone, Registry};
+use crate::softphones::registry::{Phone, Registry};
 
 /// Softphones whose last write a replica remembers before forgetting the stale ones.
 const REMEMBERED: usize = 100_000;

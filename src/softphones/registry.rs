@@ -25,7 +25,7 @@ use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::bucket::Bucket;
+use crate::broker::bucket::Bucket;
 use crate::contract::{AgentStatusChanged, EventKind, Guid, Loaded, SoftphoneId};
 
 /// The softphone registry: softphone id -> partner, load time, presence, last seen.
@@ -434,7 +434,7 @@ impl Registry {
                 .try_merge(softphone, previous.clone())
                 .map_err(|conflict| {
                     let kind = sighting.kind();
-                    metrics::counter!(crate::metric::PARTNER_CONFLICTS, "type" => kind)
+                    metrics::counter!(crate::telemetry::metric::PARTNER_CONFLICTS, "type" => kind)
                         .increment(1);
                     tracing::warn!(
                         softphone = %softphone,
@@ -498,7 +498,7 @@ fn jitter(attempt: u32) -> std::time::Duration {
 
 /// The bucket's configuration, for provisioning.
 pub fn bucket_config(settings: &RegistrySettings, replicas: usize) -> kv::Config {
-    crate::bucket::config(
+    crate::broker::bucket::config(
         &settings.bucket,
         "softphone id -> partner, load time, presence, last seen",
         settings.idle_ttl,

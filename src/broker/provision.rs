@@ -129,7 +129,10 @@ impl Plan {
         }
         steps.extend(leftover_lanes(js, settings, &consumers).await?);
         let mut buckets = vec![
-            crate::registry::bucket_config(&settings.registry, settings.streams.replicas),
+            crate::softphones::registry::bucket_config(
+                &settings.registry,
+                settings.streams.replicas,
+            ),
             crate::dispatch::bucket_config(&settings.commands, settings.streams.replicas),
         ];
         buckets.extend(broker::share_bucket_configs(settings));
