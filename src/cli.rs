@@ -207,7 +207,10 @@ async fn read_payload(arg: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Cancels `shutdown` on SIGTERM or SIGINT; a second signal exits at once.
 /// `stop_within`: the longest stopping may take ([`crate::startup::stop_within`]).
-pub async fn shutdown_on_signal(shutdown: CancellationToken, stop_within: std::time::Duration) {
+pub(crate) async fn shutdown_on_signal(
+    shutdown: CancellationToken,
+    stop_within: std::time::Duration,
+) {
     signal().await;
     tracing::info!(
         stop_within_s = stop_within.as_secs(),

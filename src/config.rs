@@ -32,7 +32,7 @@ pub use redact::redacted_url;
 pub(crate) use redact::{redact, redact_opt};
 
 /// Prefix of the environment variables read as settings.
-pub const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";
+pub(crate) const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";
 /// Environment variable naming the TOML file (`--config` wins over it).
 pub const CONFIG_ENV: &str = "SOFTPHONE_BRIDGE_CONFIG";
 

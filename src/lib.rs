@@ -34,6 +34,8 @@
 //!   commands: `dlq`, `replay`, `status`, `doctor`, `nats-config`, `health`,
 //!   and what only they use).
 
+#![warn(unreachable_pub)]
+
 pub mod broker;
 pub mod callout;
 pub mod cli;

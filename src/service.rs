@@ -26,7 +26,10 @@ use std::sync::Arc;
 use async_nats::HeaderMap;
 use async_nats::service::{Request, ServiceExt, endpoint::Endpoint, error};
 use futures::StreamExt;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,7 +40,7 @@ use crate::contract::{
     API_COMMAND_SUBJECT, Guid, INBOX_PREFIX, LOAD_QUEUE_GROUP, LOAD_REQUEST_SUBJECT,
 };
 use crate::crm::Connections;
-use crate::dispatch::{Accepted, DispatchError, Dispatcher, Scope, Via};
+use crate::dispatch::{Accepted, Command, DispatchError, Dispatcher, Scope, Via};
 use crate::http::Problem;
 use crate::http::Readiness;
 use crate::pipeline::{GateView, Gates};
@@ -48,17 +51,17 @@ use crate::softphones::load::{self, LoadReply, PartnerLoadError};
 const MAX_IN_FLIGHT: usize = 256;
 
 /// The service's name in `nats micro ls`.
-pub const SERVICE_NAME: &str = "softphone-bridge";
+pub(crate) const SERVICE_NAME: &str = "softphone-bridge";
 
 /// The header of an error reply that carries its problem document (JSON).
-pub const PROBLEM_HEADER: &str = "Softphone-Problem";
+pub(crate) const PROBLEM_HEADER: &str = "Softphone-Problem";
 
 /// The endpoint whose stats carry the replica's [`ReplicaView`] as `data`.
-pub const VIEW_ENDPOINT: &str = "command";
+pub(crate) const VIEW_ENDPOINT: &str = "command";
 
 /// What one replica shows of itself in its service stats.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaView {
+pub(crate) struct ReplicaView {
     /// Its pool (`worker.consumer`), which tells apart the replicas of
     /// several pools on one NATS.
     pub pool: String,
@@ -70,7 +73,7 @@ pub struct ReplicaView {
 
 /// An org's daily API usage from its `Sforce-Limit-Info`.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct ApiUsage {
+pub(crate) struct ApiUsage {
     pub used: u64,
     pub limit: u64,
 }
@@ -92,7 +95,7 @@ impl ReplicaView {
 }
 
 /// What the `load` endpoint needs.
-pub struct Load {
+pub(crate) struct Load {
     pub settings: Arc<Settings>,
     pub connections: Connections,
 }
@@ -112,7 +115,7 @@ async fn endpoint(
 }
 
 /// Serves both endpoints until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     client: async_nats::Client,
     dispatcher: Dispatcher,
     load: Load,
@@ -426,42 +429,67 @@ async fn answer<T: serde::Serialize>(request: Request, reply: Result<T, Problem>
 
 /// `{"softphoneId": ..., "type": ..., "payload": ...}`, optionally with
 /// `"idempotencyKey"` and `"partnerId"`: the HTTP route's path, header,
-/// query and body in one document.
-/// `partners`: the partner of the subject it came on, whose softphones alone
-/// it may command; `None` on the bridge's own subject.
+/// query and body in one document, read once (its payload left as text for
+/// the contract's decoding). `partners`: the partner of the subject it came
+/// on, whose softphones alone it may command; `None` on the bridge's own
+/// subject.
 async fn command(
     dispatcher: &Dispatcher,
     partners: Option<&[Guid]>,
     body: &[u8],
 ) -> Result<Accepted, DispatchError> {
-    let mut request: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|e| DispatchError::MalformedJson(e.to_string()))?;
-    let softphone = match request.remove("softphoneId") {
-        Some(Value::String(id)) => id,
-        Some(_) => return Err(contract("softphoneId", "expected a string")),
-        None => return Err(contract("softphoneId", "missing field `softphoneId`")),
-    };
-    let mut text = |field: &str| match request.remove(field) {
-        Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(contract(field, "expected a string")),
-        None => Ok(None),
-    };
-    let key = text("idempotencyKey")?;
-    let partner = text("partnerId")?;
-    let command = serde_json::to_vec(&request).expect("a JSON map serializes");
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Request<'a> {
+        #[serde(borrow)]
+        softphone_id: Cow<'a, str>,
+        #[serde(borrow, default)]
+        idempotency_key: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        partner_id: Option<Cow<'a, str>>,
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    }
+    let request: Request = serde_json::from_slice(body).map_err(|e| refused(body, e))?;
     // NATS authenticated the caller and its permissions admit this subject:
     // on a partner's, the partner's softphones only.
     let scope = partners.map_or(Scope::All, Scope::Partners);
     dispatcher
         .dispatch(
             scope,
-            &softphone,
-            partner.as_deref(),
-            &command,
-            key.as_deref(),
+            &request.softphone_id,
+            request.partner_id.as_deref(),
+            Command::Parts {
+                kind: &request.kind,
+                payload: request.payload.get().as_bytes(),
+            },
+            request.idempotency_key.as_deref(),
             Via::Nats,
         )
         .await
+}
+
+/// Why a request is not one: the field at fault, as the contract names it.
+fn refused(body: &[u8], error: serde_json::Error) -> DispatchError {
+    let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(body) else {
+        return DispatchError::MalformedJson(error.to_string());
+    };
+    for field in ["softphoneId", "idempotencyKey", "partnerId", "type"] {
+        match request.get(field) {
+            Some(Value::String(_)) => {}
+            Some(_) => return contract(field, "expected a string"),
+            None if matches!(field, "softphoneId" | "type") => {
+                return contract(field, &format!("missing field `{field}`"));
+            }
+            None => {}
+        }
+    }
+    if !request.contains_key("payload") {
+        return contract("payload", "missing field `payload`");
+    }
+    DispatchError::MalformedJson(error.to_string())
 }
 
 fn contract(field: &str, reason: &str) -> DispatchError {

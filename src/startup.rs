@@ -43,21 +43,6 @@ impl Application {
     /// Starts the NATS client (connecting in the background) and builds the
     /// CRM connections.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        Self::build_with(settings, None).await
-    }
-
-    /// Like [`Application::build`], with CRM adapters of the caller's.
-    pub async fn build_with_connections(
-        settings: Settings,
-        connections: Connections,
-    ) -> anyhow::Result<Self> {
-        Self::build_with(settings, Some(connections)).await
-    }
-
-    async fn build_with(
-        settings: Settings,
-        connections: Option<Connections>,
-    ) -> anyhow::Result<Self> {
         let callout = crate::callout::Callout::new(&settings)?.map(Arc::new);
         if callout.is_none() {
             tracing::warn!(
@@ -66,10 +51,7 @@ impl Application {
         }
         let client = broker::connect(&settings.nats, FirstConnect::Retry).await?;
         let js = broker::jetstream(client.clone(), &settings.nats);
-        let connections = match connections {
-            Some(connections) => connections,
-            None => Connections::build(&settings, Some(&js))?,
-        };
+        let connections = Connections::build(&settings, Some(&js))?;
         let intake = broker::connect_intake(&settings.nats, FirstConnect::Retry).await?;
         let intake_js = broker::jetstream(intake.client.clone(), &settings.nats);
         let readiness =

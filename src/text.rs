@@ -3,7 +3,7 @@
 
 /// `text` cut to at most `limit` bytes (plus an ellipsis when cut), never
 /// inside a UTF-8 character.
-pub fn truncate(text: &str, limit: usize) -> String {
+pub(crate) fn truncate(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_owned();
     }

@@ -46,13 +46,13 @@ pub(crate) struct OpenError {
 
 impl OpenError {
     /// The bucket does not exist: provisioning has not created it.
-    pub fn is_missing(&self) -> bool {
+    pub(crate) fn is_missing(&self) -> bool {
         self.missing
     }
 }
 
 impl Bucket {
-    pub fn new(js: jetstream::Context, name: &str) -> Self {
+    pub(crate) fn new(js: jetstream::Context, name: &str) -> Self {
         Self {
             js,
             name: name.to_owned(),
@@ -60,17 +60,17 @@ impl Bucket {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The bucket, if it was opened before.
-    pub fn opened(&self) -> Option<&kv::Store> {
+    pub(crate) fn opened(&self) -> Option<&kv::Store> {
         self.store.get()
     }
 
     /// The bucket, opened now or before.
-    pub async fn open(&self) -> Result<&kv::Store, OpenError> {
+    pub(crate) async fn open(&self) -> Result<&kv::Store, OpenError> {
         let e = match self
             .store
             .get_or_try_init(|| self.js.get_key_value(&self.name))

@@ -45,7 +45,7 @@ pub async fn connect(
 /// `SOFTPHONE_EVENTS`, where softphones publish, so such a message disturbs
 /// the intake's deliveries and nothing else (lanes, the HTTP API and the
 /// command service keep the shared connection).
-pub struct IntakeConnection {
+pub(crate) struct IntakeConnection {
     pub client: async_nats::Client,
     /// How many times the connection has been made; changes on every
     /// (re)connect, the first one included.
@@ -53,7 +53,7 @@ pub struct IntakeConnection {
 }
 
 /// Opens the intake's connection, named `<nats.name>-intake`.
-pub async fn connect_intake(
+pub(crate) async fn connect_intake(
     settings: &NatsSettings,
     first: FirstConnect,
 ) -> anyhow::Result<IntakeConnection> {

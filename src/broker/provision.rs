@@ -90,7 +90,10 @@ pub struct Plan {
 
 impl Plan {
     /// Compares the configurations `settings` call for with the server's.
-    pub async fn compute(js: &jetstream::Context, settings: &Settings) -> anyhow::Result<Plan> {
+    pub(crate) async fn compute(
+        js: &jetstream::Context,
+        settings: &Settings,
+    ) -> anyhow::Result<Plan> {
         let mut steps = Vec::new();
         for config in broker::stream_configs(settings) {
             let current = stream_config(js, &config.name).await?;
@@ -200,7 +203,7 @@ impl Plan {
 
     /// Whether the server has everything as the settings say (a connection's
     /// leftover lane aside).
-    pub fn up_to_date(&self) -> bool {
+    pub(crate) fn up_to_date(&self) -> bool {
         self.changes().next().is_none()
     }
 

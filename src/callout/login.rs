@@ -176,7 +176,7 @@ impl Verifier {
     /// Reads the keys again (the secret, the key file): a key added to the
     /// file verifies from now on, one removed no longer does. Keys that
     /// cannot be used leave the current ones in place, with the reason.
-    pub fn set_keys(&self, settings: &CalloutSettings) -> anyhow::Result<usize> {
+    pub(crate) fn set_keys(&self, settings: &CalloutSettings) -> anyhow::Result<usize> {
         let keys = keys(settings)?;
         let count = keys.len();
         *self.keys.write().expect("never poisoned") = keys;

@@ -32,7 +32,7 @@ use crate::config::Settings;
 /// The subject the server sends its authorization requests on.
 pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
 /// The queue group every replica serves the callout in.
-pub const QUEUE_GROUP: &str = "softphone-bridge-callout";
+pub(crate) const QUEUE_GROUP: &str = "softphone-bridge-callout";
 /// The header carrying the server's curve key when it encrypts its request.
 const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
 /// The audience of the server's authorization requests.

@@ -107,14 +107,14 @@ impl CalloutSettings {
     }
 
     /// The issuer's public key (`A…`), the server's `auth_callout.issuer`.
-    pub fn issuer_public_key(&self) -> String {
+    pub(crate) fn issuer_public_key(&self) -> String {
         nkeys::KeyPair::from_seed(self.issuer_seed.expose_secret())
             .map(|key| key.public_key())
             .unwrap_or_default()
     }
 
     /// The curve public key (`X…`) the server encrypts to, if any.
-    pub fn xkey_public_key(&self) -> Option<String> {
+    pub(crate) fn xkey_public_key(&self) -> Option<String> {
         let seed = self.xkey_seed.as_ref()?;
         nkeys::XKey::from_seed(seed.expose_secret())
             .ok()

@@ -23,7 +23,6 @@ impl Callback {
     /// Decodes and validates a `{"type": ..., "payload": ...}` body, naming the
     /// offending field on a contract violation.
     pub fn decode(body: &[u8]) -> Result<Callback, super::ContractError> {
-        use super::ContractError;
         /// The envelope in one pass, in any key order, its payload left as text.
         #[derive(Deserialize)]
         struct Envelope<'a> {
@@ -36,7 +35,13 @@ impl Callback {
             // Not an envelope: the whole body's decoding says why, by field.
             return super::event::decode(body);
         };
-        let payload = payload.get().as_bytes();
+        Self::from_parts(&kind, payload.get().as_bytes())
+    }
+
+    /// Decodes and validates a callback whose envelope was read elsewhere
+    /// (the NATS service's request): its `type` and its `payload` as JSON text.
+    pub fn from_parts(kind: &str, payload: &[u8]) -> Result<Callback, super::ContractError> {
+        use super::ContractError;
         let in_payload = |e: ContractError| match e {
             ContractError::Invalid { field, reason } => ContractError::Invalid {
                 field: match field.as_str() {
@@ -48,7 +53,7 @@ impl Callback {
             other => other,
         };
         use super::event::decode;
-        Ok(match kind.as_ref() {
+        Ok(match kind {
             "disposition" => Callback::Disposition(decode(payload).map_err(in_payload)?),
             "partner_config" => Callback::PartnerConfig(decode(payload).map_err(in_payload)?),
             "update_presence" => Callback::UpdatePresence(decode(payload).map_err(in_payload)?),

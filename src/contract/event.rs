@@ -64,7 +64,7 @@ impl EventKind {
         }
     }
 
-    pub fn from_subject(subject: &str) -> Option<Self> {
+    pub(crate) fn from_subject(subject: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.subject() == subject)
     }
 
@@ -138,7 +138,9 @@ mod optional_number {
 
     use super::PhoneNumber;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PhoneNumber>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PhoneNumber>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
             Some(s) if s.is_empty() => Ok(None),
@@ -255,7 +257,7 @@ pub struct CallEnded {
 mod duration {
     use serde::{Deserialize, Deserializer};
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         match Option::<f64>::deserialize(d)? {
             Some(secs) if !(secs.is_finite() && secs >= 0.0) => Err(serde::de::Error::custom(
                 format!("duration must be a non-negative number of seconds, got {secs}"),
@@ -328,8 +330,9 @@ impl Event {
         })
     }
 
+    #[cfg(test)]
     /// Decodes the body of a message published on `subject`.
-    pub fn decode_subject(subject: &str, body: &[u8]) -> Result<Event, ContractError> {
+    pub(crate) fn decode_subject(subject: &str, body: &[u8]) -> Result<Event, ContractError> {
         let kind = EventKind::from_subject(subject)
             .ok_or_else(|| ContractError::UnknownSubject(subject.to_owned()))?;
         Self::decode(kind, body)
@@ -363,7 +366,7 @@ impl Event {
     }
 
     /// The conversation (call) the event belongs to, for call events.
-    pub fn conversation_id(&self) -> Option<&Guid> {
+    pub(crate) fn conversation_id(&self) -> Option<&Guid> {
         match self {
             Event::CallIncoming(e) => Some(&e.conversation_id),
             Event::CallAccepted(e) => Some(&e.conversation_id),

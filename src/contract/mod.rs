@@ -30,7 +30,7 @@ pub const COMMANDS_STREAM: &str = "SOFTPHONE_COMMANDS";
 pub const DLQ_STREAM: &str = "SOFTPHONE_DLQ";
 
 /// Every subject starts with this token.
-pub const SUBJECT_ROOT: &str = "softphone";
+pub(crate) const SUBJECT_ROOT: &str = "softphone";
 /// Subjects of `SOFTPHONE_COMMANDS`.
 pub const COMMAND_SUBJECTS: &str = "softphone.cmd.>";
 /// Subjects of `SOFTPHONE_DLQ`.
@@ -44,13 +44,13 @@ pub const API_COMMAND_SUBJECT: &str = "softphone.api.command";
 /// Core NATS subjects of softphone heartbeats, `softphone.heartbeat.<softphoneId>`
 /// (body ignored; captured by no stream): each refreshes the softphone's last
 /// sign of life, which decides whether commands reach it.
-pub const HEARTBEAT_SUBJECTS: &str = "softphone.heartbeat.*";
+pub(crate) const HEARTBEAT_SUBJECTS: &str = "softphone.heartbeat.*";
 /// What the reply subject of a request to the service must start with: a
 /// requester's inbox (`_INBOX.<id>` by default, `_INBOX_<user>.<id>` with a
 /// per-user prefix, see deploy/nats-permissions.md). The service answers
 /// nowhere else, so no requester can make it publish, with its own rights,
 /// onto a stream's subject or the JetStream API.
-pub const INBOX_PREFIX: &str = "_INBOX";
+pub(crate) const INBOX_PREFIX: &str = "_INBOX";
 /// Where `softphone-bridge dlq replay` publishes a dead letter again,
 /// `softphone.replay.<event>` (e.g. `softphone.replay.call.ended`): captured
 /// by `SOFTPHONE_EVENTS` beside the event subjects, and publishable only by
@@ -148,12 +148,6 @@ impl LaneTarget<'_> {
         }
     }
 
-    /// `softphone.lane.crm.<connection>.>`: every partition's subjects, and
-    /// the unpartitioned ones of earlier versions.
-    pub fn filter_all(&self) -> String {
-        format!("{}.>", self.prefix())
-    }
-
     fn prefix(&self) -> String {
         match self {
             LaneTarget::Crm(connection) => format!("{SUBJECT_ROOT}.lane.crm.{connection}"),
@@ -162,7 +156,7 @@ impl LaneTarget<'_> {
     }
 
     /// The partition and the event kind a routed subject of this lane carries.
-    pub fn kind_of(&self, subject: &str) -> Option<(u16, EventKind)> {
+    pub(crate) fn kind_of(&self, subject: &str) -> Option<(u16, EventKind)> {
         let rest = subject.strip_prefix(&self.prefix())?.strip_prefix('.')?;
         let (partition, name) = rest.split_once('.')?;
         let partition = partition.parse().ok()?;
@@ -172,12 +166,12 @@ impl LaneTarget<'_> {
 }
 
 /// The subject callbacks for one softphone instance are published on.
-pub fn command_subject(softphone: &SoftphoneId) -> String {
+pub(crate) fn command_subject(softphone: &SoftphoneId) -> String {
     format!("{SUBJECT_ROOT}.cmd.{softphone}")
 }
 
 /// The softphone a heartbeat subject names, if it names exactly one.
-pub fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
+pub(crate) fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
     let id = subject
         .strip_prefix(SUBJECT_ROOT)?
         .strip_prefix(".heartbeat.")?;
@@ -186,7 +180,7 @@ pub fn heartbeat_softphone(subject: &str) -> Option<SoftphoneId> {
 
 /// What a subject of `SOFTPHONE_EVENTS` says about its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventSubject {
+pub(crate) struct EventSubject {
     pub kind: EventKind,
     /// Published again by `dlq replay` (a [`REPLAY_SUBJECTS`] subject).
     pub replayed: bool,
@@ -201,7 +195,7 @@ pub struct EventSubject {
 /// The event a subject of `SOFTPHONE_EVENTS` carries: a contract subject,
 /// a partner's (`softphone.p.<partnerId>.<event>`), or either replayed
 /// (`softphone.replay.<…>`).
-pub fn event_subject(subject: &str) -> Option<EventSubject> {
+pub(crate) fn event_subject(subject: &str) -> Option<EventSubject> {
     let replay = format!("{SUBJECT_ROOT}.replay.");
     let (original, replayed) = match subject.strip_prefix(&replay) {
         Some(rest) => (format!("{SUBJECT_ROOT}.{rest}"), true),
@@ -222,7 +216,7 @@ pub fn event_subject(subject: &str) -> Option<EventSubject> {
 /// The subject `dlq replay` publishes an event first published on
 /// `original` on again: `softphone.replay.<original without "softphone.">`,
 /// so a partner's event keeps the partner the server vouched for.
-pub fn replay_subject(original: &str) -> Option<String> {
+pub(crate) fn replay_subject(original: &str) -> Option<String> {
     let parsed = event_subject(original).filter(|s| !s.replayed)?;
     let rest = parsed.original.strip_prefix(SUBJECT_ROOT)?;
     Some(format!("{SUBJECT_ROOT}.replay{rest}"))
@@ -231,7 +225,7 @@ pub fn replay_subject(original: &str) -> Option<String> {
 /// Whether `id` may be an event id: 1 to [`MAX_EVENT_ID`] bytes of printable
 /// ASCII without spaces (`!` to `~`), so that it fits every header it is
 /// copied into (NATS, HTTP) unchanged. `Err` says why not.
-pub fn check_event_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_event_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("empty".into());
     }
@@ -251,7 +245,7 @@ pub fn check_event_id(id: &str) -> Result<(), String> {
 }
 
 /// The dead-letter subject for an event subject: `softphone.dlq.<subject without "softphone.">`.
-pub fn dlq_subject(event_subject: &str) -> String {
+pub(crate) fn dlq_subject(event_subject: &str) -> String {
     let rest = event_subject
         .strip_prefix("softphone.")
         .unwrap_or(event_subject);

@@ -13,13 +13,13 @@ pub const PARTNER_TOKEN: &str = "p";
 
 /// Where the partner's id stands in a partner's subject (1-based, as the
 /// server's `account_token_position` counts): `softphone.p.<partnerId>`.
-pub const PARTNER_TOKEN_POSITION: usize = 3;
+pub(crate) const PARTNER_TOKEN_POSITION: usize = 3;
 
 /// One mapping between a partner's account and the bridge's: `local` is
 /// the contract's subject as the partner's clients use it, `shared` what the
 /// bridge's account sees, with `*` where the partner's id goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
+pub(crate) struct Mapping {
     /// The contract's subject in the partner's account (may end in `>`).
     pub local: &'static str,
     /// The same after the partner token: `softphone.p.*.` then this.
@@ -36,7 +36,7 @@ pub struct Mapping {
 
 /// Which way a [`Mapping`] carries messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// From the partner's clients to the bridge (a service import: requests
     /// and JetStream publish acks answer back through it).
     ToBridge,
@@ -47,7 +47,7 @@ pub enum Flow {
 /// What a partner's account imports from the bridge's: the contract's
 /// subjects and nothing else. Commands flow only towards the partner: no
 /// partner's `softphone.cmd.>` publish ever reaches the bridge.
-pub const MAPPINGS: [Mapping; 6] = [
+pub(crate) const MAPPINGS: [Mapping; 6] = [
     Mapping {
         local: "softphone.call.>",
         rest: "call.>",
@@ -90,34 +90,34 @@ pub const MAPPINGS: [Mapping; 6] = [
 
 impl Mapping {
     /// The bridge's subject for one partner: `softphone.p.<partnerId>.<rest>`.
-    pub fn for_partner(&self, partner: &Guid) -> String {
+    pub(crate) fn for_partner(&self, partner: &Guid) -> String {
         format!("{}.{}", partner_prefix(partner), self.rest)
     }
 
     /// The bridge's subject for every partner: `softphone.p.*.<rest>`, what it exports.
-    pub fn exported(&self) -> String {
+    pub(crate) fn exported(&self) -> String {
         format!("{SUBJECT_ROOT}.{PARTNER_TOKEN}.*.{}", self.rest)
     }
 }
 
 /// `softphone.p.<partnerId>`.
-pub fn partner_prefix(partner: &Guid) -> String {
+pub(crate) fn partner_prefix(partner: &Guid) -> String {
     format!("{SUBJECT_ROOT}.{PARTNER_TOKEN}.{partner}")
 }
 
 /// What a CRM login publishes for a command to one of its partners'
 /// softphones: the command service's request subject under the partner's
 /// prefix, `softphone.p.<partnerId>.api.command`.
-pub fn partner_command_request(partner: &Guid) -> String {
+pub(crate) fn partner_command_request(partner: &Guid) -> String {
     format!("{}.api.command", partner_prefix(partner))
 }
 
 /// Every partner's command-service request subject, `softphone.p.*.api.command`.
-pub const PARTNER_COMMAND_REQUESTS: &str = "softphone.p.*.api.command";
+pub(crate) const PARTNER_COMMAND_REQUESTS: &str = "softphone.p.*.api.command";
 
 /// What `SOFTPHONE_EVENTS` captures of partners' events: each event subject
 /// under every partner's prefix (`softphone.p.*.call.accepted`, …).
-pub fn partner_event_subjects() -> Vec<String> {
+pub(crate) fn partner_event_subjects() -> Vec<String> {
     EventKind::ALL
         .iter()
         .map(|kind| format!("{SUBJECT_ROOT}.{PARTNER_TOKEN}.*.{}", kind.name()))
@@ -125,17 +125,17 @@ pub fn partner_event_subjects() -> Vec<String> {
 }
 
 /// What `SOFTPHONE_COMMANDS` captures of commands to partners' softphones.
-pub const PARTNER_COMMAND_SUBJECTS: &str = "softphone.p.*.cmd.>";
+pub(crate) const PARTNER_COMMAND_SUBJECTS: &str = "softphone.p.*.cmd.>";
 
 /// The bridge's subject of a command to a softphone of `partner`; the partner's
 /// account receives it as `softphone.cmd.<softphoneId>`.
-pub fn partner_command_subject(partner: &Guid, softphone: &SoftphoneId) -> String {
+pub(crate) fn partner_command_subject(partner: &Guid, softphone: &SoftphoneId) -> String {
     format!("{}.cmd.{softphone}", partner_prefix(partner))
 }
 
 /// The partner a subject of the bridge's account names, and the rest of the
 /// subject after its partner token (`call.accepted`, `heartbeat.agent-7`).
-pub fn split_partner(subject: &str) -> Option<(Guid, &str)> {
+pub(crate) fn split_partner(subject: &str) -> Option<(Guid, &str)> {
     let rest = subject
         .strip_prefix(SUBJECT_ROOT)?
         .strip_prefix('.')?
@@ -155,21 +155,21 @@ pub fn partner_event(subject: &str) -> Option<(Guid, EventKind)> {
 }
 
 /// A partner's heartbeat as the bridge receives it: its partner and softphone.
-pub fn partner_heartbeat(subject: &str) -> Option<(Guid, SoftphoneId)> {
+pub(crate) fn partner_heartbeat(subject: &str) -> Option<(Guid, SoftphoneId)> {
     let (partner, rest) = split_partner(subject)?;
     let id = rest.strip_prefix("heartbeat.")?;
     Some((partner, SoftphoneId::try_from(id.to_owned()).ok()?))
 }
 
 /// Every partner's `load` request subject, `softphone.p.*.load`.
-pub const PARTNER_LOAD_REQUESTS: &str = "softphone.p.*.load";
+pub(crate) const PARTNER_LOAD_REQUESTS: &str = "softphone.p.*.load";
 
 /// Every partner's heartbeats, `softphone.p.*.heartbeat.<softphoneId>`.
-pub const PARTNER_HEARTBEATS: &str = "softphone.p.*.heartbeat.*";
+pub(crate) const PARTNER_HEARTBEATS: &str = "softphone.p.*.heartbeat.*";
 
 /// A partner's request to the bridge's service (`load`, `api.command`): its
 /// partner, when `subject` is `softphone.p.<partnerId>.<rest>`.
-pub fn partner_request(subject: &str, rest: &str) -> Option<Guid> {
+pub(crate) fn partner_request(subject: &str, rest: &str) -> Option<Guid> {
     split_partner(subject).and_then(|(partner, r)| (r == rest).then_some(partner))
 }
 
@@ -179,7 +179,7 @@ pub fn partner_request(subject: &str, rest: &str) -> Option<Guid> {
 /// server hash and `.T` comes only with latency tracking, which the rendered
 /// configuration never turns on). A request from a partner's or a CRM's
 /// account reaches the bridge with such a reply, never with the client's own.
-pub fn is_service_import_reply(reply: &str) -> bool {
+pub(crate) fn is_service_import_reply(reply: &str) -> bool {
     let Some(rest) = reply.strip_prefix("_R_.") else {
         return false;
     };

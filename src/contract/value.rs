@@ -102,7 +102,7 @@ fn check_e164(value: &str) -> Result<(), InvalidValue> {
 }
 
 /// Longest softphone id accepted, in bytes.
-pub const MAX_SOFTPHONE_ID_LEN: usize = 128;
+pub(super) const MAX_SOFTPHONE_ID_LEN: usize = 128;
 
 fn check_token(value: &str) -> Result<(), InvalidValue> {
     if value.is_empty() {

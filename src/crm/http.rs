@@ -74,7 +74,7 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &str
 /// Transport failures (connect, timeout, reset) are the connection's trouble;
 /// a request that cannot even be built (a header value it refuses) is the
 /// event's own, and no retry can mend it.
-pub fn transport_error(error: reqwest::Error) -> CrmError {
+pub(super) fn transport_error(error: reqwest::Error) -> CrmError {
     if error.is_builder() {
         return CrmError::Permanent {
             reason: format!("cannot build the CRM request: {}", error.without_url()),

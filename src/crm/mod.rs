@@ -209,7 +209,7 @@ impl Connections {
     }
 
     /// The connection a partner's events go to (see [`Settings::connection_for`]).
-    pub fn for_partner(
+    pub(crate) fn for_partner(
         &self,
         settings: &Settings,
         partner: Option<&Guid>,

@@ -48,7 +48,7 @@ impl Settings {
 
     /// Whether a connection logs calls as records (Salesforce, Dynamics):
     /// then the call memory is used.
-    pub fn uses_call_memory(&self) -> bool {
+    pub(crate) fn uses_call_memory(&self) -> bool {
         self.connections()
             .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_) | CrmSettings::Dynamics(_)))
     }
@@ -150,7 +150,7 @@ impl Serialize for WebhookSecrets {
 pub struct HttpUrl(Url);
 
 impl HttpUrl {
-    pub fn as_url(&self) -> &Url {
+    pub(crate) fn as_url(&self) -> &Url {
         &self.0
     }
 }

@@ -48,7 +48,7 @@ impl<T> Default for Tokens<T> {
 impl<T> Tokens<T> {
     /// The cached token, or the one `fetch` gets (with how long it may be
     /// used) when there is none or it is older than that.
-    pub async fn get<F, Fut>(&self, fetch: F) -> Result<Arc<Issued<T>>, CrmError>
+    pub(super) async fn get<F, Fut>(&self, fetch: F) -> Result<Arc<Issued<T>>, CrmError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(T, Duration), CrmError>>,
@@ -68,7 +68,7 @@ impl<T> Tokens<T> {
 
     /// Forgets `stale` (refused with 401), unless another caller already
     /// replaced it.
-    pub async fn invalidate(&self, stale: &Issued<T>) {
+    pub(super) async fn invalidate(&self, stale: &Issued<T>) {
         let mut current = self.current.lock().await;
         if current
             .as_ref()

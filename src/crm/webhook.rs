@@ -16,10 +16,10 @@ use crate::config::WebhookSettings;
 
 /// The header that marks `softphone-bridge doctor`'s test event, so
 /// receivers can tell it from events and ignore it.
-pub const TEST_HEADER: &str = "X-Softphone-Test";
+pub(super) const TEST_HEADER: &str = "X-Softphone-Test";
 
 /// The `event` (and `X-Softphone-Event`) of the test event.
-pub const TEST_EVENT: &str = "test";
+pub(super) const TEST_EVENT: &str = "test";
 
 pub struct WebhookCrm {
     client: reqwest::Client,

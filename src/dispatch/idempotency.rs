@@ -22,7 +22,7 @@ const POLL: Duration = Duration::from_millis(25);
 /// What is kept for one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Decision {
+pub(super) struct Decision {
     /// SHA-256 (hex) of the command as decoded: the same command, whatever
     /// its whitespace or field order, has the same hash.
     pub body_hash: String,
@@ -39,7 +39,7 @@ pub struct Decision {
 
 /// The answer to a claim on a key.
 #[derive(Debug)]
-pub enum Claim {
+pub(super) enum Claim {
     /// This request decides: publish, then [`Keys::complete`] (or [`Keys::abandon`]).
     Won { revision: u64 },
     /// An earlier request with this key and the same command was published.
@@ -52,12 +52,12 @@ pub enum Claim {
 
 /// The idempotency bucket, bound on first use.
 #[derive(Clone)]
-pub struct Keys {
+pub(super) struct Keys {
     bucket: Bucket,
 }
 
 impl Keys {
-    pub fn new(js: jetstream::Context, settings: &CommandSettings) -> Self {
+    pub(super) fn new(js: jetstream::Context, settings: &CommandSettings) -> Self {
         Self {
             bucket: Bucket::new(js, &settings.bucket),
         }
@@ -68,7 +68,7 @@ impl Keys {
     }
 
     /// Claims `key` for `decision`: exactly one request per key wins, on any replica.
-    pub async fn claim(&self, key: &str, decision: &Decision) -> Result<Claim, String> {
+    pub(super) async fn claim(&self, key: &str, decision: &Decision) -> Result<Claim, String> {
         let store = self.store().await?;
         let value: bytes::Bytes = serde_json::to_vec(decision)
             .expect("decisions serialize")
@@ -115,7 +115,7 @@ impl Keys {
     /// What an earlier request with this key decided, without claiming it:
     /// [`Claim::Published`] for the same command published, else [`Claim::InProgress`]
     /// or [`Claim::Conflict`]; `Won` means the key is free.
-    pub async fn peek(&self, key: &str, decision: &Decision) -> Result<Claim, String> {
+    pub(super) async fn peek(&self, key: &str, decision: &Decision) -> Result<Claim, String> {
         let store = self.store().await?;
         let found = store
             .entry(key)
@@ -136,7 +136,7 @@ impl Keys {
     }
 
     /// Records where the command was stored, for the requests that repeat it.
-    pub async fn complete(
+    pub(super) async fn complete(
         &self,
         key: &str,
         revision: u64,
@@ -152,7 +152,7 @@ impl Keys {
     }
 
     /// Gives the key back after a failed publish, so a retry may publish.
-    pub async fn abandon(&self, key: &str, revision: u64) {
+    pub(super) async fn abandon(&self, key: &str, revision: u64) {
         let Ok(store) = self.store().await else {
             return;
         };

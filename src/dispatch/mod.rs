@@ -24,7 +24,7 @@ use crate::telemetry::metric;
 use idempotency::{Claim, Decision, Keys};
 
 /// Longest `Idempotency-Key` accepted, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// Whose softphones a caller may command.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +66,24 @@ pub struct Accepted {
     /// After this the softphone never receives the command.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// A command as it came, read once: the HTTP route's body
+/// (`{"type", "payload"}`), or the type and payload of a NATS service
+/// request whose envelope the service read.
+#[derive(Debug, Clone, Copy)]
+pub enum Command<'a> {
+    Body(&'a [u8]),
+    Parts { kind: &'a str, payload: &'a [u8] },
+}
+
+impl Command<'_> {
+    fn decode(self) -> Result<Callback, ContractError> {
+        match self {
+            Command::Body(body) => Callback::decode(body),
+            Command::Parts { kind, payload } => Callback::from_parts(kind, payload),
+        }
+    }
 }
 
 /// Validates, authorises and publishes commands.
@@ -115,7 +133,7 @@ impl Dispatcher {
         scope: Scope<'_>,
         softphone: &str,
         partner: Option<&str>,
-        body: &[u8],
+        command: Command<'_>,
         idempotency_key: Option<&str>,
         via: Via,
     ) -> Result<Accepted, DispatchError> {
@@ -124,7 +142,7 @@ impl Dispatcher {
             Some(key) => check_key(key)?.to_owned(),
             None => uuid::Uuid::new_v4().to_string(),
         };
-        let callback = Callback::decode(body).map_err(|e| match e {
+        let callback = command.decode().map_err(|e| match e {
             ContractError::Invalid { field, reason } => DispatchError::Contract { field, reason },
             other => DispatchError::MalformedJson(other.to_string()),
         })?;

@@ -53,7 +53,7 @@ impl Default for CommandSettings {
 impl CommandSettings {
     /// How often one replica writes a softphone's heartbeats to the registry:
     /// often enough that it never looks offline, rarely enough to be cheap.
-    pub fn heartbeat_write_every(&self) -> Duration {
+    pub(crate) fn heartbeat_write_every(&self) -> Duration {
         self.offline_after / 4
     }
 }

@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 /// How long a connection may spend at each stage (`http.header_read_timeout`,
 /// `http.idle_timeout`).
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub(super) struct Timeouts {
     pub header_read: Duration,
     pub idle: Duration,
 }
 
 /// Why the server closed a connection its client had not closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expiry {
+pub(super) enum Expiry {
     /// A request head did not arrive within `header_read`.
     HeaderTimeout,
     /// Kept alive with no request for `idle`: the ordinary end of a connection.
@@ -37,7 +37,7 @@ pub enum Expiry {
 impl Expiry {
     /// The `reason` label of [`crate::telemetry::metric::HTTP_CONNECTIONS_DROPPED`]; `None` for
     /// the ordinary end of a kept-alive connection.
-    pub fn reason(self) -> Option<&'static str> {
+    pub(super) fn reason(self) -> Option<&'static str> {
         match self {
             Expiry::HeaderTimeout => Some("header_timeout"),
             Expiry::Idle => None,
@@ -74,7 +74,7 @@ struct State {
 /// One open connection, shared by its task, its listener's
 /// [`Table`](super::table::Table), the I/O that [`Watched`] counts and the
 /// requests it carries ([`ConnectionMark`]).
-pub struct Connection {
+pub(super) struct Connection {
     /// Its place in its table, in order of arrival.
     pub(super) id: u64,
     authenticated: AtomicBool,
@@ -132,7 +132,7 @@ impl Connection {
     }
 
     /// Whether a request on it is being handled or answered.
-    pub fn busy(&self) -> bool {
+    pub(super) fn busy(&self) -> bool {
         matches!(self.state().phase, Phase::Handling | Phase::Responding)
     }
 
@@ -143,7 +143,7 @@ impl Connection {
     }
 
     /// Resolves once the table has shed the connection.
-    pub async fn shed(&self) {
+    pub(super) async fn shed(&self) {
         self.shed.cancelled().await
     }
 
@@ -161,7 +161,7 @@ impl Connection {
     }
 
     /// Resolves when the connection has outlived its stage.
-    pub async fn expired(&self, timeouts: Timeouts) -> Expiry {
+    pub(super) async fn expired(&self, timeouts: Timeouts) -> Expiry {
         loop {
             let changed = self.changed.notified();
             let Some((at, _)) = self.deadline(timeouts) else {
@@ -186,32 +186,32 @@ impl Connection {
 /// The connection a request came on, in its extensions: the authentication
 /// middleware marks it, and its table never sheds it after that.
 #[derive(Clone)]
-pub struct ConnectionMark(Arc<Connection>);
+pub(super) struct ConnectionMark(Arc<Connection>);
 
 impl ConnectionMark {
-    pub fn new(connection: Arc<Connection>) -> Self {
+    pub(super) fn new(connection: Arc<Connection>) -> Self {
         Self(connection)
     }
 
     /// The connection made an authenticated request.
-    pub fn authenticated(&self) {
+    pub(super) fn authenticated(&self) {
         self.0.authenticated.store(true, Ordering::Relaxed);
     }
 }
 
 /// One request on a connection, from its dispatch until its response is
 /// written (or dropped with the connection).
-pub struct Exchange(Arc<Connection>);
+pub(super) struct Exchange(Arc<Connection>);
 
 impl Exchange {
-    pub fn begin(connection: &Arc<Connection>) -> Self {
+    pub(super) fn begin(connection: &Arc<Connection>) -> Self {
         connection.state().exchanges += 1;
         connection.enter(Phase::Handling);
         Self(Arc::clone(connection))
     }
 
     /// The handler answered: from now on the client must read the response.
-    pub fn answered(&self) {
+    pub(super) fn answered(&self) {
         self.0.enter(Phase::Responding);
     }
 }
@@ -230,13 +230,13 @@ impl Drop for Exchange {
 
 /// A response body that ends its [`Exchange`] when the server drops it, that
 /// is, once written.
-pub struct Tracked<B> {
+pub(super) struct Tracked<B> {
     body: B,
     _exchange: Exchange,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(body: B, exchange: Exchange) -> Self {
+    pub(super) fn new(body: B, exchange: Exchange) -> Self {
         Self {
             body,
             _exchange: exchange,
@@ -265,13 +265,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
 }
 
 /// A connection's transport, noting when bytes move (plain text, above TLS).
-pub struct Watched<IO> {
+pub(super) struct Watched<IO> {
     io: IO,
     connection: Arc<Connection>,
 }
 
 impl<IO> Watched<IO> {
-    pub fn new(io: IO, connection: Arc<Connection>) -> Self {
+    pub(super) fn new(io: IO, connection: Arc<Connection>) -> Self {
         Self { io, connection }
     }
 }

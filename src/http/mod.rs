@@ -37,13 +37,13 @@ use crate::telemetry::metric;
 use problem::ApiError;
 
 /// Where a CRM posts a command.
-pub const COMMANDS_PATH: &str = "/v1/softphones/{softphoneId}/commands";
+pub(crate) const COMMANDS_PATH: &str = "/v1/softphones/{softphoneId}/commands";
 /// What the registry knows of a softphone.
-pub const SOFTPHONE_PATH: &str = "/v1/softphones/{softphoneId}";
+pub(crate) const SOFTPHONE_PATH: &str = "/v1/softphones/{softphoneId}";
 pub const OPENAPI_PATH: &str = "/openapi.yaml";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
-pub const METRICS_PATH: &str = "/metrics";
+pub(crate) const METRICS_PATH: &str = "/metrics";
 
 /// Every route as (method, path); the OpenAPI test compares it with the document.
 pub const ROUTES: [(&str, &str); 6] = [
@@ -57,7 +57,7 @@ pub const ROUTES: [(&str, &str); 6] = [
 
 /// What every handler shares.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub(crate) struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub dispatcher: Dispatcher,
@@ -77,23 +77,23 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(inner: Inner) -> Self {
+    pub(crate) fn new(inner: Inner) -> Self {
         Self(Arc::new(inner))
     }
 }
 
 /// The command routes (absent without tokens: off, not open) and the OpenAPI document.
-pub fn api_router(state: AppState) -> Router {
+pub(crate) fn api_router(state: AppState) -> Router {
     finish(api_routes(&state), state)
 }
 
 /// Health, readiness and metrics.
-pub fn ops_router(state: AppState) -> Router {
+pub(crate) fn ops_router(state: AppState) -> Router {
     finish(ops_routes(), state)
 }
 
 /// Everything on one listener.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     finish(api_routes(&state).merge(ops_routes()), state)
 }
 
@@ -182,7 +182,7 @@ async fn no_route(request: Request) -> Response {
 
 /// A method as a metric label: the standard ones, anything else `other` (a
 /// client chooses the method string, and each one would be a new series).
-pub fn method_label(method: &axum::http::Method) -> &'static str {
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",
@@ -199,7 +199,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// The bound listeners, before serving (tests read the ports in between).
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     /// The command API (`http.listen`), with the ops routes unless `ops` is bound.
     api: Option<TcpListener>,
     /// The ops routes alone (`http.ops_listen`).
@@ -211,7 +211,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `http.listen` and `http.ops_listen`, whichever are set; `None`
     /// when neither is.
-    pub async fn bind(settings: &HttpSettings) -> anyhow::Result<Option<Self>> {
+    pub(crate) async fn bind(settings: &HttpSettings) -> anyhow::Result<Option<Self>> {
         if settings.listen.is_none() && settings.ops_listen.is_none() {
             return Ok(None);
         }
@@ -229,13 +229,13 @@ impl HttpServer {
     }
 
     /// The command API's address, when `http.listen` is set.
-    pub fn local_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.api.as_ref().map(address)
     }
 
     /// Where health, readiness and metrics are served: `http.ops_listen`'s
     /// address, else the API's.
-    pub fn ops_addr(&self) -> SocketAddr {
+    pub(crate) fn ops_addr(&self) -> SocketAddr {
         self.ops
             .as_ref()
             .or(self.api.as_ref())
@@ -246,7 +246,11 @@ impl HttpServer {
     /// Serves until `shutdown`; then closes the connections not being
     /// answered at once and gives requests being answered up to
     /// `http.request_timeout` to finish.
-    pub async fn serve(self, state: AppState, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub(crate) async fn serve(
+        self,
+        state: AppState,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         if self.api.is_some() && state.tokens.is_empty() {
             tracing::warn!("No http.tokens configured: the command routes are off.");
         }

@@ -79,12 +79,12 @@ impl Readiness {
     }
 
     /// Marks the pipeline's consumers as bound (or not).
-    pub fn set_bound(&self, bound: bool) {
+    pub(crate) fn set_bound(&self, bound: bool) {
         self.bound.store(bound, Ordering::Relaxed);
     }
 
     /// Marks the NATS command service as subscribed (or not).
-    pub fn set_serving(&self, serving: bool) {
+    pub(crate) fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Relaxed);
     }
 
@@ -206,12 +206,12 @@ async fn probe<T, E: std::fmt::Display>(
 }
 
 /// `GET /healthz`: the process is alive.
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 200 when NATS, the streams, the registry and the consumer are there, else 503.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
+pub(super) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>) {
     let report = state.readiness.check().await;
     let status = if report.ready {
         StatusCode::OK
@@ -222,7 +222,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Report>)
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Refreshes the readiness gauge and the consumers' pending gauges. Best
     // effort: each probe is bounded, and a disconnected client answers at once.
     state.readiness.check().await;
@@ -238,6 +238,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /openapi.yaml`
-pub async fn openapi() -> impl IntoResponse {
+pub(super) async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
 }

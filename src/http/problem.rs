@@ -9,11 +9,11 @@ use crate::dispatch::DispatchError;
 
 /// Prefix of every problem `type`: a URN, since the types name kinds of
 /// problem and are not pages to fetch.
-pub const TYPE_BASE: &str = "urn:softphone-bridge:problem:";
+pub(super) const TYPE_BASE: &str = "urn:softphone-bridge:problem:";
 
 /// The problem document, also the NATS service's error reply.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -25,7 +25,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: u16, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, slug: &str, title: &str, detail: impl Into<String>) -> Self {
         Self {
             kind: format!("{TYPE_BASE}{slug}"),
             title: title.into(),
@@ -49,7 +49,7 @@ impl From<&DispatchError> for Problem {
 
 /// Why an HTTP request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(super) enum ApiError {
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
     #[error("missing or invalid bearer token")]
@@ -69,7 +69,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn problem(&self) -> Problem {
+    pub(super) fn problem(&self) -> Problem {
         let detail = self.to_string();
         match self {
             ApiError::Dispatch(e) => Problem::from(e),

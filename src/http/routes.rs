@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Token;
 use super::connection::ConnectionMark;
 use super::problem::ApiError;
-use crate::dispatch::{Accepted, DispatchError, Via};
+use crate::dispatch::{Accepted, Command, DispatchError, Via};
 use crate::softphones::registry::Entry;
 
 /// Bytes of an oversized body read (and dropped) so the client, done
@@ -28,7 +28,7 @@ struct Caller(usize);
 /// Answers 401 unless the request carries a configured token; runs before
 /// the in-flight permit is taken and before any byte of the body is read. A
 /// connection that carried a token is never shed to make room for another.
-pub async fn authenticate(
+pub(super) async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
@@ -49,13 +49,13 @@ pub async fn authenticate(
 /// `[callout]` a softphone id is its partner's).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Chosen {
+pub(super) struct Chosen {
     partner_id: Option<String>,
 }
 
 /// `POST /v1/softphones/{softphoneId}/commands`: 202 when published, 200 with
 /// the original answer for a repeated `Idempotency-Key`.
-pub async fn post_command(
+pub(super) async fn post_command(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
     chosen: Result<Query<Chosen>, QueryRejection>,
@@ -82,7 +82,7 @@ pub async fn post_command(
             token.scope(),
             &softphone,
             chosen.partner_id.as_deref(),
-            &body,
+            Command::Body(&body),
             key,
             Via::Http,
         )
@@ -96,7 +96,7 @@ pub async fn post_command(
 }
 
 /// `GET /v1/softphones/{softphoneId}`
-pub async fn get_softphone(
+pub(super) async fn get_softphone(
     State(state): State<AppState>,
     softphone: Result<Path<String>, PathRejection>,
     chosen: Result<Query<Chosen>, QueryRejection>,

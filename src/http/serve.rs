@@ -29,7 +29,7 @@ use crate::config::{HttpSettings, HttpTls};
 /// The largest request head (request line and headers) read; a larger one is
 /// answered 431 and its connection closed, so a header flood costs at most
 /// this much memory per connection.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 
 /// Open files the process needs besides its HTTP connections (NATS, CRM
 /// clients, logs), when checking the open-file limit.
@@ -42,7 +42,7 @@ const TRIM_AFTER: usize = 256;
 
 /// How one listener treats its connections (from `[http]`).
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(super) struct Limits {
     pub timeouts: Timeouts,
     pub max_connections: usize,
     /// How long requests being answered may take to finish once shutdown is
@@ -51,7 +51,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(settings: &HttpSettings) -> Self {
+    pub(super) fn new(settings: &HttpSettings) -> Self {
         Self {
             timeouts: Timeouts {
                 header_read: settings.header_read_timeout,
@@ -66,7 +66,7 @@ impl Limits {
 /// Serves `router` on `listener` (named `name` in metrics) until `shutdown`,
 /// then closes every connection that is not being answered, lets the others
 /// finish their request within `limits.drain`, and returns.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
     name: &'static str,
     router: Router,
@@ -238,7 +238,7 @@ fn answer(
 
 /// The TLS acceptor of `http.tls`: the certificate chain and key from PEM
 /// files, HTTP/1.1 by ALPN.
-pub fn acceptor(tls: &HttpTls) -> anyhow::Result<TlsAcceptor> {
+pub(super) fn acceptor(tls: &HttpTls) -> anyhow::Result<TlsAcceptor> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     crate::tls::install_provider();
@@ -268,7 +268,7 @@ pub fn acceptor(tls: &HttpTls) -> anyhow::Result<TlsAcceptor> {
 /// does, so that `http.max_connections`, not a default of 1024, decides how
 /// many clients are served; warns when even the hard limit is below what the
 /// caps of `listeners` listeners need.
-pub fn raise_open_files(listeners: usize, max_connections: usize) {
+pub(super) fn raise_open_files(listeners: usize, max_connections: usize) {
     let needed = (listeners * max_connections) as u64 + OTHER_FILES;
     let mut limit = libc::rlimit {
         rlim_cur: 0,

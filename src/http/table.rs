@@ -10,7 +10,7 @@ use super::connection::Connection;
 use crate::telemetry::metric;
 
 /// A listener's open connections, oldest first, at most `max`.
-pub struct Table {
+pub(super) struct Table {
     /// The `listener` label of the metrics.
     listener: &'static str,
     max: usize,
@@ -21,7 +21,7 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(listener: &'static str, max: usize) -> Arc<Self> {
+    pub(super) fn new(listener: &'static str, max: usize) -> Arc<Self> {
         metrics::gauge!(metric::HTTP_CONNECTIONS, "listener" => listener).set(0.0);
         Arc::new(Self {
             listener,
@@ -41,7 +41,7 @@ impl Table {
     /// A place for a new connection. When the table is full, the oldest
     /// connection that has not authenticated and is not being answered is shed
     /// to make room; `None` (refused) when there is no such connection.
-    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+    pub(super) fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let mut open = self.open();
         if open.len() >= self.max {
             let Some(oldest) = open.values().find(|c| c.sheddable()).map(|c| c.id) else {
@@ -64,13 +64,13 @@ impl Table {
     }
 
     /// Counts a connection the server closed, by `reason` (see [`metric::HTTP_CONNECTIONS_DROPPED`]).
-    pub fn dropped(&self, reason: &'static str) {
+    pub(super) fn dropped(&self, reason: &'static str) {
         metrics::counter!(metric::HTTP_CONNECTIONS_DROPPED, "listener" => self.listener, "reason" => reason)
             .increment(1);
     }
 
     /// How many connections closed since the last call.
-    pub fn closed_since(&self) -> usize {
+    pub(super) fn closed_since(&self) -> usize {
         self.closed.swap(0, Ordering::Relaxed)
     }
 
@@ -80,17 +80,17 @@ impl Table {
 }
 
 /// A connection's place in its table, given back when dropped.
-pub struct Admitted {
+pub(super) struct Admitted {
     table: Arc<Table>,
     connection: Arc<Connection>,
 }
 
 impl Admitted {
-    pub fn connection(&self) -> &Arc<Connection> {
+    pub(super) fn connection(&self) -> &Arc<Connection> {
         &self.connection
     }
 
-    pub fn table(&self) -> &Table {
+    pub(super) fn table(&self) -> &Table {
         &self.table
     }
 }

@@ -234,7 +234,7 @@ impl Reader {
     }
 }
 
-pub async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
+pub(crate) async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     if let DlqCommand::List { filters, .. }
     | DlqCommand::Replay { filters, .. }
     | DlqCommand::Purge { filters, .. } = &command
@@ -515,7 +515,7 @@ const MAX_REASONS: usize = 20;
 
 /// The dead letters, counted by reason (for `softphone-bridge status`).
 #[derive(Debug, Default, serde::Serialize)]
-pub struct ReasonCounts {
+pub(crate) struct ReasonCounts {
     pub total: u64,
     /// The first [`MAX_REASONS`] distinct reasons met, each with its count.
     pub by_reason: std::collections::BTreeMap<String, u64>,

@@ -32,7 +32,7 @@ impl Checks {
     }
 }
 
-pub async fn execute(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) async fn execute(settings: &Settings) -> anyhow::Result<()> {
     let mut checks = Checks::default();
     let nats = format!("NATS at {}", redacted_url(&settings.nats.url));
     match broker::connect(&settings.nats, FirstConnect::FailFast).await {

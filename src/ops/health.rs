@@ -20,7 +20,7 @@ const MAX_BODY: usize = 1024;
 /// GETs `url`, by default `/readyz` on this process's own ops listener
 /// (`http.ops_listen`, else `http.listen`) over loopback. Ok on a 2xx answer;
 /// an error (exit code 1) with the status and the readiness report otherwise.
-pub async fn check(settings: &HttpSettings, url: Option<Url>) -> anyhow::Result<()> {
+pub(crate) async fn check(settings: &HttpSettings, url: Option<Url>) -> anyhow::Result<()> {
     let own = url.is_none();
     let url = match url {
         Some(url) => url,

@@ -104,7 +104,7 @@ impl ReplayArgs {
     }
 }
 
-pub async fn execute(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
+pub(crate) async fn execute(settings: &Settings, args: ReplayArgs) -> anyhow::Result<()> {
     args.check(settings)?;
     // Refuse before connecting: nothing can be confirmed without a terminal.
     let ask = !(args.dry_run || args.yes);

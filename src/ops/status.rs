@@ -113,7 +113,7 @@ struct Bucket {
     bytes: Option<u64>,
 }
 
-pub async fn execute(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
+pub(crate) async fn execute(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
     let client = broker::connect(&settings.nats, FirstConnect::FailFast).await?;
     let js = broker::jetstream(client.clone(), &settings.nats);
     let views = gather(&client, &settings.worker.consumer, args.wait).await?;

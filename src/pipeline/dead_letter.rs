@@ -9,7 +9,7 @@ use crate::contract::tenant::LOGIN_HEADER;
 use crate::contract::{dlq_header, dlq_subject};
 
 /// Where a dead-lettered event came from.
-pub struct Origin<'a> {
+pub(super) struct Origin<'a> {
     pub subject: &'a str,
     pub sequence: u64,
     pub delivered: u32,
@@ -35,7 +35,7 @@ fn header_value(text: &str, limit: usize) -> String {
 /// server's limit) is stored without its body, with
 /// `Softphone-Dlq-Body-Omitted` saying why: the body stays in
 /// `SOFTPHONE_EVENTS` at the origin's sequence.
-pub async fn publish(
+pub(super) async fn publish(
     js: &jetstream::Context,
     origin: &Origin<'_>,
     body: bytes::Bytes,

@@ -58,7 +58,7 @@ impl Delivery {
     /// [`REPLAY_SUBJECTS`](crate::contract::REPLAY_SUBJECTS) subject, which
     /// only the bridge may publish) keeps its original id and publish time
     /// from its [`replay_header`]s, which any other subject's are not taken from.
-    pub fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
+    pub(crate) fn from_events(message: &jetstream::Message) -> Result<Self, Outcome> {
         let info = message.info().map_err(outcome::unreadable_metadata)?;
         let sequence = info.stream_sequence;
         let parsed = event_subject(&message.subject);
@@ -107,7 +107,7 @@ impl Delivery {
 
     /// A routed event delivered from `SOFTPHONE_LANES`: the intake's headers
     /// say what it was in `SOFTPHONE_EVENTS`.
-    pub fn from_lane(
+    pub(crate) fn from_lane(
         message: &jetstream::Message,
         kind: Option<EventKind>,
         lane: &str,
@@ -144,14 +144,14 @@ impl Delivery {
         })
     }
 
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         self.kind.map_or("unknown", EventKind::name)
     }
 
     /// A message read raw from `SOFTPHONE_EVENTS` by its sequence (its
     /// headers unreadable to the client, see [`super::unreadable`]): no
     /// delivery count, no publish time, the id `seq:<sequence>`.
-    pub fn set_aside(subject: &str, sequence: u64) -> Self {
+    pub(crate) fn set_aside(subject: &str, sequence: u64) -> Self {
         let parsed = event_subject(subject);
         Self {
             id: format!("seq:{sequence}"),
@@ -174,7 +174,7 @@ impl Delivery {
 
     /// A delivery whose JetStream metadata cannot be read (which a
     /// JetStream consumer never sends): only its subject is known.
-    pub fn unread(message: &jetstream::Message, stage: &'static str) -> Self {
+    pub(crate) fn unread(message: &jetstream::Message, stage: &'static str) -> Self {
         Self {
             id: "unread".into(),
             copy_key: "unread".into(),
@@ -199,7 +199,7 @@ impl Delivery {
     /// metrics alike), from the one consume loop. `Err` when it was not
     /// carried out: a dead letter the dead-letter stream did not take (held,
     /// and carried out again), or a fate worked in process (retry, hold).
-    pub async fn apply_to(
+    pub(crate) async fn apply_to(
         &self,
         js: &jetstream::Context,
         original: &Original<'_>,
@@ -256,7 +256,7 @@ impl Delivery {
 
     /// Counts a fate carried out in process (a retry, which is an attempt
     /// after the first).
-    pub fn count(&self, outcome: &Outcome) {
+    pub(crate) fn count(&self, outcome: &Outcome) {
         count(self.kind_name(), self.stage, outcome.label());
         if matches!(outcome, Outcome::Retry { .. }) {
             metrics::counter!(metric::REDELIVERIES, "type" => self.kind_name()).increment(1);

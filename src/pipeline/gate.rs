@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::settings::LaneSettings;
+pub(super) use super::settings::LaneSettings;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -66,7 +66,7 @@ pub(super) enum Turn {
 
 impl Turn {
     /// The right to probe, when this turn is a probe.
-    pub fn probe(self) -> Option<ProbeGuard> {
+    pub(super) fn probe(self) -> Option<ProbeGuard> {
         match self {
             Turn::Go => None,
             Turn::Probe(probe) => Some(probe),
@@ -76,7 +76,7 @@ impl Turn {
 
 impl Gate {
     /// A gate for `connection`'s lane.
-    pub fn new(connection: &str, settings: &LaneSettings, max_wait: Duration) -> Arc<Self> {
+    pub(super) fn new(connection: &str, settings: &LaneSettings, max_wait: Duration) -> Arc<Self> {
         let label = [("lane", connection.to_owned())];
         Arc::new(Self {
             connection: connection.to_owned(),
@@ -100,12 +100,12 @@ impl Gate {
     }
 
     /// Whether the lane is paused in this replica.
-    pub fn paused(&self) -> bool {
+    pub(super) fn paused(&self) -> bool {
         self.state().paused_at.is_some()
     }
 
     /// What operators see of the gate (read-only).
-    pub fn view(&self) -> GateView {
+    pub(super) fn view(&self) -> GateView {
         let state = self.state();
         let circuit = match (state.paused_at, state.probing) {
             (Some(_), true) => Circuit::HalfOpen,
@@ -130,12 +130,12 @@ impl Gate {
     }
 
     /// How many times the connection has answered so far.
-    pub fn answered(&self) -> u64 {
+    pub(super) fn answered(&self) -> u64 {
         self.state().answered
     }
 
     /// Takes note of how a CRM call went: `None` for success, else its error.
-    pub fn record(&self, failure: Option<&CrmError>) {
+    pub(super) fn record(&self, failure: Option<&CrmError>) {
         let mut state = self.state();
         let Some(CrmError::Unavailable {
             reason,
@@ -188,7 +188,7 @@ impl Gate {
     }
 
     /// Counts an event as held until the returned guard is dropped.
-    pub fn hold(self: &Arc<Self>) -> HeldGuard {
+    pub(super) fn hold(self: &Arc<Self>) -> HeldGuard {
         self.state().held += 1;
         self.held_gauge.increment(1.0);
         HeldGuard(Arc::clone(self))
@@ -196,7 +196,7 @@ impl Gate {
 
     /// Waits until a held event may try again: after `delay` while the lane
     /// is not paused, else when it resumes or it is this event's turn to probe.
-    pub async fn turn(self: &Arc<Self>, delay: Duration) -> Turn {
+    pub(super) async fn turn(self: &Arc<Self>, delay: Duration) -> Turn {
         let mut changes = self.paused.subscribe();
         if !*changes.borrow_and_update() {
             tokio::select! {
@@ -281,7 +281,7 @@ impl Gates {
     }
 
     /// Each running CRM lane's view, by connection.
-    pub fn views(&self) -> BTreeMap<String, GateView> {
+    pub(crate) fn views(&self) -> BTreeMap<String, GateView> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

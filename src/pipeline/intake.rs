@@ -96,7 +96,7 @@ struct Routes {
 const IN_ARRIVAL_ORDER: &str = "";
 
 impl Intake {
-    pub fn new(
+    pub(super) fn new(
         settings: Arc<Settings>,
         js: jetstream::Context,
         connects: watch::Receiver<u64>,

@@ -64,7 +64,7 @@ pub(super) struct Job {
 }
 
 impl<W: Work> Lane<W> {
-    pub fn new(
+    pub(super) fn new(
         connection: Option<String>,
         settings: WorkerSettings,
         work: W,

@@ -96,7 +96,7 @@ const REFUSED_FOR_ITSELF: [u64; 2] = [10054, 10097];
 /// server takes, headers over 64 KiB), which no retry can mend, rather than
 /// for its own trouble (no stream leader, a timeout, a lost connection),
 /// which passes.
-pub fn refused_for_itself(error: &async_nats::jetstream::context::PublishError) -> bool {
+pub(super) fn refused_for_itself(error: &async_nats::jetstream::context::PublishError) -> bool {
     use async_nats::jetstream::context::PublishErrorKind;
     match error.kind() {
         PublishErrorKind::MaxPayloadExceeded => true,
@@ -108,7 +108,7 @@ pub fn refused_for_itself(error: &async_nats::jetstream::context::PublishError) 
 }
 
 /// How a failed publish of an event's copy counts against it.
-pub fn copy_failed(error: &async_nats::jetstream::context::PublishError) -> HandleError {
+pub(super) fn copy_failed(error: &async_nats::jetstream::context::PublishError) -> HandleError {
     if refused_for_itself(error) {
         HandleError::Refused(error.to_string())
     } else {
@@ -213,7 +213,7 @@ pub fn decide(
 /// happened without an outcome (a replica crashed while handling it each
 /// time). The intake has no such limit: routing fails only for NATS's
 /// trouble or an invalid body, never for an event's own reasons.
-pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
+pub(super) fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
     (delivered > settings.max_deliveries).then(|| Outcome::DeadLetter {
         reason: format!(
             "delivered {delivered} times without an outcome (worker.max_deliveries = {})",
@@ -226,7 +226,7 @@ pub fn exhausted(delivered: u32, settings: &WorkerSettings) -> Option<Outcome> {
 /// A message of `SOFTPHONE_EVENTS` whose headers the client cannot read
 /// (found by the intake's sweep, see [`super::unreadable`]): dead-lettered
 /// with the headers as they are stored, then deleted from the stream.
-pub fn unreadable_headers(why: &str, headers: &[u8]) -> Outcome {
+pub(super) fn unreadable_headers(why: &str, headers: &[u8]) -> Outcome {
     Outcome::DeadLetter {
         reason: format!("unreadable NATS headers: {why}"),
         detail: Some(headers.escape_ascii().to_string()),
@@ -235,7 +235,7 @@ pub fn unreadable_headers(why: &str, headers: &[u8]) -> Outcome {
 
 /// A delivery without JetStream metadata (which a JetStream consumer never
 /// sends): given back at once.
-pub fn unreadable_metadata(error: impl std::fmt::Display) -> Outcome {
+pub(super) fn unreadable_metadata(error: impl std::fmt::Display) -> Outcome {
     Outcome::GiveBack {
         reason: format!("delivery without JetStream metadata: {error}"),
     }
@@ -244,7 +244,7 @@ pub fn unreadable_metadata(error: impl std::fmt::Display) -> Outcome {
 /// An event not worked here after all: the unit stops (shutdown, or its
 /// partition moves to another replica). Given back at once, so whoever works
 /// the partition next takes it, before anything newer.
-pub fn given_back() -> Outcome {
+pub(super) fn given_back() -> Outcome {
     Outcome::GiveBack {
         reason: "the partition stops here".into(),
     }
@@ -253,7 +253,7 @@ pub fn given_back() -> Outcome {
 /// The dead-letter stream did not take the copy: NATS trouble, so the event
 /// is held and dead-lettered again later; the original is never terminated
 /// before its copy is stored.
-pub fn dead_letter_failed(error: impl std::fmt::Display) -> Outcome {
+pub(super) fn dead_letter_failed(error: impl std::fmt::Display) -> Outcome {
     Outcome::Hold {
         reason: format!("cannot dead-letter the event: {error}"),
         retry_after: None,

@@ -71,7 +71,7 @@ pub(super) struct Puller {
 impl Puller {
     /// Pulls at most `room` messages at a time for work not yet done, while
     /// `fence` holds.
-    pub fn new(consumer: PullConsumer, room: usize, fence: Fence) -> Self {
+    pub(super) fn new(consumer: PullConsumer, room: usize, fence: Fence) -> Self {
         Self {
             consumer,
             fence,
@@ -83,14 +83,14 @@ impl Puller {
     }
 
     /// The room its permits come from.
-    pub fn room(&self) -> Arc<Semaphore> {
+    pub(super) fn room(&self) -> Arc<Semaphore> {
         Arc::clone(&self.room)
     }
 
     /// The next message with its permit: waits for room first, then for a
     /// message. `Shutdown` when `shutdown` came first, with what an open
     /// pull request had already delivered.
-    pub async fn next(&mut self, shutdown: &CancellationToken) -> Next {
+    pub(super) async fn next(&mut self, shutdown: &CancellationToken) -> Next {
         loop {
             let open = match self.open.as_mut() {
                 Some(open) => open,

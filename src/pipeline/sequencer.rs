@@ -24,7 +24,7 @@ pub(super) struct Turn {
 
 impl Sequencer {
     /// Enters an event with `key`, behind the last one entered with it.
-    pub fn enter(self: &Arc<Self>, key: &str) -> Turn {
+    pub(super) fn enter(self: &Arc<Self>, key: &str) -> Turn {
         let entered = self.entered.fetch_add(1, Ordering::Relaxed);
         let (done, after) = oneshot::channel();
         let before = self
@@ -42,7 +42,7 @@ impl Sequencer {
 
 impl Turn {
     /// Until the previous event with the same key has settled.
-    pub async fn wait(&mut self) {
+    pub(super) async fn wait(&mut self) {
         if let Some(before) = self.before.as_mut() {
             let _ = before.await;
             self.before = None;

@@ -78,7 +78,7 @@ impl Default for WorkerSettings {
 
 impl WorkerSettings {
     /// The delay before the next delivery, after `deliveries` failed ones.
-    pub fn backoff_after(&self, deliveries: u32) -> Duration {
+    pub(crate) fn backoff_after(&self, deliveries: u32) -> Duration {
         let index = (deliveries.max(1) - 1) as usize;
         self.backoff
             .get(index)
@@ -95,11 +95,11 @@ mod duration_list {
     use humantime_serde::Serde;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(list.iter().map(Serde::from))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         let list = Vec::<Serde<Duration>>::deserialize(d)?;
         Ok(list.into_iter().map(Serde::into_inner).collect())
     }

@@ -56,12 +56,12 @@ impl Fence {
         Fence(Arc::default())
     }
 
-    pub fn valid(&self) -> bool {
+    pub(super) fn valid(&self) -> bool {
         self.remaining().is_some()
     }
 
     /// How long this replica may still act as an owner, if it may.
-    pub fn remaining(&self) -> Option<Duration> {
+    pub(super) fn remaining(&self) -> Option<Duration> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -134,7 +134,7 @@ pub(super) struct Share {
 }
 
 impl Share {
-    pub fn new(
+    pub(super) fn new(
         pool: &str,
         members: kv::Store,
         owners: kv::Store,
@@ -233,7 +233,7 @@ impl Share {
 
     /// Works the units it should own until `shutdown`; then stops them,
     /// releases what it held and leaves the pool.
-    pub async fn run(self, slots: Vec<Slot>, shutdown: CancellationToken) {
+    pub(super) async fn run(self, slots: Vec<Slot>, shutdown: CancellationToken) {
         let mut states: BTreeMap<String, State> =
             slots.iter().map(|s| (s.key.clone(), State::Idle)).collect();
         let slots: BTreeMap<String, Slot> = slots.into_iter().map(|s| (s.key.clone(), s)).collect();

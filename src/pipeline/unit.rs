@@ -162,7 +162,7 @@ impl<S: Stage> Unit<S> {
     /// it pulled. Taken over from a dead owner, each conversation the dead
     /// owner may still hold an event of waits for it first (see
     /// [`Unit::take_over`]).
-    pub async fn run(
+    pub(super) async fn run(
         self,
         mut consumer: PullConsumer,
         takeover: bool,

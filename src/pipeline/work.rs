@@ -24,7 +24,7 @@ pub(super) struct CrmWork {
 }
 
 impl CrmWork {
-    pub fn new(connection: &str, crm: Arc<dyn Crm>) -> Self {
+    pub(super) fn new(connection: &str, crm: Arc<dyn Crm>) -> Self {
         let latency = ["ok", "unavailable", "transient", "permanent"].map(|result| {
             metrics::histogram!(metric::CRM_DURATION, "crm" => connection.to_owned(), "result" => result)
         });
@@ -64,7 +64,7 @@ pub(super) struct SoftphoneWork {
 }
 
 impl SoftphoneWork {
-    pub fn new(
+    pub(super) fn new(
         settings: Arc<Settings>,
         connections: Connections,
         js: async_nats::jetstream::Context,

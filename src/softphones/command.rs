@@ -33,7 +33,7 @@ pub struct NoPartner(pub SoftphoneId);
 
 /// Whom a command is for, and so on which subject it is published.
 #[derive(Debug, Clone, Copy)]
-pub struct Recipient<'a> {
+pub(crate) struct Recipient<'a> {
     softphone: &'a SoftphoneId,
     /// `Some` with `[callout]`: the softphone's partner, if it has one.
     partner: Option<Option<&'a Guid>>,
@@ -41,7 +41,7 @@ pub struct Recipient<'a> {
 
 impl<'a> Recipient<'a> {
     /// A softphone of the single account: `softphone.cmd.<softphoneId>`.
-    pub fn softphone(softphone: &'a SoftphoneId) -> Self {
+    pub(crate) fn softphone(softphone: &'a SoftphoneId) -> Self {
         Self {
             softphone,
             partner: None,
@@ -51,7 +51,11 @@ impl<'a> Recipient<'a> {
     /// A softphone of `partner` (its registry binding): with `[callout]`
     /// (`tenancy`) `softphone.p.<partnerId>.cmd.<softphoneId>`, and none
     /// without a partner; else the single account's subject.
-    pub fn bound(tenancy: bool, softphone: &'a SoftphoneId, partner: Option<&'a Guid>) -> Self {
+    pub(crate) fn bound(
+        tenancy: bool,
+        softphone: &'a SoftphoneId,
+        partner: Option<&'a Guid>,
+    ) -> Self {
         Self {
             softphone,
             partner: tenancy.then_some(partner),
@@ -59,7 +63,7 @@ impl<'a> Recipient<'a> {
     }
 
     /// The subject, or why there is none.
-    pub fn subject(&self) -> Result<String, NoPartner> {
+    pub(crate) fn subject(&self) -> Result<String, NoPartner> {
         match self.partner {
             None => Ok(command_subject(self.softphone)),
             Some(Some(partner)) => Ok(tenant::partner_command_subject(partner, self.softphone)),
@@ -89,12 +93,12 @@ impl<'a> From<(&'a Settings, &'a Loaded)> for Recipient<'a> {
 
 /// Publishes callbacks into `SOFTPHONE_COMMANDS`.
 #[derive(Clone)]
-pub struct CommandPublisher {
+pub(crate) struct CommandPublisher {
     js: jetstream::Context,
 }
 
 impl CommandPublisher {
-    pub fn new(js: jetstream::Context) -> Self {
+    pub(crate) fn new(js: jetstream::Context) -> Self {
         Self { js }
     }
 
@@ -102,7 +106,7 @@ impl CommandPublisher {
     /// `message_id` becomes `Nats-Msg-Id`: the stream drops a repeat within
     /// its window. `to` is a [`Recipient`], or a `&SoftphoneId` of the
     /// single account, or `(&Settings, &Loaded)` for a loading softphone.
-    pub async fn publish<'a>(
+    pub(crate) async fn publish<'a>(
         &self,
         to: impl Into<Recipient<'a>>,
         callback: &Callback,
@@ -115,7 +119,7 @@ impl CommandPublisher {
     /// arrive late: the body says `expiresAt` (now + `ttl`) and the stream
     /// removes the message after `ttl` (`Nats-TTL`, whole seconds rounded up),
     /// so a consumer that connects later never receives it.
-    pub async fn publish_expiring(
+    pub(crate) async fn publish_expiring(
         &self,
         to: Recipient<'_>,
         callback: &Callback,

@@ -24,14 +24,14 @@ use crate::contract::{EventKind, Guid};
 
 /// The rest of a partner's door subject before the event's own:
 /// `softphone.p.<partnerId>.vouch.<event>`.
-pub const DOOR_TOKEN: &str = "vouch";
+pub(crate) const DOOR_TOKEN: &str = "vouch";
 
 /// Every partner's door, `softphone.p.*.vouch.>`.
-pub const PARTNER_DOORS: &str = "softphone.p.*.vouch.>";
+pub(crate) const PARTNER_DOORS: &str = "softphone.p.*.vouch.>";
 
 /// The answer to a message through `partner`'s door: the stream's own (its
 /// publish ack or its error), or why the door refused it or could not store it.
-pub async fn pass(
+pub(crate) async fn pass(
     client: &async_nats::Client,
     partner: &Guid,
     message: &async_nats::Message,
@@ -63,7 +63,7 @@ pub async fn pass(
 
 /// Where a message through a partner's door is stored, with what headers;
 /// `Err` with the JetStream-style error answer for the publisher.
-pub fn through(
+pub(crate) fn through(
     partner: &Guid,
     subject: &str,
     headers: Option<&HeaderMap>,
@@ -106,7 +106,7 @@ pub fn through(
 
 /// A JetStream-style error answer, `{"error": {"code", "description"}}`,
 /// which a client's JetStream publish reports as the publish's failure.
-pub fn refusal(code: u16, description: &str) -> Bytes {
+pub(crate) fn refusal(code: u16, description: &str) -> Bytes {
     serde_json::json!({ "error": { "code": code, "description": description } })
         .to_string()
         .into()

@@ -25,7 +25,7 @@ const REMEMBERED: usize = 100_000;
 
 /// Refreshes the registry on heartbeats until `shutdown`; with `tenancy`,
 /// partners' heartbeats too.
-pub async fn serve(
+pub(crate) async fn serve(
     client: async_nats::Client,
     registry: Registry,
     settings: CommandSettings,

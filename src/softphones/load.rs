@@ -12,13 +12,13 @@ use crate::crm::Connections;
 
 /// The callbacks a loading softphone receives: `disposition` (the partner's
 /// list, else the default one), then `partner_config` when the partner is known.
-pub fn callbacks(settings: &Settings, loaded: &Loaded) -> Vec<Callback> {
+pub(crate) fn callbacks(settings: &Settings, loaded: &Loaded) -> Vec<Callback> {
     callbacks_from(settings, loaded, None)
 }
 
 /// Like [`callbacks`], with the list the partner's CRM allows (a picklist
 /// read from the org) taking precedence over the configured ones.
-pub fn callbacks_from(
+pub(crate) fn callbacks_from(
     settings: &Settings,
     loaded: &Loaded,
     from_crm: Option<Vec<String>>,
@@ -46,7 +46,7 @@ pub fn callbacks_from(
 /// The reply to a `softphone.load` request.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-pub enum LoadReply {
+pub(crate) enum LoadReply {
     /// `{"softphoneId": "...", "callbacks": [{"type": ..., "payload": ...}, ...]}`
     Callbacks {
         #[serde(rename = "softphoneId")]
@@ -59,7 +59,7 @@ pub enum LoadReply {
 
 impl LoadReply {
     /// The reply, with the dispositions the partner's CRM allows.
-    pub async fn for_request_with_crm(
+    pub(crate) async fn for_request_with_crm(
         settings: &Settings,
         connections: &Connections,
         body: &[u8],
@@ -72,7 +72,7 @@ impl LoadReply {
 
     /// The reply to a request already decoded (and, on a partner's subject,
     /// checked against the partner: [`crate::service`]).
-    pub async fn for_loaded(
+    pub(crate) async fn for_loaded(
         settings: &Settings,
         connections: &Connections,
         loaded: Loaded,
@@ -88,7 +88,7 @@ impl LoadReply {
         }
     }
 
-    pub fn for_request(settings: &Settings, body: &[u8]) -> Self {
+    pub(crate) fn for_request(settings: &Settings, body: &[u8]) -> Self {
         match Event::decode(EventKind::Loaded, body) {
             Ok(Event::Loaded(loaded)) => LoadReply::Callbacks {
                 callbacks: callbacks(settings, &loaded),
@@ -104,7 +104,7 @@ impl LoadReply {
 
 /// Why a partner's `load` request gets no callbacks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PartnerLoadError {
+pub(crate) enum PartnerLoadError {
     /// Not a `loaded` body.
     #[error("{0}")]
     Invalid(String),
@@ -117,7 +117,7 @@ pub enum PartnerLoadError {
 /// that partner only (a body naming another is refused; one naming none is
 /// for this one), and for the softphone the server vouches sent it, its
 /// login's `sub` ([`tenant::vouched_publisher`] of its `headers`).
-pub fn partner_loaded(
+pub(crate) fn partner_loaded(
     partner: &Guid,
     body: &[u8],
     headers: Option<&async_nats::HeaderMap>,

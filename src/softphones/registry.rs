@@ -161,7 +161,7 @@ impl Entry {
 /// One fact learnt from an event, with the event's publication time so that
 /// replicas handling events out of order still converge on the latest facts.
 #[derive(Debug, Clone)]
-pub enum Sighting {
+pub(crate) enum Sighting {
     Loaded {
         partner: Option<Guid>,
         at: OffsetDateTime,
@@ -178,7 +178,7 @@ pub enum Sighting {
 
 /// A fact naming another partner than the one the entry is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartnerConflict {
+pub(crate) struct PartnerConflict {
     pub bound: Guid,
     pub named: Guid,
 }
@@ -202,7 +202,7 @@ impl Sighting {
 
     /// What the sighting came from, for the partner-conflict metric's `type`:
     /// the event's name (`loaded`, `agent.status_changed`) or `heartbeat`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Sighting::Loaded { .. } => EventKind::Loaded.name(),
             Sighting::Status { .. } => EventKind::AgentStatusChanged.name(),
@@ -210,9 +210,10 @@ impl Sighting {
         }
     }
 
+    #[cfg(test)]
     /// `entry` with this sighting merged in; newer facts win, whatever the
     /// order, except the partner: the first one named stays bound.
-    pub fn merge(&self, softphone: &SoftphoneId, entry: Option<Entry>) -> Entry {
+    pub(crate) fn merge(&self, softphone: &SoftphoneId, entry: Option<Entry>) -> Entry {
         match (self.conflict(entry.as_ref()), entry) {
             (Some(_), Some(unchanged)) => unchanged,
             (_, entry) => self.try_merge(softphone, entry).expect("no conflict"),
@@ -235,7 +236,7 @@ impl Sighting {
 
     /// Like [`Sighting::merge`], refusing a sighting that names another
     /// partner than the bound one.
-    pub fn try_merge(
+    pub(crate) fn try_merge(
         &self,
         softphone: &SoftphoneId,
         entry: Option<Entry>,
@@ -284,7 +285,7 @@ impl RegistryError {
     }
 
     /// An event naming another partner than the bound one.
-    pub fn partner_conflict(reason: impl Into<String>) -> Self {
+    pub(crate) fn partner_conflict(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
             conflict: true,
@@ -293,7 +294,7 @@ impl RegistryError {
 
     /// The event named another partner than the one the softphone is bound
     /// to: the event's own fault, not NATS trouble.
-    pub fn is_partner_conflict(&self) -> bool {
+    pub(crate) fn is_partner_conflict(&self) -> bool {
         self.conflict
     }
 }

@@ -12,11 +12,11 @@ pub const EVENTS: &str = "softphone_bridge_events_total";
 /// Events being handled right now by this replica.
 pub const IN_FLIGHT: &str = "softphone_bridge_events_in_flight";
 /// Attempts after an event's first: a redelivery, or a retry in process, by `type`.
-pub const REDELIVERIES: &str = "softphone_bridge_redeliveries_total";
+pub(crate) const REDELIVERIES: &str = "softphone_bridge_redeliveries_total";
 /// Events copied to the dead-letter queue, by `type`.
-pub const DEAD_LETTERED: &str = "softphone_bridge_dead_lettered_total";
+pub(crate) const DEAD_LETTERED: &str = "softphone_bridge_dead_lettered_total";
 /// CRM call latency, by `crm` (the connection) and `result` (ok, unavailable, transient, permanent).
-pub const CRM_DURATION: &str = "softphone_bridge_crm_request_duration_seconds";
+pub(crate) const CRM_DURATION: &str = "softphone_bridge_crm_request_duration_seconds";
 /// Events not yet delivered, by `consumer` (the intake and every lane).
 pub const CONSUMER_PENDING: &str = "softphone_bridge_consumer_pending";
 /// Events delivered and not yet acknowledged, by `consumer`.
@@ -26,16 +26,16 @@ pub const LANE_HELD: &str = "softphone_bridge_lane_held";
 /// 1 while a lane is paused in this replica, by `lane` (the connection).
 pub const LANE_PAUSED: &str = "softphone_bridge_lane_paused";
 /// Times a lane paused, by `lane`.
-pub const LANE_PAUSES: &str = "softphone_bridge_lane_pauses_total";
+pub(crate) const LANE_PAUSES: &str = "softphone_bridge_lane_pauses_total";
 /// Commands published to softphones, by `type`, `via` (http, nats) and `duplicate`.
-pub const COMMANDS: &str = "softphone_bridge_commands_published_total";
+pub(crate) const COMMANDS: &str = "softphone_bridge_commands_published_total";
 /// HTTP requests answered, by `route`, `method` and `status`.
-pub const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
+pub(crate) const HTTP_REQUESTS: &str = "softphone_bridge_http_requests_total";
 /// HTTP request latency, by `route` and `method`.
-pub const HTTP_DURATION: &str = "softphone_bridge_http_request_duration_seconds";
+pub(crate) const HTTP_DURATION: &str = "softphone_bridge_http_request_duration_seconds";
 /// HTTP connections open now, by `listener` (`api`: `http.listen`, `ops`:
 /// `http.ops_listen`).
-pub const HTTP_CONNECTIONS: &str = "softphone_bridge_http_connections";
+pub(crate) const HTTP_CONNECTIONS: &str = "softphone_bridge_http_connections";
 /// HTTP connections the server closed to protect itself, by `listener` and
 /// `reason`: `shed` (closed to make room for a new one: open, not
 /// authenticated, not being answered), `refused` (new, with every open one
@@ -43,45 +43,45 @@ pub const HTTP_CONNECTIONS: &str = "softphone_bridge_http_connections";
 /// not arrive within `http.header_read_timeout`), `stalled` (its client read
 /// nothing of a response for `http.idle_timeout`). Only a drop creates the
 /// series, so it is not in [`ALL`].
-pub const HTTP_CONNECTIONS_DROPPED: &str = "softphone_bridge_http_connections_dropped_total";
+pub(crate) const HTTP_CONNECTIONS_DROPPED: &str = "softphone_bridge_http_connections_dropped_total";
 /// How old an event was when its lane acked it (now minus its publish time in
 /// `SOFTPHONE_EVENTS`), by `lane` and `type`: whether screen pops and call
 /// logs are on time.
-pub const EVENT_AGE: &str = "softphone_bridge_event_age_seconds";
+pub(crate) const EVENT_AGE: &str = "softphone_bridge_event_age_seconds";
 /// 1 while this replica is ready (what `/readyz` says), 0 otherwise;
 /// refreshed by every `/readyz` and every scrape.
 pub const READY: &str = "softphone_bridge_ready";
 /// Always 1, by `version`: which build each replica runs.
-pub const BUILD_INFO: &str = "softphone_bridge_build_info";
+pub(crate) const BUILD_INFO: &str = "softphone_bridge_build_info";
 
 /// Softphone events refused because they name another partner than the one
 /// the softphone is bound to (dead-lettered with reason `partner conflict`),
 /// by `type` (`loaded`, `agent.status_changed`). Only a conflict creates the
 /// series, so it is not in [`ALL`].
-pub const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
+pub(crate) const PARTNER_CONFLICTS: &str = "softphone_bridge_partner_conflicts_total";
 
 /// Events whose body names another partner than the account they were
 /// published from (dead-lettered with reason `partner mismatch`), by `type`.
 /// Only a mismatch creates the series, so it is not in [`ALL`].
-pub const PARTNER_MISMATCHES: &str = "softphone_bridge_partner_mismatches_total";
+pub(crate) const PARTNER_MISMATCHES: &str = "softphone_bridge_partner_mismatches_total";
 
 /// A partner's `loaded` or `agent.status_changed` about another softphone
 /// than the login the server vouches sent it (dead-lettered with reason
 /// `softphone mismatch`), by `type`. Only a mismatch creates the series.
-pub const SOFTPHONE_MISMATCHES: &str = "softphone_bridge_softphone_mismatches_total";
+pub(crate) const SOFTPHONE_MISMATCHES: &str = "softphone_bridge_softphone_mismatches_total";
 
 /// Logins the auth callout answered, by `outcome` (`accepted`, `refused`)
 /// and `reason` (an accepted login's role, `softphone` or `crm`; a refusal's
 /// reason, e.g. `expired`, `signature`, `unknown_partner`: a bounded set, see
 /// deploy/tenancy.md). Only replicas serving the callout count it, so it is
 /// not in [`ALL`].
-pub const LOGINS: &str = "softphone_bridge_logins_total";
+pub(crate) const LOGINS: &str = "softphone_bridge_logins_total";
 
 /// Salesforce API calls used today, per org connection (`crm`), from `Sforce-Limit-Info`.
 /// Only Salesforce connections report it, so it is not in [`ALL`].
-pub const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
+pub(crate) const SALESFORCE_API_USED: &str = "softphone_bridge_salesforce_api_used";
 /// The org's daily API call limit, per connection (`crm`).
-pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
+pub(crate) const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 
 /// How a `salesforce` or `dynamics` connection knew a call's record before
 /// writing, per connection (`crm`) and `outcome`: `remembered` (the call
@@ -89,7 +89,7 @@ pub const SALESFORCE_API_LIMIT: &str = "softphone_bridge_salesforce_api_limit";
 /// know), `conflict` (another replica claimed first: decided again),
 /// `rewritten` (a later word written again after this write). Only those
 /// connections count it, so it is not in [`ALL`].
-pub const CALL_KNOWLEDGE: &str = "softphone_bridge_call_knowledge_total";
+pub(crate) const CALL_KNOWLEDGE: &str = "softphone_bridge_call_knowledge_total";
 
 /// Every documented series (the metrics test checks that each one shows up).
 pub const ALL: [&str; 17] = [

@@ -50,7 +50,7 @@ impl<T> Drop for Leader<'_, T> {
 }
 
 impl<T> Batcher<T> {
-    pub fn new(max_records: usize, max_wait: Duration) -> Self {
+    pub(super) fn new(max_records: usize, max_wait: Duration) -> Self {
         Self {
             max_records: max_records.max(1),
             max_wait,
@@ -69,7 +69,7 @@ impl<T> Batcher<T> {
     }
 
     /// Adds `item` to the open batch; `Some` when the caller leads it.
-    pub fn join(&self, item: T) -> Option<Leader<'_, T>> {
+    pub(super) fn join(&self, item: T) -> Option<Leader<'_, T>> {
         let mut state = self.state();
         let leader = state.open.is_empty().then(|| {
             state.open_id += 1;
@@ -111,7 +111,7 @@ impl<T> Batcher<T> {
 impl<T> Leader<'_, T> {
     /// Waits until the batch is due (full, `max_wait` after it opened, or at
     /// once when the org was quiet), then takes it.
-    pub async fn gather(mut self) -> Vec<T> {
+    pub(super) async fn gather(mut self) -> Vec<T> {
         if !self.quiet {
             tokio::select! {
                 _ = tokio::time::sleep(self.batcher.max_wait) => {}

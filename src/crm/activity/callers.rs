@@ -23,7 +23,7 @@ pub(crate) struct Callers {
 impl Callers {
     /// The numbers the groups' writes name, known from `cache` or not
     /// (none when the connection does not look callers up).
-    pub fn of(groups: &[Group], cache: &Cache, enabled: bool) -> Self {
+    pub(crate) fn of(groups: &[Group], cache: &Cache, enabled: bool) -> Self {
         let mut callers = Self {
             found: HashMap::new(),
             failed: HashMap::new(),
@@ -51,7 +51,7 @@ impl Callers {
     /// What a lookup of `numbers` answered: each number's matches (cached);
     /// refused (`Permanent`: the calls are written without a caller); or
     /// failed for now (their events wait).
-    pub fn learn(
+    pub(crate) fn learn(
         &mut self,
         connection: &str,
         cache: &Cache,
@@ -82,7 +82,7 @@ impl Callers {
 
     /// Gives each write its caller: `apply(conversation, write, ringing,
     /// number, matches)`; a write whose lookup failed fails its group.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         groups: &mut [Group],
         mut apply: impl FnMut(&str, &mut Write, bool, &PhoneNumber, &[Match]),

@@ -145,7 +145,7 @@ impl Group {
     }
 
     /// Answers every event of the group with `result`.
-    pub fn answer(self, result: Result<(), CrmError>) {
+    pub(crate) fn answer(self, result: Result<(), CrmError>) {
         for item in self.items {
             let _ = item.reply.send(result.clone());
         }
@@ -153,12 +153,12 @@ impl Group {
 
     /// Whether any of its writes needs the record read, unless the call
     /// memory knows it in full.
-    pub fn needs_read(&self, words: &Words) -> bool {
+    pub(crate) fn needs_read(&self, words: &Words) -> bool {
         self.items.iter().any(|i| i.write.needs_read(words))
     }
 
     /// Whether any of its writes fills a value.
-    pub fn fills(&self) -> bool {
+    pub(crate) fn fills(&self) -> bool {
         self.items.iter().any(|i| i.write.fills())
     }
 }
@@ -204,7 +204,7 @@ pub(crate) struct Calls {
 }
 
 impl Calls {
-    pub fn new(batch: &BatchSettings) -> Self {
+    pub(crate) fn new(batch: &BatchSettings) -> Self {
         Self {
             batcher: Batcher::new(batch.max_records, batch.max_wait),
             known: Known(Mutex::new(HashMap::new())),
@@ -213,13 +213,13 @@ impl Calls {
     }
 
     /// Decides against the call memory `memory` instead of reads.
-    pub fn remember(&mut self, memory: Memory) {
+    pub(crate) fn remember(&mut self, memory: Memory) {
         self.memory = Some(memory);
     }
 
     /// Writes `event`'s `write` to the record of its call (with the writes
     /// of concurrent events, in one batch): its own result.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         org: &impl Org,
         event: &CrmEvent,

@@ -74,14 +74,14 @@ pub(crate) fn shared(key: &str, ttl: Duration) -> Arc<Cache> {
 }
 
 impl Cache {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn get(&self, number: &PhoneNumber) -> Option<Vec<Match>> {
+    pub(crate) fn get(&self, number: &PhoneNumber) -> Option<Vec<Match>> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match entries.get(number.as_str()) {
             Some((at, matches)) if at.elapsed() < self.ttl => Some(matches.clone()),
@@ -93,7 +93,7 @@ impl Cache {
         }
     }
 
-    pub fn put(&self, number: &PhoneNumber, matches: Vec<Match>) {
+    pub(crate) fn put(&self, number: &PhoneNumber, matches: Vec<Match>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         // Expired entries go when the map grows, so it never outgrows a TTL's worth of callers.
         if entries.len() >= 10_000 {

@@ -61,7 +61,7 @@ pub(crate) struct Facts {
 
 impl Facts {
     /// These facts and `other`'s, as one: what either knows.
-    pub fn join(mut self, other: &Facts) -> Facts {
+    pub(crate) fn join(mut self, other: &Facts) -> Facts {
         self.exists |= other.exists;
         self.complete |= other.complete;
         self.agent = self.agent.join(&other.agent);
@@ -97,7 +97,7 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    pub fn new(js: jetstream::Context, settings: &CallMemorySettings, org: &str) -> Self {
+    pub(crate) fn new(js: jetstream::Context, settings: &CallMemorySettings, org: &str) -> Self {
         Self {
             bucket: Bucket::new(js, &settings.bucket),
             org: org.to_owned(),
@@ -134,7 +134,10 @@ impl Memory {
 
     /// The entries of `conversations`, in order; `None` when there is no
     /// bucket (then nothing is claimed either).
-    pub async fn load(&self, conversations: &[&str]) -> Result<Option<Vec<Entry>>, CrmError> {
+    pub(crate) async fn load(
+        &self,
+        conversations: &[&str],
+    ) -> Result<Option<Vec<Entry>>, CrmError> {
         let Some(store) = self.store().await? else {
             return Ok(None);
         };
@@ -148,7 +151,7 @@ impl Memory {
     }
 
     /// One call's entry, read again (after a conflict).
-    pub async fn reload(&self, conversation: &str) -> Result<Entry, CrmError> {
+    pub(crate) async fn reload(&self, conversation: &str) -> Result<Entry, CrmError> {
         let store = self.opened().await?;
         self.entry(store, conversation.to_owned()).await
     }
@@ -182,7 +185,7 @@ impl Memory {
 
     /// Writes `facts` over the entry read at `revision` (created when there
     /// was none); the new revision.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         conversation: &str,
         facts: &Facts,
@@ -211,7 +214,7 @@ impl Memory {
     /// Adds `learnt` to the call's facts, whatever other replicas wrote
     /// meanwhile (facts only grow). Best effort: facts not written only cost
     /// a read or a create attempt later.
-    pub async fn learn(&self, conversation: &str, mut entry: Entry, learnt: &Facts) {
+    pub(crate) async fn learn(&self, conversation: &str, mut entry: Entry, learnt: &Facts) {
         for _ in 0..5 {
             let facts = entry.facts.clone().unwrap_or_default().join(learnt);
             if entry.facts.as_ref() == Some(&facts) {

@@ -36,7 +36,7 @@ pub(crate) struct Words {
 impl Words {
     /// The disposition and the notes (a CRM without a disposition column
     /// has only the notes).
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn fields(&self) -> impl Iterator<Item = &str> {
         [self.disposition.as_str(), self.notes.as_str()]
             .into_iter()
             .filter(|name| !name.is_empty())
@@ -69,7 +69,7 @@ pub(crate) struct Write {
 
 impl Write {
     /// An event's write, published at `published` with `sequence`.
-    pub fn new(published: OffsetDateTime, sequence: u64) -> Self {
+    pub(crate) fn new(published: OffsetDateTime, sequence: u64) -> Self {
         Self {
             at: millis(published),
             sequence,
@@ -78,7 +78,7 @@ impl Write {
     }
 
     /// The agent's word (notes_submitted): `disposition` and `notes`.
-    pub fn word(
+    pub(crate) fn word(
         &mut self,
         words: &Words,
         published: OffsetDateTime,
@@ -94,7 +94,7 @@ impl Write {
 
     /// Cuts every value longer than `max_length` says its field accepts,
     /// noting it in `cut`.
-    pub fn fit(&mut self, max_length: impl Fn(&str) -> Option<usize>) {
+    pub(crate) fn fit(&mut self, max_length: impl Fn(&str) -> Option<usize>) {
         for map in [&mut self.fields, &mut self.fill] {
             for (field, value) in map.iter_mut() {
                 let (Some(max), Value::String(text)) = (max_length(field), &*value) else {
@@ -108,18 +108,18 @@ impl Write {
             }
         }
     }
-    pub fn set(&mut self, field: &str, value: &str) {
+    pub(crate) fn set(&mut self, field: &str, value: &str) {
         self.fields
             .insert(field.to_owned(), Value::String(value.to_owned()));
     }
 
-    pub fn set_some(&mut self, field: &str, value: Option<&str>) {
+    pub(crate) fn set_some(&mut self, field: &str, value: Option<&str>) {
         if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
             self.set(field, v);
         }
     }
 
-    pub fn fill(&mut self, field: &str, value: Option<&str>) {
+    pub(crate) fn fill(&mut self, field: &str, value: Option<&str>) {
         if let Some(v) = value.filter(|v| !v.trim().is_empty()) {
             self.fill
                 .insert(field.to_owned(), Value::String(v.to_owned()));
@@ -127,13 +127,13 @@ impl Write {
     }
 
     /// Whether this write fills values where the record has none.
-    pub fn fills(&self) -> bool {
+    pub(crate) fn fills(&self) -> bool {
         !self.fill.is_empty()
     }
 
     /// Whether this write depends on what the record holds: the call
     /// memory, else a read of the record, must tell.
-    pub fn needs_read(&self, words: &Words) -> bool {
+    pub(crate) fn needs_read(&self, words: &Words) -> bool {
         self.fills() || (!words.notes_at.is_empty() && self.word_at.is_some())
     }
 
@@ -143,7 +143,7 @@ impl Write {
     /// when the memory holds it), a fill goes only where the record has no
     /// value (or where this same event filled it: its retry); a word written
     /// is stamped with its event's time.
-    pub fn resolve(&mut self, agent: &mut AgentFields, words: &Words) {
+    pub(crate) fn resolve(&mut self, agent: &mut AgentFields, words: &Words) {
         let notes_at = words.notes_at.as_str();
         if let Some(word_at) = self.word_at {
             let at = millis(word_at);
@@ -219,7 +219,7 @@ pub(crate) struct AgentFields {
 
 impl AgentFields {
     /// The agent fields of a record as read from the CRM.
-    pub fn of_record(record: &Map<String, Value>, words: &Words) -> Self {
+    pub(crate) fn of_record(record: &Map<String, Value>, words: &Words) -> Self {
         let notes_at = words.notes_at.as_str();
         let word_at = (!notes_at.is_empty())
             .then(|| record.get(notes_at).and_then(parse_at))
@@ -244,13 +244,13 @@ impl AgentFields {
     /// The latest word's place in the order of words: `publishedAt`, then
     /// the stream sequence (none when only the org's stamp is known, which
     /// a word of the same millisecond may then write over).
-    pub fn word_order(&self) -> Option<(i64, u64)> {
+    pub(crate) fn word_order(&self) -> Option<(i64, u64)> {
         self.word_at.map(|at| (at, self.word_seq.unwrap_or(0)))
     }
 
     /// What these and `other` know together: the later word, every field
     /// set (a word's claim over a fill's).
-    pub fn join(mut self, other: &AgentFields) -> Self {
+    pub(crate) fn join(mut self, other: &AgentFields) -> Self {
         if other.word_order() > self.word_order() {
             self.word_at = other.word_at;
             self.word_seq = other.word_seq;
@@ -273,7 +273,7 @@ impl AgentFields {
 impl AgentFields {
     /// The latest word's fields as the memory holds them, stamped; empty
     /// when it holds none.
-    pub fn latest_word(&self, words: &Words) -> Map<String, Value> {
+    pub(crate) fn latest_word(&self, words: &Words) -> Map<String, Value> {
         let notes_at = words.notes_at.as_str();
         let mut fields = self.word.clone();
         if let (false, false, Some(at)) = (fields.is_empty(), notes_at.is_empty(), self.word_at) {

@@ -37,7 +37,10 @@ pub(super) struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(settings: &DynamicsSettings, client: reqwest::Client) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        settings: &DynamicsSettings,
+        client: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let Some(secret) = settings.client_secret.clone() else {
             anyhow::bail!("needs client_secret (or client_secret_file)");
         };
@@ -57,12 +60,12 @@ impl TokenSource {
     }
 
     /// The cached token, or a new one if there is none or it is about to expire.
-    pub async fn get(&self) -> Result<Arc<Issued<Token>>, CrmError> {
+    pub(super) async fn get(&self) -> Result<Arc<Issued<Token>>, CrmError> {
         self.current.get(|| self.request()).await
     }
 
     /// Forgets `stale` (refused with 401), unless another caller already replaced it.
-    pub async fn invalidate(&self, stale: &Issued<Token>) {
+    pub(super) async fn invalidate(&self, stale: &Issued<Token>) {
         self.current.invalidate(stale).await;
     }
 

@@ -32,7 +32,7 @@ pub(super) struct Response {
 }
 
 impl Response {
-    pub fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }

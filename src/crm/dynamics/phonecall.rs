@@ -59,7 +59,7 @@ impl Closed {
         }
     }
 
-    pub fn columns(self) -> Map<String, Value> {
+    pub(super) fn columns(self) -> Map<String, Value> {
         let (state, status) = self.codes();
         [
             (STATECODE.to_owned(), Value::from(state)),

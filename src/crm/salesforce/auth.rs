@@ -65,7 +65,10 @@ pub(crate) struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(settings: &SalesforceSettings, client: reqwest::Client) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        settings: &SalesforceSettings,
+        client: reqwest::Client,
+    ) -> anyhow::Result<Self> {
         use anyhow::Context;
         let grant = match settings.auth {
             SalesforceAuth::JwtBearer => {
@@ -112,14 +115,14 @@ impl TokenSource {
     }
 
     /// The cached token, or a new one if there is none or it is older than the TTL.
-    pub async fn get(&self) -> Result<Arc<Issued<Token>>, CrmError> {
+    pub(super) async fn get(&self) -> Result<Arc<Issued<Token>>, CrmError> {
         self.current
             .get(|| async { Ok((self.request().await?, self.ttl)) })
             .await
     }
 
     /// Forgets `stale` (refused with 401), unless another caller already replaced it.
-    pub async fn invalidate(&self, stale: &Issued<Token>) {
+    pub(super) async fn invalidate(&self, stale: &Issued<Token>) {
         self.current.invalidate(stale).await;
     }
 

@@ -38,7 +38,7 @@ pub(crate) struct Governor {
 }
 
 impl Governor {
-    pub fn new(connection: &str, max_share: f64, retry_after: Duration) -> Self {
+    pub(super) fn new(connection: &str, max_share: f64, retry_after: Duration) -> Self {
         Self {
             used: AtomicU64::new(0),
             limit: AtomicU64::new(0),
@@ -51,7 +51,7 @@ impl Governor {
     }
 
     /// Records the usage an answer reports.
-    pub fn observe(&self, headers: &HeaderMap) {
+    pub(super) fn observe(&self, headers: &HeaderMap) {
         let Some((used, limit)) = headers
             .get(HEADER)
             .and_then(|v| v.to_str().ok())
@@ -74,7 +74,7 @@ impl Governor {
     }
 
     /// `(used, limit)` as last seen.
-    pub fn usage(&self) -> (u64, u64) {
+    pub(super) fn usage(&self) -> (u64, u64) {
         (
             self.used.load(Ordering::Relaxed),
             self.limit.load(Ordering::Relaxed),
@@ -82,7 +82,7 @@ impl Governor {
     }
 
     /// Refuses the call (transient, with a retry delay) while usage is past the share.
-    pub fn admit(&self) -> Result<(), CrmError> {
+    pub(super) fn admit(&self) -> Result<(), CrmError> {
         let (used, limit) = self.usage();
         if limit > 0 && used as f64 >= self.max_share * limit as f64 {
             let mut seen_at = self.seen_at.lock().unwrap_or_else(|p| p.into_inner());

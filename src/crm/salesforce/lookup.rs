@@ -93,7 +93,7 @@ impl SearchResponse {
     /// Each number's matches. A search for one number trusts Salesforce's
     /// phone matching for every record found; with several, a record goes
     /// to the numbers its phone fields hold.
-    pub fn matches(self, numbers: &[PhoneNumber]) -> HashMap<String, Vec<Match>> {
+    pub(super) fn matches(self, numbers: &[PhoneNumber]) -> HashMap<String, Vec<Match>> {
         numbers
             .iter()
             .map(|number| {
