@@ -202,20 +202,5 @@ fn print(rows: &[Row]) {
 }
 
 fn main() {
-    softphone_bridge::tls::install_provider();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let rows = runtime.block_on(async {
-        let mut rows = Vec::new();
-        for (rate, calls, max_records) in [
-            (1.0, 20, 100),
-            (10.0, 100, 100),
-            (100.0, 500, 100),
-            (10.0, 100, 1),
-        ] {
-            println!("{rate} calls/s, {calls} calls, batch.max_records = {max_records} ...");
-            rows.push(run(rate, calls, max_records).await);
-        }
-        rows
-    });
-    print(&rows);
+    print(&common::crm_loads(100, run));
 }

@@ -83,6 +83,30 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
+/// Runs a CRM bench's loads in order on a runtime of its own: 1, 10 and 100
+/// calls/s batched up to `max_records`, then 10 calls/s unbatched; each
+/// load's row, as `run(calls per second, calls, batch.max_records)` makes it.
+pub fn crm_loads<R, Fut>(max_records: usize, run: impl Fn(f64, usize, usize) -> Fut) -> Vec<R>
+where
+    Fut: std::future::Future<Output = R>,
+{
+    softphone_bridge::tls::install_provider();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut rows = Vec::new();
+        for (rate, calls, max_records) in [
+            (1.0, 20, max_records),
+            (10.0, 100, max_records),
+            (100.0, 500, max_records),
+            (10.0, 100, 1),
+        ] {
+            println!("{rate} calls/s, {calls} calls, batch.max_records = {max_records} ...");
+            rows.push(run(rate, calls, max_records).await);
+        }
+        rows
+    })
+}
+
 /// The latency columns of a CRM bench's row: p50 and p99 over every event,
 /// then the p99 of each kind of [`LIFECYCLE`], in milliseconds.
 pub fn latency_columns(latencies: &[(EventKind, Duration)]) -> Vec<String> {

@@ -41,27 +41,22 @@ pub enum DlqCommand {
     },
     /// Publish dead letters again on their original subject, with their
     /// original event id and publish time, then remove them from SOFTPHONE_DLQ.
-    Replay {
-        #[command(flatten)]
-        filters: Filters,
-        /// Print what would be replayed; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-    },
+    Replay(Change),
     /// Delete dead letters from SOFTPHONE_DLQ.
-    Purge {
-        #[command(flatten)]
-        filters: Filters,
-        /// Print what would be deleted; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Do not ask for confirmation.
-        #[arg(long)]
-        yes: bool,
-    },
+    Purge(Change),
+}
+
+/// Which dead letters a command that changes them changes, and how surely.
+#[derive(Debug, Clone, Args)]
+pub struct Change {
+    #[command(flatten)]
+    filters: Filters,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    yes: bool,
 }
 
 /// Which dead letters a command applies to; all of them by default.
@@ -236,22 +231,22 @@ impl Reader {
 
 pub(crate) async fn execute(settings: &Settings, command: DlqCommand) -> anyhow::Result<()> {
     if let DlqCommand::List { filters, .. }
-    | DlqCommand::Replay { filters, .. }
-    | DlqCommand::Purge { filters, .. } = &command
+    | DlqCommand::Replay(Change { filters, .. })
+    | DlqCommand::Purge(Change { filters, .. }) = &command
     {
         console::check_range(filters.since, filters.until)?;
     }
     // Refuse before connecting: nothing can be confirmed without a terminal.
-    if let DlqCommand::Replay {
+    if let DlqCommand::Replay(Change {
         dry_run: false,
         yes: false,
         ..
-    }
-    | DlqCommand::Purge {
+    })
+    | DlqCommand::Purge(Change {
         dry_run: false,
         yes: false,
         ..
-    } = &command
+    }) = &command
     {
         console::confirmable("change dead letters")?;
     }
@@ -264,19 +259,19 @@ pub(crate) async fn execute(settings: &Settings, command: DlqCommand) -> anyhow:
     let result = match command {
         DlqCommand::List { filters, json } => list(&stream, &filters, json).await,
         DlqCommand::Show { seq } => show(&stream, seq).await,
-        DlqCommand::Replay {
+        DlqCommand::Replay(Change {
             filters,
             dry_run,
             yes,
-        } => match confirmed(&stream, &filters, dry_run || yes, "Replay").await? {
+        }) => match confirmed(&stream, &filters, dry_run || yes, "Replay").await? {
             Some(up_to) => replay(&js, &stream, &filters, up_to, dry_run).await,
             None => Ok(()),
         },
-        DlqCommand::Purge {
+        DlqCommand::Purge(Change {
             filters,
             dry_run,
             yes,
-        } => match confirmed(&stream, &filters, dry_run || yes, "Delete").await? {
+        }) => match confirmed(&stream, &filters, dry_run || yes, "Delete").await? {
             Some(up_to) => purge(&stream, &filters, up_to, dry_run).await,
             None => Ok(()),
         },

@@ -76,6 +76,11 @@ fn new_id() -> String {
 /// One request of a `$batch`: method, URL as written in the request line, body.
 struct Op(&'static str, String, Option<Value>);
 
+/// A `PATCH` of `url` with `body`, inside a `$batch`.
+fn patch_op(url: impl Into<String>, body: Value) -> Op {
+    Op("PATCH", url.into(), Some(body))
+}
+
 enum Item {
     Single(Op),
     ChangeSet(Vec<Op>),
@@ -233,10 +238,9 @@ fn answers(content_type: &str, body: &str) -> Vec<Answer> {
 }
 
 fn create(id: &str, subject: &str) -> Op {
-    Op(
-        "PATCH",
+    patch_op(
         format!("{API_PATH}phonecalls({id})"),
-        Some(json!({"subject": subject, "directioncode": false})),
+        json!({"subject": subject, "directioncode": false}),
     )
 }
 
@@ -678,21 +682,9 @@ async fn a_closed_phone_call_is_read_only_until_reopened_in_the_same_change_set(
         &fake,
         &token,
         &[Item::ChangeSet(vec![
-            Op(
-                "PATCH",
-                url.clone(),
-                Some(json!({"statecode": 0, "statuscode": 1})),
-            ),
-            Op(
-                "PATCH",
-                url.clone(),
-                Some(json!({"description": "late notes"})),
-            ),
-            Op(
-                "PATCH",
-                url.clone(),
-                Some(json!({"statecode": 1, "statuscode": 4})),
-            ),
+            patch_op(url.as_str(), json!({"statecode": 0, "statuscode": 1})),
+            patch_op(url.as_str(), json!({"description": "late notes"})),
+            patch_op(url.as_str(), json!({"statecode": 1, "statuscode": 4})),
         ])],
         false,
     )
@@ -725,12 +717,8 @@ async fn a_closed_phone_call_is_read_only_until_reopened_in_the_same_change_set(
         &fake,
         &token,
         &[Item::ChangeSet(vec![
-            Op("PATCH", url.clone(), Some(json!({"description": "later"}))),
-            Op(
-                "PATCH",
-                url.clone(),
-                Some(json!({"statecode": 1, "statuscode": 4})),
-            ),
+            patch_op(url.as_str(), json!({"description": "later"})),
+            patch_op(url.as_str(), json!({"statecode": 1, "statuscode": 4})),
         ])],
         false,
     )
@@ -751,10 +739,9 @@ async fn a_failing_change_set_is_rolled_back_and_the_batch_goes_on_when_asked() 
         Item::ChangeSet(vec![create(&a, "first"), create(&b, "second")]),
         Item::ChangeSet(vec![
             create(&c, "third"),
-            Op(
-                "PATCH",
+            patch_op(
                 format!("{API_PATH}phonecalls({d})"),
-                Some(json!({"subject": "x".repeat(250)})),
+                json!({"subject": "x".repeat(250)}),
             ),
         ]),
         Item::Single(Op(
