@@ -11,25 +11,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::Guid;
 
-mod redact;
 mod secret;
 
-pub use crate::broker::{NatsSettings, NatsTls, StreamSettings};
-pub use crate::callout::CalloutSettings;
-pub use crate::crm::{
-    BatchSettings, CallMemorySettings, DispositionSource, DynamicsLookup, DynamicsSettings,
-    LookupSettings, MAPPABLE_FIELDS, PresenceAction, PresenceSettings, SalesforceAuth,
+// Each component's settings, from the file beside it that holds them (and
+// nothing a component does: this file is imported by components, never the
+// other way round through them).
+pub use crate::broker::settings::{NatsSettings, NatsTls, StreamSettings};
+pub use crate::callout::settings::CalloutSettings;
+pub use crate::crm::activity::fields::MAPPABLE_FIELDS;
+pub use crate::crm::activity::settings::{BatchSettings, CallMemorySettings};
+pub use crate::crm::dynamics::settings::{DynamicsLookup, DynamicsSettings};
+pub use crate::crm::salesforce::settings::{
+    DispositionSource, LookupSettings, PresenceAction, PresenceSettings, SalesforceAuth,
     SalesforceSettings,
 };
-pub use crate::crm::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
-pub use crate::dispatch::CommandSettings;
-pub use crate::dispatch::UnknownSoftphones;
-pub use crate::http::{HttpSettings, HttpTls, TokenSettings};
-pub use crate::pipeline::{LaneSettings, WorkerSettings};
+pub use crate::crm::settings::{CrmSettings, DEFAULT_CONNECTION, HttpUrl, WebhookSettings};
+pub use crate::dispatch::settings::{CommandSettings, UnknownSoftphones};
+pub use crate::http::settings::{HttpSettings, HttpTls, TokenSettings};
+pub use crate::pipeline::settings::{LaneSettings, WorkerSettings};
+pub use crate::redact::redacted_url;
 pub use crate::softphones::registry::RegistrySettings;
-pub(crate) use redact::redact_url;
-pub use redact::redacted_url;
-pub(crate) use redact::{redact, redact_opt};
+pub use crate::telemetry::settings::{LogFormat, LogSettings};
 
 /// Prefix of the environment variables read as settings.
 pub(crate) const ENV_PREFIX: &str = "SOFTPHONE_BRIDGE_";
@@ -100,33 +102,6 @@ pub struct PartnerSettings {
     /// (else `[crm]`).
     #[serde(default)]
     pub crm: Option<String>,
-}
-
-/// Log output.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogSettings {
-    /// `human` or `json`.
-    pub format: LogFormat,
-    /// Filter directives (`info`, `softphone_bridge=debug,async_nats=warn`);
-    /// `RUST_LOG` wins when set.
-    pub level: String,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            format: LogFormat::Human,
-            level: "info".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 fn default_dispositions() -> Vec<String> {
@@ -254,9 +229,9 @@ impl Settings {
         if self.streams.replicas == 0 || self.streams.replicas > 5 {
             return fail("streams.replicas", "must be between 1 and 5".into());
         }
-        crate::http::check_settings(self, &|key, why| {
-            ConfigError(format!("{key}: {why}{}", origin(figment, key)))
-        })?;
+        if let Err((key, why)) = crate::http::settings::check(&self.http) {
+            return fail(&key, why);
+        }
         let buckets = [
             ("registry.bucket", &self.registry.bucket),
             ("commands.bucket", &self.commands.bucket),
@@ -279,7 +254,7 @@ impl Settings {
             return fail("call_memory.remember_for", "must be at least 1m".into());
         }
         if let Err((key, why)) =
-            crate::dispatch::check_settings(&self.commands, self.streams.commands_max_age)
+            crate::dispatch::settings::check(&self.commands, self.streams.commands_max_age)
         {
             return fail(key, why);
         }

@@ -28,7 +28,8 @@
 //!   server's configuration, deploy/tenancy.md);
 //! - the ground: [`broker`] (NATS connections, the streams, consumers and
 //!   buckets it should have, provisioning), [`config`] (layered settings),
-//!   [`telemetry`] (logs and metrics), [`tls`], `text`;
+//!   [`telemetry`] (logs and metrics), [`tls`], `text`, `redact` (secrets
+//!   kept out of what is shown);
 //! - running it: [`startup`] (the [`Application`] that wires it together and
 //!   shuts down cleanly), [`cli`] (the subcommands), `ops` (the operators'
 //!   commands: `dlq`, `replay`, `status`, `doctor`, `nats-config`, `health`,
@@ -46,6 +47,7 @@ pub mod dispatch;
 pub mod http;
 mod ops;
 pub mod pipeline;
+mod redact;
 mod service;
 pub mod softphones;
 pub mod startup;

@@ -4,7 +4,7 @@
 
 pub(crate) mod bucket;
 pub mod provision;
-mod settings;
+pub(crate) mod settings;
 
 use std::sync::Arc;
 

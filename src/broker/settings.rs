@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{redact_opt, redact_url, redacted_url};
+use crate::redact::{redact_opt, redact_url, redacted_url};
 
 /// Connection to NATS. At most one of token, user/password and creds_file.
 #[derive(Clone, Deserialize, Serialize)]

@@ -14,7 +14,7 @@ mod login;
 mod nats_jwt;
 mod permission;
 mod serve;
-mod settings;
+pub(crate) mod settings;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};

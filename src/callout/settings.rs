@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{redact, redact_opt};
+use crate::redact::{redact, redact_opt};
 
 /// The auth callout: which platform logins are accepted, and the key that
 /// signs the NATS users they become.

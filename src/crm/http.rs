@@ -40,7 +40,7 @@ pub async fn classify_response(response: Response) -> Result<Response, CrmError>
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|v| crate::config::redacted_url(v.split('?').next().unwrap_or_default()))
+            .map(|v| crate::redact::redacted_url(v.split('?').next().unwrap_or_default()))
             .unwrap_or_default();
         return Err(CrmError::Unavailable {
             reason: format!(

@@ -4,11 +4,11 @@
 //! (retry or dead-letter), and the configured connections by name.
 
 pub(crate) mod activity;
-mod dynamics;
+pub(crate) mod dynamics;
 mod http;
 mod log;
-mod salesforce;
-mod settings;
+pub(crate) mod salesforce;
+pub(crate) mod settings;
 mod tokens;
 mod webhook;
 
@@ -168,6 +168,32 @@ pub trait Crm: Send + Sync + 'static {
     fn dispositions<'a>(&'a self, partner: Option<&'a Guid>) -> BoxFuture<'a, Option<Vec<String>>> {
         let _ = partner;
         Box::pin(std::future::ready(None))
+    }
+}
+
+/// Routing: which connection a partner's events go to. Decided once for an
+/// event, by the intake; the lanes read it from the event's copy.
+impl Settings {
+    /// The connection a partner's events go to: `partners.<id>.crm`, else `[crm]`.
+    pub fn connection_for(&self, partner: Option<&Guid>) -> &str {
+        partner
+            .and_then(|id| self.partners.get(id))
+            .and_then(|p| p.crm.as_deref())
+            .filter(|name| self.crms.contains_key(*name))
+            .unwrap_or(DEFAULT_CONNECTION)
+    }
+
+    /// Every connection: `crm` (the `[crm]` section) first, then each `[crms.<name>]`.
+    pub fn connections(&self) -> impl Iterator<Item = (&str, &CrmSettings)> {
+        std::iter::once((DEFAULT_CONNECTION, &self.crm))
+            .chain(self.crms.iter().map(|(name, crm)| (name.as_str(), crm)))
+    }
+
+    /// Whether a connection logs calls as records (Salesforce, Dynamics):
+    /// then the call memory is used.
+    pub(crate) fn uses_call_memory(&self) -> bool {
+        self.connections()
+            .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_) | CrmSettings::Dynamics(_)))
     }
 }
 

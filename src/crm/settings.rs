@@ -5,12 +5,10 @@ use std::time::Duration;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
-use url::Url;
 
-use super::dynamics::DynamicsSettings;
-use super::salesforce::SalesforceSettings;
-use crate::config::{Settings, redacted_url};
-use crate::contract::Guid;
+use super::dynamics::settings::DynamicsSettings;
+use super::salesforce::settings::SalesforceSettings;
+pub use crate::redact::HttpUrl;
 
 /// Which CRM receives events.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -29,30 +27,6 @@ pub enum CrmSettings {
 
 /// Name of the default CRM connection (`[crm]`).
 pub const DEFAULT_CONNECTION: &str = "crm";
-
-impl Settings {
-    /// The connection a partner's events go to: `partners.<id>.crm`, else `[crm]`.
-    pub fn connection_for(&self, partner: Option<&Guid>) -> &str {
-        partner
-            .and_then(|id| self.partners.get(id))
-            .and_then(|p| p.crm.as_deref())
-            .filter(|name| self.crms.contains_key(*name))
-            .unwrap_or(DEFAULT_CONNECTION)
-    }
-
-    /// Every connection: `crm` (the `[crm]` section) first, then each `[crms.<name>]`.
-    pub fn connections(&self) -> impl Iterator<Item = (&str, &CrmSettings)> {
-        std::iter::once((DEFAULT_CONNECTION, &self.crm))
-            .chain(self.crms.iter().map(|(name, crm)| (name.as_str(), crm)))
-    }
-
-    /// Whether a connection logs calls as records (Salesforce, Dynamics):
-    /// then the call memory is used.
-    pub(crate) fn uses_call_memory(&self) -> bool {
-        self.connections()
-            .any(|(_, crm)| matches!(crm, CrmSettings::Salesforce(_) | CrmSettings::Dynamics(_)))
-    }
-}
 
 /// A signed HTTP webhook.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -140,48 +114,6 @@ impl Serialize for WebhookSecrets {
             1 => s.serialize_str("[redacted]"),
             n => s.collect_seq((0..n).map(|_| "[redacted]")),
         }
-    }
-}
-
-/// An absolute http(s) URL. Shown (`check-config`, `Debug`, `Display`, errors)
-/// only with its secrets redacted ([`redacted_url`]); requests use it whole.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct HttpUrl(Url);
-
-impl HttpUrl {
-    pub(crate) fn as_url(&self) -> &Url {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for HttpUrl {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        let shown = redacted_url(&text);
-        let url = Url::parse(&text).map_err(|e| format!("url {shown:?} is not a URL ({e})"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("url {shown:?} is not an http(s) URL"));
-        }
-        Ok(HttpUrl(url))
-    }
-}
-
-impl std::fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redacted_url(self.0.as_str()))
-    }
-}
-
-impl std::fmt::Debug for HttpUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("HttpUrl").field(&self.to_string()).finish()
-    }
-}
-
-impl Serialize for HttpUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 

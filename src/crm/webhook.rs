@@ -12,7 +12,7 @@ use sha2::Sha256;
 
 use super::http::{classify_response, transport_error};
 use super::{Crm, CrmError, CrmEvent};
-use crate::config::WebhookSettings;
+use crate::crm::WebhookSettings;
 
 /// The header that marks `softphone-bridge doctor`'s test event, so
 /// receivers can tell it from events and ignore it.

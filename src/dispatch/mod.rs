@@ -7,7 +7,7 @@
 
 mod error;
 mod idempotency;
-mod settings;
+pub(crate) mod settings;
 
 use async_nats::connection::State;
 use serde::Serialize;
@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 pub use error::DispatchError;
 pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash};
-pub use settings::{CommandSettings, UnknownSoftphones, check as check_settings};
+pub use settings::{CommandSettings, UnknownSoftphones};
 
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
 use crate::softphones::command::{CommandPublisher, Recipient};

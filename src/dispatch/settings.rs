@@ -61,7 +61,7 @@ impl CommandSettings {
 /// Checks the `[commands]` keys against the commands stream's max age
 /// (`streams.commands_max_age`): the key at fault and why. (The bucket's
 /// name is checked with the others', in [`crate::config`].)
-pub fn check(c: &CommandSettings, max_age: Duration) -> Result<(), (&'static str, String)> {
+pub(crate) fn check(c: &CommandSettings, max_age: Duration) -> Result<(), (&'static str, String)> {
     if c.idempotency_ttl < Duration::from_secs(1) {
         return Err(("commands.idempotency_ttl", "must be at least 1s".into()));
     }

@@ -5,9 +5,9 @@ use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::TokenSettings;
 use crate::contract::Guid;
 use crate::dispatch::Scope;
+use crate::http::TokenSettings;
 
 /// One configured token.
 pub struct Token {

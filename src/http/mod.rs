@@ -7,7 +7,7 @@ mod ops;
 mod problem;
 mod routes;
 mod serve;
-mod settings;
+pub(crate) mod settings;
 mod table;
 
 use std::net::SocketAddr;
@@ -27,7 +27,6 @@ pub use self::auth::hash_token;
 pub use self::ops::OPENAPI;
 pub(crate) use self::ops::Readiness;
 pub(crate) use self::problem::Problem;
-pub(crate) use self::settings::check as check_settings;
 pub use self::settings::{HttpSettings, HttpTls, TokenSettings};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;

@@ -24,7 +24,7 @@ use tower_service::Service as _;
 
 use super::connection::{Connection, ConnectionMark, Exchange, Timeouts, Tracked};
 use super::table::{Admitted, Table};
-use crate::config::{HttpSettings, HttpTls};
+use crate::http::{HttpSettings, HttpTls};
 
 /// The largest request head (request line and headers) read; a larger one is
 /// answered 431 and its connection closed, so a header flood costs at most

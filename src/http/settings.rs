@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::config::{ConfigError, Settings};
 use crate::contract::Guid;
-use crate::dispatch::UnknownSoftphones;
+use crate::dispatch::settings::UnknownSoftphones;
 
 /// The HTTP server: command API for CRMs, health, metrics.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -105,13 +104,9 @@ fn redact_str<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[redacted]")
 }
 
-/// Checks the `[http]` keys; `error` words a message naming the key.
-pub(crate) fn check(
-    settings: &Settings,
-    error: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
-    let fail = |key: &str, why: String| Err(error(key, why));
-    let http = &settings.http;
+/// Checks the `[http]` keys: `Err` names the key at fault, and why.
+pub(crate) fn check(http: &HttpSettings) -> Result<(), (String, String)> {
+    let fail = |key: &str, why: String| Err((key.to_owned(), why));
     if http.body_limit == 0 {
         return fail("http.body_limit", "must be at least 1 byte".into());
     }

@@ -32,7 +32,7 @@ mod lane;
 mod outcome;
 mod pull;
 mod sequencer;
-mod settings;
+pub(crate) mod settings;
 mod share;
 mod unit;
 mod unreadable;

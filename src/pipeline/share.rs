@@ -42,8 +42,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::unit::Ended;
 use crate::contract::fnv1a64;
+
+/// How a unit ended.
+pub(super) struct Ended {
+    /// Whether every message it pulled was settled, and the server confirmed
+    /// every one it gave back: the next owner may pull at once.
+    pub clean: bool,
+}
 
 /// Whether this replica may act as an owner: until half a lease after the
 /// last membership renewal the server acknowledged, counted from when it

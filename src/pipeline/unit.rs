@@ -40,7 +40,7 @@ use super::delivery::{Delivery, Original};
 use super::outcome::{self, HandleError, Outcome};
 use super::pull::{Next, Puller};
 use super::sequencer::{Sequencer, Turn};
-use super::share::Fence;
+use super::share::{Ended, Fence};
 use super::unreadable;
 use crate::telemetry::metric;
 
@@ -134,13 +134,6 @@ pub(super) struct Tried {
     /// Whether the job's connection answered other events since the job was
     /// last held (its failures are then its own).
     pub answered: bool,
-}
-
-/// How a unit ended.
-pub(super) struct Ended {
-    /// Whether every message it pulled was settled, and the server confirmed
-    /// every one it gave back: the next owner may pull at once.
-    pub clean: bool,
 }
 
 pub(super) struct Unit<S> {

@@ -2,10 +2,11 @@
 //! writing to standard error, human or JSON) and [`metric`]s.
 
 pub mod metric;
+pub(crate) mod settings;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LogSettings};
+pub use settings::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. `RUST_LOG` wins over `level`, which wins
 /// over `log.level`.

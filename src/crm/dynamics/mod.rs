@@ -12,7 +12,7 @@ mod batch;
 mod check;
 mod error;
 mod phonecall;
-mod settings;
+pub(crate) mod settings;
 mod write;
 
 use std::sync::Arc;
@@ -84,7 +84,7 @@ impl DynamicsCrm {
     pub fn with_memory(
         mut self,
         js: async_nats::jetstream::Context,
-        settings: &crate::config::CallMemorySettings,
+        settings: &crate::crm::CallMemorySettings,
     ) -> Self {
         let memory = Memory::new(js, settings, &org_key(&self.settings));
         self.calls.remember(memory);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{HttpUrl, redact_opt};
-use crate::crm::activity::BatchSettings;
+use crate::crm::activity::settings::BatchSettings;
+use crate::redact::{HttpUrl, redact_opt};
 
 /// A Dynamics 365 (Dataverse) environment reached through its Web API with
 /// an application user (client credentials).

@@ -16,7 +16,7 @@ mod org;
 mod read;
 #[cfg(test)]
 mod secrets_tests;
-mod settings;
+pub(crate) mod settings;
 mod task;
 mod write;
 
@@ -106,7 +106,7 @@ impl SalesforceCrm {
     pub fn with_memory(
         mut self,
         js: async_nats::jetstream::Context,
-        settings: &crate::config::CallMemorySettings,
+        settings: &crate::crm::CallMemorySettings,
     ) -> Self {
         let memory = Memory::new(js, settings, &org_key(&self.settings));
         self.calls.remember(memory);

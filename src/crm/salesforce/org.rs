@@ -6,9 +6,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::SalesforceCrm;
-use crate::config::PresenceAction;
 use crate::contract::AgentStatusChanged;
 use crate::crm::CrmError;
+use crate::crm::PresenceAction;
 
 impl SalesforceCrm {
     pub(super) async fn presence(&self, event: &AgentStatusChanged) -> Result<(), CrmError> {

@@ -7,10 +7,10 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{HttpUrl, redact_opt};
 use crate::contract::Guid;
-use crate::crm::activity::BatchSettings;
-pub use crate::crm::activity::MAPPABLE_FIELDS;
+pub use crate::crm::activity::fields::MAPPABLE_FIELDS;
+use crate::crm::activity::settings::BatchSettings;
+use crate::redact::{HttpUrl, redact_opt};
 
 /// A Salesforce org reached through its REST API.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -16,8 +16,8 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::config::SalesforceSettings;
 use crate::contract::{CallType, Event, RejectReason};
+use crate::crm::SalesforceSettings;
 use crate::crm::activity::{Words, Write, mappable};
 
 pub(crate) const DISPOSITION: &str = "CallDisposition";

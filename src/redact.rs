@@ -3,7 +3,8 @@
 //! errors.
 
 use secrecy::SecretString;
-use serde::Serializer;
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
 
 /// What stands in for a secret.
 const REDACTED: &str = "[redacted]";
@@ -153,5 +154,47 @@ mod tests {
         ] {
             assert_eq!(redacted_url(url), url);
         }
+    }
+}
+
+/// An absolute http(s) URL. Shown (`check-config`, `Debug`, `Display`, errors)
+/// only with its secrets redacted ([`redacted_url`]); requests use it whole.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct HttpUrl(Url);
+
+impl HttpUrl {
+    pub(crate) fn as_url(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HttpUrl {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let shown = redacted_url(&text);
+        let url = Url::parse(&text).map_err(|e| format!("url {shown:?} is not a URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("url {shown:?} is not an http(s) URL"));
+        }
+        Ok(HttpUrl(url))
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redacted_url(self.0.as_str()))
+    }
+}
+
+impl std::fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HttpUrl").field(&self.to_string()).finish()
+    }
+}
+
+impl Serialize for HttpUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
