@@ -11,7 +11,7 @@ use super::outcome::HandleError;
 use crate::config::Settings;
 use crate::contract::{Event, Loaded};
 use crate::crm::{Connections, Crm, CrmError, CrmEvent};
-use crate::softphones::command::CommandPublisher;
+use crate::softphones::command::{CommandPublisher, Recipient};
 use crate::softphones::load;
 use crate::softphones::registry::Registry;
 use crate::telemetry::metric;
@@ -110,12 +110,14 @@ impl Work for SoftphoneWork {
                         Some(crm) => crm.dispositions(loaded.partner_id.as_ref()).await,
                         None => None,
                     };
+                    let to = Recipient::bound(
+                        self.settings.callout.is_some(),
+                        &loaded.softphone_id,
+                        loaded.partner_id.as_ref(),
+                    );
                     for callback in load::callbacks_from(&self.settings, loaded, from_crm) {
                         let message_id = format!("{}:{}", event.id, callback.type_name());
-                        let ack = self
-                            .commands
-                            .publish((&*self.settings, loaded), &callback, &message_id)
-                            .await?;
+                        let ack = self.commands.publish(to, &callback, &message_id).await?;
                         tracing::debug!(
                             callback = callback.type_name(),
                             seq = ack.sequence,

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::config::Settings;
-use crate::contract::{Callback, Guid, Loaded, SoftphoneId, command_subject, tenant};
+use crate::contract::{Callback, Guid, SoftphoneId, command_subject, tenant};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish {kind} to softphone {softphone}: {source}")]
@@ -78,19 +77,6 @@ impl<'a> From<&'a SoftphoneId> for Recipient<'a> {
     }
 }
 
-/// A loading softphone, as the softphone lane answers it: with `[callout]`
-/// the partner of its `loaded` (which the intake has checked against the
-/// partner the server wrote into the subject), else the single account.
-impl<'a> From<(&'a Settings, &'a Loaded)> for Recipient<'a> {
-    fn from((settings, loaded): (&'a Settings, &'a Loaded)) -> Self {
-        Self::bound(
-            settings.callout.is_some(),
-            &loaded.softphone_id,
-            loaded.partner_id.as_ref(),
-        )
-    }
-}
-
 /// Publishes callbacks into `SOFTPHONE_COMMANDS`.
 #[derive(Clone)]
 pub(crate) struct CommandPublisher {
@@ -105,7 +91,7 @@ impl CommandPublisher {
     /// Publishes one callback to `to` and waits for the stream's ack.
     /// `message_id` becomes `Nats-Msg-Id`: the stream drops a repeat within
     /// its window. `to` is a [`Recipient`], or a `&SoftphoneId` of the
-    /// single account, or `(&Settings, &Loaded)` for a loading softphone.
+    /// single account.
     pub(crate) async fn publish<'a>(
         &self,
         to: impl Into<Recipient<'a>>,
@@ -205,26 +191,6 @@ mod tests {
         );
         let err = Recipient::bound(true, &phone, None).subject().unwrap_err();
         assert!(err.to_string().contains("bound to no partner"), "{err}");
-        let loaded = Loaded {
-            softphone_id: phone.clone(),
-            partner_id: Some(a.clone()),
-        };
-        // As the softphone lane holds them: `Arc<Settings>`, `&Loaded`.
-        let single = std::sync::Arc::new(Settings::from_toml("").unwrap());
-        assert_eq!(
-            Recipient::from((&*single, &loaded)).subject().unwrap(),
-            "softphone.cmd.agent-7"
-        );
-        let tenancy = Settings::from_toml(&format!(
-            "[callout]\nissuer_seed = \"{}\"\ntoken_secret = \"{}\"\n",
-            nkeys::KeyPair::new_account().seed().unwrap(),
-            "s".repeat(32)
-        ))
-        .unwrap();
-        assert_eq!(
-            Recipient::from((&tenancy, &loaded)).subject().unwrap(),
-            format!("softphone.p.{a}.cmd.agent-7")
-        );
     }
 
     #[test]
