@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::CommandSettings;
 use crate::broker::bucket::Bucket;
 use crate::contract::{Callback, SoftphoneId};
+use crate::softphones::command::Serialized;
 
 /// How long a request waits for an earlier one with the same key that is
 /// still publishing before it is answered `409 in-progress`.
@@ -175,8 +176,12 @@ pub fn bucket_key(softphone: &SoftphoneId, key: &str) -> String {
 /// SHA-256 (hex) of a command as decoded: the same command, whatever its
 /// field order or whitespace, has the same hash.
 pub fn command_hash(callback: &Callback) -> String {
-    let canonical = serde_json::to_vec(callback).expect("callbacks serialize");
-    hex::encode(Sha256::digest(canonical))
+    hash(&Serialized::new(callback))
+}
+
+/// [`command_hash`] of a command serialised already.
+pub(crate) fn hash(callback: &Serialized) -> String {
+    hex::encode(Sha256::digest(callback.json()))
 }
 
 /// The bucket's configuration, for provisioning.

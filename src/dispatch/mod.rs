@@ -18,7 +18,7 @@ pub use idempotency::{IN_PROGRESS_WAIT, bucket_config, bucket_key, command_hash}
 pub use settings::{CommandSettings, UnknownSoftphones};
 
 use crate::contract::{Callback, ContractError, Guid, SoftphoneId};
-use crate::softphones::command::{CommandPublisher, Recipient};
+use crate::softphones::command::{CommandPublisher, Recipient, Serialized};
 use crate::softphones::registry::{Entry, Phone, Registry};
 use crate::telemetry::metric;
 use idempotency::{Claim, Decision, Keys};
@@ -169,8 +169,9 @@ impl Dispatcher {
             Callback::StartCall(_) => self.settings.start_call_ttl,
             _ => self.settings.ttl,
         };
+        let serialized = Serialized::new(&callback);
         let decision = Decision {
-            body_hash: idempotency::command_hash(&callback),
+            body_hash: idempotency::hash(&serialized),
             message_id: format!("cmd:{softphone}:key:{key}"),
             expires_at: now + ttl,
             stream: None,
@@ -208,7 +209,7 @@ impl Dispatcher {
             .publisher
             .publish_expiring(
                 recipient,
-                &callback,
+                &serialized,
                 &decision.message_id,
                 decision.expires_at,
                 ttl,

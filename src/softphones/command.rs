@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck};
 use bytes::Bytes;
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::contract::{Callback, Guid, SoftphoneId, command_subject, tenant};
@@ -98,7 +97,8 @@ impl CommandPublisher {
         callback: &Callback,
         message_id: &str,
     ) -> Result<PublishAck, CommandError> {
-        self.send(to.into(), callback, message_id, None).await
+        let callback = Serialized::new(callback);
+        self.send(to.into(), &callback, message_id, None).await
     }
 
     /// Like [`CommandPublisher::publish`], for a command that must never
@@ -108,7 +108,7 @@ impl CommandPublisher {
     pub(crate) async fn publish_expiring(
         &self,
         to: Recipient<'_>,
-        callback: &Callback,
+        callback: &Serialized,
         message_id: &str,
         expires_at: OffsetDateTime,
         ttl: Duration,
@@ -120,24 +120,20 @@ impl CommandPublisher {
     async fn send(
         &self,
         to: Recipient<'_>,
-        callback: &Callback,
+        callback: &Serialized,
         message_id: &str,
         expiry: Option<(OffsetDateTime, Duration)>,
     ) -> Result<PublishAck, CommandError> {
         let fail = |source: async_nats::Error| CommandError {
-            kind: callback.type_name(),
+            kind: callback.kind,
             softphone: to.softphone.clone(),
             source,
         };
         let subject = to.subject().map_err(|e| fail(e.into()))?;
-        let body = match expiry {
-            None => serde_json::to_vec(callback),
-            Some((expires_at, _)) => serde_json::to_vec(&Expiring {
-                callback,
-                expires_at,
-            }),
-        };
-        let body = Bytes::from(body.map_err(|e| fail(e.into()))?);
+        let body = Bytes::from(match expiry {
+            None => callback.json.clone(),
+            Some((expires_at, _)) => callback.expiring(expires_at),
+        });
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(body)
             .message_id(message_id);
@@ -153,14 +149,43 @@ impl CommandPublisher {
     }
 }
 
-/// `{"type": ..., "payload": ..., "expiresAt": "<RFC 3339>"}`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Expiring<'a> {
-    #[serde(flatten)]
-    callback: &'a Callback,
-    #[serde(with = "time::serde::rfc3339")]
-    expires_at: OffsetDateTime,
+/// A callback serialised once: what a command's idempotency decision hashes
+/// and what is published, `{"type": ..., "payload": ...}`.
+pub(crate) struct Serialized {
+    kind: &'static str,
+    json: Vec<u8>,
+}
+
+impl Serialized {
+    pub(crate) fn new(callback: &Callback) -> Self {
+        Self {
+            kind: callback.type_name(),
+            json: serde_json::to_vec(callback).expect("callbacks serialize"),
+        }
+    }
+
+    /// `{"type": ..., "payload": ...}`, as published without an expiry.
+    pub(crate) fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// `{"type": ..., "payload": ..., "expiresAt": "<RFC 3339>"}`: the
+    /// serialised object with one member more.
+    fn expiring(&self, expires_at: OffsetDateTime) -> Vec<u8> {
+        let at = expires_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("a time within RFC 3339's years");
+        let object = self
+            .json
+            .strip_suffix(b"}")
+            .expect("a callback serialises to an object");
+        let mut body = Vec::with_capacity(self.json.len() + at.len() + 16);
+        body.extend_from_slice(object);
+        body.extend_from_slice(b",\"expiresAt\":\"");
+        body.extend_from_slice(at.as_bytes());
+        body.extend_from_slice(b"\"}");
+        body
+    }
 }
 
 /// `Nats-TTL` counts whole seconds: round up, so a message never expires early.
@@ -195,12 +220,9 @@ mod tests {
 
     #[test]
     fn expiring_commands_say_when_they_expire() {
-        let callback = Callback::Disposition(vec!["a".into()]);
-        let body = serde_json::to_value(Expiring {
-            callback: &callback,
-            expires_at: OffsetDateTime::UNIX_EPOCH,
-        })
-        .unwrap();
+        let callback = Serialized::new(&Callback::Disposition(vec!["a".into()]));
+        let body: serde_json::Value =
+            serde_json::from_slice(&callback.expiring(OffsetDateTime::UNIX_EPOCH)).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"type": "disposition", "payload": ["a"], "expiresAt": "1970-01-01T00:00:00Z"})
