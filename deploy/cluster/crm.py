@@ -5,7 +5,8 @@ reached the CRM, how often and how late.
 
 Each request becomes one JSON line in the record file:
   {"received": <unix seconds>, "id": <body's event id>, "event": ...,
-   "published_at": <body's publishedAt>, "idempotency_key": ..., "webhook_id": ...}
+   "published_at": <body's publishedAt>, "sequence": <body's sequence>,
+   "idempotency_key": ..., "webhook_id": ..., "peer": <the sending replica's address>}
 
 It does not verify signatures (the bridge's tests do): it stands for a CRM that
 is always up, so that every duplicate or delay it records is the pipeline's.
@@ -38,8 +39,11 @@ class Receiver(BaseHTTPRequestHandler):
                 "id": event.get("id"),
                 "event": event.get("event"),
                 "published_at": event.get("publishedAt"),
+                "sequence": event.get("sequence"),
                 "idempotency_key": self.headers.get("Idempotency-Key"),
                 "webhook_id": self.headers.get("webhook-id"),
+                # Which replica sent it: each container has its own address.
+                "peer": self.client_address[0],
             }
         )
         with self.lock:

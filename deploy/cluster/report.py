@@ -103,12 +103,22 @@ def main():
     for event_id, c in first.items():
         index = int(event_id.rsplit("-", 1)[1])
         conversations.setdefault(index // 4, []).append((acked[event_id]["seq"], index, c["received"]))
+    reversals = []
     for events in conversations.values():
         events.sort()
         if any(a[2] > b[2] for a, b in zip(events, events[1:])):
             reordered += 1
+            reversals.append(events)
         if any(a[1] > b[1] for a, b in zip(events, events[1:])):
             stored_out_of_order += 1
+    # Each reversed conversation's calls, every one (duplicates too), in the
+    # order the CRM received them: which replica sent what, and when.
+    for events in reversals[:10]:
+        conversation = events[0][1] // 4
+        print(f"out of order: conversation {conversation}")
+        mine = [c for c in calls if int(c["id"].rsplit("-", 1)[1]) // 4 == conversation]
+        for c in sorted(mine, key=lambda c: c["received"]):
+            print(f"  {c['received']:.3f} {c['id']} seq {acked[c['id']]['seq']} from {c.get('peer')}")
     # One more scrape after the last redelivery, so Prometheus has the counters.
     time.sleep(5)
     dlq_now = stream_messages("SOFTPHONE_DLQ")
