@@ -170,7 +170,10 @@ impl<S: Stage> Unit<S> {
                 None => {
                     tracing::info!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Waiting out the ack wait before the first pull.");
                     if !pause(unit.ack_wait, &stop).await {
-                        return Ended { clean: true };
+                        // Stopped (or moved) before the dead owner's events
+                        // came back: its next owner must wait for them too,
+                        // not pull ahead of them as after a clean release.
+                        return Ended { clean: false };
                     }
                 }
             }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use softphone_bridge::contract::{DLQ_STREAM, EventKind, LANES_STREAM, dlq_header};
+use softphone_bridge::contract::{DLQ_STREAM, EVENTS_STREAM, EventKind, LANES_STREAM, dlq_header};
 use wiremock::ResponseTemplate;
 
 use crate::helpers::*;
@@ -35,7 +35,21 @@ fn config(crm: &FakeCrm) -> String {
 /// (every conversation's first event, then every second one ...), without
 /// waiting for each ack; event ids `<conversation>-<index>`.
 async fn publish_interleaved(js: &async_nats::jetstream::Context, conversations: &[String]) {
-    for (index, (kind, extra)) in LIFECYCLE.iter().enumerate() {
+    publish_rounds(js, conversations, 0..LIFECYCLE.len()).await;
+}
+
+/// Like [`publish_interleaved`], the rounds of `events` (indexes into [`LIFECYCLE`]) only.
+async fn publish_rounds(
+    js: &async_nats::jetstream::Context,
+    conversations: &[String],
+    events: std::ops::Range<usize>,
+) {
+    for (index, (kind, extra)) in LIFECYCLE
+        .iter()
+        .enumerate()
+        .skip(events.start)
+        .take(events.len())
+    {
         for chunk in conversations.chunks(250) {
             let mut acks = Vec::new();
             for conv in chunk {
@@ -512,4 +526,55 @@ async fn a_killed_replicas_partitions_move_within_the_ack_wait_and_every_convers
         "nothing dead-lettered"
     );
     stop_all(replicas).await;
+}
+
+#[tokio::test]
+async fn an_intake_stopped_while_waiting_for_a_dead_owners_events_never_lets_later_ones_pass() {
+    let nats = start_nats().await;
+    let js = provisioned(&nats).await;
+    let crm = FakeCrm::answering(ResponseTemplate::new(200)).await;
+    // A long intake ack wait: the dead owner's events stay unacknowledged
+    // (not yet redelivered) while the next owners come and go.
+    let config = config(&crm).replace(
+        "shutdown_deadline = \"10s\"",
+        "shutdown_deadline = \"10s\"\nintake_ack_wait = \"20s\"",
+    );
+    let settings = defaults();
+    let intake = format!("{}-intake", settings.worker.consumer);
+    let conversations: Vec<String> = (0..10).map(|_| conversation()).collect();
+
+    // A routes nothing: without the lanes stream it holds what it pulled
+    // (NATS's trouble), unacknowledged, when it dies.
+    let a = Bridge::start(&nats.url, &config);
+    replicas_pulling(&js, &settings, 1).await;
+    js.delete_stream(LANES_STREAM).await.unwrap();
+    publish_rounds(&js, &conversations, 0..2).await;
+    eventually("the intake to hold the first events", || async {
+        let info = consumer_info(&js, EVENTS_STREAM, &intake).await;
+        (info.num_pending == 0 && info.num_ack_pending > 0).then_some(())
+    })
+    .await;
+    a.kill().await;
+
+    // B takes the intake over (and provisions the lanes again) and waits
+    // out the ack wait for A's events; it is stopped meanwhile.
+    let b = Bridge::start(&nats.url, &config);
+    b.logged_line(&["Waiting out the ack wait before the first pull", &intake])
+        .await;
+    b.terminate();
+    let (status, stderr) = b.wait().await;
+    assert!(status.success(), "{stderr}");
+
+    // The rest of each conversation, then C: it must not take the intake
+    // as released clean and pull these ahead of A's.
+    publish_rounds(&js, &conversations, 2..LIFECYCLE.len()).await;
+    let c = Bridge::start(&nats.url, &config);
+    let mut arrivals = Arrivals(Vec::new());
+    receive_all(&crm, &js, &mut arrivals, &conversations).await;
+    arrivals.assert_in_order(&conversations);
+    assert!(
+        !c.has_logged_line(&["Claimed the unit", &intake]),
+        "the intake was released as if it held nothing"
+    );
+    stop_all(vec![c]).await;
 }

@@ -64,13 +64,17 @@ impl Bridge {
     /// Waits until the process has logged one line containing every needle.
     pub async fn logged_line(&self, needles: &[&str]) {
         eventually(&format!("the bridge to log {needles:?}"), || async {
-            let stderr = self.stderr.lock().unwrap();
-            stderr
-                .lines()
-                .any(|line| needles.iter().all(|needle| line.contains(needle)))
-                .then_some(())
+            self.has_logged_line(needles).then_some(())
         })
         .await;
+    }
+
+    /// Whether the process has logged, so far, one line containing every needle.
+    pub fn has_logged_line(&self, needles: &[&str]) -> bool {
+        let stderr = self.stderr.lock().unwrap();
+        stderr
+            .lines()
+            .any(|line| needles.iter().all(|needle| line.contains(needle)))
     }
 
     /// Whether the process has logged a line containing `needle` so far.
