@@ -51,9 +51,10 @@ use tokio::sync::watch;
 
 use super::delivery::Delivery;
 use super::outcome::{self, HandleError, Outcome};
-use super::unit::{Accepted, Stage, Tried, Wait};
+use super::unit::{Accepted, Stage, StoredKey, Tried, Wait};
+use super::unreadable;
 use crate::config::Settings;
-use crate::contract::{ContractError, Event, EventKind, LaneTarget, lane_header};
+use crate::contract::{ContractError, Event, EventKind, LaneTarget, event_subject, lane_header};
 use crate::telemetry::metric;
 
 pub(super) struct Intake {
@@ -274,6 +275,24 @@ impl Stage for Intake {
 
     fn sweeps(&self) -> Option<watch::Receiver<u64>> {
         Some(self.connects.clone())
+    }
+
+    /// A delivery the dead owner this replica took the intake over from may
+    /// still hold: every event waits its turn behind it (the intake's one
+    /// order), and the next event of its conversation is copied at that
+    /// turn, after it, never ahead of it when NATS gives it back (which NATS
+    /// may do after newer events: the server's redelivery order is no
+    /// guarantee, see docs/cluster.md, run 12).
+    fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey {
+        let key = event_subject(&raw.subject)
+            .and_then(|subject| Event::decode(subject.kind, &raw.payload).ok())
+            .map(|event| crate::contract::order_key(&event, "").to_owned())
+            .filter(|key| !key.is_empty());
+        if let Some(key) = key {
+            let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
+            copied.insert(key, Arc::new(AtomicBool::new(false)));
+        }
+        StoredKey::Key(IN_ARRIVAL_ORDER.to_owned())
     }
 }
 

@@ -110,9 +110,7 @@ pub(super) enum StoredKey {
     /// Orders no other message (an event of its own).
     Alone,
     Key(String),
-    /// The stage cannot work a newer message before an older one is settled
-    /// (the intake, which copies as it pulls): a take-over waits out the ack
-    /// wait instead.
+    /// The stage cannot tell: a take-over waits out the ack wait instead.
     Unknown,
 }
 

@@ -556,11 +556,15 @@ async fn an_intake_stopped_while_waiting_for_a_dead_owners_events_never_lets_lat
     .await;
     a.kill().await;
 
-    // B takes the intake over (and provisions the lanes again) and waits
-    // out the ack wait for A's events; it is stopped meanwhile.
+    // B takes the intake over (and provisions the lanes again), keeping the
+    // places of A's events, which NATS gives back only after the ack wait;
+    // it is stopped meanwhile.
     let b = Bridge::start(&nats.url, &config);
-    b.logged_line(&["Waiting out the ack wait before the first pull", &intake])
-        .await;
+    b.logged_line(&[
+        "the previous owner may hold an event of wait for it",
+        &intake,
+    ])
+    .await;
     b.terminate();
     let (status, stderr) = b.wait().await;
     assert!(status.success(), "{stderr}");
