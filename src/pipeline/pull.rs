@@ -49,6 +49,10 @@ pub(super) enum Next {
     /// it did not end in time (it may still deliver: what it delivers comes
     /// back only after the ack wait); and when the stop was seen.
     Shutdown(Vec<jetstream::Message>, bool, tokio::time::Instant),
+    /// The open pull request failed (its server shut down, the connection
+    /// dropped): what the server sent it and the client never read is lost
+    /// in transit, and comes back only after the ack wait.
+    Failed,
 }
 
 /// One pull request that is open: what it may still deliver, and the permits
@@ -124,6 +128,7 @@ impl Puller {
                     tracing::warn!(error = %e, "Pull request failed.");
                     self.failures += 1;
                     self.open = None;
+                    return Next::Failed;
                 }
                 // Expired: its unused permits go back to the room.
                 None => self.open = None,

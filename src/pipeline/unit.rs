@@ -199,6 +199,7 @@ impl<S: Stage> Unit<S> {
         }
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
+        let mut scanned = consumer.clone();
         let mut puller = Puller::new(consumer, unit.room, unit.fence.clone());
         // Whether the last pull request ended before the unit stopped: if
         // not, it may still deliver, and the unit is not released clean.
@@ -215,6 +216,32 @@ impl<S: Stage> Unit<S> {
                     given_back.lock().expect("lock").extend(delivered);
                     pull_ended = ended;
                     break;
+                }
+                Next::Failed => {
+                    // Deliveries lost in transit keep their places, as a
+                    // dead owner's do: no newer event of their conversation
+                    // overtakes them when the server gives them back.
+                    let was_empty = reserved.is_empty();
+                    let known = |sequence| holding.knows(sequence);
+                    match unit.missing(&mut scanned, &sequencer, &known).await {
+                        Some(lost) if !lost.is_empty() => {
+                            tracing::warn!(unit = %unit.name, lost = lost.len(), "Deliveries lost with a failed pull request keep their places until they come back.");
+                            reserved.keep(lost);
+                            if was_empty {
+                                tracker.spawn(resolve(
+                                    unit.js.clone(),
+                                    scanned.clone(),
+                                    Arc::clone(&reserved),
+                                    stop.clone(),
+                                ));
+                            }
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!(unit = %unit.name, "Cannot tell which deliveries a failed pull request lost; they come back after the ack wait.")
+                        }
+                    }
+                    continue;
                 }
             };
             let Accepted { mut job, key } = match unit.stage.accept(&message).await {
@@ -325,6 +352,19 @@ impl<S: Stage> Unit<S> {
         consumer: &mut PullConsumer,
         sequencer: &Arc<Sequencer>,
     ) -> Option<BTreeMap<u64, (String, Turn)>> {
+        self.missing(consumer, sequencer, &|_| false).await
+    }
+
+    /// The deliveries of `consumer` out (between its ack floor and the last
+    /// sequence it delivered) that are not `known` here, each with a place
+    /// kept in its order key's line; `None` when they cannot be told (as
+    /// for [`Unit::take_over`]).
+    async fn missing(
+        &self,
+        consumer: &mut PullConsumer,
+        sequencer: &Arc<Sequencer>,
+        known: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Option<BTreeMap<u64, (String, Turn)>> {
         // Places are kept in `sequencer` as they are read; given up
         // (dropped) when `None` is returned.
         let info = match consumer.info().await {
@@ -356,6 +396,10 @@ impl<S: Stage> Unit<S> {
             if read > TAKE_OVER_READS {
                 return None;
             }
+            next = raw.sequence + 1;
+            if known(raw.sequence) {
+                continue;
+            }
             match self.stage.stored_key(&raw) {
                 StoredKey::Alone => {}
                 StoredKey::Key(key) => {
@@ -364,7 +408,6 @@ impl<S: Stage> Unit<S> {
                 }
                 StoredKey::Unknown => return None,
             }
-            next = raw.sequence + 1;
         }
         tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
         Some(reserved)
@@ -586,7 +629,7 @@ impl Reserved {
         for (key, _) in kept.values() {
             *places.roomless.entry(key.clone()).or_default() += 1;
         }
-        places.kept = kept;
+        places.kept.extend(kept);
     }
 
     fn is_empty(&self) -> bool {
@@ -689,29 +732,49 @@ async fn confirmed_nak(message: &jetstream::Message) -> bool {
     }
 }
 
-/// The deliveries a unit holds, from their pull to their fate, by sequence.
+/// The deliveries a unit holds, from their pull to their fate, by sequence,
+/// and the latest it settled.
 #[derive(Default)]
-struct Holding(Mutex<BTreeMap<u64, jetstream::Message>>);
+struct Holding(Mutex<Held>);
+
+#[derive(Default)]
+struct Held {
+    messages: BTreeMap<u64, jetstream::Message>,
+    /// The last [`SETTLED_REMEMBERED`] sequences settled here, which a
+    /// failed pull request cannot have lost.
+    settled: std::collections::BTreeSet<u64>,
+}
+
+/// How many settled sequences a unit remembers: more than a consumer has
+/// out at once.
+const SETTLED_REMEMBERED: usize = 4096;
 
 impl Holding {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn hold(&self, sequence: u64, message: &jetstream::Message) {
-        self.0
-            .lock()
-            .expect("holding lock")
-            .insert(sequence, message.clone());
+        self.lock().messages.insert(sequence, message.clone());
     }
 
     fn release(&self, sequence: u64) {
-        self.0.lock().expect("holding lock").remove(&sequence);
+        let mut held = self.lock();
+        held.messages.remove(&sequence);
+        held.settled.insert(sequence);
+        if held.settled.len() > SETTLED_REMEMBERED {
+            held.settled.pop_first();
+        }
+    }
+
+    /// Whether the delivery of `sequence` reached this unit: held, or settled lately.
+    fn knows(&self, sequence: u64) -> bool {
+        let held = self.lock();
+        held.messages.contains_key(&sequence) || held.settled.contains(&sequence)
     }
 
     fn held(&self) -> Vec<jetstream::Message> {
-        self.0
-            .lock()
-            .expect("holding lock")
-            .values()
-            .cloned()
-            .collect()
+        self.lock().messages.values().cloned().collect()
     }
 
     /// Tells the server every third of the ack wait that each held delivery
