@@ -16,7 +16,9 @@
 //! [`super::share`]). When asked to stop, it reads the open request to its
 //! end and hands over all it delivered, for the unit to give back with the
 //! rest in stream order: nothing it pulled can come back later, after the
-//! unit's next owner went on with newer events.
+//! unit's next owner went on with newer events. A request that fails (its
+//! server shut down, the connection dropped) may have lost deliveries in
+//! transit: the unit is told ([`Next::Failed`]) and keeps their places.
 
 use std::sync::Arc;
 use std::time::Duration;
