@@ -17,8 +17,9 @@
 //! end and hands over all it delivered, for the unit to give back with the
 //! rest in stream order: nothing it pulled can come back later, after the
 //! unit's next owner went on with newer events. A request that fails (its
-//! server shut down, the connection dropped) may have lost deliveries in
-//! transit: the unit is told ([`Next::Failed`]) and keeps their places.
+//! server shut down), or ends after its connection was renewed while it was
+//! open, may have lost deliveries in transit: the unit is told
+//! ([`Next::Failed`]) and keeps their places.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,10 +52,31 @@ pub(super) enum Next {
     /// it did not end in time (it may still deliver: what it delivers comes
     /// back only after the ack wait); and when the stop was seen.
     Shutdown(Vec<jetstream::Message>, bool, tokio::time::Instant),
-    /// The open pull request failed (its server shut down, the connection
-    /// dropped): what the server sent it and the client never read is lost
-    /// in transit, and comes back only after the ack wait.
+    /// The open pull request failed (its server shut down), or ended after
+    /// the connection was renewed while it was open: what the server sent it
+    /// and the client never read is lost in transit, and comes back only
+    /// after the ack wait.
     Failed,
+}
+
+/// How many times the connection a consumer pulls on has (re)connected.
+pub(super) enum Connects {
+    /// A client's own count (the shared connection the lanes pull on).
+    Client(async_nats::Client),
+    /// A count kept for a connection of its own (the intake's).
+    Watched(tokio::sync::watch::Receiver<u64>),
+}
+
+impl Connects {
+    fn count(&self) -> u64 {
+        match self {
+            Connects::Client(client) => client
+                .statistics()
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Connects::Watched(connects) => *connects.borrow(),
+        }
+    }
 }
 
 /// One pull request that is open: what it may still deliver, and the permits
@@ -62,10 +84,14 @@ pub(super) enum Next {
 struct Open {
     batch: jetstream::consumer::pull::Batch,
     permits: Vec<OwnedSemaphorePermit>,
+    /// The connection's (re)connects when it was made.
+    connects: u64,
 }
 
 pub(super) struct Puller {
     consumer: PullConsumer,
+    /// The (re)connects of the connection the consumer pulls on.
+    connects: Connects,
     fence: Fence,
     room: Arc<Semaphore>,
     size: usize,
@@ -77,9 +103,15 @@ pub(super) struct Puller {
 impl Puller {
     /// Pulls at most `room` messages at a time for work not yet done, while
     /// `fence` holds.
-    pub(super) fn new(consumer: PullConsumer, room: usize, fence: Fence) -> Self {
+    pub(super) fn new(
+        consumer: PullConsumer,
+        connects: Connects,
+        room: usize,
+        fence: Fence,
+    ) -> Self {
         Self {
             consumer,
+            connects,
             fence,
             room: Arc::new(Semaphore::new(room)),
             size: room,
@@ -132,8 +164,18 @@ impl Puller {
                     self.open = None;
                     return Next::Failed;
                 }
-                // Expired: its unused permits go back to the room.
-                None => self.open = None,
+                // Ended (expired, or given up by the client): its unused
+                // permits go back to the room. Had the connection been
+                // renewed meanwhile, what it delivered before may be lost.
+                None => {
+                    let opened_at = open.connects;
+                    self.open = None;
+                    let renewed = self.connects() > opened_at;
+                    if renewed {
+                        tracing::warn!("The connection was renewed while a pull request was open.");
+                        return Next::Failed;
+                    }
+                }
             }
         }
     }
@@ -172,6 +214,7 @@ impl Puller {
                     }
                 }
             };
+            let connects = self.connects();
             let requested = self
                 .consumer
                 .batch()
@@ -180,13 +223,23 @@ impl Puller {
                 .messages()
                 .await;
             match requested {
-                Ok(batch) => return Some(Open { batch, permits }),
+                Ok(batch) => {
+                    return Some(Open {
+                        batch,
+                        permits,
+                        connects,
+                    });
+                }
                 Err(e) => {
                     self.failures += 1;
                     tracing::warn!(error = %e, "Cannot pull from the consumer; retrying.");
                 }
             }
         }
+    }
+
+    fn connects(&self) -> u64 {
+        self.connects.count()
     }
 
     /// What the open pull request already delivered and was not taken.

@@ -38,7 +38,7 @@ use tracing::Instrument;
 use super::WorkerSettings;
 use super::delivery::{Delivery, Original};
 use super::outcome::{self, HandleError, Outcome};
-use super::pull::{Next, Puller};
+use super::pull::{Connects, Next, Puller};
 use super::sequencer::{Sequencer, Turn};
 use super::share::{Ended, Fence};
 use super::unreadable;
@@ -200,7 +200,12 @@ impl<S: Stage> Unit<S> {
         let abandon = CancellationToken::new();
         let given_back: Arc<Mutex<Vec<jetstream::Message>>> = Arc::default();
         let mut scanned = consumer.clone();
-        let mut puller = Puller::new(consumer, unit.room, unit.fence.clone());
+        // The intake pulls on a connection of its own, whose connects it watches.
+        let connects = match unit.stage.sweeps() {
+            Some(connects) => Connects::Watched(connects),
+            None => Connects::Client(unit.js.client()),
+        };
+        let mut puller = Puller::new(consumer, connects, unit.room, unit.fence.clone());
         // Whether the last pull request ended before the unit stopped: if
         // not, it may still deliver, and the unit is not released clean.
         let pull_ended: bool;
