@@ -87,9 +87,7 @@ pub(super) trait Stage: Send + Sync + 'static {
 
     /// The order key of a message read from the stream (the deliveries a
     /// dead owner may still hold, see [`Unit::take_over`]).
-    fn stored_key(&self, _raw: &unreadable::Raw) -> StoredKey {
-        StoredKey::Unknown
-    }
+    fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey;
 
     /// What wakes the unit to sweep its consumer for messages the client
     /// cannot read (the intake's (re)connects); `None`: no sweep.
@@ -110,8 +108,6 @@ pub(super) enum StoredKey {
     /// Orders no other message (an event of its own).
     Alone,
     Key(String),
-    /// The stage cannot tell: a take-over waits out the ack wait instead.
-    Unknown,
 }
 
 /// What a job waits for before its next attempt.
@@ -350,8 +346,8 @@ impl<S: Stage> Unit<S> {
     /// (after the ack wait) or is known settled (the ack floor passed it),
     /// so that no newer event of its conversation overtakes it, while every
     /// other conversation goes on at once. `None`: wait out the ack wait
-    /// before the first pull instead (the stage cannot tell keys, too many
-    /// to read, or NATS did not answer).
+    /// before the first pull instead (too many to read, or NATS did not
+    /// answer).
     async fn take_over(
         &self,
         consumer: &mut PullConsumer,
@@ -411,7 +407,6 @@ impl<S: Stage> Unit<S> {
                     let turn = sequencer.enter(&key);
                     reserved.insert(raw.sequence, (key, turn));
                 }
-                StoredKey::Unknown => return None,
             }
         }
         tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
