@@ -109,6 +109,12 @@ python3 deploy/cluster/report.py "$STATE_DIR/published.jsonl" "$STATE_DIR/crm.js
   "$dlq_before" "$((SECONDS - started))" "$LIMIT" --wait "$DRAIN" | tee "$STATE_DIR/chaos-report.txt"
 verdict=${PIPESTATUS[0]}
 set -e
+if [ -s "$STATE_DIR/reversed-ids.txt" ]; then
+  echo "where the reversed conversations' copies sit in SOFTPHONE_LANES:" | tee -a "$STATE_DIR/chaos-report.txt"
+  # shellcheck disable=SC2046
+  "$venv/bin/python" deploy/cluster/lanes.py "$NATS_URLS" $(tr ' ' '\n' <"$STATE_DIR/reversed-ids.txt" | sort -u) \
+    | tee -a "$STATE_DIR/chaos-report.txt" || true
+fi
 cluster compose logs --no-color bridge1 bridge2 bridge3 >"$STATE_DIR/chaos-bridges.log" 2>&1 || true
 log "bridge logs: $STATE_DIR/chaos-bridges.log"
 exit "$verdict"

@@ -119,6 +119,10 @@ def main():
         mine = [c for c in calls if int(c["id"].rsplit("-", 1)[1]) // 4 == conversation]
         for c in sorted(mine, key=lambda c: c["received"]):
             print(f"  {c['received']:.3f} {c['id']} seq {acked[c['id']]['seq']} from {c.get('peer')}")
+    # Their event ids, for deploy/cluster/lanes.py (where the copies sit in SOFTPHONE_LANES).
+    with open(crm_path.rsplit("/", 1)[0] + "/reversed-ids.txt", "w", encoding="utf-8") as f:
+        f.write(" ".join(c["id"] for events in reversals[:10] for c in calls
+                         if int(c["id"].rsplit("-", 1)[1]) // 4 == events[0][1] // 4))
     # One more scrape after the last redelivery, so Prometheus has the counters.
     time.sleep(5)
     dlq_now = stream_messages("SOFTPHONE_DLQ")

@@ -360,10 +360,15 @@ pub(crate) fn lane_copy(
         .message_id(id)
 }
 
-/// Once every copy is stored; else how storing failed.
+/// Once every copy is stored; else how storing failed. A copy stored before
+/// (by a replica that died before it acked the original, or by an attempt
+/// whose ack was lost) is logged with the sequence it holds in the lanes.
 async fn stored(acks: Vec<PublishAckFuture>) -> Result<(), HandleError> {
     for ack in acks {
-        ack.await.map_err(|e| outcome::copy_failed(&e))?;
+        let ack = ack.await.map_err(|e| outcome::copy_failed(&e))?;
+        if ack.duplicate {
+            tracing::info!(lane_sequence = ack.sequence, "The copy was stored before.");
+        }
     }
     Ok(())
 }

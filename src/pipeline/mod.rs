@@ -197,17 +197,17 @@ pub async fn run(
             Role::Intake => {
                 let template = settings_for(worker.intake_window, worker.intake_ack_wait);
                 let intake = Arc::clone(&intake);
-                Box::new(move |consumer, takeover, stop| {
+                Box::new(move |consumer, stop| {
                     let unit = template.unit(Arc::clone(&intake));
-                    Box::pin(unit.run(consumer, takeover, stop))
+                    Box::pin(unit.run(consumer, stop))
                 })
             }
             Role::Softphones => {
                 let template = settings_for(worker.concurrency, worker.ack_wait);
                 let lane = Arc::clone(&softphones);
-                Box::new(move |consumer, takeover, stop| {
+                Box::new(move |consumer, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run(consumer, takeover, stop))
+                    Box::pin(unit.run(consumer, stop))
                 })
             }
             Role::Crm(connection) => {
@@ -232,9 +232,9 @@ pub async fn run(
                     })
                     .clone();
                 let template = settings_for(room, worker.ack_wait);
-                Box::new(move |consumer, takeover, stop| {
+                Box::new(move |consumer, stop| {
                     let unit = template.unit(Arc::clone(&lane));
-                    Box::pin(unit.run(consumer, takeover, stop))
+                    Box::pin(unit.run(consumer, stop))
                 })
             }
         };

@@ -16,16 +16,20 @@
 //!   construction: two replicas cannot both win.
 //! - releases a unit it should no longer own only after it stopped pulling
 //!   it and every event it had pulled is settled or given back (confirmed by
-//!   the server), then deletes the key with the revision it holds, so the
-//!   next owner pulls at once.
+//!   the server), then deletes the key with the revision it holds; when
+//!   that could not be confirmed (or its last pull request may still
+//!   deliver), only after the ack wait.
 //! - takes a unit over from a dead owner (its key still there, its owner no
-//!   member) as soon as the owner's membership lapsed, and pulls at once:
-//!   the events the dead owner may still hold are the consumer's
-//!   deliveries between its ack floor and its last delivered sequence (it
-//!   is delivered nothing after its lease: see [`super::pull`]), and each of
-//!   their conversations waits for its event to come back (after the ack
-//!   wait) or be known settled, while the others go on at once (see
-//!   [`super::unit`]).
+//!   member) as soon as the owner's membership lapsed.
+//! - whoever had the unit before, starts it by reading the consumer's
+//!   deliveries still out, between its ack floor and its last delivered
+//!   sequence (a dead owner is delivered nothing after its lease: see
+//!   [`super::pull`]), and pulls at once: each of their conversations waits
+//!   for its event to come back or be known settled, while the others go on
+//!   (see [`super::unit`]). Never "the previous owner released it, so
+//!   nothing is out": NATS gives back what was given back (naks) before
+//!   what outlived its ack wait, so after a release that waited out the ack
+//!   wait a newer event can come before an older one (docs/cluster.md, run 18).
 //! - stops pulling everything when it could not renew its membership for
 //!   half a lease (before anyone may declare it dead), lets no pull request
 //!   outlive that, and sends no progress ack, nak or dead letter meanwhile
@@ -99,10 +103,9 @@ impl Owned {
     }
 }
 
-/// Starts a unit, taken over from a dead owner or not, and works its
-/// consumer until the token is cancelled.
+/// Starts a unit and works its consumer until the token is cancelled.
 pub(super) type Start =
-    Box<dyn Fn(PullConsumer, bool, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync>;
+    Box<dyn Fn(PullConsumer, CancellationToken) -> BoxFuture<'static, Ended> + Send + Sync>;
 
 /// A unit this replica can work.
 pub(super) struct Slot {
@@ -379,8 +382,8 @@ impl Share {
                 return None;
             }
         };
-        // Taking over from an owner that did not release it: the deliveries
-        // it may still hold are waited for (see `unit`).
+        // Whoever had the unit before, the deliveries still out are waited
+        // for (see `unit`).
         match &from {
             Some(owner) => {
                 tracing::info!(unit = %slot.key, previous = %owner, "Took over the unit from a replica that left without releasing it.");
@@ -389,7 +392,7 @@ impl Share {
         }
         self.owned.lock().insert(slot.key.clone(), slot.stream);
         let stop = CancellationToken::new();
-        let run = (slot.start)(slot.consumer.clone(), from.is_some(), stop.clone());
+        let run = (slot.start)(slot.consumer.clone(), stop.clone());
         let key = slot.key.clone();
         let ended = ended.clone();
         tokio::spawn(async move {

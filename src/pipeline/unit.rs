@@ -146,31 +146,24 @@ pub(super) struct Unit<S> {
 
 impl<S: Stage> Unit<S> {
     /// Works `consumer` until `stop`, then settles or gives back everything
-    /// it pulled. Taken over from a dead owner, each conversation the dead
-    /// owner may still hold an event of waits for it first (see
-    /// [`Unit::take_over`]).
-    pub(super) async fn run(
-        self,
-        mut consumer: PullConsumer,
-        takeover: bool,
-        stop: CancellationToken,
-    ) -> Ended {
+    /// it pulled. Each conversation a previous owner may still hold an event
+    /// of (or had given back) waits for it first (see [`Unit::take_over`]).
+    pub(super) async fn run(self, mut consumer: PullConsumer, stop: CancellationToken) -> Ended {
         let unit = Arc::new(self);
         let sequencer = Arc::new(Sequencer::default());
         let reserved = Arc::new(Reserved::default());
-        if takeover {
-            match unit.take_over(&mut consumer, &sequencer).await {
-                Some(found) => reserved.keep(found),
-                None => {
-                    tracing::info!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Waiting out the ack wait before the first pull.");
-                    if !pause(unit.ack_wait, &stop).await {
-                        // Stopped (or moved) before the dead owner's events
-                        // came back: its next owner must wait for them too,
-                        // not pull ahead of them as after a clean release.
-                        return Ended { clean: false };
-                    }
+        match unit.take_over(&mut consumer, &sequencer, &stop).await {
+            Out::Kept(found) => reserved.keep(found),
+            Out::TooMany => {
+                tracing::warn!(unit = %unit.name, wait_ms = unit.ack_wait.as_millis() as u64, "Too many deliveries out to read; waiting out the ack wait before the first pull.");
+                if !pause(unit.ack_wait, &stop).await {
+                    // Stopped (or moved) before the previous owner's events
+                    // came back: not released clean.
+                    return Ended { clean: false };
                 }
             }
+            // Stopped before what is out was read: not released clean.
+            Out::Stopped => return Ended { clean: false },
         }
         let holding = Arc::new(Holding::default());
         let settled = CancellationToken::new();
@@ -205,6 +198,10 @@ impl<S: Stage> Unit<S> {
         // Whether the last pull request ended before the unit stopped: if
         // not, it may still deliver, and the unit is not released clean.
         let pull_ended: bool;
+        // Whether a failed pull request may have lost deliveries that keep
+        // no place here: then the unit is not released clean either (its
+        // next owner reads what is out before it pulls).
+        let mut lost_unknown = false;
         // In-flight work gets `shutdown_deadline` from the stop, the time
         // spent reading the open pull request to its end included.
         let stopped_at: tokio::time::Instant;
@@ -224,8 +221,8 @@ impl<S: Stage> Unit<S> {
                     // overtakes them when the server gives them back.
                     let was_empty = reserved.is_empty();
                     let known = |sequence| holding.knows(sequence);
-                    match unit.missing(&mut scanned, &sequencer, &known).await {
-                        Some(lost) if !lost.is_empty() => {
+                    match unit.missing(&mut scanned, &sequencer, &known, &stop).await {
+                        Out::Kept(lost) if !lost.is_empty() => {
                             tracing::warn!(unit = %unit.name, lost = lost.len(), "Deliveries lost with a failed pull request keep their places until they come back.");
                             reserved.keep(lost);
                             if was_empty {
@@ -237,10 +234,13 @@ impl<S: Stage> Unit<S> {
                                 ));
                             }
                         }
-                        Some(_) => {}
-                        None => {
-                            tracing::warn!(unit = %unit.name, "Cannot tell which deliveries a failed pull request lost; they come back after the ack wait.")
+                        Out::Kept(_) => {}
+                        Out::TooMany => {
+                            lost_unknown = true;
+                            tracing::warn!(unit = %unit.name, "Too many deliveries out to tell which ones a failed pull request lost; they come back after the ack wait.");
                         }
+                        // The loop sees the stop next.
+                        Out::Stopped => lost_unknown = true,
                     }
                     continue;
                 }
@@ -257,17 +257,19 @@ impl<S: Stage> Unit<S> {
             };
             let sequence = S::delivery(&job).consumer_key;
             holding.hold(sequence, &message);
-            // A delivery a dead owner held takes the place kept for it; a
-            // newer event of its conversation waits behind it, and gives
-            // its room back while it waits (the consumer's
-            // `max_ack_pending` bounds those), so the older ones can be
-            // pulled when they come back.
-            let (mut turn, mut permit, mut roomless) = match reserved.take(sequence) {
-                Some(turn) => (turn, Some(permit), None),
-                None => match Reserved::roomless(&reserved, &key) {
-                    Some(roomless) => (sequencer.enter(&key), None, Some(roomless)),
-                    None => (sequencer.enter(&key), Some(permit), None),
-                },
+            // A delivery a previous owner held takes the place kept for
+            // it. While its conversation has other places kept (NATS may
+            // give newer events back first), or events waiting behind them,
+            // it waits without room, as a newer event does: it gives its
+            // room back while it waits (the consumer's `max_ack_pending`
+            // bounds those), so the older ones can be pulled when they come
+            // back.
+            let mut turn = reserved
+                .take(sequence)
+                .unwrap_or_else(|| sequencer.enter(&key));
+            let (mut permit, mut roomless) = match Reserved::roomless(&reserved, &key) {
+                Some(roomless) => (None, Some(roomless)),
+                None => (Some(permit), None),
             };
             let span = unit.stage.span(&job);
             let (unit, stop, abandon, holding, given_back, room) = (
@@ -333,69 +335,83 @@ impl<S: Stage> Unit<S> {
         // come back only after their ack wait, and the unit's next owner
         // must not pull before (the release waits it out).
         let kept = !reserved.is_empty();
-        let clean = unit.give_back(&mut back).await && pull_ended && !kept;
+        let clean = unit.give_back(&mut back).await && pull_ended && !kept && !lost_unknown;
         tracing::info!(unit = %unit.name, given_back = back.len(), kept, clean, "Stopped working the consumer.");
         Ended { clean }
     }
 
-    /// Taking `consumer` over from an owner that died: the deliveries it may
-    /// still hold are the consumer's between its ack floor and the last
-    /// sequence it delivered (none is delivered to the dead owner after its
-    /// lease lapsed, see [`super::pull`]). Read from the stream, each keeps
-    /// a place in its order key's line ([`Sequencer`]) until it comes back
-    /// (after the ack wait) or is known settled (the ack floor passed it),
-    /// so that no newer event of its conversation overtakes it, while every
-    /// other conversation goes on at once. `None`: wait out the ack wait
-    /// before the first pull instead (too many to read, or NATS did not
-    /// answer).
+    /// Taking `consumer` over from whoever had it before (a dead owner, or
+    /// one that released it): the deliveries still out are the consumer's
+    /// between its ack floor and the last sequence it delivered (none is
+    /// delivered to a dead owner after its lease lapsed, see
+    /// [`super::pull`]). Read from the stream, each keeps a place in its
+    /// order key's line ([`Sequencer`]) until it comes back or is known
+    /// settled (the ack floor passed it), so that no newer event of its
+    /// conversation overtakes it, while every other conversation goes on at
+    /// once. Nothing is pulled before they are read: NATS's redelivery order
+    /// is no guarantee (what was given back comes before what outlived its
+    /// ack wait, see docs/cluster.md, runs 12 and 18), so while NATS does
+    /// not answer the unit asks again.
     async fn take_over(
         &self,
         consumer: &mut PullConsumer,
         sequencer: &Arc<Sequencer>,
-    ) -> Option<BTreeMap<u64, (String, Turn)>> {
-        self.missing(consumer, sequencer, &|_| false).await
+        stop: &CancellationToken,
+    ) -> Out {
+        self.missing(consumer, sequencer, &|_| false, stop).await
     }
 
     /// The deliveries of `consumer` out (between its ack floor and the last
     /// sequence it delivered) that are not `known` here, each with a place
-    /// kept in its order key's line; `None` when they cannot be told (as
-    /// for [`Unit::take_over`]).
+    /// kept in its order key's line; asked again after a backoff step while
+    /// NATS does not answer, until `stop`.
     async fn missing(
         &self,
         consumer: &mut PullConsumer,
         sequencer: &Arc<Sequencer>,
         known: &(dyn Fn(u64) -> bool + Sync),
-    ) -> Option<BTreeMap<u64, (String, Turn)>> {
-        // Places are kept in `sequencer` as they are read; given up
-        // (dropped) when `None` is returned.
-        let info = match consumer.info().await {
-            Ok(info) => info.clone(),
-            Err(e) => {
-                tracing::warn!(unit = %self.name, error = %e, "Cannot read the consumer taken over.");
-                return None;
+        stop: &CancellationToken,
+    ) -> Out {
+        loop {
+            match self.read_out(consumer, sequencer, known).await {
+                Ok(out) => return out,
+                Err(e) => {
+                    tracing::warn!(unit = %self.name, error = %e, "Cannot read the deliveries out; asking again before pulling.");
+                }
             }
-        };
+            if !pause(self.settings.backoff_after(1), stop).await {
+                return Out::Stopped;
+            }
+        }
+    }
+
+    /// One reading for [`Unit::missing`]. Places are kept in `sequencer` as
+    /// they are read; given up (dropped) unless kept.
+    async fn read_out(
+        &self,
+        consumer: &mut PullConsumer,
+        sequencer: &Arc<Sequencer>,
+        known: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Result<Out, async_nats::Error> {
+        let info = consumer.info().await?.clone();
         let mut reserved = BTreeMap::new();
         if info.num_ack_pending == 0 {
             tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
-            return Some(reserved);
+            return Ok(Out::Kept(reserved));
         }
         let filter = info.config.filter_subject.clone();
         let last = info.delivered.stream_sequence;
         let mut next = info.ack_floor.stream_sequence + 1;
         let mut read = 0;
         while next <= last {
-            let raw = match unreadable::next_raw(&self.js, &info.stream_name, next, &filter).await {
-                Ok(Some(raw)) if raw.sequence <= last => raw,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(unit = %self.name, error = %e, "Cannot read the deliveries the previous owner may hold.");
-                    return None;
-                }
+            let raw = match unreadable::next_raw(&self.js, &info.stream_name, next, &filter).await?
+            {
+                Some(raw) if raw.sequence <= last => raw,
+                _ => break,
             };
             read += 1;
             if read > TAKE_OVER_READS {
-                return None;
+                return Ok(Out::TooMany);
             }
             next = raw.sequence + 1;
             if known(raw.sequence) {
@@ -410,7 +426,7 @@ impl<S: Stage> Unit<S> {
             }
         }
         tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
-        Some(reserved)
+        Ok(Out::Kept(reserved))
     }
 
     /// Works a job until its fate is carried out: attempts it, has
@@ -590,6 +606,16 @@ impl<S: Stage> Unit<S> {
 /// Deliveries a take-over reads from the stream at most (else it waits out
 /// the ack wait).
 const TAKE_OVER_READS: usize = 1024;
+
+/// What reading a consumer's deliveries out found.
+enum Out {
+    /// The ones to wait for, each with its place kept, by stream sequence.
+    Kept(BTreeMap<u64, (String, Turn)>),
+    /// More than [`TAKE_OVER_READS`] to read.
+    TooMany,
+    /// Asked to stop before NATS answered.
+    Stopped,
+}
 /// How often a take-over looks for the ack floor passing the places it keeps.
 const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
@@ -811,6 +837,32 @@ impl Holding {
 mod tests {
     use super::*;
     use futures::FutureExt;
+
+    #[test]
+    fn an_event_back_before_an_older_one_of_its_conversation_waits_without_room() {
+        let sequencer = Arc::new(Sequencer::default());
+        let reserved = Arc::new(Reserved::default());
+        reserved.keep(BTreeMap::from([
+            (3, ("a".to_owned(), sequencer.enter("a"))),
+            (4, ("a".to_owned(), sequencer.enter("a"))),
+        ]));
+        // NATS gives 4 back first (it was given back; 3 outlived its ack
+        // wait): 4 takes its place, and must not hold room while 3 is out,
+        // or a room full of such events could never pull 3.
+        let mut four = reserved.take(4).expect("its place");
+        let four_waits = Reserved::roomless(&reserved, "a").expect("3 is still out");
+        let mut three = reserved.take(3).expect("its place");
+        assert!(
+            Reserved::roomless(&reserved, "a").is_some(),
+            "4 waits without room behind it"
+        );
+        assert!(three.wait().now_or_never().is_some(), "3 goes first");
+        assert!(four.wait().now_or_never().is_none());
+        drop(three);
+        assert!(four.wait().now_or_never().is_some());
+        drop(four_waits);
+        assert!(Reserved::roomless(&reserved, "a").is_none(), "none left");
+    }
 
     #[test]
     fn events_behind_a_kept_place_wait_without_room_until_none_is_left() {

@@ -582,3 +582,71 @@ async fn an_intake_stopped_while_waiting_for_a_dead_owners_events_never_lets_lat
     );
     stop_all(vec![c]).await;
 }
+
+#[tokio::test]
+async fn a_partition_released_after_the_ack_wait_lets_no_event_given_back_pass_an_older_one() {
+    let nats = start_nats().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    // Many partitions, so that a replica joining takes some of the CRM
+    // lane's over; the default ack wait.
+    let mut settings = defaults();
+    settings.lanes.partitions = 16;
+    settings.worker.ack_wait = Duration::from_secs(30);
+    softphone_bridge::broker::provision::apply(&js, &settings)
+        .await
+        .unwrap();
+    // The CRM is down at first: A holds every conversation's first event.
+    let crm = FakeCrm::answering(ResponseTemplate::new(503)).await;
+    let config = config(&crm)
+        .replace("partitions = 2", "partitions = 16")
+        .replace(r#"ack_wait = "5s""#, r#"ack_wait = "30s""#);
+    let conversations: Vec<String> = (0..32).map(|_| conversation()).collect();
+    let a = Bridge::start(&nats.url, &config);
+    replicas_pulling(&js, &settings, 1).await;
+    publish_rounds(&js, &conversations, 0..1).await;
+    let delivered = |count: usize| {
+        let (js, settings) = (&js, &settings);
+        async move {
+            let lane = lane_info(js, settings, "crm").await;
+            (lane.num_pending == 0 && lane.num_ack_pending == count).then_some(())
+        }
+    };
+    eventually("A to hold every first event", || {
+        delivered(conversations.len())
+    })
+    .await;
+    a.kill().await;
+    // What A tried while the CRM was down is not an arrival.
+    crm.drain().await;
+
+    // B takes every partition over, keeping the places of A's events (back
+    // only after their ack wait), and pulls the rest of each conversation,
+    // which waits behind them.
+    crm.answer(ResponseTemplate::new(200));
+    let b = Bridge::start(&nats.url, &config);
+    publish_rounds(&js, &conversations, 1..LIFECYCLE.len()).await;
+    let all = conversations.len() * LIFECYCLE.len();
+    eventually("B to hold every event", || delivered(all)).await;
+
+    // C joins: B gives back what it pulled of the partitions that move (at
+    // once, so NATS queues them before A's events, whose ack wait has not
+    // passed) and, holding places it cannot settle, releases them only
+    // after the ack wait. C must not take that release for "nothing out".
+    let c = Bridge::start(&nats.url, &config);
+    b.logged("releasing it after the ack wait").await;
+    let mut arrivals = Arrivals(Vec::new());
+    receive_until(&crm, &mut arrivals, |a| {
+        a.distinct_in(&conversations) >= all
+    })
+    .await;
+    settled(&js, &settings).await;
+    for request in crm.drain().await {
+        arrivals.record(&request);
+    }
+    assert!(
+        c.has_logged_line(&["Claimed the unit", "-crm-crm-"]),
+        "a partition of the CRM lane moved from B to C by a release"
+    );
+    arrivals.assert_in_order(&conversations);
+    stop_all(vec![b, c]).await;
+}
