@@ -220,8 +220,10 @@ impl<S: Stage> Unit<S> {
                     // dead owner's do: no newer event of their conversation
                     // overtakes them when the server gives them back.
                     let was_empty = reserved.is_empty();
-                    let known = |sequence| holding.knows(sequence);
-                    match unit.missing(&mut scanned, &sequencer, &known, &stop).await {
+                    match unit
+                        .missing(&mut scanned, &sequencer, Some(&holding), &stop)
+                        .await
+                    {
                         Out::Kept(lost) if !lost.is_empty() => {
                             tracing::warn!(unit = %unit.name, lost = lost.len(), "Deliveries lost with a failed pull request keep their places until they come back.");
                             reserved.keep(lost);
@@ -331,9 +333,9 @@ impl<S: Stage> Unit<S> {
         settled.cancel();
         let _ = keep_alive.await;
         let mut back = std::mem::take(&mut *given_back.lock().expect("lock"));
-        // Places still kept for a dead previous owner's deliveries: those
-        // come back only after their ack wait, and the unit's next owner
-        // must not pull before (the release waits it out).
+        // Places still kept for a previous owner's deliveries: those come
+        // back only after their ack wait, and the release waits it out (the
+        // next owner reads what is out before it pulls in any case).
         let kept = !reserved.is_empty();
         let clean = unit.give_back(&mut back).await && pull_ended && !kept && !lost_unknown;
         tracing::info!(unit = %unit.name, given_back = back.len(), kept, clean, "Stopped working the consumer.");
@@ -358,26 +360,47 @@ impl<S: Stage> Unit<S> {
         sequencer: &Arc<Sequencer>,
         stop: &CancellationToken,
     ) -> Out {
-        self.missing(consumer, sequencer, &|_| false, stop).await
+        self.missing(consumer, sequencer, None, stop).await
     }
 
     /// The deliveries of `consumer` out (between its ack floor and the last
-    /// sequence it delivered) that are not `known` here, each with a place
-    /// kept in its order key's line; asked again after a backoff step while
-    /// NATS does not answer, until `stop`.
+    /// sequence it delivered) that this unit neither `holds` nor settled
+    /// lately, each with a place kept in its order key's line; asked again
+    /// after a backoff step while NATS does not answer, until `stop`.
     async fn missing(
         &self,
         consumer: &mut PullConsumer,
         sequencer: &Arc<Sequencer>,
-        known: &(dyn Fn(u64) -> bool + Sync),
+        holds: Option<&Holding>,
         stop: &CancellationToken,
     ) -> Out {
+        let mut lagging = 0;
         loop {
-            match self.read_out(consumer, sequencer, known).await {
-                Ok(out) => return out,
-                Err(e) => {
+            let read = match consumer.info().await {
+                Ok(info) => {
+                    let info = info.clone();
+                    // A consumer whose leader just changed can answer with
+                    // a state older than what it delivered here (chaos run
+                    // 20): its deliveries out would be missed. Asked again
+                    // a few times (a consumer made anew never catches up).
+                    let held = holds.and_then(Holding::highest);
+                    match held.filter(|held| info.delivered.stream_sequence < *held) {
+                        Some(held) if lagging < LAGGING_READS => {
+                            lagging += 1;
+                            tracing::warn!(unit = %self.name, delivered = info.delivered.stream_sequence, held, "The consumer's state lags what this replica holds; asking again.");
+                            None
+                        }
+                        _ => Some(self.read_out(&info, sequencer, holds).await),
+                    }
+                }
+                Err(e) => Some(Err(e.into())),
+            };
+            match read {
+                Some(Ok(out)) => return out,
+                Some(Err(e)) => {
                     tracing::warn!(unit = %self.name, error = %e, "Cannot read the deliveries out; asking again before pulling.");
                 }
+                None => {}
             }
             if !pause(self.settings.backoff_after(1), stop).await {
                 return Out::Stopped;
@@ -385,20 +408,17 @@ impl<S: Stage> Unit<S> {
         }
     }
 
-    /// One reading for [`Unit::missing`]. Places are kept in `sequencer` as
-    /// they are read; given up (dropped) unless kept.
+    /// One reading for [`Unit::missing`], of the consumer as `info` says it
+    /// is. Places are kept in `sequencer` as they are read; given up
+    /// (dropped) unless kept.
     async fn read_out(
         &self,
-        consumer: &mut PullConsumer,
+        info: &jetstream::consumer::Info,
         sequencer: &Arc<Sequencer>,
-        known: &(dyn Fn(u64) -> bool + Sync),
+        holds: Option<&Holding>,
     ) -> Result<Out, async_nats::Error> {
-        let info = consumer.info().await?.clone();
+        let known = |sequence| holds.is_some_and(|h| h.knows(sequence));
         let mut reserved = BTreeMap::new();
-        if info.num_ack_pending == 0 {
-            tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
-            return Ok(Out::Kept(reserved));
-        }
         let filter = info.config.filter_subject.clone();
         let last = info.delivered.stream_sequence;
         let mut next = info.ack_floor.stream_sequence + 1;
@@ -425,7 +445,11 @@ impl<S: Stage> Unit<S> {
                 }
             }
         }
-        tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
+        if reserved.is_empty() {
+            tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
+        } else {
+            tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
+        }
         Ok(Out::Kept(reserved))
     }
 
@@ -606,6 +630,10 @@ impl<S: Stage> Unit<S> {
 /// Deliveries a take-over reads from the stream at most (else it waits out
 /// the ack wait).
 const TAKE_OVER_READS: usize = 1024;
+
+/// How many times a unit asks again for a consumer's state that lags what
+/// it holds before it goes on with it.
+const LAGGING_READS: u32 = 10;
 
 /// What reading a consumer's deliveries out found.
 enum Out {
@@ -791,6 +819,13 @@ impl Holding {
         if held.settled.len() > SETTLED_REMEMBERED {
             held.settled.pop_first();
         }
+    }
+
+    /// The highest sequence delivered here, held or settled lately.
+    fn highest(&self) -> Option<u64> {
+        let held = self.lock();
+        let held_last = held.messages.last_key_value().map(|(s, _)| *s);
+        held_last.max(held.settled.last().copied())
     }
 
     /// Whether the delivery of `sequence` reached this unit: held, or settled lately.
