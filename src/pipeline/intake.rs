@@ -277,12 +277,12 @@ impl Stage for Intake {
         Some(self.connects.clone())
     }
 
-    /// A delivery the dead owner this replica took the intake over from may
-    /// still hold: every event waits its turn behind it (the intake's one
-    /// order), and the next event of its conversation is copied at that
-    /// turn, after it, never ahead of it when NATS gives it back (which NATS
-    /// may do after newer events: the server's redelivery order is no
-    /// guarantee, see docs/cluster.md, run 12).
+    /// A delivery the intake's previous owner may still hold (or a failed
+    /// pull request lost): every event waits its turn behind it (the
+    /// intake's one order), and the next event of its conversation is copied
+    /// at that turn, after it, never ahead of it when NATS gives it back
+    /// (which NATS may do after newer events: the server's redelivery order
+    /// is no guarantee, see docs/cluster.md, runs 12 and 18).
     fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey {
         let key = event_subject(&raw.subject)
             .and_then(|subject| Event::decode(subject.kind, &raw.payload).ok())

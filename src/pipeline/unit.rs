@@ -86,7 +86,8 @@ pub(super) trait Stage: Send + Sync + 'static {
     fn span(&self, job: &Self::Job) -> tracing::Span;
 
     /// The order key of a message read from the stream (the deliveries a
-    /// dead owner may still hold, see [`Unit::take_over`]).
+    /// previous owner may still hold, or a failed pull request lost, see
+    /// [`Unit::take_over`]).
     fn stored_key(&self, raw: &unreadable::Raw) -> StoredKey;
 
     /// What wakes the unit to sweep its consumer for messages the client
@@ -648,11 +649,12 @@ enum Out {
 const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The places a take-over keeps, by stream sequence, for the deliveries a
-/// dead owner may still hold, with their order keys; and, per order key, the
-/// places and the newer events waiting without room behind them. A newer
-/// event of a key with any of those waits without room too, so no event that
-/// holds room ever waits behind one that has none (the room cannot fill with
-/// events waiting for one that waits for room).
+/// previous owner may still hold (or a failed pull request lost), with their
+/// order keys; and, per order key, the places and the events waiting without
+/// room behind them. Any event of a key with any of those (one that takes
+/// its place too) waits without room, so no event that holds room ever
+/// waits behind one that has none (the room cannot fill with events waiting
+/// for one that waits for room).
 #[derive(Default)]
 struct Reserved(Mutex<Places>);
 
