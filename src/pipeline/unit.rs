@@ -431,7 +431,7 @@ impl<S: Stage> Unit<S> {
                 _ => break,
             };
             read += 1;
-            if read > TAKE_OVER_READS {
+            if read > self.take_over_reads() {
                 return Ok(Out::TooMany);
             }
             next = raw.sequence + 1;
@@ -452,6 +452,16 @@ impl<S: Stage> Unit<S> {
             tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
         }
         Ok(Out::Kept(reserved))
+    }
+
+    /// How many of the consumer's deliveries a reading of what is out reads
+    /// from the stream at most (else the unit waits out the ack wait before
+    /// its first pull, which is no guarantee of order: chaos run 23): four
+    /// times what the consumer may have out, which a take-over after
+    /// another's take-over reaches (the events waiting without room count).
+    fn take_over_reads(&self) -> usize {
+        let out = usize::try_from(self.settings.max_ack_pending).unwrap_or(0);
+        TAKE_OVER_READS.max(out.saturating_mul(4))
     }
 
     /// Works a job until its fate is carried out: attempts it, has
@@ -628,9 +638,9 @@ impl<S: Stage> Unit<S> {
     }
 }
 
-/// Deliveries a take-over reads from the stream at most (else it waits out
-/// the ack wait).
-const TAKE_OVER_READS: usize = 1024;
+/// Deliveries a take-over reads from the stream at least before it gives
+/// up (see [`Unit::take_over_reads`]).
+const TAKE_OVER_READS: usize = 4096;
 
 /// How many times a unit asks again for a consumer's state that lags what
 /// it holds before it goes on with it.
@@ -640,7 +650,7 @@ const LAGGING_READS: u32 = 10;
 enum Out {
     /// The ones to wait for, each with its place kept, by stream sequence.
     Kept(BTreeMap<u64, (String, Turn)>),
-    /// More than [`TAKE_OVER_READS`] to read.
+    /// More than [`Unit::take_over_reads`] to read.
     TooMany,
     /// Asked to stop before NATS answered.
     Stopped,
