@@ -432,8 +432,10 @@ impl Share {
             return;
         }
         if !ended.clean {
-            // Some events given back are not confirmed: they come back after
-            // the ack wait, before which nobody may pull.
+            // Something may still reach the old pull request, or come back
+            // only after the ack wait (a give-back not confirmed, places
+            // kept): released after the ack wait, and the next owner reads
+            // what is out before it pulls in any case.
             tracing::warn!(unit = %key, "Events of the unit were not all confirmed given back; releasing it after the ack wait.");
             let owners = self.owners.clone();
             let key = key.to_owned();

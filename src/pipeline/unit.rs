@@ -447,7 +447,7 @@ impl<S: Stage> Unit<S> {
             }
         }
         if reserved.is_empty() {
-            tracing::info!(unit = %self.name, "The previous owner held nothing; pulling at once.");
+            tracing::info!(unit = %self.name, "Nothing out to wait for; pulling at once.");
         } else {
             tracing::info!(unit = %self.name, unacknowledged = info.num_ack_pending, kept = reserved.len(), "Pulling at once; the conversations the previous owner may hold an event of wait for it.");
         }
